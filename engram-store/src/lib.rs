@@ -1,0 +1,2 @@
+//! The Engram storage tier (in progress).
+#![deny(unsafe_code)]
