@@ -118,10 +118,13 @@ impl NgramHasher {
         kind: HashOutput,
         out: &mut [u64],
     ) -> Result<()> {
-        let layer = self.layers.get(layer_index).ok_or_else(|| Error::UnknownLayer {
-            layer_id: layer_index as u64,
-            known: self.layer_ids().collect(),
-        })?;
+        let layer = self
+            .layers
+            .get(layer_index)
+            .ok_or_else(|| Error::UnknownLayer {
+                layer_id: layer_index as u64,
+                known: self.layer_ids().collect(),
+            })?;
         if batch == 0 || seq_len == 0 {
             return Err(Error::EmptyBatch {
                 what: "hashing needs at least one row and one position",
@@ -148,7 +151,10 @@ impl NgramHasher {
                 found: out.len(),
             });
         }
-        for (row, out_row) in ids.chunks_exact(seq_len).zip(out.chunks_exact_mut(seq_len * heads)) {
+        for (row, out_row) in ids
+            .chunks_exact(seq_len)
+            .zip(out.chunks_exact_mut(seq_len * heads))
+        {
             self.hash_row(layer, row, kind, out_row);
         }
         Ok(())
@@ -170,10 +176,13 @@ impl NgramHasher {
                 what: "decode hashing needs the current token",
             });
         }
-        let layer = self.layers.get(layer_index).ok_or_else(|| Error::UnknownLayer {
-            layer_id: layer_index as u64,
-            known: self.layer_ids().collect(),
-        })?;
+        let layer = self
+            .layers
+            .get(layer_index)
+            .ok_or_else(|| Error::UnknownLayer {
+                layer_id: layer_index as u64,
+                known: self.layer_ids().collect(),
+            })?;
         if out.len() != self.n_hash_heads() {
             return Err(Error::Shape {
                 what: "output [heads]",
@@ -251,6 +260,41 @@ impl NgramHasher {
     }
 }
 
+/// The per-order mixes `mix_n` (n = 2..=N) of every position, `[B][T][N-1]`, for debugging
+/// and the conformance vectors' optional `mix` field. Same padding and barrier rules as
+/// [`NgramHasher`].
+pub fn mixes(
+    layer: &LayerLayout,
+    max_ngram: usize,
+    compressed_pad_id: i64,
+    options: HashOptions,
+    ids: &[i64],
+    seq_len: usize,
+) -> Vec<i64> {
+    let mut out = Vec::with_capacity(ids.len() * (max_ngram - 1));
+    for row in ids.chunks(seq_len.max(1)) {
+        let mut start = 0usize;
+        for t in 0..row.len() {
+            if options.barrier_id == Some(row[t]) {
+                start = t + 1;
+            }
+            let mut mix: i64 = 0;
+            for k in 0..max_ngram {
+                let x = if t >= k && t - k >= start {
+                    row[t - k]
+                } else {
+                    compressed_pad_id
+                };
+                mix ^= x.wrapping_mul(layer.multipliers[k]);
+                if k > 0 {
+                    out.push(mix);
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -260,7 +304,14 @@ mod tests {
     use crate::reference;
 
     fn layout_strategy() -> impl Strategy<Value = EngramLayout> {
-        (2usize..=5, 1usize..=8, 1u64..5000, 1u64..300_000, 0u64..(1 << 40), -3i64..50)
+        (
+            2usize..=5,
+            1usize..=8,
+            1u64..5000,
+            1u64..300_000,
+            0u64..(1 << 40),
+            -3i64..50,
+        )
             .prop_flat_map(|(n, k, base, vocab, seed, pad)| {
                 (
                     proptest::collection::vec(1u64..base + 1, n - 1),
@@ -341,20 +392,36 @@ mod tests {
             pad_id: 0,
         };
         let layout = EngramLayout::new(&config, 1000, 0).expect("valid");
-        let hasher = NgramHasher::new(&layout, HashOptions { barrier_id: Some(-1) })
-            .expect("valid");
+        let hasher = NgramHasher::new(
+            &layout,
+            HashOptions {
+                barrier_id: Some(-1),
+            },
+        )
+        .expect("valid");
         let plain = NgramHasher::new(&layout, HashOptions::default()).expect("valid");
         let heads = hasher.n_hash_heads();
         let mut with_barrier = vec![0u64; 5 * heads];
         hasher
-            .hash_into(0, &[7, 8, -1, 9, 10], 1, 5, HashOutput::HeadIndex, &mut with_barrier)
+            .hash_into(
+                0,
+                &[7, 8, -1, 9, 10],
+                1,
+                5,
+                HashOutput::HeadIndex,
+                &mut with_barrier,
+            )
             .expect("shapes");
         let mut fresh = vec![0u64; 2 * heads];
-        plain.hash_into(0, &[9, 10], 1, 2, HashOutput::HeadIndex, &mut fresh).expect("shapes");
+        plain
+            .hash_into(0, &[9, 10], 1, 2, HashOutput::HeadIndex, &mut fresh)
+            .expect("shapes");
         // After the barrier the sequence behaves as if it started fresh at id 9.
         assert_eq!(&with_barrier[3 * heads..], &fresh[..]);
         let mut all_pad = vec![0u64; heads];
-        plain.hash_into(0, &[0], 1, 1, HashOutput::HeadIndex, &mut all_pad).expect("shapes");
+        plain
+            .hash_into(0, &[0], 1, 1, HashOutput::HeadIndex, &mut all_pad)
+            .expect("shapes");
         assert_eq!(&with_barrier[2 * heads..3 * heads], &all_pad[..]);
     }
 

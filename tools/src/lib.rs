@@ -1,1 +1,27 @@
-//! tools
+//! Shared code of the `engram` and `engram-build` command-line tools. Each subcommand of
+//! `engram` lives in `cmd/<name>.rs` with an `Args` (clap) and a `run(Args)`.
+
+pub mod addressing;
+pub mod cmd;
+pub mod vectors;
+
+/// Logs to stderr; `RUST_LOG` filters (default: warnings and errors).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Exit code: a check ran and found mismatches.
+pub const EXIT_MISMATCH: u8 = 1;
+/// Exit code: bad input or an error.
+pub const EXIT_ERROR: u8 = 2;
+
+/// Prints one JSON Lines record with the `{"type": ..., "data": ...}` envelope.
+pub fn json_line(kind: &str, data: &serde_json::Value) {
+    println!("{}", serde_json::json!({ "type": kind, "data": data }));
+}

@@ -1,1 +1,47 @@
-fn main() {}
+//! `engram`: inspect, verify and exercise Engram tables and addressing.
+//!
+//! Exit codes: 0 success; 1 a check ran and found mismatches; 2 bad input or an error.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use engram_tools::cmd;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "engram",
+    version,
+    about = "Inspect, verify and exercise Engram tables and addressing",
+    long_about = "Inspect, verify and exercise Engram conditional-memory tables and the \
+                  hash that addresses them.\n\nExit codes: 0 success; 1 a check found \
+                  mismatches; 2 bad input or an error.",
+    after_help = "Run `engram <COMMAND> --help` for each command's options and examples."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check conformance vector files (engram-hash-v1 JSON, engram-forward-v1 safetensors).
+    Vectors(cmd::vectors::Args),
+    /// Tokenize a text and print its canonical ids and the row ids of every Engram layer.
+    Hash(cmd::hash::Args),
+}
+
+fn main() -> ExitCode {
+    engram_tools::init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Vectors(args) => cmd::vectors::run(args),
+        Command::Hash(args) => cmd::hash::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Command-line flags that describe an Engram addressing config, shared by every tool that
+//! needs one (`engram hash`, `engram-build`, `engram synth`): a preset plus overrides.
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use engram_kernels::EngramConfig;
+
+/// Published shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// The official demo: orders 2-3, 8 heads, base 646,400, layers 1 and 15.
+    Demo,
+    /// The paper's Engram-27B: orders 2-3, 8 heads, base 2,262,400, layers 2 and 15.
+    Engram27b,
+    /// DeepSeek-V4.1-Flash as reported: orders 2-4, 8 heads, base 16,000,000, layers 1 and 14.
+    V41,
+}
+
+impl Preset {
+    /// The preset's config.
+    pub fn config(self) -> EngramConfig {
+        match self {
+            Preset::Demo => EngramConfig::demo(),
+            Preset::Engram27b => EngramConfig::engram27b(),
+            Preset::V41 => EngramConfig::v41(),
+        }
+    }
+}
+
+/// A preset and per-field overrides; the overrides win.
+#[derive(Debug, Clone, Args)]
+pub struct AddressingArgs {
+    /// Start from this published shape.
+    #[arg(long, value_enum, default_value = "demo")]
+    pub preset: Preset,
+    /// Largest n-gram order N (orders 2..=N are hashed).
+    #[arg(long)]
+    pub max_ngram: Option<usize>,
+    /// Hash heads per order.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Base table size of every order (scales a preset down or up).
+    #[arg(long)]
+    pub base_size: Option<u64>,
+    /// Base table size per order, comma-separated (orders 2..=N).
+    #[arg(long, value_delimiter = ',', conflicts_with = "base_size")]
+    pub base_sizes: Option<Vec<u64>>,
+    /// Engram layer ids, comma-separated, in prime-assignment order.
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<u64>>,
+    /// Hash seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Raw id used for left padding.
+    #[arg(long, allow_negative_numbers = true)]
+    pub pad_id: Option<i64>,
+}
+
+impl AddressingArgs {
+    /// The resulting config, validated.
+    pub fn config(&self) -> Result<EngramConfig> {
+        let mut c = self.preset.config();
+        if let Some(n) = self.max_ngram {
+            c.max_ngram = n;
+            // Keep one base size per order when only the order changes.
+            let base = c.base_sizes.first().copied().unwrap_or(1);
+            c.base_sizes = vec![base; n.saturating_sub(1)];
+        }
+        if let Some(k) = self.heads {
+            c.n_heads = k;
+        }
+        if let Some(s) = self.base_size {
+            c.base_sizes = vec![s; c.max_ngram.saturating_sub(1)];
+        }
+        if let Some(s) = &self.base_sizes {
+            c.base_sizes = s.clone();
+        }
+        if let Some(l) = &self.layers {
+            c.layer_ids = l.clone();
+        }
+        if let Some(s) = self.seed {
+            c.seed = s;
+        }
+        if let Some(p) = self.pad_id {
+            c.pad_id = p;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per `engram` subcommand.
+
+pub mod hash;
+pub mod vectors;

@@ -1,0 +1,83 @@
+//! `engram vectors FILE...`: recompute every expected field of conformance vector files.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args as ClapArgs;
+
+use crate::vectors::{HashCheckOptions, VectorKind, VectorReport, check_hash_file, detect_kind};
+use crate::{EXIT_MISMATCH, json_line};
+
+/// Check conformance vector files.
+#[derive(Debug, ClapArgs)]
+#[command(
+    after_help = "Examples:\n  engram vectors tests/data/conformance/engram-hash-v1.json\n  \
+    engram vectors tests/data/conformance/*.json tests/data/conformance/*.safetensors\n\n\
+    Prints `vectors: C cases, I indices, all match` and exits 0, or the first mismatches \
+    (case, layer, position, head) and exits 1. Unreadable or malformed files exit 2."
+)]
+pub struct Args {
+    /// engram-hash-v1 JSON or engram-forward-v1 safetensors files (recognised by content).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Also rebuild named compression tables from this tokenizer.json (when its SHA-256
+    /// matches the table's) and compare them with the file's tables.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Checks every file and merges the reports.
+pub fn check_files(args: &Args) -> Result<VectorReport> {
+    let options = HashCheckOptions {
+        tokenizer: args.tokenizer.clone(),
+    };
+    let mut total = VectorReport::default();
+    for path in &args.files {
+        let report = match detect_kind(path)? {
+            VectorKind::Hash => check_hash_file(path, &options)?,
+            VectorKind::Forward => anyhow::bail!(
+                "{}: engram-forward-v1 checking is not available in this build yet",
+                path.display()
+            ),
+        };
+        total.merge(report);
+    }
+    Ok(total)
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let report = check_files(&args)?;
+    if args.json {
+        json_line(
+            "vectors",
+            &serde_json::json!({
+                "cases": report.cases,
+                "checked": report.checked,
+                "unit": report.unit,
+                "mismatch_count": report.mismatch_count,
+                "mismatches": report.mismatches,
+            }),
+        );
+    } else {
+        for m in &report.mismatches {
+            println!("mismatch: {m}");
+        }
+        if report.mismatch_count > report.mismatches.len() as u64 {
+            println!(
+                "... and {} more mismatches",
+                report.mismatch_count - report.mismatches.len() as u64
+            );
+        }
+        println!("{}", report.summary());
+    }
+    Ok(if report.mismatch_count == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_MISMATCH)
+    })
+}
