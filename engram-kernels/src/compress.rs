@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
-use tokenizers::normalizers::{
-    Lowercase, NFD, NFKC, Replace, Sequence, StripAccents, Strip,
-};
+use tokenizers::normalizers::{Lowercase, NFD, NFKC, Replace, Sequence, Strip, StripAccents};
 use tokenizers::{NormalizedString, Normalizer, NormalizerWrapper, Tokenizer};
 
 use crate::error::{Error, Result};
@@ -224,7 +222,14 @@ mod tests {
         let t = CompressionTable::identity(10);
         assert_eq!(t.compress(&[-5, 0, 9]).expect("valid"), [-5, 0, 9]);
         let err = t.compress(&[1, 10]).expect_err("10 is out of range");
-        assert!(matches!(err, Error::IdOutOfRange { id: 10, index: 1, vocab_size: 10 }));
+        assert!(matches!(
+            err,
+            Error::IdOutOfRange {
+                id: 10,
+                index: 1,
+                vocab_size: 10
+            }
+        ));
         assert!(t.compress_id(i64::MAX).is_err());
     }
 

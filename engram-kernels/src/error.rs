@@ -14,7 +14,9 @@ pub enum Error {
         reason: &'static str,
     },
     /// A raw token id does not exist in the compression table.
-    #[error("token id {id} at index {index} is out of range: the vocabulary has {vocab_size} ids (0..{vocab_size})")]
+    #[error(
+        "token id {id} at index {index} is out of range: the vocabulary has {vocab_size} ids (0..{vocab_size})"
+    )]
     IdOutOfRange {
         id: i64,
         index: usize,

@@ -90,12 +90,39 @@ mod tests {
 
     #[test]
     fn edges() {
-        for d in [2u64, 3, 4, 7, 256, 1 << 63, 646_403, (1 << 62) + 135, u64::MAX - 58, u64::MAX] {
+        for d in [
+            2u64,
+            3,
+            4,
+            7,
+            256,
+            1 << 63,
+            646_403,
+            (1 << 62) + 135,
+            u64::MAX - 58,
+            u64::MAX,
+        ] {
             let f = FastMod::new(d).expect("d >= 2");
-            for n in [0u64, 1, d - 1, d, d.wrapping_add(1), u64::MAX, u64::MAX - 1, 1 << 63] {
+            for n in [
+                0u64,
+                1,
+                d - 1,
+                d,
+                d.wrapping_add(1),
+                u64::MAX,
+                u64::MAX - 1,
+                1 << 63,
+            ] {
                 assert_eq!(f.rem_u64(n), n % d, "{n} % {d}");
             }
-            for n in [i64::MIN, -1, 0, 1, i64::MAX, (d as i64).wrapping_abs().wrapping_neg()] {
+            for n in [
+                i64::MIN,
+                -1,
+                0,
+                1,
+                i64::MAX,
+                (d as i64).wrapping_abs().wrapping_neg(),
+            ] {
                 assert_eq!(
                     u128::from(f.rem_euclid_i64(n)),
                     i128::from(n).rem_euclid(i128::from(d)) as u128,

@@ -105,7 +105,11 @@ impl EngramConfig {
             return Err(invalid("base_sizes", bad, "each size must be in 1..2^62"));
         }
         if self.layer_ids.is_empty() {
-            return Err(invalid("layer_ids", "[]", "at least one Engram layer is needed"));
+            return Err(invalid(
+                "layer_ids",
+                "[]",
+                "at least one Engram layer is needed",
+            ));
         }
         let mut seen = HashSet::new();
         if let Some(dup) = self.layer_ids.iter().find(|&&l| !seen.insert(l)) {
@@ -191,8 +195,12 @@ impl EngramLayout {
         let mut used = HashSet::new();
         let mut layers = Vec::with_capacity(config.layer_ids.len());
         for &layer_id in &config.layer_ids {
-            let multipliers =
-                multipliers(config.seed, layer_id, config.max_ngram, compressed_vocab_size)?;
+            let multipliers = multipliers(
+                config.seed,
+                layer_id,
+                config.max_ngram,
+                compressed_vocab_size,
+            )?;
             let mut primes = Vec::with_capacity(config.n_hash_heads());
             for &base in &config.base_sizes {
                 let mut cursor = base - 1;
@@ -271,12 +279,49 @@ mod tests {
     fn rejects_bad_configs() {
         let base = EngramConfig::demo();
         let cases: Vec<(EngramConfig, &str)> = vec![
-            (EngramConfig { max_ngram: 1, base_sizes: vec![], ..base.clone() }, "max_ngram"),
-            (EngramConfig { n_heads: 0, ..base.clone() }, "n_heads"),
-            (EngramConfig { base_sizes: vec![10], ..base.clone() }, "base_sizes"),
-            (EngramConfig { base_sizes: vec![0, 10], ..base.clone() }, "base_sizes"),
-            (EngramConfig { layer_ids: vec![], ..base.clone() }, "layer_ids"),
-            (EngramConfig { layer_ids: vec![3, 3], ..base.clone() }, "layer_ids"),
+            (
+                EngramConfig {
+                    max_ngram: 1,
+                    base_sizes: vec![],
+                    ..base.clone()
+                },
+                "max_ngram",
+            ),
+            (
+                EngramConfig {
+                    n_heads: 0,
+                    ..base.clone()
+                },
+                "n_heads",
+            ),
+            (
+                EngramConfig {
+                    base_sizes: vec![10],
+                    ..base.clone()
+                },
+                "base_sizes",
+            ),
+            (
+                EngramConfig {
+                    base_sizes: vec![0, 10],
+                    ..base.clone()
+                },
+                "base_sizes",
+            ),
+            (
+                EngramConfig {
+                    layer_ids: vec![],
+                    ..base.clone()
+                },
+                "layer_ids",
+            ),
+            (
+                EngramConfig {
+                    layer_ids: vec![3, 3],
+                    ..base.clone()
+                },
+                "layer_ids",
+            ),
         ];
         for (config, field) in cases {
             let err = EngramLayout::new(&config, 100, 2).expect_err("must be rejected");
