@@ -26,7 +26,7 @@ pub fn is_prime(n: u64) -> bool {
         return false;
     }
     for p in BASES {
-        if n % p == 0 {
+        if n.is_multiple_of(p) {
             return n == p;
         }
     }
@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn matches_trial_division_below_100k() {
-        let naive = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+        let naive = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d));
         for n in 0..100_000 {
             assert_eq!(is_prime(n), naive(n), "n = {n}");
         }
