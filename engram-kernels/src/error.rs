@@ -59,6 +59,22 @@ pub enum Error {
     /// Non-finite or otherwise unusable numeric input.
     #[error("invalid value in {what}: {reason}")]
     InvalidValue { what: &'static str, reason: String },
+    /// A row id past the end of the table it indexes.
+    #[error("row id {row} at index {index} is out of range: the table has {rows} rows")]
+    RowOutOfRange { row: u64, index: usize, rows: u64 },
+    /// Two tensors that must agree in a dimension do not.
+    #[error("width mismatch: {what}: {left} vs {right}")]
+    WidthMismatch {
+        what: &'static str,
+        left: usize,
+        right: usize,
+    },
+    /// A CUDA driver call failed after the device was found.
+    #[error("CUDA {op} failed: {reason}")]
+    Cuda { op: &'static str, reason: String },
+    /// NVRTC rejected a kernel source.
+    #[error("NVRTC could not compile {kernel}: {log}")]
+    CudaCompile { kernel: &'static str, log: String },
 }
 
 /// `Result` with this crate's [`Error`].
