@@ -4,6 +4,7 @@
 pub mod addressing;
 pub mod cmd;
 pub mod vectors;
+pub mod vectors_forward;
 
 /// Logs to stderr; `RUST_LOG` filters (default: warnings and errors).
 pub fn init_logging() {
