@@ -1,0 +1,328 @@
+//! Row backends behind one trait; all return the memory tier's bytes for the same ids.
+//!
+//! A [`Backend`] is shared by every thread; each thread that reads gets its own
+//! [`RowReader`] (a ring, staging buffers) from [`Backend::reader`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::batch::PlanParams;
+use crate::error::{Error, Result};
+use crate::table::Table;
+
+pub mod memory;
+pub mod mmap;
+pub mod pread;
+pub mod uring;
+
+/// Environment variable that forces a backend: `memory`, `mmap`, `pread`, `uring`, `auto`.
+pub const IO_BACKEND_ENV: &str = "ENGRAM_IO_BACKEND";
+/// Environment variable that makes the io_uring probe fail (testing the fallback):
+/// `setup`, `probe` or `register`.
+pub const URING_FAULT_ENV: &str = "ENGRAM_URING_FAULT";
+
+/// Default queue depth per reader.
+pub const DEFAULT_QUEUE_DEPTH: usize = 32;
+/// Largest queue depth accepted.
+pub const MAX_QUEUE_DEPTH: usize = 4096;
+/// Default longest coalesced read.
+pub const DEFAULT_MAX_READ_BYTES: u64 = 64 << 10;
+
+/// Which backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// Every layer resident in RAM (loaded and verified at open).
+    Memory,
+    /// The layer files memory-mapped; the page cache decides residency.
+    Mmap,
+    /// `pread` on a thread pool; portable.
+    Pread,
+    /// io_uring with O_DIRECT, registered files and buffers.
+    Uring,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Mmap => "mmap",
+            BackendKind::Pread => "pread",
+            BackendKind::Uring => "uring",
+        }
+    }
+
+    /// The tier whose statistics this backend feeds.
+    pub fn tier(self) -> Tier {
+        match self {
+            BackendKind::Memory | BackendKind::Mmap => Tier::Dram,
+            BackendKind::Pread | BackendKind::Uring => Tier::Ssd,
+        }
+    }
+
+    /// Parses a name; `auto` is `None`.
+    pub fn parse(s: &str) -> Result<Option<Self>> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "memory" | "mem" => Ok(Some(BackendKind::Memory)),
+            "mmap" => Ok(Some(BackendKind::Mmap)),
+            "pread" => Ok(Some(BackendKind::Pread)),
+            "uring" | "io_uring" => Ok(Some(BackendKind::Uring)),
+            "auto" | "" => Ok(None),
+            other => Err(Error::Invalid {
+                what: "backend",
+                reason: format!("{other:?}: expected memory, mmap, pread, uring or auto"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Storage tiers, for statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    Cache,
+    Dram,
+    Ssd,
+}
+
+/// Injected io_uring failures, to test the fallback chain on machines where it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UringFault {
+    /// `io_uring_setup` fails (seccomp, `kernel.io_uring_disabled`).
+    Setup,
+    /// An opcode is reported unsupported (old kernel).
+    Probe,
+    /// Buffer registration fails (`RLIMIT_MEMLOCK`): uring runs with unregistered buffers.
+    Register,
+}
+
+impl UringFault {
+    fn from_env() -> Option<Self> {
+        match std::env::var(URING_FAULT_ENV).ok()?.as_str() {
+            "setup" => Some(UringFault::Setup),
+            "probe" => Some(UringFault::Probe),
+            "register" => Some(UringFault::Register),
+            _ => None,
+        }
+    }
+}
+
+/// How to open and shape the backend.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// `None`: `$ENGRAM_IO_BACKEND`, else auto (uring, then pread).
+    pub kind: Option<BackendKind>,
+    /// Reads in flight per reader.
+    pub queue_depth: usize,
+    /// Read unit for unverified reads (512 or 4096); verified reads use the checksum block.
+    pub read_unit: u64,
+    /// Check every device read against its block checksum (and mmap blocks on first use).
+    pub verify: bool,
+    /// Merge reads whose gap is at most this.
+    pub coalesce_gap_bytes: u64,
+    /// Longest merged read.
+    pub max_read_bytes: u64,
+    /// io_uring: kernel submission-queue polling thread (costs a core).
+    pub sqpoll: bool,
+    /// pread: worker threads in the pool.
+    pub pread_threads: usize,
+    /// Test hook: make io_uring fail this way (also `$ENGRAM_URING_FAULT`).
+    pub uring_fault: Option<UringFault>,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            read_unit: 4096,
+            verify: true,
+            coalesce_gap_bytes: 0,
+            max_read_bytes: DEFAULT_MAX_READ_BYTES,
+            sqpoll: false,
+            pread_threads: 8,
+            uring_fault: None,
+        }
+    }
+}
+
+impl BackendOptions {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.queue_depth == 0 || self.queue_depth > MAX_QUEUE_DEPTH {
+            return Err(Error::Limit {
+                what: "queue depth",
+                name: "MAX_QUEUE_DEPTH",
+                limit: MAX_QUEUE_DEPTH,
+                found: self.queue_depth,
+            });
+        }
+        if !self.read_unit.is_power_of_two() || !(512..=1 << 20).contains(&self.read_unit) {
+            return Err(Error::Invalid {
+                what: "read unit",
+                reason: format!("{} must be a power of two in 512..=1 MiB", self.read_unit),
+            });
+        }
+        if self.pread_threads == 0 || self.pread_threads > MAX_QUEUE_DEPTH {
+            return Err(Error::Invalid {
+                what: "pread threads",
+                reason: format!("{} must be in 1..={MAX_QUEUE_DEPTH}", self.pread_threads),
+            });
+        }
+        Ok(())
+    }
+
+    /// The read shape for layer `layer` of `table`.
+    pub(crate) fn plan_params(&self, table: &Table, layer: usize) -> Result<PlanParams> {
+        let h = &table.layer(layer)?.header;
+        let m = table.manifest();
+        let align = if self.verify {
+            m.block_bytes
+        } else {
+            self.read_unit
+        };
+        Ok(PlanParams {
+            data_offset: m.data_offset,
+            data_bytes: h.data_bytes,
+            align,
+            coalesce_gap_bytes: self.coalesce_gap_bytes,
+            max_read_bytes: self.max_read_bytes.max(align),
+        })
+    }
+}
+
+/// Per-batch I/O accounting filled by readers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    /// Distinct rows fetched from the backend.
+    pub rows_unique: u64,
+    /// Device reads issued.
+    pub reads: u64,
+    /// Bytes read from the device (or touched in memory).
+    pub device_bytes: u64,
+    /// Nanoseconds planning, submitting, waiting for completions, scattering.
+    pub plan_ns: u64,
+    pub submit_ns: u64,
+    pub complete_ns: u64,
+    pub scatter_ns: u64,
+}
+
+/// Per-thread reader state.
+pub trait RowReader: Send + fmt::Debug {
+    /// Reads rows `ids` of layer `layer` into `out`, row `k` at slot `slots[k]` (or `k` when
+    /// `slots` is empty). Ids are in range (checked by the caller); duplicates allowed.
+    fn read_rows(
+        &mut self,
+        layer: usize,
+        ids: &[u64],
+        slots: &[u32],
+        out: &mut [u8],
+        counters: &mut IoCounters,
+    ) -> Result<()>;
+}
+
+/// A backend shared by all threads.
+pub trait Backend: Send + Sync + fmt::Debug {
+    fn kind(&self) -> BackendKind;
+    /// A new per-thread reader.
+    fn reader(&self) -> Result<Box<dyn RowReader>>;
+}
+
+/// A backend with the reason it was chosen.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub backend: Arc<dyn Backend>,
+    /// Why a fallback was taken, if one was.
+    pub fallback: Option<String>,
+}
+
+/// Opens the requested backend; io_uring falls back to pread, logging why and how to fix it.
+pub fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Result<Opened> {
+    options.validate()?;
+    let kind = match options.kind {
+        Some(k) => Some(k),
+        None => match std::env::var(IO_BACKEND_ENV) {
+            Ok(v) => BackendKind::parse(&v)?,
+            Err(_) => None,
+        },
+    };
+    let mut options = options.clone();
+    if options.uring_fault.is_none() {
+        options.uring_fault = UringFault::from_env();
+    }
+    match kind {
+        Some(BackendKind::Memory) => Ok(Opened {
+            backend: Arc::new(memory::MemoryBackend::load(table, options.verify)?),
+            fallback: None,
+        }),
+        Some(BackendKind::Mmap) => Ok(Opened {
+            backend: Arc::new(mmap::MmapBackend::open(table, options.verify)?),
+            fallback: None,
+        }),
+        Some(BackendKind::Pread) => Ok(Opened {
+            backend: Arc::new(pread::PreadBackend::new(table, &options)?),
+            fallback: None,
+        }),
+        Some(BackendKind::Uring) | None => match uring::UringBackend::open(table, &options) {
+            Ok(b) => Ok(Opened {
+                backend: Arc::new(b),
+                fallback: None,
+            }),
+            Err(e) => {
+                let reason = format!(
+                    "io_uring unavailable ({e}); using pread. Fix: allow io_uring_setup in \
+                     seccomp, set sysctl kernel.io_uring_disabled=0, use Linux >= 5.6, or \
+                     raise RLIMIT_MEMLOCK (ulimit -l); force a path with {IO_BACKEND_ENV}"
+                );
+                log_fallback_once(&reason);
+                Ok(Opened {
+                    backend: Arc::new(pread::PreadBackend::new(table, &options)?),
+                    fallback: Some(reason),
+                })
+            }
+        },
+    }
+}
+
+fn log_fallback_once(reason: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(target: "engram_store", "{reason}");
+    } else {
+        tracing::debug!(target: "engram_store", "{reason}");
+    }
+}
+
+/// Reads the file bytes of a planned batch with a blocking positional read into `buf`
+/// (shared by the pread pool and tests).
+pub(crate) fn pread_exact(
+    file: &std::fs::File,
+    path: &std::path::Path,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+        .map_err(|e| crate::error::io_at("read", path, offset, e))
+}
+
+/// Verifies every checksum block inside a read of `buf` at `offset` (block-aligned).
+pub(crate) fn verify_read(table: &Table, layer: usize, offset: u64, buf: &[u8]) -> Result<()> {
+    let m = table.manifest();
+    let bb = m.block_bytes;
+    let rel = offset - m.data_offset;
+    let first = rel / bb;
+    let mut at = 0usize;
+    let mut block = first;
+    while at < buf.len() {
+        let len = (bb as usize).min(buf.len() - at);
+        table.verify_block(layer, block, &buf[at..at + len])?;
+        at += len;
+        block += 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! The crate's one error type, split by operation. Every variant says what was expected,
+//! what was found and where (path, layer, byte offset).
+
+use std::path::PathBuf;
+
+/// Errors from writing, opening, verifying and reading Engram tables.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An I/O call failed at a byte offset of a file.
+    #[error("{op} {path} at offset {offset}: {source}")]
+    IoAt {
+        op: &'static str,
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest is missing, not JSON, or inconsistent.
+    #[error("invalid manifest {path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    /// The table was written by a format version this build does not read.
+    #[error("{path}: unsupported format version {found} (this build reads version {expected})")]
+    Version {
+        path: PathBuf,
+        expected: u32,
+        found: u32,
+    },
+    /// The manifest's addressing constants disagree with the ones re-derived from its config.
+    #[error(
+        "manifest {path}: layer {layer_id} {field} disagree with the layout derived from the \
+         config (expected {expected}, found {found})"
+    )]
+    Layout {
+        path: PathBuf,
+        layer_id: u64,
+        field: &'static str,
+        expected: String,
+        found: String,
+    },
+    /// The table was built with a different tokenizer than the caller uses.
+    #[error(
+        "table {path} was built with tokenizer sha256 {found}, but the caller uses {expected}: \
+         row ids would address the wrong rows"
+    )]
+    TokenizerMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    /// A layer file header is malformed or disagrees with the manifest.
+    #[error(
+        "{path} (layer {layer_id}): bad header field {field} at offset {offset}: expected {expected}, found {found}"
+    )]
+    Header {
+        path: PathBuf,
+        layer_id: u64,
+        field: &'static str,
+        offset: u64,
+        expected: String,
+        found: String,
+    },
+    /// A layer file is shorter or longer than its header and manifest say.
+    #[error(
+        "{path} (layer {layer_id}): file is {found} bytes, expected {expected} (truncated or extended)"
+    )]
+    FileSize {
+        path: PathBuf,
+        layer_id: u64,
+        expected: u64,
+        found: u64,
+    },
+    /// A checksum does not match the bytes: the file is corrupted.
+    #[error(
+        "{path} (layer {layer_id}): checksum mismatch in {what} at offset {offset} \
+         (length {len}): stored {stored:#018x}, computed {computed:#018x}"
+    )]
+    Checksum {
+        path: PathBuf,
+        layer_id: u64,
+        what: &'static str,
+        offset: u64,
+        len: u64,
+        stored: u64,
+        computed: u64,
+    },
+    /// A row id beyond the layer's table.
+    #[error("row id {row} at index {index} is out of range for layer index {layer} ({rows} rows)")]
+    RowOutOfRange {
+        layer: usize,
+        index: usize,
+        row: u64,
+        rows: u64,
+    },
+    /// A layer index beyond the table's layers.
+    #[error("layer index {layer} is out of range: the table has {n_layers} layers")]
+    LayerOutOfRange { layer: usize, n_layers: usize },
+    /// A buffer's length does not match the shape it is used with.
+    #[error("shape mismatch for {what}: expected {expected}, found {found}")]
+    Shape {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    /// A batch larger than a named limit.
+    #[error("{what} is {found}, above the limit {limit} ({name})")]
+    Limit {
+        what: &'static str,
+        name: &'static str,
+        limit: usize,
+        found: usize,
+    },
+    /// An argument or option value is invalid.
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    /// The writer was used out of order.
+    #[error("table writer: {0}")]
+    Writer(String),
+    /// The destination exists and `force` was not given.
+    #[error("{path} already exists (pass force to replace it)")]
+    Exists { path: PathBuf },
+    /// A profile file is malformed.
+    #[error("invalid profile {path} at offset {offset}: {reason}")]
+    Profile {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A feature that is not compiled into this build.
+    #[error("{what} is not compiled in: rebuild with `--features {feature}`")]
+    NotCompiled {
+        what: &'static str,
+        feature: &'static str,
+    },
+    /// A backend or facility compiled in but not usable on this machine.
+    #[error("{what} is not available on this machine: {reason}")]
+    Unavailable { what: &'static str, reason: String },
+    /// The store's workers stopped after an earlier failure; reopen the store.
+    #[error("the store is shut down ({0}); reopen it")]
+    ShutDown(&'static str),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Error {
+    Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(crate) fn io_at(
+    op: &'static str,
+    path: &std::path::Path,
+    offset: u64,
+    source: std::io::Error,
+) -> Error {
+    Error::IoAt {
+        op,
+        path: path.to_path_buf(),
+        offset,
+        source,
+    }
+}

@@ -1,0 +1,316 @@
+//! Counters and latency histograms per tier and per stage, as a struct and as Prometheus
+//! text. Names follow `engram_store_*` in base units (seconds, bytes).
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::backend::{IoCounters, Tier};
+
+/// Longest latency the histograms track (60 s, in ns).
+const MAX_TRACKED_NS: u64 = 60_000_000_000;
+
+fn new_hist() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3) {
+        Ok(h) => h,
+        Err(e) => unreachable!("constant histogram bounds are valid: {e}"),
+    }
+}
+
+/// Tier names, in [`Tier`] order.
+pub const TIERS: [&str; 3] = ["cache", "dram", "ssd"];
+/// Stage names.
+pub const STAGES: [&str; 4] = ["plan", "submit", "complete", "scatter"];
+
+#[derive(Debug)]
+struct Hists {
+    // per tier: batch latency of that tier's part of a batch
+    tier: [Histogram<u64>; 3],
+    // per stage: ns per batch
+    stage: [Histogram<u64>; 4],
+    // whole lookup / prefetch batch
+    batch: Histogram<u64>,
+}
+
+/// Live metrics, updated by every lookup.
+#[derive(Debug)]
+pub struct Metrics {
+    batches: AtomicU64,
+    rows_requested: AtomicU64,
+    rows_backend: AtomicU64,
+    rows_unique: AtomicU64,
+    device_reads: AtomicU64,
+    device_bytes: AtomicU64,
+    errors: AtomicU64,
+    hists: Mutex<Hists>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            batches: AtomicU64::new(0),
+            rows_requested: AtomicU64::new(0),
+            rows_backend: AtomicU64::new(0),
+            rows_unique: AtomicU64::new(0),
+            device_reads: AtomicU64::new(0),
+            device_bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            hists: Mutex::new(Hists {
+                tier: [new_hist(), new_hist(), new_hist()],
+                stage: [new_hist(), new_hist(), new_hist(), new_hist()],
+                batch: new_hist(),
+            }),
+        }
+    }
+}
+
+fn tier_index(t: Tier) -> usize {
+    match t {
+        Tier::Cache => 0,
+        Tier::Dram => 1,
+        Tier::Ssd => 2,
+    }
+}
+
+/// Latency quantiles of one histogram.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub name: String,
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+fn summary(name: &str, h: &Histogram<u64>) -> LatencySummary {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    LatencySummary {
+        name: name.to_string(),
+        count: h.len(),
+        mean_us: h.mean() / 1000.0,
+        p50_us: us(h.value_at_quantile(0.5)),
+        p99_us: us(h.value_at_quantile(0.99)),
+        p999_us: us(h.value_at_quantile(0.999)),
+        max_us: us(h.max()),
+    }
+}
+
+/// A point-in-time copy of the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StatsSnapshot {
+    pub backend: String,
+    pub batches: u64,
+    pub rows_requested: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_rows: u64,
+    pub cache_capacity_rows: u64,
+    /// Rows the backend was asked for (cache misses, duplicates included).
+    pub rows_backend: u64,
+    /// Distinct rows the backend read.
+    pub rows_unique: u64,
+    pub device_reads: u64,
+    pub device_bytes: u64,
+    pub row_bytes: u64,
+    pub errors: u64,
+    /// Device bytes / (distinct rows read x row bytes).
+    pub read_amplification: f64,
+    pub cache_hit_rate: f64,
+    pub batch: LatencySummary,
+    pub tiers: Vec<LatencySummary>,
+    pub stages: Vec<LatencySummary>,
+}
+
+impl Metrics {
+    pub(crate) fn record_batch(&self, rows: usize, total_ns: u64, ok: bool) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.rows_requested
+            .fetch_add(rows as u64, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut h) = self.hists.lock() {
+            let _ = h.batch.record(total_ns.clamp(1, MAX_TRACKED_NS));
+        }
+    }
+
+    pub(crate) fn record_tier(&self, tier: Tier, ns: u64) {
+        if let Ok(mut h) = self.hists.lock() {
+            let _ = h.tier[tier_index(tier)].record(ns.clamp(1, MAX_TRACKED_NS));
+        }
+    }
+
+    pub(crate) fn record_io(&self, rows_backend: usize, c: &IoCounters) {
+        self.rows_backend
+            .fetch_add(rows_backend as u64, Ordering::Relaxed);
+        self.rows_unique.fetch_add(c.rows_unique, Ordering::Relaxed);
+        self.device_reads.fetch_add(c.reads, Ordering::Relaxed);
+        self.device_bytes
+            .fetch_add(c.device_bytes, Ordering::Relaxed);
+        if let Ok(mut h) = self.hists.lock() {
+            for (i, ns) in [c.plan_ns, c.submit_ns, c.complete_ns, c.scatter_ns]
+                .into_iter()
+                .enumerate()
+            {
+                let _ = h.stage[i].record(ns.clamp(1, MAX_TRACKED_NS));
+            }
+        }
+    }
+
+    /// Resets every counter and histogram (cache counters are separate).
+    pub fn reset(&self) {
+        for a in [
+            &self.batches,
+            &self.rows_requested,
+            &self.rows_backend,
+            &self.rows_unique,
+            &self.device_reads,
+            &self.device_bytes,
+            &self.errors,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+        if let Ok(mut h) = self.hists.lock() {
+            h.batch.reset();
+            h.tier.iter_mut().for_each(Histogram::reset);
+            h.stage.iter_mut().for_each(Histogram::reset);
+        }
+    }
+
+    pub(crate) fn snapshot(&self, backend: &str, row_bytes: u64) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut s = StatsSnapshot {
+            backend: backend.to_string(),
+            batches: g(&self.batches),
+            rows_requested: g(&self.rows_requested),
+            rows_backend: g(&self.rows_backend),
+            rows_unique: g(&self.rows_unique),
+            device_reads: g(&self.device_reads),
+            device_bytes: g(&self.device_bytes),
+            errors: g(&self.errors),
+            row_bytes,
+            ..Default::default()
+        };
+        s.read_amplification = if s.rows_unique > 0 {
+            s.device_bytes as f64 / (s.rows_unique * row_bytes) as f64
+        } else {
+            0.0
+        };
+        if let Ok(h) = self.hists.lock() {
+            s.batch = summary("batch", &h.batch);
+            s.tiers = TIERS
+                .iter()
+                .zip(&h.tier)
+                .map(|(n, h)| summary(n, h))
+                .collect();
+            s.stages = STAGES
+                .iter()
+                .zip(&h.stage)
+                .map(|(n, h)| summary(n, h))
+                .collect();
+        }
+        s
+    }
+}
+
+impl StatsSnapshot {
+    /// Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let mut o = String::new();
+        let b = &self.backend;
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP engram_store_{name} {help}");
+            let _ = writeln!(o, "# TYPE engram_store_{name} counter");
+            let _ = writeln!(o, "engram_store_{name}{{backend=\"{b}\"}} {v}");
+        };
+        counter(
+            "batches_total",
+            "Lookup and prefetch batches served.",
+            self.batches,
+        );
+        counter(
+            "rows_requested_total",
+            "Row ids requested.",
+            self.rows_requested,
+        );
+        counter(
+            "cache_hits_total",
+            "Rows served from the hot-row cache.",
+            self.cache_hits,
+        );
+        counter(
+            "cache_misses_total",
+            "Rows not in the hot-row cache.",
+            self.cache_misses,
+        );
+        counter(
+            "backend_rows_total",
+            "Rows asked of the backend.",
+            self.rows_backend,
+        );
+        counter(
+            "backend_unique_rows_total",
+            "Distinct rows read by the backend.",
+            self.rows_unique,
+        );
+        counter(
+            "device_reads_total",
+            "Device read operations.",
+            self.device_reads,
+        );
+        counter(
+            "device_read_bytes_total",
+            "Bytes read from the device or touched in memory.",
+            self.device_bytes,
+        );
+        counter("errors_total", "Batches that failed.", self.errors);
+        let _ = writeln!(
+            o,
+            "# HELP engram_store_read_amplification Device bytes per useful row byte."
+        );
+        let _ = writeln!(o, "# TYPE engram_store_read_amplification gauge");
+        let _ = writeln!(
+            o,
+            "engram_store_read_amplification{{backend=\"{b}\"}} {}",
+            self.read_amplification
+        );
+        let _ = writeln!(
+            o,
+            "# HELP engram_store_cache_rows Rows held by the hot-row cache."
+        );
+        let _ = writeln!(o, "# TYPE engram_store_cache_rows gauge");
+        let _ = writeln!(
+            o,
+            "engram_store_cache_rows{{backend=\"{b}\"}} {}",
+            self.cache_rows
+        );
+        let mut latency = |metric: &str, label: &str, items: &[LatencySummary]| {
+            let _ = writeln!(o, "# HELP engram_store_{metric}_seconds Latency quantiles.");
+            let _ = writeln!(o, "# TYPE engram_store_{metric}_seconds summary");
+            for s in items {
+                for (q, v) in [("0.5", s.p50_us), ("0.99", s.p99_us), ("0.999", s.p999_us)] {
+                    let _ = writeln!(
+                        o,
+                        "engram_store_{metric}_seconds{{backend=\"{b}\",{label}=\"{}\",quantile=\"{q}\"}} {:e}",
+                        s.name,
+                        v / 1e6
+                    );
+                }
+                let _ = writeln!(
+                    o,
+                    "engram_store_{metric}_seconds_count{{backend=\"{b}\",{label}=\"{}\"}} {}",
+                    s.name, s.count
+                );
+            }
+        };
+        latency("tier_latency", "tier", &self.tiers);
+        latency("stage_latency", "stage", &self.stages);
+        latency("batch_latency", "kind", std::slice::from_ref(&self.batch));
+        o
+    }
+}

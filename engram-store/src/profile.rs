@@ -1,0 +1,240 @@
+//! Frequency profiles: per layer, the row ids ranked by how often a corpus hit them.
+//! Written by `engram-build`, read by the hot-row cache to seed itself. The byte layout is
+//! in `docs/format.md` ("Profile file").
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{Error, Result, io};
+
+/// Magic bytes at offset 0 of a profile file.
+pub const PROFILE_MAGIC: [u8; 8] = *b"ENGRAMPF";
+/// Profile format version.
+pub const PROFILE_VERSION: u32 = 1;
+
+/// One layer's ranked rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerProfile {
+    /// The Engram layer id (not the index).
+    pub layer_id: u64,
+    /// Hits over all rows of the layer, including rows not listed.
+    pub total_hits: u64,
+    /// `(row id, hits)`, hits descending, ties by row id ascending; row ids distinct.
+    pub entries: Vec<(u64, u64)>,
+}
+
+impl LayerProfile {
+    /// Ranks `counts` (`(row, hits)`, any order, rows distinct) and keeps the `top` hottest.
+    pub fn from_counts(
+        layer_id: u64,
+        counts: impl IntoIterator<Item = (u64, u64)>,
+        top: usize,
+    ) -> Self {
+        let mut entries: Vec<(u64, u64)> = counts.into_iter().filter(|&(_, c)| c > 0).collect();
+        let total_hits = entries.iter().map(|&(_, c)| c).sum();
+        entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        entries.truncate(top);
+        Self {
+            layer_id,
+            total_hits,
+            entries,
+        }
+    }
+}
+
+/// A profile: one [`LayerProfile`] per profiled layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// The `table_id` of the table it was measured for (0: not bound to a table).
+    pub table_id: u64,
+    pub layers: Vec<LayerProfile>,
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl Profile {
+    /// The profile of layer id `layer_id`, if present.
+    pub fn layer(&self, layer_id: u64) -> Option<&LayerProfile> {
+        self.layers.iter().find(|l| l.layer_id == layer_id)
+    }
+
+    /// Serializes (little-endian; see `docs/format.md`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let n: usize = self.layers.iter().map(|l| 24 + 16 * l.entries.len()).sum();
+        let mut b = Vec::with_capacity(32 + n + 8);
+        b.extend_from_slice(&PROFILE_MAGIC);
+        b.extend_from_slice(&PROFILE_VERSION.to_le_bytes());
+        b.extend_from_slice(&(self.layers.len() as u32).to_le_bytes());
+        b.extend_from_slice(&self.table_id.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        for l in &self.layers {
+            b.extend_from_slice(&l.layer_id.to_le_bytes());
+            b.extend_from_slice(&(l.entries.len() as u64).to_le_bytes());
+            b.extend_from_slice(&l.total_hits.to_le_bytes());
+            for &(row, hits) in &l.entries {
+                b.extend_from_slice(&row.to_le_bytes());
+                b.extend_from_slice(&hits.to_le_bytes());
+            }
+        }
+        let sum = xxh3_64(&b);
+        b.extend_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    /// Parses and validates (checksum, ranking, distinct rows).
+    pub fn from_bytes(b: &[u8], path: &Path) -> Result<Self> {
+        let bad = |offset: usize, reason: String| Error::Profile {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason,
+        };
+        if b.len() < 40 {
+            return Err(bad(
+                0,
+                format!("{} bytes is shorter than the 40-byte minimum", b.len()),
+            ));
+        }
+        if b[..8] != PROFILE_MAGIC {
+            return Err(bad(0, "bad magic (expected ENGRAMPF)".into()));
+        }
+        let body = b.len() - 8;
+        let stored = le64(b, body);
+        let computed = xxh3_64(&b[..body]);
+        if stored != computed {
+            return Err(bad(
+                body,
+                format!("checksum mismatch: stored {stored:#018x}, computed {computed:#018x}"),
+            ));
+        }
+        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if version != PROFILE_VERSION {
+            return Err(bad(
+                8,
+                format!("version {version}, this build reads {PROFILE_VERSION}"),
+            ));
+        }
+        let n_layers = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
+        let table_id = le64(b, 16);
+        let mut at = 32usize;
+        let mut layers = Vec::new();
+        for _ in 0..n_layers {
+            if at + 24 > body {
+                return Err(bad(at, "layer record runs past the end".into()));
+            }
+            let layer_id = le64(b, at);
+            let n = le64(b, at + 8);
+            let total_hits = le64(b, at + 16);
+            at += 24;
+            let need = usize::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_mul(16))
+                .filter(|&need| at.checked_add(need).is_some_and(|end| end <= body))
+                .ok_or_else(|| bad(at - 16, format!("{n} entries run past the end")))?;
+            let mut entries = Vec::with_capacity(need / 16);
+            let mut seen = std::collections::HashSet::with_capacity(need / 16);
+            let mut sum = 0u64;
+            for k in 0..need / 16 {
+                let off = at + 16 * k;
+                let e = (le64(b, off), le64(b, off + 8));
+                if let Some(&prev) = entries.last() {
+                    let (pr, pc): (u64, u64) = prev;
+                    if e.1 > pc || (e.1 == pc && e.0 <= pr) {
+                        return Err(bad(
+                            off,
+                            "entries are not ranked by hits descending, row ascending".into(),
+                        ));
+                    }
+                }
+                if !seen.insert(e.0) {
+                    return Err(bad(off, format!("row {} listed twice", e.0)));
+                }
+                sum = sum.saturating_add(e.1);
+                entries.push(e);
+            }
+            if sum > total_hits {
+                return Err(bad(
+                    at - 8,
+                    format!("total_hits {total_hits} below the listed sum {sum}"),
+                ));
+            }
+            at += need;
+            layers.push(LayerProfile {
+                layer_id,
+                total_hits,
+                entries,
+            });
+        }
+        if at != body {
+            return Err(bad(at, format!("{} trailing bytes", body - at)));
+        }
+        Ok(Self { table_id, layers })
+    }
+
+    /// Writes atomically (temporary name, fsync, rename).
+    pub fn write(&self, path: &Path, force: bool) -> Result<()> {
+        if path.exists() && !force {
+            return Err(Error::Exists {
+                path: path.to_path_buf(),
+            });
+        }
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        {
+            let mut f = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+            f.write_all(&self.to_bytes())
+                .map_err(|e| io("write", &tmp, e))?;
+            f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
+        }
+        fs::rename(&tmp, path).map_err(|e| io("rename", &tmp, e))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("fsync directory", parent, e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a profile file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let b = fs::read(path).map_err(|e| io("read profile", path, e))?;
+        Self::from_bytes(&b, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_corruption() {
+        let p = Profile {
+            table_id: 5,
+            layers: vec![
+                LayerProfile::from_counts(1, [(3, 10), (7, 2), (9, 10), (4, 0)], 10),
+                LayerProfile::from_counts(15, [(1, 1)], 10),
+            ],
+        };
+        assert_eq!(p.layers[0].entries, vec![(3, 10), (9, 10), (7, 2)]);
+        assert_eq!(p.layers[0].total_hits, 22);
+        let b = p.to_bytes();
+        assert_eq!(
+            Profile::from_bytes(&b, Path::new("p")).ok(),
+            Some(p.clone())
+        );
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 0x10;
+            assert!(
+                Profile::from_bytes(&c, Path::new("p")).is_err(),
+                "flip at {i}"
+            );
+        }
+        assert!(Profile::from_bytes(&b[..b.len() - 1], Path::new("p")).is_err());
+    }
+}

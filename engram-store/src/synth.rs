@@ -1,0 +1,129 @@
+//! Synthetic tables: real manifests and checksums, deterministic pseudo-random rows. For
+//! benchmarks and tests (`engram synth`).
+
+use std::path::Path;
+
+use engram_kernels::{EngramConfig, EngramLayout};
+
+use crate::error::{Error, Result};
+use crate::format::{BuildInfo, Manifest, RowLayout};
+use crate::table::TableWriter;
+
+/// SHA-256 recorded by synthetic tables built for the DeepSeek tokenizer shape.
+pub const SYNTH_TOKENIZER_SHA256: &str = engram_kernels::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
+/// `V'` of the DeepSeek tokenizer, used by synthetic tables.
+pub const SYNTH_COMPRESSED_VOCAB: u64 = 99_092;
+/// Rows generated per write call.
+const SYNTH_CHUNK_ROWS: usize = 4096;
+
+/// The row layout and width of a published shape.
+pub fn preset_row_format(preset: &str) -> Option<(RowLayout, u32)> {
+    match preset {
+        "demo" => Some((RowLayout::Bf16, 64)),
+        "engram27b" => Some((RowLayout::Bf16, 80)),
+        "v41" => Some((RowLayout::Fp8E4m3E8m0 { scale_block: 32 }, 256)),
+        _ => None,
+    }
+}
+
+#[inline]
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The bytes of synthetic row `row` of layer index `layer` (deterministic in all inputs).
+pub fn synth_row(seed: u64, layer: usize, row: u64, out: &mut [u8]) {
+    let mut s = splitmix(seed ^ ((layer as u64) << 56) ^ row.wrapping_mul(0xA24B_AED4_963E_E407));
+    for chunk in out.chunks_mut(8) {
+        s = splitmix(s);
+        let bytes = s.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+/// What to synthesize.
+#[derive(Debug, Clone)]
+pub struct SynthSpec {
+    pub config: EngramConfig,
+    pub row_layout: RowLayout,
+    pub dim: u32,
+    pub seed: u64,
+    pub block_bytes: Option<u64>,
+}
+
+impl SynthSpec {
+    /// A published shape with every base size replaced by `base_size` (if given).
+    pub fn preset(name: &str, base_size: Option<u64>, seed: u64) -> Result<Self> {
+        let mut config = crate::format::preset_config(name).ok_or_else(|| Error::Invalid {
+            what: "preset",
+            reason: format!("{name:?}: expected demo, engram27b or v41"),
+        })?;
+        if let Some(s) = base_size {
+            config.base_sizes = vec![s; config.base_sizes.len()];
+        }
+        let (row_layout, dim) = preset_row_format(name).ok_or_else(|| Error::Invalid {
+            what: "preset",
+            reason: name.to_string(),
+        })?;
+        Ok(Self {
+            config,
+            row_layout,
+            dim,
+            seed,
+            block_bytes: None,
+        })
+    }
+
+    /// The manifest this spec writes (before file fields are filled in).
+    pub fn manifest(&self) -> Result<Manifest> {
+        let layout = EngramLayout::new(&self.config, SYNTH_COMPRESSED_VOCAB, 2).map_err(|e| {
+            Error::Invalid {
+                what: "config",
+                reason: e.to_string(),
+            }
+        })?;
+        Manifest::new(
+            &layout,
+            SYNTH_TOKENIZER_SHA256,
+            self.row_layout,
+            self.dim,
+            self.block_bytes,
+            BuildInfo {
+                tool: format!("engram-store {}", env!("CARGO_PKG_VERSION")),
+                created_unix: 0,
+                source: format!("synthetic seed={}", self.seed),
+                notes: String::new(),
+            },
+        )
+    }
+}
+
+/// Writes a synthetic table to `dir`; `progress(layer_index, rows_done, rows_total)` is
+/// called after every chunk.
+pub fn write_synth(
+    dir: &Path,
+    spec: &SynthSpec,
+    force: bool,
+    mut progress: impl FnMut(usize, u64, u64),
+) -> Result<Manifest> {
+    let manifest = spec.manifest()?;
+    let mut w = TableWriter::create(dir, &manifest, force)?;
+    let rb = manifest.row_bytes as usize;
+    let mut buf = vec![0u8; rb * SYNTH_CHUNK_ROWS];
+    for (li, lm) in manifest.layers.iter().enumerate() {
+        let mut row = 0u64;
+        while row < lm.rows {
+            let n = (lm.rows - row).min(SYNTH_CHUNK_ROWS as u64) as usize;
+            for (k, out) in buf[..n * rb].chunks_exact_mut(rb).enumerate() {
+                synth_row(spec.seed, li, row + k as u64, out);
+            }
+            w.write_layer_rows(li, &buf[..n * rb])?;
+            row += n as u64;
+            progress(li, row, lm.rows);
+        }
+    }
+    w.finish()
+}

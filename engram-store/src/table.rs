@@ -1,0 +1,715 @@
+//! Writing (streaming, atomic publication) and opening (validating) table directories.
+
+use std::fs::{self, File, OpenOptions as FsOpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use engram_kernels::EngramLayout;
+
+use crate::error::{Error, Result, io, io_at};
+use crate::format::{
+    FORMAT_VERSION, Geometry, HEADER_BYTES, LayerHeader, MANIFEST_FILE, Manifest, block_checksum,
+    checksums_checksum, header_offsets, hex64, parse_checksum_field,
+};
+
+/// Fsyncs a directory so renames inside it are durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("fsync directory", dir, e))
+}
+
+/// One layer file being written: rows are packed into units, units into checksum blocks.
+#[derive(Debug)]
+struct LayerSink {
+    path: PathBuf,
+    file: File,
+    header: LayerHeader,
+    geo: Geometry,
+    // (block_bytes,) the block being filled
+    block: Vec<u8>,
+    block_fill: usize,
+    rows_in_unit: u64,
+    rows_written: u64,
+    next_block_offset: u64,
+    checksums: Vec<u64>,
+}
+
+impl LayerSink {
+    fn push_row(&mut self, row: &[u8]) -> Result<()> {
+        let rb = self.geo.row_bytes as usize;
+        self.block[self.block_fill..self.block_fill + rb].copy_from_slice(row);
+        self.block_fill += rb;
+        self.rows_in_unit += 1;
+        self.rows_written += 1;
+        if self.rows_in_unit == self.geo.rows_per_unit {
+            self.close_unit()?;
+        }
+        Ok(())
+    }
+
+    /// Pads the current unit with zeros to its full size; flushes a full block.
+    fn close_unit(&mut self) -> Result<()> {
+        let ub = self.geo.unit_bytes as usize;
+        let unit_start = self.block_fill.div_ceil(ub).max(1) * ub - ub;
+        let unit_end = unit_start + ub;
+        self.block[self.block_fill..unit_end].fill(0);
+        self.block_fill = unit_end;
+        self.rows_in_unit = 0;
+        if self.block_fill == self.block.len() {
+            self.flush_block()?;
+        }
+        Ok(())
+    }
+
+    fn flush_block(&mut self) -> Result<()> {
+        if self.block_fill == 0 {
+            return Ok(());
+        }
+        let bytes = &self.block[..self.block_fill];
+        let index = self.checksums.len() as u64;
+        self.checksums.push(block_checksum(index, bytes));
+        self.file
+            .write_all_at(bytes, self.next_block_offset)
+            .map_err(|e| io_at("write", &self.path, self.next_block_offset, e))?;
+        self.next_block_offset += bytes.len() as u64;
+        self.block_fill = 0;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(u64, u64)> {
+        if self.rows_written != self.header.rows {
+            return Err(Error::Writer(format!(
+                "layer {} got {} rows, its table has {}",
+                self.header.layer_id, self.rows_written, self.header.rows
+            )));
+        }
+        if self.rows_in_unit > 0 {
+            self.close_unit()?;
+        }
+        self.flush_block()?;
+        if self.checksums.len() as u64 != self.header.n_blocks
+            || self.next_block_offset != self.header.checksums_offset
+        {
+            return Err(Error::Writer(format!(
+                "layer {}: wrote {} blocks ending at {}, expected {} ending at {}",
+                self.header.layer_id,
+                self.checksums.len(),
+                self.next_block_offset,
+                self.header.n_blocks,
+                self.header.checksums_offset
+            )));
+        }
+        let mut table = Vec::with_capacity(self.checksums.len() * 8);
+        for c in &self.checksums {
+            table.extend_from_slice(&c.to_le_bytes());
+        }
+        self.file
+            .write_all_at(&table, self.header.checksums_offset)
+            .map_err(|e| io_at("write", &self.path, self.header.checksums_offset, e))?;
+        self.header.checksums_xxh3 = checksums_checksum(&self.checksums);
+        let hdr = self.header.encode();
+        self.file
+            .write_all_at(&hdr, 0)
+            .map_err(|e| io_at("write", &self.path, 0, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| io("fsync", &self.path, e))?;
+        let header_sum = parse_u64_le(&hdr[crate::format::HEADER_CHECKSUM_OFFSET..]);
+        Ok((header_sum, self.header.checksums_xxh3))
+    }
+}
+
+fn parse_u64_le(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// Streams a table to a temporary directory beside `dir` and publishes it atomically.
+///
+/// Layers are written in index order; within a layer rows arrive in row-id order, in chunks
+/// of any number of whole rows. Memory use is one checksum block plus 8 bytes per block.
+#[derive(Debug)]
+pub struct TableWriter {
+    dir: PathBuf,
+    tmp: PathBuf,
+    force: bool,
+    manifest: Manifest,
+    current: Option<(usize, LayerSink)>,
+    done: Vec<bool>,
+    finished: bool,
+}
+
+impl TableWriter {
+    /// Starts a table at `dir` (which must not exist unless `force`). File fields of
+    /// `manifest` are filled in by [`TableWriter::finish`].
+    pub fn create(dir: &Path, manifest: &Manifest, force: bool) -> Result<Self> {
+        manifest.validate_shape(&dir.join(MANIFEST_FILE))?;
+        manifest.derive_layout(&dir.join(MANIFEST_FILE))?;
+        if dir.exists() && !force {
+            return Err(Error::Exists {
+                path: dir.to_path_buf(),
+            });
+        }
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::Invalid {
+                what: "table directory",
+                reason: format!("{} has no file name", dir.display()),
+            })?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let tmp = parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
+        fs::create_dir_all(&tmp).map_err(|e| io("create directory", &tmp, e))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tmp,
+            force,
+            manifest: manifest.clone(),
+            current: None,
+            done: vec![false; manifest.layers.len()],
+            finished: false,
+        })
+    }
+
+    /// The manifest being written.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn open_layer(&self, index: usize) -> Result<LayerSink> {
+        let lm = &self.manifest.layers[index];
+        let header = LayerHeader::expected(&self.manifest, index as u32, lm.layer_id, lm.rows)?;
+        let path = self.tmp.join(&lm.file);
+        let file = FsOpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io("create", &path, e))?;
+        file.write_all_at(&vec![0u8; HEADER_BYTES as usize], 0)
+            .map_err(|e| io_at("write", &path, 0, e))?;
+        let block_bytes =
+            usize::try_from(self.manifest.block_bytes).map_err(|_| Error::Invalid {
+                what: "block_bytes",
+                reason: "does not fit usize".into(),
+            })?;
+        Ok(LayerSink {
+            path,
+            file,
+            geo: self.manifest.geometry(),
+            block: vec![0u8; block_bytes],
+            block_fill: 0,
+            rows_in_unit: 0,
+            rows_written: 0,
+            next_block_offset: header.data_offset,
+            checksums: Vec::with_capacity(usize::try_from(header.n_blocks).unwrap_or(0)),
+            header,
+        })
+    }
+
+    fn close_current(&mut self) -> Result<()> {
+        if let Some((index, sink)) = self.current.take() {
+            let (header_sum, sums_sum) = sink.finish()?;
+            let (layer_id, rows) = {
+                let lm = &self.manifest.layers[index];
+                (lm.layer_id, lm.rows)
+            };
+            let expected = LayerHeader::expected(&self.manifest, index as u32, layer_id, rows)?;
+            let lm = &mut self.manifest.layers[index];
+            lm.header_xxh3 = hex64(header_sum);
+            lm.checksums_xxh3 = hex64(sums_sum);
+            lm.file_bytes = expected.file_bytes;
+            self.done[index] = true;
+        }
+        Ok(())
+    }
+
+    /// Appends whole rows (`bytes.len()` a multiple of `row_bytes`) to layer `layer_index`.
+    /// Moving to a later layer closes the previous one, which must then be complete.
+    pub fn write_layer_rows(&mut self, layer_index: usize, bytes: &[u8]) -> Result<()> {
+        if self.finished {
+            return Err(Error::Writer("write after finish".into()));
+        }
+        if layer_index >= self.manifest.layers.len() {
+            return Err(Error::LayerOutOfRange {
+                layer: layer_index,
+                n_layers: self.manifest.layers.len(),
+            });
+        }
+        let rb = self.manifest.row_bytes as usize;
+        if !bytes.len().is_multiple_of(rb) {
+            return Err(Error::Shape {
+                what: "row bytes chunk (multiple of row_bytes)",
+                expected: rb,
+                found: bytes.len(),
+            });
+        }
+        match &self.current {
+            Some((i, _)) if *i == layer_index => {}
+            _ => {
+                if self.done[layer_index] {
+                    return Err(Error::Writer(format!(
+                        "layer index {layer_index} was already completed"
+                    )));
+                }
+                if let Some((i, _)) = &self.current
+                    && *i > layer_index
+                {
+                    return Err(Error::Writer(format!(
+                        "layers must be written in index order: {layer_index} after {i}"
+                    )));
+                }
+                self.close_current()?;
+                let sink = self.open_layer(layer_index)?;
+                self.current = Some((layer_index, sink));
+            }
+        }
+        let Some((_, sink)) = self.current.as_mut() else {
+            return Err(Error::Writer("no open layer".into()));
+        };
+        let rows = (bytes.len() / rb) as u64;
+        if sink.rows_written + rows > sink.header.rows {
+            return Err(Error::Writer(format!(
+                "layer index {layer_index}: {} rows written plus {rows} exceeds {}",
+                sink.rows_written, sink.header.rows
+            )));
+        }
+        for row in bytes.chunks_exact(rb) {
+            sink.push_row(row)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the last layer, writes the manifest, fsyncs and renames the directory into
+    /// place. Returns the final manifest.
+    pub fn finish(mut self) -> Result<Manifest> {
+        self.close_current()?;
+        if let Some(missing) = self.done.iter().position(|d| !d) {
+            // Layers with zero rows are impossible (primes >= 2), so a missing one is an error.
+            return Err(Error::Writer(format!(
+                "layer index {missing} (id {}) was never written",
+                self.manifest.layers[missing].layer_id
+            )));
+        }
+        let mpath = self.tmp.join(MANIFEST_FILE);
+        let json = serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::Manifest {
+            path: mpath.clone(),
+            reason: e.to_string(),
+        })?;
+        {
+            let mut f = File::create(&mpath).map_err(|e| io("create", &mpath, e))?;
+            f.write_all(&json).map_err(|e| io("write", &mpath, e))?;
+            f.write_all(b"\n").map_err(|e| io("write", &mpath, e))?;
+            f.sync_all().map_err(|e| io("fsync", &mpath, e))?;
+        }
+        sync_dir(&self.tmp)?;
+        let parent = self.tmp.parent().map(Path::to_path_buf).unwrap_or_default();
+        if self.dir.exists() {
+            if !self.force {
+                return Err(Error::Exists {
+                    path: self.dir.clone(),
+                });
+            }
+            let trash = self.tmp.with_extension("old");
+            fs::rename(&self.dir, &trash).map_err(|e| io("rename", &self.dir, e))?;
+            fs::rename(&self.tmp, &self.dir).map_err(|e| io("rename", &self.tmp, e))?;
+            let _ = fs::remove_dir_all(&trash);
+        } else {
+            fs::rename(&self.tmp, &self.dir).map_err(|e| io("rename", &self.tmp, e))?;
+        }
+        sync_dir(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &parent
+        })?;
+        self.finished = true;
+        Ok(self.manifest.clone())
+    }
+}
+
+impl Drop for TableWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            // An abandoned build leaves nothing behind (best effort).
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Options for [`Table::open_with`].
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// SHA-256 of the caller's `tokenizer.json`; a different table tokenizer is an error.
+    pub expected_tokenizer_sha256: Option<String>,
+}
+
+/// One validated layer file.
+#[derive(Debug)]
+pub struct LayerFile {
+    pub path: PathBuf,
+    pub file: File,
+    pub header: LayerHeader,
+    /// (n_blocks,) xxh3 of every data block.
+    pub checksums: Vec<u64>,
+}
+
+/// An opened, validated table. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Table {
+    dir: PathBuf,
+    manifest: Manifest,
+    layout: EngramLayout,
+    layers: Vec<LayerFile>,
+}
+
+/// What a full verification found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl Table {
+    /// Opens and validates `dir` (manifest, layout, every header and checksum table).
+    pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, &OpenOptions::default())
+    }
+
+    /// [`Table::open`] with options.
+    pub fn open_with(dir: &Path, options: &OpenOptions) -> Result<Self> {
+        let mpath = dir.join(MANIFEST_FILE);
+        let bytes = fs::read(&mpath).map_err(|e| io("read manifest", &mpath, e))?;
+        let manifest = Manifest::from_json(&bytes, &mpath)?;
+        if let Some(want) = &options.expected_tokenizer_sha256
+            && !want.eq_ignore_ascii_case(&manifest.tokenizer_sha256)
+        {
+            return Err(Error::TokenizerMismatch {
+                path: mpath,
+                expected: want.to_ascii_lowercase(),
+                found: manifest.tokenizer_sha256.clone(),
+            });
+        }
+        let layout = manifest.derive_layout(&mpath)?;
+        let mut layers = Vec::with_capacity(manifest.layers.len());
+        for (i, lm) in manifest.layers.iter().enumerate() {
+            layers.push(open_layer(dir, &manifest, i, lm)?);
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            layout,
+            layers,
+        })
+    }
+
+    /// Errors unless the table was built with the tokenizer whose file hashes to `sha256`.
+    pub fn check_tokenizer(&self, sha256: &str) -> Result<()> {
+        if sha256.eq_ignore_ascii_case(&self.manifest.tokenizer_sha256) {
+            Ok(())
+        } else {
+            Err(Error::TokenizerMismatch {
+                path: self.dir.join(MANIFEST_FILE),
+                expected: sha256.to_ascii_lowercase(),
+                found: self.manifest.tokenizer_sha256.clone(),
+            })
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    /// The addressing layout re-derived (and checked) at open.
+    pub fn layout(&self) -> &EngramLayout {
+        &self.layout
+    }
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+    pub fn layer(&self, index: usize) -> Result<&LayerFile> {
+        self.layers.get(index).ok_or(Error::LayerOutOfRange {
+            layer: index,
+            n_layers: self.layers.len(),
+        })
+    }
+    pub fn row_bytes(&self) -> usize {
+        self.manifest.row_bytes as usize
+    }
+    pub fn geometry(&self) -> Geometry {
+        self.manifest.geometry()
+    }
+    /// Rows of layer `index`.
+    pub fn rows(&self, index: usize) -> Result<u64> {
+        Ok(self.layer(index)?.header.rows)
+    }
+
+    /// Errors if any id is beyond layer `layer`'s rows.
+    pub fn check_ids(&self, layer: usize, ids: &[u64]) -> Result<()> {
+        let rows = self.rows(layer)?;
+        if let Some((index, &row)) = ids.iter().enumerate().find(|&(_, &r)| r >= rows) {
+            return Err(Error::RowOutOfRange {
+                layer,
+                index,
+                row,
+                rows,
+            });
+        }
+        Ok(())
+    }
+
+    /// File offset of `row` in any layer file (unchecked row).
+    #[inline]
+    pub fn row_file_offset(&self, row: u64) -> u64 {
+        self.manifest.data_offset + self.manifest.geometry().row_offset(row)
+    }
+
+    /// Checks `bytes`, the data block `block` of layer `layer` as read from the file.
+    pub fn verify_block(&self, layer: usize, block: u64, bytes: &[u8]) -> Result<()> {
+        let lf = self.layer(layer)?;
+        let stored = lf
+            .checksums
+            .get(usize::try_from(block).unwrap_or(usize::MAX))
+            .copied()
+            .ok_or_else(|| Error::Invalid {
+                what: "block index",
+                reason: format!("{block} >= {}", lf.checksums.len()),
+            })?;
+        let computed = block_checksum(block, bytes);
+        if stored != computed {
+            return Err(Error::Checksum {
+                path: lf.path.clone(),
+                layer_id: lf.header.layer_id,
+                what: "data block",
+                offset: self.manifest.data_offset + block * self.manifest.block_bytes,
+                len: bytes.len() as u64,
+                stored,
+                computed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Byte range `(file offset, len)` of data block `block` in layer `layer`.
+    pub fn block_range(&self, layer: usize, block: u64) -> Result<(u64, u64)> {
+        let h = &self.layer(layer)?.header;
+        let bb = self.manifest.block_bytes;
+        let start = block * bb;
+        let len = bb.min(h.data_bytes.saturating_sub(start));
+        Ok((h.data_offset + start, len))
+    }
+
+    /// Reads every data block of layer `layer` and checks its checksum.
+    pub fn verify_layer(&self, layer: usize) -> Result<VerifyReport> {
+        let lf = self.layer(layer)?;
+        let mut buf = vec![0u8; self.manifest.block_bytes as usize];
+        let mut report = VerifyReport::default();
+        for b in 0..lf.header.n_blocks {
+            let (off, len) = self.block_range(layer, b)?;
+            let chunk = &mut buf[..len as usize];
+            lf.file
+                .read_exact_at(chunk, off)
+                .map_err(|e| io_at("read", &lf.path, off, e))?;
+            self.verify_block(layer, b, chunk)?;
+            report.blocks += 1;
+            report.bytes += len;
+        }
+        Ok(report)
+    }
+
+    /// Reads rows with plain `pread` (no cache, no planning): the simplest reference path.
+    pub fn read_rows_simple(&self, layer: usize, ids: &[u64], out: &mut [u8]) -> Result<()> {
+        self.check_ids(layer, ids)?;
+        let rb = self.row_bytes();
+        if out.len() != ids.len() * rb {
+            return Err(Error::Shape {
+                what: "output bytes",
+                expected: ids.len() * rb,
+                found: out.len(),
+            });
+        }
+        let lf = self.layer(layer)?;
+        let geo = self.geometry();
+        let mut block = vec![0u8; self.manifest.block_bytes as usize];
+        for (i, &row) in ids.iter().enumerate() {
+            let rel = geo.row_offset(row);
+            let b = rel / self.manifest.block_bytes;
+            let (off, len) = self.block_range(layer, b)?;
+            let chunk = &mut block[..len as usize];
+            lf.file
+                .read_exact_at(chunk, off)
+                .map_err(|e| io_at("read", &lf.path, off, e))?;
+            self.verify_block(layer, b, chunk)?;
+            let within = (rel - b * self.manifest.block_bytes) as usize;
+            out[i * rb..(i + 1) * rb].copy_from_slice(&chunk[within..within + rb]);
+        }
+        Ok(())
+    }
+}
+
+fn open_layer(
+    dir: &Path,
+    m: &Manifest,
+    index: usize,
+    lm: &crate::format::LayerManifest,
+) -> Result<LayerFile> {
+    let path = dir.join(&lm.file);
+    let file = File::open(&path).map_err(|e| io("open layer file", &path, e))?;
+    let size = file.metadata().map_err(|e| io("stat", &path, e))?.len();
+    let mut hdr = vec![0u8; HEADER_BYTES as usize];
+    if size < HEADER_BYTES {
+        return Err(Error::FileSize {
+            path,
+            layer_id: lm.layer_id,
+            expected: lm.file_bytes,
+            found: size,
+        });
+    }
+    file.read_exact_at(&mut hdr, 0)
+        .map_err(|e| io_at("read header", &path, 0, e))?;
+    let (header, header_sum) = LayerHeader::decode(&hdr, &path, lm.layer_id)?;
+    let expected = LayerHeader::expected(m, index as u32, lm.layer_id, lm.rows)?;
+    use header_offsets as o;
+    let fields: [(&'static str, usize, u64, u64); 15] = [
+        (
+            "header_bytes",
+            o::HEADER_BYTES,
+            u64::from(expected.header_bytes),
+            u64::from(header.header_bytes),
+        ),
+        ("table_id", o::TABLE_ID, expected.table_id, header.table_id),
+        (
+            "layer_index",
+            o::LAYER_INDEX,
+            u64::from(expected.layer_index),
+            u64::from(header.layer_index),
+        ),
+        ("layer_id", o::LAYER_ID, expected.layer_id, header.layer_id),
+        ("rows", o::ROWS, expected.rows, header.rows),
+        (
+            "row_bytes",
+            o::ROW_BYTES,
+            u64::from(expected.row_bytes),
+            u64::from(header.row_bytes),
+        ),
+        (
+            "rows_per_unit",
+            o::ROWS_PER_UNIT,
+            u64::from(expected.rows_per_unit),
+            u64::from(header.rows_per_unit),
+        ),
+        (
+            "unit_bytes",
+            o::UNIT_BYTES,
+            u64::from(expected.unit_bytes),
+            u64::from(header.unit_bytes),
+        ),
+        (
+            "block_bytes",
+            o::BLOCK_BYTES,
+            u64::from(expected.block_bytes),
+            u64::from(header.block_bytes),
+        ),
+        (
+            "data_offset",
+            o::DATA_OFFSET,
+            expected.data_offset,
+            header.data_offset,
+        ),
+        (
+            "data_bytes",
+            o::DATA_BYTES,
+            expected.data_bytes,
+            header.data_bytes,
+        ),
+        ("n_blocks", o::N_BLOCKS, expected.n_blocks, header.n_blocks),
+        (
+            "checksums_offset",
+            o::CHECKSUMS_OFFSET,
+            expected.checksums_offset,
+            header.checksums_offset,
+        ),
+        (
+            "file_bytes",
+            o::FILE_BYTES,
+            expected.file_bytes,
+            header.file_bytes,
+        ),
+        (
+            "format_version",
+            o::FORMAT_VERSION,
+            u64::from(FORMAT_VERSION),
+            u64::from(header.format_version),
+        ),
+    ];
+    for (field, offset, want, got) in fields {
+        if want != got {
+            return Err(Error::Header {
+                path,
+                layer_id: lm.layer_id,
+                field,
+                offset: offset as u64,
+                expected: want.to_string(),
+                found: got.to_string(),
+            });
+        }
+    }
+    let manifest_sum = parse_checksum_field(&lm.header_xxh3);
+    if manifest_sum != Some(header_sum) {
+        return Err(Error::Checksum {
+            path,
+            layer_id: lm.layer_id,
+            what: "layer header (vs manifest header_xxh3)",
+            offset: crate::format::HEADER_CHECKSUM_OFFSET as u64,
+            len: 8,
+            stored: manifest_sum.unwrap_or(0),
+            computed: header_sum,
+        });
+    }
+    if lm.file_bytes != expected.file_bytes || size != expected.file_bytes {
+        return Err(Error::FileSize {
+            path,
+            layer_id: lm.layer_id,
+            expected: expected.file_bytes,
+            found: size,
+        });
+    }
+    let n = usize::try_from(header.n_blocks).map_err(|_| Error::Invalid {
+        what: "n_blocks",
+        reason: "does not fit usize".into(),
+    })?;
+    let mut raw = vec![0u8; n * 8];
+    file.read_exact_at(&mut raw, header.checksums_offset)
+        .map_err(|e| io_at("read checksum table", &path, header.checksums_offset, e))?;
+    let checksums: Vec<u64> = raw.chunks_exact(8).map(parse_u64_le).collect();
+    let computed = checksums_checksum(&checksums);
+    let manifest_sums = parse_checksum_field(&lm.checksums_xxh3);
+    if computed != header.checksums_xxh3 || manifest_sums != Some(computed) {
+        return Err(Error::Checksum {
+            path,
+            layer_id: lm.layer_id,
+            what: "checksum table",
+            offset: header.checksums_offset,
+            len: raw.len() as u64,
+            stored: header.checksums_xxh3,
+            computed,
+        });
+    }
+    Ok(LayerFile {
+        path,
+        file,
+        header,
+        checksums,
+    })
+}

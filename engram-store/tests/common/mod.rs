@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use engram_kernels::EngramConfig;
+use engram_store::synth::{SynthSpec, synth_row, write_synth};
+use engram_store::{BackendKind, BackendOptions, Manifest, RowLayout, Store, StoreOptions};
+
+pub const ALL_BACKENDS: [BackendKind; 4] = [
+    BackendKind::Memory,
+    BackendKind::Mmap,
+    BackendKind::Pread,
+    BackendKind::Uring,
+];
+
+pub fn small_config(base: u64) -> EngramConfig {
+    EngramConfig {
+        max_ngram: 3,
+        n_heads: 2,
+        base_sizes: vec![base, base + 7],
+        layer_ids: vec![1, 4],
+        seed: 3,
+        pad_id: 2,
+    }
+}
+
+pub fn spec(layout: RowLayout, dim: u32, base: u64, seed: u64) -> SynthSpec {
+    SynthSpec {
+        config: small_config(base),
+        row_layout: layout,
+        dim,
+        seed,
+        block_bytes: None,
+    }
+}
+
+/// Writes a synthetic table into `parent/name`.
+pub fn make_table(parent: &Path, name: &str, s: &SynthSpec) -> (PathBuf, Manifest) {
+    let dir = parent.join(name);
+    let m = write_synth(&dir, s, false, |_, _, _| {}).expect("synth table");
+    (dir, m)
+}
+
+pub fn expected_rows(s: &SynthSpec, layer: usize, ids: &[u64], row_bytes: usize) -> Vec<u8> {
+    let mut out = vec![0u8; ids.len() * row_bytes];
+    for (k, &r) in ids.iter().enumerate() {
+        synth_row(
+            s.seed,
+            layer,
+            r,
+            &mut out[k * row_bytes..(k + 1) * row_bytes],
+        );
+    }
+    out
+}
+
+pub fn store(dir: &Path, kind: BackendKind, cache_bytes: u64, qd: usize) -> Store {
+    let opts = StoreOptions {
+        backend: BackendOptions {
+            kind: Some(kind),
+            queue_depth: qd,
+            pread_threads: 2,
+            ..BackendOptions::default()
+        },
+        io_workers: 1,
+        max_in_flight: 4,
+        cache_bytes,
+        ..StoreOptions::default()
+    };
+    Store::open(dir, &opts).expect("open store")
+}
