@@ -192,6 +192,41 @@ pub fn numpy_integers(seed: u128, bound: u64, n: usize) -> Vec<u64> {
     (0..n).map(|_| rng.integer_below(bound)).collect()
 }
 
+/// SplitMix64: a tiny counter-based generator for deterministic synthetic data (row
+/// initialisation, benchmark inputs). Not part of the Engram addressing.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// Next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `0..n` (modulo bias below 2^-40 for n < 2^24; fine for synthetic data).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A generator keyed by several words, so `(seed, layer, row)` streams are independent.
+    pub fn keyed(words: &[u64]) -> Self {
+        let mut state = 0x6A09_E667_F3BC_C909u64;
+        for &w in words {
+            state = SplitMix64(state ^ w).next_u64();
+        }
+        SplitMix64(state)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! `engram` lives in `cmd/<name>.rs` with an `Args` (clap) and a `run(Args)`.
 
 pub mod addressing;
+pub mod build;
 pub mod cmd;
 pub mod vectors;
 pub mod vectors_forward;

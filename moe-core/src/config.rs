@@ -1,0 +1,285 @@
+//! `config.json` (HF-style, format `engram-moe-v1`): every field is read and validated; an
+//! unknown or missing field is an error. The Engram block's addressing is re-derived from its
+//! config and must agree with the primes, offsets and multipliers the file records.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use engram_kernels::{EngramConfig, EngramLayout};
+use serde::Deserialize;
+
+use crate::error::{Result, config_err};
+
+/// `format` of a supported `config.json`.
+pub const CONFIG_FORMAT: &str = "engram-moe-v1";
+/// float32 machine epsilon, the key/query RMSNorm eps of the reference Engram module.
+pub const F32_EPS: f64 = f32::EPSILON as f64;
+
+/// The model's hyper-parameters, field for field as in `config.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub format: String,
+    pub model_type: String,
+    pub architectures: Vec<String>,
+    pub torch_dtype: String,
+    /// Reduced vocabulary size, including the unknown id.
+    pub vocab_size: usize,
+    /// The unknown id (`vocab_size - 1`): never emitted.
+    pub unk_token_id: usize,
+    /// Reduced id of the beginning-of-sequence token.
+    pub bos_token_id: usize,
+    /// The tokenizer's full vocabulary size (Engram hashes raw ids).
+    pub raw_vocab_size: usize,
+    pub raw_bos_token_id: u32,
+    pub vocab_file: String,
+    pub tokenizer_sha256: String,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub attention_bias: bool,
+    pub rope_theta: f64,
+    pub rope_style: String,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub hidden_act: String,
+    pub n_routed_experts: usize,
+    pub n_shared_experts: usize,
+    pub num_experts_per_tok: usize,
+    pub moe_intermediate_size: usize,
+    pub scoring_func: String,
+    pub norm_topk_prob: bool,
+    pub routed_scaling_factor: f64,
+    pub first_k_dense_replace: usize,
+    pub tie_word_embeddings: bool,
+    pub engram: Option<EngramModelConfig>,
+}
+
+/// The `engram` block.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngramModelConfig {
+    pub layer_ids: Vec<u64>,
+    pub max_ngram: usize,
+    pub n_head_per_ngram: usize,
+    pub n_embed_per_ngram: usize,
+    pub head_dim: usize,
+    pub n_hash_heads: usize,
+    pub d_mem: usize,
+    pub base_sizes: Vec<u64>,
+    pub hc_mult: usize,
+    pub kernel_size: usize,
+    pub conv_dilation: usize,
+    pub seed: u64,
+    pub pad_id: i64,
+    pub compressed_pad_id: i64,
+    pub compressed_vocab_size: u64,
+    pub compression_table: String,
+    pub compression_lookup_sha256_i32le: String,
+    pub key_norm_eps: f64,
+    pub query_norm_eps: f64,
+    pub conv_norm_eps: f64,
+    pub score_clamp_min: f64,
+    pub gate: String,
+    pub primes: BTreeMap<String, Vec<Vec<u64>>>,
+    pub offsets: BTreeMap<String, Vec<u64>>,
+    pub total_rows: BTreeMap<String, u64>,
+    pub multipliers: BTreeMap<String, Vec<i64>>,
+    pub table_file: String,
+    pub table_dtype: String,
+    pub conv_zero_init_in_training: bool,
+}
+
+impl EngramModelConfig {
+    /// The addressing config for `engram-kernels`.
+    pub fn addressing(&self) -> EngramConfig {
+        EngramConfig {
+            max_ngram: self.max_ngram,
+            n_heads: self.n_head_per_ngram,
+            base_sizes: self.base_sizes.clone(),
+            layer_ids: self.layer_ids.clone(),
+            seed: self.seed,
+            pad_id: self.pad_id,
+        }
+    }
+}
+
+fn ensure(path: &Path, cond: bool, reason: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(config_err(path, reason()))
+    }
+}
+
+impl ModelConfig {
+    /// Reads and validates `config.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| crate::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let c: ModelConfig =
+            serde_json::from_slice(&bytes).map_err(|e| config_err(path, e.to_string()))?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Checks every field and cross-field constraint this decoder relies on.
+    pub fn validate(&self, p: &Path) -> Result<()> {
+        ensure(p, self.format == CONFIG_FORMAT, || {
+            format!("format {:?}, expected {CONFIG_FORMAT:?}", self.format)
+        })?;
+        ensure(p, self.model_type == "engram_moe", || {
+            format!("model_type {:?}", self.model_type)
+        })?;
+        ensure(
+            p,
+            matches!(self.torch_dtype.as_str(), "bfloat16" | "float32"),
+            || {
+                format!(
+                    "torch_dtype {:?}: expected bfloat16 or float32",
+                    self.torch_dtype
+                )
+            },
+        )?;
+        ensure(
+            p,
+            self.vocab_size >= 2 && self.unk_token_id == self.vocab_size - 1,
+            || "unk_token_id must be vocab_size - 1".into(),
+        )?;
+        ensure(p, self.bos_token_id < self.unk_token_id, || {
+            "bos_token_id out of range".into()
+        })?;
+        ensure(p, self.vocab_size - 1 <= self.raw_vocab_size, || {
+            "the reduced vocabulary is larger than the raw one".into()
+        })?;
+        for (name, v) in [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("n_routed_experts", self.n_routed_experts),
+            ("num_experts_per_tok", self.num_experts_per_tok),
+            ("moe_intermediate_size", self.moe_intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            ensure(p, v > 0, || format!("{name} must be > 0"))?;
+        }
+        ensure(
+            p,
+            self.num_key_value_heads == self.num_attention_heads,
+            || {
+                "only plain multi-head attention is supported (num_key_value_heads = num_attention_heads)".into()
+            },
+        )?;
+        ensure(
+            p,
+            self.head_dim * self.num_attention_heads == self.hidden_size && self.head_dim % 2 == 0,
+            || "head_dim * num_attention_heads must equal hidden_size, head_dim even".into(),
+        )?;
+        ensure(p, self.n_routed_experts <= 64, || {
+            "at most 64 routed experts are supported".into()
+        })?;
+        ensure(p, self.num_experts_per_tok <= self.n_routed_experts, || {
+            "num_experts_per_tok exceeds n_routed_experts".into()
+        })?;
+        ensure(
+            p,
+            !self.attention_bias
+                && self.rope_style == "rotate_half"
+                && self.hidden_act == "silu"
+                && self.scoring_func == "softmax"
+                && self.routed_scaling_factor == 1.0
+                && self.first_k_dense_replace == 0
+                && !self.tie_word_embeddings,
+            || {
+                "unsupported architecture variant (bias, rope style, activation, scoring, scaling, dense layers or tied embeddings)".into()
+            },
+        )?;
+        ensure(
+            p,
+            self.rope_theta > 0.0 && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0,
+            || "rope_theta must be > 0 and rms_norm_eps in (0, 1)".into(),
+        )?;
+        if let Some(e) = &self.engram {
+            self.validate_engram(p, e)?;
+        }
+        Ok(())
+    }
+
+    fn validate_engram(&self, p: &Path, e: &EngramModelConfig) -> Result<()> {
+        let (n, k) = (e.max_ngram, e.n_head_per_ngram);
+        ensure(p, n >= 2 && k >= 1, || {
+            "engram: max_ngram >= 2 and n_head_per_ngram >= 1".into()
+        })?;
+        ensure(
+            p,
+            e.n_embed_per_ngram % k == 0 && e.head_dim == e.n_embed_per_ngram / k,
+            || "engram.head_dim must be n_embed_per_ngram / n_head_per_ngram".into(),
+        )?;
+        ensure(
+            p,
+            e.n_hash_heads == (n - 1) * k && e.d_mem == (n - 1) * e.n_embed_per_ngram,
+            || "engram.n_hash_heads / d_mem disagree with max_ngram and heads".into(),
+        )?;
+        ensure(p, e.hc_mult == 1, || {
+            "engram.hc_mult: this decoder supports one branch".into()
+        })?;
+        ensure(p, e.kernel_size == 4 && e.conv_dilation == n, || {
+            "engram: conv kernel must be 4 and dilation max_ngram".into()
+        })?;
+        ensure(
+            p,
+            e.key_norm_eps == F32_EPS
+                && e.query_norm_eps == F32_EPS
+                && e.conv_norm_eps == 1e-5
+                && e.score_clamp_min == 1e-6,
+            || "engram: eps constants differ from the reference module".into(),
+        )?;
+        ensure(
+            p,
+            !e.layer_ids.is_empty()
+                && e.layer_ids
+                    .iter()
+                    .all(|&l| (l as usize) < self.num_hidden_layers),
+            || {
+                format!(
+                    "engram.layer_ids {:?} must name existing layers",
+                    e.layer_ids
+                )
+            },
+        )?;
+        let layout = EngramLayout::new(
+            &e.addressing(),
+            e.compressed_vocab_size,
+            e.compressed_pad_id,
+        )
+        .map_err(|err| config_err(p, format!("engram addressing: {err}")))?;
+        for l in &layout.layers {
+            let key = l.layer_id.to_string();
+            let primes: Vec<u64> = e.primes.get(&key).map(|v| v.concat()).unwrap_or_default();
+            ensure(p, primes == l.primes, || {
+                format!("engram.primes[{key}] disagree with the prime rule")
+            })?;
+            ensure(p, e.offsets.get(&key) == Some(&l.offsets), || {
+                format!("engram.offsets[{key}] disagree with the primes")
+            })?;
+            ensure(p, e.total_rows.get(&key) == Some(&l.total_rows), || {
+                format!("engram.total_rows[{key}] disagree with the primes")
+            })?;
+            ensure(p, e.multipliers.get(&key) == Some(&l.multipliers), || {
+                format!("engram.multipliers[{key}] disagree with the seed and V'")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether block `layer` carries an Engram module.
+    pub fn is_engram_layer(&self, layer: usize) -> bool {
+        self.engram
+            .as_ref()
+            .is_some_and(|e| e.layer_ids.contains(&(layer as u64)))
+    }
+}

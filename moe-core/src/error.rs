@@ -1,0 +1,65 @@
+//! The crate's error type: every variant names the file or tensor and what was expected.
+
+use std::path::PathBuf;
+
+/// Errors from loading a model and decoding.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `config.json` or `vocab.json` is malformed or inconsistent.
+    #[error("invalid {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    /// A tensor is missing from the weights file.
+    #[error("{path}: tensor {name:?} is missing")]
+    MissingTensor { path: PathBuf, name: String },
+    /// A tensor has the wrong shape or dtype.
+    #[error("{path}: tensor {name:?} has {found}, expected {expected}")]
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        expected: String,
+        found: String,
+    },
+    /// The weights file is not valid safetensors.
+    #[error("{path} is not a valid safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    /// The Engram table does not belong to this model (tokenizer, layers or addressing).
+    #[error("the Engram table {table} does not match the model: {reason}")]
+    TableMismatch { table: PathBuf, reason: String },
+    /// The tokenizer is not the one the model was trained with.
+    #[error("tokenizer {path} has sha256 {found}, the model expects {expected}")]
+    TokenizerMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    /// The prompt or generation exceeds the model's context.
+    #[error("sequence of {len} tokens exceeds the model's context of {max}")]
+    ContextFull { len: usize, max: usize },
+    /// Bad input at run time (empty prompt, bad sampler settings).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// From the kernels.
+    #[error(transparent)]
+    Kernels(#[from] engram_kernels::Error),
+    /// From the store.
+    #[error(transparent)]
+    Store(#[from] engram_store::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn config_err(path: &std::path::Path, reason: impl Into<String>) -> Error {
+    Error::Config {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}

@@ -1,0 +1,289 @@
+//! `moe-core`: generate text with (or without) Engram memory served from a table, and
+//! evaluate validation loss.
+//!
+//! Exit codes: 0 success; 2 bad input or an error.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use engram_store::{BackendKind, Profile, StoreOptions};
+use moe_core::sampler::SamplerConfig;
+use moe_core::session::{EngramSource, Session};
+
+/// The committed model, relative to the repository root.
+const DEFAULT_MODEL: &str = "models/engram-moe-b";
+/// Where `scripts/demo.sh` builds the default model's table.
+const DEFAULT_TABLE: &str = "target/engram-tables/engram-moe-b";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "moe-core",
+    version,
+    about = "A small DeepSeekMoE + Engram decoder whose Engram rows come from engram-store",
+    after_help = "Examples:\n  \
+      moe-core generate --prompt 'def fibonacci(n):'\n  \
+      moe-core generate --prompt 'import os' --engram-backend uring --cache-bytes 0\n  \
+      moe-core generate --prompt 'class Stack:' --no-engram\n  \
+      moe-core eval $(python3 -c 'import os; print(os.__file__)')"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stream a completion of a prompt.
+    Generate(GenerateArgs),
+    /// Validation loss (nats/token) of files, with and without Engram.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Backend {
+    Memory,
+    Mmap,
+    Pread,
+    Uring,
+}
+
+#[derive(Debug, Args)]
+struct ModelArgs {
+    /// Model directory (config.json, vocab.json, model.safetensors).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Engram table directory (built with `engram-build --import MODEL/engram.safetensors`).
+    #[arg(long, default_value = DEFAULT_TABLE)]
+    engram: PathBuf,
+    /// Store backend (default: $ENGRAM_IO_BACKEND, else io_uring with fallback to pread).
+    #[arg(long, value_enum)]
+    engram_backend: Option<Backend>,
+    /// Hot-row cache budget in bytes (seeded from the table's profile.bin when present).
+    #[arg(long, default_value_t = 64 << 20)]
+    cache_bytes: u64,
+    /// Run without Engram (its output zeroed), for comparison.
+    #[arg(long)]
+    no_engram: bool,
+    /// tokenizer.json (default: $ENGRAM_TOKENIZER, then the cached DeepSeek tokenizer).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt.
+    #[arg(long, default_value = "def fibonacci(n):")]
+    prompt: String,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// One JSON summary instead of streamed text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text files; each becomes BOS + its tokens, concatenated in order.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Window length, as in training.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+fn store_options(a: &ModelArgs) -> Result<StoreOptions> {
+    let mut o = StoreOptions::default();
+    o.backend.kind = a.engram_backend.map(|b| match b {
+        Backend::Memory => BackendKind::Memory,
+        Backend::Mmap => BackendKind::Mmap,
+        Backend::Pread => BackendKind::Pread,
+        Backend::Uring => BackendKind::Uring,
+    });
+    o.cache_bytes = a.cache_bytes;
+    let profile = a.engram.join("profile.bin");
+    if a.cache_bytes > 0 && profile.exists() {
+        o.profile = Some(Profile::read(&profile)?);
+    }
+    Ok(o)
+}
+
+fn open(a: &ModelArgs) -> Result<Session> {
+    let source = if a.no_engram {
+        None
+    } else {
+        if !a.engram.join("manifest.json").exists() {
+            anyhow::bail!(
+                "no Engram table at {}: build it with scripts/demo.sh (or engram-build --import \
+                 {}/engram.safetensors --out {}), or pass --no-engram",
+                a.engram.display(),
+                a.model.display(),
+                a.engram.display()
+            );
+        }
+        Some(EngramSource {
+            table: a.engram.clone(),
+            options: store_options(a)?,
+        })
+    };
+    Session::load(&a.model, a.tokenizer.as_deref(), source.as_ref())
+        .with_context(|| format!("loading {}", a.model.display()))
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let mut s = open(&a.model)?;
+    let sampler = SamplerConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    if !a.json {
+        print!("{}", a.prompt);
+    }
+    let mut text = String::new();
+    let stats = s.generate(&a.prompt, a.max_new_tokens, sampler, |piece| {
+        text.push_str(piece);
+        if !a.json {
+            print!("{piece}");
+            let _ = std::io::stdout().flush();
+        }
+    })?;
+    let decode_tps =
+        stats.new_tokens.saturating_sub(1) as f64 / stats.decode.as_secs_f64().max(1e-9);
+    let store = s.memory.as_ref().map(|m| m.store().stats());
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"type": "generate", "data": {
+                "prompt": a.prompt, "completion": text, "ids": stats.ids, "raw_ids": stats.raw_ids,
+                "prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens,
+                "prefill_seconds": stats.prefill.as_secs_f64(),
+                "prefill_tokens_per_second": stats.prompt_tokens as f64 / stats.prefill.as_secs_f64().max(1e-9),
+                "time_to_first_token_seconds": stats.time_to_first_token.as_secs_f64(),
+                "decode_tokens_per_second": decode_tps,
+                "engram": !a.model.no_engram,
+                "stall_seconds": stats.stall.stall.as_secs_f64(),
+                "stall_us_per_token": stats.stall.stall.as_secs_f64() * 1e6 / stats.new_tokens.max(1) as f64,
+                "store": store.as_ref().map(|st| serde_json::json!({
+                    "backend": st.backend, "rows_requested": st.rows_requested,
+                    "rows_read": st.rows_unique, "cache_hit_rate": st.cache_hit_rate,
+                    "device_bytes": st.device_bytes,
+                })),
+            }})
+        );
+    } else {
+        println!();
+        eprintln!(
+            "\n{} prompt tokens, {} new; prefill {:.1} ms, first token {:.1} ms, decode {:.1} tokens/s",
+            stats.prompt_tokens,
+            stats.new_tokens,
+            stats.prefill.as_secs_f64() * 1e3,
+            stats.time_to_first_token.as_secs_f64() * 1e3,
+            decode_tps
+        );
+        match &store {
+            Some(st) => eprintln!(
+                "engram: {} backend, {} rows requested, {} read, cache hit rate {:.1}%, stall {:.1} us/token",
+                st.backend,
+                st.rows_requested,
+                st.rows_unique,
+                st.cache_hit_rate * 100.0,
+                stats.stall.stall.as_secs_f64() * 1e6 / stats.new_tokens.max(1) as f64
+            ),
+            None => eprintln!("engram: off"),
+        }
+    }
+    Ok(())
+}
+
+fn stream_of(s: &Session, files: &[PathBuf]) -> Result<Vec<u32>> {
+    let mut stream = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        stream.extend(s.encode(&text)?);
+    }
+    Ok(stream)
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let mut results = Vec::new();
+    let runs: &[bool] = if a.model.no_engram {
+        &[false]
+    } else {
+        &[true, false]
+    };
+    for &with in runs {
+        let mut s = if with {
+            open(&a.model)?
+        } else {
+            Session::load(&a.model.model, a.model.tokenizer.as_deref(), None)?
+        };
+        let stream = stream_of(&s, &a.files)?;
+        let (nats, n) = s.loss(&stream, a.seq_len)?;
+        anyhow::ensure!(
+            n > 0,
+            "the files hold fewer than seq_len + 1 = {} tokens",
+            a.seq_len + 1
+        );
+        results.push((with, nats / n as f64, n));
+    }
+    for (with, loss, n) in &results {
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"type": "eval", "data": {"engram": with, "loss_nats_per_token": loss, "tokens": n, "seq_len": a.seq_len}})
+            );
+        } else {
+            println!(
+                "{}: {loss:.4} nats/token over {n} tokens",
+                if *with {
+                    "with Engram   "
+                } else {
+                    "Engram zeroed "
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Eval(a) => eval(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Causal multi-head attention with RoPE over a KV cache.
+
+use super::ops::{Rope, linear, softmax};
+use crate::weights::LayerWeights;
+
+/// Scratch for one attention call over `t` new positions.
+#[derive(Debug)]
+pub struct AttnScratch {
+    pub q: Vec<f32>,      // (max_t, d)
+    pub k: Vec<f32>,      // (max_t, d)
+    pub v: Vec<f32>,      // (max_t, d)
+    pub o: Vec<f32>,      // (max_t, d)
+    pub scores: Vec<f32>, // (max_pos,)
+}
+
+impl AttnScratch {
+    pub fn new(max_t: usize, max_pos: usize, d: usize) -> Self {
+        Self {
+            q: vec![0.0; max_t * d],
+            k: vec![0.0; max_t * d],
+            v: vec![0.0; max_t * d],
+            o: vec![0.0; max_t * d],
+            scores: vec![0.0; max_pos],
+        }
+    }
+}
+
+/// `out (t, d) = Attn(x (t, d))` for positions `start..start + t`; appends this chunk's keys
+/// and values to `k_cache` / `v_cache` (`(max_pos, d)` of this layer).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    w: &LayerWeights,
+    rope: &Rope,
+    n_heads: usize,
+    x: &[f32],
+    t: usize,
+    start: usize,
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    s: &mut AttnScratch,
+    out: &mut [f32],
+) {
+    let d = w.input_norm.len();
+    let hd = d / n_heads;
+    let (q, k, v) = (&mut s.q[..t * d], &mut s.k[..t * d], &mut s.v[..t * d]);
+    linear(q, x, &w.wq, t, d, d);
+    linear(k, x, &w.wk, t, d, d);
+    linear(v, x, &w.wv, t, d, d);
+    for i in 0..t {
+        for h in 0..n_heads {
+            rope.apply(&mut q[i * d + h * hd..i * d + (h + 1) * hd], start + i);
+            rope.apply(&mut k[i * d + h * hd..i * d + (h + 1) * hd], start + i);
+        }
+    }
+    k_cache[start * d..(start + t) * d].copy_from_slice(k);
+    v_cache[start * d..(start + t) * d].copy_from_slice(v);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let o = &mut s.o[..t * d];
+    for i in 0..t {
+        let pos = start + i;
+        for h in 0..n_heads {
+            let qh = &q[i * d + h * hd..i * d + (h + 1) * hd];
+            let scores = &mut s.scores[..=pos];
+            for (j, sc) in scores.iter_mut().enumerate() {
+                let kh = &k_cache[j * d + h * hd..j * d + (h + 1) * hd];
+                *sc = qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale;
+            }
+            softmax(scores);
+            let oh = &mut o[i * d + h * hd..i * d + (h + 1) * hd];
+            oh.fill(0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                let vh = &v_cache[j * d + h * hd..j * d + (h + 1) * hd];
+                for (a, &b) in oh.iter_mut().zip(vh) {
+                    *a += p * b;
+                }
+            }
+        }
+    }
+    linear(out, o, &w.wo, t, d, d);
+}

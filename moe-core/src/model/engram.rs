@@ -1,0 +1,283 @@
+//! The Engram side of the decoder: canonical-id history, hashing, row prefetch from the
+//! store, and the per-layer module (gate + short conv) with its decode state.
+//!
+//! Rows are requested the moment their token ids are known: the whole prompt's rows before
+//! layer 0 runs, then each new token's rows right after it is sampled. The layer waits on
+//! its ticket only when it needs the rows, so I/O overlaps the blocks before it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use engram_kernels::conv::ConvState;
+use engram_kernels::gather::memory_vectors;
+use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
+use engram_kernels::module::{DecodeScratch, EngramModule, EngramModuleConfig};
+use engram_kernels::quant::RowDtype;
+use engram_kernels::{CompressionTable, EngramLayout};
+use engram_store::{AlignedBuf, RowLayout, Store, Ticket};
+
+use crate::config::{EngramModelConfig, ModelConfig};
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// One Engram block's runtime state.
+#[derive(Debug)]
+struct LayerRt {
+    /// Block index in the decoder.
+    block: usize,
+    /// Index of the layer in the table (and hasher).
+    table_layer: usize,
+    module: EngramModule,
+    conv: ConvState,
+    scratch: DecodeScratch,
+    /// Tickets for the rows of the positions being computed, in order.
+    pending: Vec<Ticket>,
+    /// Spare row buffers, reused across steps.
+    spare: Vec<AlignedBuf>,
+}
+
+/// Wall time the decoder spent blocked on the store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StallStats {
+    pub waits: u64,
+    pub stall: Duration,
+}
+
+/// Engram memory for one sequence.
+#[derive(Debug)]
+pub struct EngramMemory {
+    store: Store,
+    compression: CompressionTable,
+    hasher: NgramHasher,
+    dtype: RowDtype,
+    width: usize,
+    heads: usize,
+    max_ngram: usize,
+    layers: Vec<LayerRt>,
+    /// The last `N - 1` canonical ids (the hash's look-back).
+    history: Vec<i64>,
+    compressed: Vec<i64>,
+    row_ids: Vec<u64>,
+    e: Vec<f32>, // (max_t, d_mem)
+    stall: StallStats,
+}
+
+fn dtype_of(layout: RowLayout) -> RowDtype {
+    match layout {
+        RowLayout::Bf16 => RowDtype::Bf16,
+        RowLayout::F16 => RowDtype::F16,
+        RowLayout::F32 => RowDtype::F32,
+        RowLayout::Fp8E4m3E8m0 { scale_block } => RowDtype::Fp8E4m3 {
+            block: scale_block as usize,
+        },
+    }
+}
+
+fn mismatch(table: &Path, reason: String) -> Error {
+    Error::TableMismatch {
+        table: table.to_path_buf(),
+        reason,
+    }
+}
+
+impl EngramMemory {
+    /// Ties the model's Engram blocks to an open table, checking that the table was built
+    /// for this model: same tokenizer, addressing and row width.
+    pub fn new(
+        config: &ModelConfig,
+        weights: &Weights,
+        compression: CompressionTable,
+        store: Store,
+        table_dir: &Path,
+        max_t: usize,
+    ) -> Result<Self> {
+        let e: &EngramModelConfig = config
+            .engram
+            .as_ref()
+            .ok_or_else(|| mismatch(table_dir, "the model has no Engram layers".into()))?;
+        let manifest = store.table().manifest();
+        if !manifest
+            .tokenizer_sha256
+            .eq_ignore_ascii_case(&config.tokenizer_sha256)
+        {
+            return Err(mismatch(
+                table_dir,
+                format!(
+                    "built for tokenizer {}, the model uses {}",
+                    manifest.tokenizer_sha256, config.tokenizer_sha256
+                ),
+            ));
+        }
+        if manifest.config != e.addressing() {
+            return Err(mismatch(
+                table_dir,
+                format!(
+                    "addressing {:?} differs from the model's {:?}",
+                    manifest.config,
+                    e.addressing()
+                ),
+            ));
+        }
+        if manifest.compressed_vocab_size != compression.compressed_vocab_size() {
+            return Err(mismatch(
+                table_dir,
+                "compressed vocabulary size differs".into(),
+            ));
+        }
+        if manifest.dim as usize != e.head_dim {
+            return Err(mismatch(
+                table_dir,
+                format!(
+                    "rows of {} values, the model's heads need {}",
+                    manifest.dim, e.head_dim
+                ),
+            ));
+        }
+        let layout: EngramLayout = store.table().layout().clone();
+        let hasher = NgramHasher::new(&layout, HashOptions::default())?;
+        let mut layers = Vec::new();
+        for (block, lw) in weights.layers.iter().enumerate() {
+            let Some(w) = &lw.engram else { continue };
+            let table_layer = layout.layer_index(block as u64)?;
+            let mcfg = EngramModuleConfig::new(config.hidden_size, e.hc_mult, e.d_mem, e.max_ngram);
+            let module = EngramModule::new(mcfg, w.clone())?;
+            layers.push(LayerRt {
+                block,
+                table_layer,
+                conv: module.new_state()?,
+                scratch: module.decode_scratch(1),
+                module,
+                pending: Vec::new(),
+                spare: Vec::new(),
+            });
+        }
+        Ok(Self {
+            dtype: dtype_of(manifest.row_layout),
+            width: e.head_dim,
+            heads: e.n_hash_heads,
+            max_ngram: e.max_ngram,
+            store,
+            compression,
+            hasher,
+            layers,
+            history: Vec::with_capacity(e.max_ngram),
+            compressed: Vec::with_capacity(max_t),
+            row_ids: Vec::with_capacity(max_t * e.n_hash_heads),
+            e: vec![0.0; max_t * e.d_mem],
+            stall: StallStats::default(),
+        })
+    }
+
+    /// The store serving the rows.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Time spent waiting for rows so far.
+    pub fn stall(&self) -> StallStats {
+        self.stall
+    }
+
+    /// Starts a new sequence: clears the hash history and every conv state.
+    pub fn reset(&mut self) {
+        self.history.clear();
+        for l in &mut self.layers {
+            l.conv.reset();
+            l.pending.clear();
+        }
+    }
+
+    /// Requests the rows of new positions with raw ids `raw` (the prompt at the start of a
+    /// sequence, then one token per step). Returns at once; I/O proceeds in the background.
+    pub fn request(&mut self, raw: &[i64]) -> Result<()> {
+        // The look-back context: the previous N - 1 canonical ids, then the new ones.
+        self.compressed.clear();
+        self.compressed.extend_from_slice(&self.history);
+        let hist = self.history.len();
+        for &id in raw {
+            self.compressed.push(self.compression.compress_id(id)?);
+        }
+        let heads = self.heads;
+        let n = raw.len();
+        let max_rows = (self.store.max_batch_rows() / heads).max(1) * heads;
+        let row_bytes = self.store.row_bytes();
+        for l in &mut self.layers {
+            self.row_ids.resize(n * heads, 0);
+            for (i, out) in self.row_ids.chunks_exact_mut(heads).enumerate() {
+                let window = &self.compressed[..hist + i + 1];
+                self.hasher
+                    .hash_last_into(l.table_layer, window, HashOutput::RowId, out)?;
+            }
+            for chunk in self.row_ids.chunks(max_rows) {
+                let buf = match l.spare.pop() {
+                    Some(b) if b.capacity() >= chunk.len() * row_bytes => b,
+                    _ => self.store.alloc_rows(max_rows)?,
+                };
+                l.pending
+                    .push(self.store.prefetch(l.table_layer, chunk, buf));
+            }
+        }
+        let keep = self.max_ngram - 1;
+        let all = &self.compressed[self.compressed.len().saturating_sub(keep)..];
+        self.history.clear();
+        self.history.extend_from_slice(all);
+        Ok(())
+    }
+
+    /// Whether block `block` is an Engram block.
+    pub fn slot_of(&self, block: usize) -> Option<usize> {
+        self.layers.iter().position(|l| l.block == block)
+    }
+
+    /// Runs Engram block `slot` on `t` positions: waits for their rows, builds the memory
+    /// vectors and adds the module's output to `h` (`(t, d)`). `prefill` starts the
+    /// sequence (conv state set from these positions); otherwise `t` must be 1.
+    pub fn apply(
+        &mut self,
+        slot: usize,
+        h: &mut [f32],
+        t: usize,
+        prefill: bool,
+        y: &mut [f32],
+    ) -> Result<()> {
+        let l = &mut self.layers[slot];
+        let d_mem = self.heads * self.width;
+        let mut pos = 0usize;
+        for ticket in l.pending.drain(..) {
+            let t0 = Instant::now();
+            let (buf, r) = ticket.wait();
+            self.stall.stall += t0.elapsed();
+            self.stall.waits += 1;
+            r?;
+            let n = buf.len() / (self.store.row_bytes() * self.heads);
+            memory_vectors(
+                self.dtype,
+                self.width,
+                self.heads,
+                &buf,
+                &mut self.e[pos * d_mem..(pos + n) * d_mem],
+            )?;
+            pos += n;
+            l.spare.push(buf);
+        }
+        if pos != t {
+            return Err(Error::Input(format!(
+                "Engram block {}: rows for {pos} positions were requested, the layer runs {t}",
+                l.block
+            )));
+        }
+        let e = &self.e[..t * d_mem];
+        let y = &mut y[..h.len()];
+        if prefill {
+            l.module
+                .forward_prefill(e, h, 1, t, y, Some(std::slice::from_mut(&mut l.conv)))?;
+        } else {
+            l.module
+                .forward_decode(e, h, std::slice::from_mut(&mut l.conv), y, &mut l.scratch)?;
+        }
+        for (a, &b) in h.iter_mut().zip(y.iter()) {
+            *a += b;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! The decoder: embedding -> blocks (Engram? -> attention -> MoE) -> norm -> LM head.
+//!
+//! `Model::forward` runs a chunk of `t` new positions starting at the state's position: the
+//! whole prompt at once (prefill), then one token per step (decode). Every buffer lives in
+//! [`DecodeState`], allocated once for the model's context length.
+
+pub mod attention;
+pub mod engram;
+pub mod moe;
+pub mod ops;
+
+use attention::{AttnScratch, attention};
+use engram::EngramMemory;
+use moe::{MoeScratch, moe};
+use ops::{Rope, linear, rms_norm};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// A loaded model.
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    rope: Rope,
+}
+
+/// Per-sequence state: KV cache, position, and every scratch buffer.
+#[derive(Debug)]
+pub struct DecodeState {
+    pub pos: usize,
+    max_t: usize,
+    k_cache: Vec<f32>, // (layers, max_pos, d)
+    v_cache: Vec<f32>, // (layers, max_pos, d)
+    h: Vec<f32>,       // (max_t, d)
+    xb: Vec<f32>,      // (max_t, d)
+    xb2: Vec<f32>,     // (max_t, d)
+    y: Vec<f32>,       // (max_t, d) Engram output
+    attn: AttnScratch,
+    moe: MoeScratch,
+    /// Logits of every position of the last chunk, `(t, vocab)`.
+    pub logits: Vec<f32>,
+}
+
+impl Model {
+    /// Wraps validated config and weights.
+    pub fn new(config: ModelConfig, weights: Weights) -> Self {
+        let rope = Rope::new(
+            config.head_dim,
+            config.rope_theta,
+            config.max_position_embeddings,
+        );
+        Self {
+            config,
+            weights,
+            rope,
+        }
+    }
+
+    /// A fresh state for one sequence of up to `max_position_embeddings` tokens, processed
+    /// in chunks of at most `max_t` positions.
+    pub fn new_state(&self, max_t: usize) -> DecodeState {
+        let c = &self.config;
+        let (d, mp) = (c.hidden_size, c.max_position_embeddings);
+        let max_t = max_t.clamp(1, mp);
+        DecodeState {
+            pos: 0,
+            max_t,
+            k_cache: vec![0.0; c.num_hidden_layers * mp * d],
+            v_cache: vec![0.0; c.num_hidden_layers * mp * d],
+            h: vec![0.0; max_t * d],
+            xb: vec![0.0; max_t * d],
+            xb2: vec![0.0; max_t * d],
+            y: vec![0.0; max_t * d],
+            attn: AttnScratch::new(max_t, mp, d),
+            moe: MoeScratch::new(
+                max_t,
+                d,
+                c.moe_intermediate_size,
+                c.n_routed_experts,
+                c.num_experts_per_tok,
+            ),
+            logits: vec![0.0; max_t * c.vocab_size],
+        }
+    }
+
+    /// Runs `tokens` (reduced ids) as the next positions of the sequence in `s`. With
+    /// `memory`, the Engram blocks use rows already requested for these positions (see
+    /// [`EngramMemory::request`]); without it they are skipped (Engram zeroed). Logits of
+    /// every position land in `s.logits[..t * vocab]`.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        s: &mut DecodeState,
+        mut memory: Option<&mut EngramMemory>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (d, v, t) = (c.hidden_size, c.vocab_size, tokens.len());
+        if t == 0 {
+            return Err(Error::Input("no tokens to run".into()));
+        }
+        if t > s.max_t {
+            return Err(Error::Input(format!(
+                "chunk of {t} positions exceeds the state's {}",
+                s.max_t
+            )));
+        }
+        let mp = c.max_position_embeddings;
+        if s.pos + t > mp {
+            return Err(Error::ContextFull {
+                len: s.pos + t,
+                max: mp,
+            });
+        }
+        let prefill = s.pos == 0;
+        if !prefill && t != 1 && memory.is_some() {
+            return Err(Error::Input(
+                "after the prompt, Engram decoding runs one position at a time".into(),
+            ));
+        }
+        let w = &self.weights;
+        let eps = c.rms_norm_eps as f32;
+        for (i, &tok) in tokens.iter().enumerate() {
+            let tok = tok as usize;
+            if tok >= v {
+                return Err(Error::Input(format!(
+                    "token id {tok} is outside the vocabulary of {v}"
+                )));
+            }
+            s.h[i * d..(i + 1) * d].copy_from_slice(&w.embed[tok * d..(tok + 1) * d]);
+        }
+        for (li, lw) in w.layers.iter().enumerate() {
+            let h = &mut s.h[..t * d];
+            if let Some(mem) = memory.as_deref_mut()
+                && let Some(slot) = mem.slot_of(li)
+            {
+                mem.apply(slot, h, t, prefill, &mut s.y[..t * d])?;
+            }
+            let layer_cache = li * mp * d..(li + 1) * mp * d;
+            rms_norm(&mut s.xb[..t * d], h, &lw.input_norm, eps);
+            attention(
+                lw,
+                &self.rope,
+                c.num_attention_heads,
+                &s.xb[..t * d],
+                t,
+                s.pos,
+                &mut s.k_cache[layer_cache.clone()],
+                &mut s.v_cache[layer_cache],
+                &mut s.attn,
+                &mut s.xb2[..t * d],
+            );
+            for (a, &b) in h.iter_mut().zip(&s.xb2[..t * d]) {
+                *a += b;
+            }
+            rms_norm(&mut s.xb[..t * d], h, &lw.post_norm, eps);
+            moe(
+                lw,
+                c.num_experts_per_tok,
+                c.norm_topk_prob,
+                &s.xb[..t * d],
+                t,
+                &mut s.moe,
+                &mut s.xb2[..t * d],
+            );
+            for (a, &b) in s.h[..t * d].iter_mut().zip(&s.xb2[..t * d]) {
+                *a += b;
+            }
+        }
+        rms_norm(&mut s.xb[..t * d], &s.h[..t * d], &w.norm, eps);
+        linear(&mut s.logits[..t * v], &s.xb[..t * d], &w.lm_head, t, d, v);
+        s.pos += t;
+        Ok(())
+    }
+
+    /// Logits of position `i` of the last chunk.
+    pub fn logits<'a>(&self, s: &'a DecodeState, i: usize) -> &'a [f32] {
+        let v = self.config.vocab_size;
+        &s.logits[i * v..(i + 1) * v]
+    }
+}
+
+impl DecodeState {
+    /// Starts a new sequence (the KV cache is overwritten as positions are reused).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+}

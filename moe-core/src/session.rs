@@ -1,0 +1,243 @@
+//! A loaded model directory ready to generate or evaluate: config, weights, vocabulary,
+//! tokenizer (checked against the model's fingerprint) and, optionally, its Engram table
+//! served by `engram-store`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use engram_kernels::{CompressionTable, tokenizer};
+use engram_store::{Store, StoreOptions};
+use tokenizers::Tokenizer;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::engram::{EngramMemory, StallStats};
+use crate::model::{DecodeState, Model};
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::vocab::{StreamDecoder, Vocab};
+use crate::weights::Weights;
+
+/// Where the Engram rows come from.
+#[derive(Debug, Clone)]
+pub struct EngramSource {
+    /// The table directory (built by `engram-build --import` from the model's tables).
+    pub table: PathBuf,
+    /// Backend, cache and profile settings.
+    pub options: StoreOptions,
+}
+
+/// A model ready to run.
+#[derive(Debug)]
+pub struct Session {
+    pub model: Model,
+    pub vocab: Vocab,
+    pub tokenizer: Tokenizer,
+    pub memory: Option<EngramMemory>,
+    pub state: DecodeState,
+}
+
+/// What one generation did.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub prefill: Duration,
+    pub time_to_first_token: Duration,
+    pub decode: Duration,
+    pub stall: StallStats,
+    /// Raw ids of the generated tokens.
+    pub raw_ids: Vec<u32>,
+    /// Reduced ids of the generated tokens.
+    pub ids: Vec<u32>,
+}
+
+impl Session {
+    /// Loads `model_dir` (`config.json`, `vocab.json`, `model.safetensors`), the tokenizer
+    /// (`tokenizer_path`, else `$ENGRAM_TOKENIZER`, else the cached DeepSeek file) and, with
+    /// `engram`, opens its table. Without `engram` the Engram blocks are skipped.
+    pub fn load(
+        model_dir: &Path,
+        tokenizer_path: Option<&Path>,
+        engram: Option<&EngramSource>,
+    ) -> Result<Self> {
+        let config = ModelConfig::load(&model_dir.join("config.json"))?;
+        let vocab = Vocab::load(&model_dir.join(&config.vocab_file), &config)?;
+        let weights = Weights::load(&model_dir.join("model.safetensors"), &config)?;
+        let tok_path = tokenizer::resolve_path(tokenizer_path)?;
+        let tok = tokenizer::load(&tok_path)?;
+        if !tok.sha256.eq_ignore_ascii_case(&config.tokenizer_sha256) {
+            return Err(Error::TokenizerMismatch {
+                path: tok_path,
+                expected: config.tokenizer_sha256.clone(),
+                found: tok.sha256,
+            });
+        }
+        let max_t = config.max_position_embeddings;
+        let memory = match (engram, &config.engram) {
+            (Some(src), Some(e)) => {
+                let compression = CompressionTable::from_tokenizer(&tok.tokenizer)?;
+                if compression.sha256_i32le() != e.compression_lookup_sha256_i32le {
+                    return Err(Error::TableMismatch {
+                        table: src.table.clone(),
+                        reason: "the tokenizer's compression table differs from the model's".into(),
+                    });
+                }
+                let store = Store::open(&src.table, &src.options)?;
+                Some(EngramMemory::new(
+                    &config,
+                    &weights,
+                    compression,
+                    store,
+                    &src.table,
+                    max_t,
+                )?)
+            }
+            (Some(src), None) => {
+                return Err(Error::TableMismatch {
+                    table: src.table.clone(),
+                    reason: "the model has no Engram layers".into(),
+                });
+            }
+            (None, _) => None,
+        };
+        let model = Model::new(config, weights);
+        let state = model.new_state(max_t);
+        Ok(Self {
+            model,
+            vocab,
+            tokenizer: tok.tokenizer,
+            memory,
+            state,
+        })
+    }
+
+    /// Raw ids of a text: BOS, then the tokenizer's ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Input(format!("tokenizing: {e}")))?;
+        let mut raw = Vec::with_capacity(enc.len() + 1);
+        raw.push(self.model.config.raw_bos_token_id);
+        raw.extend_from_slice(enc.get_ids());
+        Ok(raw)
+    }
+
+    fn start(&mut self, raw: &[u32]) -> Result<Vec<u32>> {
+        self.state.reset();
+        let reduced: Vec<u32> = raw.iter().map(|&r| self.vocab.reduce(r)).collect();
+        if let Some(m) = &mut self.memory {
+            m.reset();
+            let ids: Vec<i64> = raw.iter().map(|&r| i64::from(r)).collect();
+            m.request(&ids)?;
+        }
+        Ok(reduced)
+    }
+
+    /// Runs the prompt `raw` (raw ids, BOS included) and returns its last logits.
+    pub fn prefill(&mut self, raw: &[u32]) -> Result<&[f32]> {
+        if raw.is_empty() {
+            return Err(Error::Input("empty prompt".into()));
+        }
+        let reduced = self.start(raw)?;
+        self.model
+            .forward(&reduced, &mut self.state, self.memory.as_mut())?;
+        Ok(self.model.logits(&self.state, reduced.len() - 1))
+    }
+
+    /// Appends one token (reduced id) and returns its logits.
+    pub fn step(&mut self, id: u32) -> Result<&[f32]> {
+        let raw = self
+            .vocab
+            .raw(id)
+            .ok_or_else(|| Error::Input(format!("id {id} has no raw token (the unknown id)")))?;
+        if let Some(m) = &mut self.memory {
+            m.request(&[i64::from(raw)])?;
+        }
+        self.model
+            .forward(&[id], &mut self.state, self.memory.as_mut())?;
+        Ok(self.model.logits(&self.state, 0))
+    }
+
+    /// Generates up to `max_new` tokens after `prompt`, streaming text to `on_text`.
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        max_new: usize,
+        sampler: SamplerConfig,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<GenerateStats> {
+        let raw = self.encode(prompt)?;
+        let mut sampler = Sampler::new(sampler, self.vocab.unk(), self.model.config.vocab_size)?;
+        let stall0 = self
+            .memory
+            .as_ref()
+            .map(EngramMemory::stall)
+            .unwrap_or_default();
+        let t0 = Instant::now();
+        let mut next = sampler.sample(self.prefill(&raw)?);
+        let mut stats = GenerateStats {
+            prompt_tokens: raw.len(),
+            prefill: t0.elapsed(),
+            time_to_first_token: t0.elapsed(),
+            ..GenerateStats::default()
+        };
+        let mut stream = StreamDecoder::default();
+        let t1 = Instant::now();
+        let context = self.model.config.max_position_embeddings;
+        while stats.new_tokens < max_new {
+            let raw_id = self
+                .vocab
+                .raw(next)
+                .ok_or_else(|| Error::Input("the sampler returned the unknown id".into()))?;
+            stats.ids.push(next);
+            stats.raw_ids.push(raw_id);
+            stats.new_tokens += 1;
+            on_text(&stream.push(&self.tokenizer, raw_id)?);
+            if stats.new_tokens == max_new || self.state.pos >= context {
+                break;
+            }
+            next = sampler.sample(self.step(next)?);
+        }
+        stats.decode = t1.elapsed();
+        if let Some(m) = &self.memory {
+            let s = m.stall();
+            stats.stall = StallStats {
+                waits: s.waits - stall0.waits,
+                stall: s.stall - stall0.stall,
+            };
+        }
+        Ok(stats)
+    }
+
+    /// Cross-entropy (nats, summed) and the number of predicted tokens of a raw-id stream,
+    /// in windows of `seq_len + 1` ids overlapping by one (as the trainer evaluates).
+    pub fn loss(&mut self, stream: &[u32], seq_len: usize) -> Result<(f64, u64)> {
+        let seq_len = seq_len.min(self.model.config.max_position_embeddings);
+        if seq_len == 0 {
+            return Err(Error::Input("seq_len must be at least 1".into()));
+        }
+        let (mut total, mut count) = (0f64, 0u64);
+        let windows = stream.len().saturating_sub(1) / seq_len;
+        for w in 0..windows {
+            let chunk = &stream[w * seq_len..w * seq_len + seq_len + 1];
+            let reduced = self.start(&chunk[..seq_len])?;
+            self.model
+                .forward(&reduced, &mut self.state, self.memory.as_mut())?;
+            for i in 0..seq_len {
+                let logits = self.model.logits(&self.state, i);
+                let target = self.vocab.reduce(chunk[i + 1]) as usize;
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = logits
+                    .iter()
+                    .map(|&l| f64::from(l - max).exp())
+                    .sum::<f64>()
+                    .ln()
+                    + f64::from(max);
+                total += lse - f64::from(logits[target]);
+                count += 1;
+            }
+        }
+        Ok((total, count))
+    }
+}

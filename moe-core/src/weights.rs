@@ -1,0 +1,195 @@
+//! `model.safetensors`: every tensor the config implies is loaded by name, its shape and
+//! dtype checked, and converted to f32 once. A missing tensor, a wrong shape or a tensor
+//! the config does not explain is an error.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use engram_kernels::module::EngramModuleWeights;
+use half::bf16;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// One SwiGLU expert: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct ExpertWeights {
+    pub gate: Vec<f32>, // (inter, d)
+    pub up: Vec<f32>,   // (inter, d)
+    pub down: Vec<f32>, // (d, inter)
+}
+
+/// One decoder block.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub input_norm: Vec<f32>, // (d,)
+    pub wq: Vec<f32>,         // (d, d)
+    pub wk: Vec<f32>,         // (d, d)
+    pub wv: Vec<f32>,         // (d, d)
+    pub wo: Vec<f32>,         // (d, d)
+    pub post_norm: Vec<f32>,  // (d,)
+    pub router: Vec<f32>,     // (experts, d)
+    pub experts: Vec<ExpertWeights>,
+    pub shared: Vec<ExpertWeights>,
+    /// The Engram module's gate and conv parameters (its table lives in the store).
+    pub engram: Option<EngramModuleWeights>,
+}
+
+/// All weights, f32.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    pub embed: Vec<f32>, // (vocab, d)
+    pub layers: Vec<LayerWeights>,
+    pub norm: Vec<f32>,    // (d,)
+    pub lm_head: Vec<f32>, // (vocab, d)
+}
+
+struct Loader<'a> {
+    path: PathBuf,
+    st: SafeTensors<'a>,
+    used: BTreeSet<String>,
+}
+
+impl Loader<'_> {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let view = self.st.tensor(name).map_err(|_| Error::MissingTensor {
+            path: self.path.clone(),
+            name: name.to_owned(),
+        })?;
+        if view.shape() != shape {
+            return Err(Error::BadTensor {
+                path: self.path.clone(),
+                name: name.to_owned(),
+                expected: format!("shape {shape:?}"),
+                found: format!("shape {:?}", view.shape()),
+            });
+        }
+        let data = view.data();
+        let out: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::BadTensor {
+                    path: self.path.clone(),
+                    name: name.to_owned(),
+                    expected: "dtype F32 or BF16".into(),
+                    found: format!("dtype {other:?}"),
+                });
+            }
+        };
+        if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+            return Err(Error::BadTensor {
+                path: self.path.clone(),
+                name: name.to_owned(),
+                expected: "finite values".into(),
+                found: format!("{} at index {i}", out[i]),
+            });
+        }
+        self.used.insert(name.to_owned());
+        Ok(out)
+    }
+
+    fn expert(&mut self, prefix: &str, d: usize, inter: usize) -> Result<ExpertWeights> {
+        Ok(ExpertWeights {
+            gate: self.get(&format!("{prefix}.gate_proj.weight"), &[inter, d])?,
+            up: self.get(&format!("{prefix}.up_proj.weight"), &[inter, d])?,
+            down: self.get(&format!("{prefix}.down_proj.weight"), &[d, inter])?,
+        })
+    }
+}
+
+impl Weights {
+    /// Loads `model.safetensors` for `config`.
+    pub fn load(path: &Path, config: &ModelConfig) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut l = Loader {
+            path: path.to_path_buf(),
+            st,
+            used: BTreeSet::new(),
+        };
+        let (d, v, inter) = (
+            config.hidden_size,
+            config.vocab_size,
+            config.moe_intermediate_size,
+        );
+        let embed = l.get("embed_tokens.weight", &[v, d])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("layers.{i}");
+            let experts = (0..config.n_routed_experts)
+                .map(|e| l.expert(&format!("{p}.mlp.experts.{e}"), d, inter))
+                .collect::<Result<_>>()?;
+            let shared = (0..config.n_shared_experts)
+                .map(|e| l.expert(&format!("{p}.mlp.shared_experts.{e}"), d, inter))
+                .collect::<Result<_>>()?;
+            let engram = match (&config.engram, config.is_engram_layer(i)) {
+                (Some(e), true) => {
+                    let q = format!("{p}.engram");
+                    let w = e.kernel_size;
+                    Some(EngramModuleWeights {
+                        value_proj_w: l.get(&format!("{q}.value_proj.weight"), &[d, e.d_mem])?,
+                        value_proj_b: l.get(&format!("{q}.value_proj.bias"), &[d])?,
+                        key_proj_w: vec![l.get(&format!("{q}.key_projs.0.weight"), &[d, e.d_mem])?],
+                        key_proj_b: vec![l.get(&format!("{q}.key_projs.0.bias"), &[d])?],
+                        norm1: vec![l.get(&format!("{q}.norm1.0.weight"), &[d])?],
+                        norm2: vec![l.get(&format!("{q}.norm2.0.weight"), &[d])?],
+                        conv_norm: vec![l.get(&format!("{q}.short_conv.norms.0.weight"), &[d])?],
+                        conv_w: l.get(&format!("{q}.short_conv.conv.weight"), &[d, 1, w])?,
+                    })
+                }
+                _ => None,
+            };
+            layers.push(LayerWeights {
+                input_norm: l.get(&format!("{p}.input_layernorm.weight"), &[d])?,
+                wq: l.get(&format!("{p}.self_attn.q_proj.weight"), &[d, d])?,
+                wk: l.get(&format!("{p}.self_attn.k_proj.weight"), &[d, d])?,
+                wv: l.get(&format!("{p}.self_attn.v_proj.weight"), &[d, d])?,
+                wo: l.get(&format!("{p}.self_attn.o_proj.weight"), &[d, d])?,
+                post_norm: l.get(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                router: l.get(
+                    &format!("{p}.mlp.gate.weight"),
+                    &[config.n_routed_experts, d],
+                )?,
+                experts,
+                shared,
+                engram,
+            });
+        }
+        let norm = l.get("norm.weight", &[d])?;
+        let lm_head = l.get("lm_head.weight", &[v, d])?;
+        let unused: Vec<String> =
+            l.st.names()
+                .into_iter()
+                .filter(|n| !l.used.contains(*n))
+                .map(str::to_owned)
+                .collect();
+        if !unused.is_empty() {
+            return Err(Error::BadTensor {
+                path: path.to_path_buf(),
+                name: unused.join(", "),
+                expected: "no tensors beyond those config.json implies".into(),
+                found: format!("{} unexplained tensors", unused.len()),
+            });
+        }
+        Ok(Self {
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+}

@@ -1,0 +1,314 @@
+//! `engram-build` configuration: a TOML file and flags (flags win), resolved into one
+//! validated [`BuildPlan`]. Unknown TOML keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use engram_kernels::EngramConfig;
+use engram_store::format::RowLayout;
+use serde::{Deserialize, Serialize};
+
+use super::corpus::CorpusOptions;
+use crate::addressing::{AddressingArgs, Preset};
+
+/// The TOML file: every key optional, unknown keys rejected.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub tokenizer: Option<PathBuf>,
+    pub preset: Option<Preset>,
+    pub max_ngram: Option<usize>,
+    pub heads: Option<usize>,
+    pub base_size: Option<u64>,
+    pub base_sizes: Option<Vec<u64>>,
+    pub layers: Option<Vec<u64>>,
+    pub seed: Option<u64>,
+    pub pad_id: Option<i64>,
+    pub row_layout: Option<String>,
+    pub dim: Option<u32>,
+    pub init: Option<String>,
+    pub include: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+    pub jsonl_field: Option<String>,
+    pub threads: Option<usize>,
+    pub import_pattern: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config {} is invalid", path.display()))
+    }
+
+    /// Fills every field that `over` sets (flags win over the file).
+    pub fn overlay(mut self, over: FileConfig) -> Self {
+        let (size_flag, sizes_flag) = (over.base_size.is_some(), over.base_sizes.is_some());
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
+        }
+        take!(
+            tokenizer,
+            preset,
+            max_ngram,
+            heads,
+            base_size,
+            base_sizes,
+            layers,
+            seed,
+            pad_id,
+            row_layout,
+            dim,
+            init,
+            include,
+            exclude,
+            jsonl_field,
+            threads,
+            import_pattern
+        );
+        // One way of giving base sizes replaces the other.
+        if size_flag {
+            self.base_sizes = None;
+        } else if sizes_flag {
+            self.base_size = None;
+        }
+        self
+    }
+}
+
+/// How row values are produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Init {
+    /// N(0, std^2), deterministic per (seed, layer id, row): any row can be regenerated.
+    Normal { std: f32 },
+    /// All zeros.
+    Zeros,
+    /// Rows from safetensors checkpoints; `pattern` names each layer's tensor with
+    /// `{layer}` standing for the layer id.
+    Import {
+        files: Vec<PathBuf>,
+        pattern: String,
+    },
+}
+
+impl Init {
+    /// Parses `normal:STD` or `zeros`.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s == "zeros" {
+            return Ok(Init::Zeros);
+        }
+        if let Some(std) = s.strip_prefix("normal:") {
+            let std: f32 = std
+                .parse()
+                .with_context(|| format!("--init {s:?}: the standard deviation is not a number"))?;
+            if !(std.is_finite() && std >= 0.0) {
+                bail!("--init {s:?}: the standard deviation must be finite and >= 0");
+            }
+            return Ok(Init::Normal { std });
+        }
+        bail!("--init {s:?}: expected normal:STD or zeros")
+    }
+}
+
+/// Default checkpoint tensor name, `{layer}` replaced by the layer id.
+pub const DEFAULT_IMPORT_PATTERN: &str = "layers.{layer}.engram.embedding.weight";
+
+/// Everything a build needs, validated.
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    pub engram: EngramConfig,
+    pub preset: Preset,
+    pub tokenizer: Option<PathBuf>,
+    pub row_layout: RowLayout,
+    pub dim: u32,
+    pub init: Init,
+    pub corpus: CorpusOptions,
+    pub threads: usize,
+}
+
+/// Row layout and width of a preset: demo 64 x bf16 (128 B), Engram-27B 80 x bf16 (160 B),
+/// V4.1 256 x FP8 E4M3 + 8 E8M0 scales (264 B).
+pub fn preset_rows(preset: Preset) -> (RowLayout, u32) {
+    match preset {
+        Preset::Demo => (RowLayout::Bf16, 64),
+        Preset::Engram27b => (RowLayout::Bf16, 80),
+        Preset::V41 => (RowLayout::Fp8E4m3E8m0 { scale_block: 32 }, 256),
+    }
+}
+
+impl FileConfig {
+    /// Resolves into a plan; `imports` are the `--import` files (empty: use `init`).
+    pub fn resolve(&self, imports: &[PathBuf]) -> Result<BuildPlan> {
+        let preset = self.preset.unwrap_or(Preset::Demo);
+        let addressing = AddressingArgs {
+            preset,
+            max_ngram: self.max_ngram,
+            heads: self.heads,
+            base_size: self.base_size,
+            base_sizes: self.base_sizes.clone(),
+            layers: self.layers.clone(),
+            seed: self.seed,
+            pad_id: self.pad_id,
+        };
+        let engram = addressing.config()?;
+        let (default_layout, default_dim) = preset_rows(preset);
+        let row_layout = match &self.row_layout {
+            Some(s) => RowLayout::parse(s)?,
+            None => default_layout,
+        };
+        let dim = self.dim.unwrap_or(default_dim);
+        row_layout.row_bytes(dim)?;
+        let init = if imports.is_empty() {
+            Init::parse(self.init.as_deref().unwrap_or("normal:1"))?
+        } else {
+            if self.init.is_some() {
+                bail!("--init and --import are exclusive: imported rows are the values");
+            }
+            let pattern = self
+                .import_pattern
+                .clone()
+                .unwrap_or_else(|| DEFAULT_IMPORT_PATTERN.into());
+            if !pattern.contains("{layer}") {
+                bail!("--import-pattern {pattern:?} must contain {{layer}}");
+            }
+            Init::Import {
+                files: imports.to_vec(),
+                pattern,
+            }
+        };
+        let threads = self.threads.unwrap_or(0);
+        Ok(BuildPlan {
+            engram,
+            preset,
+            tokenizer: self.tokenizer.clone(),
+            row_layout,
+            dim,
+            init,
+            corpus: CorpusOptions {
+                include: self.include.clone().unwrap_or_default(),
+                exclude: self.exclude.clone().unwrap_or_default(),
+                jsonl_field: self.jsonl_field.clone().unwrap_or_else(|| "text".into()),
+                stdin_jsonl: false,
+            },
+            threads,
+        })
+    }
+}
+
+impl BuildPlan {
+    /// The plan as TOML (for `--print-config`): a file that reproduces this build.
+    pub fn to_toml(&self) -> Result<String> {
+        let file = FileConfig {
+            tokenizer: self.tokenizer.clone(),
+            preset: Some(self.preset),
+            max_ngram: Some(self.engram.max_ngram),
+            heads: Some(self.engram.n_heads),
+            base_size: None,
+            base_sizes: Some(self.engram.base_sizes.clone()),
+            layers: Some(self.engram.layer_ids.clone()),
+            seed: Some(self.engram.seed),
+            pad_id: Some(self.engram.pad_id),
+            row_layout: Some(row_layout_name(self.row_layout)),
+            dim: Some(self.dim),
+            init: match &self.init {
+                Init::Normal { std } => Some(format!("normal:{std}")),
+                Init::Zeros => Some("zeros".into()),
+                Init::Import { .. } => None,
+            },
+            include: Some(self.corpus.include.clone()),
+            exclude: Some(self.corpus.exclude.clone()),
+            jsonl_field: Some(self.corpus.jsonl_field.clone()),
+            threads: (self.threads > 0).then_some(self.threads),
+            import_pattern: match &self.init {
+                Init::Import { pattern, .. } => Some(pattern.clone()),
+                _ => None,
+            },
+        };
+        Ok(toml::to_string_pretty(&file)?)
+    }
+}
+
+/// The `--row-layout` spelling of a layout.
+pub fn row_layout_name(layout: RowLayout) -> String {
+    match layout {
+        RowLayout::Bf16 => "bf16".into(),
+        RowLayout::F16 => "f16".into(),
+        RowLayout::F32 => "f32".into(),
+        RowLayout::Fp8E4m3E8m0 { scale_block: 32 } => "fp8".into(),
+        RowLayout::Fp8E4m3E8m0 { scale_block } => format!("fp8:{scale_block}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_and_unknown_keys_fail() {
+        let file: FileConfig =
+            toml::from_str("preset = \"v41\"\nheads = 4\nbase_size = 1000\n").expect("valid");
+        let flags = FileConfig {
+            heads: Some(2),
+            ..FileConfig::default()
+        };
+        let plan = file.overlay(flags).resolve(&[]).expect("valid");
+        assert_eq!(plan.engram.n_heads, 2);
+        assert_eq!(plan.engram.base_sizes, [1000, 1000, 1000]);
+        assert_eq!(plan.dim, 256);
+        assert!(toml::from_str::<FileConfig>("hedas = 3\n").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let bad = [
+            FileConfig {
+                heads: Some(0),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                max_ngram: Some(1),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                dim: Some(0),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                row_layout: Some("int4".into()),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                row_layout: Some("fp8".into()),
+                dim: Some(40),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                init: Some("normal:-1".into()),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                init: Some("uniform".into()),
+                ..FileConfig::default()
+            },
+        ];
+        for c in bad {
+            assert!(c.resolve(&[]).is_err(), "{c:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn print_config_round_trips() {
+        let plan = FileConfig {
+            preset: Some(Preset::V41),
+            ..FileConfig::default()
+        }
+        .resolve(&[])
+        .expect("valid");
+        let text = plan.to_toml().expect("serialises");
+        let again: FileConfig = toml::from_str(&text).expect("parses");
+        let plan2 = again.resolve(&[]).expect("valid");
+        assert_eq!(plan.engram, plan2.engram);
+        assert_eq!(plan.row_layout, plan2.row_layout);
+    }
+}

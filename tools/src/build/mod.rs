@@ -1,0 +1,519 @@
+//! `engram-build`: corpus (or checkpoint) -> published table + traffic profile.
+//!
+//! Phases: resolve config -> load tokenizer and compression table -> (dry run stops here)
+//! -> discover inputs -> count row hits (read, tokenize in parallel, compress, hash, count)
+//! -> rank the profile -> stream rows through `engram-store`'s writer (atomic publication)
+//! -> write the profile beside the manifest.
+
+pub mod config;
+pub mod corpus;
+pub mod count;
+pub mod report;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use engram_kernels::hash::{HashOptions, NgramHasher};
+use engram_kernels::{CompressionTable, EngramLayout, tokenizer};
+use engram_store::format::{BuildInfo, LayerHeader, Manifest};
+use engram_store::profile::{LayerProfile, Profile};
+use engram_store::table::TableWriter;
+
+use config::{FileConfig, Init};
+use report::{Mode, Phase};
+
+use crate::addressing::Preset;
+use crate::json_line;
+
+/// File name of the traffic profile inside a table directory.
+pub const PROFILE_FILE: &str = "profile.bin";
+
+/// `engram-build` flags. Every addressing and row flag can also come from `--config`.
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    /// Corpus inputs: files, directories (recursive), `.jsonl` files, or `-` for stdin.
+    pub paths: Vec<PathBuf>,
+    /// Table directory to publish.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Start from a published shape.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Base table size of every order (scales a preset down for tests).
+    #[arg(long)]
+    pub base_size: Option<u64>,
+    /// Largest n-gram order N.
+    #[arg(long)]
+    pub max_ngram: Option<usize>,
+    /// Hash heads per order.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Engram layer ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<u64>>,
+    /// Hash seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Raw pad id.
+    #[arg(long, allow_negative_numbers = true)]
+    pub pad_id: Option<i64>,
+    /// Row layout: bf16, f16, f32, fp8 (E4M3 + E8M0 scale per 32 values) or fp8:BLOCK.
+    #[arg(long)]
+    pub row_layout: Option<String>,
+    /// Values per row (per head).
+    #[arg(long)]
+    pub dim: Option<u32>,
+    /// Row values: normal:STD (deterministic per row) or zeros. Default normal:1.
+    #[arg(long)]
+    pub init: Option<String>,
+    /// Import rows from safetensors checkpoint files instead of --init.
+    #[arg(long, num_args = 1..)]
+    pub import: Vec<PathBuf>,
+    /// Tensor name of each layer's table in the checkpoint; {layer} is the layer id.
+    #[arg(long)]
+    pub import_pattern: Option<String>,
+    /// tokenizer.json (default: $ENGRAM_TOKENIZER, then the cached DeepSeek tokenizer).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Only files matching these globs (repeatable).
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Skip files and directories matching these globs (repeatable).
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Text field of JSON Lines records.
+    #[arg(long)]
+    pub jsonl_field: Option<String>,
+    /// Read stdin (`-`) as JSON Lines instead of one document.
+    #[arg(long)]
+    pub stdin_jsonl: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the resolved config as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Print the table's size, rows and RAM needed, then exit without work.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replace an existing table at --out.
+    #[arg(long)]
+    pub force: bool,
+    /// JSON Lines events on stdout (begin / progress / warning / summary).
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl BuildArgs {
+    fn flag_config(&self) -> FileConfig {
+        FileConfig {
+            tokenizer: self.tokenizer.clone(),
+            preset: self.preset,
+            max_ngram: self.max_ngram,
+            heads: self.heads,
+            base_size: self.base_size,
+            base_sizes: None,
+            layers: self.layers.clone(),
+            seed: self.seed,
+            pad_id: self.pad_id,
+            row_layout: self.row_layout.clone(),
+            dim: self.dim,
+            init: self.init.clone(),
+            include: (!self.include.is_empty()).then(|| self.include.clone()),
+            exclude: (!self.exclude.is_empty()).then(|| self.exclude.clone()),
+            jsonl_field: self.jsonl_field.clone(),
+            threads: self.threads,
+            import_pattern: self.import_pattern.clone(),
+        }
+    }
+}
+
+/// Sizes a build will produce, known before any work.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Estimate {
+    pub rows_per_layer: Vec<u64>,
+    pub rows: u64,
+    pub row_bytes: u64,
+    pub table_bytes: u64,
+    pub counter_bytes: u64,
+    pub ram_bytes: u64,
+}
+
+fn estimate(manifest: &Manifest, layout: &EngramLayout) -> Result<Estimate> {
+    let mut table_bytes = 0u64;
+    for (i, l) in manifest.layers.iter().enumerate() {
+        table_bytes += LayerHeader::expected(manifest, i as u32, l.layer_id, l.rows)?.file_bytes;
+    }
+    let rows_per_layer: Vec<u64> = layout.layers.iter().map(|l| l.total_rows).collect();
+    let counter_bytes = count::Counters::bytes(layout);
+    let rows: u64 = rows_per_layer.iter().sum();
+    // Counters, plus the profile of touched rows (16 B each, at most every row of the
+    // largest layer while it is ranked), plus the tokenizer and buffers (~256 MiB).
+    let max_layer = rows_per_layer.iter().copied().max().unwrap_or(0);
+    let ram_bytes = counter_bytes + 16 * max_layer + (256 << 20);
+    Ok(Estimate {
+        rows_per_layer,
+        rows,
+        row_bytes: manifest.row_bytes,
+        table_bytes,
+        counter_bytes,
+        ram_bytes,
+    })
+}
+
+/// Free bytes on the file system that will hold `out`.
+fn free_bytes(out: &Path) -> Result<u64> {
+    let mut dir = out.parent().unwrap_or(Path::new("."));
+    if dir.as_os_str().is_empty() {
+        dir = Path::new(".");
+    }
+    let st = rustix::fs::statvfs(dir)
+        .with_context(|| format!("checking free space on {}", dir.display()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Seconds since the epoch to record as the build time: `SOURCE_DATE_EPOCH` if set, else 0,
+/// so that the same inputs give a byte-identical table.
+fn build_time() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// Runs a build. Returns the summary JSON (also printed per the output mode).
+pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    // An imported checkpoint's declared addressing sits between the file and the flags;
+    // anything that contradicts it is an error below.
+    let checkpoints = if args.import.is_empty() {
+        None
+    } else {
+        Some(values::Checkpoints::open(&args.import)?)
+    };
+    let declared = match &checkpoints {
+        Some(c) => values::declared_config(c)?,
+        None => None,
+    };
+    let base = match &declared {
+        Some(d) => file.overlay(d.clone()),
+        None => file,
+    };
+    let mut plan = base.overlay(args.flag_config()).resolve(&args.import)?;
+    if let Some(d) = &declared {
+        values::check_checkpoint_config(d, &plan.engram, plan.dim)?;
+    }
+    plan.corpus.stdin_jsonl = args.stdin_jsonl;
+    if args.print_config {
+        print!("{}", plan.to_toml()?);
+        return Ok(serde_json::Value::Null);
+    }
+    let mode = Mode::choose(args.json, args.quiet);
+    let started = Instant::now();
+
+    let tok_path = tokenizer::resolve_path(plan.tokenizer.as_deref())?;
+    let tok = tokenizer::load(&tok_path)?;
+    let table = CompressionTable::from_tokenizer(&tok.tokenizer)
+        .with_context(|| format!("building the compression table from {}", tok_path.display()))?;
+    let pad = table.compress_id(plan.engram.pad_id)?;
+    let layout = EngramLayout::new(&plan.engram, table.compressed_vocab_size(), pad)?;
+    let source = match &plan.init {
+        Init::Import { files, .. } => format!(
+            "import {}",
+            files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Init::Normal { std } => format!("init normal:{std} seed={}", plan.engram.seed),
+        Init::Zeros => "init zeros".into(),
+    };
+    let build = BuildInfo {
+        tool: format!("engram-build {}", env!("CARGO_PKG_VERSION")),
+        created_unix: build_time(),
+        source,
+        notes: String::new(),
+    };
+    let manifest = Manifest::new(&layout, &tok.sha256, plan.row_layout, plan.dim, None, build)?;
+    let est = estimate(&manifest, &layout)?;
+
+    if args.dry_run {
+        let summary = serde_json::json!({ "dry_run": true, "out": args.out, "estimate": est });
+        if mode == Mode::Json {
+            json_line("summary", &summary);
+        } else {
+            println!(
+                "dry run: {} rows ({} per layer), {} B per row; table on disk {}; RAM needed about {} (hit counters {})",
+                est.rows,
+                est.rows_per_layer
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+                est.row_bytes,
+                human(est.table_bytes),
+                human(est.ram_bytes),
+                human(est.counter_bytes)
+            );
+        }
+        return Ok(summary);
+    }
+    if args.out.exists() && !args.force {
+        bail!(
+            "{} already exists: pass --force to replace it",
+            args.out.display()
+        );
+    }
+    let free = free_bytes(&args.out)?;
+    if free < est.table_bytes + (64 << 20) {
+        bail!(
+            "not enough free space for {}: the table needs {}, the file system has {}",
+            args.out.display(),
+            human(est.table_bytes),
+            human(free)
+        );
+    }
+    if let Some(c) = &checkpoints {
+        values::check_checkpoint_tokenizer(c, &tok.sha256)?;
+    }
+    if args.paths.is_empty() && checkpoints.is_none() {
+        bail!("no corpus given: pass files or directories (or - for stdin) to profile");
+    }
+    if mode == Mode::Json {
+        json_line(
+            "begin",
+            &serde_json::json!({
+                "out": args.out, "tokenizer": tok_path, "tokenizer_sha256": tok.sha256,
+                "config": plan.engram, "row_layout": config::row_layout_name(plan.row_layout),
+                "dim": plan.dim, "estimate": est,
+            }),
+        );
+    }
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(plan.threads)
+        .build()
+        .context("starting worker threads")?;
+    let hasher = NgramHasher::new(&layout, HashOptions::default())?;
+
+    // Count.
+    let mut counted = None;
+    if !args.paths.is_empty() {
+        let sources = corpus::discover(&args.paths, &plan.corpus)?;
+        let total_bytes: u64 = sources
+            .iter()
+            .map(|s| match s {
+                corpus::Source::Text(p) | corpus::Source::JsonLines(p) => {
+                    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+                }
+                corpus::Source::Stdin => 0,
+            })
+            .sum();
+        let counters = count::Counters::new(&layout)?;
+        let progress = count::Progress::default();
+        let mut phase = Phase::start(mode, "count", "bytes", total_bytes);
+        let t0 = Instant::now();
+        let summary = std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                pool.install(|| {
+                    count::count(
+                        &sources,
+                        &plan.corpus,
+                        &tok.tokenizer,
+                        &table,
+                        &layout,
+                        &hasher,
+                        &counters,
+                        &progress,
+                    )
+                })
+            });
+            while !worker.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let tokens = progress.tokens.load(Ordering::Relaxed);
+                let rate = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                phase.update(
+                    progress.bytes.load(Ordering::Relaxed),
+                    &format!("{tokens} tokens, {rate:.0} tok/s"),
+                );
+            }
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("the counting thread panicked"))?
+        })?;
+        let tokens = summary.tokens;
+        let secs = phase.finish(
+            summary.bytes,
+            &format!("{tokens} tokens in {} documents", summary.documents),
+        );
+        for (what, why) in &summary.skipped {
+            report::warning(mode, what, why);
+        }
+        if summary.tokens == 0 {
+            bail!(
+                "the corpus has no tokens ({} files read, {} skipped): nothing to profile",
+                summary.sources,
+                summary.skipped.len()
+            );
+        }
+        let profiles: Vec<LayerProfile> = layout
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| count::profile_layer(l.layer_id, counters.layer(i)))
+            .collect();
+        counted = Some((summary, secs, profiles));
+    }
+
+    // Write the table.
+    let mut writer = TableWriter::create(&args.out, &manifest, args.force)?;
+    let dim = plan.dim as usize;
+    let row_bytes = manifest.row_bytes as usize;
+    let mut phase = Phase::start(mode, "write", "rows", est.rows);
+    let mut done = 0u64;
+    let mut f32_buf = vec![0f32; values::CHUNK_ROWS as usize * dim];
+    let mut byte_buf = vec![0u8; values::CHUNK_ROWS as usize * row_bytes];
+    for (li, l) in layout.layers.iter().enumerate() {
+        let source = values::RowValues::for_layer(
+            &plan.init,
+            checkpoints.as_ref(),
+            plan.engram.seed,
+            l.layer_id,
+            l.total_rows,
+            plan.dim,
+        )?;
+        let mut first = 0u64;
+        while first < l.total_rows {
+            let n = values::CHUNK_ROWS.min(l.total_rows - first) as usize;
+            let vals = &mut f32_buf[..n * dim];
+            source.fill(first, dim, vals)?;
+            let bytes = &mut byte_buf[..n * row_bytes];
+            values::encode(plan.row_layout, dim, vals, bytes)?;
+            writer.write_layer_rows(li, bytes)?;
+            first += n as u64;
+            done += n as u64;
+            phase.update(done, &format!("layer {}", l.layer_id));
+        }
+    }
+    let manifest = writer.finish()?;
+    let write_secs = phase.finish(done, "published");
+
+    // Profile, beside the manifest.
+    let mut summary = serde_json::json!({
+        "out": args.out,
+        "table_id": manifest.table_id,
+        "rows": est.rows,
+        "table_bytes": est.table_bytes,
+        "row_bytes": est.row_bytes,
+        "write_seconds": write_secs,
+    });
+    if let Some((counts, count_secs, profiles)) = counted {
+        let profile = Profile {
+            table_id: manifest.table_id_u64().unwrap_or(0),
+            layers: profiles,
+        };
+        profile.write(&args.out.join(PROFILE_FILE), true)?;
+        let layers: Vec<_> = profile
+            .layers
+            .iter()
+            .zip(&layout.layers)
+            .map(|(p, l)| {
+                serde_json::json!({
+                    "layer_id": l.layer_id,
+                    "rows": l.total_rows,
+                    "rows_touched": p.entries.len(),
+                    "hits": p.total_hits,
+                    "saturated_rows": p.entries.iter().filter(|&&(_, c)| c == u64::from(u32::MAX)).count(),
+                    "curve": count::curve(p, l.total_rows, &count::CURVE_FRACTIONS),
+                })
+            })
+            .collect();
+        summary["corpus"] = serde_json::json!({
+            "sources": counts.sources, "documents": counts.documents, "bytes": counts.bytes,
+            "tokens": counts.tokens, "skipped": counts.skipped.len(),
+            "count_seconds": count_secs,
+            "tokens_per_second": counts.tokens as f64 / count_secs.max(1e-9),
+        });
+        summary["profile"] = serde_json::json!({ "file": PROFILE_FILE, "layers": layers });
+    }
+    summary["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+    match mode {
+        Mode::Json => json_line("summary", &summary),
+        Mode::Quiet => {}
+        Mode::Bars | Mode::Log => print_summary(&summary),
+    }
+    Ok(summary)
+}
+
+fn print_summary(s: &serde_json::Value) {
+    println!(
+        "published {} (table {}): {} rows x {} B = {}",
+        s["out"].as_str().unwrap_or_default(),
+        s["table_id"].as_str().unwrap_or_default(),
+        s["rows"],
+        s["row_bytes"],
+        human(s["table_bytes"].as_u64().unwrap_or(0))
+    );
+    if let Some(c) = s.get("corpus") {
+        println!(
+            "corpus: {} files, {} documents, {} tokens, {} skipped; {:.0} tokens/s",
+            c["sources"],
+            c["documents"],
+            c["tokens"],
+            c["skipped"],
+            c["tokens_per_second"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(layers) = s.pointer("/profile/layers").and_then(|v| v.as_array()) {
+        for l in layers {
+            let curve: Vec<String> = l["curve"]
+                .as_array()
+                .map(|c| {
+                    c.iter()
+                        .map(|p| {
+                            format!(
+                                "top {}% -> {:.1}%",
+                                p["fraction_of_rows"].as_f64().unwrap_or(0.0) * 100.0,
+                                p["hit_share"].as_f64().unwrap_or(0.0) * 100.0
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "layer {}: {} of {} rows touched, {} hits; hit share: {}",
+                l["layer_id"],
+                l["rows_touched"],
+                l["rows"],
+                l["hits"],
+                curve.join(", ")
+            );
+        }
+        println!("profile: {}", PROFILE_FILE);
+    }
+}
