@@ -65,7 +65,12 @@ mod tests {
 
     #[test]
     fn matches_trial_division_below_100k() {
-        let naive = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d));
+        let naive = |n: u64| {
+            n >= 2
+                && (2..)
+                    .take_while(|d| d * d <= n)
+                    .all(|d| !n.is_multiple_of(d))
+        };
         for n in 0..100_000 {
             assert_eq!(is_prime(n), naive(n), "n = {n}");
         }
