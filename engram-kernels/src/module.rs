@@ -340,6 +340,39 @@ impl EngramModule {
         }
     }
 
+    /// The fused layouts the backends consume: `(w_all ((1+M) d, d_mem), b_all ((1+M) d),
+    /// g_kq (M d), g_conv (M d), conv_w (M d, w))`.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn fused(&self) -> (&[f32], &[f32], &[f32], &[f32], &[f32]) {
+        (
+            &self.w_all,
+            &self.b_all,
+            &self.g_kq,
+            &self.g_conv,
+            &self.weights.conv_w,
+        )
+    }
+
+    /// Inputs check shared with the other backends; returns `batch * seq_len`.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn check_prefill(
+        &self,
+        e: &[f32],
+        hidden: &[f32],
+        batch: usize,
+        seq_len: usize,
+        out_y: &[f32],
+    ) -> Result<usize> {
+        let tokens = self.check_inputs(e, hidden, batch, seq_len)?;
+        check_len(
+            "y (B, T, M, d)",
+            tokens * self.config.channels(),
+            out_y.len(),
+        )?;
+        Ok(tokens)
+    }
+
     fn proj_width(&self) -> usize {
         (1 + self.config.hc_mult) * self.config.hidden_size
     }

@@ -32,3 +32,8 @@ pub fn driver_available() -> Result<()> {
 pub fn nvrtc_available() -> Result<()> {
     not_compiled()
 }
+
+/// Always [`Error::NotCompiled`] in this build.
+pub fn ptx() -> Result<String> {
+    not_compiled()
+}
