@@ -1,0 +1,487 @@
+//! `engram-build` end to end: a corpus directory becomes a table the store opens and
+//! verifies, with rows that regenerate exactly and a profile the cache can load; imports
+//! round-trip; interrupted builds publish nothing; bad input is a clear error; re-runs are
+//! byte-identical.
+//!
+//! Needs the DeepSeek tokenizer (`scripts/fetch-tokenizer.sh`); without it each test prints
+//! a skip reason, unless `ENGRAM_REQUIRE_TOKENIZER=1` (CI) makes that a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use engram_kernels::quant::RowDtype;
+use engram_store::Table;
+use engram_store::profile::Profile;
+use engram_tools::build::values::normal_row;
+
+fn tokenizer() -> Option<PathBuf> {
+    match engram_kernels::tokenizer::resolve_path(None) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            assert!(
+                std::env::var_os("ENGRAM_REQUIRE_TOKENIZER").is_none(),
+                "ENGRAM_REQUIRE_TOKENIZER is set but: {e}"
+            );
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+fn build(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_engram-build"))
+        .args(args)
+        .output()
+        .expect("engram-build runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn corpus(dir: &Path) -> PathBuf {
+    let root = dir.join("corpus");
+    std::fs::create_dir_all(root.join("pkg/test")).expect("mkdir");
+    std::fs::write(
+        root.join("pkg/a.py"),
+        "def add(a, b):\n    return a + b\n\n\nclass Stack:\n    def push(self, x):\n        self.items.append(x)\n",
+    )
+    .expect("write");
+    std::fs::write(
+        root.join("pkg/b.py"),
+        "import os\nprint(os.path.join('a', 'b'))\n",
+    )
+    .expect("write");
+    std::fs::write(root.join("pkg/test/skip.py"), "x = 1\n").expect("write");
+    std::fs::write(root.join("pkg/blob.bin"), b"\x00\x01\x02binary").expect("write");
+    std::fs::write(
+        root.join("docs.jsonl"),
+        "{\"text\": \"hello world\"}\n{\"body\": 1}\n",
+    )
+    .expect("write");
+    root
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+const SMALL: [&str; 6] = [
+    "--preset",
+    "demo",
+    "--base-size",
+    "1000",
+    "--layers",
+    "1,15",
+];
+
+#[test]
+fn corpus_to_verified_table_with_profile() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = corpus(dir.path());
+    let out = dir.path().join("table");
+    let mut args = vec![s(&root), "--out", s(&out), "--exclude", "**/test", "--json"];
+    args.extend(SMALL);
+    let (code, stdout, stderr) = build(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON Lines"))
+        .collect();
+    assert_eq!(lines[0]["type"], "begin");
+    assert!(
+        lines.iter().any(|l| l["type"] == "warning"),
+        "the binary file and bad record warn"
+    );
+    let summary = lines.last().expect("summary");
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["data"]["corpus"]["documents"], 3, "{summary}");
+
+    let table = Table::open(&out).expect("the published table opens");
+    for layer in 0..table.n_layers() {
+        table.verify_layer(layer).expect("every checksum holds");
+    }
+    // Rows regenerate exactly from (seed, layer id, row).
+    let dim = table.manifest().dim as usize;
+    let ids = [0u64, 7, 1234, table.rows(1).expect("rows") - 1];
+    let mut got = vec![0u8; ids.len() * table.row_bytes()];
+    table.read_rows_simple(1, &ids, &mut got).expect("reads");
+    let mut want = vec![0u8; ids.len() * table.row_bytes()];
+    for (i, &row) in ids.iter().enumerate() {
+        let mut v = vec![0f32; dim];
+        normal_row(0, 15, row, 1.0, &mut v);
+        engram_kernels::quant::quantize_rows(
+            RowDtype::Bf16,
+            dim,
+            &v,
+            &mut want[i * table.row_bytes()..(i + 1) * table.row_bytes()],
+        )
+        .expect("encodes");
+    }
+    assert_eq!(got, want);
+
+    let profile = Profile::read(&out.join("profile.bin")).expect("the profile loads");
+    assert_eq!(profile.layers.len(), 2);
+    assert!(
+        profile
+            .layers
+            .iter()
+            .all(|l| l.total_hits > 0 && !l.entries.is_empty())
+    );
+    assert_eq!(Some(profile.table_id), table.manifest().table_id_u64());
+    let options = engram_store::StoreOptions {
+        cache_bytes: 1 << 20,
+        profile: Some(profile),
+        ..engram_store::StoreOptions::default()
+    };
+    let store =
+        engram_store::Store::open(&out, &options).expect("the store seeds from the profile");
+    assert!(store.stats().cache_rows > 0, "the cache was seeded");
+}
+
+#[test]
+fn rebuilds_are_byte_identical_whatever_the_thread_count() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = corpus(dir.path());
+    let mut outs = Vec::new();
+    for threads in ["1", "2"] {
+        let out = dir.path().join(format!("t{threads}"));
+        let mut args = vec![s(&root), "--out", s(&out), "--threads", threads, "--quiet"];
+        args.extend(SMALL);
+        let (code, _, stderr) = build(&args);
+        assert_eq!(code, 0, "{stderr}");
+        outs.push(out);
+    }
+    let mut names: Vec<_> = std::fs::read_dir(&outs[0])
+        .expect("table dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 4, "manifest, two layers, profile: {names:?}");
+    for n in names {
+        let a = std::fs::read(outs[0].join(&n)).expect("read");
+        let b = std::fs::read(outs[1].join(&n)).expect("read");
+        assert!(a == b, "{n:?} differs between builds");
+    }
+}
+
+fn write_checkpoint(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], meta: Option<String>) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            (
+                name.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .expect("view"),
+            )
+        })
+        .collect();
+    let meta = meta.map(|m| std::collections::HashMap::from([("engram".to_owned(), m)]));
+    safetensors::serialize_to_file(views, meta, path).expect("writes");
+}
+
+#[test]
+fn import_round_trips_exactly_and_within_fp8_error() {
+    let Some(tok) = tokenizer() else { return };
+    let sha = engram_kernels::tokenizer::load(&tok).expect("loads").sha256;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = corpus(dir.path());
+    // Layout: orders 2-3, 2 heads, base 50, layers [1] -> 4 primes.
+    let layout = engram_kernels::EngramLayout::new(
+        &engram_kernels::EngramConfig {
+            max_ngram: 3,
+            n_heads: 2,
+            base_sizes: vec![50, 50],
+            layer_ids: vec![1],
+            seed: 0,
+            pad_id: 2,
+        },
+        99_092,
+        2,
+    )
+    .expect("valid");
+    let rows = layout.layers[0].total_rows as usize;
+    let dim = 32;
+    let values: Vec<f32> = (0..rows * dim)
+        .map(|i| ((i as f32) * 0.37).sin() * 3.0)
+        .collect();
+    let meta = serde_json::json!({
+        "layer_ids": [1], "max_ngram": 3, "n_heads": 2, "base_sizes": [50, 50], "seed": 0,
+        "pad_id": 2, "head_dim": dim, "dtype": "float32", "tokenizer_sha256": sha,
+    })
+    .to_string();
+    let ckpt = dir.path().join("engram.safetensors");
+    write_checkpoint(
+        &ckpt,
+        &[(
+            "layers.1.engram.embedding.weight".into(),
+            vec![rows, dim],
+            values.clone(),
+        )],
+        Some(meta.clone()),
+    );
+    for (layout_flag, exact) in [("f32", true), ("fp8", false)] {
+        let out = dir.path().join(format!("imp-{layout_flag}"));
+        let (code, _, stderr) = build(&[
+            s(&root),
+            "--out",
+            s(&out),
+            "--import",
+            s(&ckpt),
+            "--row-layout",
+            layout_flag,
+            "--quiet",
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        let table = Table::open(&out).expect("opens");
+        let ids: Vec<u64> = (0..rows as u64).collect();
+        let mut bytes = vec![0u8; rows * table.row_bytes()];
+        table.read_rows_simple(0, &ids, &mut bytes).expect("reads");
+        let dtype = if exact {
+            RowDtype::F32
+        } else {
+            RowDtype::Fp8E4m3 { block: 32 }
+        };
+        let mut back = vec![0f32; rows * dim];
+        engram_kernels::quant::dequantize_rows(dtype, dim, &bytes, &mut back).expect("decodes");
+        if exact {
+            assert_eq!(back, values);
+        } else {
+            // E4M3 keeps 3 mantissa bits: relative error <= 2^-4 for normal values, and the
+            // block scale keeps every value normal unless it is < 2^-6 of the block maximum.
+            for (row, (b, v)) in back.chunks(dim).zip(values.chunks(dim)).enumerate() {
+                let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+                for (x, y) in b.iter().zip(v) {
+                    let tol = (y.abs() / 16.0).max(amax / 448.0 * 2f32.powi(-6));
+                    assert!((x - y).abs() <= tol, "row {row}: {x} vs {y}");
+                }
+            }
+        }
+    }
+    // The wrong tokenizer, a contradicting flag, or a wrong shape are errors.
+    let bad_meta = meta.replace(&sha, &"0".repeat(64));
+    let bad = dir.path().join("bad.safetensors");
+    write_checkpoint(
+        &bad,
+        &[(
+            "layers.1.engram.embedding.weight".into(),
+            vec![rows, dim],
+            values.clone(),
+        )],
+        Some(bad_meta),
+    );
+    let (code, _, stderr) = build(&[
+        s(&root),
+        "--out",
+        s(&dir.path().join("x")),
+        "--import",
+        s(&bad),
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("trained with tokenizer"), "{stderr}");
+    let (code, _, stderr) = build(&[
+        s(&root),
+        "--out",
+        s(&dir.path().join("x")),
+        "--import",
+        s(&ckpt),
+        "--heads",
+        "4",
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("contradicts the checkpoint"), "{stderr}");
+    let short = dir.path().join("short.safetensors");
+    write_checkpoint(
+        &short,
+        &[(
+            "layers.1.engram.embedding.weight".into(),
+            vec![rows - 1, dim],
+            values[dim..].to_vec(),
+        )],
+        Some(meta),
+    );
+    let (code, _, stderr) = build(&[
+        s(&root),
+        "--out",
+        s(&dir.path().join("x")),
+        "--import",
+        s(&short),
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("has shape"), "{stderr}");
+    assert!(!dir.path().join("x").exists());
+}
+
+#[test]
+fn killed_build_publishes_nothing_and_keeps_the_old_table() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = corpus(dir.path());
+    let out = dir.path().join("table");
+    let mut args = vec![s(&root), "--out", s(&out), "--quiet"];
+    args.extend(SMALL);
+    assert_eq!(build(&args).0, 0);
+    let before = std::fs::read(out.join("manifest.json")).expect("manifest");
+    // A much larger build over the same path, killed while it writes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engram-build"))
+        .args([
+            s(&root),
+            "--out",
+            s(&out),
+            "--force",
+            "--json",
+            "--preset",
+            "v41",
+            "--base-size",
+            "2000000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    // Wait for the write phase to report progress, then kill.
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("\"phase\":\"write\"") => break,
+            Some(Ok(_)) => {}
+            _ => panic!("the build ended before writing"),
+        }
+    }
+    child.kill().expect("kills");
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        std::fs::read(out.join("manifest.json")).expect("old manifest"),
+        before
+    );
+    let table = Table::open(&out).expect("the old table still opens");
+    assert_eq!(table.manifest().config.max_ngram, 3);
+    // Nothing else at the target path opens as a table.
+    for e in std::fs::read_dir(dir.path()).expect("dir") {
+        let p = e.expect("entry").path();
+        if p != out && p.is_dir() && p.file_name().is_some_and(|n| n != "corpus") {
+            assert!(Table::open(&p).is_err(), "{} opens", p.display());
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = corpus(dir.path());
+    let out = dir.path().join("t");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    std::fs::write(empty.join("e.py"), "").expect("write");
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "heads = 8\nhedas = 2\n").expect("write");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![s(&empty), "--out", s(&out)], "no tokens"),
+        (
+            vec!["/nonexistent/corpus", "--out", s(&out)],
+            "/nonexistent/corpus",
+        ),
+        (
+            vec![s(&root), "--out", s(&out), "--config", s(&cfg)],
+            "unknown field",
+        ),
+        (vec![s(&root), "--out", s(&out), "--heads", "0"], "n_heads"),
+        (
+            vec![s(&root), "--out", s(&out), "--max-ngram", "1"],
+            "max_ngram",
+        ),
+        (
+            vec![s(&root), "--out", s(&out), "--init", "normal:x"],
+            "not a number",
+        ),
+        (
+            vec![
+                s(&root),
+                "--out",
+                s(&out),
+                "--row-layout",
+                "fp8",
+                "--dim",
+                "20",
+            ],
+            "scale_block",
+        ),
+        (
+            vec![s(&root), "--out", s(&out), "--tokenizer", s(&cfg)],
+            "not a valid tokenizer.json",
+        ),
+        (vec![s(&root), "--out", s(&root)], "already exists"),
+    ];
+    for (args, needle) in cases {
+        let (code, _, stderr) = build(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr:?} should mention {needle:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn dry_run_and_full_disk() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = corpus(dir.path());
+    let (code, stdout, _) = build(&[
+        s(&root),
+        "--out",
+        "/tmp/never",
+        "--preset",
+        "v41",
+        "--dry-run",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(v["data"]["estimate"]["rows"], 384_006_168u64 + 384_016_682);
+    assert!(!Path::new("/tmp/never").exists());
+
+    // A 1 MiB tmpfs cannot hold a 4 MiB table: refused before any work, nothing left.
+    let mnt = dir.path().join("small");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", s(&mnt)])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success());
+    if !mounted {
+        eprintln!("skipped the full-disk case: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let out = mnt.join("t");
+    let mut args = vec![s(&root), "--out", s(&out)];
+    args.extend(SMALL);
+    let (code, _, stderr) = build(&args);
+    let _ = Command::new("umount").arg(s(&mnt)).status();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("not enough free space"), "{stderr}");
+}
