@@ -34,6 +34,7 @@ pub mod profile;
 pub mod store;
 pub mod synth;
 pub mod table;
+pub mod workload;
 
 pub use backend::{BackendKind, BackendOptions, IO_BACKEND_ENV, UringFault};
 pub use buffer::AlignedBuf;

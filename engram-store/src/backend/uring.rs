@@ -336,3 +336,145 @@ impl RowReader for UringReader {
         }
     }
 }
+
+/// What [`probe_random_reads`] measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ProbeResult {
+    pub queue_depth: usize,
+    pub block_bytes: u64,
+    pub reads: u64,
+    pub seconds: f64,
+    pub iops: f64,
+    pub mb_per_s: f64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+}
+
+/// Random `block_bytes` O_DIRECT reads over `[offset, offset + len)` of `path` at queue depth
+/// `qd` for `seconds`, through io_uring with a registered buffer: the disk's own limit,
+/// measured the way the store reads.
+pub fn probe_random_reads(
+    path: &std::path::Path,
+    offset: u64,
+    len: u64,
+    block_bytes: u64,
+    qd: usize,
+    seconds: f64,
+    seed: u64,
+) -> Result<ProbeResult> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |reason: String| Error::Invalid {
+        what: "probe",
+        reason,
+    };
+    if !block_bytes.is_power_of_two() || block_bytes < 512 || len < block_bytes || qd == 0 {
+        return Err(bad(format!(
+            "block {block_bytes} (power of two >= 512), range {len}, qd {qd}"
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| crate::error::io("open (O_DIRECT)", path, e))?;
+    let entries = u32::try_from(qd.next_power_of_two()).unwrap_or(4096);
+    let mut ring =
+        build_ring(entries, false).map_err(|e| unavailable(format!("io_uring_setup: {e}")))?;
+    ring.submitter()
+        .register_files(&[file.as_raw_fd()])
+        .map_err(|e| unavailable(format!("register files: {e}")))?;
+    let bb = block_bytes as usize;
+    let mut staging = AlignedBuf::new_pinned(bb * qd)?;
+    let iov = libc::iovec {
+        iov_base: staging.as_mut_ptr().cast(),
+        iov_len: staging.capacity(),
+    };
+    // SAFETY: staging outlives the ring (dropped after it, below) and every read is reaped
+    // before returning.
+    let registered = unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok();
+    let base = staging.as_mut_ptr();
+    let blocks = len / block_bytes;
+    let mut rng = crate::workload::SplitMix64(seed);
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|e| bad(e.to_string()))?;
+    let mut started = vec![std::time::Instant::now(); qd];
+    let mut free: Vec<u32> = (0..qd as u32).collect();
+    let (mut inflight, mut reads) = (0usize, 0u64);
+    let t0 = std::time::Instant::now();
+    let deadline = std::time::Duration::from_secs_f64(seconds);
+    let mut first_err = None;
+    loop {
+        let running = t0.elapsed() < deadline && first_err.is_none();
+        {
+            let mut sq = ring.submission();
+            while running && !sq.is_full() {
+                let Some(slot) = free.pop() else { break };
+                let off = offset + rng.below(blocks) * block_bytes;
+                // SAFETY: slot < qd, so the range lies inside staging.
+                let ptr = unsafe { base.add(slot as usize * bb) };
+                let sqe = if registered {
+                    opcode::ReadFixed::new(types::Fixed(0), ptr, bb as u32, 0)
+                        .offset(off)
+                        .build()
+                } else {
+                    opcode::Read::new(types::Fixed(0), ptr, bb as u32)
+                        .offset(off)
+                        .build()
+                }
+                .user_data(u64::from(slot));
+                started[slot as usize] = std::time::Instant::now();
+                // SAFETY: staging outlives every in-flight read (we reap all before return).
+                if unsafe { sq.push(&sqe) }.is_err() {
+                    free.push(slot);
+                    break;
+                }
+                inflight += 1;
+            }
+        }
+        if inflight == 0 {
+            break;
+        }
+        if let Err(e) = ring.submit_and_wait(1) {
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(io_at("io_uring_enter", path, 0, e));
+        }
+        for cqe in ring.completion() {
+            inflight -= 1;
+            let slot = cqe.user_data() as u32;
+            let _ = hist.record((started[slot as usize].elapsed().as_nanos() as u64).max(1));
+            if cqe.result() < 0 && first_err.is_none() {
+                first_err = Some(io_at(
+                    "io_uring read",
+                    path,
+                    0,
+                    std::io::Error::from_raw_os_error(-cqe.result()),
+                ));
+            }
+            reads += 1;
+            free.push(slot);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    drop(ring);
+    drop(staging);
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(ProbeResult {
+        queue_depth: qd,
+        block_bytes,
+        reads,
+        seconds: secs,
+        iops: reads as f64 / secs,
+        mb_per_s: reads as f64 * block_bytes as f64 / secs / 1e6,
+        mean_us: hist.mean() / 1000.0,
+        p50_us: us(0.5),
+        p99_us: us(0.99),
+        p999_us: us(0.999),
+    })
+}

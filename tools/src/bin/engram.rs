@@ -28,6 +28,16 @@ enum Command {
     Vectors(cmd::vectors::Args),
     /// Tokenize a text and print its canonical ids and the row ids of every Engram layer.
     Hash(cmd::hash::Args),
+    /// Show a table's manifest, sizes and checksums (--verify checks every block).
+    Inspect(cmd::inspect::Args),
+    /// Print rows of a table as hex or JSON.
+    Lookup(cmd::lookup::Args),
+    /// Benchmark lookups (rows/s, MB/s, IOPS, latency, hit rate, CPU).
+    Bench(cmd::bench::Args),
+    /// Measure this disk's O_DIRECT random-read limits and the DRAM gather rate.
+    Probe(cmd::probe::Args),
+    /// Write a synthetic table of a published shape.
+    Synth(cmd::synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +46,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Vectors(args) => cmd::vectors::run(args),
         Command::Hash(args) => cmd::hash::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Lookup(args) => cmd::lookup::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::Probe(args) => cmd::probe::run(args),
+        Command::Synth(args) => cmd::synth::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,9 @@
 //! One module per `engram` subcommand.
 
+pub mod bench;
 pub mod hash;
+pub mod inspect;
+pub mod lookup;
+pub mod probe;
+pub mod synth;
 pub mod vectors;

@@ -1,0 +1,155 @@
+//! `engram bench TABLE`: closed-loop lookup throughput and latency of one store config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use engram_store::workload::{BenchSpec, RowDist, parse_bytes, run_bench};
+use engram_store::{BackendKind, BackendOptions, Profile, Store, StoreOptions};
+
+use crate::json_line;
+
+/// Benchmark lookups against a table.
+#[derive(Debug, ClapArgs)]
+#[command(
+    after_help = "Examples:\n  engram bench /data/v41 --backend uring --queue-depth 32 --batch-rows 4096\n  \
+    engram bench /data/v41 --dist zipf:1.0 --cache-bytes 2G --threads 2 --json\n\n\
+    Ids are drawn before the clock starts. Reports rows/s, useful MB/s (rows x row bytes), \
+    device MB/s, IOPS, batch latency p50/p99/p999, cache hit rate and CPU seconds."
+)]
+pub struct Args {
+    /// Table directory.
+    pub table: PathBuf,
+    /// Backend: memory, mmap, pread, uring, auto.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 1024)]
+    pub batch_rows: usize,
+    /// Timed batches per thread.
+    #[arg(long, default_value_t = 200)]
+    pub batches: usize,
+    /// Untimed warm-up batches per thread.
+    #[arg(long, default_value_t = 20)]
+    pub warmup_batches: usize,
+    /// Reads in flight per reader.
+    #[arg(long, default_value_t = 32)]
+    pub queue_depth: usize,
+    /// uniform or zipf:S.
+    #[arg(long, default_value = "uniform")]
+    pub dist: String,
+    /// Hot-row cache budget (e.g. 512M, 2G; 0 = none).
+    #[arg(long, default_value = "0")]
+    pub cache_bytes: String,
+    /// Seed the cache from this profile file.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Client threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Prefetch tickets in flight per thread (0: synchronous lookup_into).
+    #[arg(long, default_value_t = 0)]
+    pub prefetch_depth: usize,
+    /// Only this layer index (default: all, round-robin).
+    #[arg(long)]
+    pub layer_index: Option<usize>,
+    /// Read unit for unverified reads (with --no-verify).
+    #[arg(long, default_value_t = 4096)]
+    pub read_unit: u64,
+    /// Do not check block checksums on reads.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Merge reads whose gap is at most this many bytes.
+    #[arg(long, default_value_t = 0)]
+    pub coalesce_gap_bytes: u64,
+    /// io_uring SQPOLL (costs a core).
+    #[arg(long)]
+    pub sqpoll: bool,
+    /// pread pool threads.
+    #[arg(long, default_value_t = 32)]
+    pub pread_threads: usize,
+    /// Seed of the id stream.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON Lines record.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let kind = match &args.backend {
+        Some(b) => BackendKind::parse(b)?,
+        None => None,
+    };
+    let profile = match &args.profile {
+        Some(p) => Some(Profile::read(p)?),
+        None => None,
+    };
+    let opts = StoreOptions {
+        backend: BackendOptions {
+            kind,
+            queue_depth: args.queue_depth,
+            read_unit: args.read_unit,
+            verify: !args.no_verify,
+            coalesce_gap_bytes: args.coalesce_gap_bytes,
+            sqpoll: args.sqpoll,
+            pread_threads: args.pread_threads,
+            ..BackendOptions::default()
+        },
+        io_workers: args.threads.max(1),
+        max_in_flight: (args.threads * args.prefetch_depth).max(4),
+        max_batch_rows: args.batch_rows,
+        cache_bytes: parse_bytes(&args.cache_bytes)?,
+        profile,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&args.table, &opts)
+        .with_context(|| format!("opening table {}", args.table.display()))?;
+    let spec = BenchSpec {
+        batch_rows: args.batch_rows,
+        batches: args.batches,
+        warmup_batches: args.warmup_batches,
+        threads: args.threads.max(1),
+        dist: RowDist::parse(&args.dist)?,
+        seed: args.seed,
+        layers: args.layer_index.into_iter().collect(),
+        prefetch_depth: args.prefetch_depth,
+    };
+    let r = run_bench(&store, &spec)?;
+    if args.json {
+        json_line(
+            "bench",
+            &serde_json::json!({
+                "table": args.table, "dist": args.dist, "queue_depth": args.queue_depth,
+                "cache_bytes": opts.cache_bytes, "fallback": store.fallback_reason(),
+                "report": r,
+            }),
+        );
+    } else {
+        println!(
+            "{} x{} threads, {} batches x {} rows, qd {}, {}: {:.0} rows/s, {:.1} useful MB/s, \
+             {:.1} device MB/s, {:.0} IOPS, amplification {:.2}, batch p50 {:.0} us p99 {:.0} us \
+             p999 {:.0} us, hit rate {:.3}, CPU {:.2} s ({:.2} cores)",
+            r.backend,
+            r.threads,
+            r.batches,
+            r.batch_rows,
+            args.queue_depth,
+            args.dist,
+            r.rows_per_s,
+            r.useful_mb_per_s,
+            r.device_mb_per_s,
+            r.iops,
+            r.read_amplification,
+            r.batch_p50_us,
+            r.batch_p99_us,
+            r.batch_p999_us,
+            r.cache_hit_rate,
+            r.cpu_seconds,
+            r.cpu_cores
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

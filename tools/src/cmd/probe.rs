@@ -1,0 +1,148 @@
+//! `engram probe [--file F]`: this disk's O_DIRECT random-read IOPS and latency at queue
+//! depths 1/8/32/128, and this machine's DRAM gather rate.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use engram_store::backend::uring::probe_random_reads;
+use engram_store::workload::{SplitMix64, parse_bytes};
+
+use crate::json_line;
+
+/// Measure the machine's I/O and memory limits.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = "Examples:\n  engram probe\n  \
+    engram probe --file /data/v41/layer-000-id1.bin --json\n\n\
+    Without --file a scratch file of --size bytes is written in the current directory and \
+    removed afterwards. Use a file larger than RAM (or a fresh one) so the page cache \
+    cannot help; O_DIRECT bypasses it anyway.")]
+pub struct Args {
+    /// File to read (default: a scratch file in the current directory).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Size of the scratch file.
+    #[arg(long, default_value = "1G")]
+    pub size: String,
+    /// Read size.
+    #[arg(long, default_value_t = 4096)]
+    pub block_bytes: u64,
+    /// Queue depths to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+    pub queue_depths: Vec<usize>,
+    /// Seconds per queue depth.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Memory used by the DRAM gather test.
+    #[arg(long, default_value = "1G")]
+    pub dram_bytes: String,
+    /// Row size of the DRAM gather test.
+    #[arg(long, default_value_t = 264)]
+    pub row_bytes: usize,
+    /// Print JSON Lines records.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Random gather of `row_bytes` rows from a `bytes` buffer: rows/s and GB/s.
+pub fn dram_gather(bytes: usize, row_bytes: usize, seconds: f64) -> (f64, f64) {
+    let rows = (bytes / row_bytes).max(1);
+    let mut mem = vec![0u8; rows * row_bytes];
+    for (i, b) in mem.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let batch = 4096;
+    let mut out = vec![0u8; batch * row_bytes];
+    let mut rng = SplitMix64(7);
+    let mut ids = vec![0usize; batch];
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < seconds {
+        for id in ids.iter_mut() {
+            *id = rng.below(rows as u64) as usize;
+        }
+        for (k, &id) in ids.iter().enumerate() {
+            out[k * row_bytes..(k + 1) * row_bytes]
+                .copy_from_slice(&mem[id * row_bytes..(id + 1) * row_bytes]);
+        }
+        n += batch as u64;
+    }
+    std::hint::black_box(&out);
+    let s = t0.elapsed().as_secs_f64();
+    (n as f64 / s, n as f64 * row_bytes as f64 / s / 1e9)
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let (path, _scratch) = match &args.file {
+        Some(f) => (f.clone(), None),
+        None => {
+            let size = parse_bytes(&args.size)?;
+            let path =
+                std::env::current_dir()?.join(format!(".engram-probe-{}", std::process::id()));
+            let guard = Scratch(path.clone());
+            let f = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let chunk = vec![0xA5u8; 8 << 20];
+            let mut off = 0u64;
+            while off < size {
+                let n = (size - off).min(chunk.len() as u64) as usize;
+                f.write_all_at(&chunk[..n], off)?;
+                off += n as u64;
+            }
+            f.sync_all()?;
+            (path, Some(guard))
+        }
+    };
+    let len = std::fs::metadata(&path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .len()
+        / args.block_bytes
+        * args.block_bytes;
+    for &qd in &args.queue_depths {
+        let r = probe_random_reads(&path, 0, len, args.block_bytes, qd, args.seconds, qd as u64)
+            .with_context(|| format!("probing {}", path.display()))?;
+        if args.json {
+            json_line(
+                "probe_disk",
+                &serde_json::json!({"file": path, "result": r}),
+            );
+        } else {
+            println!(
+                "disk {} B random O_DIRECT reads, QD {:>3}: {:>8.0} IOPS {:>7.1} MB/s, latency mean {:.0} us p50 {:.0} us p99 {:.0} us p999 {:.0} us",
+                r.block_bytes, qd, r.iops, r.mb_per_s, r.mean_us, r.p50_us, r.p99_us, r.p999_us
+            );
+            let _ = std::io::stdout().flush();
+        }
+    }
+    let (rows_s, gb_s) = dram_gather(
+        parse_bytes(&args.dram_bytes)? as usize,
+        args.row_bytes,
+        args.seconds.min(3.0),
+    );
+    if args.json {
+        json_line(
+            "probe_dram",
+            &serde_json::json!({"row_bytes": args.row_bytes, "rows_per_s": rows_s, "gb_per_s": gb_s}),
+        );
+    } else {
+        println!(
+            "DRAM random gather of {} B rows: {:.2} M rows/s ({:.2} GB/s)",
+            args.row_bytes,
+            rows_s / 1e6,
+            gb_s
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
