@@ -608,7 +608,7 @@ impl EngramModule {
         let n = self.proj_width();
         let dm = self.config.d_mem;
         let threads = rayon::current_num_threads().max(1);
-        let rows = tokens.div_ceil(threads).clamp(32, 512);
+        let rows = tokens.div_ceil(threads).max(32);
         proj.par_chunks_mut(rows * n)
             .zip(e.par_chunks(rows * dm))
             .for_each(|(c, a)| {

@@ -211,9 +211,10 @@ fn rows_of(dtype: RowDtype, width: usize, bytes: usize, out: usize) -> Result<us
     Ok(rows)
 }
 
-/// Decodes one FP8 row (codes then scales) into `out` (`width` values).
-#[inline]
-fn dequant_fp8_row(row: &[u8], block: usize, out: &mut [f32]) -> Result<()> {
+/// Decodes one FP8 row (codes then scales) into `out` (`width` values). Inlined into the
+/// SIMD-dispatched copies in [`crate::cpu`].
+#[inline(always)]
+pub(crate) fn dequant_fp8_row(row: &[u8], block: usize, out: &mut [f32]) -> Result<()> {
     let width = out.len();
     let (codes, scales) = row.split_at(width);
     for ((dst, src), &sc) in out
@@ -227,12 +228,26 @@ fn dequant_fp8_row(row: &[u8], block: usize, out: &mut [f32]) -> Result<()> {
                 reason: "code 255 is NaN".into(),
             });
         }
-        let s = e8m0_to_f32(sc);
-        for (d, &c) in dst.iter_mut().zip(src) {
-            *d = e4m3_to_f32(c) * s;
-        }
+        dequant_fp8_block(src, e8m0_to_f32(sc), dst);
     }
     Ok(())
+}
+
+/// `2^120`: rebias from the f32 exponent (bias 127) to the E4M3 one (bias 7).
+const P120: f32 = f32::from_bits((120 + 127) << 23);
+
+/// One block of E4M3 codes times its scale, branch-free so it vectorises: placing the 7
+/// magnitude bits at f32 bits 20..27 gives `(1 + m/8) 2^(e-127)` (an f32 subnormal when
+/// `e = 0`, which is exactly `m/8 2^-126`), and `* 2^120` rebiases both to E4M3; the two
+/// NaN codes are patched. Exact: every step is a power-of-two scaling.
+#[inline(always)]
+pub(crate) fn dequant_fp8_block(codes: &[u8], scale: f32, out: &mut [f32]) {
+    for (d, &c) in out.iter_mut().zip(codes) {
+        let mag = u32::from(c & 0x7F);
+        let v = f32::from_bits((mag << 20) | (u32::from(c & 0x80) << 24)) * P120;
+        let v = if mag == 0x7F { f32::NAN } else { v };
+        *d = v * scale;
+    }
 }
 
 /// Dequantizes whole rows: `bytes` holds `rows` rows of `dtype`, `out` gets `rows * width`
@@ -271,7 +286,7 @@ pub(crate) fn dequantize_row_unchecked(dtype: RowDtype, src: &[u8], dst: &mut [f
                 *d = f16::from_bits(u16::from_le_bytes([s[0], s[1]])).to_f32();
             }
         }
-        RowDtype::Fp8E4m3 { block } => dequant_fp8_row(src, block, dst)?,
+        RowDtype::Fp8E4m3 { block } => crate::cpu::dequant_fp8_row(src, block, dst)?,
     }
     Ok(())
 }
@@ -403,6 +418,23 @@ mod tests {
         assert_eq!(e4m3_to_f32(0x08), 2f32.powi(-6));
         assert_eq!(e4m3_to_f32(0x38), 1.0);
         assert_eq!(e4m3_to_f32(0xB8), -1.0);
+    }
+
+    #[test]
+    fn branch_free_block_matches_table() {
+        let codes: Vec<u8> = (0..=255u8).collect();
+        let mut out = vec![0f32; 256];
+        for sc in [0u8, 1, 100, 127, 130, 200, 254] {
+            let s = e8m0_to_f32(sc);
+            dequant_fp8_block(&codes, s, &mut out);
+            for (&c, &v) in codes.iter().zip(&out) {
+                let exp = e4m3_to_f32(c) * s;
+                assert!(
+                    v.to_bits() == exp.to_bits() || (v.is_nan() && exp.is_nan()),
+                    "code {c:#04x} scale {sc}: {v} vs {exp}"
+                );
+            }
+        }
     }
 
     #[test]

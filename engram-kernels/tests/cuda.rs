@@ -212,3 +212,113 @@ mod with_feature {
         ));
     }
 }
+
+/// Timing table for scripts/gpu-check.sh (ignored by default; prints, asserts nothing about
+/// time). Each row: the same call on the CPU fast path and on the device, best of 5.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "timing; run by scripts/gpu-check.sh"]
+fn cuda_timing_table() {
+    use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
+    use engram_kernels::{
+        EngramConfig, EngramLayout, EngramModule, EngramModuleConfig, EngramModuleWeights,
+        RowDtype, memory_vectors, quantize_rows,
+    };
+    use std::time::Instant;
+
+    let Ok(gpu) = CudaEngine::new(0) else {
+        println!("skipped: no CUDA device");
+        return;
+    };
+    fn best(mut f: impl FnMut()) -> f64 {
+        f();
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+    let mut rows: Vec<(String, f64, f64)> = Vec::new();
+
+    // Hashing: V4.1 layout, 64 x 512 positions.
+    let layout = EngramLayout::new(&EngramConfig::v41(), 99_092, 2).unwrap();
+    let hasher = NgramHasher::new(&layout, HashOptions::default()).unwrap();
+    let (b, t) = (64usize, 512usize);
+    let ids: Vec<i64> = (0..b * t).map(|i| (i as i64 * 7919) % 99_092).collect();
+    let mut out = vec![0u64; b * t * hasher.n_hash_heads()];
+    let cpu = best(|| {
+        hasher
+            .hash_into(0, &ids, b, t, HashOutput::RowId, &mut out)
+            .unwrap();
+    });
+    let dev = best(|| {
+        gpu.hash(&layout, 0, &ids, b, t, HashOutput::RowId, &mut out)
+            .unwrap();
+    });
+    rows.push(("hash v41 64x512".into(), cpu, dev));
+
+    // Dequantize V4.1 rows for 4096 tokens x 24 heads.
+    let (heads, width, tokens) = (24usize, 256usize, 4096usize);
+    let src: Vec<f32> = (0..tokens * heads * width)
+        .map(|i| ((i % 977) as f32) * 0.01 - 4.0)
+        .collect();
+    let mut bytes = vec![0u8; tokens * heads * 264];
+    quantize_rows(RowDtype::V41, width, &src, &mut bytes).unwrap();
+    let mut e = vec![0f32; src.len()];
+    let cpu = best(|| memory_vectors(RowDtype::V41, width, heads, &bytes, &mut e).unwrap());
+    let dev = best(|| {
+        gpu.dequantize_rows(RowDtype::V41, width, &bytes, &mut e)
+            .unwrap()
+    });
+    rows.push(("dequant fp8 4096x24x256".into(), cpu, dev));
+
+    // Module prefill, demo shape, 1 x 4096.
+    let (d, m, dm, tt) = (1024usize, 4usize, 1024usize, 4096usize);
+    let cfg = EngramModuleConfig::new(d, m, dm, 3);
+    let val = |n: usize, s: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 * s - s / 2.0)
+            .collect()
+    };
+    let w = EngramModuleWeights {
+        value_proj_w: val(d * dm, 0.06),
+        value_proj_b: val(d, 0.1),
+        key_proj_w: (0..m).map(|_| val(d * dm, 0.06)).collect(),
+        key_proj_b: (0..m).map(|_| val(d, 0.1)).collect(),
+        norm1: (0..m).map(|_| vec![1.0; d]).collect(),
+        norm2: (0..m).map(|_| vec![1.0; d]).collect(),
+        conv_norm: (0..m).map(|_| vec![1.0; d]).collect(),
+        conv_w: val(m * d * 4, 1.0),
+    };
+    let module = EngramModule::new(cfg, w).unwrap();
+    let dev_w = gpu.upload_module(&module).unwrap();
+    let e = val(tt * dm, 2.0);
+    let h = val(tt * m * d, 2.0);
+    let mut y = vec![0f32; tt * m * d];
+    let cpu = best(|| module.forward_prefill(&e, &h, 1, tt, &mut y, None).unwrap());
+    let mut y2 = vec![0f32; tt * m * d];
+    let dev = best(|| {
+        gpu.forward_prefill(&module, &dev_w, &e, &h, 1, tt, &mut y2)
+            .unwrap()
+    });
+    let worst = y
+        .iter()
+        .zip(&y2)
+        .map(|(a, b)| (a - b).abs() / (1.0 + a.abs()))
+        .fold(0f32, f32::max);
+    rows.push((
+        format!("prefill demo 1x4096 (max diff {worst:.1e})"),
+        cpu,
+        dev,
+    ));
+
+    println!(
+        "\n{:<44} {:>10} {:>10} {:>8}",
+        "operation", "cpu ms", "cuda ms", "speedup"
+    );
+    for (name, c, g) in rows {
+        println!("{name:<44} {c:>10.3} {g:>10.3} {:>7.1}x", c / g);
+    }
+}

@@ -18,7 +18,7 @@ pub enum SimdLevel {
     Scalar,
     /// x86-64 AVX2 + FMA.
     Avx2,
-    /// x86-64 AVX-512F.
+    /// x86-64 AVX-512F + BW.
     Avx512,
 }
 
@@ -53,7 +53,9 @@ fn detect() -> SimdLevel {
 pub fn best_supported() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
             return SimdLevel::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -199,6 +201,21 @@ pub fn gemm_nt_t_at(
 #[inline]
 pub fn gemm_nt_t(a: &[f32], m: usize, b: &[f32], n: usize, k: usize, ct: &mut [f32]) {
     gemm_nt_t_at(level(), a, m, b, n, k, ct)
+}
+
+/// One FP8 E4M3 row with E8M0 block scales, at the process's level (the same exact
+/// arithmetic, vectorised for the level).
+#[inline]
+pub fn dequant_fp8_row(row: &[u8], block: usize, out: &mut [f32]) -> crate::Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match level() {
+            SimdLevel::Avx512 => return x86_64::dequant_fp8_row_avx512(row, block, out),
+            SimdLevel::Avx2 => return x86_64::dequant_fp8_row_avx2(row, block, out),
+            SimdLevel::Scalar => {}
+        }
+    }
+    crate::quant::dequant_fp8_row(row, block, out)
 }
 
 #[cfg(test)]

@@ -41,6 +41,34 @@ pub fn dot3_avx512(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
     unsafe { dot3_avx512_raw(a.as_ptr(), b.as_ptr(), c.as_ptr(), n) }
 }
 
+/// FP8 row decode compiled for AVX-512 (the body is `quant::dequant_fp8_row`, inlined).
+pub fn dequant_fp8_row_avx512(row: &[u8], block: usize, out: &mut [f32]) -> crate::Result<()> {
+    if !supported(SimdLevel::Avx512) {
+        return crate::quant::dequant_fp8_row(row, block, out);
+    }
+    // SAFETY: AVX-512F/BW were detected; the body is safe Rust.
+    unsafe { fp8_row_512(row, block, out) }
+}
+
+/// FP8 row decode compiled for AVX2.
+pub fn dequant_fp8_row_avx2(row: &[u8], block: usize, out: &mut [f32]) -> crate::Result<()> {
+    if !supported(SimdLevel::Avx2) {
+        return crate::quant::dequant_fp8_row(row, block, out);
+    }
+    // SAFETY: AVX2 was detected; the body is safe Rust.
+    unsafe { fp8_row_256(row, block, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn fp8_row_512(row: &[u8], block: usize, out: &mut [f32]) -> crate::Result<()> {
+    crate::quant::dequant_fp8_row(row, block, out)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fp8_row_256(row: &[u8], block: usize, out: &mut [f32]) -> crate::Result<()> {
+    crate::quant::dequant_fp8_row(row, block, out)
+}
+
 #[target_feature(enable = "avx2,fma")]
 fn hsum256(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
