@@ -5,7 +5,8 @@
 //! a saturated row keeps its rank at the top and the summary reports how many saturated.
 //! Counting is commutative, so the result is the same whatever the thread count.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use engram_kernels::hash::{HashOutput, NgramHasher};
@@ -16,27 +17,62 @@ use tokenizers::Tokenizer;
 
 use super::corpus::{self, CorpusOptions, Skip, Source};
 
-/// Hit counters of every row of every layer.
+/// Hit counters of every row of every layer, in shards of contiguous rows.
+///
+/// Workers do not increment counters one by one: an atomic read-modify-write per hit
+/// serialises the cache misses of a multi-gigabyte table (measured: 0.46 x tokenizer-only
+/// throughput for the V4.1 shape). Instead each worker buffers row offsets per shard
+/// ([`Batcher`]) and applies a full buffer under the shard's lock with plain increments,
+/// which lets the CPU overlap the misses. Counting stays exact and order-independent.
 #[derive(Debug)]
 pub struct Counters {
-    // (layers,) each (total_rows,)
-    layers: Vec<Vec<AtomicU32>>,
+    // (shards,) each (shard_rows,) except the last; global row g = layer_base + row
+    shards: Vec<Mutex<Vec<u32>>>,
+    shard_shift: u32,
+    // (layers + 1,) prefix sums of the layers' rows
+    layer_base: Vec<u64>,
 }
 
+/// Shards per table, at least (bounds lock contention and buffer memory).
+const MIN_SHARDS: u64 = 64;
+/// Smallest shard: tiny tables need no sharding.
+const MIN_SHARD_ROWS: u64 = 4096;
+/// Row offsets a worker buffers per shard before applying them.
+const BATCH_PER_SHARD: usize = 4096;
+
 impl Counters {
-    /// Zeroed counters for every layer of `layout`.
+    /// Zeroed counters for every layer of `layout` (pages are zeroed lazily by the OS).
     pub fn new(layout: &EngramLayout) -> Result<Self> {
-        let layers = layout
-            .layers
-            .iter()
-            .map(|l| {
-                let rows = usize::try_from(l.total_rows).context("table too large to count")?;
-                Ok(std::iter::repeat_with(|| AtomicU32::new(0))
-                    .take(rows)
-                    .collect())
+        let mut layer_base = vec![0u64];
+        for l in &layout.layers {
+            let last = layer_base[layer_base.len() - 1];
+            layer_base.push(
+                last.checked_add(l.total_rows)
+                    .context("rows overflow u64")?,
+            );
+        }
+        let total = layer_base[layer_base.len() - 1].max(1);
+        let shard_rows = total
+            .div_ceil(MIN_SHARDS)
+            .next_power_of_two()
+            .max(MIN_SHARD_ROWS);
+        anyhow::ensure!(
+            shard_rows <= 1 << 32,
+            "table too large to count ({total} rows)"
+        );
+        let shard_shift = shard_rows.trailing_zeros();
+        let n_shards = total.div_ceil(shard_rows);
+        let shards = (0..n_shards)
+            .map(|i| {
+                let rows = (total - i * shard_rows).min(shard_rows);
+                Ok(Mutex::new(vec![0u32; usize::try_from(rows)?]))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { layers })
+        Ok(Self {
+            shards,
+            shard_shift,
+            layer_base,
+        })
     }
 
     /// Bytes the counters occupy.
@@ -44,16 +80,83 @@ impl Counters {
         layout.layers.iter().map(|l| l.total_rows * 4).sum()
     }
 
-    #[inline]
-    fn hit(&self, layer: usize, row: u64) {
-        let c = &self.layers[layer][row as usize];
-        // Saturating increment: a plain fetch_add would wrap a hot row back to zero.
-        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_add(1));
+    /// A per-worker buffer of pending hits.
+    pub fn batcher(&self) -> Batcher<'_> {
+        Batcher {
+            counters: self,
+            pending: vec![Vec::new(); self.shards.len()],
+        }
     }
 
-    /// The counts of one layer.
-    pub fn layer(&self, layer: usize) -> impl ExactSizeIterator<Item = u32> + '_ {
-        self.layers[layer].iter().map(|c| c.load(Ordering::Relaxed))
+    fn apply(&self, shard: usize, offsets: &[u32]) {
+        // A poisoned lock means another worker panicked mid-apply; counting is then moot
+        // (the build fails on that panic), so keep going with the data as it is.
+        let mut counts = match self.shards[shard].lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for &o in offsets {
+            let c = &mut counts[o as usize];
+            // Saturate rather than wrap a hot row back to zero.
+            *c = c.saturating_add(1);
+        }
+    }
+
+    /// The rows of layer `layer` with at least one hit, as `(row, hits)` in row order.
+    pub fn touched(&self, layer: usize) -> Vec<(u64, u64)> {
+        let (lo, hi) = (self.layer_base[layer], self.layer_base[layer + 1]);
+        let shard_rows = 1u64 << self.shard_shift;
+        let mut out = Vec::new();
+        let mut g = lo;
+        while g < hi {
+            let shard = (g >> self.shard_shift) as usize;
+            let start = g - (shard as u64) * shard_rows;
+            let end = (hi - (shard as u64) * shard_rows).min(shard_rows);
+            let counts = match self.shards[shard].lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            for (i, &c) in counts[start as usize..end as usize].iter().enumerate() {
+                if c > 0 {
+                    out.push((g - lo + i as u64, u64::from(c)));
+                }
+            }
+            g += end - start;
+        }
+        out
+    }
+}
+
+/// One worker's pending hits, per shard. Call [`Batcher::flush`] when done.
+#[derive(Debug)]
+pub struct Batcher<'a> {
+    counters: &'a Counters,
+    pending: Vec<Vec<u32>>,
+}
+
+impl Batcher<'_> {
+    /// Records one hit of `row` in layer `layer`.
+    #[inline]
+    pub fn hit(&mut self, layer: usize, row: u64) {
+        let c = self.counters;
+        let g = c.layer_base[layer] + row;
+        let shard = (g >> c.shard_shift) as usize;
+        let buf = &mut self.pending[shard];
+        buf.push((g & ((1u64 << c.shard_shift) - 1)) as u32);
+        if buf.len() >= BATCH_PER_SHARD {
+            c.apply(shard, buf);
+            buf.clear();
+        }
+    }
+
+    /// Applies every pending hit.
+    pub fn flush(&mut self) {
+        for (shard, buf) in self.pending.iter_mut().enumerate() {
+            if !buf.is_empty() {
+                self.counters.apply(shard, buf);
+                buf.clear();
+            }
+        }
     }
 }
 
@@ -96,6 +199,7 @@ pub fn count(
             let docs = corpus::read(source, options);
             let mut compressed = Vec::new();
             let mut rows = Vec::new();
+            let mut batch = counters.batcher();
             for text in &docs.texts {
                 let encoding = tokenizer
                     .encode(text.as_str(), false)
@@ -126,10 +230,11 @@ pub fn count(
                         &mut rows,
                     )?;
                     for &r in &rows {
-                        counters.hit(li, r);
+                        batch.hit(li, r);
                     }
                 }
             }
+            batch.flush();
             progress.bytes.fetch_add(docs.bytes, Ordering::Relaxed);
             progress.sources_done.fetch_add(1, Ordering::Relaxed);
             Ok(docs.skipped)
@@ -173,12 +278,8 @@ pub fn tokenize_only(
 }
 
 /// Ranks one layer's counters into a profile (every touched row kept).
-pub fn profile_layer(layer_id: u64, counts: impl Iterator<Item = u32>) -> LayerProfile {
-    let touched = counts
-        .enumerate()
-        .filter(|&(_, c)| c > 0)
-        .map(|(r, c)| (r as u64, u64::from(c)));
-    LayerProfile::from_counts(layer_id, touched, usize::MAX)
+pub fn profile_layer(counters: &Counters, layer: usize, layer_id: u64) -> LayerProfile {
+    LayerProfile::from_counts(layer_id, counters.touched(layer), usize::MAX)
 }
 
 /// Share of all hits that land on the `top` most-hit rows of a ranked profile.
@@ -225,7 +326,7 @@ mod tests {
 
     #[test]
     fn ranks_and_curve() {
-        let p = profile_layer(1, [0, 5, 1, 5, 0, 9, 0, 0, 0, 0].into_iter());
+        let p = LayerProfile::from_counts(1, [(1, 5), (2, 1), (3, 5), (5, 9)], usize::MAX);
         assert_eq!(p.entries, [(5, 9), (1, 5), (3, 5), (2, 1)]);
         assert_eq!(p.total_hits, 20);
         assert!((hit_share_of_top(&p, 1) - 0.45).abs() < 1e-12);
@@ -251,10 +352,15 @@ mod tests {
         )
         .expect("valid");
         let c = Counters::new(&layout).expect("small");
-        c.layers[0][1].store(u32::MAX - 1, Ordering::Relaxed);
-        for _ in 0..3 {
-            c.hit(0, 1);
+        if let Ok(mut s) = c.shards[0].lock() {
+            s[1] = u32::MAX - 1;
         }
-        assert_eq!(c.layer(0).nth(1), Some(u32::MAX));
+        let mut b = c.batcher();
+        for _ in 0..3 {
+            b.hit(0, 1);
+        }
+        b.hit(0, 2);
+        b.flush();
+        assert_eq!(c.touched(0), [(1, u64::from(u32::MAX)), (2, 1)]);
     }
 }

@@ -385,7 +385,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             .layers
             .iter()
             .enumerate()
-            .map(|(i, l)| count::profile_layer(l.layer_id, counters.layer(i)))
+            .map(|(i, l)| count::profile_layer(&counters, i, l.layer_id))
             .collect();
         counted = Some((summary, secs, profiles));
     }
