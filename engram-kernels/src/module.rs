@@ -448,7 +448,7 @@ impl EngramModule {
         let mut s = vec![0f32; tokens * m];
         let mut alpha = vec![0f32; tokens * m];
         let mut x = vec![0f32; tokens * ch];
-        self.gate_stage(&proj, hidden, &mut s, &mut alpha, &mut x);
+        self.gate_stage(&proj, hidden, &mut s, &mut alpha, &mut x, true);
         out_y
             .par_chunks_mut(ch)
             .enumerate()
@@ -493,6 +493,7 @@ impl EngramModule {
             &mut tr.s,
             &mut tr.alpha,
             &mut tr.conv_in_normed,
+            true,
         );
         tr.gate_logit = tr.s.iter().map(|&s| gate_logit(s)).collect();
         let eps = self.config.key_norm_eps;
@@ -548,7 +549,9 @@ impl EngramModule {
 
     /// Decode: one new position for each of `batch` sequences. `e (B, d_mem)`,
     /// `hidden (B, M, d)`, `out_y (B, M, d)`; `states[b]` is read and advanced. No
-    /// allocation: every buffer is in `scratch`.
+    /// allocation: every buffer is in `scratch`. Runs on all cores of the rayon pool when
+    /// called from inside it (run the decode loop under `pool.install`), on the calling
+    /// thread otherwise.
     pub fn forward_decode(
         &self,
         e: &[f32],
@@ -574,15 +577,27 @@ impl EngramModule {
         let (m, dm) = (self.config.hc_mult, self.config.d_mem);
         let proj_t = &mut scratch.proj_t[..n * batch];
         let level = cpu::level();
-        proj_t
-            .par_chunks_mut(DECODE_COLS_PER_TASK * batch)
-            .enumerate()
-            .for_each(|(task, ct)| {
-                let j0 = task * DECODE_COLS_PER_TASK;
-                let cols = ct.len() / batch;
-                let w = &self.w_all[j0 * dm..(j0 + cols) * dm];
-                cpu::gemm_nt_t_at(level, e, batch, w, cols, dm, ct);
-            });
+        let task = |(task, ct): (usize, &mut [f32])| {
+            let j0 = task * DECODE_COLS_PER_TASK;
+            let cols = ct.len() / batch;
+            let w = &self.w_all[j0 * dm..(j0 + cols) * dm];
+            cpu::gemm_nt_t_at(level, e, batch, w, cols, dm, ct);
+        };
+        // Inside a rayon worker, fork-join is allocation-free; entering the pool from an
+        // outside thread goes through rayon's injector queue, which allocates now and then.
+        // So: parallel when called from the pool (`pool.install(|| decode loop)`), serial
+        // otherwise; either way no allocation per call.
+        if rayon::current_thread_index().is_some() {
+            proj_t
+                .par_chunks_mut(DECODE_COLS_PER_TASK * batch)
+                .enumerate()
+                .for_each(task);
+        } else {
+            proj_t
+                .chunks_mut(DECODE_COLS_PER_TASK * batch)
+                .enumerate()
+                .for_each(task);
+        }
         let proj = &mut scratch.proj[..n * batch];
         for (b, row) in proj.chunks_exact_mut(n).enumerate() {
             for (j, (p, bias)) in row.iter_mut().zip(&self.b_all).enumerate() {
@@ -592,7 +607,7 @@ impl EngramModule {
         let s = &mut scratch.s[..m * batch];
         let alpha = &mut scratch.alpha[..m * batch];
         let x = &mut scratch.x[..ch * batch];
-        self.gate_stage(proj, hidden, s, alpha, x);
+        self.gate_stage(proj, hidden, s, alpha, x, false);
         for (b, state) in states.iter_mut().enumerate() {
             let y = &mut out_y[b * ch..(b + 1) * ch];
             let xb = &x[b * ch..(b + 1) * ch];
@@ -631,18 +646,27 @@ impl EngramModule {
         s: &mut [f32],
         alpha: &mut [f32],
         x: &mut [f32],
+        parallel: bool,
     ) {
         let (d, m) = (self.config.hidden_size, self.config.hc_mult);
         let n = self.proj_width();
         let ch = m * d;
-        proj.par_chunks(n)
-            .zip(hidden.par_chunks(ch))
-            .zip(s.par_chunks_mut(m))
-            .zip(alpha.par_chunks_mut(m))
-            .zip(x.par_chunks_mut(ch))
-            .with_min_len(16)
-            .for_each(|((((p, h), s), a), x)| self.gate_token(p, h, s, a, x));
-        let _ = d;
+        if parallel {
+            proj.par_chunks(n)
+                .zip(hidden.par_chunks(ch))
+                .zip(s.par_chunks_mut(m))
+                .zip(alpha.par_chunks_mut(m))
+                .zip(x.par_chunks_mut(ch))
+                .with_min_len(16)
+                .for_each(|((((p, h), s), a), x)| self.gate_token(p, h, s, a, x));
+        } else {
+            proj.chunks(n)
+                .zip(hidden.chunks(ch))
+                .zip(s.chunks_mut(m))
+                .zip(alpha.chunks_mut(m))
+                .zip(x.chunks_mut(ch))
+                .for_each(|((((p, h), s), a), x)| self.gate_token(p, h, s, a, x));
+        }
     }
 
     #[inline]
