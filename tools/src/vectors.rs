@@ -56,13 +56,10 @@ impl VectorReport {
         }
     }
 
-    /// Adds another file's report (units must agree or this one is empty).
+    /// Adds another report of the same unit.
     pub fn merge(&mut self, other: VectorReport) {
-        if self.unit.is_empty() || self.cases == 0 {
-            self.unit = other.unit;
-        } else if self.unit != other.unit && other.cases > 0 {
-            self.unit = "checks";
-        }
+        debug_assert!(self.unit == other.unit || self.cases == 0);
+        self.unit = other.unit;
         self.cases += other.cases;
         self.checked += other.checked;
         self.mismatch_count += other.mismatch_count;
@@ -412,8 +409,59 @@ fn check_case(
 pub enum VectorKind {
     /// `engram-hash-v1` JSON.
     Hash,
+    /// `engram-forward-v1` JSON index naming its safetensors case files.
+    ForwardIndex,
     /// `engram-forward-v1` safetensors.
     Forward,
+}
+
+#[derive(Debug, Deserialize)]
+struct FormatOnly {
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ForwardIndex {
+    cases: Vec<ForwardIndexCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ForwardIndexCase {
+    name: String,
+    file: String,
+    #[serde(default)]
+    sha256: Option<String>,
+}
+
+/// Checks every case file an `engram-forward-v1` JSON index names (resolved beside it),
+/// after checking each file's SHA-256 against the index.
+pub fn check_forward_index(path: &Path) -> Result<VectorReport> {
+    use sha2::{Digest, Sha256};
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let index: ForwardIndex = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an engram-forward-v1 index", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut total = VectorReport::new("values");
+    for case in &index.cases {
+        let file = dir.join(&case.file);
+        let bytes = std::fs::read(&file)
+            .with_context(|| format!("case {:?}: reading {}", case.name, file.display()))?;
+        if let Some(want) = &case.sha256 {
+            let got: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            ensure!(
+                got.eq_ignore_ascii_case(want),
+                "case {:?}: {} has SHA-256 {got}, the index says {want}",
+                case.name,
+                file.display()
+            );
+        }
+        total.merge(crate::vectors_forward::check_forward_file(&file)?);
+    }
+    Ok(total)
 }
 
 /// Recognises a vector file by its first bytes: JSON starts with `{`, safetensors with an
@@ -427,7 +475,15 @@ pub fn detect_kind(path: &Path) -> Result<VectorKind> {
         .with_context(|| format!("reading {}", path.display()))?;
     let first = head[..n].iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
-        return Ok(VectorKind::Hash);
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let format = serde_json::from_str::<FormatOnly>(&text)
+            .ok()
+            .and_then(|f| f.format);
+        return Ok(match format.as_deref() {
+            Some("engram-forward-v1") => VectorKind::ForwardIndex,
+            _ => VectorKind::Hash,
+        });
     }
     if n >= 9 && head[8] == b'{' {
         return Ok(VectorKind::Forward);

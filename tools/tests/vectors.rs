@@ -162,3 +162,40 @@ fn hash_rejects_a_tokenizer_that_is_not_json() {
     assert_eq!(code, 2);
     assert!(stderr.contains("/nonexistent/tok.json"), "{stderr}");
 }
+
+#[test]
+fn forward_vectors_through_the_cli() {
+    let (code, stdout, stderr) = engram(&[
+        "vectors",
+        data("engram-forward-v1.json").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "vectors: 3 cases, 99412 values, all match");
+    let (code, stdout, _) = engram(&[
+        "vectors",
+        data("engram-hash-v1.json").to_str().expect("utf-8"),
+        data("engram-forward-v1-b.safetensors")
+            .to_str()
+            .expect("utf-8"),
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("indices, all match") && stdout.contains("values, all match"),
+        "{stdout}"
+    );
+    // An index whose file hash disagrees is an error, not a silent pass.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut index: Value = serde_json::from_str(
+        &std::fs::read_to_string(data("engram-forward-v1.json")).expect("index"),
+    )
+    .expect("json");
+    index["cases"][0]["sha256"] = Value::from("00".repeat(32));
+    for c in index["cases"].as_array().expect("cases") {
+        let f = c["file"].as_str().expect("file");
+        std::fs::copy(data(f), dir.path().join(f)).expect("copy");
+    }
+    let p = write_json(&dir, "index.json", &index);
+    let (code, _, stderr) = engram(&["vectors", p.to_str().expect("utf-8")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("SHA-256"), "{stderr}");
+}

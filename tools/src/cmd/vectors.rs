@@ -30,29 +30,43 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Checks every file and merges the reports.
-pub fn check_files(args: &Args) -> Result<VectorReport> {
+/// Checks every file; one merged report per kind of vector (hash indices, forward values).
+pub fn check_files(args: &Args) -> Result<Vec<VectorReport>> {
     let options = HashCheckOptions {
         tokenizer: args.tokenizer.clone(),
     };
-    let mut total = VectorReport::default();
+    let mut totals: Vec<VectorReport> = Vec::new();
     for path in &args.files {
         let report = match detect_kind(path)? {
             VectorKind::Hash => check_hash_file(path, &options)?,
-            VectorKind::Forward => anyhow::bail!(
-                "{}: engram-forward-v1 checking is not available in this build yet",
-                path.display()
-            ),
+            VectorKind::ForwardIndex => crate::vectors::check_forward_index(path)?,
+            VectorKind::Forward => crate::vectors_forward::check_forward_file(path)?,
         };
-        total.merge(report);
+        match totals.iter_mut().find(|t| t.unit == report.unit) {
+            Some(t) => t.merge(report),
+            None => totals.push(report),
+        }
     }
-    Ok(total)
+    Ok(totals)
 }
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let report = check_files(&args)?;
-    if args.json {
+    let reports = check_files(&args)?;
+    let mut all_match = true;
+    for report in &reports {
+        all_match &= report.mismatch_count == 0;
+        print_report(report, args.json);
+    }
+    Ok(if all_match {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_MISMATCH)
+    })
+}
+
+fn print_report(report: &VectorReport, json: bool) {
+    if json {
         json_line(
             "vectors",
             &serde_json::json!({
@@ -75,9 +89,4 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         println!("{}", report.summary());
     }
-    Ok(if report.mismatch_count == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_MISMATCH)
-    })
 }
