@@ -25,7 +25,11 @@ fn repo() -> PathBuf {
 
 fn engram_models() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(repo().join("models")).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(repo().join("models"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let dir = e.path();
         if dir.join("engram.safetensors").exists() && dir.join("golden.json").exists() {
             out.push(dir);
@@ -58,23 +62,42 @@ fn check(session: &mut Session, golden: &serde_json::Value, label: &str) {
         let positions: Vec<usize> =
             serde_json::from_value(p["logit_positions"].clone()).expect("positions");
         let mut worst = 0f32;
-        for (i, &pos) in positions.iter().enumerate().filter(|(_, p)| **p < raw.len()) {
+        for (i, &pos) in positions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p < raw.len())
+        {
             let w: Vec<f32> = serde_json::from_value(p["logits"][i].clone()).expect("logits");
             let g = session.model.logits(&session.state, pos);
-            worst = g.iter().zip(&w).fold(worst, |m, (a, b)| m.max((a - b).abs()));
+            worst = g
+                .iter()
+                .zip(&w)
+                .fold(worst, |m, (a, b)| m.max((a - b).abs()));
         }
-        assert!(worst <= LOGIT_TOLERANCE, "{label} {name}: max |logit error| {worst}");
-        let mut sampler =
-            Sampler::new(SamplerConfig::default(), session.vocab.unk(), session.model.config.vocab_size)
-                .expect("greedy");
+        assert!(
+            worst <= LOGIT_TOLERANCE,
+            "{label} {name}: max |logit error| {worst}"
+        );
+        let mut sampler = Sampler::new(
+            SamplerConfig::default(),
+            session.vocab.unk(),
+            session.model.config.vocab_size,
+        )
+        .expect("greedy");
         let mut next = sampler.sample(session.model.logits(&session.state, raw.len() - 1));
         let mut got = vec![next];
         while got.len() < want.len() {
             next = sampler.sample(session.step(next).expect("step"));
             got.push(next);
         }
-        assert_eq!(got, want, "{label} {name}: greedy continuation differs from PyTorch");
-        eprintln!("{label} {name}: max |logit error| {worst:.2e}, {} greedy tokens equal", got.len());
+        assert_eq!(
+            got, want,
+            "{label} {name}: greedy continuation differs from PyTorch"
+        );
+        eprintln!(
+            "{label} {name}: max |logit error| {worst:.2e}, {} greedy tokens equal",
+            got.len()
+        );
     }
 }
 
@@ -84,7 +107,10 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
         return;
     }
     let models = engram_models();
-    assert!(!models.is_empty(), "no committed Engram model with a golden file under models/");
+    assert!(
+        !models.is_empty(),
+        "no committed Engram model with a golden file under models/"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     // A small corpus for the profile: the model's own docs and this repo's Python.
     let corpus = repo().join("tools/train");
@@ -125,7 +151,13 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
                 options,
             };
             let mut s = Session::load(&model, None, Some(&source)).expect("loads with its table");
-            let label = format!("{} {} cache={cache_bytes}", model.display(), s.memory.as_ref().map_or("-", |m| m.store().backend_kind().name()));
+            let label = format!(
+                "{} {} cache={cache_bytes}",
+                model.display(),
+                s.memory
+                    .as_ref()
+                    .map_or("-", |m| m.store().backend_kind().name())
+            );
             check(&mut s, &golden, &label);
         }
     }
