@@ -78,11 +78,21 @@ fn bench_module(c: &mut Criterion) {
             let mut states: Vec<_> = (0..batch).map(|_| md.new_state().expect("state")).collect();
             let mut scratch = md.decode_scratch(batch);
             g.throughput(Throughput::Elements(batch as u64));
-            g.bench_function(BenchmarkId::new("decode_fast", batch), |b| {
+            g.bench_function(BenchmarkId::new("decode_fast_1thread", batch), |b| {
                 b.iter(|| {
                     md.forward_decode(&e, &h, &mut states, &mut y, &mut scratch)
                         .expect("shapes agree");
                     std::hint::black_box(&y);
+                })
+            });
+            // Called from inside the rayon pool: the projection forks over all cores.
+            g.bench_function(BenchmarkId::new("decode_fast_pool", batch), |b| {
+                rayon::scope(|_| {
+                    b.iter(|| {
+                        md.forward_decode(&e, &h, &mut states, &mut y, &mut scratch)
+                            .expect("shapes agree");
+                        std::hint::black_box(&y);
+                    })
                 })
             });
         }

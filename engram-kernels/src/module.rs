@@ -739,10 +739,7 @@ impl EngramModule {
         let d = self.config.hidden_size;
         let v = &p[..d];
         for (b, yb) in y.chunks_exact_mut(d).enumerate() {
-            let a = alpha[b];
-            for (yo, vi) in yb.iter_mut().zip(v) {
-                *yo = a * vi + silu(*yo);
-            }
+            cpu::silu_residual(yb, alpha[b], v);
         }
     }
 }

@@ -203,6 +203,53 @@ pub fn gemm_nt_t(a: &[f32], m: usize, b: &[f32], n: usize, k: usize, ct: &mut [f
     gemm_nt_t_at(level(), a, m, b, n, k, ct)
 }
 
+/// `e^x` for f32, branch-free so it vectorises (Cephes `expf`: range reduction by ln 2 in
+/// two parts, degree-6 polynomial, exponent by bit construction; about 1 ulp). Inputs are
+/// clamped to `[-87.3, 88]`, so the result is always finite and normal; NaN propagates.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(-87.33654, 88.0);
+    let fx = (xc * LOG2E).round_ties_even();
+    let r = xc - fx * C1 - fx * C2;
+    let mut y = 1.987_569_1e-4f32;
+    y = y * r + 1.398_2e-3;
+    y = y * r + 8.333_452e-3;
+    y = y * r + 4.166_579_6e-2;
+    y = y * r + 1.666_666_5e-1;
+    y = y * r + 0.5;
+    let y = y * r * r + r + 1.0;
+    let pow2 = f32::from_bits((((fx as i32) + 127) as u32) << 23);
+    let out = y * pow2;
+    if x.is_nan() { x } else { out }
+}
+
+/// `y[i] = alpha v[i] + SiLU(y[i])` (the module's last step, in place over the
+/// convolution pre-activations), with [`exp_f32`].
+#[inline(always)]
+pub fn silu_residual_generic(y: &mut [f32], alpha: f32, v: &[f32]) {
+    for (yo, &vi) in y.iter_mut().zip(v) {
+        let z = *yo;
+        *yo = alpha * vi + z / (1.0 + exp_f32(-z));
+    }
+}
+
+/// [`silu_residual_generic`] at the process's level.
+#[inline]
+pub fn silu_residual(y: &mut [f32], alpha: f32, v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match level() {
+            SimdLevel::Avx512 => return x86_64::silu_residual_avx512(y, alpha, v),
+            SimdLevel::Avx2 => return x86_64::silu_residual_avx2(y, alpha, v),
+            SimdLevel::Scalar => {}
+        }
+    }
+    silu_residual_generic(y, alpha, v)
+}
+
 /// One FP8 E4M3 row with E8M0 block scales, at the process's level (the same exact
 /// arithmetic, vectorised for the level).
 #[inline]
@@ -234,6 +281,31 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn exp_and_silu_accuracy() {
+        let mut x = -100.0f32;
+        while x < 100.0 {
+            let e = f64::from(x).exp();
+            let g = f64::from(exp_f32(x));
+            if (-87.0..88.0).contains(&x) {
+                assert!((g - e).abs() <= 3e-7 * e, "exp({x}) = {g}, want {e}");
+            }
+            assert!(g.is_finite() && g > 0.0);
+            let mut y = [x];
+            silu_residual(&mut y, 0.0, &[0.0]);
+            let want = f64::from(x) / (1.0 + (-f64::from(x)).exp());
+            assert!(
+                (f64::from(y[0]) - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "silu({x})"
+            );
+            let mut y2 = [x];
+            silu_residual_generic(&mut y2, 0.0, &[0.0]);
+            assert!((f64::from(y2[0]) - want).abs() <= 1e-6 * (1.0 + want.abs()));
+            x += 0.0137;
+        }
+        assert!(exp_f32(f32::NAN).is_nan());
     }
 
     proptest! {

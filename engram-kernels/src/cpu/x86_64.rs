@@ -59,6 +59,34 @@ pub fn dequant_fp8_row_avx2(row: &[u8], block: usize, out: &mut [f32]) -> crate:
     unsafe { fp8_row_256(row, block, out) }
 }
 
+/// SiLU + residual compiled for AVX-512.
+pub fn silu_residual_avx512(y: &mut [f32], alpha: f32, v: &[f32]) {
+    if !supported(SimdLevel::Avx512) {
+        return super::silu_residual_generic(y, alpha, v);
+    }
+    // SAFETY: AVX-512F/BW were detected; the body is safe Rust.
+    unsafe { silu_512(y, alpha, v) }
+}
+
+/// SiLU + residual compiled for AVX2.
+pub fn silu_residual_avx2(y: &mut [f32], alpha: f32, v: &[f32]) {
+    if !supported(SimdLevel::Avx2) {
+        return super::silu_residual_generic(y, alpha, v);
+    }
+    // SAFETY: AVX2 and FMA were detected; the body is safe Rust.
+    unsafe { silu_256(y, alpha, v) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn silu_512(y: &mut [f32], alpha: f32, v: &[f32]) {
+    super::silu_residual_generic(y, alpha, v)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_256(y: &mut [f32], alpha: f32, v: &[f32]) {
+    super::silu_residual_generic(y, alpha, v)
+}
+
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn fp8_row_512(row: &[u8], block: usize, out: &mut [f32]) -> crate::Result<()> {
     crate::quant::dequant_fp8_row(row, block, out)
