@@ -245,6 +245,8 @@ pub struct EngramModule {
 #[derive(Debug, Clone)]
 pub struct DecodeScratch {
     max_batch: usize,
+    // (d, M, d_mem) of the module it was made for
+    dims: (usize, usize, usize),
     // (N, max_batch) then (max_batch, N), N = (1 + M) d
     proj_t: Vec<f32>,
     proj: Vec<f32>,
@@ -332,6 +334,7 @@ impl EngramModule {
         let m = self.config.hc_mult;
         DecodeScratch {
             max_batch,
+            dims: (self.config.hidden_size, m, self.config.d_mem),
             proj_t: vec![0.0; n * max_batch],
             proj: vec![0.0; n * max_batch],
             s: vec![0.0; m * max_batch],
@@ -565,10 +568,21 @@ impl EngramModule {
         let ch = self.config.channels();
         check_len("y (B, M, d)", tokens * ch, out_y.len())?;
         self.check_states(states, batch)?;
-        if batch > scratch.max_batch || scratch.proj.len() != self.proj_width() * scratch.max_batch
-        {
+        let dims = (
+            self.config.hidden_size,
+            self.config.hc_mult,
+            self.config.d_mem,
+        );
+        if scratch.dims != dims {
+            return Err(Error::InvalidConfig {
+                field: "decode scratch",
+                value: format!("made for (d, M, d_mem) = {:?}", scratch.dims),
+                reason: "belongs to a module of another shape",
+            });
+        }
+        if batch > scratch.max_batch {
             return Err(Error::WidthMismatch {
-                what: "decode batch vs the scratch's max batch (or a scratch of another module)",
+                what: "decode batch vs the scratch's max batch",
                 left: batch,
                 right: scratch.max_batch,
             });

@@ -178,6 +178,14 @@ fn bad_inputs_are_errors() {
     module
         .forward_decode(&e[..32], &h[..32], &mut states, &mut y1, &mut scratch)
         .unwrap();
+    // A scratch of another module with the same fused width ((1+M) d = 24) is rejected.
+    let other_cfg = EngramModuleConfig::new(12, 1, 16, 3);
+    let other = EngramModule::new(other_cfg, random_module(&other_cfg, &mut rng, false)).unwrap();
+    let mut foreign = other.decode_scratch(2);
+    assert!(matches!(
+        module.forward_decode(&e[..32], &h[..32], &mut states, &mut y1, &mut foreign),
+        Err(Error::InvalidConfig { .. })
+    ));
     assert_eq!(states[0].position(), 1);
     assert!(engram_kernels::ConvState::new(0, 4, 3).is_err());
     let _ = TOL;
