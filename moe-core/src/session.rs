@@ -12,7 +12,7 @@ use tokenizers::Tokenizer;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::engram::{EngramMemory, StallStats};
-use crate::model::{DecodeState, Model};
+use crate::model::{DecodeState, Logits, Model};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::vocab::{StreamDecoder, Vocab};
 use crate::weights::Weights;
@@ -136,13 +136,23 @@ impl Session {
 
     /// Runs the prompt `raw` (raw ids, BOS included) and returns its last logits.
     pub fn prefill(&mut self, raw: &[u32]) -> Result<&[f32]> {
+        self.run_prompt(raw, Logits::Last)?;
+        Ok(self.model.logits(&self.state, 0))
+    }
+
+    /// Runs the prompt `raw` keeping the logits of every position
+    /// (`self.model.logits(&self.state, i)` for position `i`).
+    pub fn prefill_all(&mut self, raw: &[u32]) -> Result<()> {
+        self.run_prompt(raw, Logits::All)
+    }
+
+    fn run_prompt(&mut self, raw: &[u32], which: Logits) -> Result<()> {
         if raw.is_empty() {
             return Err(Error::Input("empty prompt".into()));
         }
         let reduced = self.start(raw)?;
         self.model
-            .forward(&reduced, &mut self.state, self.memory.as_mut())?;
-        Ok(self.model.logits(&self.state, reduced.len() - 1))
+            .forward(&reduced, &mut self.state, self.memory.as_mut(), which)
     }
 
     /// Appends one token (reduced id) and returns its logits.
@@ -155,7 +165,7 @@ impl Session {
             m.request(&[i64::from(raw)])?;
         }
         self.model
-            .forward(&[id], &mut self.state, self.memory.as_mut())?;
+            .forward(&[id], &mut self.state, self.memory.as_mut(), Logits::Last)?;
         Ok(self.model.logits(&self.state, 0))
     }
 
@@ -223,7 +233,7 @@ impl Session {
             let chunk = &stream[w * seq_len..w * seq_len + seq_len + 1];
             let reduced = self.start(&chunk[..seq_len])?;
             self.model
-                .forward(&reduced, &mut self.state, self.memory.as_mut())?;
+                .forward(&reduced, &mut self.state, self.memory.as_mut(), Logits::All)?;
             for i in 0..seq_len {
                 let logits = self.model.logits(&self.state, i);
                 let target = self.vocab.reduce(chunk[i + 1]) as usize;

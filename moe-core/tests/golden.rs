@@ -42,7 +42,7 @@ pub fn check_golden(session: &mut Session, golden: &serde_json::Value) {
         let raw: Vec<u32> = serde_json::from_value(p["raw_ids"].clone()).expect("raw ids");
         let want_ids: Vec<u32> =
             serde_json::from_value(p["greedy_reduced_ids"].clone()).expect("greedy ids");
-        session.prefill(&raw).expect("prefill");
+        session.prefill_all(&raw).expect("prefill");
         let positions: Vec<usize> =
             serde_json::from_value(p["logit_positions"].clone()).expect("positions");
         let mut worst = 0f32;

@@ -58,7 +58,7 @@ fn check(session: &mut Session, golden: &serde_json::Value, label: &str) {
         let name = p["name"].as_str().unwrap_or("?");
         let raw: Vec<u32> = serde_json::from_value(p["raw_ids"].clone()).expect("raw ids");
         let want: Vec<u32> = serde_json::from_value(p["greedy_reduced_ids"].clone()).expect("ids");
-        session.prefill(&raw).expect("prefill");
+        session.prefill_all(&raw).expect("prefill");
         let positions: Vec<usize> =
             serde_json::from_value(p["logit_positions"].clone()).expect("positions");
         let mut worst = 0f32;

@@ -18,6 +18,15 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
+/// Which positions of a chunk get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (evaluation, golden checks).
+    All,
+}
+
 /// A loaded model.
 #[derive(Debug)]
 pub struct Model {
@@ -87,13 +96,15 @@ impl Model {
 
     /// Runs `tokens` (reduced ids) as the next positions of the sequence in `s`. With
     /// `memory`, the Engram blocks use rows already requested for these positions (see
-    /// [`EngramMemory::request`]); without it they are skipped (Engram zeroed). Logits of
-    /// every position land in `s.logits[..t * vocab]`.
+    /// [`EngramMemory::request`]); without it they are skipped (Engram zeroed). Logits land
+    /// in `s.logits`: for every position with `Logits::All` (`(t, vocab)`), else for the
+    /// last one only (row 0).
     pub fn forward(
         &self,
         tokens: &[u32],
         s: &mut DecodeState,
         mut memory: Option<&mut EngramMemory>,
+        which: Logits,
     ) -> Result<()> {
         let c = &self.config;
         let (d, v, t) = (c.hidden_size, c.vocab_size, tokens.len());
@@ -168,13 +179,26 @@ impl Model {
                 *a += b;
             }
         }
-        rms_norm(&mut s.xb[..t * d], &s.h[..t * d], &w.norm, eps);
-        linear(&mut s.logits[..t * v], &s.xb[..t * d], &w.lm_head, t, d, v);
+        let (first, rows) = match which {
+            Logits::All => (0, t),
+            Logits::Last => (t - 1, 1),
+        };
+        let hs = &s.h[first * d..t * d];
+        rms_norm(&mut s.xb[..rows * d], hs, &w.norm, eps);
+        linear(
+            &mut s.logits[..rows * v],
+            &s.xb[..rows * d],
+            &w.lm_head,
+            rows,
+            d,
+            v,
+        );
         s.pos += t;
         Ok(())
     }
 
-    /// Logits of position `i` of the last chunk.
+    /// Logits row `i` of the last chunk (position `i` after `Logits::All`; 0 is the last
+    /// position after `Logits::Last`).
     pub fn logits<'a>(&self, s: &'a DecodeState, i: usize) -> &'a [f32] {
         let v = self.config.vocab_size;
         &s.logits[i * v..(i + 1) * v]

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Decode and prefill speed of moe-core next to PyTorch eager (KV cache, 1 thread) on the
+# same committed weights and prompt, plus the Engram cost of each store backend.
+# Needs the training venv with PyTorch (tools/train/README.md: .venv-train).
+#
+#   scripts/bench-decode.sh [MODEL_DIR] [N_NEW]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${1:-models/stdlib-moe-b}
+n_new=${2:-128}
+table=target/engram-tables/$(basename "$model")
+py=${ENGRAM_TORCH_PYTHON:-.venv-train/bin/python}
+prompt=$'import os\nimport sys\n\n\ndef main():\n'
+export RAYON_NUM_THREADS=1
+
+scripts/fetch-tokenizer.sh >/dev/null
+cargo build --release --quiet -p engram-tools -p moe-core
+has_engram=0
+if [ -f "$model/engram.safetensors" ]; then
+  has_engram=1
+  if [ ! -f "$table/manifest.json" ]; then
+    stdlib=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
+    ./target/release/engram-build "$stdlib" --include '**/*.py' --exclude '**/test' \
+      --exclude '**/encodings' --exclude '**/pydoc_data' --exclude '**/site-packages' \
+      --import "$model/engram.safetensors" --out "$table" --quiet
+  fi
+fi
+
+rust() { ./target/release/moe-core generate --model "$model" --engram "$table" --prompt "$prompt" \
+           --max-new-tokens "$n_new" --json "$@" | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(json.dumps({k: d[k] for k in ("prefill_tokens_per_second","decode_tokens_per_second","stall_us_per_token") if k in d} | {"hit": (d.get("store") or {}).get("cache_hit_rate")}))'; }
+
+echo "== PyTorch eager (1 thread) vs moe-core (1 thread), $n_new new tokens"
+if [ "$has_engram" = 1 ]; then
+  echo "torch  engram : $($py benches/python/decode_torch.py "$model" "$prompt" "$n_new")" | cut -c1-220
+  echo "rust   engram : $(rust --engram-backend memory --cache-bytes 0)"
+fi
+echo "torch  no-engr: $($py benches/python/decode_torch.py "$model" "$prompt" "$n_new" --no-engram)" | cut -c1-220
+echo "rust   no-engr: $(rust --no-engram)"
+if [ "$has_engram" = 1 ]; then
+  echo "== Engram cost per backend (moe-core, decode tokens/s and store stall per token)"
+  for b in memory mmap pread; do echo "$b: $(rust --engram-backend $b --cache-bytes 0)"; done
+  # Cold SSD: O_DIRECT bypasses the page cache; no hot-row cache.
+  echo "uring cold, no cache: $(rust --engram-backend uring --cache-bytes 0)"
+  echo "uring + profile-seeded cache (64 MiB): $(rust --engram-backend uring --cache-bytes 67108864)"
+fi
