@@ -23,6 +23,8 @@ pub struct AlignedBuf {
     len: usize,
     layout: Layout,
     locked: bool,
+    #[cfg(feature = "cuda")]
+    cuda: Option<std::sync::Arc<cudarc::driver::CudaContext>>,
 }
 
 // SAFETY: AlignedBuf uniquely owns its allocation (like Vec<u8>); &self only gives shared
@@ -56,6 +58,8 @@ impl AlignedBuf {
             len,
             layout,
             locked: false,
+            #[cfg(feature = "cuda")]
+            cuda: None,
         })
     }
 
@@ -142,6 +146,12 @@ impl std::ops::DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        #[cfg(feature = "cuda")]
+        if let Some(ctx) = self.cuda.take() {
+            let _ = ctx.bind_to_thread();
+            // SAFETY: the range was registered by register_cuda and is still allocated.
+            let _ = unsafe { cudarc::driver::sys::cuMemHostUnregister(self.ptr.as_ptr().cast()) };
+        }
         if self.locked {
             // SAFETY: the range was locked by try_lock on this allocation.
             unsafe { libc::munlock(self.ptr.as_ptr().cast(), self.layout.size()) };
@@ -151,26 +161,61 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// Page-locked host memory from the CUDA driver, for async host-to-device copies.
+#[cfg(feature = "cuda")]
+impl AlignedBuf {
+    /// Page-locks the buffer through the CUDA driver (`cuMemHostRegister`, portable) so
+    /// async host-to-device copies read it directly: the SSD DMA target and the GPU copy
+    /// source are the same memory. Errors (never panics) without a driver or device.
+    pub fn register_cuda(&mut self) -> Result<()> {
+        if self.cuda.is_some() {
+            return Ok(());
+        }
+        let ctx = cuda::context()?;
+        // SAFETY: ptr..ptr+capacity is our live allocation; it is unregistered in Drop
+        // before being freed.
+        let rc = unsafe {
+            cudarc::driver::sys::cuMemHostRegister_v2(
+                self.ptr.as_ptr().cast(),
+                self.layout.size(),
+                cudarc::driver::sys::CU_MEMHOSTREGISTER_PORTABLE,
+            )
+        };
+        if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            return Err(Error::Unavailable {
+                what: "CUDA host registration",
+                reason: format!("cuMemHostRegister: {rc:?}"),
+            });
+        }
+        self.cuda = Some(ctx);
+        Ok(())
+    }
+
+    /// Whether the buffer is registered with the CUDA driver.
+    pub fn is_cuda_registered(&self) -> bool {
+        self.cuda.is_some()
+    }
+}
+
+/// The CUDA driver, loaded at run time (the `cuda` feature builds without a toolkit).
 #[cfg(feature = "cuda")]
 pub mod cuda {
+    use std::sync::Arc;
+
+    use cudarc::driver::CudaContext;
+
     use crate::error::{Error, Result};
 
-    /// Allocates `len` bytes of page-locked host memory through the CUDA driver
-    /// (`cuMemHostAlloc` via cudarc). Errors, never panics, without a driver.
-    pub fn pinned_host(len: usize) -> Result<cudarc::driver::PinnedHostSlice<u8>> {
-        let ctx = std::panic::catch_unwind(|| cudarc::driver::CudaContext::new(0))
-            .map_err(|_| Error::Unavailable {
+    /// Device 0's context, or `Unavailable` when libcuda or a device is missing.
+    pub fn context() -> Result<Arc<CudaContext>> {
+        // SAFETY: only probes whether the shared library can be loaded.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::Unavailable {
                 what: "CUDA driver",
-                reason: "libcuda could not be loaded".into(),
-            })?
-            .map_err(|e| Error::Unavailable {
-                what: "CUDA driver",
-                reason: format!("{e:?}"),
-            })?;
-        // SAFETY: the slice is only read after it is written by the store.
-        unsafe { ctx.alloc_pinned::<u8>(len) }.map_err(|e| Error::Unavailable {
-            what: "CUDA pinned memory",
+                reason: "libcuda.so could not be loaded (no NVIDIA driver)".into(),
+            });
+        }
+        CudaContext::new(0).map_err(|e| Error::Unavailable {
+            what: "CUDA device 0",
             reason: format!("{e:?}"),
         })
     }
@@ -182,11 +227,27 @@ pub mod cuda {
     use crate::error::{Error, Result};
 
     /// Always [`Error::NotCompiled`] in this build.
-    pub fn pinned_host(_len: usize) -> Result<()> {
+    pub fn context() -> Result<()> {
         Err(Error::NotCompiled {
             what: "CUDA pinned host memory",
             feature: "cuda",
         })
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+impl AlignedBuf {
+    /// Without the `cuda` feature: always [`Error::NotCompiled`].
+    pub fn register_cuda(&mut self) -> Result<()> {
+        Err(Error::NotCompiled {
+            what: "CUDA host registration",
+            feature: "cuda",
+        })
+    }
+
+    /// Always false without the `cuda` feature.
+    pub fn is_cuda_registered(&self) -> bool {
+        false
     }
 }
 
@@ -202,5 +263,18 @@ mod tests {
         b[9_999] = 7;
         assert_eq!(b.capacity(), 12_288);
         assert!(AlignedBuf::new(10, 3).is_err());
+    }
+
+    #[test]
+    fn cuda_registration_is_an_error_not_a_panic_without_a_driver() {
+        let mut b = AlignedBuf::new_pinned(4096).expect("alloc");
+        match b.register_cuda() {
+            Ok(()) => assert!(b.is_cuda_registered()),
+            Err(e) => {
+                assert!(!b.is_cuda_registered());
+                let msg = e.to_string();
+                assert!(msg.contains("cuda") || msg.contains("CUDA"), "{msg}");
+            }
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! profile and admitting misses dynamically.
 //!
 //! Policy: sharded CLOCK with a 2-bit frequency per slot (the main queue of S3-FIFO).
-//! Seeded rows start at the top frequency, so they survive until the live traffic shows
-//! they are cold. A miss is admitted only on its second sighting within a ghost window
+//! A profile pins its hottest rows (seen at least `min_hits` times) into a share of the
+//! capacity that is never evicted; the rest of the capacity is dynamic. A miss is admitted only on its second sighting within a ghost window
 //! (a small direct-mapped table of recent miss keys), which keeps one-hit wonders of a
 //! Zipfian stream out; `admit_on_first_miss` turns that off.
 
@@ -20,6 +20,29 @@ use crate::profile::Profile;
 pub const CACHE_SHARDS: usize = 16;
 /// Top of the per-slot frequency counter.
 const MAX_FREQ: u8 = 3;
+/// Frequency value of a slot pinned by the profile: the CLOCK hand skips it.
+const PINNED: u8 = u8::MAX;
+/// At most this share of each shard may be pinned, so eviction always finds a victim.
+pub const MAX_PIN_FRACTION: f64 = 0.95;
+
+/// How a profile seeds the cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeedOptions {
+    /// Share of the capacity pinned with the profile's hottest rows (never evicted); the
+    /// rest stays dynamic. Clamped to [`MAX_PIN_FRACTION`].
+    pub pin_fraction: f64,
+    /// Rows the profile saw fewer times than this are not pinned (counts of 1 are noise).
+    pub min_hits: u64,
+}
+
+impl Default for SeedOptions {
+    fn default() -> Self {
+        Self {
+            pin_fraction: 0.9,
+            min_hits: 2,
+        }
+    }
+}
 /// Bits of the row id in a cache key (the layer index sits above).
 const ROW_BITS: u32 = 48;
 
@@ -208,6 +231,9 @@ impl RowCache {
             loop {
                 let h = s.hand;
                 s.hand = (s.hand + 1) % n;
+                if s.freq[h] == PINNED {
+                    continue;
+                }
                 if s.freq[h] == 0 {
                     let old = s.keys[h];
                     s.map.remove(&old);
@@ -224,11 +250,13 @@ impl RowCache {
         evicted
     }
 
-    /// Seeds the cache with a profile's hottest rows, globally ranked by hit share, until
-    /// full; `read(layer_index, rows, out)` fetches their bytes. Returns rows seeded.
+    /// Pins a profile's hottest rows (globally ranked by hits) into up to
+    /// `options.pin_fraction` of the cache; `read(layer_index, rows, out)` fetches their
+    /// bytes. Returns rows seeded.
     pub fn seed(
         &self,
         profile: &Profile,
+        options: &SeedOptions,
         layer_index_of: impl Fn(u64) -> Option<usize>,
         mut read: impl FnMut(usize, &[u64], &mut [u8]) -> Result<()>,
     ) -> Result<u64> {
@@ -240,8 +268,10 @@ impl RowCache {
             .collect();
         let mut chosen: Vec<Vec<u64>> =
             vec![Vec::new(); cursors.iter().map(|c| c.0 + 1).max().unwrap_or(0)];
-        let mut budget = self.capacity_rows();
-        // Per-shard capacity bounds what fits; keep a margin by counting per shard.
+        let frac = options.pin_fraction.clamp(0.0, MAX_PIN_FRACTION);
+        let per_shard_cap = ((self.slots_per_shard as f64 * frac) as usize)
+            .min(self.slots_per_shard.saturating_sub(1));
+        let mut budget = per_shard_cap * CACHE_SHARDS;
         let mut per_shard = [0usize; CACHE_SHARDS];
         while budget > 0 {
             let best = cursors
@@ -249,10 +279,13 @@ impl RowCache {
                 .filter(|c| c.2 < c.1.entries.len())
                 .max_by_key(|c| c.1.entries[c.2].1);
             let Some(c) = best else { break };
-            let row = c.1.entries[c.2].0;
+            let (row, hits) = c.1.entries[c.2];
+            if hits < options.min_hits {
+                break;
+            }
             c.2 += 1;
             let sh = (mix(key(c.0, row)) as usize) % CACHE_SHARDS;
-            if per_shard[sh] < self.slots_per_shard {
+            if per_shard[sh] < per_shard_cap {
                 per_shard[sh] += 1;
                 chosen[c.0].push(row);
                 budget -= 1;
@@ -271,7 +304,7 @@ impl RowCache {
                         .lock()
                         .map_err(|_| Error::ShutDown("cache lock poisoned"))?;
                     if !s.map.contains_key(&k) {
-                        self.insert(&mut s, k, bytes, MAX_FREQ);
+                        self.insert(&mut s, k, bytes, PINNED);
                         seeded += 1;
                     }
                 }

@@ -2,8 +2,8 @@
 //! text. Names follow `engram_store_*` in base units (seconds, bytes).
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -13,11 +13,50 @@ use crate::backend::{IoCounters, Tier};
 /// Longest latency the histograms track (60 s, in ns).
 const MAX_TRACKED_NS: u64 = 60_000_000_000;
 
-fn new_hist() -> Histogram<u64> {
+/// A latency histogram in ns with the store's bounds.
+pub fn new_hist() -> Histogram<u64> {
     match Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3) {
         Ok(h) => h,
         Err(e) => unreachable!("constant histogram bounds are valid: {e}"),
     }
+}
+
+/// A histogram shared by the readers of one backend; readers record locally and merge
+/// once per batch.
+#[derive(Debug, Clone)]
+pub struct SharedHist(Arc<Mutex<Histogram<u64>>>);
+
+impl Default for SharedHist {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(new_hist())))
+    }
+}
+
+impl SharedHist {
+    /// Adds and clears `local`.
+    pub fn merge(&self, local: &mut Histogram<u64>) {
+        if local.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.0.lock() {
+            let _ = h.add(&*local);
+        }
+        local.reset();
+    }
+    pub fn summary(&self, name: &str) -> LatencySummary {
+        self.0.lock().map(|h| summary(name, &h)).unwrap_or_default()
+    }
+    pub fn reset(&self) {
+        if let Ok(mut h) = self.0.lock() {
+            h.reset();
+        }
+    }
+}
+
+/// Records `ns` into `h`, clamped to the tracked range.
+#[inline]
+pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
+    let _ = h.record(ns.clamp(1, MAX_TRACKED_NS));
 }
 
 /// Tier names, in [`Tier`] order.
@@ -122,6 +161,8 @@ pub struct StatsSnapshot {
     pub read_amplification: f64,
     pub cache_hit_rate: f64,
     pub batch: LatencySummary,
+    /// Per device read, submit to completion (pread and uring backends).
+    pub device_read: LatencySummary,
     pub tiers: Vec<LatencySummary>,
     pub stages: Vec<LatencySummary>,
 }
@@ -311,6 +352,11 @@ impl StatsSnapshot {
         latency("tier_latency", "tier", &self.tiers);
         latency("stage_latency", "stage", &self.stages);
         latency("batch_latency", "kind", std::slice::from_ref(&self.batch));
+        latency(
+            "device_read_latency",
+            "kind",
+            std::slice::from_ref(&self.device_read),
+        );
         o
     }
 }

@@ -45,6 +45,8 @@ pub struct StoreOptions {
     pub profile: Option<Profile>,
     /// Admit every miss (default: admit on the second miss within the ghost window).
     pub admit_on_first_miss: bool,
+    /// How the profile seeds the cache.
+    pub seed: crate::cache::SeedOptions,
 }
 
 impl Default for StoreOptions {
@@ -58,6 +60,7 @@ impl Default for StoreOptions {
             cache_bytes: 0,
             profile: None,
             admit_on_first_miss: false,
+            seed: crate::cache::SeedOptions::default(),
         }
     }
 }
@@ -302,6 +305,7 @@ impl Store {
             let layout = table.layout();
             let seeded = cache.seed(
                 profile,
+                &options.seed,
                 |lid| layout.layer_index(lid).ok(),
                 |li, rows, out| {
                     let mut c = IoCounters::default();
@@ -434,6 +438,9 @@ impl Store {
         let mut s = sh
             .metrics
             .snapshot(sh.backend.kind().name(), sh.table.row_bytes() as u64);
+        if let Some(h) = sh.backend.device_latency() {
+            s.device_read = h.summary("device_read");
+        }
         if let Some(c) = &sh.cache {
             s.cache_hits = c.counters.hits.load(Ordering::Relaxed);
             s.cache_misses = c.counters.misses.load(Ordering::Relaxed);
@@ -453,6 +460,9 @@ impl Store {
     pub fn reset_stats(&self) {
         let sh = self.shared();
         sh.metrics.reset();
+        if let Some(h) = sh.backend.device_latency() {
+            h.reset();
+        }
         if let Some(c) = &sh.cache {
             c.counters.hits.store(0, Ordering::Relaxed);
             c.counters.misses.store(0, Ordering::Relaxed);

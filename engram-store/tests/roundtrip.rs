@@ -188,3 +188,54 @@ fn bad_requests_are_errors() {
         .wait();
     assert!(r.is_err());
 }
+
+#[test]
+fn profile_seeds_the_cache() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Bf16, 64, 200, 4);
+    let (dir, m) = make_table(tmp.path(), "t", &s);
+    let hot: Vec<u64> = (0..64).map(|k| k * 13).collect();
+    let profile = engram_store::Profile {
+        table_id: 0,
+        layers: vec![engram_store::LayerProfile::from_counts(
+            m.layers[1].layer_id,
+            hot.iter().enumerate().map(|(i, &r)| (r, 1000 - i as u64)),
+            64,
+        )],
+    };
+    let ppath = tmp.path().join("profile.bin");
+    profile.write(&ppath, false).expect("write");
+    let profile = engram_store::Profile::read(&ppath).expect("read");
+    let st = engram_store::Store::open(
+        &dir,
+        &engram_store::StoreOptions {
+            backend: engram_store::BackendOptions {
+                kind: Some(BackendKind::Pread),
+                ..Default::default()
+            },
+            io_workers: 1,
+            cache_bytes: 128 * 16 * 16,
+            profile: Some(profile),
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    let rb = st.row_bytes();
+    let mut out = vec![0u8; hot.len() * rb];
+    st.lookup_into(1, &hot, &mut out).expect("lookup");
+    assert_eq!(out, expected_rows(&s, 1, &hot, rb));
+    let stats = st.stats();
+    // 16 shards x 16 slots; every seeded row that fit its shard is a hit, none read again.
+    assert!(stats.cache_hits > 0, "{stats:?}");
+    assert_eq!(stats.cache_hits + stats.rows_backend, hot.len() as u64);
+    let prom = st.prometheus();
+    for name in [
+        "engram_store_cache_hits_total",
+        "engram_store_device_reads_total",
+        "engram_store_read_amplification",
+        "engram_store_tier_latency_seconds",
+        "engram_store_stage_latency_seconds",
+    ] {
+        assert!(prom.contains(name), "missing {name}");
+    }
+}

@@ -229,6 +229,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn kind(&self) -> BackendKind;
     /// A new per-thread reader.
     fn reader(&self) -> Result<Box<dyn RowReader>>;
+    /// Per-read device latency (submit to completion), for backends that issue reads.
+    fn device_latency(&self) -> Option<&crate::metrics::SharedHist> {
+        None
+    }
 }
 
 /// A backend with the reason it was chosen.

@@ -14,6 +14,7 @@ use super::{Backend, BackendKind, BackendOptions, IoCounters, RowReader, verify_
 use crate::batch::Plan;
 use crate::buffer::AlignedBuf;
 use crate::error::{Error, Result, io};
+use crate::metrics::{SharedHist, new_hist, record_ns};
 use crate::table::Table;
 
 /// Tasks queued to the pool per thread before senders block (back-pressure).
@@ -69,6 +70,7 @@ pub struct PreadBackend {
     table: Arc<Table>,
     options: BackendOptions,
     tasks: Sender<Task>,
+    latency: SharedHist,
 }
 
 impl PreadBackend {
@@ -110,6 +112,7 @@ impl PreadBackend {
             table: Arc::clone(table),
             options: options.clone(),
             tasks: tx,
+            latency: SharedHist::default(),
         })
     }
 }
@@ -136,7 +139,13 @@ impl Backend for PreadBackend {
             reply_rx,
             free: bufs,
             plan: Plan::with_capacity(1024),
+            started: Vec::with_capacity(1024),
+            local: new_hist(),
+            latency: self.latency.clone(),
         }))
+    }
+    fn device_latency(&self) -> Option<&SharedHist> {
+        Some(&self.latency)
     }
 }
 
@@ -149,6 +158,10 @@ struct PreadReader {
     reply_rx: Receiver<Done>,
     free: Vec<AlignedBuf>,
     plan: Plan,
+    // (reads,) submit time per planned read
+    started: Vec<Instant>,
+    local: hdrhistogram::Histogram<u64>,
+    latency: SharedHist,
 }
 
 impl RowReader for PreadReader {
@@ -167,6 +180,8 @@ impl RowReader for PreadReader {
         counters.plan_ns += t0.elapsed().as_nanos() as u64;
         counters.rows_unique += self.plan.unique_rows;
         let n = self.plan.reads.len();
+        self.started.clear();
+        self.started.resize(n, t0);
         let (mut next, mut inflight) = (0usize, 0usize);
         let mut first_err: Option<Error> = None;
         while next < n || inflight > 0 {
@@ -182,6 +197,7 @@ impl RowReader for PreadReader {
                     buf,
                     reply: self.reply_tx.clone(),
                 };
+                self.started[next] = Instant::now();
                 if let Err(e) = self.tasks.send(task) {
                     self.free.push(e.into_inner().buf);
                     first_err = Some(Error::ShutDown("pread pool stopped"));
@@ -204,6 +220,11 @@ impl RowReader for PreadReader {
             counters.complete_ns += tc.elapsed().as_nanos() as u64;
             inflight -= 1;
             let tsc = Instant::now();
+            record_ns(
+                &mut self.local,
+                tsc.duration_since(self.started[done.read_index as usize])
+                    .as_nanos() as u64,
+            );
             let r = self.plan.reads[done.read_index as usize];
             let res = done.result.and_then(|()| {
                 let bytes = &done.buf[..r.len as usize];
@@ -224,6 +245,7 @@ impl RowReader for PreadReader {
                 next = n;
             }
         }
+        self.latency.merge(&mut self.local);
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),

@@ -20,6 +20,7 @@ use super::{Backend, BackendKind, BackendOptions, IoCounters, RowReader, UringFa
 use crate::batch::Plan;
 use crate::buffer::AlignedBuf;
 use crate::error::{Error, Result, io_at};
+use crate::metrics::{SharedHist, new_hist, record_ns};
 use crate::table::Table;
 
 /// SQPOLL thread idle time before it sleeps.
@@ -32,6 +33,7 @@ pub struct UringBackend {
     options: BackendOptions,
     files: Arc<Vec<(File, PathBuf)>>,
     registered_buffers: bool,
+    latency: SharedHist,
 }
 
 fn unavailable(reason: String) -> Error {
@@ -82,6 +84,7 @@ impl UringBackend {
             options: options.clone(),
             files,
             registered_buffers: options.uring_fault != Some(UringFault::Register),
+            latency: SharedHist::default(),
         };
         // One real read through a reader proves setup, registration and O_DIRECT.
         let mut reader = match backend.new_reader() {
@@ -146,6 +149,9 @@ impl UringBackend {
             slot_bytes,
             plan: Plan::with_capacity(1024),
             inflight: 0,
+            started: vec![Instant::now(); qd],
+            local: new_hist(),
+            latency: self.latency.clone(),
             staging,
         })
     }
@@ -157,6 +163,9 @@ impl Backend for UringBackend {
     }
     fn reader(&self) -> Result<Box<dyn RowReader>> {
         Ok(Box::new(self.new_reader()?))
+    }
+    fn device_latency(&self) -> Option<&SharedHist> {
+        Some(&self.latency)
     }
 }
 
@@ -171,6 +180,10 @@ struct UringReader {
     slot_bytes: usize,
     plan: Plan,
     inflight: usize,
+    // (queue_depth,) submit time per staging slot
+    started: Vec<Instant>,
+    local: hdrhistogram::Histogram<u64>,
+    latency: SharedHist,
     staging: AlignedBuf,
 }
 
@@ -260,6 +273,7 @@ impl RowReader for UringReader {
                         self.free_slots.push(slot);
                         break;
                     }
+                    self.started[slot as usize] = Instant::now();
                     next += 1;
                     self.inflight += 1;
                     counters.reads += 1;
@@ -293,6 +307,10 @@ impl RowReader for UringReader {
                 let r = self.plan.reads[ri];
                 let res = cqe.result();
                 let tsc = Instant::now();
+                record_ns(
+                    &mut self.local,
+                    tsc.duration_since(self.started[slot as usize]).as_nanos() as u64,
+                );
                 let outcome = if res < 0 {
                     Err(io_at(
                         "io_uring read",
@@ -330,6 +348,7 @@ impl RowReader for UringReader {
                 next = n;
             }
         }
+        self.latency.merge(&mut self.local);
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
