@@ -176,7 +176,7 @@ impl ModelConfig {
         )?;
         ensure(
             p,
-            self.head_dim * self.num_attention_heads == self.hidden_size && self.head_dim % 2 == 0,
+            self.head_dim * self.num_attention_heads == self.hidden_size && self.head_dim.is_multiple_of(2),
             || "head_dim * num_attention_heads must equal hidden_size, head_dim even".into(),
         )?;
         ensure(p, self.n_routed_experts <= 64, || {
@@ -216,7 +216,7 @@ impl ModelConfig {
         })?;
         ensure(
             p,
-            e.n_embed_per_ngram % k == 0 && e.head_dim == e.n_embed_per_ngram / k,
+            e.n_embed_per_ngram.is_multiple_of(k) && e.head_dim == e.n_embed_per_ngram / k,
             || "engram.head_dim must be n_embed_per_ngram / n_head_per_ngram".into(),
         )?;
         ensure(

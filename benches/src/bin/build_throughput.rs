@@ -41,7 +41,7 @@ fn main() -> Result<()> {
         exclude: vec!["**/site-packages".into()],
         ..CorpusOptions::default()
     };
-    let sources = corpus::discover(&[dir.clone()], &options)?;
+    let sources = corpus::discover(std::slice::from_ref(&dir), &options)?;
     let tok = tokenizer::load(&tokenizer::resolve_path(None)?)?;
     let table = CompressionTable::from_tokenizer(&tok.tokenizer)?;
     let pool = rayon::ThreadPoolBuilder::new()

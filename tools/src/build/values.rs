@@ -95,7 +95,7 @@ impl Checkpoints {
         for (i, (p, bytes)) in self.files.iter().enumerate() {
             let st = SafeTensors::deserialize(bytes)
                 .with_context(|| format!("{} is not a safetensors file", p.display()))?;
-            if st.names().iter().any(|n| *n == name) {
+            if st.names().contains(&name) {
                 ensure!(
                     found.is_none(),
                     "tensor {name:?} is in more than one checkpoint file"
