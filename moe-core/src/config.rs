@@ -176,7 +176,8 @@ impl ModelConfig {
         )?;
         ensure(
             p,
-            self.head_dim * self.num_attention_heads == self.hidden_size && self.head_dim.is_multiple_of(2),
+            self.head_dim * self.num_attention_heads == self.hidden_size
+                && self.head_dim.is_multiple_of(2),
             || "head_dim * num_attention_heads must equal hidden_size, head_dim even".into(),
         )?;
         ensure(p, self.n_routed_experts <= 64, || {

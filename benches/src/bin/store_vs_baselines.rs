@@ -352,11 +352,11 @@ fn cache_eval(
         let oracle = oracle_true.unwrap_or(oracle_empirical);
         let mut res = serde_json::Map::new();
         for (policy, admit_all, pin) in [
-            ("clock_ghost", false, 0.0),
-            ("clock_admit_all", true, 0.0),
-            ("profile_pin0.5+clock_ghost", false, 0.5),
-            ("profile_pin0.9+clock_ghost", false, 0.9),
-            ("profile_pin0.5+clock_admit_all", true, 0.5),
+            ("s3fifo", false, 0.0),
+            ("clock", true, 0.0),
+            ("profile_pin0.5+s3fifo", false, 0.5),
+            ("profile_pin0.9+s3fifo", false, 0.9),
+            ("profile_pin0.5+clock", true, 0.5),
         ] {
             // Keys only matter for the policy; 8-byte rows keep the simulation small.
             let Some(cache) = RowCache::new(c as u64 * 8, 8, admit_all)? else {
