@@ -6,6 +6,7 @@
 mod common;
 
 use common::{Case, TOL, assert_close, forward_files};
+use engram_kernels::cpu::{self, SimdLevel};
 use engram_kernels::gather::row_ids_from_i64;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{
@@ -78,6 +79,20 @@ fn reference_matches_vectors() {
 
 #[test]
 fn fast_cpu_matches_vectors() {
+    // Every SIMD level this CPU has (the override is process-wide; all levels agree to
+    // rounding, so other tests running meanwhile are unaffected).
+    for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
+        if !cpu::supported(level) {
+            println!("skipped level {}: not supported here", level.name());
+            continue;
+        }
+        cpu::set_level(Some(level)).unwrap();
+        fast_cpu_matches_vectors_at_current_level();
+    }
+    cpu::set_level(None).unwrap();
+}
+
+fn fast_cpu_matches_vectors_at_current_level() {
     for path in forward_files() {
         let case = Case::load(&path);
         let (cfg, w) = case.module();
@@ -95,7 +110,7 @@ fn fast_cpu_matches_vectors() {
         println!(
             "case {}: fast cpu ({}) worst measure {worst:.2e}",
             case.name,
-            engram_kernels::cpu::level().name()
+            cpu::level().name()
         );
     }
 }

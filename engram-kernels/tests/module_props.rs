@@ -5,6 +5,7 @@
 mod common;
 
 use common::{TOL, assert_close};
+use engram_kernels::cpu::{self, SimdLevel};
 use engram_kernels::{EngramModule, EngramModuleConfig, EngramModuleWeights, Error, reference};
 use proptest::prelude::*;
 
@@ -62,8 +63,14 @@ proptest! {
         let exp = reference::engram_forward(&cfg, &w, &e, &hidden, batch, seq);
         let module = EngramModule::new(cfg, w).unwrap();
         let mut y = vec![0f32; hidden.len()];
-        module.forward_prefill(&e, &hidden, batch, seq, &mut y, None).unwrap();
-        assert_close("prefill y", &y, &exp.y, 1e-4);
+        for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
+            if cpu::supported(level) {
+                cpu::set_level(Some(level)).unwrap();
+                module.forward_prefill(&e, &hidden, batch, seq, &mut y, None).unwrap();
+                assert_close("prefill y", &y, &exp.y, 1e-4);
+            }
+        }
+        cpu::set_level(None).unwrap();
         // Decode, one position at a time.
         let ch = m * d;
         let mut states: Vec<_> = (0..batch).map(|_| module.new_state().unwrap()).collect();

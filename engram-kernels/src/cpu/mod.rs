@@ -6,6 +6,7 @@
 //! compute the same sums in different orders, so they agree to rounding (property-tested).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
@@ -66,10 +67,39 @@ pub fn best_supported() -> SimdLevel {
     SimdLevel::Scalar
 }
 
-/// The level selected for this process (detected once).
+// 0: no override; otherwise 1 + the level's index.
+static OVERRIDE: AtomicU8 = AtomicU8::new(0);
+
+/// The level the kernels run at: the override from [`set_level`] if any, else the one
+/// detected once for this process (honouring `ENGRAM_FORCE_SCALAR`).
 pub fn level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
-    *LEVEL.get_or_init(detect)
+    match OVERRIDE.load(Ordering::Relaxed) {
+        1 => SimdLevel::Scalar,
+        2 => SimdLevel::Avx2,
+        3 => SimdLevel::Avx512,
+        _ => *LEVEL.get_or_init(detect),
+    }
+}
+
+/// Overrides the level process-wide (tests and benchmarks that compare paths); `None`
+/// returns to the detected level. A level this CPU lacks is an error. Every level computes
+/// the same results to rounding, so switching while other threads run kernels is safe.
+pub fn set_level(l: Option<SimdLevel>) -> crate::Result<()> {
+    let code = match l {
+        None => 0,
+        Some(l) if !supported(l) => {
+            return Err(crate::Error::Unavailable {
+                what: "SIMD level",
+                reason: format!("this CPU does not support {}", l.name()),
+            });
+        }
+        Some(SimdLevel::Scalar) => 1,
+        Some(SimdLevel::Avx2) => 2,
+        Some(SimdLevel::Avx512) => 3,
+    };
+    OVERRIDE.store(code, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Whether `l` can run here (for tests that exercise every path).
