@@ -85,6 +85,16 @@ fn bench_module(c: &mut Criterion) {
                     std::hint::black_box(&y);
                 })
             });
+            engram_kernels::cpu::set_level(Some(engram_kernels::cpu::SimdLevel::Scalar))
+                .expect("scalar is always supported");
+            g.bench_function(BenchmarkId::new("decode_scalar_1thread", batch), |b| {
+                b.iter(|| {
+                    md.forward_decode(&e, &h, &mut states, &mut y, &mut scratch)
+                        .expect("shapes agree");
+                    std::hint::black_box(&y);
+                })
+            });
+            engram_kernels::cpu::set_level(None).expect("detected level");
             // Called from inside the rayon pool: the projection forks over all cores.
             g.bench_function(BenchmarkId::new("decode_fast_pool", batch), |b| {
                 rayon::scope(|_| {
@@ -107,6 +117,21 @@ fn bench_module(c: &mut Criterion) {
                 std::hint::black_box(&y);
             })
         });
+        // The same fast path with the portable (scalar-dispatch) kernels; the GEMM crate
+        // keeps its own SIMD, so this isolates the hand-dispatched kernels.
+        engram_kernels::cpu::set_level(Some(engram_kernels::cpu::SimdLevel::Scalar))
+            .expect("scalar is always supported");
+        g.bench_function(
+            BenchmarkId::new("prefill_fast_scalar_kernels", prefill_t),
+            |b| {
+                b.iter(|| {
+                    md.forward_prefill(&e, &h, 1, prefill_t, &mut y, None)
+                        .expect("shapes agree");
+                    std::hint::black_box(&y);
+                })
+            },
+        );
+        engram_kernels::cpu::set_level(None).expect("detected level");
         g.throughput(Throughput::Elements(naive_t as u64));
         g.bench_function(BenchmarkId::new("prefill_naive", naive_t), |b| {
             b.iter(|| {
