@@ -203,6 +203,22 @@ mod with_feature {
                     .is_err()
             );
         }
+        // The pinned-buffer path gives the same values.
+        let rb = RowDtype::V41.row_bytes(width).unwrap();
+        let mut bytes = vec![0u8; rb * 16];
+        quantize_rows(RowDtype::V41, width, &src, &mut bytes).unwrap();
+        let mut pinned = gpu.alloc_pinned_rows(bytes.len()).unwrap();
+        pinned.as_mut_slice().unwrap().copy_from_slice(&bytes);
+        let mut a = vec![0f32; src.len()];
+        let mut g = vec![0f32; src.len()];
+        dequantize_rows(RowDtype::V41, width, &bytes, &mut a).unwrap();
+        gpu.dequantize_pinned(RowDtype::V41, width, &pinned, 16, &mut g)
+            .unwrap();
+        assert_eq!(a, g);
+        assert!(
+            gpu.dequantize_pinned(RowDtype::V41, width, &pinned, 17, &mut g)
+                .is_err()
+        );
         let mut bad = vec![0u8; 264];
         bad[256] = 255;
         let mut out = vec![0f32; 256];

@@ -19,7 +19,8 @@ use std::ffi::CString;
 use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
@@ -314,6 +315,39 @@ pub struct CudaModuleWeights {
     conv_w: CudaSlice<f32>,
 }
 
+/// A page-locked host buffer for rows (`[tokens][heads][row_bytes]`): the store gathers
+/// rows into it and [`CudaEngine::dequantize_pinned`] copies it to the device by DMA.
+#[derive(Debug)]
+pub struct PinnedRows {
+    buf: PinnedHostSlice<u8>,
+}
+
+impl PinnedRows {
+    /// Capacity in bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the buffer has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The bytes, for the store to fill (waits for any copy still reading them).
+    pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
+        self.buf
+            .as_mut_slice()
+            .map_err(driver_err("pinned buffer sync"))
+    }
+
+    /// The bytes (waits for any copy still reading them).
+    pub fn as_slice(&self) -> Result<&[u8]> {
+        self.buf
+            .as_slice()
+            .map_err(driver_err("pinned buffer sync"))
+    }
+}
+
 /// One CUDA device with the Engram kernels loaded.
 #[derive(Debug)]
 pub struct CudaEngine {
@@ -605,6 +639,57 @@ impl CudaEngine {
         }
         let src = self.upload(rows)?;
         self.dequant_launch(dtype, width, &src, n, None, n, out)
+    }
+
+    /// A zero-filled page-locked buffer of `bytes` bytes.
+    pub fn alloc_pinned_rows(&self, bytes: usize) -> Result<PinnedRows> {
+        if bytes == 0 || bytes >= isize::MAX as usize {
+            return Err(Error::InvalidConfig {
+                field: "pinned buffer bytes",
+                value: bytes.to_string(),
+                reason: "must be in 1..isize::MAX",
+            });
+        }
+        // SAFETY: the memory is zero-filled below through the raw pointer before any
+        // reference to it is created.
+        let mut buf = unsafe { self.ctx.alloc_pinned_with_flags::<u8>(bytes, 0) }
+            .map_err(driver_err("cuMemHostAlloc"))?;
+        let ptr = buf.as_mut_ptr().map_err(driver_err("pinned buffer sync"))?;
+        // SAFETY: ptr points to `bytes` writable bytes owned by `buf`.
+        unsafe { std::ptr::write_bytes(ptr, 0, bytes) };
+        Ok(PinnedRows { buf })
+    }
+
+    /// Dequantizes the first `n_rows` rows of a pinned buffer (the whole buffer is copied,
+    /// so size it to the batch). Same contract and errors as
+    /// [`crate::quant::dequantize_rows`]; `out` has `n_rows * width` values.
+    pub fn dequantize_pinned(
+        &self,
+        dtype: RowDtype,
+        width: usize,
+        rows: &PinnedRows,
+        n_rows: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let row_bytes = dtype.row_bytes(width)?;
+        let need = n_rows
+            .checked_mul(row_bytes)
+            .ok_or(Error::Overflow { what: "rows bytes" })?;
+        if need > rows.len() || out.len() != n_rows * width {
+            return Err(Error::Shape {
+                what: "pinned rows (n_rows * row_bytes <= capacity) and output (n_rows * width)",
+                expected: n_rows * width,
+                found: out.len(),
+            });
+        }
+        if n_rows == 0 {
+            return Ok(());
+        }
+        let src = self
+            .stream
+            .clone_htod(&rows.buf)
+            .map_err(driver_err("pinned host to device copy"))?;
+        self.dequant_launch(dtype, width, &src, n_rows, None, n_rows, out)
     }
 
     /// Gathers `ids` from `table` (`[rows][row_bytes]`) and dequantizes them into `out`.
