@@ -6,7 +6,7 @@
 #   scripts/bench-decode.sh [MODEL_DIR] [N_NEW]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=${1:-models/stdlib-moe-b}
+model=${1:-models/stdlib-moe-engram-b}
 n_new=${2:-128}
 table=target/engram-tables/$(basename "$model")
 py=${ENGRAM_TORCH_PYTHON:-.venv-train/bin/python}

@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-model=models/stdlib-moe-b
-table=target/engram-tables/stdlib-moe-b
+model=models/stdlib-moe-engram-b
+table=target/engram-tables/stdlib-moe-engram-b
 prompt=${1:-'def fibonacci(n):'}
 
 scripts/fetch-tokenizer.sh >/dev/null

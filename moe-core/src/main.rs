@@ -14,9 +14,9 @@ use moe_core::sampler::SamplerConfig;
 use moe_core::session::{EngramSource, Session};
 
 /// The committed model, relative to the repository root.
-const DEFAULT_MODEL: &str = "models/stdlib-moe-b";
+const DEFAULT_MODEL: &str = "models/stdlib-moe-engram-b";
 /// Where `scripts/demo.sh` builds the default model's table.
-const DEFAULT_TABLE: &str = "target/engram-tables/stdlib-moe-b";
+const DEFAULT_TABLE: &str = "target/engram-tables/stdlib-moe-engram-b";
 
 #[derive(Debug, Parser)]
 #[command(

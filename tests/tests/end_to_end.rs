@@ -160,5 +160,27 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
             );
             check(&mut s, &golden, &label);
         }
+        // The rows matter: with Engram off the same model misses PyTorch's logits by far
+        // more than the tolerance, so the match above is not an accident of small gates.
+        let mut off = Session::load(&model, None, None).expect("loads without Engram");
+        let p = &golden["prompts"][0];
+        let raw: Vec<u32> = serde_json::from_value(p["raw_ids"].clone()).expect("raw ids");
+        off.prefill_all(&raw).expect("prefill");
+        let pos = p["logit_positions"][0].as_u64().expect("position") as usize;
+        let want: Vec<f32> = serde_json::from_value(p["logits"][0].clone()).expect("logits");
+        let diff = off
+            .model
+            .logits(&off.state, pos)
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff > 100.0 * LOGIT_TOLERANCE,
+            "Engram off changes the logits by only {diff}"
+        );
+        eprintln!(
+            "{}: Engram off moves the logits by up to {diff:.3}",
+            model.display()
+        );
     }
 }
