@@ -8,17 +8,24 @@
 #
 # NVRTC: a system libnvrtc.so.12 (CUDA toolkit) is used when the loader finds it; otherwise
 # set ENGRAM_NVRTC_LIB to the directory holding it, or let this script run
-# scripts/install-nvrtc.sh (needs PyPI access).
+# scripts/install-nvrtc.sh (needs PyPI access; on a machine without it, install there
+# first, e.g. `scripts/install-nvrtc.sh .nvrtc`, bring that folder along and set
+# ENGRAM_NVRTC_LIB=.nvrtc/nvidia/cuda_nvrtc/lib).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -z "${ENGRAM_NVRTC_LIB:-}" ]] && ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.12'; then
+if [[ -z "${ENGRAM_NVRTC_LIB:-}" ]] && ! ldconfig -p 2>/dev/null | grep -c 'libnvrtc\.so\.12' >/dev/null; then
     if dir="$(scripts/install-nvrtc.sh)"; then
         export ENGRAM_NVRTC_LIB="$dir"
     else
         echo "gpu-check: no libnvrtc.so.12 and scripts/install-nvrtc.sh failed" >&2
         exit 2
     fi
+fi
+if [[ -n "${ENGRAM_NVRTC_LIB:-}" && -d "$ENGRAM_NVRTC_LIB" ]]; then
+    # cargo test runs in the crate directory: make the path absolute.
+    ENGRAM_NVRTC_LIB="$(cd "$ENGRAM_NVRTC_LIB" && pwd)"
+    export ENGRAM_NVRTC_LIB
 fi
 export ENGRAM_REQUIRE_NVRTC=1
 
