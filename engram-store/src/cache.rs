@@ -1,11 +1,12 @@
 //! The hot-row cache: a byte budget of rows in page-locked DRAM, seeded from a frequency
 //! profile and admitting misses dynamically.
 //!
-//! Policy: sharded CLOCK with a 2-bit frequency per slot (the main queue of S3-FIFO).
-//! A profile pins its hottest rows (seen at least `min_hits` times) into a share of the
-//! capacity that is never evicted; the rest of the capacity is dynamic. A miss is admitted only on its second sighting within a ghost window
-//! (a small direct-mapped table of recent miss keys), which keeps one-hit wonders of a
-//! Zipfian stream out; `admit_on_first_miss` turns that off.
+//! Policy: S3-FIFO per shard (Yang et al., SOSP 2023): new rows enter a small FIFO (10%);
+//! one hit there promotes a row to the main CLOCK (2-bit frequency) when it leaves the
+//! FIFO; rows leaving it unused go to a ghost table and are admitted straight to main if
+//! they miss again soon. `admit_on_first_miss` turns this into plain CLOCK. A profile pins
+//! its hottest rows (seen at least `min_hits` times) into a share of the main capacity
+//! that is never evicted; the rest stays dynamic.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -43,6 +44,8 @@ impl Default for SeedOptions {
         }
     }
 }
+/// The small FIFO holds 1/10 of each shard (S3-FIFO's ratio).
+const SMALL_FIFO_DIVISOR: usize = 10;
 /// Bits of the row id in a cache key (the layer index sits above).
 const ROW_BITS: u32 = 48;
 
@@ -77,9 +80,14 @@ struct Shard {
     freq: Vec<u8>,
     // (slots * row_bytes,)
     data: AlignedBuf,
+    // slots [0, small_n): the small FIFO of new rows; [small_n, slots): the main CLOCK
+    small_n: usize,
+    small_hand: usize,
+    small_used: usize,
+    // main CLOCK hand and fill, relative to small_n
     hand: usize,
     used: usize,
-    // direct-mapped ghost of recent misses
+    // direct-mapped ghost of rows evicted from the small FIFO unused
     ghost: Vec<u64>,
 }
 
@@ -101,6 +109,11 @@ pub struct RowCache {
     slots_per_shard: usize,
     admit_on_first_miss: bool,
     pub counters: CacheCounters,
+}
+
+#[inline]
+fn ghost_index(k: u64, len: usize) -> usize {
+    (mix(k) >> 7) as usize & (len - 1)
 }
 
 #[inline]
@@ -130,14 +143,22 @@ impl RowCache {
         for _ in 0..CACHE_SHARDS {
             let mut map = KeyMap::default();
             map.reserve(per);
+            let small_n = if admit_on_first_miss || per < 2 {
+                0
+            } else {
+                (per / SMALL_FIFO_DIVISOR).max(1)
+            };
             shards.push(Mutex::new(Shard {
                 map,
                 keys: vec![EMPTY; per],
                 freq: vec![0; per],
                 data: AlignedBuf::new_pinned(per * row_bytes)?,
+                small_n,
+                small_hand: 0,
+                small_used: 0,
                 hand: 0,
                 used: 0,
-                ghost: vec![EMPTY; per.next_power_of_two()],
+                ghost: vec![EMPTY; (per - small_n).next_power_of_two()],
             }));
         }
         Ok(Some(Self {
@@ -149,6 +170,22 @@ impl RowCache {
         }))
     }
 
+    fn small_slots(&self) -> usize {
+        self.shards
+            .first()
+            .and_then(|s| s.lock().ok().map(|s| s.small_n))
+            .unwrap_or(0)
+    }
+
+    /// `"s3fifo"` or `"clock"` (admit every miss).
+    pub fn policy(&self) -> &'static str {
+        if self.admit_on_first_miss {
+            "clock"
+        } else {
+            "s3fifo"
+        }
+    }
+
     /// Rows the cache can hold.
     pub fn capacity_rows(&self) -> usize {
         self.slots_per_shard * CACHE_SHARDS
@@ -158,7 +195,7 @@ impl RowCache {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|s| s.used).unwrap_or(0))
+            .map(|s| s.lock().map(|s| s.used + s.small_used).unwrap_or(0))
             .sum()
     }
 
@@ -205,15 +242,18 @@ impl RowCache {
         if s.map.contains_key(&k) {
             return;
         }
-        if !self.admit_on_first_miss && s.used == self.slots_per_shard {
-            let g = (mix(k) >> 7) as usize & (s.ghost.len() - 1);
-            if s.ghost[g] != k {
-                s.ghost[g] = k;
-                return;
+        let evicted = if s.small_n == 0 {
+            self.insert(&mut s, k, bytes, 0)
+        } else {
+            let g = ghost_index(k, s.ghost.len());
+            if s.ghost[g] == k {
+                // Seen recently and evicted unused from the small FIFO: straight to main.
+                s.ghost[g] = EMPTY;
+                self.insert(&mut s, k, bytes, 0)
+            } else {
+                self.insert_small(&mut s, k, bytes)
             }
-            s.ghost[g] = EMPTY;
-        }
-        let evicted = self.insert(&mut s, k, bytes, 0);
+        };
         drop(s);
         self.counters.admissions.fetch_add(1, Ordering::Relaxed);
         if evicted {
@@ -221,32 +261,71 @@ impl RowCache {
         }
     }
 
-    /// Places `k` in a free slot or the CLOCK victim's; returns whether it evicted.
-    fn insert(&self, s: &mut Shard, k: u64, bytes: &[u8], freq: u8) -> bool {
-        let n = self.slots_per_shard;
-        let (slot, evicted) = if s.used < n {
+    /// A free main slot, or the main CLOCK victim's (unmapped); and whether it evicted.
+    fn main_slot(&self, s: &mut Shard) -> (usize, bool) {
+        let n = self.slots_per_shard - s.small_n;
+        if s.used < n {
             s.used += 1;
-            (s.used - 1, false)
-        } else {
-            loop {
-                let h = s.hand;
-                s.hand = (s.hand + 1) % n;
-                if s.freq[h] == PINNED {
-                    continue;
-                }
-                if s.freq[h] == 0 {
-                    let old = s.keys[h];
-                    s.map.remove(&old);
-                    break (h, true);
-                }
-                s.freq[h] -= 1;
+            return (s.small_n + s.used - 1, false);
+        }
+        loop {
+            let h = s.small_n + s.hand;
+            s.hand = (s.hand + 1) % n;
+            if s.freq[h] == PINNED {
+                continue;
             }
-        };
+            if s.freq[h] == 0 {
+                let old = s.keys[h];
+                s.map.remove(&old);
+                return (h, true);
+            }
+            s.freq[h] -= 1;
+        }
+    }
+
+    fn place(&self, s: &mut Shard, slot: usize, k: u64, bytes: &[u8], freq: u8) {
         let rb = self.row_bytes;
         s.data[slot * rb..(slot + 1) * rb].copy_from_slice(bytes);
         s.keys[slot] = k;
         s.freq[slot] = freq;
         s.map.insert(k, slot as u32);
+    }
+
+    /// Places `k` in the main CLOCK; returns whether it evicted.
+    fn insert(&self, s: &mut Shard, k: u64, bytes: &[u8], freq: u8) -> bool {
+        let (slot, evicted) = self.main_slot(s);
+        self.place(s, slot, k, bytes, freq);
+        evicted
+    }
+
+    /// S3-FIFO admission: new rows enter the small FIFO; the row it pushes out moves to
+    /// main if it was hit meanwhile, else its key goes to the ghost.
+    fn insert_small(&self, s: &mut Shard, k: u64, bytes: &[u8]) -> bool {
+        let mut evicted = false;
+        let slot = if s.small_used < s.small_n {
+            s.small_used += 1;
+            s.small_used - 1
+        } else {
+            let slot = s.small_hand;
+            s.small_hand = (s.small_hand + 1) % s.small_n;
+            let old = s.keys[slot];
+            s.map.remove(&old);
+            if s.freq[slot] > 0 {
+                let (dst, ev) = self.main_slot(s);
+                evicted = ev;
+                let rb = self.row_bytes;
+                s.data.copy_within(slot * rb..(slot + 1) * rb, dst * rb);
+                s.keys[dst] = old;
+                s.freq[dst] = 0;
+                s.map.insert(old, dst as u32);
+            } else {
+                let g = ghost_index(old, s.ghost.len());
+                s.ghost[g] = old;
+                evicted = true;
+            }
+            slot
+        };
+        self.place(s, slot, k, bytes, 0);
         evicted
     }
 
@@ -269,8 +348,8 @@ impl RowCache {
         let mut chosen: Vec<Vec<u64>> =
             vec![Vec::new(); cursors.iter().map(|c| c.0 + 1).max().unwrap_or(0)];
         let frac = options.pin_fraction.clamp(0.0, MAX_PIN_FRACTION);
-        let per_shard_cap = ((self.slots_per_shard as f64 * frac) as usize)
-            .min(self.slots_per_shard.saturating_sub(1));
+        let main_n = self.slots_per_shard - self.small_slots();
+        let per_shard_cap = ((main_n as f64 * frac) as usize).min(main_n.saturating_sub(1));
         let mut budget = per_shard_cap * CACHE_SHARDS;
         let mut per_shard = [0usize; CACHE_SHARDS];
         while budget > 0 {
@@ -340,5 +419,52 @@ mod tests {
                 assert_eq!(out, r.to_le_bytes());
             }
         }
+    }
+
+    #[test]
+    fn pinned_rows_survive_and_hot_rows_are_kept() {
+        let c = RowCache::new(16 * 100 * 8, 8, false)
+            .expect("alloc")
+            .expect("some");
+        let profile = Profile {
+            table_id: 0,
+            layers: vec![crate::profile::LayerProfile::from_counts(
+                7,
+                (0..400u64).map(|r| (r, 1000 - r)),
+                400,
+            )],
+        };
+        let seeded = c
+            .seed(
+                &profile,
+                &SeedOptions::default(),
+                |lid| (lid == 7).then_some(0),
+                |_, ids, out| {
+                    for (k, &id) in ids.iter().enumerate() {
+                        out[k * 8..k * 8 + 8].copy_from_slice(&id.to_le_bytes());
+                    }
+                    Ok(())
+                },
+            )
+            .expect("seed");
+        assert!(seeded > 300, "{seeded}");
+        let mut out = [0u8; 8];
+        let pinned: Vec<u64> = (0..400u64).filter(|&r| c.get(0, r, &mut out)).collect();
+        assert_eq!(pinned.len() as u64, seeded);
+        // A scan of cold rows, plus one row hit repeatedly.
+        for r in 10_000..60_000u64 {
+            if !c.get(0, r, &mut out) {
+                c.admit(0, r, &r.to_le_bytes());
+            }
+            if !c.get(0, 5_000, &mut out) {
+                c.admit(0, 5_000, &5_000u64.to_le_bytes());
+            }
+        }
+        for &r in &pinned {
+            assert!(c.get(0, r, &mut out), "pinned row {r} evicted");
+            assert_eq!(out, r.to_le_bytes());
+        }
+        assert!(c.get(0, 5_000, &mut out));
+        assert!(c.len() <= c.capacity_rows());
     }
 }

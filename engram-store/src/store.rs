@@ -43,7 +43,7 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// Seed the cache from this profile.
     pub profile: Option<Profile>,
-    /// Admit every miss (default: admit on the second miss within the ghost window).
+    /// Plain CLOCK admitting every miss (default: S3-FIFO admission).
     pub admit_on_first_miss: bool,
     /// How the profile seeds the cache.
     pub seed: crate::cache::SeedOptions,
