@@ -171,9 +171,12 @@ fn estimate(manifest: &Manifest, layout: &EngramLayout) -> Result<Estimate> {
     })
 }
 
-/// Free bytes on the file system that will hold `out`.
+/// Free bytes on the file system that will hold `out` (its nearest existing ancestor).
 fn free_bytes(out: &Path) -> Result<u64> {
     let mut dir = out.parent().unwrap_or(Path::new("."));
+    while !dir.as_os_str().is_empty() && !dir.exists() {
+        dir = dir.parent().unwrap_or(Path::new("."));
+    }
     if dir.as_os_str().is_empty() {
         dir = Path::new(".");
     }
