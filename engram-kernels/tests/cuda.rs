@@ -59,12 +59,12 @@ mod with_feature {
         }
         let report = compile_cubin("sm_90").unwrap_or_else(|e| panic!("{e}"));
         println!(
-            "sm_90 cubin: {} bytes\n{:<16} {:>9} {:>12} {:>11} {:>6}",
+            "sm_90 cubin: {} bytes\n{:<20} {:>9} {:>12} {:>11} {:>6}",
             report.cubin_bytes, "kernel", "registers", "spill_store", "spill_load", "stack"
         );
         for k in &report.kernels {
             println!(
-                "{:<16} {:>9} {:>12} {:>11} {:>6}",
+                "{:<20} {:>9} {:>12} {:>11} {:>6}",
                 k.name,
                 k.registers.map_or("?".into(), |v| v.to_string()),
                 k.spill_stores.map_or("?".into(), |v| v.to_string()),
@@ -125,6 +125,45 @@ mod with_feature {
             gpu.forward_prefill(&module, &dev, &e, hidden, b, t, &mut y)
                 .unwrap();
             assert_close("cuda y", &y, case.f32s("expected.y"), TOL);
+            // Decode step by step on the device, from a fresh state and from a CPU prefix.
+            let (dm, ch) = (cfg.d_mem, cfg.channels());
+            let mut st = gpu.new_decode_state(&module, b).unwrap();
+            let split = t / 2;
+            let mut cpu_states: Vec<_> = (0..b).map(|_| module.new_state().unwrap()).collect();
+            if split > 0 {
+                let mut e_p = Vec::new();
+                let mut h_p = Vec::new();
+                for s in 0..b {
+                    e_p.extend_from_slice(&e[s * t * dm..(s * t + split) * dm]);
+                    h_p.extend_from_slice(&hidden[s * t * ch..(s * t + split) * ch]);
+                }
+                let mut y_p = vec![0f32; b * split * ch];
+                module
+                    .forward_prefill(&e_p, &h_p, b, split, &mut y_p, Some(&mut cpu_states))
+                    .unwrap();
+            }
+            let mut st2 = gpu.upload_states(&module, &cpu_states).unwrap();
+            let mut y_t = vec![0f32; b * ch];
+            for pos in 0..t {
+                let mut e_t = Vec::new();
+                let mut h_t = Vec::new();
+                for s in 0..b {
+                    let tok = s * t + pos;
+                    e_t.extend_from_slice(&e[tok * dm..(tok + 1) * dm]);
+                    h_t.extend_from_slice(&hidden[tok * ch..(tok + 1) * ch]);
+                }
+                let exp: Vec<f32> = (0..b)
+                    .flat_map(|s| y[(s * t + pos) * ch..(s * t + pos + 1) * ch].to_vec())
+                    .collect();
+                gpu.forward_decode(&module, &dev, &e_t, &h_t, &mut st, &mut y_t)
+                    .unwrap();
+                assert_close("cuda decode", &y_t, &exp, TOL);
+                if pos >= split {
+                    gpu.forward_decode(&module, &dev, &e_t, &h_t, &mut st2, &mut y_t)
+                        .unwrap();
+                    assert_close("cuda decode after cpu prefill", &y_t, &exp, TOL);
+                }
+            }
             // Hashing from compressed ids.
             let c = &case.config;
             let config = EngramConfig {

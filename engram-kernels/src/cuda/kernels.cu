@@ -243,3 +243,35 @@ extern "C" __global__ void engram_conv(
     float u = alpha[tok * M + b] * proj[tok * (u64)(1 + M) * d + f];
     y[i] = u + acc / (1.f + expf(-acc));
 }
+
+// ---------------------------------------------------------------------------------------
+// Decode convolution (one new position per sequence): x (B, M*d) is this step's input,
+// ring (B, L, M*d) the last L = (w-1)*dil inputs of each sequence (slot = time % L, zeros
+// before the start), pos (B) the time index of this step. Reads the history, writes y, then
+// stores x into slot pos % L (the slot of lag L, read by this same thread first).
+
+extern "C" __global__ void engram_conv_decode(
+    const float* __restrict__ x, const float* __restrict__ proj, const float* __restrict__ alpha,
+    const float* __restrict__ conv_w, float* __restrict__ ring, const u64* __restrict__ pos,
+    int batch, int d, int M, int w, int dil, float* __restrict__ y)
+{
+    u64 ch = (u64)M * d;
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)batch * ch) return;
+    u64 b = i / ch;
+    int c = (int)(i - b * ch);
+    u64 L = (u64)(w - 1) * dil;
+    u64 p = pos[b];
+    float xc = x[i];
+    float acc = conv_w[(u64)c * w + (w - 1)] * xc;
+    float* rb = ring + b * L * ch;
+    for (int j = 0; j + 1 < w; ++j) {
+        u64 lag = (u64)(w - 1 - j) * dil;
+        u64 slot = (p + L - lag) % L;
+        acc += conv_w[(u64)c * w + j] * rb[slot * ch + c];
+    }
+    int br = c / d, f = c - br * d;
+    float u = alpha[b * M + br] * proj[b * (u64)(1 + M) * d + f];
+    y[i] = u + acc / (1.f + expf(-acc));
+    if (L > 0) rb[(p % L) * ch + c] = xc;
+}

@@ -33,12 +33,13 @@ use crate::quant::RowDtype;
 /// The CUDA C source of every kernel.
 pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
 /// Entry points in [`KERNEL_SOURCE`].
-pub const KERNEL_NAMES: [&str; 5] = [
+pub const KERNEL_NAMES: [&str; 6] = [
     "engram_hash",
     "engram_dequant",
     "engram_gemm_nt",
     "engram_gate",
     "engram_conv",
+    "engram_conv_decode",
 ];
 /// Environment variable naming `libnvrtc.so.12` or the directory that holds it; loaded
 /// before cudarc looks for NVRTC by name, so no `LD_LIBRARY_PATH` is needed.
@@ -358,6 +359,31 @@ pub struct CudaEngine {
     f_gemm: CudaFunction,
     f_gate: CudaFunction,
     f_conv: CudaFunction,
+    f_conv_decode: CudaFunction,
+}
+
+/// Decode state of a batch of sequences on the device: the convolution history of each
+/// (the device form of [`crate::ConvState`]) and its position.
+#[derive(Debug)]
+pub struct CudaDecodeState {
+    batch: usize,
+    channels: usize,
+    history: usize,
+    pos: Vec<u64>,
+    // (batch, history, channels)
+    ring: CudaSlice<f32>,
+}
+
+impl CudaDecodeState {
+    /// Sequences in the batch.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Positions consumed by each sequence.
+    pub fn positions(&self) -> &[u64] {
+        &self.pos
+    }
 }
 
 fn grid_1d(n: usize, block: u32) -> Result<LaunchConfig> {
@@ -423,6 +449,7 @@ impl CudaEngine {
             f_gemm: f("engram_gemm_nt")?,
             f_gate: f("engram_gate")?,
             f_conv: f("engram_conv")?,
+            f_conv_decode: f("engram_conv_decode")?,
             ctx,
             stream,
         })
@@ -754,21 +781,17 @@ impl CudaEngine {
         })
     }
 
-    /// Prefill on the device: same contract as [`EngramModule::forward_prefill`] (without
-    /// state hand-off). `module` gives the shapes and checks; `weights` must come from
-    /// [`Self::upload_module`] of the same module.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_prefill(
+    /// The fused projection GEMM and the gate on the device: `proj (tokens, (1+M) d)`,
+    /// `alpha (tokens, M)`, `x = RMSNorm(alpha v) (tokens, M d)`.
+    #[allow(clippy::type_complexity)]
+    fn project_and_gate(
         &self,
         module: &EngramModule,
         weights: &CudaModuleWeights,
         e: &[f32],
         hidden: &[f32],
-        batch: usize,
-        seq_len: usize,
-        out_y: &mut [f32],
-    ) -> Result<()> {
-        let tokens = module.check_prefill(e, hidden, batch, seq_len, out_y)?;
+        tokens: usize,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
         let c = module.config();
         if (c.hidden_size, c.hc_mult, c.d_mem, c.kernel_size, c.dilation)
             != (
@@ -793,7 +816,6 @@ impl CudaEngine {
         let mut s = self.zeros::<f32>(tokens * m)?;
         let mut alpha = self.zeros::<f32>(tokens * m)?;
         let mut x = self.zeros::<f32>(tokens * m * d)?;
-        let mut y = self.zeros::<f32>(tokens * m * d)?;
         let (t_i, n_i, k_i) = (
             to_i32(tokens, "tokens")?,
             to_i32(n, "(1+M) d")?,
@@ -846,6 +868,131 @@ impl CudaEngine {
         // proj (tokens*n), hidden/x (tokens*M*d), s/alpha (tokens*M), gains (M*d).
         unsafe { l.launch(gate_cfg) }.map_err(driver_err("engram_gate launch"))?;
 
+        Ok((proj, alpha, x))
+    }
+
+    /// A fresh (sequence-start) decode state for `batch` sequences of `module`.
+    pub fn new_decode_state(&self, module: &EngramModule, batch: usize) -> Result<CudaDecodeState> {
+        let c = module.config();
+        let history = (c.kernel_size - 1) * c.dilation;
+        let channels = c.channels();
+        if batch == 0 {
+            return Err(Error::EmptyBatch {
+                what: "a decode state needs at least one sequence",
+            });
+        }
+        Ok(CudaDecodeState {
+            batch,
+            channels,
+            history,
+            pos: vec![0; batch],
+            ring: self.zeros::<f32>(batch * history.max(1) * channels)?,
+        })
+    }
+
+    /// The device state of sequences whose CPU states are `states` (e.g. after a CPU
+    /// prefill with state hand-off).
+    pub fn upload_states(
+        &self,
+        module: &EngramModule,
+        states: &[crate::ConvState],
+    ) -> Result<CudaDecodeState> {
+        let mut st = self.new_decode_state(module, states.len())?;
+        let (h, ch) = (st.history, st.channels);
+        let mut host = vec![0f32; states.len() * h.max(1) * ch];
+        for (b, s) in states.iter().enumerate() {
+            if s.channels() != ch || s.history() != h {
+                return Err(Error::WidthMismatch {
+                    what: "conv state channels vs the module's M * d",
+                    left: s.channels(),
+                    right: ch,
+                });
+            }
+            st.pos[b] = s.position();
+            for lag in 1..=h {
+                let slot = ((s.position() + h as u64 - lag as u64) % h as u64) as usize;
+                host[(b * h + slot) * ch..(b * h + slot + 1) * ch].copy_from_slice(s.lagged(lag));
+            }
+        }
+        st.ring = self.upload(&host)?;
+        Ok(st)
+    }
+
+    /// Decode on the device: one new position for each sequence of `state`; same contract
+    /// as [`EngramModule::forward_decode`] (`e (B, d_mem)`, `hidden (B, M, d)`,
+    /// `out_y (B, M, d)`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_decode(
+        &self,
+        module: &EngramModule,
+        weights: &CudaModuleWeights,
+        e: &[f32],
+        hidden: &[f32],
+        state: &mut CudaDecodeState,
+        out_y: &mut [f32],
+    ) -> Result<()> {
+        let batch = state.batch;
+        let tokens = module.check_prefill(e, hidden, batch, 1, out_y)?;
+        let c = module.config();
+        if state.channels != c.channels() || state.history != (c.kernel_size - 1) * c.dilation {
+            return Err(Error::WidthMismatch {
+                what: "device decode state vs the module's M * d",
+                left: state.channels,
+                right: c.channels(),
+            });
+        }
+        let (d, m) = (weights.d, weights.m);
+        let (proj, alpha, x) = self.project_and_gate(module, weights, e, hidden, tokens)?;
+        let pos_d = self.upload(&state.pos)?;
+        let mut y = self.zeros::<f32>(tokens * m * d)?;
+        let (b_i, d_i, m_i) = (to_i32(batch, "batch")?, to_i32(d, "d")?, to_i32(m, "M")?);
+        let (w_i, dil_i) = (
+            to_i32(weights.kernel, "kernel")?,
+            to_i32(weights.dilation, "dilation")?,
+        );
+        let mut l = self.stream.launch_builder(&self.f_conv_decode);
+        l.arg(&x)
+            .arg(&proj)
+            .arg(&alpha)
+            .arg(&weights.conv_w)
+            .arg(&mut state.ring)
+            .arg(&pos_d)
+            .arg(&b_i)
+            .arg(&d_i)
+            .arg(&m_i)
+            .arg(&w_i)
+            .arg(&dil_i)
+            .arg(&mut y);
+        // SAFETY: matches engram_conv_decode; one thread per (sequence, channel) <
+        // batch*M*d; ring holds batch*history*M*d floats (history >= 1 when read).
+        unsafe { l.launch(grid_1d(tokens * m * d, 256)?) }
+            .map_err(driver_err("engram_conv_decode launch"))?;
+        self.download(&y, out_y)?;
+        for p in &mut state.pos {
+            *p += 1;
+        }
+        Ok(())
+    }
+
+    /// Prefill on the device: same contract as [`EngramModule::forward_prefill`] (without
+    /// state hand-off). `module` gives the shapes and checks; `weights` must come from
+    /// [`Self::upload_module`] of the same module.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_prefill(
+        &self,
+        module: &EngramModule,
+        weights: &CudaModuleWeights,
+        e: &[f32],
+        hidden: &[f32],
+        batch: usize,
+        seq_len: usize,
+        out_y: &mut [f32],
+    ) -> Result<()> {
+        let tokens = module.check_prefill(e, hidden, batch, seq_len, out_y)?;
+        let (d, m) = (weights.d, weights.m);
+        let (proj, alpha, x) = self.project_and_gate(module, weights, e, hidden, tokens)?;
+        let mut y = self.zeros::<f32>(tokens * m * d)?;
+        let (d_i, m_i) = (to_i32(d, "d")?, to_i32(m, "M")?);
         let (b_i, s_i) = (to_i32(batch, "batch")?, to_i32(seq_len, "seq_len")?);
         let (w_i, dil_i) = (
             to_i32(weights.kernel, "kernel")?,
