@@ -4,9 +4,9 @@
 //! numpy formulation on the same inputs.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use engram_benches::{canonical_ids, deepseek_layout};
+use engram_benches::{canonical_ids, deepseek_layout, naive_head_indices};
+use engram_kernels::EngramConfig;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
-use engram_kernels::{EngramConfig, reference};
 
 fn bench_hash(c: &mut Criterion) {
     for (shape, config) in [("demo", EngramConfig::demo()), ("v41", EngramConfig::v41())] {
@@ -28,18 +28,7 @@ fn bench_hash(c: &mut Criterion) {
                 })
             });
             group.bench_function(BenchmarkId::new("naive", &label), |b| {
-                b.iter(|| {
-                    std::hint::black_box(reference::head_indices(
-                        &layout.layers[0],
-                        config.max_ngram,
-                        config.n_heads,
-                        layout.compressed_pad_id,
-                        None,
-                        &ids,
-                        batch,
-                        seq,
-                    ))
-                })
+                b.iter(|| std::hint::black_box(naive_head_indices(&layout, &ids, batch, seq)))
             });
         }
         group.finish();

@@ -16,3 +16,22 @@ pub fn deepseek_layout(config: &EngramConfig) -> EngramLayout {
         Err(e) => unreachable!("published presets are valid: {e}"),
     }
 }
+
+/// The naive reference's head indices of layer 0, the baseline every hashing bench runs.
+pub fn naive_head_indices(
+    layout: &EngramLayout,
+    ids: &[i64],
+    batch: usize,
+    seq: usize,
+) -> Vec<u64> {
+    engram_kernels::reference::head_indices(
+        &layout.layers[0],
+        layout.config.max_ngram,
+        layout.config.n_heads,
+        layout.compressed_pad_id,
+        None,
+        ids,
+        batch,
+        seq,
+    )
+}

@@ -118,13 +118,7 @@ impl NgramHasher {
         kind: HashOutput,
         out: &mut [u64],
     ) -> Result<()> {
-        let layer = self
-            .layers
-            .get(layer_index)
-            .ok_or_else(|| Error::UnknownLayer {
-                layer_id: layer_index as u64,
-                known: self.layer_ids().collect(),
-            })?;
+        let layer = self.layer(layer_index)?;
         if batch == 0 || seq_len == 0 {
             return Err(Error::EmptyBatch {
                 what: "hashing needs at least one row and one position",
@@ -176,13 +170,7 @@ impl NgramHasher {
                 what: "decode hashing needs the current token",
             });
         }
-        let layer = self
-            .layers
-            .get(layer_index)
-            .ok_or_else(|| Error::UnknownLayer {
-                layer_id: layer_index as u64,
-                known: self.layer_ids().collect(),
-            })?;
+        let layer = self.layer(layer_index)?;
         if out.len() != self.n_hash_heads() {
             return Err(Error::Shape {
                 what: "output [heads]",
@@ -193,6 +181,15 @@ impl NgramHasher {
         let start = self.start_after_barrier(window, window.len() - 1);
         self.hash_position(layer, window, window.len() - 1, start, kind, out);
         Ok(())
+    }
+
+    fn layer(&self, layer_index: usize) -> Result<&LayerHasher> {
+        self.layers
+            .get(layer_index)
+            .ok_or_else(|| Error::UnknownLayer {
+                layer_id: layer_index as u64,
+                known: self.layer_ids().collect(),
+            })
     }
 
     fn start_after_barrier(&self, row: &[i64], t: usize) -> usize {

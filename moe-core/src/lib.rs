@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod golden;
 pub mod model;
 pub mod sampler;
 pub mod session;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use engram_store::{BackendKind, Profile, StoreOptions};
 use engram_tools::build::{BuildArgs, run};
-use moe_core::sampler::{Sampler, SamplerConfig};
+use moe_core::golden::{self, LOGIT_TOLERANCE};
 use moe_core::session::{EngramSource, Session};
 
 #[derive(Debug, Parser)]
@@ -16,8 +16,6 @@ struct Build {
     #[command(flatten)]
     args: BuildArgs,
 }
-
-const LOGIT_TOLERANCE: f32 = 1e-4;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -53,54 +51,6 @@ fn tokenizer_available() -> bool {
     }
 }
 
-fn check(session: &mut Session, golden: &serde_json::Value, label: &str) {
-    for p in golden["prompts"].as_array().expect("prompts") {
-        let name = p["name"].as_str().unwrap_or("?");
-        let raw: Vec<u32> = serde_json::from_value(p["raw_ids"].clone()).expect("raw ids");
-        let want: Vec<u32> = serde_json::from_value(p["greedy_reduced_ids"].clone()).expect("ids");
-        session.prefill_all(&raw).expect("prefill");
-        let positions: Vec<usize> =
-            serde_json::from_value(p["logit_positions"].clone()).expect("positions");
-        let mut worst = 0f32;
-        for (i, &pos) in positions
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| **p < raw.len())
-        {
-            let w: Vec<f32> = serde_json::from_value(p["logits"][i].clone()).expect("logits");
-            let g = session.model.logits(&session.state, pos);
-            worst = g
-                .iter()
-                .zip(&w)
-                .fold(worst, |m, (a, b)| m.max((a - b).abs()));
-        }
-        assert!(
-            worst <= LOGIT_TOLERANCE,
-            "{label} {name}: max |logit error| {worst}"
-        );
-        let mut sampler = Sampler::new(
-            SamplerConfig::default(),
-            session.vocab.unk(),
-            session.model.config.vocab_size,
-        )
-        .expect("greedy");
-        let mut next = sampler.sample(session.model.logits(&session.state, raw.len() - 1));
-        let mut got = vec![next];
-        while got.len() < want.len() {
-            next = sampler.sample(session.step(next).expect("step"));
-            got.push(next);
-        }
-        assert_eq!(
-            got, want,
-            "{label} {name}: greedy continuation differs from PyTorch"
-        );
-        eprintln!(
-            "{label} {name}: max |logit error| {worst:.2e}, {} greedy tokens equal",
-            got.len()
-        );
-    }
-}
-
 #[test]
 fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
     if !tokenizer_available() {
@@ -129,9 +79,8 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
             "--quiet",
         ]);
         run(&b.args).expect("engram-build publishes the table");
-        let golden: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(model.join("golden.json")).expect("golden"))
-                .expect("json");
+        let golden_bytes = std::fs::read(model.join("golden.json")).expect("golden");
+        let golden: serde_json::Value = serde_json::from_slice(&golden_bytes).expect("json");
         let profile = Profile::read(&table.join("profile.bin")).expect("profile");
         for (kind, cache_bytes) in [
             (BackendKind::Memory, 0),
@@ -158,7 +107,10 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
                     .as_ref()
                     .map_or("-", |m| m.store().backend_kind().name())
             );
-            check(&mut s, &golden, &label);
+            for r in golden::check(&mut s, &golden_bytes).expect("runs") {
+                eprintln!("{label}: {r:?}");
+                assert!(r.passed(), "{label}: {r:?}");
+            }
         }
         // The rows matter: with Engram off the same model misses PyTorch's logits by far
         // more than the tolerance, so the match above is not an accident of small gates.

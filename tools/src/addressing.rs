@@ -31,9 +31,9 @@ impl Preset {
 /// A preset and per-field overrides; the overrides win.
 #[derive(Debug, Clone, Args)]
 pub struct AddressingArgs {
-    /// Start from this published shape.
-    #[arg(long, value_enum, default_value = "demo")]
-    pub preset: Preset,
+    /// Start from this published shape (default: demo).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
     /// Largest n-gram order N (orders 2..=N are hashed).
     #[arg(long)]
     pub max_ngram: Option<usize>,
@@ -60,7 +60,7 @@ pub struct AddressingArgs {
 impl AddressingArgs {
     /// The resulting config, validated.
     pub fn config(&self) -> Result<EngramConfig> {
-        let mut c = self.preset.config();
+        let mut c = self.preset.unwrap_or(Preset::Demo).config();
         if let Some(n) = self.max_ngram {
             c.max_ngram = n;
             // Keep one base size per order when only the order changes.

@@ -8,9 +8,9 @@
 use std::process::Command;
 use std::time::Instant;
 
-use engram_benches::{canonical_ids, deepseek_layout};
+use engram_benches::{canonical_ids, deepseek_layout, naive_head_indices};
+use engram_kernels::EngramConfig;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
-use engram_kernels::{EngramConfig, reference};
 
 const REPEATS: usize = 20;
 
@@ -68,16 +68,7 @@ fn main() -> anyhow::Result<()> {
                 .expect("shapes agree");
         });
         let naive = best_of(|| {
-            std::hint::black_box(reference::head_indices(
-                &layout.layers[0],
-                config.max_ngram,
-                config.n_heads,
-                layout.compressed_pad_id,
-                None,
-                &ids,
-                batch,
-                seq,
-            ));
+            std::hint::black_box(naive_head_indices(&layout, &ids, batch, seq));
         });
         let rows = out.len() as f64;
         let np_secs = row["seconds"].as_f64().unwrap_or(f64::NAN);

@@ -142,7 +142,7 @@ impl FileConfig {
     pub fn resolve(&self, imports: &[PathBuf]) -> Result<BuildPlan> {
         let preset = self.preset.unwrap_or(Preset::Demo);
         let addressing = AddressingArgs {
-            preset,
+            preset: Some(preset),
             max_ngram: self.max_ngram,
             heads: self.heads,
             base_size: self.base_size,

@@ -26,7 +26,7 @@ use engram_store::table::TableWriter;
 use config::{FileConfig, Init};
 use report::{Mode, Phase};
 
-use crate::addressing::Preset;
+use crate::addressing::AddressingArgs;
 use crate::json_line;
 
 /// File name of the traffic profile inside a table directory.
@@ -43,27 +43,8 @@ pub struct BuildArgs {
     /// TOML config file; flags override its keys.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Start from a published shape.
-    #[arg(long, value_enum)]
-    pub preset: Option<Preset>,
-    /// Base table size of every order (scales a preset down for tests).
-    #[arg(long)]
-    pub base_size: Option<u64>,
-    /// Largest n-gram order N.
-    #[arg(long)]
-    pub max_ngram: Option<usize>,
-    /// Hash heads per order.
-    #[arg(long)]
-    pub heads: Option<usize>,
-    /// Engram layer ids, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub layers: Option<Vec<u64>>,
-    /// Hash seed.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Raw pad id.
-    #[arg(long, allow_negative_numbers = true)]
-    pub pad_id: Option<i64>,
+    #[command(flatten)]
+    pub addressing: AddressingArgs,
     /// Row layout: bf16, f16, f32, fp8 (E4M3 + E8M0 scale per 32 values) or fp8:BLOCK.
     #[arg(long)]
     pub row_layout: Option<String>,
@@ -118,14 +99,14 @@ impl BuildArgs {
     fn flag_config(&self) -> FileConfig {
         FileConfig {
             tokenizer: self.tokenizer.clone(),
-            preset: self.preset,
-            max_ngram: self.max_ngram,
-            heads: self.heads,
-            base_size: self.base_size,
-            base_sizes: None,
-            layers: self.layers.clone(),
-            seed: self.seed,
-            pad_id: self.pad_id,
+            preset: self.addressing.preset,
+            max_ngram: self.addressing.max_ngram,
+            heads: self.addressing.heads,
+            base_size: self.addressing.base_size,
+            base_sizes: self.addressing.base_sizes.clone(),
+            layers: self.addressing.layers.clone(),
+            seed: self.addressing.seed,
+            pad_id: self.addressing.pad_id,
             row_layout: self.row_layout.clone(),
             dim: self.dim,
             init: self.init.clone(),
