@@ -369,6 +369,25 @@ fn cuda_timing_table() {
         dev,
     ));
 
+    // Decode step, demo shape, batch 64.
+    let bsz = 64usize;
+    let e1 = val(bsz * dm, 2.0);
+    let h1 = val(bsz * m * d, 2.0);
+    let mut y1 = vec![0f32; bsz * m * d];
+    let mut states: Vec<_> = (0..bsz).map(|_| module.new_state().unwrap()).collect();
+    let mut scratch = module.decode_scratch(bsz);
+    let cpu = best(|| {
+        module
+            .forward_decode(&e1, &h1, &mut states, &mut y1, &mut scratch)
+            .unwrap()
+    });
+    let mut dst = gpu.new_decode_state(&module, bsz).unwrap();
+    let dev = best(|| {
+        gpu.forward_decode(&module, &dev_w, &e1, &h1, &mut dst, &mut y1)
+            .unwrap()
+    });
+    rows.push(("decode step demo batch 64".into(), cpu, dev));
+
     println!(
         "\n{:<44} {:>10} {:>10} {:>8}",
         "operation", "cpu ms", "cuda ms", "speedup"
