@@ -110,9 +110,10 @@ fn bench_module(c: &mut Criterion) {
         let h = r.vec(prefill_t * ch, 2.0, 0.0);
         let mut y = vec![0f32; prefill_t * ch];
         g.throughput(Throughput::Elements(prefill_t as u64));
+        let mut pre = engram_kernels::PrefillScratch::default();
         g.bench_function(BenchmarkId::new("prefill_fast", prefill_t), |b| {
             b.iter(|| {
-                md.forward_prefill(&e, &h, 1, prefill_t, &mut y, None)
+                md.forward_prefill_with(&e, &h, 1, prefill_t, &mut y, None, &mut pre)
                     .expect("shapes agree");
                 std::hint::black_box(&y);
             })

@@ -32,5 +32,6 @@ pub use hash::{HashOptions, HashOutput, NgramHasher};
 pub use layout::{EngramConfig, EngramLayout, LayerLayout};
 pub use module::{
     DecodeScratch, EngramModule, EngramModuleConfig, EngramModuleWeights, ForwardTrace,
+    PrefillScratch,
 };
 pub use quant::{RowDtype, dequantize_rows, quantize_rows};

@@ -257,6 +257,18 @@ pub struct DecodeScratch {
     x: Vec<f32>,
 }
 
+/// Reusable buffers of [`EngramModule::forward_prefill_with`]; they grow on demand.
+#[derive(Debug, Clone, Default)]
+pub struct PrefillScratch {
+    // (tokens, (1 + M) d)
+    proj: Vec<f32>,
+    // (tokens, M)
+    s: Vec<f32>,
+    alpha: Vec<f32>,
+    // (tokens, M d)
+    x: Vec<f32>,
+}
+
 /// Output columns per rayon task in the decode projection.
 const DECODE_COLS_PER_TASK: usize = 64;
 
@@ -438,6 +450,23 @@ impl EngramModule {
         out_y: &mut [f32],
         states: Option<&mut [ConvState]>,
     ) -> Result<()> {
+        let mut scratch = PrefillScratch::default();
+        self.forward_prefill_with(e, hidden, batch, seq_len, out_y, states, &mut scratch)
+    }
+
+    /// [`Self::forward_prefill`] with caller-kept buffers: `scratch` grows to the largest
+    /// batch seen and is reused, so repeated prefills do not allocate or page-fault.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_prefill_with(
+        &self,
+        e: &[f32],
+        hidden: &[f32],
+        batch: usize,
+        seq_len: usize,
+        out_y: &mut [f32],
+        states: Option<&mut [ConvState]>,
+        scratch: &mut PrefillScratch,
+    ) -> Result<()> {
         let tokens = self.check_inputs(e, hidden, batch, seq_len)?;
         let ch = self.config.channels();
         check_len("y (B, T, M, d)", tokens * ch, out_y.len())?;
@@ -446,12 +475,22 @@ impl EngramModule {
         }
         let n = self.proj_width();
         let m = self.config.hc_mult;
-        let mut proj = vec![0f32; tokens * n];
-        self.project_prefill(e, tokens, &mut proj);
-        let mut s = vec![0f32; tokens * m];
-        let mut alpha = vec![0f32; tokens * m];
-        let mut x = vec![0f32; tokens * ch];
-        self.gate_stage(&proj, hidden, &mut s, &mut alpha, &mut x, true);
+        let grow = |v: &mut Vec<f32>, len: usize| {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        };
+        grow(&mut scratch.proj, tokens * n);
+        grow(&mut scratch.s, tokens * m);
+        grow(&mut scratch.alpha, tokens * m);
+        grow(&mut scratch.x, tokens * ch);
+        let proj = &mut scratch.proj[..tokens * n];
+        let s = &mut scratch.s[..tokens * m];
+        let alpha = &mut scratch.alpha[..tokens * m];
+        let x = &mut scratch.x[..tokens * ch];
+        self.project_prefill(e, tokens, proj);
+        self.gate_stage(proj, hidden, s, alpha, x, true);
+        let (proj, alpha, x) = (&*proj, &*alpha, &*x);
         out_y
             .par_chunks_mut(ch)
             .enumerate()

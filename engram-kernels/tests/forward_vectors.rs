@@ -107,6 +107,26 @@ fn fast_cpu_matches_vectors_at_current_level() {
             .forward_prefill(&e, hidden, b, t, &mut y, None)
             .unwrap();
         assert_close("fast cpu y", &y, case.f32s("expected.y"), TOL);
+        // Reused scratch, larger first: same result.
+        let mut scratch = engram_kernels::PrefillScratch::default();
+        let mut big = e.clone();
+        big.extend_from_slice(&e);
+        let mut big_h = hidden.to_vec();
+        big_h.extend_from_slice(hidden);
+        let mut y2 = vec![0f32; 2 * hidden.len()];
+        module
+            .forward_prefill_with(&big, &big_h, 2 * b, t, &mut y2, None, &mut scratch)
+            .unwrap();
+        module
+            .forward_prefill_with(&e, hidden, b, t, &mut y, None, &mut scratch)
+            .unwrap();
+        assert_close("fast cpu y (scratch)", &y, case.f32s("expected.y"), TOL);
+        assert_close(
+            "fast cpu y (doubled batch)",
+            &y2[..y.len()],
+            case.f32s("expected.y"),
+            TOL,
+        );
         println!(
             "case {}: fast cpu ({}) worst measure {worst:.2e}",
             case.name,
