@@ -1,0 +1,236 @@
+//! Bad model directories and mismatched tables are clear errors, never panics.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use engram_kernels::{EngramConfig, EngramLayout};
+use engram_store::{BuildInfo, Manifest, RowLayout, StoreOptions, TableWriter};
+use moe_core::Error;
+use moe_core::session::{EngramSource, Session};
+
+const MODEL: &str = "stdlib-moe-engram-b";
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(MODEL)
+}
+
+fn tokenizer_available() -> bool {
+    match engram_kernels::tokenizer::resolve_path(None) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var_os("ENGRAM_REQUIRE_TOKENIZER").is_none(),
+                "ENGRAM_REQUIRE_TOKENIZER is set but: {e}"
+            );
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+/// A copy of the committed model in a temp dir, for mutation.
+fn copy_model(dir: &Path) -> PathBuf {
+    let out = dir.join("model");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    for f in ["config.json", "vocab.json", "model.safetensors"] {
+        std::fs::copy(model_dir().join(f), out.join(f)).expect("copy");
+    }
+    out
+}
+
+fn rewrite_weights(model: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) {
+    let bytes = std::fs::read(model.join("model.safetensors")).expect("weights");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid");
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), d)
+                .expect("view");
+            (n.clone(), v)
+        })
+        .collect();
+    let meta = HashMap::from([("format".to_owned(), "engram-moe-v1".to_owned())]);
+    safetensors::serialize_to_file(views, Some(meta), &model.join("model.safetensors"))
+        .expect("writes");
+}
+
+fn edit_config(model: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let p = model.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&p).expect("config")).expect("json");
+    edit(&mut v);
+    std::fs::write(&p, serde_json::to_vec(&v).expect("json")).expect("writes");
+}
+
+fn load_err(model: &Path) -> String {
+    match Session::load(model, None, None) {
+        Ok(_) => panic!("{} loaded", model.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn broken_model_directories_are_errors() {
+    if !tokenizer_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+        (
+            "missing tensor",
+            Box::new(|m| {
+                rewrite_weights(m, |t| t.retain(|(n, _, _)| n != "layers.2.mlp.gate.weight"))
+            }),
+            "layers.2.mlp.gate.weight\" is missing",
+        ),
+        (
+            "wrong shape",
+            Box::new(|m| {
+                rewrite_weights(m, |t| {
+                    for (n, s, d) in t.iter_mut() {
+                        if n == "norm.weight" {
+                            *s = vec![s[0] - 1];
+                            d.truncate(d.len() - 2);
+                        }
+                    }
+                })
+            }),
+            "\"norm.weight\" has shape [95]",
+        ),
+        (
+            "unexplained tensor",
+            Box::new(|m| {
+                rewrite_weights(m, |t| t.push(("extra.weight".into(), vec![1], vec![0, 0])))
+            }),
+            "unexplained",
+        ),
+        (
+            "config unknown field",
+            Box::new(|m| edit_config(m, |c| c["hiden_size"] = 96.into())),
+            "unknown field `hiden_size`",
+        ),
+        (
+            "config/weights mismatch",
+            Box::new(|m| edit_config(m, |c| c["moe_intermediate_size"] = 128.into())),
+            "has shape",
+        ),
+        (
+            "config engram primes",
+            Box::new(|m| edit_config(m, |c| c["engram"]["primes"]["1"][0][0] = 5003.into())),
+            "engram.primes[1]",
+        ),
+        (
+            "tokenizer mismatch",
+            Box::new(|m| edit_config(m, |c| c["tokenizer_sha256"] = "00".repeat(32).into())),
+            "the model expects 0000",
+        ),
+        (
+            "missing vocab",
+            Box::new(|m| std::fs::remove_file(m.join("vocab.json")).expect("rm")),
+            "vocab.json",
+        ),
+    ];
+    for (i, (name, mutate, needle)) in cases.into_iter().enumerate() {
+        let case_dir = dir.path().join(format!("c{i}"));
+        let m = copy_model(&case_dir);
+        mutate(&m);
+        let err = load_err(&m);
+        assert!(
+            err.contains(needle),
+            "{name}: {err:?} should mention {needle:?}"
+        );
+    }
+}
+
+fn write_table(dir: &Path, config: &EngramConfig, tokenizer_sha256: &str) {
+    let layout = EngramLayout::new(config, 99_092, 2).expect("valid");
+    let manifest = Manifest::new(
+        &layout,
+        tokenizer_sha256,
+        RowLayout::Bf16,
+        8,
+        None,
+        BuildInfo::default(),
+    )
+    .expect("manifest");
+    let mut w = TableWriter::create(dir, &manifest, false).expect("writer");
+    for (i, l) in layout.layers.iter().enumerate() {
+        w.write_layer_rows(i, &vec![0u8; l.total_rows as usize * 16])
+            .expect("rows");
+    }
+    w.finish().expect("publishes");
+}
+
+#[test]
+fn tables_built_for_something_else_are_refused() {
+    if !tokenizer_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let right = EngramConfig {
+        max_ngram: 3,
+        n_heads: 4,
+        base_sizes: vec![4967, 4967],
+        layer_ids: vec![1],
+        seed: 0,
+        pad_id: 2,
+    };
+    let deepseek = engram_kernels::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
+    let cases = [
+        (
+            "other-tokenizer",
+            right.clone(),
+            "1".repeat(64),
+            "built for tokenizer",
+        ),
+        (
+            "other-layers",
+            EngramConfig {
+                layer_ids: vec![2],
+                ..right.clone()
+            },
+            deepseek.into(),
+            "addressing",
+        ),
+        (
+            "other-seed",
+            EngramConfig {
+                seed: 7,
+                ..right.clone()
+            },
+            deepseek.into(),
+            "addressing",
+        ),
+    ];
+    for (name, config, sha, needle) in cases {
+        let table = dir.path().join(name);
+        write_table(&table, &config, &sha);
+        let source = EngramSource {
+            table: table.clone(),
+            options: StoreOptions::default(),
+        };
+        match Session::load(&model_dir(), None, Some(&source)) {
+            Ok(_) => panic!("{name}: a mismatched table was accepted"),
+            Err(e) => {
+                assert!(matches!(e, Error::TableMismatch { .. }), "{name}: {e:?}");
+                assert!(e.to_string().contains(needle), "{name}: {e}");
+            }
+        }
+    }
+    // The right table opens.
+    let table = dir.path().join("right");
+    write_table(&table, &right, deepseek);
+    let source = EngramSource {
+        table,
+        options: StoreOptions::default(),
+    };
+    Session::load(&model_dir(), None, Some(&source)).expect("the matching table is accepted");
+}
