@@ -1,4 +1,5 @@
 //! Bad model directories and mismatched tables are clear errors, never panics.
+#![allow(clippy::panic)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,7 +84,8 @@ fn broken_model_directories_are_errors() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Mutation, &str)> = vec![
         (
             "missing tensor",
             Box::new(|m| {
