@@ -227,14 +227,15 @@ impl RowReader for UringReader {
         let t0 = Instant::now();
         let params = self.options.plan_params(&self.table, layer)?;
         let geo = self.table.geometry();
-        let path = self
-            .files
+        // An Arc clone (no allocation) so the path can be borrowed across &mut self uses.
+        let files = Arc::clone(&self.files);
+        let path = &files
             .get(layer)
-            .map(|(_, p)| p.clone())
             .ok_or(Error::LayerOutOfRange {
                 layer,
-                n_layers: self.files.len(),
-            })?;
+                n_layers: files.len(),
+            })?
+            .1;
         self.plan.build(ids, slots, &geo, &params);
         counters.plan_ns += t0.elapsed().as_nanos() as u64;
         counters.rows_unique += self.plan.unique_rows;
@@ -290,7 +291,7 @@ impl RowReader for UringReader {
                     continue;
                 }
                 // The ring is unusable; nothing more can be reaped safely than what is there.
-                first_err.get_or_insert(io_at("io_uring_enter", &path, 0, e));
+                first_err.get_or_insert(io_at("io_uring_enter", path, 0, e));
                 // Wait for whatever was accepted before leaving (buffer lifetime).
                 self.reap_all();
                 break;
@@ -314,14 +315,14 @@ impl RowReader for UringReader {
                 let outcome = if res < 0 {
                     Err(io_at(
                         "io_uring read",
-                        &path,
+                        path,
                         r.offset,
                         std::io::Error::from_raw_os_error(-res),
                     ))
                 } else if res as u64 != r.len {
                     Err(io_at(
                         "io_uring read",
-                        &path,
+                        path,
                         r.offset,
                         std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof,
