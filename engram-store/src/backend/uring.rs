@@ -71,7 +71,12 @@ impl UringBackend {
             ("IORING_OP_READ", opcode::Read::CODE),
         ];
         for (name, code) in needed {
-            if !probe.is_supported(code) || options.uring_fault == Some(UringFault::Probe) {
+            if options.uring_fault == Some(UringFault::Probe) {
+                return Err(unavailable(format!(
+                    "opcode {name} is not supported by this kernel (injected fault)"
+                )));
+            }
+            if !probe.is_supported(code) {
                 return Err(unavailable(format!(
                     "opcode {name} is not supported by this kernel"
                 )));
