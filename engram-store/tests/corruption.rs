@@ -299,3 +299,41 @@ fn writer_is_atomic_and_checks_order() {
     t.read_rows_simple(0, &[7], &mut out).expect("read");
     assert_eq!(out, expected_rows(&s2, 0, &[7], 128));
 }
+
+#[test]
+fn file_truncated_after_open_fails_the_affected_reads_not_the_process() {
+    // A device read that comes back short (here: the file shrank under an open store) is an
+    // error naming the file and offset, on both block-device paths; the batch drains its
+    // in-flight reads before returning, and reads below the cut keep working.
+    for kind in [BackendKind::Uring, BackendKind::Pread] {
+        let (_tmp, dir, m) = setup("cut");
+        let st = store(&dir, kind, 0, 8);
+        let f = dir.join(&m.layers[0].file);
+        let rows = st.table().rows(0).expect("rows");
+        let geo = m.geometry();
+        let cut = m.data_offset + geo.row_offset(rows / 2) / 4096 * 4096;
+        FsOpen::new()
+            .write(true)
+            .open(&f)
+            .expect("open")
+            .set_len(cut)
+            .expect("truncate");
+        let rb = st.row_bytes();
+        let ids: Vec<u64> = (0..rows).collect();
+        let mut out = vec![0u8; ids.len() * rb];
+        let e = st
+            .lookup_into(0, &ids, &mut out)
+            .expect_err("reads past the cut fail");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&f.display().to_string()) && msg.contains("offset"),
+            "{kind}: {msg}"
+        );
+        let mut one = vec![0u8; rb];
+        st.lookup_into(0, &[1], &mut one).expect("below the cut");
+        assert_eq!(
+            one,
+            common::expected_rows(&spec(RowLayout::Bf16, 64, 103, 5), 0, &[1], rb)
+        );
+    }
+}
