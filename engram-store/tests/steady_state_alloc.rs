@@ -1,0 +1,78 @@
+//! No heap allocation in the steady state: after warm-up, lookups and prefetch tickets on
+//! every backend (with the cache) allocate nothing, on any thread.
+//!
+//! The counting allocator needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use common::*;
+use engram_store::RowLayout;
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn lookups_and_tickets_do_not_allocate_after_warm_up() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Fp8E4m3E8m0 { scale_block: 32 }, 256, 400, 2);
+    let (dir, _) = make_table(tmp.path(), "t", &s);
+    for kind in ALL_BACKENDS {
+        let st = store(&dir, kind, 64 * 264 * 16, 8);
+        let rb = st.row_bytes();
+        let rows = st.table().rows(1).expect("rows");
+        let batches: Vec<Vec<u64>> = (0..8u64)
+            .map(|b| (0..200).map(|k| (b * 7919 + k * k * 31) % rows).collect())
+            .collect();
+        let mut out = vec![0u8; 200 * rb];
+        let mut bufs: Vec<_> = (0..2).map(|_| st.alloc_rows(200).expect("buf")).collect();
+        let mut run = |bufs: &mut Vec<engram_store::AlignedBuf>| {
+            for ids in &batches {
+                st.lookup_into(1, ids, &mut out).expect("lookup");
+                let b = bufs.pop().expect("buf");
+                let (b, r) = st.prefetch(1, ids, b).wait();
+                r.expect("prefetch");
+                bufs.push(b);
+            }
+        };
+        for _ in 0..3 {
+            run(&mut bufs);
+        }
+        ALLOCS.store(0, Ordering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
+        run(&mut bufs);
+        COUNTING.store(false, Ordering::Relaxed);
+        let n = ALLOCS.load(Ordering::Relaxed);
+        assert_eq!(n, 0, "{kind}: {n} allocations in the steady state");
+    }
+}
