@@ -300,6 +300,18 @@ impl Store {
             free_rx,
             max_batch_rows: options.max_batch_rows,
         });
+        if let Some(profile) = &options.profile {
+            let id = table.manifest().table_id_u64().unwrap_or(0);
+            if profile.table_id != 0 && profile.table_id != id {
+                return Err(Error::Invalid {
+                    what: "profile",
+                    reason: format!(
+                        "measured for table_id {:016x}, this table is {:016x}",
+                        profile.table_id, id
+                    ),
+                });
+            }
+        }
         if let (Some(cache), Some(profile)) = (&shared.cache, &options.profile) {
             let mut ctx = shared.new_ctx()?;
             let layout = table.layout();
