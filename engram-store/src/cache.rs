@@ -207,6 +207,12 @@ impl RowCache {
         &self.shards[(mix(k) as usize) % CACHE_SHARDS]
     }
 
+    /// Whether row `row` of layer `layer` is cached (no counters, no frequency bump).
+    pub fn contains(&self, layer: usize, row: u64) -> bool {
+        let k = key(layer, row);
+        self.shard(k).lock().is_ok_and(|s| s.map.contains_key(&k))
+    }
+
     /// Copies row `row` of layer `layer` into `out` if cached.
     pub fn get(&self, layer: usize, row: u64, out: &mut [u8]) -> bool {
         let k = key(layer, row);
