@@ -23,7 +23,28 @@ pub const EXIT_MISMATCH: u8 = 1;
 /// Exit code: bad input or an error.
 pub const EXIT_ERROR: u8 = 2;
 
+/// Writes one line to stdout. A closed pipe (`engram inspect T | head`) ends the process
+/// quietly with status 0, as Unix tools do, instead of panicking like `println!`.
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(i32::from(EXIT_ERROR));
+    }
+}
+
+/// `println!` through [`out_line`].
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::out_line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::out_line(format_args!($($arg)*)) };
+}
+
 /// Prints one JSON Lines record with the `{"type": ..., "data": ...}` envelope.
 pub fn json_line(kind: &str, data: &serde_json::Value) {
-    println!("{}", serde_json::json!({ "type": kind, "data": data }));
+    outln!("{}", serde_json::json!({ "type": kind, "data": data }));
 }

@@ -199,3 +199,22 @@ fn forward_vectors_through_the_cli() {
     assert_eq!(code, 2);
     assert!(stderr.contains("SHA-256"), "{stderr}");
 }
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args([
+            "vectors",
+            data("engram-hash-v1.json").to_str().expect("utf-8"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    // Read nothing and close the pipe: the child's next write gets EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("waits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -213,7 +213,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     }
     plan.corpus.stdin_jsonl = args.stdin_jsonl;
     if args.print_config {
-        print!("{}", plan.to_toml()?);
+        crate::out_line(format_args!("{}", plan.to_toml()?.trim_end()));
         return Ok(serde_json::Value::Null);
     }
     let mode = Mode::choose(args.json, args.quiet);
@@ -251,7 +251,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         if mode == Mode::Json {
             json_line("summary", &summary);
         } else {
-            println!(
+            crate::outln!(
                 "dry run: {} rows ({} per layer), {} B per row; table on disk {}; RAM needed about {} (hit counters {})",
                 est.rows,
                 est.rows_per_layer
@@ -455,7 +455,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
 }
 
 fn print_summary(s: &serde_json::Value) {
-    println!(
+    crate::outln!(
         "published {} (table {}): {} rows x {} B = {}",
         s["out"].as_str().unwrap_or_default(),
         s["table_id"].as_str().unwrap_or_default(),
@@ -464,7 +464,7 @@ fn print_summary(s: &serde_json::Value) {
         human(s["table_bytes"].as_u64().unwrap_or(0))
     );
     if let Some(c) = s.get("corpus") {
-        println!(
+        crate::outln!(
             "corpus: {} files, {} documents, {} tokens, {} skipped; {:.0} tokens/s",
             c["sources"],
             c["documents"],
@@ -489,7 +489,7 @@ fn print_summary(s: &serde_json::Value) {
                         .collect()
                 })
                 .unwrap_or_default();
-            println!(
+            crate::outln!(
                 "layer {}: {} of {} rows touched, {} hits; hit share: {}",
                 l["layer_id"],
                 l["rows_touched"],
@@ -498,6 +498,6 @@ fn print_summary(s: &serde_json::Value) {
                 curve.join(", ")
             );
         }
-        println!("profile: {}", PROFILE_FILE);
+        crate::outln!("profile: {}", PROFILE_FILE);
     }
 }

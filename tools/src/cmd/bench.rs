@@ -128,7 +128,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }),
         );
     } else {
-        println!(
+        crate::outln!(
             "{} x{} threads, {} batches x {} rows, qd {}, {}: {:.0} rows/s, {:.1} useful MB/s, \
              {:.1} device MB/s, {:.0} IOPS, amplification {:.2}, batch p50 {:.0} us p99 {:.0} us \
              p999 {:.0} us, hit rate {:.3}, CPU {:.2} s ({:.2} cores)",

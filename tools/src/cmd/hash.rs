@@ -119,25 +119,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }),
         );
     } else {
-        println!(
+        crate::outln!(
             "tokenizer {} (sha256 {}), V = {}, V' = {}",
             path.display(),
             &loaded.sha256[..16],
             table.vocab_size(),
             table.compressed_vocab_size()
         );
-        println!("{:>4}  {:>7}  {:>7}  token", "pos", "raw", "canon");
+        crate::outln!("{:>4}  {:>7}  {:>7}  token", "pos", "raw", "canon");
         for (t, ((r, c), tok)) in raw.iter().zip(&compressed).zip(&tokens).enumerate() {
-            println!("{t:>4}  {r:>7}  {c:>7}  {tok:?}");
+            crate::outln!("{t:>4}  {r:>7}  {c:>7}  {tok:?}");
         }
         for (l, ids) in layout.layers.iter().zip(&per_layer) {
-            println!(
+            crate::outln!(
                 "layer {} ({} rows, {} heads: orders 2..={} x {}), {field}:",
-                l.layer_id, l.total_rows, heads, config.max_ngram, config.n_heads
+                l.layer_id,
+                l.total_rows,
+                heads,
+                config.max_ngram,
+                config.n_heads
             );
             for (t, row) in ids.chunks(heads).enumerate() {
                 let list: Vec<String> = row.iter().map(u64::to_string).collect();
-                println!("{t:>4}  {}", list.join(" "));
+                crate::outln!("{t:>4}  {}", list.join(" "));
             }
         }
     }

@@ -53,13 +53,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }),
         );
     } else {
-        println!("table {}", args.table.display());
-        println!(
+        crate::outln!("table {}", args.table.display());
+        crate::outln!(
             "  format {} v{}, table_id {}, built by {:?} from {:?}",
-            m.format, m.format_version, m.table_id, m.build.tool, m.build.source
+            m.format,
+            m.format_version,
+            m.table_id,
+            m.build.tool,
+            m.build.source
         );
-        println!("  tokenizer sha256 {}", m.tokenizer_sha256);
-        println!(
+        crate::outln!("  tokenizer sha256 {}", m.tokenizer_sha256);
+        crate::outln!(
             "  V' = {}, pad' = {}, orders 2..={}, {} heads/order, base sizes {:?}, layer ids {:?}, seed {}, pad id {}",
             m.compressed_vocab_size,
             m.compressed_pad_id,
@@ -70,13 +74,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
             m.config.seed,
             m.config.pad_id
         );
-        println!(
+        crate::outln!(
             "  rows: {:?} x {} values = {} B; {} rows per {} B unit; checksum block {} B",
-            m.row_layout, m.dim, m.row_bytes, m.rows_per_unit, m.unit_bytes, m.block_bytes
+            m.row_layout,
+            m.dim,
+            m.row_bytes,
+            m.rows_per_unit,
+            m.unit_bytes,
+            m.block_bytes
         );
         for (i, l) in m.layers.iter().enumerate() {
             let n_blocks = table.layer(i).map(|f| f.header.n_blocks).unwrap_or(0);
-            println!(
+            crate::outln!(
                 "  layer {} (index {}): {} rows, {} ({} bytes, {} blocks), header xxh3 {}, checksum table xxh3 {}",
                 l.layer_id,
                 l.index,
@@ -87,10 +96,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 l.header_xxh3,
                 l.checksums_xxh3
             );
-            println!("    primes {:?}", l.primes);
-            println!("    multipliers {:?}", l.multipliers);
+            crate::outln!("    primes {:?}", l.primes);
+            crate::outln!("    multipliers {:?}", l.multipliers);
         }
-        println!(
+        crate::outln!(
             "  total {} rows, {} bytes ({:.2} GB)",
             total_rows,
             total_bytes,
@@ -111,9 +120,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                         &serde_json::json!({"layer_id": layer_id, "ok": true, "blocks": rep.blocks, "bytes": rep.bytes}),
                     );
                 } else {
-                    println!(
+                    crate::outln!(
                         "verify layer {layer_id}: {} blocks, {} bytes, all checksums match",
-                        rep.blocks, rep.bytes
+                        rep.blocks,
+                        rep.bytes
                     );
                 }
             }
@@ -125,7 +135,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                         &serde_json::json!({"layer_id": layer_id, "ok": false, "error": e.to_string()}),
                     );
                 } else {
-                    println!("verify layer {layer_id}: FAILED: {e}");
+                    crate::outln!("verify layer {layer_id}: FAILED: {e}");
                 }
             }
             Err(e) => return Err(e).context("verifying"),

@@ -93,7 +93,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 }),
             );
         } else {
-            println!("{row}: {}", hex(bytes));
+            crate::outln!("{row}: {}", hex(bytes));
         }
     }
     if let Some(why) = store.fallback_reason() {

@@ -119,9 +119,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 &serde_json::json!({"file": path, "result": r}),
             );
         } else {
-            println!(
+            crate::outln!(
                 "disk {} B random O_DIRECT reads, QD {:>3}: {:>8.0} IOPS {:>7.1} MB/s, latency mean {:.0} us p50 {:.0} us p99 {:.0} us p999 {:.0} us",
-                r.block_bytes, qd, r.iops, r.mb_per_s, r.mean_us, r.p50_us, r.p99_us, r.p999_us
+                r.block_bytes,
+                qd,
+                r.iops,
+                r.mb_per_s,
+                r.mean_us,
+                r.p50_us,
+                r.p99_us,
+                r.p999_us
             );
             let _ = std::io::stdout().flush();
         }
@@ -147,9 +154,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             );
         } else {
             for (unit, iops, p99) in &units {
-                println!("read unit {unit:>4} B at QD 32: {iops:>8.0} IOPS, p99 {p99:.0} us");
+                crate::outln!("read unit {unit:>4} B at QD 32: {iops:>8.0} IOPS, p99 {p99:.0} us");
             }
-            println!(
+            crate::outln!(
                 "recommended read unit: {best} B (512 B only when >10% more IOPS; verified \
                  reads always use the 4 KiB checksum block)"
             );
@@ -166,7 +173,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             &serde_json::json!({"row_bytes": args.row_bytes, "rows_per_s": rows_s, "gb_per_s": gb_s}),
         );
     } else {
-        println!(
+        crate::outln!(
             "DRAM random gather of {} B rows: {:.2} M rows/s ({:.2} GB/s)",
             args.row_bytes,
             rows_s / 1e6,

@@ -81,7 +81,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }),
         );
     } else {
-        println!(
+        crate::outln!(
             "wrote {} ({} rows, {} bytes) in {secs:.1} s ({:.0} MB/s)",
             args.out.display(),
             rows,

@@ -79,14 +79,14 @@ fn print_report(report: &VectorReport, json: bool) {
         );
     } else {
         for m in &report.mismatches {
-            println!("mismatch: {m}");
+            crate::outln!("mismatch: {m}");
         }
         if report.mismatch_count > report.mismatches.len() as u64 {
-            println!(
+            crate::outln!(
                 "... and {} more mismatches",
                 report.mismatch_count - report.mismatches.len() as u64
             );
         }
-        println!("{}", report.summary());
+        crate::outln!("{}", report.summary());
     }
 }
