@@ -18,6 +18,15 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// The preset's name, as `--preset` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Demo => "demo",
+            Preset::Engram27b => "engram27b",
+            Preset::V41 => "v41",
+        }
+    }
+
     /// The preset's config.
     pub fn config(self) -> EngramConfig {
         match self {

@@ -128,12 +128,11 @@ pub struct BuildPlan {
 }
 
 /// Row layout and width of a preset: demo 64 x bf16 (128 B), Engram-27B 80 x bf16 (160 B),
-/// V4.1 256 x FP8 E4M3 + 8 E8M0 scales (264 B).
+/// V4.1 256 x FP8 E4M3 + 8 E8M0 scales (264 B) (the store's table of published shapes).
 pub fn preset_rows(preset: Preset) -> (RowLayout, u32) {
-    match preset {
-        Preset::Demo => (RowLayout::Bf16, 64),
-        Preset::Engram27b => (RowLayout::Bf16, 80),
-        Preset::V41 => (RowLayout::Fp8E4m3E8m0 { scale_block: 32 }, 256),
+    match engram_store::synth::preset_row_format(preset.name()) {
+        Some(rows) => rows,
+        None => unreachable!("every Preset has a row format in engram-store"),
     }
 }
 
@@ -295,6 +294,16 @@ mod tests {
         for c in bad {
             assert!(c.resolve(&[]).is_err(), "{c:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn every_preset_has_rows() {
+        use clap::ValueEnum;
+        for p in Preset::value_variants() {
+            let (layout, dim) = preset_rows(*p);
+            assert!(layout.row_bytes(dim).is_ok(), "{p:?}");
+        }
+        assert_eq!(preset_rows(Preset::V41).0.row_bytes(256).ok(), Some(264));
     }
 
     #[test]
