@@ -26,15 +26,17 @@ if [ -f "$model/engram.safetensors" ]; then
   fi
 fi
 
+speeds() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read().strip().splitlines()[-1]); d=d.get("data", d); print(json.dumps({k: round(d[k], 1) for k in ("prefill_tokens_per_second","decode_tokens_per_second","stall_us_per_token") if k in d} | ({"hit": (d.get("store") or {}).get("cache_hit_rate")} if "store" in d else {})))'; }
+torch() { $py benches/python/decode_torch.py "$model" "$prompt" "$n_new" "$@" | speeds; }
 rust() { ./target/release/moe-core generate --model "$model" --engram "$table" --prompt "$prompt" \
-           --max-new-tokens "$n_new" --json "$@" | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(json.dumps({k: d[k] for k in ("prefill_tokens_per_second","decode_tokens_per_second","stall_us_per_token") if k in d} | {"hit": (d.get("store") or {}).get("cache_hit_rate")}))'; }
+           --max-new-tokens "$n_new" --json "$@" | speeds; }
 
 echo "== PyTorch eager (1 thread) vs moe-core (1 thread), $n_new new tokens"
 if [ "$has_engram" = 1 ]; then
-  echo "torch  engram : $($py benches/python/decode_torch.py "$model" "$prompt" "$n_new")" | cut -c1-220
+  echo "torch  engram : $(torch)"
   echo "rust   engram : $(rust --engram-backend memory --cache-bytes 0)"
 fi
-echo "torch  no-engr: $($py benches/python/decode_torch.py "$model" "$prompt" "$n_new" --no-engram)" | cut -c1-220
+echo "torch  no-engr: $(torch --no-engram)"
 echo "rust   no-engr: $(rust --no-engram)"
 if [ "$has_engram" = 1 ]; then
   echo "== Engram cost per backend (moe-core, decode tokens/s and store stall per token)"

@@ -27,4 +27,4 @@ fi
 
 echo "== moe-core generate (Engram table on SSD: uring backend, O_DIRECT)" >&2
 ./target/release/moe-core generate --model "$model" --engram "$table" \
-  --engram-backend uring --prompt "$prompt" --max-new-tokens 48
+  --engram-backend uring --cache-bytes 262144 --prompt "$prompt" --max-new-tokens 48
