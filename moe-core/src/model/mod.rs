@@ -82,7 +82,7 @@ impl Model {
             xb: vec![0.0; max_t * d],
             xb2: vec![0.0; max_t * d],
             y: vec![0.0; max_t * d],
-            attn: AttnScratch::new(max_t, mp, d),
+            attn: AttnScratch::new(max_t, mp, d, c.head_dim),
             moe: MoeScratch::new(
                 max_t,
                 d,
