@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-models/stdlib-moe-engram-b}
-n_new=${2:-128}
+n_new=${2:-240}
 table=target/engram-tables/$(basename "$model")
 py=${ENGRAM_TORCH_PYTHON:-.venv-train/bin/python}
 prompt=$'import os\nimport sys\n\n\ndef main():\n'
@@ -26,12 +26,22 @@ if [ -f "$model/engram.safetensors" ]; then
   fi
 fi
 
-speeds() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read().strip().splitlines()[-1]); d=d.get("data", d); print(json.dumps({k: round(d[k], 1) for k in ("prefill_tokens_per_second","decode_tokens_per_second","stall_us_per_token") if k in d} | ({"hit": (d.get("store") or {}).get("cache_hit_rate")} if "store" in d else {})))'; }
-torch() { $py benches/python/decode_torch.py "$model" "$prompt" "$n_new" "$@" | speeds; }
-rust() { ./target/release/moe-core generate --model "$model" --engram "$table" --prompt "$prompt" \
-           --max-new-tokens "$n_new" --json "$@" | speeds; }
+# Median over runs of each speed field (one JSON object per input line).
+speeds() { python3 -c '
+import json, statistics, sys
+runs = [json.loads(l) for l in sys.stdin.read().split("\n") if l.startswith("{")]
+runs = [r.get("data", r) for r in runs]
+keys = ("prefill_tokens_per_second", "decode_tokens_per_second", "stall_us_per_token")
+out = {k: round(statistics.median(r[k] for r in runs), 1) for k in keys if k in runs[0]}
+if "store" in runs[0] and runs[0]["store"]:
+    out["hit"] = runs[0]["store"]["cache_hit_rate"]
+print(json.dumps(out | {"runs": len(runs)}))'; }
+runs=${RUNS:-3}
+torch() { for _ in $(seq "$runs"); do $py benches/python/decode_torch.py "$model" "$prompt" "$n_new" "$@"; done | speeds; }
+rust() { for _ in $(seq "$runs"); do ./target/release/moe-core generate --model "$model" --engram "$table" \
+           --prompt "$prompt" --max-new-tokens "$n_new" --json "$@"; done | speeds; }
 
-echo "== PyTorch eager (1 thread) vs moe-core (1 thread), $n_new new tokens"
+echo "== PyTorch eager (1 thread) vs moe-core (1 thread), $n_new new tokens, median of $runs runs"
 if [ "$has_engram" = 1 ]; then
   echo "torch  engram : $(torch)"
   echo "rust   engram : $(rust --engram-backend memory --cache-bytes 0)"

@@ -85,6 +85,8 @@ def main() -> None:
     tok = data.load_tokenizer()
     raw = [data.BOS_ID] + data.encode(tok, prompt)
     red = [r2r.get(x, unk) for x in raw]
+    # Warm-up (lazy initialisation inside torch) on a throwaway runner, then time a fresh one.
+    Cached(model, addr, use_engram).forward(red, raw)
     runner = Cached(model, addr, use_engram)
     t0 = time.perf_counter()
     logits = runner.forward(red, raw)
