@@ -78,6 +78,19 @@ impl RowLayout {
         Ok(bytes)
     }
 
+    /// The kernels' view of this layout (byte-identical encodings), for dequantization.
+    pub fn dtype(self) -> engram_kernels::quant::RowDtype {
+        use engram_kernels::quant::RowDtype;
+        match self {
+            RowLayout::Bf16 => RowDtype::Bf16,
+            RowLayout::F16 => RowDtype::F16,
+            RowLayout::F32 => RowDtype::F32,
+            RowLayout::Fp8E4m3E8m0 { scale_block } => RowDtype::Fp8E4m3 {
+                block: scale_block as usize,
+            },
+        }
+    }
+
     /// Parses `bf16`, `f16`, `f32`, `fp8` (scale block 32) or `fp8:BLOCK`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {

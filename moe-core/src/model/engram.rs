@@ -14,7 +14,7 @@ use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::module::{DecodeScratch, EngramModule, EngramModuleConfig};
 use engram_kernels::quant::RowDtype;
 use engram_kernels::{CompressionTable, EngramLayout};
-use engram_store::{AlignedBuf, RowLayout, Store, Ticket};
+use engram_store::{AlignedBuf, Store, Ticket};
 
 use crate::config::{EngramModelConfig, ModelConfig};
 use crate::error::{Error, Result};
@@ -60,17 +60,6 @@ pub struct EngramMemory {
     row_ids: Vec<u64>,
     e: Vec<f32>, // (max_t, d_mem)
     stall: StallStats,
-}
-
-fn dtype_of(layout: RowLayout) -> RowDtype {
-    match layout {
-        RowLayout::Bf16 => RowDtype::Bf16,
-        RowLayout::F16 => RowDtype::F16,
-        RowLayout::F32 => RowDtype::F32,
-        RowLayout::Fp8E4m3E8m0 { scale_block } => RowDtype::Fp8E4m3 {
-            block: scale_block as usize,
-        },
-    }
 }
 
 fn mismatch(table: &Path, reason: String) -> Error {
@@ -152,7 +141,7 @@ impl EngramMemory {
             });
         }
         Ok(Self {
-            dtype: dtype_of(manifest.row_layout),
+            dtype: manifest.row_layout.dtype(),
             width: e.head_dim,
             heads: e.n_hash_heads,
             max_ngram: e.max_ngram,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
-use engram_kernels::quant::{RowDtype, quantize_rows};
+use engram_kernels::quant::quantize_rows;
 use engram_kernels::rng::SplitMix64;
 use engram_store::format::RowLayout;
 use half::{bf16, f16};
@@ -18,18 +18,6 @@ use super::config::{FileConfig, Init};
 
 /// Rows produced and encoded per chunk.
 pub const CHUNK_ROWS: u64 = 8192;
-
-/// The kernels' view of a stored row layout (byte-identical encodings).
-pub fn dtype_of(layout: RowLayout) -> RowDtype {
-    match layout {
-        RowLayout::Bf16 => RowDtype::Bf16,
-        RowLayout::F16 => RowDtype::F16,
-        RowLayout::F32 => RowDtype::F32,
-        RowLayout::Fp8E4m3E8m0 { scale_block } => RowDtype::Fp8E4m3 {
-            block: scale_block as usize,
-        },
-    }
-}
 
 /// Row `row` of layer `layer_id` under `--init normal:STD` with hash seed `seed`:
 /// Box-Muller over a SplitMix64 stream keyed by (seed, layer id, row). Any row can be
@@ -226,7 +214,7 @@ impl<'a> RowValues<'a> {
 
 /// Encodes `values` (`rows * dim` f32) into `out` in the table's row layout.
 pub fn encode(layout: RowLayout, dim: usize, values: &[f32], out: &mut [u8]) -> Result<()> {
-    quantize_rows(dtype_of(layout), dim, values, out)?;
+    quantize_rows(layout.dtype(), dim, values, out)?;
     Ok(())
 }
 
