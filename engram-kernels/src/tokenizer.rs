@@ -54,6 +54,24 @@ pub fn resolve_path(explicit: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
+/// Environment variable that makes a missing default tokenizer an error in test suites
+/// (CI sets it after fetching the tokenizer).
+pub const REQUIRE_TOKENIZER_ENV: &str = "ENGRAM_REQUIRE_TOKENIZER";
+
+/// The default tokenizer for tests that need it: `Ok(Some(path))` when present,
+/// `Ok(None)` after printing a skip reason when absent, and `Err` when absent although
+/// `ENGRAM_REQUIRE_TOKENIZER` is set.
+pub fn for_tests() -> Result<Option<PathBuf>> {
+    match resolve_path(None) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if std::env::var_os(REQUIRE_TOKENIZER_ENV).is_some() => Err(e),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            Ok(None)
+        }
+    }
+}
+
 /// A loaded tokenizer and the SHA-256 of its file.
 #[derive(Debug, Clone)]
 pub struct LoadedTokenizer {

@@ -10,21 +10,11 @@ use std::path::PathBuf;
 use engram_kernels::{CompressionTable, tokenizer};
 
 fn deepseek() -> Option<tokenizer::LoadedTokenizer> {
-    let path = match tokenizer::resolve_path(None) {
-        Ok(p) => p,
-        Err(e) => {
-            assert!(
-                std::env::var_os("ENGRAM_REQUIRE_TOKENIZER").is_none(),
-                "ENGRAM_REQUIRE_TOKENIZER is set but: {e}"
-            );
-            eprintln!("skipped: {e}");
-            return None;
-        }
-    };
+    let path = tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")?;
     let loaded = tokenizer::load(&path).expect("the cached tokenizer loads");
     if loaded.sha256 != tokenizer::DEEPSEEK_TOKENIZER_SHA256 {
         assert!(
-            std::env::var_os("ENGRAM_REQUIRE_TOKENIZER").is_none(),
+            std::env::var_os(tokenizer::REQUIRE_TOKENIZER_ENV).is_none(),
             "{} is not the DeepSeek tokenizer (sha256 {})",
             path.display(),
             loaded.sha256

@@ -18,17 +18,9 @@ fn model_dir() -> PathBuf {
 }
 
 fn tokenizer_available() -> bool {
-    match engram_kernels::tokenizer::resolve_path(None) {
-        Ok(_) => true,
-        Err(e) => {
-            assert!(
-                std::env::var_os("ENGRAM_REQUIRE_TOKENIZER").is_none(),
-                "ENGRAM_REQUIRE_TOKENIZER is set but: {e}"
-            );
-            eprintln!("skipped: {e}");
-            false
-        }
-    }
+    engram_kernels::tokenizer::for_tests()
+        .expect("ENGRAM_REQUIRE_TOKENIZER is set")
+        .is_some()
 }
 
 /// A copy of the committed model in a temp dir, for mutation.

@@ -38,17 +38,9 @@ fn engram_models() -> Vec<PathBuf> {
 }
 
 fn tokenizer_available() -> bool {
-    match engram_kernels::tokenizer::resolve_path(None) {
-        Ok(_) => true,
-        Err(e) => {
-            assert!(
-                std::env::var_os("ENGRAM_REQUIRE_TOKENIZER").is_none(),
-                "ENGRAM_REQUIRE_TOKENIZER is set but: {e}"
-            );
-            eprintln!("skipped: {e}");
-            false
-        }
-    }
+    engram_kernels::tokenizer::for_tests()
+        .expect("ENGRAM_REQUIRE_TOKENIZER is set")
+        .is_some()
 }
 
 #[test]

@@ -16,17 +16,7 @@ use engram_store::profile::Profile;
 use engram_tools::build::values::normal_row;
 
 fn tokenizer() -> Option<PathBuf> {
-    match engram_kernels::tokenizer::resolve_path(None) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            assert!(
-                std::env::var_os("ENGRAM_REQUIRE_TOKENIZER").is_none(),
-                "ENGRAM_REQUIRE_TOKENIZER is set but: {e}"
-            );
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
+    engram_kernels::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
 }
 
 fn build(args: &[&str]) -> (i32, String, String) {
