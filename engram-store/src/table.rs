@@ -128,6 +128,30 @@ fn parse_u64_le(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Removes `.NAME.tmp-PID-*` directories left by writers that were killed (their process
+/// no longer exists), so an interrupted build does not hold its partial table's disk space
+/// forever. A directory whose PID is alive (or cannot be checked) is left alone.
+fn remove_stale_temporaries(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let proc_dir = Path::new("/proc").join(pid.to_string());
+        if pid != std::process::id() && Path::new("/proc/self").exists() && !proc_dir.exists() {
+            tracing::info!(path = %entry.path().display(), "removing the temporary directory of an interrupted table write");
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Streams a table to a temporary directory beside `dir` and publishes it atomically.
 ///
 /// Layers are written in index order; within a layer rows arrive in row-id order, in chunks
@@ -169,6 +193,7 @@ impl TableWriter {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
+        remove_stale_temporaries(&parent, &name);
         let tmp = parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
         fs::create_dir_all(&tmp).map_err(|e| io("create directory", &tmp, e))?;
         Ok(Self {

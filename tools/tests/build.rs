@@ -364,12 +364,21 @@ fn killed_build_publishes_nothing_and_keeps_the_old_table() {
     let table = Table::open(&out).expect("the old table still opens");
     assert_eq!(table.manifest().config.max_ngram, 3);
     // Nothing else at the target path opens as a table.
-    for e in std::fs::read_dir(dir.path()).expect("dir") {
-        let p = e.expect("entry").path();
-        if p != out && p.is_dir() && p.file_name().is_some_and(|n| n != "corpus") {
-            assert!(Table::open(&p).is_err(), "{} opens", p.display());
-        }
+    let leftovers = || -> Vec<PathBuf> {
+        std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p != &out && p.is_dir() && p.file_name().is_some_and(|n| n != "corpus"))
+            .collect()
+    };
+    for p in leftovers() {
+        assert!(Table::open(&p).is_err(), "{} opens", p.display());
     }
+    // The next build at that path removes the killed writer's temporary directory.
+    let mut again = vec![s(&root), "--out", s(&out), "--quiet", "--force"];
+    again.extend(SMALL);
+    assert_eq!(build(&again).0, 0);
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
 }
 
 #[test]
