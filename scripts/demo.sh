@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 model=models/stdlib-moe-engram-b
 table=target/engram-tables/stdlib-moe-engram-b
-prompt=${1:-'def fibonacci(n):'}
+prompt=${1:-$'import os\nimport sys\n\n\ndef main():\n'}
 
 scripts/fetch-tokenizer.sh >/dev/null
 echo "== building (cargo build --release)" >&2

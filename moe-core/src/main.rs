@@ -77,7 +77,7 @@ struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The prompt.
-    #[arg(long, default_value = "def fibonacci(n):")]
+    #[arg(long, default_value = "import os\nimport sys\n\n\ndef main():\n")]
     prompt: String,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
