@@ -142,7 +142,10 @@ impl RowCache {
         let mut shards = Vec::with_capacity(CACHE_SHARDS);
         for _ in 0..CACHE_SHARDS {
             let mut map = KeyMap::default();
-            map.reserve(per);
+            // Twice the live entries: evictions leave tombstones, and with at most half the
+            // capacity live the table always rehashes in place instead of growing, so the
+            // steady state never allocates.
+            map.reserve(2 * per);
             let small_n = if admit_on_first_miss || per < 2 {
                 0
             } else {
