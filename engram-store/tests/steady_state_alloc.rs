@@ -17,10 +17,12 @@ struct Counting;
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
+// Diagnostics for a failure: allocations made off the test thread, and the first sizes.
 thread_local! { static MAIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) }; }
 static OTHER: AtomicU64 = AtomicU64::new(0);
 static SIZES: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
@@ -87,6 +89,7 @@ fn lookups_and_tickets_do_not_allocate_after_warm_up() {
             std::thread::sleep(std::time::Duration::from_millis(30));
         }
         ALLOCS.store(0, Ordering::Relaxed);
+        OTHER.store(0, Ordering::Relaxed);
         COUNTING.store(true, Ordering::Relaxed);
         run(&mut bufs);
         COUNTING.store(false, Ordering::Relaxed);
