@@ -3,14 +3,14 @@
 # same committed weights and prompt, plus the Engram cost of each store backend.
 # Needs the training venv with PyTorch (tools/train/README.md: .venv-train).
 #
-#   scripts/bench-decode.sh [MODEL_DIR] [N_NEW]
+#   [PROMPT=...] [RUNS=3] scripts/bench-decode.sh [MODEL_DIR] [N_NEW]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-models/stdlib-moe-engram-b}
 n_new=${2:-240}
 table=target/engram-tables/$(basename "$model")
 py=${ENGRAM_TORCH_PYTHON:-.venv-train/bin/python}
-prompt=$'import os\nimport sys\n\n\ndef main():\n'
+prompt=${PROMPT:-$'import os\nimport sys\n\n\ndef main():\n'}
 export RAYON_NUM_THREADS=1
 
 scripts/fetch-tokenizer.sh >/dev/null
