@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod cuda;
 pub mod error;
 pub mod fastmod;
+pub mod file;
 pub mod gate;
 pub mod gather;
 pub mod hash;

@@ -80,12 +80,20 @@ pub struct LoadedTokenizer {
     pub tokenizer: Tokenizer,
 }
 
+/// Largest `tokenizer.json` accepted (DeepSeek's is 7.8 MB).
+pub const MAX_TOKENIZER_BYTES: crate::file::Limit = crate::file::Limit {
+    what: "tokenizer.json",
+    name: "MAX_TOKENIZER_BYTES",
+    bytes: 256 << 20,
+};
+
 /// Reads, fingerprints and parses a `tokenizer.json`.
 pub fn load(path: &Path) -> Result<LoadedTokenizer> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Tokenizer {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let bytes =
+        crate::file::read_regular(path, MAX_TOKENIZER_BYTES).map_err(|e| Error::Tokenizer {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     let sha256 = hex(&Sha256::digest(&bytes));
     let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
         path: path.to_path_buf(),
