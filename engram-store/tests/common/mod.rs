@@ -55,6 +55,30 @@ pub fn expected_rows(s: &SynthSpec, layer: usize, ids: &[u64], row_bytes: usize)
     out
 }
 
+/// True (after saying so on stderr) when `kind` is io_uring and this machine cannot run
+/// it; panics instead when `ENGRAM_REQUIRE_URING` is set, so CI cannot skip it silently.
+#[allow(clippy::panic)]
+pub fn skip_uring(kind: BackendKind) -> bool {
+    if kind != BackendKind::Uring {
+        return false;
+    }
+    match engram_store::backend::uring::availability() {
+        Ok(()) => false,
+        Err(why) if engram_store::backend::uring_required() => {
+            panic!("io_uring is required (ENGRAM_REQUIRE_URING) but unavailable: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED (io_uring unavailable on this machine): {why}");
+            true
+        }
+    }
+}
+
+/// Opens `dir` on `kind`; `None` (said on stderr) when `kind` cannot run here.
+pub fn try_store(dir: &Path, kind: BackendKind, cache_bytes: u64, qd: usize) -> Option<Store> {
+    (!skip_uring(kind)).then(|| store(dir, kind, cache_bytes, qd))
+}
+
 pub fn store(dir: &Path, kind: BackendKind, cache_bytes: u64, qd: usize) -> Store {
     let opts = StoreOptions {
         backend: BackendOptions {
