@@ -128,6 +128,27 @@ pub fn uring_required() -> bool {
     std::env::var(REQUIRE_URING_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// For tests and tools that exercise one backend explicitly: `Ok(true)` when `kind` can
+/// run on this machine, `Ok(false)` (said on stderr, loudly) when it is io_uring and this
+/// machine has none, and an error in that case when `ENGRAM_REQUIRE_URING` is set, so a
+/// machine that has io_uring cannot silently skip it.
+pub fn runnable_here(kind: BackendKind) -> Result<bool> {
+    if kind != BackendKind::Uring {
+        return Ok(true);
+    }
+    match uring::availability() {
+        Ok(()) => Ok(true),
+        Err(why) if uring_required() => Err(Error::Unavailable {
+            what: "io_uring",
+            reason: format!("{why} ({REQUIRE_URING_ENV} is set)"),
+        }),
+        Err(why) => {
+            eprintln!("SKIPPED: the io_uring backend cannot run on this machine: {why}");
+            Ok(false)
+        }
+    }
+}
+
 /// How to open and shape the backend.
 #[derive(Debug, Clone)]
 pub struct BackendOptions {

@@ -56,22 +56,9 @@ pub fn expected_rows(s: &SynthSpec, layer: usize, ids: &[u64], row_bytes: usize)
 }
 
 /// True (after saying so on stderr) when `kind` is io_uring and this machine cannot run
-/// it; panics instead when `ENGRAM_REQUIRE_URING` is set, so CI cannot skip it silently.
-#[allow(clippy::panic)]
+/// it; fails instead when `ENGRAM_REQUIRE_URING` is set, so CI cannot skip it silently.
 pub fn skip_uring(kind: BackendKind) -> bool {
-    if kind != BackendKind::Uring {
-        return false;
-    }
-    match engram_store::backend::uring::availability() {
-        Ok(()) => false,
-        Err(why) if engram_store::backend::uring_required() => {
-            panic!("io_uring is required (ENGRAM_REQUIRE_URING) but unavailable: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED (io_uring unavailable on this machine): {why}");
-            true
-        }
-    }
+    !engram_store::backend::runnable_here(kind).expect("backend required on this machine")
 }
 
 /// Opens `dir` on `kind`; `None` (said on stderr) when `kind` cannot run here.
