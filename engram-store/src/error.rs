@@ -149,6 +149,9 @@ pub enum Error {
     /// A component failed in a way that makes it unusable; reopen the store.
     #[error("{what} failed ({reason}); reopen the store")]
     Broken { what: &'static str, reason: String },
+    /// The batch was cancelled before it finished (speculative prefetch).
+    #[error("cancelled")]
+    Cancelled,
     /// A file was replaced on disk between validating the table and opening it again.
     #[error("{path} was replaced while the table was being opened; open the table again")]
     Replaced { path: PathBuf },

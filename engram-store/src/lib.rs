@@ -44,5 +44,5 @@ pub use format::{BuildInfo, FORMAT_VERSION, LayerManifest, Manifest, RowLayout};
 pub use io::{Fault, FaultPlan, IO_FAULTS_ENV};
 pub use metrics::StatsSnapshot;
 pub use profile::{LayerProfile, Profile};
-pub use store::{Store, StoreOptions, Ticket};
+pub use store::{Speculation, Store, StoreOptions, Ticket};
 pub use table::{OpenOptions, Table, TableWriter};

@@ -84,6 +84,10 @@ pub struct Metrics {
     device_reads: AtomicU64,
     device_bytes: AtomicU64,
     errors: AtomicU64,
+    spec_batches: AtomicU64,
+    spec_rows_read: AtomicU64,
+    spec_dropped: AtomicU64,
+    spec_failed: AtomicU64,
     hists: Mutex<Hists>,
 }
 
@@ -97,6 +101,10 @@ impl Default for Metrics {
             device_reads: AtomicU64::new(0),
             device_bytes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            spec_batches: AtomicU64::new(0),
+            spec_rows_read: AtomicU64::new(0),
+            spec_dropped: AtomicU64::new(0),
+            spec_failed: AtomicU64::new(0),
             hists: Mutex::new(Hists {
                 tier: [new_hist(), new_hist(), new_hist()],
                 stage: [new_hist(), new_hist(), new_hist(), new_hist()],
@@ -157,6 +165,12 @@ pub struct StatsSnapshot {
     pub device_bytes: u64,
     pub row_bytes: u64,
     pub errors: u64,
+    /// Speculative prefetches run, rows they read into the cache, dropped (queue full),
+    /// and failed or cancelled.
+    pub spec_batches: u64,
+    pub spec_rows_read: u64,
+    pub spec_dropped: u64,
+    pub spec_failed: u64,
     /// Device bytes / (distinct rows read x row bytes).
     pub read_amplification: f64,
     pub cache_hit_rate: f64,
@@ -178,6 +192,22 @@ impl Metrics {
         if let Ok(mut h) = self.hists.lock() {
             let _ = h.batch.record(total_ns.clamp(1, MAX_TRACKED_NS));
         }
+    }
+
+    /// A speculation finished after reading `rows` misses.
+    pub(crate) fn record_speculation(&self, rows: usize, result: &crate::error::Result<()>) {
+        self.spec_batches.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => self
+                .spec_rows_read
+                .fetch_add(rows as u64, Ordering::Relaxed),
+            Err(_) => self.spec_failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// A speculation was not taken (too many pending).
+    pub(crate) fn record_speculation_dropped(&self) {
+        self.spec_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_tier(&self, tier: Tier, ns: u64) {
@@ -213,6 +243,10 @@ impl Metrics {
             &self.device_reads,
             &self.device_bytes,
             &self.errors,
+            &self.spec_batches,
+            &self.spec_rows_read,
+            &self.spec_dropped,
+            &self.spec_failed,
         ] {
             a.store(0, Ordering::Relaxed);
         }
@@ -234,6 +268,10 @@ impl Metrics {
             device_reads: g(&self.device_reads),
             device_bytes: g(&self.device_bytes),
             errors: g(&self.errors),
+            spec_batches: g(&self.spec_batches),
+            spec_rows_read: g(&self.spec_rows_read),
+            spec_dropped: g(&self.spec_dropped),
+            spec_failed: g(&self.spec_failed),
             row_bytes,
             ..Default::default()
         };
@@ -310,6 +348,26 @@ impl StatsSnapshot {
             self.device_bytes,
         );
         counter("errors_total", "Batches that failed.", self.errors);
+        counter(
+            "speculation_batches_total",
+            "Speculative prefetches run.",
+            self.spec_batches,
+        );
+        counter(
+            "speculation_rows_read_total",
+            "Rows speculative prefetches read into the cache.",
+            self.spec_rows_read,
+        );
+        counter(
+            "speculation_dropped_total",
+            "Speculative prefetches not taken (too many pending).",
+            self.spec_dropped,
+        );
+        counter(
+            "speculation_failed_total",
+            "Speculative prefetches that failed or were cancelled.",
+            self.spec_failed,
+        );
         let _ = writeln!(
             o,
             "# HELP engram_store_read_amplification Device bytes per useful row byte."

@@ -273,3 +273,45 @@ fn dram_served_prefetches_complete_inline_with_the_same_bytes() {
         }
     }
 }
+
+/// Speculative prefetch fills the cache, so the rows are later served from DRAM; a
+/// cancelled speculation and one on a resident backend are harmless no-ops or partial.
+#[test]
+fn speculation_warms_the_cache() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Bf16, 64, 300, 4);
+    let (dir, _) = make_table(tmp.path(), "t", &s);
+    for kind in [BackendKind::Pread, BackendKind::Uring] {
+        let Some(st) = try_store(&dir, kind, 1 << 20, 8) else {
+            continue;
+        };
+        let rb = st.row_bytes();
+        let ids: Vec<u64> = (0..64).map(|k| k * 7 + 1).collect();
+        let sp = st.speculate(1, &ids).expect("valid ids");
+        assert!(sp.accepted(), "{kind}");
+        // Wait until the worker has read them (a later demand batch would too).
+        let t0 = std::time::Instant::now();
+        while st.stats().spec_batches == 0 && t0.elapsed().as_secs() < 30 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let stats = st.stats();
+        assert_eq!(stats.spec_batches, 1, "{kind}");
+        assert_eq!(stats.spec_rows_read, 64, "{kind}");
+        st.reset_stats();
+        let mut out = vec![0u8; ids.len() * rb];
+        st.lookup_into(1, &ids, &mut out).expect("lookup");
+        assert_eq!(out, expected_rows(&s, 1, &ids, rb));
+        let stats = st.stats();
+        assert_eq!((stats.cache_hits, stats.device_reads), (64, 0), "{kind}");
+        // Out-of-range ids are an error at once.
+        assert!(st.speculate(1, &[u64::MAX]).is_err());
+        // A cancelled speculation never fails a later demand read.
+        let more: Vec<u64> = (0..200).map(|k| k * 5 + 3).collect();
+        st.speculate(0, &more).expect("valid").cancel();
+        let mut out = vec![0u8; more.len() * rb];
+        st.lookup_into(0, &more, &mut out).expect("lookup");
+        assert_eq!(out, expected_rows(&s, 0, &more, rb));
+    }
+    let st = store(&dir, BackendKind::Memory, 1 << 20, 8);
+    assert!(!st.speculate(0, &[1, 2]).expect("valid").accepted());
+}

@@ -72,6 +72,8 @@ fn lookups_and_tickets_do_not_allocate_after_warm_up() {
         let mut bufs: Vec<_> = (0..2).map(|_| st.alloc_rows(200).expect("buf")).collect();
         let mut run = |bufs: &mut Vec<engram_store::AlignedBuf>| {
             for ids in &batches {
+                // A speculation of the next batch, then the demand reads.
+                let _ = st.speculate(1, &ids[..50]).expect("speculate");
                 st.lookup_into(1, ids, &mut out).expect("lookup");
                 let b = bufs.pop().expect("buf");
                 let (b, r) = st.prefetch(1, ids, b).wait();

@@ -290,6 +290,12 @@ pub trait RowReader: Send + fmt::Debug {
         out: &mut [u8],
         counters: &mut IoCounters,
     ) -> Result<()>;
+
+    /// The batch driver behind this reader, for backends that issue device reads: the
+    /// store's I/O workers stream many batches through it at once.
+    fn driver(&mut self) -> Option<&mut crate::io::Driver> {
+        None
+    }
 }
 
 /// A backend shared by all threads.

@@ -28,6 +28,18 @@ pub const MAX_ACTIVE_BATCHES: usize = 64;
 /// Identifies an active batch of a driver.
 pub type BatchId = u32;
 
+/// Whose reads go first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Priority {
+    /// Rows a caller is waiting for: submitted first, oldest batch first.
+    #[default]
+    Demand,
+    /// Rows that may be needed (speculative prefetch): submitted only when no demand read
+    /// is waiting for a slot, and never holding more than half the slots, so a demand read
+    /// always finds one soon.
+    Speculative,
+}
+
 /// Where the rows of each active batch go.
 pub trait Outputs {
     /// The output of batch `batch`: `rows x row_bytes` bytes, row `k` at slot `k`.
@@ -45,6 +57,7 @@ pub struct Finished {
 #[derive(Debug, Default)]
 struct BatchIo {
     active: bool,
+    priority: Priority,
     layer: usize,
     plan: Plan,
     /// Next read of `plan.reads` to submit.
@@ -82,6 +95,9 @@ pub struct Driver {
     local: hdrhistogram::Histogram<u64>,
     latency: SharedHist,
     broken: Option<String>,
+    /// Speculative reads in flight, and the most allowed.
+    spec_in_flight: usize,
+    spec_cap: usize,
 }
 
 /// The read shape of every layer of `table` under `options`, and the staging slot size
@@ -139,6 +155,8 @@ impl Driver {
             local: new_hist(),
             latency,
             broken: None,
+            spec_in_flight: 0,
+            spec_cap: (depth / 2).max(1),
         })
     }
 
@@ -166,7 +184,13 @@ impl Driver {
 
     /// Plans rows `ids` of layer `layer` (output slot `slots[k]`, or `k`); their reads are
     /// submitted by [`Driver::pump`]. Ids must be in range (the store checks them).
-    pub fn start(&mut self, layer: usize, ids: &[u64], slots: &[u32]) -> Result<BatchId> {
+    pub fn start(
+        &mut self,
+        layer: usize,
+        ids: &[u64],
+        slots: &[u32],
+        priority: Priority,
+    ) -> Result<BatchId> {
         if let Some(why) = &self.broken {
             return Err(Self::broken_error(why));
         }
@@ -186,6 +210,7 @@ impl Driver {
         let b = &mut self.batches[id];
         b.plan.build(ids, slots, &self.geo, &params);
         b.active = true;
+        b.priority = priority;
         b.layer = layer;
         b.next = 0;
         b.in_flight = 0;
@@ -200,60 +225,76 @@ impl Driver {
         Ok(id)
     }
 
-    /// Submits what the staging slots allow, reaps completions (waiting for at least one
-    /// when `wait` and nothing has finished yet), verifies and scatters them into `outs`,
-    /// and appends finished batches to `finished`. Returns when a batch has finished, when
-    /// nothing is in flight, or (without `wait`) after one pass.
+    /// Stops batch `id`: reads not yet submitted never will be, reads in flight complete
+    /// and are discarded; it finishes with [`Error::Cancelled`]. A no-op for a batch that
+    /// is not active.
+    pub fn cancel(&mut self, id: BatchId) {
+        if let Some(b) = self.batches.get_mut(id as usize).filter(|b| b.active) {
+            b.error.get_or_insert(Error::Cancelled);
+        }
+    }
+
+    /// One round: submits what the staging slots allow (see [`Priority`]), reaps
+    /// completions (blocking for at least one when `wait` and reads are in flight),
+    /// verifies and scatters them into `outs`, submits again into the freed slots, and
+    /// appends the batches that finished to `finished`.
     pub fn pump(&mut self, wait: bool, outs: &mut dyn Outputs, finished: &mut Vec<Finished>) {
-        self.pump_inner(wait, outs);
+        self.round(wait, outs);
         finished.append(&mut self.finished);
     }
 
     /// [`Driver::pump`] leaving finished batches in `self.finished`.
-    fn pump_inner(&mut self, wait: bool, outs: &mut dyn Outputs) {
-        loop {
+    fn round(&mut self, wait: bool, outs: &mut dyn Outputs) {
+        self.submit_ready();
+        if self.engine.in_flight() > 0 {
+            let tc = Instant::now();
+            let reaped = self.engine.reap(usize::from(wait), &mut self.completions);
+            let wait_ns = tc.elapsed().as_nanos() as u64;
+            if let Some(&oldest) = self.order.front() {
+                self.batches[oldest as usize].counters.complete_ns += wait_ns;
+            }
+            match reaped {
+                Ok(()) => self.handle_completions(outs),
+                Err(e) => self.break_all(e),
+            }
             self.submit_ready();
-            if self.engine.in_flight() > 0 {
-                let min = usize::from(wait && self.finished.is_empty());
-                let tc = Instant::now();
-                let reaped = self.engine.reap(min, &mut self.completions);
-                let wait_ns = tc.elapsed().as_nanos() as u64;
-                if let Some(&oldest) = self.order.front() {
-                    self.batches[oldest as usize].counters.complete_ns += wait_ns;
-                }
-                match reaped {
-                    Ok(()) => self.handle_completions(outs),
-                    Err(e) => self.break_all(e),
-                }
-                self.submit_ready();
-            }
-            self.collect_finished();
-            let idle = self.engine.in_flight() == 0;
-            if !wait || !self.finished.is_empty() || idle || self.order.is_empty() {
-                break;
-            }
         }
+        self.collect_finished();
         self.latency.merge(&mut self.local);
     }
 
+    /// Submits reads into free slots: every demand batch first, oldest first; then, only
+    /// if no demand read is left waiting, speculative batches up to their cap.
     fn submit_ready(&mut self) {
         if self.broken.is_some() {
             return;
         }
-        'batches: for &id in &self.order {
+        if self.submit_class(Priority::Demand) {
+            self.submit_class(Priority::Speculative);
+        }
+    }
+
+    /// Submits the reads of the active batches of one priority, oldest first; returns
+    /// whether every one of their reads is submitted (false when slots or the cap ran out).
+    fn submit_class(&mut self, class: Priority) -> bool {
+        for &id in &self.order {
             let b = &mut self.batches[id as usize];
-            if b.error.is_some() {
+            if b.priority != class || b.error.is_some() {
                 continue;
             }
             let ts = Instant::now();
             while b.next < b.plan.reads.len() {
+                if class == Priority::Speculative && self.spec_in_flight >= self.spec_cap {
+                    b.counters.submit_ns += ts.elapsed().as_nanos() as u64;
+                    return false;
+                }
                 let r = b.plan.reads[b.next];
                 // A read longer than its slot is refused here, before submission.
                 let lease = match self.staging.lease(r.len as usize) {
                     Ok(Some(l)) => l,
                     Ok(None) => {
                         b.counters.submit_ns += ts.elapsed().as_nanos() as u64;
-                        break 'batches;
+                        return false;
                     }
                     Err(e) => {
                         debug_assert!(false, "planner built a read over the slot size: {e}");
@@ -268,18 +309,21 @@ impl Driver {
                     tag: (u64::from(id) << 32) | b.next as u64,
                 };
                 if let Err((_lease, e)) = self.engine.submit(req, lease) {
-                    let why = e.to_string();
-                    self.broken = Some(why);
-                    return;
+                    self.broken = Some(e.to_string());
+                    return false;
                 }
                 self.started[slot] = Instant::now();
                 b.next += 1;
                 b.in_flight += 1;
                 b.counters.reads += 1;
                 b.counters.device_bytes += r.len;
+                if class == Priority::Speculative {
+                    self.spec_in_flight += 1;
+                }
             }
             b.counters.submit_ns += ts.elapsed().as_nanos() as u64;
         }
+        true
     }
 
     fn handle_completions(&mut self, outs: &mut dyn Outputs) {
@@ -302,6 +346,9 @@ impl Driver {
                 continue;
             };
             b.in_flight -= 1;
+            if b.priority == Priority::Speculative {
+                self.spec_in_flight -= 1;
+            }
             if b.error.is_some() {
                 continue;
             }
@@ -365,6 +412,7 @@ impl Driver {
             b.in_flight = 0;
             b.error.get_or_insert_with(|| Self::broken_error(&why));
         }
+        self.spec_in_flight = 0;
         self.broken = Some(why);
     }
 
@@ -402,6 +450,10 @@ impl Outputs for OneOut<'_> {
 }
 
 impl RowReader for Driver {
+    fn driver(&mut self) -> Option<&mut Driver> {
+        Some(self)
+    }
+
     fn read_rows(
         &mut self,
         layer: usize,
@@ -416,10 +468,10 @@ impl RowReader for Driver {
                 reason: "other batches are active on this reader".into(),
             });
         }
-        let id = self.start(layer, ids, slots)?;
+        let id = self.start(layer, ids, slots, Priority::Demand)?;
         let mut outs = OneOut(out);
         loop {
-            self.pump_inner(true, &mut outs);
+            self.round(true, &mut outs);
             if let Some(f) = self.finished.pop() {
                 debug_assert_eq!(f.batch, id);
                 add_counters(counters, &f.counters);

@@ -14,7 +14,7 @@ pub mod engine;
 pub mod faulty;
 pub mod staging;
 
-pub use driver::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs};
+pub use driver::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs, Priority};
 pub use engine::{Completion, Engine, EngineError, ReadReq};
 pub use faulty::{Fault, FaultPlan, IO_FAULTS_ENV};
 pub use staging::{Lease, MAX_STAGING_BYTES, Staging};
