@@ -127,6 +127,29 @@ pub enum Error {
     /// The destination exists and `force` was not given.
     #[error("{path} already exists (pass force to replace it)")]
     Exists { path: PathBuf },
+    /// Another writer holds the table path's lock (see `crate::publish`).
+    #[error(
+        "another writer ({holder}) is writing a table at {path} (it holds the lock {lock}): \
+         wait for it to finish or write elsewhere"
+    )]
+    Locked {
+        path: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    /// A forced write would replace something that is not a table directory.
+    #[error(
+        "refusing to replace {path}: it is {found}, not a table directory (expected \
+         manifest.json inside, or an empty directory)"
+    )]
+    NotATable { path: PathBuf, found: &'static str },
+    /// The table directory was replaced by a newer table while it was being opened, every
+    /// time it was tried.
+    #[error("table {path} was replaced while it was being opened ({attempts} attempts): retry")]
+    Replaced { path: PathBuf, attempts: u32 },
+    /// An input file is not a regular file or is too large (its I/O errors are [`Error::Io`]).
+    #[error(transparent)]
+    Input(engram_kernels::file::FileError),
     /// A profile file is malformed.
     #[error("invalid profile {path} at offset {offset}: {reason}")]
     Profile {
@@ -146,6 +169,17 @@ pub enum Error {
     /// The store's workers stopped after an earlier failure; reopen the store.
     #[error("the store is shut down ({0}); reopen it")]
     ShutDown(&'static str),
+}
+
+impl From<engram_kernels::file::FileError> for Error {
+    fn from(e: engram_kernels::file::FileError) -> Self {
+        match e {
+            engram_kernels::file::FileError::Io { op, path, source } => {
+                Error::Io { op, path, source }
+            }
+            other => Error::Input(other),
+        }
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -31,6 +31,7 @@ pub mod error;
 pub mod format;
 pub mod metrics;
 pub mod profile;
+pub mod publish;
 pub mod store;
 pub mod synth;
 pub mod table;
