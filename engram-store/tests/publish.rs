@@ -6,57 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{expected_rows, spec};
-use engram_store::synth::{SynthSpec, write_synth_rows};
-use engram_store::{Error, Manifest, RowLayout, Table, TableWriter};
-
-fn version(seed: u64) -> SynthSpec {
-    spec(RowLayout::Bf16, 16, 40, seed)
-}
-
-/// Writes version `seed` of the table at `dir` with an extra file `notes.txt` naming it.
-fn write(dir: &Path, seed: u64, force: bool) -> Result<Manifest, Error> {
-    let s = version(seed);
-    let mut w = TableWriter::create(dir, &s.manifest()?, force)?;
-    write_synth_rows(&mut w, &s, |_, _, _| {})?;
-    w.add_file("notes.txt", format!("seed {seed}").as_bytes())?;
-    w.finish()
-}
-
-/// The seed of the complete table at `dir` (its rows, checksums and extra file agree).
-fn seed_of(dir: &Path) -> u64 {
-    let t = Table::open(dir).expect("a complete table");
-    let notes = std::fs::read_to_string(dir.join("notes.txt")).expect("notes.txt");
-    let seed: u64 = notes
-        .strip_prefix("seed ")
-        .and_then(|s| s.parse().ok())
-        .expect("notes.txt names the seed");
-    assert_eq!(t.manifest().build.source, format!("synthetic seed={seed}"));
-    for layer in 0..t.n_layers() {
-        t.verify_layer(layer).expect("checksums hold");
-        let last = t.rows(layer).expect("rows") - 1;
-        let ids = [0, last / 2, last];
-        let mut got = vec![0u8; ids.len() * t.row_bytes()];
-        t.read_rows_simple(layer, &ids, &mut got).expect("reads");
-        assert_eq!(
-            got,
-            expected_rows(&version(seed), layer, &ids, t.row_bytes())
-        );
-    }
-    seed
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("ls")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
+use common::expected_rows;
+use common::publish::{listing, seed_of, version, write};
+use engram_store::synth::write_synth_rows;
+use engram_store::{Error, Table, TableWriter};
 
 #[test]
 fn a_second_writer_fails_at_once_with_a_clear_message() {
