@@ -448,3 +448,48 @@ fn lock_holder(lock: &File) -> String {
         None => "another process".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_tables_leftovers_match() {
+        let tmp = sibling(OsStr::new("t"), "tmp-");
+        let yes = [
+            ".t.tmp-1-2",
+            ".t.tmp-4242-1796206862648537391",
+            ".t.tmp-1-2.old",
+        ];
+        let no = [
+            ".t.tmp-",
+            ".t.tmp-1",
+            ".t.tmp-1-",
+            ".t.tmp--2",
+            ".t.tmp-1-2-3",
+            ".t.tmp-x-2",
+            ".t.tmp-1-2.old.old",
+            ".tt.tmp-1-2",
+            ".t.tmp-1-2x",
+            "t",
+            ".t.lock",
+            ".t.old-1-2",
+        ];
+        for n in yes {
+            assert!(is_leftover(OsStr::new(n), tmp.as_bytes()), "{n}");
+        }
+        for n in no {
+            assert!(!is_leftover(OsStr::new(n), tmp.as_bytes()), "{n}");
+        }
+        // A table whose own name looks like a temporary's keeps its siblings apart.
+        let other = sibling(OsStr::new("t.tmp-1-2"), "tmp-");
+        assert!(!is_leftover(
+            OsStr::new(".t.tmp-1-2.tmp-3-4"),
+            tmp.as_bytes()
+        ));
+        assert!(is_leftover(
+            OsStr::new(".t.tmp-1-2.tmp-3-4"),
+            other.as_bytes()
+        ));
+    }
+}

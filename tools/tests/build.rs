@@ -820,3 +820,32 @@ fn killed_at_each_fsync_and_rename_of_its_publication_engram_build_keeps_a_table
         "kills before and after the swap: {old_left} / {new_left}"
     );
 }
+
+#[test]
+fn a_second_build_to_the_same_path_fails_at_once_naming_the_first() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = corpus(dir.path());
+    let out = dir.path().join("t");
+    let mut args = vec!["--out", s(&out), "--force"];
+    args.extend(TINY);
+    let mut second = None;
+    // The first build holds the path's lock while it waits for its corpus on stdin.
+    let (code, stderr) = build_from_stdin(&args, || {
+        let mut a = vec![s(&root)];
+        a.extend(&args);
+        second = Some(build(&a));
+    });
+    assert_eq!(code, 0, "the first build completes: {stderr}");
+    let (code, _, stderr) = second.expect("the second build ran");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("another writer (process ") && stderr.contains(".t.lock"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    Table::open(&out).expect("the first build's table");
+    assert_eq!(listing(dir.path()), ["corpus", "t"]);
+}
