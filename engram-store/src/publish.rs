@@ -70,18 +70,20 @@ pub(crate) fn replaced_since(path: &Path, handle: &File) -> bool {
     }
 }
 
-/// Whether a leftover sibling name is `.NAME.KIND-PID-NANOS` (optionally with the `.old`
-/// suffix older writers gave their trash), so that another table's siblings, whose names
-/// merely start the same way, are never touched.
-fn is_leftover(file_name: &OsStr, prefix: &[u8]) -> bool {
-    let Some(rest) = file_name.as_bytes().strip_prefix(prefix) else {
-        return false;
-    };
+/// The clock reading (nanoseconds) in a leftover sibling's name `.NAME.KIND-PID-NANOS`
+/// (optionally with the `.old` suffix older writers gave their trash), or `None` if the
+/// name is not exactly that, so that another table's siblings, whose names merely start
+/// the same way, are never touched.
+fn leftover_nanos(file_name: &OsStr, prefix: &[u8]) -> Option<u128> {
+    let rest = file_name.as_bytes().strip_prefix(prefix)?;
     let rest = rest.strip_suffix(b".old").unwrap_or(rest);
-    let mut parts = rest.split(|&b| b == b'-');
-    let digits =
-        |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
-    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+    let rest = std::str::from_utf8(rest).ok()?;
+    let (pid, nanos) = rest.split_once('-')?;
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(nanos) {
+        return None;
+    }
+    nanos.parse().ok()
 }
 
 /// The destination of a table write: its parent directory, held open, and the exclusive
@@ -224,30 +226,30 @@ impl Target {
         let mut olds = Vec::new();
         for entry in entries.flatten() {
             let n = entry.file_name();
-            if is_leftover(&n, tmp_prefix.as_bytes()) {
+            if leftover_nanos(&n, tmp_prefix.as_bytes()).is_some() {
                 temporaries.push(n);
-            } else if is_leftover(&n, old_prefix.as_bytes()) {
-                olds.push(n);
+            } else if let Some(nanos) = leftover_nanos(&n, old_prefix.as_bytes()) {
+                olds.push((nanos, n));
             }
         }
-        // Names end in the writer's nanosecond clock: the last one is the newest.
+        // Normally at most one (writers are serialised); the newest is the latest table.
         olds.sort();
-        if !olds.is_empty() && matches!(self.exists(), Ok(false)) {
-            if let Some(newest) = olds.pop() {
-                match rustix::fs::renameat(&self.parent, &newest, &self.parent, &self.name) {
-                    Ok(()) => {
-                        tracing::warn!(path = %self.path.display(), from = %self.parent_path.join(&newest).display(), "restored the table an interrupted replacement had moved aside");
-                        let _ = self.parent.sync_all();
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %self.path.display(), from = %self.parent_path.join(&newest).display(), error = %errno_io(e), "could not restore the table an interrupted replacement had moved aside; it is kept");
-                        // Keep it: it may be the only copy of the old table.
-                        olds.clear();
-                    }
+        let restore = !olds.is_empty() && matches!(self.exists(), Ok(false));
+        if let Some((_, newest)) = olds.pop().filter(|_| restore) {
+            let from = self.parent_path.join(&newest);
+            match rustix::fs::renameat(&self.parent, &newest, &self.parent, &self.name) {
+                Ok(()) => {
+                    tracing::warn!(path = %self.path.display(), from = %from.display(), "restored the table an interrupted replacement had moved aside");
+                    let _ = self.parent.sync_all();
+                }
+                Err(e) => {
+                    // Keep every old table: one may be the only copy.
+                    tracing::warn!(path = %self.path.display(), from = %from.display(), error = %errno_io(e), "could not restore the table an interrupted replacement had moved aside; it is kept");
+                    olds.clear();
                 }
             }
         }
-        for n in temporaries.iter().chain(&olds) {
+        for n in temporaries.iter().chain(olds.iter().map(|(_, n)| n)) {
             tracing::info!(path = %self.parent_path.join(n).display(), "deleting what an interrupted table write left behind");
             self.remove_sibling(n);
         }
@@ -476,20 +478,21 @@ mod tests {
             ".t.old-1-2",
         ];
         for n in yes {
-            assert!(is_leftover(OsStr::new(n), tmp.as_bytes()), "{n}");
+            assert!(
+                leftover_nanos(OsStr::new(n), tmp.as_bytes()).is_some(),
+                "{n}"
+            );
         }
         for n in no {
-            assert!(!is_leftover(OsStr::new(n), tmp.as_bytes()), "{n}");
+            assert!(
+                leftover_nanos(OsStr::new(n), tmp.as_bytes()).is_none(),
+                "{n}"
+            );
         }
         // A table whose own name looks like a temporary's keeps its siblings apart.
         let other = sibling(OsStr::new("t.tmp-1-2"), "tmp-");
-        assert!(!is_leftover(
-            OsStr::new(".t.tmp-1-2.tmp-3-4"),
-            tmp.as_bytes()
-        ));
-        assert!(is_leftover(
-            OsStr::new(".t.tmp-1-2.tmp-3-4"),
-            other.as_bytes()
-        ));
+        let name = OsStr::new(".t.tmp-1-2.tmp-3-4");
+        assert_eq!(leftover_nanos(name, tmp.as_bytes()), None);
+        assert_eq!(leftover_nanos(name, other.as_bytes()), Some(4));
     }
 }

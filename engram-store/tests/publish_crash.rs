@@ -14,6 +14,9 @@
 //! both. Needs strace with ptrace allowed; without it the test prints why and passes,
 //! unless `ENGRAM_REQUIRE_STRACE=1` (CI) makes that a failure.
 
+// A test with its own `main`: a panic is how it fails, as in a `#[test]`.
+#![allow(clippy::panic)]
+
 mod common;
 
 use std::ffi::OsString;
