@@ -143,10 +143,6 @@ pub enum Error {
          manifest.json inside, or an empty directory)"
     )]
     NotATable { path: PathBuf, found: &'static str },
-    /// The table directory was replaced by a newer table while it was being opened, every
-    /// time it was tried.
-    #[error("table {path} was replaced while it was being opened ({attempts} attempts): retry")]
-    Replaced { path: PathBuf, attempts: u32 },
     /// An input file is not a regular file or is too large (its I/O errors are [`Error::Io`]).
     #[error(transparent)]
     Input(engram_kernels::file::FileError),
@@ -172,7 +168,8 @@ pub enum Error {
     /// A component failed in a way that makes it unusable; reopen the store.
     #[error("{what} failed ({reason}); reopen the store")]
     Broken { what: &'static str, reason: String },
-    /// A file was replaced on disk between validating the table and opening it again.
+    /// A file was replaced on disk between validating the table and opening it again, or
+    /// the table directory was replaced every time `Table::open` tried it.
     #[error("{path} was replaced while the table was being opened; open the table again")]
     Replaced { path: PathBuf },
 }

@@ -234,8 +234,8 @@ impl Target {
         }
         // Normally at most one (writers are serialised); the newest is the latest table.
         olds.sort();
-        let restore = !olds.is_empty() && matches!(self.exists(), Ok(false));
-        if let Some((_, newest)) = olds.pop().filter(|_| restore) {
+        let missing = matches!(self.exists(), Ok(false));
+        if let Some((_, newest)) = olds.pop_if(|_| missing) {
             let from = self.parent_path.join(&newest);
             match rustix::fs::renameat(&self.parent, &newest, &self.parent, &self.name) {
                 Ok(()) => {

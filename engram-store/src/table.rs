@@ -412,8 +412,6 @@ pub struct LayerFile {
 #[derive(Debug)]
 pub struct Table {
     dir: PathBuf,
-    // The directory every file was opened from; `reopen_layer` opens from it again.
-    dir_handle: File,
     manifest: Manifest,
     layout: EngramLayout,
     layers: Vec<LayerFile>,
@@ -434,6 +432,7 @@ impl Table {
 
     /// [`Table::open`] with options. A table replaced while it is being opened is opened
     /// again (the new version), up to [`OPEN_ATTEMPTS`] times, then [`Error::Replaced`].
+    /// Backends that open a layer file again (`O_DIRECT`) check it is the same inode.
     pub fn open_with(dir: &Path, options: &OpenOptions) -> Result<Self> {
         let mut attempt = 1;
         loop {
@@ -442,7 +441,6 @@ impl Table {
                 Ok((manifest, layout, layers)) => {
                     return Ok(Self {
                         dir: dir.to_path_buf(),
-                        dir_handle: handle,
                         manifest,
                         layout,
                         layers,
@@ -452,7 +450,6 @@ impl Table {
                     if attempt >= OPEN_ATTEMPTS {
                         return Err(Error::Replaced {
                             path: dir.to_path_buf(),
-                            attempts: attempt,
                         });
                     }
                     tracing::debug!(path = %dir.display(), error = %e, attempt, "the table was replaced while it was being opened; opening the new one");
@@ -461,40 +458,6 @@ impl Table {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Opens layer `index`'s file again with `custom_flags` added to `O_RDONLY` (such as
-    /// `libc::O_DIRECT`), from the directory this table was opened from, and checks that it
-    /// is the very file that was validated. Backends that need other open flags use this,
-    /// never the path, which may name a newer table by now ([`Error::Replaced`] if the
-    /// file is gone). Other errors (`EINVAL` for `O_DIRECT` on tmpfs) are [`Error::Io`].
-    pub fn reopen_layer(&self, index: usize, custom_flags: i32) -> Result<File> {
-        let lf = self.layer(index)?;
-        let name = &self.manifest.layers[index].file;
-        let flags = rustix::fs::OFlags::RDONLY
-            | rustix::fs::OFlags::CLOEXEC
-            | rustix::fs::OFlags::from_bits_retain(custom_flags as u32);
-        let replaced = || Error::Replaced {
-            path: self.dir.clone(),
-            attempts: 1,
-        };
-        let file = match rustix::fs::openat(
-            &self.dir_handle,
-            name.as_str(),
-            flags,
-            rustix::fs::Mode::empty(),
-        ) {
-            Ok(fd) => File::from(fd),
-            Err(rustix::io::Errno::NOENT) => return Err(replaced()),
-            Err(e) => return Err(io("open layer file", &lf.path, e.into())),
-        };
-        let same = |a: &File| rustix::fs::fstat(a).map(|st| (st.st_dev, st.st_ino));
-        let held = same(&lf.file).map_err(|e| io("stat", &lf.path, e.into()))?;
-        let now = same(&file).map_err(|e| io("stat", &lf.path, e.into()))?;
-        if held != now {
-            return Err(replaced());
-        }
-        Ok(file)
     }
 
     /// Errors unless the table was built with the tokenizer whose file hashes to `sha256`.

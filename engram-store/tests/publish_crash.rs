@@ -24,15 +24,15 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use common::publish::{listing, seed_of, version, write};
+use common::publish::{seed_of, version, write};
+use common::sys;
+use common::sys::listing;
 use engram_store::publish::PUBLISH_FALLBACK_ENV;
 use engram_store::{Error, TableWriter};
 
 const TEST_NAME: &str = "killed_at_every_syscall_the_path_holds_one_complete_table";
 /// `SEED:DIR`: write version SEED of the table at DIR (forced) and exit.
 const CHILD_ENV: &str = "ENGRAM_PUBLISH_CRASH_CHILD";
-/// Set to 1 (CI) to fail instead of skipping when strace cannot run.
-const REQUIRE_STRACE_ENV: &str = "ENGRAM_REQUIRE_STRACE";
 
 /// Syscalls that create, write, sync, lock, rename or delete, plus `openat` and
 /// `getdents64` (the cleanup's directory scans). Those the write does not make on this
@@ -157,34 +157,26 @@ fn child(job: OsString) -> ExitCode {
 /// why (or a panic under `ENGRAM_REQUIRE_STRACE=1`).
 fn strace_works() -> Option<PathBuf> {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let probe = Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-o",
-            "/dev/null",
-            "-e",
-            "inject=openat:signal=KILL:when=1",
-        ])
-        .arg(&exe)
-        .arg("--list")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    let why = match probe {
-        Err(e) => format!("strace cannot be run ({e}): install it (apt-get install strace)"),
-        Ok(out) if out.status.signal() == Some(9) => return Some(exe),
-        Ok(out) => format!(
-            "strace could not kill a traced process ({}; {}): ptrace is probably not allowed here",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-    };
-    if std::env::var_os(REQUIRE_STRACE_ENV).is_some_and(|v| v == "1") {
-        panic!("{REQUIRE_STRACE_ENV}=1 but {why}");
+    match sys::strace_can_kill(&exe, &["--list"]) {
+        Ok(()) => Some(exe),
+        Err(why) => {
+            sys::skip_unless_required(sys::REQUIRE_STRACE_ENV, TEST_NAME, &why);
+            None
+        }
     }
-    eprintln!("skipped {TEST_NAME}: {why}");
-    None
+}
+
+/// The child writing the new table at `dir`, as `scenario` runs it.
+fn child_cmd(exe: &Path, dir: &Path, scenario: Scenario) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.env(CHILD_ENV, format!("{NEW}:{}", dir.display()))
+        .env_remove(PUBLISH_FALLBACK_ENV)
+        // Set by cargo; it only makes the loader try more directories before main.
+        .env_remove("LD_LIBRARY_PATH");
+    if scenario == Scenario::ReplaceFallback {
+        cmd.env(PUBLISH_FALLBACK_ENV, "1");
+    }
+    cmd
 }
 
 fn strace(
@@ -193,19 +185,11 @@ fn strace(
     scenario: Scenario,
     strace_args: &[String],
 ) -> std::process::Output {
-    let mut cmd = Command::new("strace");
-    cmd.args(strace_args)
-        .arg(exe)
-        .env(CHILD_ENV, format!("{NEW}:{}", dir.display()))
-        .env_remove(PUBLISH_FALLBACK_ENV)
-        // Set by cargo; it only makes the loader try more directories before main.
-        .env_remove("LD_LIBRARY_PATH")
+    sys::under_strace(&child_cmd(exe, dir, scenario), strace_args)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if scenario == Scenario::ReplaceFallback {
-        cmd.env(PUBLISH_FALLBACK_ENV, "1");
-    }
-    cmd.output().expect("strace runs")
+        .stderr(Stdio::piped())
+        .output()
+        .expect("strace runs")
 }
 
 /// Per syscall: how many calls the write makes (from one traced run).
@@ -366,17 +350,7 @@ fn sweep(exe: &Path, scenario: Scenario) -> Vec<Row> {
         for n in 1..=count + 1 {
             let dir = prepare(&parent, scenario);
             let what = format!("{scenario:?}, killed at {syscall} #{n}");
-            let args: Vec<String> = [
-                "-f".to_string(),
-                "-qq".into(),
-                "-o".into(),
-                "/dev/null".into(),
-                "-e".into(),
-                format!("trace={syscall}"),
-                "-e".into(),
-                format!("inject={syscall}:signal=KILL:when={n}"),
-            ]
-            .into();
+            let args = sys::kill_at(syscall, n);
             let out = strace(exe, &dir, scenario, &args);
             if n <= count {
                 assert_eq!(

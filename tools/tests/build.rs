@@ -16,6 +16,10 @@ use engram_store::Table;
 use engram_store::profile::Profile;
 use engram_tools::build::values::normal_row;
 
+#[path = "../../engram-store/tests/common/sys.rs"]
+mod sys;
+use sys::listing;
+
 fn tokenizer() -> Option<PathBuf> {
     engram_kernels::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
 }
@@ -480,9 +484,6 @@ fn dry_run_and_full_disk() {
     assert_eq!(listing(&small.path), Vec::<String>::new());
 }
 
-/// Set to 1 (CI, as root) to fail instead of skipping when a tmpfs cannot be mounted.
-const REQUIRE_TMPFS_ENV: &str = "ENGRAM_REQUIRE_TMPFS";
-
 /// A small tmpfs mounted for one test (needs root), unmounted when dropped.
 struct Tmpfs {
     path: PathBuf,
@@ -510,12 +511,10 @@ impl Tmpfs {
                     Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
                     Err(e) => e.to_string(),
                 };
-                assert!(
-                    std::env::var_os(REQUIRE_TMPFS_ENV).is_none_or(|v| v != "1"),
-                    "{REQUIRE_TMPFS_ENV}=1 but a tmpfs cannot be mounted: {why}"
-                );
-                eprintln!(
-                    "skipped the full-disk cases: cannot mount a tmpfs here (needs root): {why}"
+                sys::skip_unless_required(
+                    sys::REQUIRE_TMPFS_ENV,
+                    "the full-disk cases",
+                    &format!("cannot mount a tmpfs here (needs root): {why}"),
                 );
                 None
             }
@@ -554,15 +553,6 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(s(&self.path)).status();
     }
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("ls")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 const CORPUS_TEXT: &str = "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):\n        self.items.append(x)\n";
@@ -687,9 +677,6 @@ fn disk_full_while_writing_rows_profile_or_manifest_keeps_the_old_table() {
     assert_eq!(listing(&fs.path), ["t"]);
 }
 
-/// Set to 1 (CI) to fail instead of skipping when strace cannot run.
-const REQUIRE_STRACE_ENV: &str = "ENGRAM_REQUIRE_STRACE";
-
 #[test]
 fn killed_at_each_fsync_and_rename_of_its_publication_engram_build_keeps_a_table() {
     // engram-build's own publication: kill it at every fsync (each layer file, the profile,
@@ -698,31 +685,9 @@ fn killed_at_each_fsync_and_rename_of_its_publication_engram_build_keeps_a_table
     if tokenizer().is_none() {
         return;
     }
-    let probe = Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-o",
-            "/dev/null",
-            "-e",
-            "inject=openat:signal=KILL:when=1",
-        ])
-        .arg(env!("CARGO_BIN_EXE_engram-build"))
-        .arg("--version")
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.signal() == Some(9)) {
-        let why = match probe {
-            Ok(o) => format!(
-                "strace could not kill a traced process: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => format!("strace cannot be run ({e}): install it (apt-get install strace)"),
-        };
-        assert!(
-            std::env::var_os(REQUIRE_STRACE_ENV).is_none_or(|v| v != "1"),
-            "{REQUIRE_STRACE_ENV}=1 but {why}"
-        );
-        eprintln!("skipped: {why}");
+    let exe = Path::new(env!("CARGO_BIN_EXE_engram-build"));
+    if let Err(why) = sys::strace_can_kill(exe, &["--version"]) {
+        sys::skip_unless_required(sys::REQUIRE_STRACE_ENV, "the engram-build kill test", &why);
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -758,18 +723,9 @@ fn killed_at_each_fsync_and_rename_of_its_publication_engram_build_keeps_a_table
     args.extend(TINY);
     let (mut old_left, mut new_left) = (0, 0);
     for (syscall, n) in (1..=7).map(|n| ("fsync", n)).chain([("renameat2", 1)]) {
-        let st = Command::new("strace")
-            .args([
-                "-f",
-                "-qq",
-                "-o",
-                "/dev/null",
-                "-e",
-                &format!("trace={syscall}"),
-            ])
-            .args(["-e", &format!("inject={syscall}:signal=KILL:when={n}")])
-            .arg(env!("CARGO_BIN_EXE_engram-build"))
-            .args(&args)
+        let mut cmd = Command::new(exe);
+        cmd.args(&args);
+        let st = sys::under_strace(&cmd, &sys::kill_at(syscall, n))
             .output()
             .expect("strace runs");
         let what = format!("killed at {syscall} #{n}");

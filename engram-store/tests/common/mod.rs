@@ -7,6 +7,8 @@ use engram_kernels::EngramConfig;
 use engram_store::synth::{SynthSpec, synth_row, write_synth};
 use engram_store::{BackendKind, BackendOptions, Manifest, RowLayout, Store, StoreOptions};
 
+pub mod sys;
+
 pub const ALL_BACKENDS: [BackendKind; 4] = [
     BackendKind::Memory,
     BackendKind::Mmap,
@@ -126,14 +128,5 @@ pub mod publish {
             );
         }
         seed
-    }
-
-    pub fn listing(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("ls")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
     }
 }
