@@ -9,10 +9,12 @@
 //!
 //! Writers to one path are serialised by an exclusive `flock` on the sibling `.NAME.lock`,
 //! taken without waiting: a second writer fails at once with [`Error::Locked`] (a build can
-//! take hours; waiting behind it only to replace its result helps nobody). The lock file is
-//! never deleted (deleting a lock file races with the next `flock`). Holding the lock also
-//! means every `.NAME.tmp-*` or `.NAME.old-*` sibling belongs to a writer that was killed,
-//! so the next writer deletes them without guessing from process ids.
+//! take hours; waiting behind it only to replace its result helps nobody). The holder
+//! deletes the lock file while it still holds the lock, and a writer checks after locking
+//! that the file it locked is still the one at the path, so two writers never both hold
+//! it. Holding the lock also means every `.NAME.tmp-*` or `.NAME.old-*` sibling belongs to
+//! a writer that was killed, so the next writer deletes them without guessing from
+//! process ids.
 //!
 //! File systems without `RENAME_EXCHANGE` (NFS, some FUSE file systems, kernels before 3.15,
 //! seccomp filters that refuse `renameat2`) get two renames instead, `NAME` ->

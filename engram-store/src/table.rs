@@ -170,7 +170,7 @@ impl TableWriter {
     pub fn create(dir: &Path, manifest: &Manifest, force: bool) -> Result<Self> {
         manifest.validate_shape(&dir.join(MANIFEST_FILE))?;
         manifest.derive_layout(&dir.join(MANIFEST_FILE))?;
-        // Checked before taking the lock too, so a refused write leaves no lock file.
+        // Checked before locking too, so a refused write touches nothing beside the path.
         if !force && dir.symlink_metadata().is_ok() {
             return Err(Error::Exists {
                 path: dir.to_path_buf(),
