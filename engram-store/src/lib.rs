@@ -32,6 +32,7 @@ pub mod format;
 pub mod io;
 pub mod metrics;
 pub mod profile;
+pub mod records;
 pub mod store;
 pub mod synth;
 pub mod table;

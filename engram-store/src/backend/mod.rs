@@ -172,6 +172,9 @@ pub struct BackendOptions {
     pub uring_fault: Option<UringFault>,
     /// Test hook: inject read faults (also `$ENGRAM_IO_FAULTS`).
     pub faults: Option<crate::io::FaultPlan>,
+    /// N-gram records the device backends read instead of several rows' pages (set by
+    /// the store from the table's `records.bin`).
+    pub records: Option<Arc<crate::records::Records>>,
 }
 
 impl Default for BackendOptions {
@@ -187,6 +190,7 @@ impl Default for BackendOptions {
             pread_threads: 8,
             uring_fault: None,
             faults: None,
+            records: None,
         }
     }
 }
@@ -271,6 +275,9 @@ pub struct IoCounters {
     pub reads: u64,
     /// Bytes read from the device (or touched in memory).
     pub device_bytes: u64,
+    /// Of those: reads of n-gram records, and the distinct rows they served.
+    pub record_reads: u64,
+    pub record_rows: u64,
     /// Nanoseconds planning, submitting, waiting for completions, scattering.
     pub plan_ns: u64,
     pub submit_ns: u64,

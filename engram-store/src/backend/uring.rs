@@ -124,7 +124,7 @@ impl UringBackend {
         let mut backend = Self {
             table: Arc::clone(table),
             options: options.clone(),
-            files: Arc::new(open_direct(table)?),
+            files: Arc::new(open_direct(table, options.records.as_deref())?),
             registered_buffers: options.uring_fault != Some(UringFault::Register),
             latency: SharedHist::default(),
         };

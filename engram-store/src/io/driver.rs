@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::engine::{Completion, Engine, EngineError, ReadReq};
 use super::staging::Staging;
 use crate::backend::{BackendOptions, IoCounters, RowReader, verify_read};
-use crate::batch::{Plan, PlanParams};
+use crate::batch::{Plan, PlanParams, Source};
 use crate::error::{Error, Result, io_at};
 use crate::format::Geometry;
 use crate::metrics::{SharedHist, new_hist, record_ns};
@@ -98,6 +98,8 @@ pub struct Driver {
     /// Speculative reads in flight, and the most allowed.
     spec_in_flight: usize,
     spec_cap: usize,
+    /// N-gram records read instead of several rows' pages (engine file `n_layers`).
+    records: Option<Arc<crate::records::Records>>,
 }
 
 /// The read shape of every layer of `table` under `options`, and the staging slot size
@@ -112,6 +114,10 @@ pub(crate) fn read_shapes(
         let p = options.plan_params(table, li)?;
         slot = slot.max(p.max_read_bytes);
         params.push(p);
+    }
+    if let Some(r) = &options.records {
+        // Records reads coalesce units up to the same cap, and are at least one unit.
+        slot = slot.max(u64::from(r.shape.unit_bytes));
     }
     let io = crate::buffer::IO_ALIGN as u64;
     let slot = usize::try_from(slot.div_ceil(io) * io).map_err(|_| Error::Invalid {
@@ -157,6 +163,7 @@ impl Driver {
             broken: None,
             spec_in_flight: 0,
             spec_cap: (depth / 2).max(1),
+            records: options.records.clone(),
         })
     }
 
@@ -208,7 +215,16 @@ impl Driver {
         };
         let t0 = Instant::now();
         let b = &mut self.batches[id];
-        b.plan.build(ids, slots, &self.geo, &params);
+        let records = self.records.as_deref().and_then(|r| {
+            let layer_records = r.layers.get(layer)?.as_ref()?;
+            Some(crate::batch::RecordPlan {
+                records: layer_records,
+                shape: r.shape,
+                max_read_bytes: params.max_read_bytes,
+            })
+        });
+        b.plan
+            .build(ids, slots, &self.geo, &params, records.as_ref());
         b.active = true;
         b.priority = priority;
         b.layer = layer;
@@ -217,6 +233,7 @@ impl Driver {
         b.error = None;
         b.counters = IoCounters {
             rows_unique: b.plan.unique_rows,
+            record_rows: b.plan.record_rows,
             plan_ns: t0.elapsed().as_nanos() as u64,
             ..IoCounters::default()
         };
@@ -303,8 +320,12 @@ impl Driver {
                     }
                 };
                 let slot = lease.slot() as usize;
+                let file = match r.source {
+                    Source::Rows => b.layer,
+                    Source::Records => self.table.n_layers(),
+                };
                 let req = ReadReq {
-                    file: b.layer as u32,
+                    file: file as u32,
                     offset: r.offset,
                     tag: (u64::from(id) << 32) | b.next as u64,
                 };
@@ -317,6 +338,7 @@ impl Driver {
                 b.in_flight += 1;
                 b.counters.reads += 1;
                 b.counters.device_bytes += r.len;
+                b.counters.record_reads += u64::from(r.source == Source::Records);
                 if class == Priority::Speculative {
                     self.spec_in_flight += 1;
                 }
@@ -360,12 +382,15 @@ impl Driver {
                 });
                 continue;
             };
-            let path = match self.table.layer(b.layer) {
-                Ok(l) => l.path.as_path(),
-                Err(e) => {
-                    b.error = Some(e);
-                    continue;
-                }
+            let path = match (r.source, &self.records) {
+                (Source::Records, Some(rec)) => rec.path.as_path(),
+                _ => match self.table.layer(b.layer) {
+                    Ok(l) => l.path.as_path(),
+                    Err(e) => {
+                        b.error = Some(e);
+                        continue;
+                    }
+                },
             };
             let outcome = match c.result {
                 Err(e) => Err(io_at("read", path, r.offset, e)),
@@ -380,10 +405,17 @@ impl Driver {
                 )),
                 Ok(_) => {
                     let bytes = c.lease.bytes();
-                    let verified = if self.verify {
-                        verify_read(&self.table, b.layer, r.offset, bytes)
-                    } else {
-                        Ok(())
+                    let verified = match (r.source, &self.records) {
+                        // Records are always read in whole, checksummed units.
+                        (Source::Records, Some(rec)) => rec.verify_read(b.layer, r.offset, bytes),
+                        (Source::Records, None) => Err(Error::Invalid {
+                            what: "read plan",
+                            reason: "a records read without records".into(),
+                        }),
+                        (Source::Rows, _) if self.verify => {
+                            verify_read(&self.table, b.layer, r.offset, bytes)
+                        }
+                        (Source::Rows, _) => Ok(()),
                     };
                     verified.and_then(|()| {
                         b.plan.scatter(
@@ -501,6 +533,8 @@ pub(crate) fn add_counters(into: &mut IoCounters, from: &IoCounters) {
     into.rows_unique += from.rows_unique;
     into.reads += from.reads;
     into.device_bytes += from.device_bytes;
+    into.record_reads += from.record_reads;
+    into.record_rows += from.record_rows;
     into.plan_ns += from.plan_ns;
     into.submit_ns += from.submit_ns;
     into.complete_ns += from.complete_ns;
