@@ -85,6 +85,7 @@ pub struct Metrics {
     device_bytes: AtomicU64,
     record_reads: AtomicU64,
     record_rows: AtomicU64,
+    hedged_reads: AtomicU64,
     errors: AtomicU64,
     spec_batches: AtomicU64,
     spec_rows_read: AtomicU64,
@@ -104,6 +105,7 @@ impl Default for Metrics {
             device_bytes: AtomicU64::new(0),
             record_reads: AtomicU64::new(0),
             record_rows: AtomicU64::new(0),
+            hedged_reads: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             spec_batches: AtomicU64::new(0),
             spec_rows_read: AtomicU64::new(0),
@@ -171,6 +173,8 @@ pub struct StatsSnapshot {
     /// read replaced that many row reads, less one).
     pub record_reads: u64,
     pub record_rows: u64,
+    /// Device reads issued again because the first copy was overdue (hedged reads).
+    pub hedged_reads: u64,
     pub row_bytes: u64,
     pub errors: u64,
     /// Speculative prefetches run, rows they read into the cache, dropped (queue full),
@@ -234,6 +238,8 @@ impl Metrics {
         self.record_reads
             .fetch_add(c.record_reads, Ordering::Relaxed);
         self.record_rows.fetch_add(c.record_rows, Ordering::Relaxed);
+        self.hedged_reads
+            .fetch_add(c.hedged_reads, Ordering::Relaxed);
         if let Ok(mut h) = self.hists.lock() {
             for (i, ns) in [c.plan_ns, c.submit_ns, c.complete_ns, c.scatter_ns]
                 .into_iter()
@@ -255,6 +261,7 @@ impl Metrics {
             &self.device_bytes,
             &self.record_reads,
             &self.record_rows,
+            &self.hedged_reads,
             &self.errors,
             &self.spec_batches,
             &self.spec_rows_read,
@@ -282,6 +289,7 @@ impl Metrics {
             device_bytes: g(&self.device_bytes),
             record_reads: g(&self.record_reads),
             record_rows: g(&self.record_rows),
+            hedged_reads: g(&self.hedged_reads),
             errors: g(&self.errors),
             spec_batches: g(&self.spec_batches),
             spec_rows_read: g(&self.spec_rows_read),
@@ -371,6 +379,11 @@ impl StatsSnapshot {
             "record_rows_total",
             "Distinct rows served from n-gram records.",
             self.record_rows,
+        );
+        counter(
+            "hedged_reads_total",
+            "Device reads issued again because the first copy was overdue.",
+            self.hedged_reads,
         );
         counter("errors_total", "Batches that failed.", self.errors);
         counter(

@@ -224,15 +224,30 @@ impl Engine for PreadEngine {
         }
     }
 
-    fn reap(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> Result<(), EngineError> {
+    fn reap(
+        &mut self,
+        min_complete: usize,
+        timeout: Option<std::time::Duration>,
+        out: &mut Vec<Completion>,
+    ) -> Result<(), EngineError> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
         let mut got = 0;
         while got < min_complete && self.in_flight > 0 {
             // The reply sender lives in this engine, so recv cannot see a disconnect; pool
             // threads always reply (panics included).
-            let c = self
-                .reply_rx
-                .recv()
-                .map_err(|_| EngineError::Broken("the pread pool has stopped".into()))?;
+            let c = match deadline {
+                None => self
+                    .reply_rx
+                    .recv()
+                    .map_err(|_| EngineError::Broken("the pread pool has stopped".into()))?,
+                Some(d) => match self.reply_rx.recv_deadline(d) {
+                    Ok(c) => c,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        return Err(EngineError::Broken("the pread pool has stopped".into()));
+                    }
+                },
+            };
             self.in_flight -= 1;
             out.push(c);
             got += 1;
