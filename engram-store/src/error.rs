@@ -153,6 +153,13 @@ pub enum Error {
         offset: u64,
         reason: String,
     },
+    /// A records file is malformed or belongs to another table.
+    #[error("invalid records file {path} at offset {offset}: {reason}")]
+    Records {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     /// A feature that is not compiled into this build.
     #[error("{what} is not compiled in: rebuild with `--features {feature}`")]
     NotCompiled {
