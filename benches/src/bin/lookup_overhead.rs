@@ -25,7 +25,10 @@ fn main() -> Result<()> {
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
         .collect();
     if rows == 0 || ids.len() < rows {
-        bail!("{ids_file} holds {} ids, fewer than one batch of {rows}", ids.len());
+        bail!(
+            "{ids_file} holds {} ids, fewer than one batch of {rows}",
+            ids.len()
+        );
     }
     let batches = ids.len() / rows;
     let opts = StoreOptions {

@@ -368,7 +368,9 @@ fn handle<'a>(store: *const engram_store) -> Result<&'a Handle> {
 /// Bytes per row (0 if `store` is NULL). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn engram_store_row_bytes(store: *const engram_store) -> usize {
-    guard_value("engram_store_row_bytes", 0, || Ok(handle(store)?.row_bytes()))
+    guard_value("engram_store_row_bytes", 0, || {
+        Ok(handle(store)?.row_bytes())
+    })
 }
 
 /// Number of Engram layers in the table (0 if `store` is NULL). Thread-safe.
@@ -456,7 +458,9 @@ pub extern "C" fn engram_store_n_hash_heads(store: *const engram_store) -> usize
 /// (0 if `store` is NULL). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn engram_store_max_ngram(store: *const engram_store) -> usize {
-    guard_value("engram_store_max_ngram", 0, || Ok(handle(store)?.max_ngram()))
+    guard_value("engram_store_max_ngram", 0, || {
+        Ok(handle(store)?.max_ngram())
+    })
 }
 
 /// The backend in use after any fallback: "memory", "mmap", "pread" or "uring" (static

@@ -352,9 +352,11 @@ impl Handle {
         if let serde_json::Value::Object(m) = &mut v {
             m.insert(
                 "fallback_reason".into(),
-                self.store.fallback_reason().map_or(serde_json::Value::Null, |r| {
-                    serde_json::Value::String(r.to_owned())
-                }),
+                self.store
+                    .fallback_reason()
+                    .map_or(serde_json::Value::Null, |r| {
+                        serde_json::Value::String(r.to_owned())
+                    }),
             );
         }
         Ok(v.to_string())

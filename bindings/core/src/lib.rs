@@ -15,7 +15,7 @@ pub mod error;
 pub mod handle;
 pub mod ticket;
 
+pub use engram_store::{BackendKind, RowLayout};
 pub use error::{Error, ErrorKind, Result};
 pub use handle::{Handle, OpenConfig, RowInfo, TokenIds, parse_backend};
-pub use engram_store::{BackendKind, RowLayout};
 pub use ticket::PendingRows;

@@ -61,10 +61,7 @@ impl BufPool {
 #[derive(Debug)]
 enum State {
     InFlight(Ticket),
-    Done {
-        buf: AlignedBuf,
-        result: Result<()>,
-    },
+    Done { buf: AlignedBuf, result: Result<()> },
     Gone,
 }
 
@@ -113,7 +110,10 @@ impl PendingRows {
             };
         }
         match &self.state {
-            State::Done { buf, result: Ok(()) } => Ok(buf.as_slice()),
+            State::Done {
+                buf,
+                result: Ok(()),
+            } => Ok(buf.as_slice()),
             State::Done { result: Err(e), .. } => Err(e.recorded()),
             _ => Err(Error::Invalid {
                 what: "ticket",

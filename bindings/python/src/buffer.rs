@@ -78,9 +78,7 @@ impl Elem {
 
     /// Whether a struct-module format code (native byte order) is this type.
     fn matches(self, format: &str, itemsize: usize) -> bool {
-        let code = format
-            .strip_prefix(['@', '=', '<'])
-            .unwrap_or(format);
+        let code = format.strip_prefix(['@', '=', '<']).unwrap_or(format);
         if itemsize != self.size() || cfg!(target_endian = "big") && format.starts_with('<') {
             return false;
         }
@@ -186,12 +184,16 @@ impl View {
         // SAFETY: with PYBUF_ND the exporter provides ndim shape entries, valid while the
         // export lives.
         let dims = unsafe { std::slice::from_raw_parts(self.raw.shape, nd) };
-        dims.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect()
+        dims.iter()
+            .map(|&d| usize::try_from(d).unwrap_or(0))
+            .collect()
     }
 
     fn checked<T>(&self, elem: Elem) -> PyResult<()> {
         if self.elem != Some(elem) || std::mem::size_of::<T>() != elem.size() {
-            return Err(PyBufferError::new_err("buffer element type mismatch (a bug)"));
+            return Err(PyBufferError::new_err(
+                "buffer element type mismatch (a bug)",
+            ));
         }
         if !(self.raw.buf as usize).is_multiple_of(std::mem::align_of::<T>()) {
             return Err(PyBufferError::new_err(format!(

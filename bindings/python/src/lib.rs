@@ -282,6 +282,7 @@ impl Store {
         let pending = h.prefetch(layer_id, ids).map_err(|e| bind_err(py, e))?;
         Ok(Ticket {
             inner: std::sync::Mutex::new(Some(pending)),
+            rows: ids.len(),
             row_bytes: h.row_bytes(),
         })
     }
@@ -372,10 +373,7 @@ impl Store {
 
     /// Counters and latencies as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let json = self
-            .handle(py)?
-            .stats_json()
-            .map_err(|e| bind_err(py, e))?;
+        let json = self.handle(py)?.stats_json().map_err(|e| bind_err(py, e))?;
         PyModule::import(py, "json")?.call_method1("loads", (json,))
     }
 
@@ -422,26 +420,20 @@ impl Store {
 }
 
 /// A prefetch in flight. See `engram/__init__.pyi`.
+///
+/// The lock is only ever taken with the GIL released (or with `try_lock`), so a thread
+/// waiting on the ticket can never deadlock against a thread that holds the GIL.
 #[pyclass(module = "engram._engram", frozen)]
 struct Ticket {
     inner: std::sync::Mutex<Option<PendingRows>>,
+    rows: usize,
     row_bytes: usize,
 }
 
-impl Ticket {
-    fn with<R>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&mut PendingRows) -> engram_bindings::Result<R>,
-    ) -> PyResult<R> {
-        let mut guard = self
-            .inner
-            .lock()
-            .map_err(|_| raise(py, ErrorKind::Internal, "ticket lock poisoned".into()))?;
-        let pending = guard
-            .as_mut()
-            .ok_or_else(|| raise(py, ErrorKind::InvalidArgument, "the ticket was released".into()))?;
-        f(pending).map_err(|e| bind_err(py, e))
+fn released() -> engram_bindings::Error {
+    engram_bindings::Error::Invalid {
+        what: "ticket",
+        reason: "it was released".into(),
     }
 }
 
@@ -449,13 +441,19 @@ impl Ticket {
 impl Ticket {
     /// Rows requested.
     #[getter]
-    fn rows(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with(py, |p| Ok(p.rows()))
+    fn rows(&self) -> usize {
+        self.rows
     }
 
-    /// Whether wait() would return without blocking.
+    /// Whether wait() would return without blocking (False while another thread waits).
     fn ready(&self, py: Python<'_>) -> PyResult<bool> {
-        self.with(py, |p| Ok(p.is_ready()))
+        match self.inner.try_lock() {
+            Ok(g) => match g.as_ref() {
+                Some(p) => Ok(p.is_ready()),
+                None => Err(bind_err(py, released())),
+            },
+            Err(_) => Ok(false),
+        }
     }
 
     /// Blocks (GIL released) until the rows are in. With `out` (a writable C-contiguous
@@ -467,10 +465,9 @@ impl Ticket {
         py: Python<'py>,
         out: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let rows = self.rows(py)?;
         let target = match out {
             Some(o) => o.clone(),
-            None => empty(py, &[rows, self.row_bytes], "uint8")?,
+            None => empty(py, &[self.rows, self.row_bytes], "uint8")?,
         };
         let mut view = View::new(&target, Elem::U8, true).map_err(|e| {
             arg_err(
@@ -480,7 +477,7 @@ impl Ticket {
                 e,
             )
         })?;
-        let need = rows * self.row_bytes;
+        let need = self.rows * self.row_bytes;
         if view.byte_len() != need {
             return Err(buffer_size(
                 py,
@@ -491,16 +488,11 @@ impl Ticket {
             ));
         }
         let dst = view.as_mut_slice::<u8>(Elem::U8)?;
-        let mut guard = self
-            .inner
-            .lock()
-            .map_err(|_| raise(py, ErrorKind::Internal, "ticket lock poisoned".into()))?;
-        let pending = guard
-            .as_mut()
-            .ok_or_else(|| raise(py, ErrorKind::InvalidArgument, "the ticket was released".into()))?;
-        py.detach(|| pending.wait_into(dst))
-            .map_err(|e| bind_err(py, e))?;
-        drop(guard);
+        py.detach(|| {
+            let mut g = self.inner.lock().map_err(|_| released())?;
+            g.as_mut().ok_or_else(released)?.wait_into(dst)
+        })
+        .map_err(|e| bind_err(py, e))?;
         drop(view);
         Ok(target)
     }
@@ -508,14 +500,17 @@ impl Ticket {
     /// Waits for the I/O (GIL released) and gives the buffer back to the store's pool;
     /// the ticket cannot be used afterwards. Dropping the ticket does the same.
     fn release(&self, py: Python<'_>) {
-        let taken = self.inner.lock().ok().and_then(|mut g| g.take());
-        py.detach(move || drop(taken));
+        py.detach(|| {
+            let taken = self.inner.lock().ok().and_then(|mut g| g.take());
+            drop(taken);
+        });
     }
 
     fn __repr__(&self) -> String {
-        match self.inner.lock().ok().as_deref() {
+        match self.inner.try_lock().ok().as_deref() {
             Some(Some(p)) => format!("engram.Ticket(rows={}, ready={})", p.rows(), p.is_ready()),
-            _ => "engram.Ticket(released)".into(),
+            Some(None) => "engram.Ticket(released)".into(),
+            None => format!("engram.Ticket(rows={}, waiting)", self.rows),
         }
     }
 }
