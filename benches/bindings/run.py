@@ -52,7 +52,7 @@ def build() -> tuple[list[str], list[str], list[str], dict]:
     for old in wheels.glob("*.whl"):
         old.unlink()
     sh(py, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), "./bindings/python",
-       env=dict(os.environ, MATURIN_PEP517_ARGS="--release"))
+       env=dict(os.environ, MATURIN_PEP517_ARGS="--profile release"))
     sh(py, "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", *map(str, wheels.glob("*.whl")))
     run_env = dict(os.environ, LD_LIBRARY_PATH=f"{prefix}/lib")
     return ([str(ROOT / "target" / "release" / "lookup_overhead")], [str(c_bin)],
