@@ -327,10 +327,8 @@ impl TableWriter {
             )));
         }
         let mpath = self.tmp.join(MANIFEST_FILE);
-        let json = serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::Manifest {
-            path: mpath.clone(),
-            reason: e.to_string(),
-        })?;
+        self.manifest.seal()?;
+        let json = self.manifest.to_json()?;
         {
             let mut f = File::create(&mpath).map_err(|e| io("create", &mpath, e))?;
             f.write_all(&json).map_err(|e| io("write", &mpath, e))?;
