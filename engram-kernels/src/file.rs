@@ -57,6 +57,11 @@ pub enum FileError {
         line: usize,
         reason: String,
     },
+    /// A file that must be checksummed has no `SHA256SUMS` beside it.
+    #[error(
+        "{sums} is missing: {path} must be checked against it (write it in that directory with `sha256sum NAME... > SHA256SUMS`)"
+    )]
+    NoChecksums { path: PathBuf, sums: PathBuf },
     /// A file that must be checksummed is not listed in the `SHA256SUMS` beside it.
     #[error(
         "{path} is not listed in {sums}: add it with `sha256sum NAME >> SHA256SUMS` in that directory"
@@ -350,7 +355,16 @@ impl Sha256Sums {
 /// Reads `path` like [`read_regular`] and checks it against the `SHA256SUMS` beside it,
 /// which must exist and list it. Returns the bytes and their SHA-256.
 pub fn read_checked(path: &Path, limit: Limit) -> Result<(Vec<u8>, String), FileError> {
-    let sums = Sha256Sums::read(&Sha256Sums::beside(path))?;
+    let sums_path = Sha256Sums::beside(path);
+    let sums = Sha256Sums::read(&sums_path).map_err(|e| match e {
+        FileError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
+            FileError::NoChecksums {
+                path: path.to_path_buf(),
+                sums: sums_path.clone(),
+            }
+        }
+        other => other,
+    })?;
     let bytes = read_regular(path, limit)?;
     let sha = sums.check(path, &bytes)?;
     Ok((bytes, sha))
@@ -456,7 +470,7 @@ mod tests {
         }
         std::fs::remove_file(&sums_path).expect("rm");
         let e = read_checked(&file, SMALL).expect_err("no list");
-        assert!(e.to_string().contains(SHA256SUMS_FILE), "{e}");
+        assert!(matches!(e, FileError::NoChecksums { .. }), "{e}");
     }
 
     #[test]

@@ -147,7 +147,9 @@ pub enum Error {
         feature: &'static str,
     },
     /// A backend or facility compiled in but not usable on this machine.
-    #[error("{what} is not available on this machine: {reason}")]
+    // Not "on this machine": the cause may be a per-process limit (open files, locked
+    // memory), which the reason names.
+    #[error("{what} cannot be used: {reason}")]
     Unavailable { what: &'static str, reason: String },
     /// The store's workers stopped after an earlier failure; reopen the store.
     #[error("the store is shut down ({0}); reopen it")]

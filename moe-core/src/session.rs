@@ -122,6 +122,12 @@ impl Session {
         tokenizer_path: Option<&Path>,
         engram: Option<&EngramSource>,
     ) -> Result<Self> {
+        if !model_dir.is_dir() {
+            return Err(Error::Input(format!(
+                "model directory {} does not exist",
+                model_dir.display()
+            )));
+        }
         let config = ModelConfig::load(&model_dir.join("config.json"))?;
         let vocab = Vocab::load(&model_dir.join(&config.vocab_file), &config)?;
         let weights = Weights::load(&model_dir.join("model.safetensors"), &config)?;

@@ -194,7 +194,7 @@ fn model_files_are_checked_against_their_sums() {
         (
             "no SHA256SUMS",
             Box::new(|m| std::fs::remove_file(m.join(SHA256SUMS_FILE)).expect("rm")),
-            "SHA256SUMS: No such file",
+            "SHA256SUMS is missing",
         ),
         (
             "weights not listed",

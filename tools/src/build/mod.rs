@@ -38,7 +38,15 @@ pub struct BuildArgs {
     /// Corpus inputs: files, directories (recursive), `.jsonl` files, or `-` for stdin.
     pub paths: Vec<PathBuf>,
     /// Table directory to publish (required except with --print-config).
-    #[arg(long, short, default_value_os = "", hide_default_value = true)]
+    // Empty when not given (clap's PathBuf parser would refuse the empty default): `run`
+    // requires it after --print-config has had its chance.
+    #[arg(
+        long,
+        short,
+        default_value_os = "",
+        hide_default_value = true,
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+    )]
     pub out: PathBuf,
     /// TOML config file; flags override its keys.
     #[arg(long)]
@@ -119,6 +127,9 @@ impl BuildArgs {
     }
 }
 
+/// The estimate's allowance for the tokenizer, the pipeline's buffers and the binary.
+const FIXED_RAM_BYTES: u64 = 256 << 20;
+
 /// Sizes a build will produce, known before any work.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Estimate {
@@ -152,7 +163,7 @@ fn estimate(manifest: &Manifest, layout: &EngramLayout) -> Result<Estimate> {
     let max_layer = rows_per_layer.iter().copied().max().unwrap_or(0);
     let ram_bytes = counter_bytes
         .saturating_add(max_layer.saturating_mul(16))
-        .saturating_add(256 << 20);
+        .saturating_add(FIXED_RAM_BYTES);
     Ok(Estimate {
         rows_per_layer,
         rows,
@@ -285,16 +296,17 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         }
         return Ok(summary);
     }
-    // Fail before any work when the counters alone cannot fit the address-space limit: they
-    // are allocated whole at the start of counting.
+    // Fail before any work when the hit counters (allocated whole when counting starts)
+    // and the ranked profile of the largest layer cannot fit the address-space limit.
+    let counting_bytes = est.ram_bytes.saturating_sub(FIXED_RAM_BYTES);
     if let Some(limit) = crate::address_space_limit()
         && !args.paths.is_empty()
-        && est.ram_bytes > limit
+        && counting_bytes > limit
     {
         bail!(
-            "this build needs about {} of memory ({} of hit counters), above the process's \
-             address-space limit of {} (ulimit -v): raise the limit or use smaller --base-size",
-            human(est.ram_bytes),
+            "counting needs {} of memory ({} of hit counters), above the process's \
+             address-space limit of {} (ulimit -v): raise the limit or use a smaller --base-size",
+            human(counting_bytes),
             human(est.counter_bytes),
             human(limit)
         );
