@@ -4,6 +4,8 @@
 #   cargo test --workspace
 #   cargo test -p engram-kernels --features cuda   (every CUDA kernel compiled for sm_90
 #                                                  by NVRTC; GPU tests run only with a GPU)
+#   bindings/c/test.sh        (the C ABI from C, under valgrind)
+#   bindings/python/test.sh   (pip install ./bindings/python in a fresh venv, then pytest)
 # Extra arguments go to the first cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +13,21 @@ cd "$(dirname "$0")/.."
 scripts/fetch-tokenizer.sh >/dev/null
 # With the tokenizer in place its tests must run, not skip.
 export ENGRAM_REQUIRE_TOKENIZER=1
+
+# io_uring is required wherever io_uring_setup works, so no io_uring test can pass by
+# silently running pread (each skipped test says so where it is unavailable).
+if python3 - <<'EOF'
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+params = (ctypes.c_ubyte * 120)()
+sys.exit(0 if libc.syscall(425, 8, params) >= 0 else 1)  # io_uring_setup(8, &params)
+EOF
+then
+  export ENGRAM_REQUIRE_URING=1
+  echo "io_uring works here: ENGRAM_REQUIRE_URING=1"
+else
+  echo "io_uring is unavailable here: its tests are skipped, each saying so"
+fi
 
 cargo test --workspace "$@"
 
@@ -24,3 +41,8 @@ if [[ -z "${ENGRAM_REQUIRE_GPU:-}" ]] && nvidia-smi -L 2>/dev/null | grep -q '^G
     export ENGRAM_REQUIRE_GPU=1
 fi
 cargo test -p engram-kernels --features cuda
+
+# The bindings, as C and Python users build and call them (they use the tools built above).
+cargo build -p engram-tools --bins
+bindings/c/test.sh
+bindings/python/test.sh

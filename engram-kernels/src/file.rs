@@ -16,7 +16,8 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -109,20 +110,31 @@ fn kind_name(ft: std::fs::FileType) -> &'static str {
 /// Opens `path` read-only and returns it with its size, or an error unless it is a regular
 /// file. Never blocks on a FIFO.
 pub fn open_regular(path: &Path) -> Result<(File, u64), FileError> {
+    open_regular_at(rustix::fs::CWD, path, path)
+}
+
+/// [`open_regular`] for `name` relative to the open directory `dir` (`openat`), so that
+/// several files are taken from one directory even if its path is meanwhile renamed or
+/// replaced. `shown` is the path used in messages.
+pub fn open_regular_at(
+    dir: impl AsFd,
+    name: &Path,
+    shown: &Path,
+) -> Result<(File, u64), FileError> {
     let io = |op, error| FileError::Io {
         op,
-        path: path.to_path_buf(),
+        path: shown.to_path_buf(),
         error,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_nonblock())
-        .open(path)
-        .map_err(|e| io("open", e))?;
+    let flags =
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, rustix::fs::Mode::empty())
+        .map_err(|e| io("open", e.into()))?;
+    let file = File::from(fd);
     let meta = file.metadata().map_err(|e| io("stat", e))?;
     if !meta.file_type().is_file() {
         return Err(FileError::NotRegular {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             kind: kind_name(meta.file_type()),
         });
     }
@@ -132,17 +144,28 @@ pub fn open_regular(path: &Path) -> Result<(File, u64), FileError> {
 
 /// Reads all of the regular file `path`, refusing it when it is larger than `limit`.
 pub fn read_regular(path: &Path, limit: Limit) -> Result<Vec<u8>, FileError> {
-    let (file, len) = open_regular(path)?;
+    read_regular_at(rustix::fs::CWD, path, path, limit)
+}
+
+/// [`read_regular`] for `name` relative to the open directory `dir` (see
+/// [`open_regular_at`]); `shown` is the path used in messages.
+pub fn read_regular_at(
+    dir: impl AsFd,
+    name: &Path,
+    shown: &Path,
+    limit: Limit,
+) -> Result<Vec<u8>, FileError> {
+    let (file, len) = open_regular_at(dir, name, shown)?;
     if len > limit.bytes {
         return Err(FileError::TooLarge {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             what: limit.what,
             name: limit.name,
             limit: limit.bytes,
             found: len,
         });
     }
-    read_stream(file, len, path, limit)
+    read_stream(file, len, shown, limit)
 }
 
 /// Reads `reader` to its end into a buffer reserved fallibly (`size_hint` bytes first),
@@ -370,10 +393,6 @@ pub fn read_checked(path: &Path, limit: Limit) -> Result<(Vec<u8>, String), File
     Ok((bytes, sha))
 }
 
-fn libc_o_nonblock() -> i32 {
-    rustix::fs::OFlags::NONBLOCK.bits() as i32
-}
-
 fn clear_nonblock(file: &File) -> std::io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(file)?;
     rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::NONBLOCK)?;
@@ -507,6 +526,24 @@ mod tests {
         };
         let got = read_stream(std::io::repeat(1).take(5 << 19), 4096, p, big).expect("2.5 MiB");
         assert_eq!(got.len(), 5 << 19);
+    }
+
+    #[test]
+    fn opens_relative_to_a_directory_handle_after_the_path_moved() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let a = root.path().join("a");
+        std::fs::create_dir(&a).expect("mkdir");
+        std::fs::write(a.join("f"), b"old").expect("write");
+        let handle = File::open(&a).expect("directory handle");
+        // The path now names another directory; the handle still reaches the first one.
+        std::fs::rename(&a, root.path().join("moved")).expect("rename");
+        std::fs::create_dir(&a).expect("mkdir");
+        std::fs::write(a.join("f"), b"new").expect("write");
+        let got = read_regular_at(&handle, Path::new("f"), &a.join("f"), SMALL).expect("read");
+        assert_eq!(got, b"old");
+        let e = read_regular_at(&handle, Path::new("missing"), Path::new("shown/m"), SMALL)
+            .expect_err("missing");
+        assert!(e.to_string().contains("shown/m"), "{e}");
     }
 
     #[test]

@@ -23,10 +23,6 @@ pub enum Error {
         offset: u64,
         error: std::io::Error,
     },
-    /// An input file (manifest, profile) is not a regular file, is too large, or cannot be
-    /// read.
-    #[error(transparent)]
-    File(#[from] engram_kernels::file::FileError),
     /// A buffer sized by input (the cache budget) could not be allocated.
     #[error(transparent)]
     Alloc(#[from] engram_kernels::alloc::AllocError),
@@ -133,9 +129,35 @@ pub enum Error {
     /// The destination exists and `force` was not given.
     #[error("{path} already exists (pass force to replace it)")]
     Exists { path: PathBuf },
+    /// Another writer holds the table path's lock (see `crate::publish`).
+    #[error(
+        "another writer ({holder}) is writing a table at {path} (it holds the lock {lock}): \
+         wait for it to finish or write elsewhere"
+    )]
+    Locked {
+        path: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    /// A forced write would replace something that is not a table directory.
+    #[error(
+        "refusing to replace {path}: it is {found}, not a table directory (expected \
+         manifest.json inside, or an empty directory)"
+    )]
+    NotATable { path: PathBuf, found: &'static str },
+    /// An input file is not a regular file or is too large (its I/O errors are [`Error::Io`]).
+    #[error(transparent)]
+    Input(engram_kernels::file::FileError),
     /// A profile file is malformed.
     #[error("invalid profile {path} at offset {offset}: {reason}")]
     Profile {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A records file is malformed or belongs to another table.
+    #[error("invalid records file {path} at offset {offset}: {reason}")]
+    Records {
         path: PathBuf,
         offset: u64,
         reason: String,
@@ -154,6 +176,27 @@ pub enum Error {
     /// The store's workers stopped after an earlier failure; reopen the store.
     #[error("the store is shut down ({0}); reopen it")]
     ShutDown(&'static str),
+    /// A component failed in a way that makes it unusable; reopen the store.
+    #[error("{what} failed ({reason}); reopen the store")]
+    Broken { what: &'static str, reason: String },
+    /// The batch was cancelled before it finished (speculative prefetch).
+    #[error("cancelled")]
+    Cancelled,
+    /// A file was replaced on disk between validating the table and opening it again, or
+    /// the table directory was replaced every time `Table::open` tried it.
+    #[error("{path} was replaced while the table was being opened; open the table again")]
+    Replaced { path: PathBuf },
+}
+
+impl From<engram_kernels::file::FileError> for Error {
+    fn from(e: engram_kernels::file::FileError) -> Self {
+        match e {
+            engram_kernels::file::FileError::Io { op, path, error } => {
+                Error::Io { op, path, error }
+            }
+            other => Error::Input(other),
+        }
+    }
 }
 
 fn limit_text(found: usize, limit: usize, name: &str) -> String {

@@ -83,7 +83,14 @@ pub struct Metrics {
     rows_unique: AtomicU64,
     device_reads: AtomicU64,
     device_bytes: AtomicU64,
+    record_reads: AtomicU64,
+    record_rows: AtomicU64,
+    hedged_reads: AtomicU64,
     errors: AtomicU64,
+    spec_batches: AtomicU64,
+    spec_rows_read: AtomicU64,
+    spec_dropped: AtomicU64,
+    spec_failed: AtomicU64,
     hists: Mutex<Hists>,
 }
 
@@ -96,7 +103,14 @@ impl Default for Metrics {
             rows_unique: AtomicU64::new(0),
             device_reads: AtomicU64::new(0),
             device_bytes: AtomicU64::new(0),
+            record_reads: AtomicU64::new(0),
+            record_rows: AtomicU64::new(0),
+            hedged_reads: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            spec_batches: AtomicU64::new(0),
+            spec_rows_read: AtomicU64::new(0),
+            spec_dropped: AtomicU64::new(0),
+            spec_failed: AtomicU64::new(0),
             hists: Mutex::new(Hists {
                 tier: [new_hist(), new_hist(), new_hist()],
                 stage: [new_hist(), new_hist(), new_hist(), new_hist()],
@@ -155,8 +169,20 @@ pub struct StatsSnapshot {
     pub rows_unique: u64,
     pub device_reads: u64,
     pub device_bytes: u64,
+    /// Device reads of n-gram records, and the distinct rows they served (each record
+    /// read replaced that many row reads, less one).
+    pub record_reads: u64,
+    pub record_rows: u64,
+    /// Device reads issued again because the first copy was overdue (hedged reads).
+    pub hedged_reads: u64,
     pub row_bytes: u64,
     pub errors: u64,
+    /// Speculative prefetches run, rows they read into the cache, dropped (queue full),
+    /// and failed or cancelled.
+    pub spec_batches: u64,
+    pub spec_rows_read: u64,
+    pub spec_dropped: u64,
+    pub spec_failed: u64,
     /// Device bytes / (distinct rows read x row bytes).
     pub read_amplification: f64,
     pub cache_hit_rate: f64,
@@ -180,6 +206,22 @@ impl Metrics {
         }
     }
 
+    /// A speculation finished after reading `rows` misses.
+    pub(crate) fn record_speculation(&self, rows: usize, result: &crate::error::Result<()>) {
+        self.spec_batches.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => self
+                .spec_rows_read
+                .fetch_add(rows as u64, Ordering::Relaxed),
+            Err(_) => self.spec_failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// A speculation was not taken (too many pending).
+    pub(crate) fn record_speculation_dropped(&self) {
+        self.spec_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_tier(&self, tier: Tier, ns: u64) {
         if let Ok(mut h) = self.hists.lock() {
             let _ = h.tier[tier_index(tier)].record(ns.clamp(1, MAX_TRACKED_NS));
@@ -193,6 +235,11 @@ impl Metrics {
         self.device_reads.fetch_add(c.reads, Ordering::Relaxed);
         self.device_bytes
             .fetch_add(c.device_bytes, Ordering::Relaxed);
+        self.record_reads
+            .fetch_add(c.record_reads, Ordering::Relaxed);
+        self.record_rows.fetch_add(c.record_rows, Ordering::Relaxed);
+        self.hedged_reads
+            .fetch_add(c.hedged_reads, Ordering::Relaxed);
         if let Ok(mut h) = self.hists.lock() {
             for (i, ns) in [c.plan_ns, c.submit_ns, c.complete_ns, c.scatter_ns]
                 .into_iter()
@@ -212,7 +259,14 @@ impl Metrics {
             &self.rows_unique,
             &self.device_reads,
             &self.device_bytes,
+            &self.record_reads,
+            &self.record_rows,
+            &self.hedged_reads,
             &self.errors,
+            &self.spec_batches,
+            &self.spec_rows_read,
+            &self.spec_dropped,
+            &self.spec_failed,
         ] {
             a.store(0, Ordering::Relaxed);
         }
@@ -233,7 +287,14 @@ impl Metrics {
             rows_unique: g(&self.rows_unique),
             device_reads: g(&self.device_reads),
             device_bytes: g(&self.device_bytes),
+            record_reads: g(&self.record_reads),
+            record_rows: g(&self.record_rows),
+            hedged_reads: g(&self.hedged_reads),
             errors: g(&self.errors),
+            spec_batches: g(&self.spec_batches),
+            spec_rows_read: g(&self.spec_rows_read),
+            spec_dropped: g(&self.spec_dropped),
+            spec_failed: g(&self.spec_failed),
             row_bytes,
             ..Default::default()
         };
@@ -309,7 +370,42 @@ impl StatsSnapshot {
             "Bytes read from the device or touched in memory.",
             self.device_bytes,
         );
+        counter(
+            "record_reads_total",
+            "Device reads of n-gram records (each served several rows).",
+            self.record_reads,
+        );
+        counter(
+            "record_rows_total",
+            "Distinct rows served from n-gram records.",
+            self.record_rows,
+        );
+        counter(
+            "hedged_reads_total",
+            "Device reads issued again because the first copy was overdue.",
+            self.hedged_reads,
+        );
         counter("errors_total", "Batches that failed.", self.errors);
+        counter(
+            "speculation_batches_total",
+            "Speculative prefetches run.",
+            self.spec_batches,
+        );
+        counter(
+            "speculation_rows_read_total",
+            "Rows speculative prefetches read into the cache.",
+            self.spec_rows_read,
+        );
+        counter(
+            "speculation_dropped_total",
+            "Speculative prefetches not taken (too many pending).",
+            self.spec_dropped,
+        );
+        counter(
+            "speculation_failed_total",
+            "Speculative prefetches that failed or were cancelled.",
+            self.spec_failed,
+        );
         let _ = writeln!(
             o,
             "# HELP engram_store_read_amplification Device bytes per useful row byte."

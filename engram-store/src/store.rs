@@ -6,17 +6,18 @@
 //! blocks the caller (back-pressure) instead of growing a queue.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
 
 use crate::backend::{self, Backend, BackendKind, BackendOptions, IoCounters, RowReader, Tier};
 use crate::buffer::AlignedBuf;
 use crate::cache::RowCache;
 use crate::error::{Error, Result};
+use crate::io::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs, Priority};
 use crate::metrics::{Metrics, StatsSnapshot};
 use crate::profile::Profile;
 use crate::table::{OpenOptions, Table};
@@ -31,6 +32,8 @@ pub const DEFAULT_MAX_BATCH_ROWS: usize = 65_536;
 /// of a few kilobytes. Measured on the committed model: 137-254 us of stall per decode
 /// token with the hand-off, for rows that were all in DRAM.
 pub const INLINE_MAX_ROWS: usize = 1024;
+/// Speculations tracked for cancellation (a ring of the latest cancel requests).
+pub const MAX_SPECULATIONS: usize = 256;
 /// Hard upper bound on `max_batch_rows` (slots are u32; staging grows with it).
 pub const MAX_BATCH_ROWS_LIMIT: usize = 1 << 24;
 
@@ -53,6 +56,9 @@ pub struct StoreOptions {
     pub admit_on_first_miss: bool,
     /// How the profile seeds the cache.
     pub seed: crate::cache::SeedOptions,
+    /// Read n-gram records (`records.bin` in the table directory, when present) instead of
+    /// several rows' pages on cache misses of rows that share a record.
+    pub records: bool,
 }
 
 impl Default for StoreOptions {
@@ -67,6 +73,7 @@ impl Default for StoreOptions {
             profile: None,
             admit_on_first_miss: false,
             seed: crate::cache::SeedOptions::default(),
+            records: true,
         }
     }
 }
@@ -92,12 +99,22 @@ struct Slot {
     ready: Condvar,
 }
 
+/// Work for an I/O worker.
 #[derive(Debug)]
-struct Job {
-    slot: usize,
-    layer: usize,
-    ids: Vec<u64>,
-    out: AlignedBuf,
+enum Job {
+    /// Rows a ticket waits for, read into its buffer.
+    Fetch {
+        slot: usize,
+        layer: usize,
+        ids: Vec<u64>,
+        out: AlignedBuf,
+    },
+    /// Rows read into the hot-row cache only, at low priority (speculation `spec`).
+    Warm {
+        spec: u64,
+        layer: usize,
+        ids: Vec<u64>,
+    },
 }
 
 #[derive(Debug)]
@@ -112,6 +129,14 @@ struct Shared {
     free_tx: Sender<usize>,
     free_rx: Receiver<usize>,
     max_batch_rows: usize,
+    /// Speculations queued or running, at most `max_in_flight`.
+    spec_pending: AtomicUsize,
+    /// Next speculation number.
+    spec_next: AtomicU64,
+    /// (MAX_SPECULATIONS,) the number of the last cancelled speculation in each slot
+    spec_cancelled: Vec<AtomicU64>,
+    /// Id vectors of finished speculations, for the next ones (no allocation per token).
+    spec_ids: Mutex<Vec<Vec<u64>>>,
 }
 
 #[derive(Debug)]
@@ -167,6 +192,19 @@ impl Shared {
         if let Ok(mut v) = self.readers.lock() {
             v.push(ctx);
         }
+    }
+
+    /// Errors unless `ids` fits a batch and every id is a row of layer `layer`.
+    fn check_ids_len(&self, layer: usize, ids: &[u64]) -> Result<()> {
+        if ids.len() > self.max_batch_rows {
+            return Err(Error::Limit {
+                what: "batch rows",
+                name: "max_batch_rows",
+                limit: self.max_batch_rows,
+                found: ids.len(),
+            });
+        }
+        self.table.check_ids(layer, ids)
     }
 
     fn check(&self, layer: usize, ids: &[u64], out_len: usize) -> Result<()> {
@@ -242,14 +280,289 @@ impl Shared {
     }
 }
 
-fn worker_loop(shared: Arc<Shared>, jobs: Receiver<Job>, mut ctx: ReaderCtx) {
-    while let Ok(mut job) = jobs.recv() {
-        let result = shared.read(job.layer, &job.ids, job.out.as_mut_slice(), &mut ctx);
-        let slot = &shared.slots[job.slot];
+impl Shared {
+    /// Hands a finished fetch to its ticket.
+    fn deliver(&self, slot: usize, out: AlignedBuf, result: Result<()>, ids: Vec<u64>) {
+        let slot = &self.slots[slot];
         if let Ok(mut st) = slot.state.lock() {
-            st.done = Some((job.out, result, job.ids));
+            st.done = Some((out, result, ids));
         }
         slot.ready.notify_all();
+    }
+
+    fn spec_is_cancelled(&self, spec: u64) -> bool {
+        self.spec_cancelled[(spec % MAX_SPECULATIONS as u64) as usize].load(Ordering::Relaxed)
+            == spec
+    }
+
+    /// Returns a finished speculation's id vector to the pool.
+    fn spec_done(&self, mut ids: Vec<u64>) {
+        self.spec_pending.fetch_sub(1, Ordering::Relaxed);
+        ids.clear();
+        if let Ok(mut pool) = self.spec_ids.lock()
+            && pool.len() < MAX_SPECULATIONS
+        {
+            pool.push(ids);
+        }
+    }
+}
+
+fn worker_loop(shared: Arc<Shared>, jobs: Receiver<Job>, mut ctx: ReaderCtx) {
+    if ctx.reader.driver().is_some() {
+        StreamWorker::new(&shared).run(&jobs, &mut ctx);
+        return;
+    }
+    // Resident backends: one job at a time (nothing to overlap), nothing to warm.
+    while let Ok(job) = jobs.recv() {
+        match job {
+            Job::Fetch {
+                slot,
+                layer,
+                ids,
+                mut out,
+            } => {
+                let result = shared.read(layer, &ids, out.as_mut_slice(), &mut ctx);
+                shared.deliver(slot, out, result, ids);
+            }
+            Job::Warm { ids, .. } => shared.spec_done(ids),
+        }
+    }
+}
+
+/// A job whose misses are being read by the driver.
+#[derive(Debug)]
+struct Running {
+    job: Job,
+    /// (misses,) row ids and their output slots; empty slots: the identity
+    miss_ids: Vec<u64>,
+    miss_slots: Vec<u32>,
+    /// Where a warm job's rows land before the cache.
+    scratch: Option<AlignedBuf>,
+    t0: Instant,
+    t_io: Instant,
+}
+
+/// The output buffers of the running jobs, by batch id.
+struct RunningOuts<'a>(&'a mut [Option<Running>]);
+
+impl Outputs for RunningOuts<'_> {
+    fn out(&mut self, batch: BatchId) -> &mut [u8] {
+        match self.0.get_mut(batch as usize).and_then(Option::as_mut) {
+            Some(Running {
+                job: Job::Fetch { out, .. },
+                ..
+            }) => out.as_mut_slice(),
+            Some(Running {
+                scratch: Some(buf), ..
+            }) => buf.as_mut_slice(),
+            // An unknown batch gets no room: the scatter fails the batch, no panic.
+            _ => &mut [],
+        }
+    }
+}
+
+/// An I/O worker over a batch driver: keeps taking jobs while reads are in flight, so
+/// the device queue refills from the next job as the previous one's reads complete
+/// (one continuous submission stream across batches and tickets).
+struct StreamWorker<'a> {
+    shared: &'a Shared,
+    /// (MAX_ACTIVE_BATCHES,) running jobs by batch id
+    running: Vec<Option<Running>>,
+    spare_lists: Vec<(Vec<u64>, Vec<u32>)>,
+    spare_bufs: Vec<AlignedBuf>,
+    finished: Vec<Finished>,
+}
+
+impl<'a> StreamWorker<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Self {
+            shared,
+            running: (0..MAX_ACTIVE_BATCHES).map(|_| None).collect(),
+            spare_lists: Vec::with_capacity(MAX_ACTIVE_BATCHES),
+            spare_bufs: Vec::with_capacity(MAX_ACTIVE_BATCHES),
+            finished: Vec::with_capacity(MAX_ACTIVE_BATCHES),
+        }
+    }
+
+    fn run(&mut self, jobs: &Receiver<Job>, ctx: &mut ReaderCtx) {
+        let Some(driver) = ctx.reader.driver() else {
+            return;
+        };
+        let mut open = true;
+        loop {
+            while open && driver.can_start() {
+                // Block for work only when nothing is in flight.
+                let next = if driver.active() == 0 {
+                    jobs.recv().map_err(|_| TryRecvError::Disconnected)
+                } else {
+                    jobs.try_recv()
+                };
+                match next {
+                    Ok(job) => self.begin(driver, job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            if driver.active() == 0 {
+                if open {
+                    continue;
+                }
+                return;
+            }
+            for (id, r) in self.running.iter().enumerate() {
+                if let Some(Running {
+                    job: Job::Warm { spec, .. },
+                    ..
+                }) = r
+                    && self.shared.spec_is_cancelled(*spec)
+                {
+                    driver.cancel(id as BatchId);
+                }
+            }
+            driver.pump(
+                true,
+                &mut RunningOuts(&mut self.running),
+                &mut self.finished,
+            );
+            let mut finished = std::mem::take(&mut self.finished);
+            for f in finished.drain(..) {
+                self.finish(f);
+            }
+            self.finished = finished;
+        }
+    }
+
+    /// Probes the cache and starts the misses on the driver (or finishes at once).
+    fn begin(&mut self, driver: &mut Driver, mut job: Job) {
+        let sh = self.shared;
+        let t0 = Instant::now();
+        let (mut miss_ids, mut miss_slots) = self.spare_lists.pop().unwrap_or_default();
+        miss_ids.clear();
+        miss_slots.clear();
+        let rb = sh.table.row_bytes();
+        let mut scratch = None;
+        let (layer, priority) = match &mut job {
+            Job::Fetch {
+                layer, ids, out, ..
+            } => {
+                match &sh.cache {
+                    Some(cache) => {
+                        for (k, (&row, dst)) in ids
+                            .iter()
+                            .zip(out.as_mut_slice().chunks_exact_mut(rb))
+                            .enumerate()
+                        {
+                            if !cache.get(*layer, row, dst) {
+                                miss_ids.push(row);
+                                miss_slots.push(k as u32);
+                            }
+                        }
+                        sh.metrics
+                            .record_tier(Tier::Cache, t0.elapsed().as_nanos() as u64);
+                    }
+                    None => miss_ids.extend_from_slice(ids),
+                }
+                (*layer, Priority::Demand)
+            }
+            Job::Warm {
+                spec, layer, ids, ..
+            } => {
+                if !sh.spec_is_cancelled(*spec)
+                    && let Some(cache) = &sh.cache
+                {
+                    miss_ids.extend(ids.iter().filter(|&&r| !cache.contains(*layer, r)));
+                }
+                if !miss_ids.is_empty() {
+                    let need = miss_ids.len() * rb;
+                    let buf = match self.spare_bufs.iter().position(|b| b.capacity() >= need) {
+                        Some(i) => Ok(self.spare_bufs.swap_remove(i)),
+                        None => AlignedBuf::new(need, crate::buffer::IO_ALIGN),
+                    };
+                    match buf.and_then(|mut b| b.set_len(need).map(|()| b)) {
+                        Ok(b) => scratch = Some(b),
+                        Err(_) => miss_ids.clear(),
+                    }
+                }
+                (*layer, Priority::Speculative)
+            }
+        };
+        let running = Running {
+            job,
+            miss_ids,
+            miss_slots,
+            scratch,
+            t0,
+            t_io: Instant::now(),
+        };
+        if running.miss_ids.is_empty() {
+            self.complete(running, Ok(()), IoCounters::default());
+            return;
+        }
+        match driver.start(layer, &running.miss_ids, &running.miss_slots, priority) {
+            Ok(id) => self.running[id as usize] = Some(running),
+            Err(e) => self.complete(running, Err(e), IoCounters::default()),
+        }
+    }
+
+    fn finish(&mut self, f: Finished) {
+        match self
+            .running
+            .get_mut(f.batch as usize)
+            .and_then(Option::take)
+        {
+            Some(running) => self.complete(running, f.result, f.counters),
+            None => debug_assert!(false, "finished batch {} was not running", f.batch),
+        }
+    }
+
+    /// Admits what was read, records metrics and hands the job back.
+    fn complete(&mut self, r: Running, result: Result<()>, counters: IoCounters) {
+        let sh = self.shared;
+        let rb = sh.table.row_bytes();
+        let misses = r.miss_ids.len();
+        if misses > 0 {
+            sh.metrics
+                .record_tier(sh.backend.kind().tier(), r.t_io.elapsed().as_nanos() as u64);
+            sh.metrics.record_io(misses, &counters);
+        }
+        match r.job {
+            Job::Fetch {
+                slot,
+                layer,
+                ids,
+                out,
+            } => {
+                if result.is_ok()
+                    && let Some(cache) = &sh.cache
+                {
+                    for (&row, &k) in r.miss_ids.iter().zip(&r.miss_slots) {
+                        let at = k as usize * rb;
+                        cache.admit(layer, row, &out[at..at + rb]);
+                    }
+                }
+                sh.metrics.record_batch(
+                    ids.len(),
+                    r.t0.elapsed().as_nanos() as u64,
+                    result.is_ok(),
+                );
+                sh.deliver(slot, out, result, ids);
+            }
+            Job::Warm { layer, ids, .. } => {
+                sh.metrics.record_speculation(misses, &result);
+                if result.is_ok()
+                    && let (Some(cache), Some(buf)) = (&sh.cache, &r.scratch)
+                {
+                    for (&row, bytes) in r.miss_ids.iter().zip(buf.chunks_exact(rb)) {
+                        cache.admit(layer, row, bytes);
+                    }
+                }
+                sh.spec_done(ids);
+            }
+        }
+        if let Some(buf) = r.scratch {
+            self.spare_bufs.push(buf);
+        }
+        self.spare_lists.push((r.miss_ids, r.miss_slots));
     }
 }
 
@@ -284,7 +597,14 @@ impl Store {
                 });
             }
         }
-        let opened = backend::open_backend(&table, &options.backend)?;
+        let mut backend_options = options.backend.clone();
+        let records_path = table.dir().join(crate::records::RECORDS_FILE);
+        if options.records && backend_options.records.is_none() && records_path.exists() {
+            let records = crate::records::Records::open(&records_path, &table)?;
+            tracing::info!(target: "engram_store", layers = records.layers.iter().flatten().count(), "n-gram records from {}", records_path.display());
+            backend_options.records = Some(Arc::new(records));
+        }
+        let opened = backend::open_backend(&table, &backend_options)?;
         tracing::info!(target: "engram_store", backend = %opened.backend.kind(), "opened {}", table.dir().display());
         let cache = RowCache::for_table(&table, options.cache_bytes, options.admit_on_first_miss)?;
         let (free_tx, free_rx) = bounded(options.max_in_flight);
@@ -310,6 +630,10 @@ impl Store {
             free_tx,
             free_rx,
             max_batch_rows: options.max_batch_rows,
+            spec_pending: AtomicUsize::new(0),
+            spec_next: AtomicU64::new(0),
+            spec_cancelled: (0..MAX_SPECULATIONS).map(|_| AtomicU64::new(0)).collect(),
+            spec_ids: Mutex::new(Vec::with_capacity(MAX_SPECULATIONS)),
         });
         if let Some(profile) = &options.profile {
             let id = table.manifest().table_id_u64().unwrap_or(0);
@@ -338,7 +662,8 @@ impl Store {
             tracing::info!(target: "engram_store", seeded, "hot-row cache seeded from profile");
             shared.put_ctx(ctx);
         }
-        let (jobs_tx, jobs_rx) = bounded::<Job>(options.max_in_flight);
+        // Room for every ticket's fetch and as many pending speculations.
+        let (jobs_tx, jobs_rx) = bounded::<Job>(2 * options.max_in_flight);
         let mut workers = Vec::with_capacity(options.io_workers);
         for w in 0..options.io_workers {
             let ctx = shared.new_ctx()?;
@@ -444,7 +769,7 @@ impl Store {
             .unwrap_or_default();
         ids_buf.clear();
         ids_buf.extend_from_slice(ids);
-        let job = Job {
+        let job = Job::Fetch {
             slot,
             layer,
             ids: ids_buf,
@@ -460,9 +785,67 @@ impl Store {
                 slot: Some(slot),
                 ready: None,
             },
-            Err(job) => {
+            Err(Job::Fetch { out, .. }) => {
                 let _ = sh.free_tx.send(slot);
-                early(job.out, Error::ShutDown("I/O workers stopped"))
+                early(out, Error::ShutDown("I/O workers stopped"))
+            }
+            Err(Job::Warm { .. }) => unreachable!("a fetch job came back as a warm job"),
+        }
+    }
+
+    /// Reads rows `ids` of layer index `layer` into the hot-row cache ahead of need, at low
+    /// priority: speculative prefetch of rows a predictor (a candidate table, a draft
+    /// model, MTP heads) expects soon. Its device reads go out only when no demand read is
+    /// waiting and hold at most half the queue, so they never delay a demand read for
+    /// long. Never blocks: with no cache, a resident backend, or `max_in_flight`
+    /// speculations already pending, it does nothing and says so in the handle. Dropping
+    /// the handle lets the speculation finish; [`Speculation::cancel`] stops it.
+    pub fn speculate(&self, layer: usize, ids: &[u64]) -> Result<Speculation> {
+        let sh = self.shared();
+        sh.check_ids_len(layer, ids)?;
+        let resident = sh.backend.kind() == BackendKind::Memory;
+        let pending = sh.spec_pending.fetch_add(1, Ordering::Relaxed);
+        if sh.cache.is_none() || resident || ids.is_empty() || pending >= sh.slots.len() {
+            sh.spec_pending.fetch_sub(1, Ordering::Relaxed);
+            if !ids.is_empty() && sh.cache.is_some() && !resident {
+                sh.metrics.record_speculation_dropped();
+            }
+            return Ok(Speculation {
+                handle: None,
+                spec: 0,
+            });
+        }
+        let spec = sh.spec_next.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut buf = sh
+            .spec_ids
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        buf.extend_from_slice(ids);
+        let job = Job::Warm {
+            spec,
+            layer,
+            ids: buf,
+        };
+        let sent = match &self.handle.jobs {
+            Some(tx) => tx.try_send(job).map_err(|e| e.into_inner()),
+            None => Err(job),
+        };
+        match sent {
+            Ok(()) => Ok(Speculation {
+                handle: Some(Arc::clone(&self.handle)),
+                spec,
+            }),
+            Err(job) => {
+                if let Job::Warm { ids, .. } = job {
+                    sh.spec_done(ids);
+                }
+                sh.metrics.record_speculation_dropped();
+                Ok(Speculation {
+                    handle: None,
+                    spec: 0,
+                })
             }
         }
     }
@@ -507,6 +890,30 @@ impl Store {
     /// The stats in Prometheus text format.
     pub fn prometheus(&self) -> String {
         self.stats().prometheus()
+    }
+}
+
+/// A speculative prefetch ([`Store::speculate`]).
+#[derive(Debug)]
+pub struct Speculation {
+    handle: Option<Arc<Handle>>,
+    spec: u64,
+}
+
+impl Speculation {
+    /// Whether the store took the speculation (false: no cache, a resident backend, or
+    /// too many pending).
+    pub fn accepted(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    /// Stops the speculation: reads not yet issued never are; rows already read still
+    /// enter the cache.
+    pub fn cancel(self) {
+        if let Some(h) = &self.handle {
+            let slot = (self.spec % MAX_SPECULATIONS as u64) as usize;
+            h.shared.spec_cancelled[slot].store(self.spec, Ordering::Relaxed);
+        }
     }
 }
 

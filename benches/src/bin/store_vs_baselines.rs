@@ -93,6 +93,16 @@ fn fio(file: &Path, offset: u64, size: u64, qd: usize, seconds: f64) -> Result<F
     })
 }
 
+/// How the store side issues its rows.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// Synchronous `lookup_into` of 64 x QD rows (1024..8192): each batch fills the queue.
+    Lookup,
+    /// `depth` prefetch tickets of `batch_rows` rows in flight on one thread (a decoder's
+    /// pattern): the I/O worker streams their reads into one queue.
+    Stream { batch_rows: usize, depth: usize },
+}
+
 /// Runs the store for about `seconds` (batch count calibrated on a short run).
 fn store_side(
     table: &Path,
@@ -101,8 +111,12 @@ fn store_side(
     threads: usize,
     layers: Vec<usize>,
     seconds: f64,
+    shape: Shape,
 ) -> Result<engram_store::workload::BenchReport> {
-    let batch_rows = (qd * 64).clamp(1024, 8192);
+    let (batch_rows, prefetch_depth) = match shape {
+        Shape::Lookup => ((qd * 64).clamp(1024, 8192), 0),
+        Shape::Stream { batch_rows, depth } => (batch_rows, depth),
+    };
     let opts = StoreOptions {
         backend: BackendOptions {
             kind: Some(kind),
@@ -112,18 +126,19 @@ fn store_side(
         },
         io_workers: 1,
         max_batch_rows: batch_rows,
+        max_in_flight: prefetch_depth.max(1) * threads,
         ..StoreOptions::default()
     };
     let store = Store::open(table, &opts)?;
     let mut spec = BenchSpec {
         batch_rows,
-        batches: 3,
+        batches: 3 + 3 * prefetch_depth,
         warmup_batches: 1,
         threads,
         dist: RowDist::Uniform,
         seed: Instant::now().elapsed().as_nanos() as u64 ^ 0xABCD,
         layers,
-        prefetch_depth: 0,
+        prefetch_depth,
     };
     let cal = run_bench(&store, &spec)?;
     let per_batch = cal.seconds / spec.batches as f64;
@@ -149,6 +164,14 @@ fn ssd(args: &[String]) -> Result<()> {
         .transpose()?
         .unwrap_or(8.0);
     let with_mmap = !args.iter().any(|a| a == "--no-mmap");
+    let stream_rows: usize = arg(args, "--stream-batch-rows")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(256);
+    let stream_depth: usize = arg(args, "--stream-depth")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(4);
     let table = Table::open(&dir)?;
     let lf = table.layer(0)?;
     let (file, offset, size) = (lf.path.clone(), lf.header.data_offset, lf.header.data_bytes);
@@ -162,10 +185,12 @@ fn ssd(args: &[String]) -> Result<()> {
         let (mut r_iops, mut r_p99, mut r_cpu, mut p_iops, mut m_iops) =
             (vec![], vec![], vec![], vec![], vec![]);
         let mut r_raw = vec![];
+        let (mut st_iops, mut st_cpu) = (vec![], vec![]);
         for pair in 0..pairs {
             let store_first = pair % 2 == 1;
             let mut f = None;
             let mut s = None;
+            let mut st = None;
             for side in 0..2 {
                 if (side == 0) == store_first {
                     eprintln!("qd {qd} pair {pair}: store (uring)");
@@ -176,20 +201,44 @@ fn ssd(args: &[String]) -> Result<()> {
                         1,
                         vec![0],
                         seconds,
+                        Shape::Lookup,
+                    )?);
+                    eprintln!(
+                        "qd {qd} pair {pair}: store (uring, {stream_depth} tickets of {stream_rows} rows)"
+                    );
+                    st = Some(store_side(
+                        &dir,
+                        BackendKind::Uring,
+                        qd,
+                        1,
+                        vec![0],
+                        seconds,
+                        Shape::Stream {
+                            batch_rows: stream_rows,
+                            depth: stream_depth,
+                        },
                     )?);
                 } else {
                     eprintln!("qd {qd} pair {pair}: fio");
                     f = Some(fio(&file, offset, size, qd, seconds)?);
                 }
             }
-            let (Some(f), Some(s)) = (f, s) else {
+            let (Some(f), Some(s), Some(st)) = (f, s, st) else {
                 bail!("missing side")
             };
             eprintln!("qd {qd} pair {pair}: raw io_uring loop (no store)");
             let raw = probe_random_reads(&file, offset, size, 4096, qd, seconds, pair as u64)?;
             r_raw.push(s.iops / raw.iops);
             eprintln!("qd {qd} pair {pair}: store pread");
-            let p = store_side(&dir, BackendKind::Pread, qd, 1, vec![0], seconds)?;
+            let p = store_side(
+                &dir,
+                BackendKind::Pread,
+                qd,
+                1,
+                vec![0],
+                seconds,
+                Shape::Lookup,
+            )?;
             let m = if with_mmap && qd <= 32 {
                 drop_page_cache();
                 eprintln!("qd {qd} pair {pair}: store mmap x{qd} threads");
@@ -200,6 +249,7 @@ fn ssd(args: &[String]) -> Result<()> {
                     qd,
                     vec![],
                     seconds,
+                    Shape::Lookup,
                 )?)
             } else {
                 None
@@ -212,6 +262,9 @@ fn ssd(args: &[String]) -> Result<()> {
             let f_cpu = f.cpu_cores / (f.iops / 1e5);
             r_cpu.push(s_cpu / f_cpu);
             p_iops.push(p.iops / f.iops);
+            let st_cpu_per = st.cpu_cores / (st.iops / 1e5);
+            st_iops.push(st.iops / f.iops);
+            st_cpu.push(st_cpu_per / f_cpu);
             if let Some(m) = &m {
                 m_iops.push(m.stats.rows_unique as f64 / m.seconds / f.iops);
             }
@@ -228,6 +281,11 @@ fn ssd(args: &[String]) -> Result<()> {
                               "cpu_cores": s.cpu_cores, "cpu_cores_per_100k_iops": s_cpu,
                               "read_amplification": s.read_amplification},
                     "pread": {"iops": p.iops, "read_p99_us": p.read_p99_us, "cpu_cores": p.cpu_cores},
+                    "uring_stream": {"iops": st.iops, "batch_rows": stream_rows, "tickets": stream_depth,
+                              "read_p50_us": st.read_p50_us, "read_p99_us": st.read_p99_us,
+                              "batch_p50_us": st.batch_p50_us, "batch_p99_us": st.batch_p99_us,
+                              "cpu_cores": st.cpu_cores, "cpu_cores_per_100k_iops": st_cpu_per},
+                    "uring_stream_over_fio_iops": st.iops / f.iops,
                     "mmap": m.as_ref().map(|m| json!({"rows_per_s": m.rows_per_s, "threads": qd, "cpu_cores": m.cpu_cores})),
                     "uring_over_fio_iops": ratio, "uring_over_fio_p99": s.read_p99_us / f.p99_us,
                     "pread_over_fio_iops": p.iops / f.iops,
@@ -243,6 +301,8 @@ fn ssd(args: &[String]) -> Result<()> {
             "median_uring_over_raw_loop_iops": median(r_raw),
                 "median_cpu_per_100k_iops_uring_over_fio": median(r_cpu),
                 "median_pread_over_fio_iops": median(p_iops),
+                "median_uring_stream_over_fio_iops": median(st_iops),
+                "median_cpu_per_100k_iops_uring_stream_over_fio": median(st_cpu),
                 "median_mmap_rows_over_fio_iops": if m_iops.is_empty() { None } else { Some(median(m_iops)) },
             }),
         );

@@ -2,8 +2,8 @@
 //!
 //! Phases: resolve config -> load tokenizer and compression table -> (dry run stops here)
 //! -> discover inputs -> count row hits (read, tokenize in parallel, compress, hash, count)
-//! -> rank the profile -> stream rows through `engram-store`'s writer (atomic publication)
-//! -> write the profile beside the manifest.
+//! -> rank the profile -> stream rows through `engram-store`'s writer, add the profile to
+//! the table directory -> publish both at once (atomic; `engram_store::publish`).
 
 pub mod config;
 pub mod corpus;
@@ -31,6 +31,10 @@ use crate::json_line;
 
 /// File name of the traffic profile inside a table directory.
 pub use engram_store::profile::PROFILE_FILE;
+
+/// Free space required beyond the table's own size (temporary files, the profile, and room
+/// for the rest of the system) before a build starts.
+pub const FREE_SPACE_HEADROOM_BYTES: u64 = 64 << 20;
 
 /// `engram-build` flags. Every addressing and row flag can also come from `--config`.
 #[derive(Debug, Clone, Args)]
@@ -318,14 +322,18 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         );
     }
     let free = free_bytes(&args.out)?;
-    if free < est.table_bytes + (64 << 20) {
+    if free < est.table_bytes.saturating_add(FREE_SPACE_HEADROOM_BYTES) {
         bail!(
-            "not enough free space for {}: the table needs {}, the file system has {}",
+            "not enough free space for {}: the table needs {} plus {} of headroom \
+             (FREE_SPACE_HEADROOM_BYTES), the file system has {}",
             args.out.display(),
             human(est.table_bytes),
+            human(FREE_SPACE_HEADROOM_BYTES),
             human(free)
         );
     }
+    // Locks the path now, so a second writer fails before doing any work.
+    let mut writer = TableWriter::create(&args.out, &manifest, args.force)?;
     if let Some(c) = &checkpoints {
         values::check_checkpoint_tokenizer(c, &tok.sha256)?;
     }
@@ -419,7 +427,6 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     }
 
     // Write the table.
-    let mut writer = TableWriter::create(&args.out, &manifest, args.force)?;
     let dim = plan.dim as usize;
     let row_bytes = manifest.row_bytes as usize;
     let mut phase = Phase::start(mode, "write", "rows", est.rows);
@@ -448,10 +455,18 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             phase.update(done, &format!("layer {}", l.layer_id));
         }
     }
+    // The profile joins the table before publication: both are published or neither.
+    let table_id = writer.manifest().table_id_u64().unwrap_or(0);
+    let (counted, profile) = match counted {
+        Some((counts, secs, layers)) => (Some((counts, secs)), Some(Profile { table_id, layers })),
+        None => (None, None),
+    };
+    if let Some(p) = &profile {
+        writer.add_file(PROFILE_FILE, &p.to_bytes())?;
+    }
     let manifest = writer.finish()?;
     let write_secs = phase.finish(done, "published");
 
-    // Profile, beside the manifest.
     let mut summary = serde_json::json!({
         "out": crate::json_path(&args.out),
         "table_id": manifest.table_id,
@@ -460,12 +475,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         "row_bytes": est.row_bytes,
         "write_seconds": write_secs,
     });
-    if let Some((counts, count_secs, profiles)) = counted {
-        let profile = Profile {
-            table_id: manifest.table_id_u64().unwrap_or(0),
-            layers: profiles,
-        };
-        profile.write(&args.out.join(PROFILE_FILE), true)?;
+    if let (Some((counts, count_secs)), Some(profile)) = (counted, profile) {
         let layers: Vec<_> = profile
             .layers
             .iter()
