@@ -604,11 +604,7 @@ impl Store {
         }
         let opened = backend::open_backend(&table, &backend_options)?;
         tracing::info!(target: "engram_store", backend = %opened.backend.kind(), "opened {}", table.dir().display());
-        let cache = RowCache::new(
-            options.cache_bytes,
-            table.row_bytes(),
-            options.admit_on_first_miss,
-        )?;
+        let cache = RowCache::for_table(&table, options.cache_bytes, options.admit_on_first_miss)?;
         let (free_tx, free_rx) = bounded(options.max_in_flight);
         let mut slots = Vec::with_capacity(options.max_in_flight);
         for i in 0..options.max_in_flight {

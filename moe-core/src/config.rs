@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use engram_kernels::file::Limit;
 use engram_kernels::{EngramConfig, EngramLayout};
 use serde::Deserialize;
 
@@ -12,6 +13,15 @@ use crate::error::{Result, config_err};
 
 /// `format` of a supported `config.json`.
 pub const CONFIG_FORMAT: &str = "engram-moe-v1";
+/// Largest `config.json` accepted.
+pub const MAX_CONFIG_BYTES: Limit = Limit {
+    what: "config.json",
+    name: "MAX_CONFIG_BYTES",
+    bytes: 16 << 20,
+};
+/// Longest context accepted: the decode state holds `positions x hidden` keys and values per
+/// layer and `positions^2` attention scores.
+pub const MAX_POSITIONS: usize = 1 << 16;
 /// float32 machine epsilon, the key/query RMSNorm eps of the reference Engram module.
 pub const F32_EPS: f64 = f32::EPSILON as f64;
 
@@ -115,12 +125,9 @@ fn ensure(path: &Path, cond: bool, reason: impl FnOnce() -> String) -> Result<()
 }
 
 impl ModelConfig {
-    /// Reads and validates `config.json`.
+    /// Reads `config.json` (checked against the `SHA256SUMS` beside it) and validates it.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| crate::Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (bytes, _) = engram_kernels::file::read_checked(path, MAX_CONFIG_BYTES)?;
         let c: ModelConfig =
             serde_json::from_slice(&bytes).map_err(|e| config_err(path, e.to_string()))?;
         c.validate(path)?;
@@ -167,6 +174,13 @@ impl ModelConfig {
         ] {
             ensure(p, v > 0, || format!("{name} must be > 0"))?;
         }
+        ensure(p, self.max_position_embeddings <= MAX_POSITIONS, || {
+            format!(
+                "max_position_embeddings {} is above MAX_POSITIONS {MAX_POSITIONS} (the \
+                 attention scores of a full context are positions^2 floats)",
+                self.max_position_embeddings
+            )
+        })?;
         ensure(
             p,
             self.num_key_value_heads == self.num_attention_heads,

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use engram_kernels::file::{Limit, read_regular_string};
 use engram_store::{BackendKind, Profile, StoreOptions};
 use moe_core::sampler::SamplerConfig;
 use moe_core::session::{EngramSource, Session};
@@ -67,6 +68,10 @@ struct ModelArgs {
     /// Run without Engram (its output zeroed), for comparison.
     #[arg(long)]
     no_engram: bool,
+    /// Accept a table whose rows were not imported from this model's engram.safetensors
+    /// (experiments only: the output is not the model's).
+    #[arg(long)]
+    allow_foreign_table: bool,
     /// tokenizer.json (default: $ENGRAM_TOKENIZER, then the cached DeepSeek tokenizer).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -81,13 +86,14 @@ struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature, finite and >= 0; 0 is greedy.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
+    /// Keep the smallest set of tokens whose probability reaches this, in (0, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -119,7 +125,7 @@ fn store_options(a: &ModelArgs) -> Result<StoreOptions> {
         Backend::Uring => BackendKind::Uring,
     });
     o.cache_bytes = a.cache_bytes;
-    let profile = a.engram.join("profile.bin");
+    let profile = a.engram.join(engram_store::profile::PROFILE_FILE);
     if a.cache_bytes > 0 && profile.exists() {
         o.profile = Some(Profile::read(&profile)?);
     }
@@ -142,6 +148,7 @@ fn open(a: &ModelArgs) -> Result<Session> {
         Some(EngramSource {
             table: a.engram.clone(),
             options: store_options(a)?,
+            allow_foreign_table: a.allow_foreign_table,
         })
     };
     Session::load(&a.model, a.tokenizer.as_deref(), source.as_ref())
@@ -149,13 +156,15 @@ fn open(a: &ModelArgs) -> Result<Session> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let mut s = open(&a.model)?;
     let sampler = SamplerConfig {
         temperature: a.temperature,
         top_k: a.top_k,
         top_p: a.top_p,
         seed: a.seed,
     };
+    // Bad flags fail before the model loads.
+    sampler.validate()?;
+    let mut s = open(&a.model)?;
     if !a.json {
         print!("{}", a.prompt);
     }
@@ -215,11 +224,17 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Largest text file `eval` reads (each is tokenized whole).
+const MAX_EVAL_FILE_BYTES: Limit = Limit {
+    what: "eval text file",
+    name: "MAX_EVAL_FILE_BYTES",
+    bytes: 1 << 30,
+};
+
 fn stream_of(s: &Session, files: &[PathBuf]) -> Result<Vec<u32>> {
     let mut stream = Vec::new();
     for f in files {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text = read_regular_string(f, MAX_EVAL_FILE_BYTES)?;
         stream.extend(s.encode(&text)?);
     }
     Ok(stream)

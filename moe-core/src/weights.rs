@@ -12,6 +12,13 @@ use safetensors::{Dtype, SafeTensors};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
+/// Largest `model.safetensors` accepted (read whole, then widened to f32).
+pub const MAX_WEIGHTS_BYTES: engram_kernels::file::Limit = engram_kernels::file::Limit {
+    what: "model.safetensors",
+    name: "MAX_WEIGHTS_BYTES",
+    bytes: 64 << 30,
+};
+
 /// One SwiGLU expert: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub struct ExpertWeights {
@@ -66,15 +73,18 @@ impl Loader<'_> {
             });
         }
         let data = view.data();
-        let out: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        let mut out: Vec<f32> = Vec::new();
+        let numel = shape.iter().product::<usize>();
+        engram_kernels::alloc::try_reserve(&mut out, numel, "model weights (f32)")?;
+        match view.dtype() {
+            Dtype::F32 => out.extend(
+                data.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            Dtype::BF16 => out.extend(
+                data.chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
             other => {
                 return Err(Error::BadTensor {
                     path: self.path.clone(),
@@ -106,12 +116,9 @@ impl Loader<'_> {
 }
 
 impl Weights {
-    /// Loads `model.safetensors` for `config`.
+    /// Loads `model.safetensors` for `config`, checked against the `SHA256SUMS` beside it.
     pub fn load(path: &Path, config: &ModelConfig) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (bytes, _) = engram_kernels::file::read_checked(path, MAX_WEIGHTS_BYTES)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use engram_kernels::file::{SHA256SUMS_FILE, sha256_hex};
 use engram_kernels::{EngramConfig, EngramLayout};
 use engram_store::{BuildInfo, Manifest, RowLayout, StoreOptions, TableWriter};
 use moe_core::Error;
@@ -23,14 +24,29 @@ fn tokenizer_available() -> bool {
         .is_some()
 }
 
+/// The files a model directory's `SHA256SUMS` lists for the decoder.
+const MODEL_FILES: [&str; 3] = ["config.json", "vocab.json", "model.safetensors"];
+
 /// A copy of the committed model in a temp dir, for mutation.
 fn copy_model(dir: &Path) -> PathBuf {
     let out = dir.join("model");
     std::fs::create_dir_all(&out).expect("mkdir");
-    for f in ["config.json", "vocab.json", "model.safetensors"] {
+    for f in MODEL_FILES.iter().chain(&[SHA256SUMS_FILE]) {
         std::fs::copy(model_dir().join(f), out.join(f)).expect("copy");
     }
     out
+}
+
+/// Rewrites `SHA256SUMS` for the files present, as the exporter does after an edit, so a
+/// deliberate change reaches the check it is meant for.
+fn reseal(model: &Path) {
+    let mut text = String::new();
+    for f in MODEL_FILES {
+        if let Ok(bytes) = std::fs::read(model.join(f)) {
+            text.push_str(&format!("{}  {f}\n", sha256_hex(&bytes)));
+        }
+    }
+    std::fs::write(model.join(SHA256SUMS_FILE), text).expect("writes");
 }
 
 fn rewrite_weights(model: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) {
@@ -136,6 +152,7 @@ fn broken_model_directories_are_errors() {
         let case_dir = dir.path().join(format!("c{i}"));
         let m = copy_model(&case_dir);
         mutate(&m);
+        reseal(&m);
         let err = load_err(&m);
         assert!(
             err.contains(needle),
@@ -144,7 +161,91 @@ fn broken_model_directories_are_errors() {
     }
 }
 
-fn write_table(dir: &Path, config: &EngramConfig, tokenizer_sha256: &str) {
+fn flip_byte(path: &Path, from_end: usize) {
+    let mut b = std::fs::read(path).expect("read");
+    let at = b.len() - from_end;
+    b[at] ^= 0x10;
+    std::fs::write(path, b).expect("write");
+}
+
+/// Files that differ from `SHA256SUMS`, a missing list and special files are errors that
+/// name the file, before any of it is used (a flipped weight bit changed the output with
+/// exit 0 before the list existed).
+#[test]
+fn model_files_are_checked_against_their_sums() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    type Mutation = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Mutation, &str)> = vec![
+        (
+            "flipped weight bit",
+            Box::new(|m| flip_byte(&m.join("model.safetensors"), 1000)),
+            "model.safetensors has SHA-256",
+        ),
+        (
+            "flipped config byte",
+            Box::new(|m| flip_byte(&m.join("config.json"), 10)),
+            "config.json has SHA-256",
+        ),
+        (
+            "edited vocab",
+            Box::new(|m| flip_byte(&m.join("vocab.json"), 10)),
+            "vocab.json has SHA-256",
+        ),
+        (
+            "no SHA256SUMS",
+            Box::new(|m| std::fs::remove_file(m.join(SHA256SUMS_FILE)).expect("rm")),
+            "SHA256SUMS is missing",
+        ),
+        (
+            "weights not listed",
+            Box::new(|m| {
+                let sums = std::fs::read_to_string(m.join(SHA256SUMS_FILE)).expect("read");
+                let kept: String = sums
+                    .lines()
+                    .filter(|l| !l.ends_with("model.safetensors"))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                std::fs::write(m.join(SHA256SUMS_FILE), kept).expect("write");
+            }),
+            "model.safetensors is not listed",
+        ),
+        (
+            "weights are a FIFO",
+            Box::new(|m| {
+                let w = m.join("model.safetensors");
+                std::fs::remove_file(&w).expect("rm");
+                let ok = std::process::Command::new("mkfifo")
+                    .arg(&w)
+                    .status()
+                    .expect("mkfifo")
+                    .success();
+                assert!(ok);
+            }),
+            "model.safetensors is a FIFO",
+        ),
+        (
+            "weights are /dev/zero",
+            Box::new(|m| {
+                let w = m.join("model.safetensors");
+                std::fs::remove_file(&w).expect("rm");
+                std::os::unix::fs::symlink("/dev/zero", &w).expect("symlink");
+            }),
+            "character device",
+        ),
+    ];
+    for (i, (name, mutate, needle)) in cases.into_iter().enumerate() {
+        let m = copy_model(&dir.path().join(format!("s{i}")));
+        mutate(&m);
+        // No tokenizer needed: the files are checked before it loads.
+        let err = load_err(&m);
+        assert!(
+            err.contains(needle),
+            "{name}: {err:?} should mention {needle:?}"
+        );
+    }
+}
+
+fn write_table(dir: &Path, config: &EngramConfig, tokenizer_sha256: &str, checkpoint: &[&str]) {
     let layout = EngramLayout::new(config, 99_092, 2).expect("valid");
     let manifest = Manifest::new(
         &layout,
@@ -152,7 +253,10 @@ fn write_table(dir: &Path, config: &EngramConfig, tokenizer_sha256: &str) {
         RowLayout::Bf16,
         8,
         None,
-        BuildInfo::default(),
+        BuildInfo {
+            checkpoint_sha256: checkpoint.iter().map(|s| (*s).to_owned()).collect(),
+            ..BuildInfo::default()
+        },
     )
     .expect("manifest");
     let mut w = TableWriter::create(dir, &manifest, false).expect("writer");
@@ -204,12 +308,17 @@ fn tables_built_for_something_else_are_refused() {
             "addressing",
         ),
     ];
+    // SHA-256 of the model's engram.safetensors, as its SHA256SUMS lists it.
+    let sums = engram_kernels::file::Sha256Sums::read(&model_dir().join(SHA256SUMS_FILE))
+        .expect("the committed model has SHA256SUMS");
+    let own = sums.get("engram.safetensors").expect("listed");
     for (name, config, sha, needle) in cases {
         let table = dir.path().join(name);
-        write_table(&table, &config, &sha);
+        write_table(&table, &config, &sha, &[own]);
         let source = EngramSource {
             table: table.clone(),
             options: StoreOptions::default(),
+            allow_foreign_table: false,
         };
         match Session::load(&model_dir(), None, Some(&source)) {
             Ok(_) => panic!("{name}: a mismatched table was accepted"),
@@ -219,12 +328,52 @@ fn tables_built_for_something_else_are_refused() {
             }
         }
     }
-    // The right table opens.
+    // The right addressing with rows that are not the model's (zeros here; random rows
+    // decode just as silently wrong) is refused unless explicitly allowed.
+    let other = "ab".repeat(32);
+    for (name, checkpoint, needle) in [
+        ("not-imported", &[][..], "records no checkpoint SHA-256"),
+        (
+            "other-checkpoint",
+            &[other.as_str()][..],
+            "imported from checkpoint",
+        ),
+        (
+            "two-checkpoints",
+            &[own, own][..],
+            "imported from checkpoint",
+        ),
+    ] {
+        let table = dir.path().join(name);
+        write_table(&table, &right, deepseek, checkpoint);
+        let mut source = EngramSource {
+            table,
+            options: StoreOptions::default(),
+            allow_foreign_table: false,
+        };
+        match Session::load(&model_dir(), None, Some(&source)) {
+            Ok(_) => panic!("{name}: a table of foreign rows was accepted"),
+            Err(e) => {
+                assert!(matches!(e, Error::TableMismatch { .. }), "{name}: {e:?}");
+                assert!(e.to_string().contains(needle), "{name}: {e}");
+                assert!(
+                    e.to_string().contains("--allow-foreign-table"),
+                    "{name}: {e}"
+                );
+            }
+        }
+        if name == "not-imported" {
+            source.allow_foreign_table = true;
+            Session::load(&model_dir(), None, Some(&source)).expect("allowed explicitly");
+        }
+    }
+    // The table imported from the model's checkpoint opens.
     let table = dir.path().join("right");
-    write_table(&table, &right, deepseek);
+    write_table(&table, &right, deepseek, &[own]);
     let source = EngramSource {
         table,
         options: StoreOptions::default(),
+        allow_foreign_table: false,
     };
     Session::load(&model_dir(), None, Some(&source)).expect("the matching table is accepted");
 }

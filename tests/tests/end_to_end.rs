@@ -93,6 +93,7 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
             let source = EngramSource {
                 table: table.clone(),
                 options,
+                allow_foreign_table: false,
             };
             let mut s = Session::load(&model, None, Some(&source)).expect("loads with its table");
             let label = format!(

@@ -6,6 +6,9 @@ models/<name>/
   engram.safetensors  Engram tables + offsets, addressing config in metadata (only if Engram)
   vocab.json          reduced id -> raw tokenizer id
   golden.json         PyTorch logits and greedy ids from these files
+  SHA256SUMS          `sha256sum` lines for config.json, vocab.json, model.safetensors and
+                      engram.safetensors: the Rust decoder refuses files that differ, and a
+                      table imported from engram.safetensors is bound to its sum
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ FORMAT = "engram-moe-v1"
 VOCAB_FORMAT = "engram-moe-vocab-v1"
 TABLE_FORMAT = "engram-table-import-v1"
 RAW_VOCAB_SIZE = 129280
+SUMS_FILE = "SHA256SUMS"
 F32_EPS = float(torch.finfo(torch.float32).eps)  # 2^-23
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -194,6 +198,7 @@ def load_vocab(path: Path, cfg_json: dict) -> np.ndarray:
 def load_model(model_dir: Path) -> tuple[dict, MoEEngramLM, ea.EngramAddressing | None, np.ndarray]:
     """Load an exported model in float32 (bf16 weights are widened exactly)."""
     model_dir = Path(model_dir)
+    check_sums(model_dir)
     cj, cfg = load_config(model_dir / "config.json")
     vocab = load_vocab(model_dir / "vocab.json", cj)
     dtype = _DTYPES[cj["torch_dtype"]]
@@ -272,7 +277,36 @@ def save_model(model_dir: Path, model: MoEEngramLM, cj: dict, vocab: np.ndarray)
                            "every raw id not listed maps to unk_id; unk_id has no raw id and is never emitted",
                    "reduced_to_raw": [int(x) for x in vocab]}, f)
         f.write("\n")
+    write_sums(model_dir)
 
 
 def sha256_file(p: Path) -> str:
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def model_files(model_dir: Path) -> list[str]:
+    """The files the decoders read, in SHA256SUMS order."""
+    names = ["config.json", "vocab.json", "model.safetensors", "engram.safetensors"]
+    return [n for n in names if (Path(model_dir) / n).exists()]
+
+
+def write_sums(model_dir: Path) -> None:
+    """Writes SHA256SUMS as `sha256sum` would (so `sha256sum -c SHA256SUMS` checks it)."""
+    model_dir = Path(model_dir)
+    lines = "".join(f"{sha256_file(model_dir / n)}  {n}\n" for n in model_files(model_dir))
+    (model_dir / SUMS_FILE).write_text(lines)
+
+
+def check_sums(model_dir: Path) -> None:
+    """Every file the decoders read must be listed in SHA256SUMS and match it."""
+    model_dir = Path(model_dir)
+    sums_path = model_dir / SUMS_FILE
+    _check(sums_path.exists(), f"{sums_path} is missing (write it with hub.write_sums)")
+    listed = {}
+    for line in sums_path.read_text().splitlines():
+        if line:
+            _check(len(line) > 66 and line[64:66] in ("  ", " *"), f"{sums_path}: malformed line {line!r}")
+            listed[line[66:]] = line[:64].lower()
+    for n in model_files(model_dir):
+        _check(n in listed, f"{n} is not listed in {sums_path}")
+        _check(sha256_file(model_dir / n) == listed[n], f"{model_dir / n} differs from the SHA-256 in {sums_path}")

@@ -1,6 +1,7 @@
 """Checks of the committed models/ against their loader (pytest or `python test_export.py`).
 
 * config.json / vocab.json / safetensors pass every validation of hub.load_model;
+* every file the decoders read matches SHA256SUMS, and a flipped bit is rejected;
 * corrupting any config field is rejected (ConfigError), never accepted silently;
 * golden.json logits and greedy ids are reproduced from the committed weights.
 """
@@ -66,6 +67,26 @@ def test_config_corruption_rejected():
             raise AssertionError(f"config without {key} accepted")
 
 
+def test_checksums_guard_every_file():
+    import shutil
+
+    for d in model_dirs():
+        hub.check_sums(d)
+        with tempfile.TemporaryDirectory() as tmp:
+            m = Path(tmp) / d.name
+            shutil.copytree(d, m)
+            w = m / "model.safetensors"
+            b = bytearray(w.read_bytes())
+            b[-1000] ^= 0x10
+            w.write_bytes(bytes(b))
+            try:
+                hub.load_model(m)
+            except hub.ConfigError as e:
+                assert "SHA-256" in str(e), e
+            else:
+                raise AssertionError(f"{d.name}: a bit-flipped model.safetensors was accepted")
+
+
 def test_golden_reproduced():
     import torch
 
@@ -114,5 +135,7 @@ if __name__ == "__main__":
     print("configs validate:", [d.name for d in model_dirs()])
     test_config_corruption_rejected()
     print("corrupted configs rejected")
+    test_checksums_guard_every_file()
+    print("checksums guard every file")
     test_golden_reproduced()
     print("golden reproduced")

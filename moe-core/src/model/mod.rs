@@ -18,6 +18,11 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
+/// A zeroed f32 buffer of `dims` (sizes from `config.json`), allocated fallibly.
+pub(crate) fn zeros(dims: &[usize], what: &'static str) -> Result<Vec<f32>> {
+    Ok(engram_kernels::alloc::try_vec_dims(dims, 0.0, what)?)
+}
+
 /// Which positions of a chunk get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -69,29 +74,33 @@ impl Model {
 
     /// A fresh state for one sequence of up to `max_position_embeddings` tokens, processed
     /// in chunks of at most `max_t` positions.
-    pub fn new_state(&self, max_t: usize) -> DecodeState {
+    pub fn new_state(&self, max_t: usize) -> Result<DecodeState> {
         let c = &self.config;
-        let (d, mp) = (c.hidden_size, c.max_position_embeddings);
+        let (d, mp, layers) = (
+            c.hidden_size,
+            c.max_position_embeddings,
+            c.num_hidden_layers,
+        );
         let max_t = max_t.clamp(1, mp);
-        DecodeState {
+        Ok(DecodeState {
             pos: 0,
             max_t,
-            k_cache: vec![0.0; c.num_hidden_layers * mp * d],
-            v_cache: vec![0.0; c.num_hidden_layers * mp * d],
-            h: vec![0.0; max_t * d],
-            xb: vec![0.0; max_t * d],
-            xb2: vec![0.0; max_t * d],
-            y: vec![0.0; max_t * d],
-            attn: AttnScratch::new(max_t, mp, d, c.head_dim),
+            k_cache: zeros(&[layers, mp, d], "key cache")?,
+            v_cache: zeros(&[layers, mp, d], "value cache")?,
+            h: zeros(&[max_t, d], "hidden states")?,
+            xb: zeros(&[max_t, d], "hidden scratch")?,
+            xb2: zeros(&[max_t, d], "hidden scratch")?,
+            y: zeros(&[max_t, d], "Engram output")?,
+            attn: AttnScratch::new(max_t, mp, d, c.head_dim)?,
             moe: MoeScratch::new(
                 max_t,
                 d,
                 c.moe_intermediate_size,
                 c.n_routed_experts,
                 c.num_experts_per_tok,
-            ),
-            logits: vec![0.0; max_t * c.vocab_size],
-        }
+            )?,
+            logits: zeros(&[max_t, c.vocab_size], "logits")?,
+        })
     }
 
     /// Runs `tokens` (reduced ids) as the next positions of the sequence in `s`. With
