@@ -8,7 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-models/stdlib-moe-engram-b}
 n_new=${2:-240}
-table=target/engram-tables/$(basename "$model")
 py=${ENGRAM_TORCH_PYTHON:-.venv-train/bin/python}
 prompt=${PROMPT:-$'import os\nimport sys\n\n\ndef main():\n'}
 export RAYON_NUM_THREADS=1
@@ -16,14 +15,10 @@ export RAYON_NUM_THREADS=1
 scripts/fetch-tokenizer.sh >/dev/null
 cargo build --release --quiet -p engram-tools -p moe-core
 has_engram=0
+table=
 if [ -f "$model/engram.safetensors" ]; then
   has_engram=1
-  if [ ! -f "$table/manifest.json" ]; then
-    stdlib=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
-    ./target/release/engram-build "$stdlib" --include '**/*.py' --exclude '**/test' \
-      --exclude '**/encodings' --exclude '**/pydoc_data' --exclude '**/site-packages' \
-      --import "$model/engram.safetensors" --out "$table" --quiet
-  fi
+  table=$(scripts/build-table.sh "$model")
 fi
 
 # Median over runs of each speed field (one JSON object per input line).
@@ -38,7 +33,7 @@ if "store" in runs[0] and runs[0]["store"]:
 print(json.dumps(out | {"runs": len(runs)}))'; }
 runs=${RUNS:-3}
 torch() { for _ in $(seq "$runs"); do $py benches/python/decode_torch.py "$model" "$prompt" "$n_new" "$@"; done | speeds; }
-rust() { for _ in $(seq "$runs"); do ./target/release/moe-core generate --model "$model" --engram "$table" \
+rust() { for _ in $(seq "$runs"); do ./target/release/moe-core generate --model "$model" ${table:+--engram "$table"} \
            --prompt "$prompt" --max-new-tokens "$n_new" --json "$@"; done | speeds; }
 
 echo "== PyTorch eager (1 thread) vs moe-core (1 thread), $n_new new tokens, median of $runs runs"

@@ -5,25 +5,22 @@
 # Python completion with moe-core, its Engram rows read from SSD through io_uring with
 # O_DIRECT (falling back to pread where io_uring is unavailable) behind a profile-seeded cache.
 #
-#   scripts/demo.sh ['PROMPT']
+#   [MODEL=models/stdlib-moe-engram-c] scripts/demo.sh ['PROMPT']
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-model=models/stdlib-moe-engram-b
-table=target/engram-tables/stdlib-moe-engram-b
+model=${MODEL:-models/stdlib-moe-engram-b}
 prompt=${1:-$'import os\nimport sys\n\n\ndef main():\n'}
 
 scripts/fetch-tokenizer.sh >/dev/null
 echo "== building (cargo build --release)" >&2
 cargo build --release --quiet -p engram-tools -p moe-core
-
-if [ ! -f "$table/manifest.json" ]; then
-  stdlib=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
-  echo "== engram-build: $model/engram.safetensors -> $table (profile: $stdlib)" >&2
-  ./target/release/engram-build "$stdlib" --include '**/*.py' \
-    --exclude '**/test' --exclude '**/encodings' --exclude '**/pydoc_data' --exclude '**/site-packages' \
-    --import "$model/engram.safetensors" --out "$table"
-fi
+table=$(scripts/build-table.sh "$model")
+python3 - "$table/manifest.json" >&2 <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+print(f"== table {sys.argv[1].rsplit('/', 1)[0]}: {m['row_layout']} rows of {m['dim']} values, {m['row_bytes']} bytes per row")
+PY
 
 echo "== moe-core generate (Engram table on SSD: uring backend, O_DIRECT)" >&2
 ./target/release/moe-core generate --model "$model" --engram "$table" \

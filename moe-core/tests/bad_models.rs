@@ -1,11 +1,14 @@
 //! Bad model directories and mismatched tables are clear errors, never panics.
 #![allow(clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use engram_kernels::{EngramConfig, EngramLayout};
-use engram_store::{BuildInfo, Manifest, RowLayout, StoreOptions, TableWriter};
+use common::{tokenizer_available, write_zero_table};
+use engram_kernels::EngramConfig;
+use engram_store::StoreOptions;
 use moe_core::Error;
 use moe_core::session::{EngramSource, Session};
 
@@ -15,12 +18,6 @@ fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../models")
         .join(MODEL)
-}
-
-fn tokenizer_available() -> bool {
-    engram_kernels::tokenizer::for_tests()
-        .expect("ENGRAM_REQUIRE_TOKENIZER is set")
-        .is_some()
 }
 
 /// A copy of the committed model in a temp dir, for mutation.
@@ -144,25 +141,6 @@ fn broken_model_directories_are_errors() {
     }
 }
 
-fn write_table(dir: &Path, config: &EngramConfig, tokenizer_sha256: &str) {
-    let layout = EngramLayout::new(config, 99_092, 2).expect("valid");
-    let manifest = Manifest::new(
-        &layout,
-        tokenizer_sha256,
-        RowLayout::Bf16,
-        8,
-        None,
-        BuildInfo::default(),
-    )
-    .expect("manifest");
-    let mut w = TableWriter::create(dir, &manifest, false).expect("writer");
-    for (i, l) in layout.layers.iter().enumerate() {
-        w.write_layer_rows(i, &vec![0u8; l.total_rows as usize * 16])
-            .expect("rows");
-    }
-    w.finish().expect("publishes");
-}
-
 #[test]
 fn tables_built_for_something_else_are_refused() {
     if !tokenizer_available() {
@@ -206,7 +184,7 @@ fn tables_built_for_something_else_are_refused() {
     ];
     for (name, config, sha, needle) in cases {
         let table = dir.path().join(name);
-        write_table(&table, &config, &sha);
+        write_zero_table(&table, &config, &sha, 8);
         let source = EngramSource {
             table: table.clone(),
             options: StoreOptions::default(),
@@ -221,7 +199,7 @@ fn tables_built_for_something_else_are_refused() {
     }
     // The right table opens.
     let table = dir.path().join("right");
-    write_table(&table, &right, deepseek);
+    write_zero_table(&table, &right, deepseek, 8);
     let source = EngramSource {
         table,
         options: StoreOptions::default(),

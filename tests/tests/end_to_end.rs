@@ -103,6 +103,16 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
                 eprintln!("{label}: {r:?}");
                 assert!(r.passed(), "{label}: {r:?}");
             }
+            if kind == BackendKind::Memory {
+                // Decode with Engram rows (conv state, per-stream gates) equals prefill.
+                let p = &golden["prompts"][0];
+                let raw: Vec<u32> = serde_json::from_value(p["raw_ids"].clone()).expect("ids");
+                let cont: Vec<u32> =
+                    serde_json::from_value(p["greedy_reduced_ids"].clone()).expect("ids");
+                let gap = golden::decode_prefill_gap(&mut s, &raw, &cont).expect("runs");
+                eprintln!("{label}: max |decode - prefill| = {gap:e}");
+                assert!(gap <= golden::DECODE_PREFILL_TOLERANCE, "{label}: {gap}");
+            }
         }
         // The rows matter: with Engram off the same model misses PyTorch's logits by far
         // more than the tolerance, so the match above is not an accident of small gates.
