@@ -13,19 +13,25 @@ use moe_core::Error;
 use moe_core::session::{EngramSource, Session};
 
 const MODEL: &str = "stdlib-moe-engram-b";
+/// The committed model with hyper-connections.
+const HC_MODEL: &str = "stdlib-moe-engram-mhc-c";
 
 fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(MODEL)
+    committed(MODEL)
 }
 
-/// A copy of the committed model in a temp dir, for mutation.
-fn copy_model(dir: &Path) -> PathBuf {
+fn committed(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name)
+}
+
+/// A copy of a committed model in a temp dir, for mutation.
+fn copy_model(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join("model");
     std::fs::create_dir_all(&out).expect("mkdir");
     for f in ["config.json", "vocab.json", "model.safetensors"] {
-        std::fs::copy(model_dir().join(f), out.join(f)).expect("copy");
+        std::fs::copy(committed(name).join(f), out.join(f)).expect("copy");
     }
     out
 }
@@ -73,7 +79,6 @@ fn broken_model_directories_are_errors() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    type Mutation = Box<dyn Fn(&Path)>;
     let cases: Vec<(&str, Mutation, &str)> = vec![
         (
             "missing tensor",
@@ -129,9 +134,17 @@ fn broken_model_directories_are_errors() {
             "vocab.json",
         ),
     ];
+    check_cases(dir.path(), MODEL, cases);
+}
+
+type Mutation = Box<dyn Fn(&Path)>;
+
+/// Each case mutates a fresh copy of `model`, which must then fail to load with an error
+/// that mentions the case's needle.
+fn check_cases(dir: &Path, model: &str, cases: Vec<(&str, Mutation, &str)>) {
     for (i, (name, mutate, needle)) in cases.into_iter().enumerate() {
-        let case_dir = dir.path().join(format!("c{i}"));
-        let m = copy_model(&case_dir);
+        let case_dir = dir.join(format!("{model}-{i}"));
+        let m = copy_model(&case_dir, model);
         mutate(&m);
         let err = load_err(&m);
         assert!(
@@ -139,6 +152,88 @@ fn broken_model_directories_are_errors() {
             "{name}: {err:?} should mention {needle:?}"
         );
     }
+}
+
+#[test]
+fn broken_hyper_connection_models_are_errors() {
+    if !tokenizer_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let drop_tensor = |name: &'static str| -> Mutation {
+        Box::new(move |m| rewrite_weights(m, |t| t.retain(|(n, _, _)| n != name)))
+    };
+    let cases: Vec<(&str, Mutation, &str)> = vec![
+        (
+            "mHC fields under format v1",
+            Box::new(|m| edit_config(m, |c| c["format"] = "engram-moe-v1".into())),
+            "need format \"engram-moe-v2\"",
+        ),
+        (
+            "v2 without hc_eps",
+            Box::new(|m| {
+                edit_config(m, |c| {
+                    c.as_object_mut().expect("object").remove("hc_eps");
+                })
+            }),
+            "needs hc_mult, hc_sinkhorn_iters and hc_eps",
+        ),
+        (
+            "no streams",
+            Box::new(|m| edit_config(m, |c| c["hc_mult"] = 0.into())),
+            "hc_mult 0: expected 1..=16",
+        ),
+        (
+            "too many streams",
+            Box::new(|m| edit_config(m, |c| c["hc_mult"] = 1000.into())),
+            "hc_mult 1000",
+        ),
+        (
+            "no Sinkhorn rounds",
+            Box::new(|m| edit_config(m, |c| c["hc_sinkhorn_iters"] = 0.into())),
+            "hc_sinkhorn_iters 0",
+        ),
+        (
+            "eps out of range",
+            Box::new(|m| edit_config(m, |c| c["hc_eps"] = 2.0.into())),
+            "hc_eps 2",
+        ),
+        (
+            "Engram branches differ from the streams",
+            Box::new(|m| edit_config(m, |c| c["hc_mult"] = 2.into())),
+            "engram.hc_mult 4 must equal the residual streams (hc_mult 2)",
+        ),
+        (
+            "missing mixing weights",
+            drop_tensor("layers.0.attn_hc.fn"),
+            "layers.0.attn_hc.fn\" is missing",
+        ),
+        (
+            "missing head weights",
+            drop_tensor("hc_head.base"),
+            "hc_head.base\" is missing",
+        ),
+        (
+            "missing per-stream Engram key",
+            drop_tensor("layers.1.engram.key_projs.3.weight"),
+            "key_projs.3.weight\" is missing",
+        ),
+        (
+            "wrong scale shape",
+            Box::new(|m| {
+                rewrite_weights(m, |t| {
+                    for (n, s, d) in t.iter_mut() {
+                        if n == "layers.2.mlp_hc.scale" {
+                            *s = vec![2];
+                            d.truncate(4);
+                        }
+                    }
+                })
+            }),
+            "\"layers.2.mlp_hc.scale\" has shape [2]",
+        ),
+    ];
+    check_cases(dir.path(), HC_MODEL, cases);
 }
 
 #[test]
