@@ -1,10 +1,20 @@
 //! Batch planning for the block-device backends: dedup ids, sort by file offset, align to
 //! the read unit, coalesce neighbours under a cap, and scatter rows back to output slots.
 //! All vectors are reused across batches: no allocation in the steady state.
+//!
+//! The planner's promise, which the driver and the staging slots rely on: every read it
+//! builds starts and ends on the read unit (or at the end of the row region), lies inside
+//! the row region, is at most `max_read_bytes` long, and contains every row it serves.
 
+use crate::error::{Error, Result};
 use crate::format::Geometry;
 
-/// One device read: `len` bytes at `offset`, serving `pairs[pair_start..pair_end]`.
+/// Largest `max_read_bytes` a caller may ask for (bounds staging and read amplification).
+pub const MAX_READ_BYTES_LIMIT: u64 = 16 << 20;
+/// Largest coalescing gap a caller may ask for.
+pub const MAX_COALESCE_GAP_BYTES: u64 = 1 << 20;
+
+/// One device read: `len` bytes at file `offset`, serving `pairs[pair_start..pair_end]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOp {
     pub offset: u64,
@@ -13,20 +23,101 @@ pub struct ReadOp {
     pub pair_end: u32,
 }
 
-/// How reads are shaped.
+/// How reads are shaped; build with [`PlanParams::new`], which checks the bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanParams {
     /// File offset of the row region.
     pub data_offset: u64,
     /// Bytes of the row region.
     pub data_bytes: u64,
-    /// Reads start and end on multiples of this (relative to `data_offset`); a power of two
-    /// or the checksum block size when reads are verified.
+    /// Reads start and end on multiples of this (relative to `data_offset`): the read unit,
+    /// or the checksum block when reads are verified.
     pub align: u64,
     /// Merge two reads when the gap between them is at most this many bytes.
     pub coalesce_gap_bytes: u64,
-    /// Never build a read longer than this (bounds staging and read amplification).
+    /// No read is longer than this; at least [`PlanParams::row_extent_bytes`].
     pub max_read_bytes: u64,
+}
+
+impl PlanParams {
+    /// A checked read shape for rows of `geo` in a row region of `data_bytes` bytes at
+    /// `data_offset`. `max_read_bytes` is raised to the longest extent a single row can
+    /// need, so that every row fits one read.
+    pub fn new(
+        geo: &Geometry,
+        data_offset: u64,
+        data_bytes: u64,
+        align: u64,
+        coalesce_gap_bytes: u64,
+        max_read_bytes: u64,
+    ) -> Result<Self> {
+        let bad = |what, reason: String| Err(Error::Invalid { what, reason });
+        if align == 0 || !align.is_multiple_of(512) {
+            return bad(
+                "read alignment",
+                format!("{align} is not a multiple of 512"),
+            );
+        }
+        if !data_offset.is_multiple_of(512) || !data_bytes.is_multiple_of(512) {
+            return bad(
+                "row region",
+                format!("offset {data_offset} and length {data_bytes} must be multiples of 512"),
+            );
+        }
+        if geo.row_bytes == 0 {
+            return bad("row bytes", "0".into());
+        }
+        if max_read_bytes > MAX_READ_BYTES_LIMIT {
+            return Err(limit(
+                "longest read",
+                "MAX_READ_BYTES_LIMIT",
+                MAX_READ_BYTES_LIMIT,
+                max_read_bytes,
+            ));
+        }
+        if coalesce_gap_bytes > MAX_COALESCE_GAP_BYTES {
+            return Err(limit(
+                "coalescing gap",
+                "MAX_COALESCE_GAP_BYTES",
+                MAX_COALESCE_GAP_BYTES,
+                coalesce_gap_bytes,
+            ));
+        }
+        let extent = Self::row_extent_bytes(geo, align).ok_or(Error::Invalid {
+            what: "read alignment",
+            reason: format!("{align} with {}-byte rows overflows", geo.row_bytes),
+        })?;
+        Ok(Self {
+            data_offset,
+            data_bytes,
+            align,
+            coalesce_gap_bytes,
+            max_read_bytes: max_read_bytes.max(extent),
+        })
+    }
+
+    /// The longest aligned extent one row can need: its bytes rounded out to `align` on
+    /// both sides. When `align` is a multiple of the packing unit, rows never cross an
+    /// alignment boundary and one unit of `align` suffices.
+    pub fn row_extent_bytes(geo: &Geometry, align: u64) -> Option<u64> {
+        if align.is_multiple_of(geo.unit_bytes) {
+            Some(align)
+        } else {
+            geo.row_bytes
+                .div_ceil(align)
+                .checked_add(1)?
+                .checked_mul(align)
+        }
+    }
+}
+
+fn limit(what: &'static str, name: &'static str, limit: u64, found: u64) -> Error {
+    Error::Limit {
+        what,
+        name,
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        found: usize::try_from(found).unwrap_or(usize::MAX),
+    }
 }
 
 /// A reusable plan.
@@ -49,8 +140,12 @@ impl Plan {
         }
     }
 
-    /// Plans reads for `ids` (output slot `slots[k]`, or `k` when `slots` is empty).
+    /// Plans reads for `ids` (output slot `slots[k]`, or `k` when `slots` is empty). Ids
+    /// must be rows of the region `p` describes (the store checks them first); slots
+    /// must fit `u32`.
     pub fn build(&mut self, ids: &[u64], slots: &[u32], geo: &Geometry, p: &PlanParams) {
+        debug_assert!(slots.is_empty() || slots.len() == ids.len());
+        debug_assert!(ids.len() <= u32::MAX as usize);
         self.pairs.clear();
         self.reads.clear();
         if slots.is_empty() {
@@ -62,42 +157,52 @@ impl Plan {
         }
         self.pairs.sort_unstable();
         self.unique_rows = 0;
+        let (align, rb) = (p.align, geo.row_bytes);
         let mut prev_row = None;
         for (k, &(row, _)) in self.pairs.iter().enumerate() {
+            let k = k as u32;
             if prev_row == Some(row) {
                 // A duplicate is served by the read that serves its first occurrence.
                 if let Some(last) = self.reads.last_mut() {
-                    last.pair_end = k as u32 + 1;
+                    last.pair_end = k + 1;
                 }
                 continue;
             }
             prev_row = Some(row);
             self.unique_rows += 1;
             let rel = geo.row_offset(row);
-            let start = rel / p.align * p.align;
-            let end = ((rel + geo.row_bytes).div_ceil(p.align) * p.align).min(p.data_bytes);
+            let start = rel / align * align;
+            let end = ((rel + rb).div_ceil(align) * align).min(p.data_bytes);
+            debug_assert!(rel + rb <= p.data_bytes, "row {row} beyond the row region");
+            debug_assert!(end > start && end - start <= p.max_read_bytes);
             if let Some(last) = self.reads.last_mut() {
-                let last_end = last.offset - p.data_offset + last.len;
-                if start < last_end || start - last_end <= p.coalesce_gap_bytes {
-                    let new_end = end.max(last_end);
-                    let new_len = new_end - (last.offset - p.data_offset);
-                    if new_len <= p.max_read_bytes || start < last_end {
-                        last.len = new_len;
-                        last.pair_end = k as u32 + 1;
-                        continue;
-                    }
+                let last_start = last.offset - p.data_offset;
+                let last_end = last_start + last.len;
+                let new_end = end.max(last_end);
+                // Rows arrive in offset order, so `start >= last_start`. Merge when the
+                // row begins within the gap after the last read (or inside it) and the
+                // merged read stays under the cap; otherwise start a new read, which may
+                // overlap the last one by less than a row's extent.
+                if start <= last_end.saturating_add(p.coalesce_gap_bytes)
+                    && new_end - last_start <= p.max_read_bytes
+                {
+                    last.len = new_end - last_start;
+                    last.pair_end = k + 1;
+                    continue;
                 }
             }
             self.reads.push(ReadOp {
                 offset: p.data_offset + start,
                 len: end - start,
-                pair_start: k as u32,
-                pair_end: k as u32 + 1,
+                pair_start: k,
+                pair_end: k + 1,
             });
         }
     }
 
-    /// Copies the rows of `read` from `buf` (the bytes read at `read.offset`) to `out`.
+    /// Copies the rows of `read` from `buf` (the `read.len` bytes read at `read.offset`)
+    /// to their slots in `out`. An extent outside `buf` or `out` is a planner bug,
+    /// reported as an error rather than a panic.
     pub fn scatter(
         &self,
         read: &ReadOp,
@@ -105,30 +210,51 @@ impl Plan {
         geo: &Geometry,
         data_offset: u64,
         out: &mut [u8],
-    ) {
+    ) -> Result<()> {
         let rb = geo.row_bytes as usize;
-        for &(row, slot) in &self.pairs[read.pair_start as usize..read.pair_end as usize] {
-            let at = (data_offset + geo.row_offset(row) - read.offset) as usize;
+        let pairs = self
+            .pairs
+            .get(read.pair_start as usize..read.pair_end as usize)
+            .unwrap_or(&[]);
+        for &(row, slot) in pairs {
+            let at = (data_offset + geo.row_offset(row))
+                .checked_sub(read.offset)
+                .and_then(|a| usize::try_from(a).ok());
             let s = slot as usize * rb;
-            out[s..s + rb].copy_from_slice(&buf[at..at + rb]);
+            let src = at.and_then(|a| buf.get(a..a + rb));
+            match (src, out.get_mut(s..s + rb)) {
+                (Some(src), Some(dst)) => dst.copy_from_slice(src),
+                _ => {
+                    debug_assert!(false, "row {row} outside read {read:?} or slot {slot}");
+                    return Err(Error::Invalid {
+                        what: "read plan",
+                        reason: format!(
+                            "row {row} (slot {slot}) is outside read {}+{} or the output",
+                            read.offset, read.len
+                        ),
+                    });
+                }
+            }
         }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn params(geo: &Geometry, rows: u64, align: u64, gap: u64, cap: u64) -> PlanParams {
+        let data_bytes = geo.data_bytes(rows).expect("size");
+        PlanParams::new(geo, 4096, data_bytes, align, gap, cap).expect("valid params")
+    }
 
     #[test]
     fn dedup_sort_coalesce() {
         let geo = Geometry::for_row_bytes(264);
-        let p = PlanParams {
-            data_offset: 4096,
-            data_bytes: 4096 * 100,
-            align: 4096,
-            coalesce_gap_bytes: 0,
-            max_read_bytes: 8192,
-        };
+        let p = params(&geo, 1500, 4096, 0, 8192);
         let mut plan = Plan::default();
         // rows 0 and 14 share unit 0; 15 is unit 1 (adjacent); 90 is unit 6.
         plan.build(&[90, 0, 14, 0, 15, 16, 17, 45], &[], &geo, &p);
@@ -136,5 +262,153 @@ mod tests {
         let lens: Vec<_> = plan.reads.iter().map(|r| (r.offset, r.len)).collect();
         assert_eq!(lens, vec![(4096, 8192), (4096 * 4, 4096), (4096 * 7, 4096)]);
         assert_eq!(plan.reads[0].pair_end - plan.reads[0].pair_start, 6);
+    }
+
+    /// The reproduction of the staging overflow: 264 B rows with a 512 B read unit and
+    /// dense ids used to grow one read past the cap (69,120 B into a 65,536 B slot).
+    #[test]
+    fn straddling_rows_never_grow_a_read_past_the_cap() {
+        let geo = Geometry::for_row_bytes(264);
+        let p = params(&geo, 20_000, 512, 0, 65_536);
+        let ids: Vec<u64> = (0..5000).collect();
+        let mut plan = Plan::default();
+        plan.build(&ids, &[], &geo, &p);
+        assert!(
+            plan.reads.iter().all(|r| r.len <= 65_536),
+            "{:?}",
+            plan.reads
+        );
+        // Rows over 4 KiB with a 4 KiB unit: the same class.
+        let geo = Geometry::for_row_bytes(5200);
+        let p = params(&geo, 400, 4096, 0, 16_384);
+        let ids: Vec<u64> = (0..300).collect();
+        plan.build(&ids, &[], &geo, &p);
+        assert!(
+            plan.reads.iter().all(|r| r.len <= 16_384),
+            "{:?}",
+            plan.reads
+        );
+    }
+
+    #[test]
+    fn bounds_on_options() {
+        let geo = Geometry::for_row_bytes(264);
+        assert!(PlanParams::new(&geo, 4096, 8192, 4096, 0, MAX_READ_BYTES_LIMIT + 1).is_err());
+        assert!(
+            PlanParams::new(&geo, 4096, 8192, 4096, MAX_COALESCE_GAP_BYTES + 1, 65536).is_err()
+        );
+        assert!(PlanParams::new(&geo, 4096, 8192, 1000, 0, 65536).is_err());
+        // A cap below one row's extent is raised to it.
+        let p = PlanParams::new(&geo, 4096, 8192, 512, 0, 0).expect("raised");
+        assert_eq!(p.max_read_bytes, 1024);
+    }
+
+    /// The byte at file offset `i` of a file whose every byte depends on its offset.
+    fn byte_at(i: u64) -> u8 {
+        (i.wrapping_mul(0x9E37_79B9) >> 7) as u8
+    }
+
+    fn file_bytes(offset: u64, len: u64) -> Vec<u8> {
+        (offset..offset + len).map(byte_at).collect()
+    }
+
+    /// A naive reader: one read of exactly the row's bytes per id.
+    fn naive(geo: &Geometry, data_offset: u64, ids: &[u64]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ids.len() * geo.row_bytes as usize);
+        for &r in ids {
+            out.extend(file_bytes(data_offset + geo.row_offset(r), geo.row_bytes));
+        }
+        out
+    }
+
+    fn arb_case() -> impl Strategy<Value = (u64, u64, u64, u64, u64, Vec<u64>, bool)> {
+        (
+            prop_oneof![1u64..600, 600u64..9000],
+            prop_oneof![
+                Just(512u64),
+                Just(1024),
+                Just(4096),
+                Just(8192),
+                Just(65536),
+                Just(12288)
+            ],
+            prop_oneof![Just(0u64), 0u64..20_000],
+            prop_oneof![Just(0u64), 4096u64..200_000],
+            1u64..3000,
+            any::<u64>(),
+            any::<bool>(),
+        )
+            .prop_flat_map(|(rb, align, gap, cap, rows, seed, with_slots)| {
+                let ids = prop_oneof![
+                    // dense runs
+                    (0..rows, 1usize..120)
+                        .prop_map(move |(s, n)| (s..(s + n as u64).min(rows)).collect::<Vec<_>>()),
+                    // sparse, with duplicates
+                    proptest::collection::vec(0..rows, 1..300),
+                    // few distinct rows repeated
+                    proptest::collection::vec(0..rows.min(5), 1..50),
+                ];
+                (
+                    Just(rb),
+                    Just(align),
+                    Just(gap),
+                    Just(cap),
+                    Just(rows),
+                    ids,
+                    Just(with_slots ^ (seed & 1 == 1)),
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn plan_matches_one_read_per_row((rb, align, gap, cap, rows, ids, with_slots) in arb_case()) {
+            let geo = Geometry::for_row_bytes(rb);
+            let data_offset = 4096u64;
+            let data_bytes = geo.data_bytes(rows).expect("size");
+            let p = PlanParams::new(&geo, data_offset, data_bytes, align, gap, cap).expect("params");
+            let slots: Vec<u32> = if with_slots {
+                (0..ids.len() as u32).rev().collect()
+            } else {
+                Vec::new()
+            };
+            let mut plan = Plan::default();
+            plan.build(&ids, &slots, &geo, &p);
+            let mut distinct = ids.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            prop_assert_eq!(plan.unique_rows, distinct.len() as u64);
+            // Pair ranges partition the pairs, in order.
+            let mut next = 0u32;
+            for r in &plan.reads {
+                prop_assert_eq!(r.pair_start, next);
+                prop_assert!(r.pair_end > r.pair_start);
+                next = r.pair_end;
+                let rel = r.offset - data_offset;
+                prop_assert!(r.len > 0 && r.len <= p.max_read_bytes, "read {:?} cap {}", r, p.max_read_bytes);
+                prop_assert!(rel.is_multiple_of(align));
+                prop_assert!(rel + r.len <= data_bytes);
+                prop_assert!((rel + r.len).is_multiple_of(align) || rel + r.len == data_bytes);
+            }
+            prop_assert_eq!(next as usize, ids.len());
+            let rbu = rb as usize;
+            let mut out = vec![0u8; ids.len() * rbu];
+            for r in &plan.reads {
+                let buf = file_bytes(r.offset, r.len);
+                prop_assert!(plan.scatter(r, &buf, &geo, data_offset, &mut out).is_ok());
+            }
+            let want = naive(&geo, data_offset, &ids);
+            if with_slots {
+                // slot of id k is ids.len() - 1 - k
+                for (k, chunk) in want.chunks_exact(rbu).enumerate() {
+                    let s = ids.len() - 1 - k;
+                    prop_assert_eq!(&out[s * rbu..(s + 1) * rbu], chunk);
+                }
+            } else {
+                prop_assert_eq!(out, want);
+            }
+        }
     }
 }

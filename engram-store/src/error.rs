@@ -146,6 +146,12 @@ pub enum Error {
     /// The store's workers stopped after an earlier failure; reopen the store.
     #[error("the store is shut down ({0}); reopen it")]
     ShutDown(&'static str),
+    /// A component failed in a way that makes it unusable; reopen the store.
+    #[error("{what} failed ({reason}); reopen the store")]
+    Broken { what: &'static str, reason: String },
+    /// A file was replaced on disk between validating the table and opening it again.
+    #[error("{path} was replaced while the table was being opened; open the table again")]
+    Replaced { path: PathBuf },
 }
 
 /// `Result` with this crate's [`Error`].

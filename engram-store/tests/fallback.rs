@@ -25,42 +25,136 @@ fn open_with(dir: &std::path::Path, kind: Option<BackendKind>, fault: Option<Uri
     .expect("open")
 }
 
+fn try_open(
+    dir: &std::path::Path,
+    kind: Option<BackendKind>,
+    fault: Option<UringFault>,
+) -> engram_store::Result<Store> {
+    Store::open(
+        dir,
+        &StoreOptions {
+            backend: BackendOptions {
+                kind,
+                uring_fault: fault,
+                pread_threads: 2,
+                ..Default::default()
+            },
+            io_workers: 1,
+            ..Default::default()
+        },
+    )
+}
+
+/// Without an explicit backend, io_uring that cannot start falls back to pread with the
+/// reason; asked for explicitly, it is an error with the reason, never a silent pread.
 #[test]
-fn uring_faults_fall_back_to_pread_with_a_reason() {
+fn uring_faults_fall_back_only_when_auto() {
+    // ENGRAM_REQUIRE_URING (set by scripts/test.sh) forbids the fallback in this process:
+    // the fallback itself is tested in a child without it.
+    run_child_without_require("child_uring_faults_fall_back");
+}
+
+#[test]
+fn child_uring_faults_fall_back() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(RowLayout::Bf16, 64, 50, 1);
     let (dir, _) = make_table(tmp.path(), "t", &s);
     for fault in [UringFault::Setup, UringFault::Probe] {
-        let st = open_with(&dir, Some(BackendKind::Uring), Some(fault));
+        let st = open_with(&dir, None, Some(fault));
         assert_eq!(st.backend_kind(), BackendKind::Pread);
         let why = st.fallback_reason().expect("a reason");
-        assert!(why.contains("io_uring") && why.contains("Fix"), "{why}");
+        assert!(
+            why.contains("io_uring") && why.contains("injected") && why.contains("pread"),
+            "{why}"
+        );
         let mut out = vec![0u8; 3 * 128];
         st.lookup_into(0, &[1, 2, 3], &mut out).expect("lookup");
         assert_eq!(out, expected_rows(&s, 0, &[1, 2, 3], 128));
+        let e = try_open(&dir, Some(BackendKind::Uring), Some(fault))
+            .expect_err("explicit uring does not fall back");
+        assert!(e.to_string().contains("injected"), "{e}");
     }
-    // Registration failure keeps io_uring, with unregistered buffers (when io_uring works).
+    if skip_uring(BackendKind::Uring) {
+        return;
+    }
+    // Registration failure keeps io_uring, with unregistered buffers.
     let st = open_with(&dir, Some(BackendKind::Uring), Some(UringFault::Register));
+    assert_eq!(st.backend_kind(), BackendKind::Uring);
+    assert!(st.fallback_reason().is_none());
     let mut out = vec![0u8; 128];
     st.lookup_into(1, &[9], &mut out).expect("lookup");
     assert_eq!(out, expected_rows(&s, 1, &[9], 128));
-    match st.fallback_reason() {
-        None => assert_eq!(st.backend_kind(), BackendKind::Uring),
-        Some(why) => {
-            // This machine has no io_uring at all.
-            eprintln!("skipping the io_uring part: {why}");
-            assert_eq!(st.backend_kind(), BackendKind::Pread);
-        }
+}
+
+/// With ENGRAM_REQUIRE_URING=1 a fallback is an error that says why.
+#[test]
+fn require_uring_turns_the_fallback_into_an_error() {
+    run_child(
+        "child_require_uring",
+        &[
+            ("ENGRAM_REQUIRE_URING", "1"),
+            ("ENGRAM_URING_FAULT", "setup"),
+        ],
+    );
+}
+
+#[test]
+fn child_require_uring() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
     }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (dir, _) = make_table(tmp.path(), "t", &spec(RowLayout::Bf16, 64, 50, 1));
+    let e = try_open(&dir, None, None).expect_err("fallback refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ENGRAM_REQUIRE_URING") && msg.contains("injected"),
+        "{msg}"
+    );
+}
+
+/// An unknown `ENGRAM_URING_FAULT` or `ENGRAM_IO_FAULTS` value is an error, not ignored.
+#[test]
+fn unknown_fault_values_are_errors() {
+    run_child("child_unknown_fault", &[("ENGRAM_URING_FAULT", "setpu")]);
+    run_child(
+        "child_unknown_fault",
+        &[("ENGRAM_IO_FAULTS", "eio=0.1,oops")],
+    );
+}
+
+#[test]
+fn child_unknown_fault() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (dir, _) = make_table(tmp.path(), "t", &spec(RowLayout::Bf16, 64, 50, 1));
+    let e = try_open(&dir, Some(BackendKind::Pread), None).expect_err("bad env");
+    assert!(e.to_string().contains("expected"), "{e}");
 }
 
 const CHILD: &str = "ENGRAM_STORE_TEST_CHILD";
 
+fn run_child_without_require(test: &str) {
+    run_child_env(test, &[], &["ENGRAM_REQUIRE_URING"]);
+}
+
 fn run_child(test: &str, env: &[(&str, &str)]) {
+    run_child_env(test, env, &[]);
+}
+
+fn run_child_env(test: &str, env: &[(&str, &str)], remove: &[&str]) {
     let exe = std::env::current_exe().expect("test binary");
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["--exact", test, "--nocapture", "--test-threads", "1"])
         .env(CHILD, "1");
+    for k in remove {
+        cmd.env_remove(k);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -85,14 +179,15 @@ fn env_forces_every_backend() {
             &[("ENGRAM_IO_BACKEND", name), ("EXPECT_BACKEND", expect)],
         );
     }
-    // Forced uring that cannot start falls back to pread.
-    run_child(
+    // Auto with io_uring that cannot start falls back to pread (unless required).
+    run_child_env(
         "child_env_backend",
         &[
-            ("ENGRAM_IO_BACKEND", "uring"),
+            ("ENGRAM_IO_BACKEND", "auto"),
             ("ENGRAM_URING_FAULT", "setup"),
             ("EXPECT_BACKEND", "pread"),
         ],
+        &["ENGRAM_REQUIRE_URING"],
     );
 }
 
@@ -104,15 +199,15 @@ fn child_env_backend() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(RowLayout::F16, 80, 40, 2);
     let (dir, _) = make_table(tmp.path(), "t", &s);
-    let st = open_with(&dir, None, None);
-    let want = std::env::var("EXPECT_BACKEND").unwrap_or_default();
-    let got = st.backend_kind().name();
-    if want == "uring" && st.fallback_reason().is_some() {
-        eprintln!("io_uring unavailable here: {:?}", st.fallback_reason());
-        assert_eq!(got, "pread");
-    } else {
-        assert_eq!(got, want);
+    let mut want = std::env::var("EXPECT_BACKEND").unwrap_or_default();
+    if want == "uring" && skip_uring(BackendKind::Uring) {
+        if std::env::var("ENGRAM_IO_BACKEND").as_deref() == Ok("uring") {
+            return;
+        }
+        want = "pread".into();
     }
+    let st = open_with(&dir, None, None);
+    assert_eq!(st.backend_kind().name(), want);
     let rb = st.row_bytes();
     let ids = [0u64, 5, 5, 17];
     let mut out = vec![0u8; ids.len() * rb];
@@ -128,6 +223,9 @@ fn sqpoll_and_unverified_512_byte_reads_return_the_same_rows() {
     for (sqpoll, verify, read_unit) in [(true, true, 4096), (false, false, 512), (true, false, 512)]
     {
         for kind in [BackendKind::Uring, BackendKind::Pread] {
+            if skip_uring(kind) {
+                continue;
+            }
             let st = Store::open(
                 &dir,
                 &StoreOptions {

@@ -18,13 +18,18 @@ pub mod uring;
 /// Environment variable that forces a backend: `memory`, `mmap`, `pread`, `uring`, `auto`.
 pub const IO_BACKEND_ENV: &str = "ENGRAM_IO_BACKEND";
 /// Environment variable that makes the io_uring probe fail (testing the fallback):
-/// `setup`, `probe` or `register`.
+/// `setup`, `probe` or `register`; any other value is an error.
 pub const URING_FAULT_ENV: &str = "ENGRAM_URING_FAULT";
+/// Environment variable that turns a fallback from io_uring into an error (`1`): set by
+/// the test script where io_uring works, so a regression cannot hide behind pread.
+pub const REQUIRE_URING_ENV: &str = "ENGRAM_REQUIRE_URING";
 
 /// Default queue depth per reader.
 pub const DEFAULT_QUEUE_DEPTH: usize = 32;
 /// Largest queue depth accepted.
 pub const MAX_QUEUE_DEPTH: usize = 4096;
+/// Largest pread pool accepted.
+pub const MAX_PREAD_THREADS: usize = 256;
 /// Default longest coalesced read.
 pub const DEFAULT_MAX_READ_BYTES: u64 = 64 << 10;
 
@@ -101,12 +106,45 @@ pub enum UringFault {
 }
 
 impl UringFault {
-    fn from_env() -> Option<Self> {
-        match std::env::var(URING_FAULT_ENV).ok()?.as_str() {
-            "setup" => Some(UringFault::Setup),
-            "probe" => Some(UringFault::Probe),
-            "register" => Some(UringFault::Register),
-            _ => None,
+    fn from_env() -> Result<Option<Self>> {
+        let Ok(v) = std::env::var(URING_FAULT_ENV) else {
+            return Ok(None);
+        };
+        match v.as_str() {
+            "setup" => Ok(Some(UringFault::Setup)),
+            "probe" => Ok(Some(UringFault::Probe)),
+            "register" => Ok(Some(UringFault::Register)),
+            "" => Ok(None),
+            other => Err(Error::Invalid {
+                what: "io_uring fault",
+                reason: format!("{URING_FAULT_ENV}={other:?}: expected setup, probe or register"),
+            }),
+        }
+    }
+}
+
+/// Whether `ENGRAM_REQUIRE_URING` asks for io_uring to be required.
+pub fn uring_required() -> bool {
+    std::env::var(REQUIRE_URING_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// For tests and tools that exercise one backend explicitly: `Ok(true)` when `kind` can
+/// run on this machine, `Ok(false)` (said on stderr, loudly) when it is io_uring and this
+/// machine has none, and an error in that case when `ENGRAM_REQUIRE_URING` is set, so a
+/// machine that has io_uring cannot silently skip it.
+pub fn runnable_here(kind: BackendKind) -> Result<bool> {
+    if kind != BackendKind::Uring {
+        return Ok(true);
+    }
+    match uring::availability() {
+        Ok(()) => Ok(true),
+        Err(why) if uring_required() => Err(Error::Unavailable {
+            what: "io_uring",
+            reason: format!("{why} ({REQUIRE_URING_ENV} is set)"),
+        }),
+        Err(why) => {
+            eprintln!("SKIPPED: the io_uring backend cannot run on this machine: {why}");
+            Ok(false)
         }
     }
 }
@@ -132,6 +170,8 @@ pub struct BackendOptions {
     pub pread_threads: usize,
     /// Test hook: make io_uring fail this way (also `$ENGRAM_URING_FAULT`).
     pub uring_fault: Option<UringFault>,
+    /// Test hook: inject read faults (also `$ENGRAM_IO_FAULTS`).
+    pub faults: Option<crate::io::FaultPlan>,
 }
 
 impl Default for BackendOptions {
@@ -146,6 +186,7 @@ impl Default for BackendOptions {
             sqpoll: false,
             pread_threads: 8,
             uring_fault: None,
+            faults: None,
         }
     }
 }
@@ -166,16 +207,42 @@ impl BackendOptions {
                 reason: format!("{} must be a power of two in 512..=1 MiB", self.read_unit),
             });
         }
-        if self.pread_threads == 0 || self.pread_threads > MAX_QUEUE_DEPTH {
-            return Err(Error::Invalid {
+        if self.pread_threads == 0 || self.pread_threads > MAX_PREAD_THREADS {
+            return Err(Error::Limit {
                 what: "pread threads",
-                reason: format!("{} must be in 1..={MAX_QUEUE_DEPTH}", self.pread_threads),
+                name: "MAX_PREAD_THREADS",
+                limit: MAX_PREAD_THREADS,
+                found: self.pread_threads,
             });
+        }
+        for (what, name, limit, found) in [
+            (
+                "longest read",
+                "MAX_READ_BYTES_LIMIT",
+                crate::batch::MAX_READ_BYTES_LIMIT,
+                self.max_read_bytes,
+            ),
+            (
+                "coalescing gap",
+                "MAX_COALESCE_GAP_BYTES",
+                crate::batch::MAX_COALESCE_GAP_BYTES,
+                self.coalesce_gap_bytes,
+            ),
+        ] {
+            if found > limit {
+                return Err(Error::Limit {
+                    what,
+                    name,
+                    limit: limit as usize,
+                    found: usize::try_from(found).unwrap_or(usize::MAX),
+                });
+            }
         }
         Ok(())
     }
 
-    /// The read shape for layer `layer` of `table`.
+    /// The read shape for layer `layer` of `table`: reads aligned to the checksum block
+    /// when verified (every read covers whole blocks), else to the read unit.
     pub(crate) fn plan_params(&self, table: &Table, layer: usize) -> Result<PlanParams> {
         let h = &table.layer(layer)?.header;
         let m = table.manifest();
@@ -184,13 +251,14 @@ impl BackendOptions {
         } else {
             self.read_unit
         };
-        Ok(PlanParams {
-            data_offset: m.data_offset,
-            data_bytes: h.data_bytes,
+        PlanParams::new(
+            &table.geometry(),
+            m.data_offset,
+            h.data_bytes,
             align,
-            coalesce_gap_bytes: self.coalesce_gap_bytes,
-            max_read_bytes: self.max_read_bytes.max(align),
-        })
+            self.coalesce_gap_bytes,
+            self.max_read_bytes,
+        )
     }
 }
 
@@ -243,7 +311,10 @@ pub struct Opened {
     pub fallback: Option<String>,
 }
 
-/// Opens the requested backend; io_uring falls back to pread, logging why and how to fix it.
+/// Opens the requested backend. Without an explicit choice, io_uring is tried first and
+/// pread taken when it is unavailable, logging why and how to fix it; an explicit
+/// `uring` (option or `ENGRAM_IO_BACKEND`), or `ENGRAM_REQUIRE_URING=1`, makes that an
+/// error instead.
 pub fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Result<Opened> {
     options.validate()?;
     let kind = match options.kind {
@@ -255,7 +326,10 @@ pub fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Result<Open
     };
     let mut options = options.clone();
     if options.uring_fault.is_none() {
-        options.uring_fault = UringFault::from_env();
+        options.uring_fault = UringFault::from_env()?;
+    }
+    if options.faults.is_none() {
+        options.faults = crate::io::FaultPlan::from_env()?;
     }
     match kind {
         Some(BackendKind::Memory) => Ok(Opened {
@@ -270,16 +344,18 @@ pub fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Result<Open
             backend: Arc::new(pread::PreadBackend::new(table, &options)?),
             fallback: None,
         }),
-        Some(BackendKind::Uring) | None => match uring::UringBackend::open(table, &options) {
+        Some(BackendKind::Uring) => Ok(Opened {
+            backend: Arc::new(uring::UringBackend::open(table, &options)?),
+            fallback: None,
+        }),
+        None => match uring::UringBackend::open(table, &options) {
             Ok(b) => Ok(Opened {
                 backend: Arc::new(b),
                 fallback: None,
             }),
-            Err(e) => {
+            Err(e) if !uring_required() => {
                 let reason = format!(
-                    "io_uring unavailable ({e}); using pread. Fix: allow io_uring_setup in \
-                     seccomp, set sysctl kernel.io_uring_disabled=0, use Linux >= 5.6, or \
-                     raise RLIMIT_MEMLOCK (ulimit -l); force a path with {IO_BACKEND_ENV}"
+                    "{e}; using pread instead (force a backend with {IO_BACKEND_ENV}=uring|pread)"
                 );
                 log_fallback_once(&reason);
                 Ok(Opened {
@@ -287,6 +363,10 @@ pub fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Result<Open
                     fallback: Some(reason),
                 })
             }
+            Err(e) => Err(Error::Unavailable {
+                what: "io_uring",
+                reason: format!("{e} ({REQUIRE_URING_ENV} is set, so pread is not taken)"),
+            }),
         },
     }
 }
@@ -301,8 +381,7 @@ fn log_fallback_once(reason: &str) {
     }
 }
 
-/// Reads the file bytes of a planned batch with a blocking positional read into `buf`
-/// (shared by the pread pool and tests).
+/// Reads `buf.len()` bytes at `offset` with a blocking positional read (memory backend load).
 pub(crate) fn pread_exact(
     file: &std::fs::File,
     path: &std::path::Path,

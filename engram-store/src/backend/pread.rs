@@ -1,70 +1,121 @@
 //! The portable SSD path: positional reads (O_DIRECT where the filesystem allows) on a
-//! pool of threads, so one caller keeps `queue_depth` reads in flight without io_uring.
-//! Buffers move between the caller and the pool by value: no shared mutable memory.
+//! pool of threads, so one reader keeps `queue_depth` reads in flight without io_uring.
+//! Staging leases move to the pool and back by value: a pool thread owns the bytes it
+//! writes while it writes them.
 
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use super::{Backend, BackendKind, BackendOptions, IoCounters, RowReader, verify_read};
-use crate::batch::Plan;
-use crate::buffer::AlignedBuf;
+use super::{Backend, BackendKind, BackendOptions, RowReader};
 use crate::error::{Error, Result, io};
-use crate::metrics::{SharedHist, new_hist, record_ns};
+use crate::io::{Completion, Driver, Engine, EngineError, Lease, ReadReq, Staging};
+use crate::metrics::SharedHist;
 use crate::table::Table;
 
 /// Tasks queued to the pool per thread before senders block (back-pressure).
 pub const POOL_QUEUE_PER_THREAD: usize = 64;
 
-/// Opens the layer files for unbuffered reads; falls back to buffered when the filesystem
-/// rejects O_DIRECT (tmpfs), returning whether O_DIRECT is in effect.
-pub(crate) fn open_direct(table: &Table) -> Result<(Vec<(File, PathBuf)>, bool)> {
+/// The layer files of a table opened for device reads, indexed by layer.
+#[derive(Debug)]
+pub struct DeviceFiles {
+    pub files: Vec<(File, PathBuf)>,
+    /// Whether O_DIRECT is in effect (the filesystem may refuse it: tmpfs).
+    pub direct: bool,
+}
+
+/// Opens the layer files of `table` again for unbuffered reads, checking that each is the
+/// same file (device and inode) the table validated: a table replaced on disk between
+/// `Table::open` and here is an error, never rows of another table. Falls back to
+/// buffered reads when the filesystem rejects O_DIRECT.
+pub(crate) fn open_direct(table: &Table) -> Result<DeviceFiles> {
     let mut files = Vec::with_capacity(table.n_layers());
     let mut direct = true;
     for li in 0..table.n_layers() {
-        let path = table.layer(li)?.path.clone();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path);
-        let f = match f {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                direct = false;
-                File::open(&path).map_err(|e| io("open layer file", &path, e))?
-            }
-            Err(e) => return Err(io("open layer file (O_DIRECT)", &path, e)),
+        let lf = table.layer(li)?;
+        let path = lf.path.clone();
+        // /proc/self/fd/N reopens the validated inode itself; the path is the fallback.
+        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", lf.file.as_raw_fd()));
+        let open = |p: &std::path::Path, flags: i32| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(flags)
+                .open(p)
         };
+        let mut f = open(&proc_path, libc::O_DIRECT).or_else(|_| open(&path, libc::O_DIRECT));
+        if matches!(&f, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+            direct = false;
+            f = open(&proc_path, 0).or_else(|_| open(&path, 0));
+        }
+        let f = f.map_err(|e| io("open layer file for device reads", &path, e))?;
+        let a = lf.file.metadata().map_err(|e| io("stat", &path, e))?;
+        let b = f.metadata().map_err(|e| io("stat", &path, e))?;
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+            return Err(Error::Replaced { path });
+        }
         files.push((f, path));
     }
     if !direct {
         tracing::info!(target: "engram_store", "O_DIRECT not supported by the filesystem of {}; reads go through the page cache", table.dir().display());
     }
-    Ok((files, direct))
+    Ok(DeviceFiles { files, direct })
 }
 
 #[derive(Debug)]
 struct Task {
-    layer: usize,
-    offset: u64,
-    len: usize,
-    read_index: u32,
-    buf: AlignedBuf,
-    reply: Sender<Done>,
+    req: ReadReq,
+    lease: Lease,
+    reply: Sender<Completion>,
 }
 
-#[derive(Debug)]
-struct Done {
-    read_index: u32,
-    buf: AlignedBuf,
-    result: Result<()>,
+/// Reads `lease.len()` bytes at `offset`, stopping early only at end of file; returns the
+/// bytes read. Interrupted reads are retried.
+fn read_into(file: &File, lease: &mut Lease, offset: u64) -> std::io::Result<usize> {
+    let buf = lease.bytes_mut();
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
-/// pread on a thread pool.
+fn pool_thread(rx: Receiver<Task>, files: Arc<DeviceFiles>) {
+    // Exits when every sender (the backend and its readers' engines) is gone.
+    while let Ok(mut task) = rx.recv() {
+        let result = match files.files.get(task.req.file as usize) {
+            Some((f, _)) => {
+                // A panic here would lose the lease and leave the reader waiting for a
+                // reply forever: it becomes an error reply instead.
+                let lease = &mut task.lease;
+                let offset = task.req.offset;
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    read_into(f, lease, offset)
+                }))
+                .unwrap_or_else(|_| Err(std::io::Error::other("pread pool thread panicked")))
+            }
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("no layer file {}", task.req.file),
+            )),
+        };
+        let _ = task.reply.send(Completion {
+            tag: task.req.tag,
+            lease: task.lease,
+            result,
+        });
+    }
+}
+
+/// pread on a thread pool shared by every reader of the backend.
 #[derive(Debug)]
 pub struct PreadBackend {
     table: Arc<Table>,
@@ -75,34 +126,14 @@ pub struct PreadBackend {
 
 impl PreadBackend {
     pub fn new(table: &Arc<Table>, options: &BackendOptions) -> Result<Self> {
-        let (files, _direct) = open_direct(table)?;
-        let files = Arc::new(files);
+        let files = Arc::new(open_direct(table)?);
         let (tx, rx) = bounded::<Task>(options.pread_threads * POOL_QUEUE_PER_THREAD);
         for t in 0..options.pread_threads {
-            let rx: Receiver<Task> = rx.clone();
+            let rx = rx.clone();
             let files = Arc::clone(&files);
             std::thread::Builder::new()
                 .name(format!("engram-pread-{t}"))
-                .spawn(move || {
-                    // Exits when every sender (backend and readers) is gone.
-                    while let Ok(mut task) = rx.recv() {
-                        let result = match files.get(task.layer) {
-                            Some((f, path)) => {
-                                let len = task.len;
-                                super::pread_exact(f, path, &mut task.buf[..len], task.offset)
-                            }
-                            None => Err(Error::LayerOutOfRange {
-                                layer: task.layer,
-                                n_layers: files.len(),
-                            }),
-                        };
-                        let _ = task.reply.send(Done {
-                            read_index: task.read_index,
-                            buf: task.buf,
-                            result,
-                        });
-                    }
-                })
+                .spawn(move || pool_thread(rx, files))
                 .map_err(|e| Error::Unavailable {
                     what: "pread thread pool",
                     reason: e.to_string(),
@@ -122,133 +153,85 @@ impl Backend for PreadBackend {
         BackendKind::Pread
     }
     fn reader(&self) -> Result<Box<dyn RowReader>> {
-        let qd = self.options.queue_depth;
-        let max_read = self
-            .options
-            .max_read_bytes
-            .max(self.table.manifest().block_bytes) as usize;
-        let bufs = (0..qd)
-            .map(|_| AlignedBuf::new_pinned(max_read))
-            .collect::<Result<Vec<_>>>()?;
-        let (reply_tx, reply_rx) = bounded(qd);
-        Ok(Box::new(PreadReader {
-            table: Arc::clone(&self.table),
-            options: self.options.clone(),
-            tasks: self.tasks.clone(),
-            reply_tx,
-            reply_rx,
-            free: bufs,
-            plan: Plan::with_capacity(1024),
-            started: Vec::with_capacity(1024),
-            local: new_hist(),
-            latency: self.latency.clone(),
-        }))
+        let tasks = self.tasks.clone();
+        let driver = Driver::new(
+            &self.table,
+            &self.options,
+            self.latency.clone(),
+            |staging| Ok(Box::new(PreadEngine::new(tasks, staging))),
+        )?;
+        Ok(Box::new(driver))
     }
     fn device_latency(&self) -> Option<&SharedHist> {
         Some(&self.latency)
     }
 }
 
+/// One reader's view of the pool: its own reply channel.
 #[derive(Debug)]
-struct PreadReader {
-    table: Arc<Table>,
-    options: BackendOptions,
+pub struct PreadEngine {
     tasks: Sender<Task>,
-    reply_tx: Sender<Done>,
-    reply_rx: Receiver<Done>,
-    free: Vec<AlignedBuf>,
-    plan: Plan,
-    // (reads,) submit time per planned read
-    started: Vec<Instant>,
-    local: hdrhistogram::Histogram<u64>,
-    latency: SharedHist,
+    reply_tx: Sender<Completion>,
+    reply_rx: Receiver<Completion>,
+    in_flight: usize,
 }
 
-impl RowReader for PreadReader {
-    fn read_rows(
-        &mut self,
-        layer: usize,
-        ids: &[u64],
-        slots: &[u32],
-        out: &mut [u8],
-        counters: &mut IoCounters,
-    ) -> Result<()> {
-        let t0 = Instant::now();
-        let params = self.options.plan_params(&self.table, layer)?;
-        let geo = self.table.geometry();
-        self.plan.build(ids, slots, &geo, &params);
-        counters.plan_ns += t0.elapsed().as_nanos() as u64;
-        counters.rows_unique += self.plan.unique_rows;
-        let n = self.plan.reads.len();
-        self.started.clear();
-        self.started.resize(n, t0);
-        let (mut next, mut inflight) = (0usize, 0usize);
-        let mut first_err: Option<Error> = None;
-        while next < n || inflight > 0 {
-            let ts = Instant::now();
-            while first_err.is_none() && next < n {
-                let Some(buf) = self.free.pop() else { break };
-                let r = self.plan.reads[next];
-                let task = Task {
-                    layer,
-                    offset: r.offset,
-                    len: r.len as usize,
-                    read_index: next as u32,
-                    buf,
-                    reply: self.reply_tx.clone(),
-                };
-                self.started[next] = Instant::now();
-                if let Err(e) = self.tasks.send(task) {
-                    self.free.push(e.into_inner().buf);
-                    first_err = Some(Error::ShutDown("pread pool stopped"));
-                    break;
-                }
-                next += 1;
-                inflight += 1;
-                counters.reads += 1;
-                counters.device_bytes += r.len;
+impl PreadEngine {
+    fn new(tasks: Sender<Task>, staging: &Staging) -> Self {
+        let (reply_tx, reply_rx) = bounded(staging.depth());
+        Self {
+            tasks,
+            reply_tx,
+            reply_rx,
+            in_flight: 0,
+        }
+    }
+}
+
+impl Engine for PreadEngine {
+    fn name(&self) -> &'static str {
+        "pread"
+    }
+
+    fn submit(&mut self, req: ReadReq, lease: Lease) -> Result<(), (Lease, EngineError)> {
+        let task = Task {
+            req,
+            lease,
+            reply: self.reply_tx.clone(),
+        };
+        match self.tasks.send(task) {
+            Ok(()) => {
+                self.in_flight += 1;
+                Ok(())
             }
-            counters.submit_ns += ts.elapsed().as_nanos() as u64;
-            if inflight == 0 {
-                break;
-            }
-            let tc = Instant::now();
-            let done = self
+            Err(e) => Err((
+                e.into_inner().lease,
+                EngineError::Broken("the pread pool has stopped".into()),
+            )),
+        }
+    }
+
+    fn reap(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> Result<(), EngineError> {
+        let mut got = 0;
+        while got < min_complete && self.in_flight > 0 {
+            // The reply sender lives in this engine, so recv cannot see a disconnect; pool
+            // threads always reply (panics included).
+            let c = self
                 .reply_rx
                 .recv()
-                .map_err(|_| Error::ShutDown("pread pool stopped"))?;
-            counters.complete_ns += tc.elapsed().as_nanos() as u64;
-            inflight -= 1;
-            let tsc = Instant::now();
-            record_ns(
-                &mut self.local,
-                tsc.duration_since(self.started[done.read_index as usize])
-                    .as_nanos() as u64,
-            );
-            let r = self.plan.reads[done.read_index as usize];
-            let res = done.result.and_then(|()| {
-                let bytes = &done.buf[..r.len as usize];
-                if self.options.verify {
-                    verify_read(&self.table, layer, r.offset, bytes)?;
-                }
-                self.plan.scatter(&r, bytes, &geo, params.data_offset, out);
-                Ok(())
-            });
-            self.free.push(done.buf);
-            if let Err(e) = res
-                && first_err.is_none()
-            {
-                first_err = Some(e);
-            }
-            counters.scatter_ns += tsc.elapsed().as_nanos() as u64;
-            if first_err.is_some() && next < n {
-                next = n;
-            }
+                .map_err(|_| EngineError::Broken("the pread pool has stopped".into()))?;
+            self.in_flight -= 1;
+            out.push(c);
+            got += 1;
         }
-        self.latency.merge(&mut self.local);
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
+        while let Ok(c) = self.reply_rx.try_recv() {
+            self.in_flight -= 1;
+            out.push(c);
         }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
     }
 }

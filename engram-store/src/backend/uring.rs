@@ -1,26 +1,26 @@
-//! The io_uring SSD path: O_DIRECT files and one staging buffer registered with a ring per
-//! reader thread, batched submission of up to `queue_depth` reads, optional SQPOLL.
+//! The io_uring SSD path: O_DIRECT layer files registered with one ring per reader, the
+//! reader's staging slots registered as one fixed buffer, optional SQPOLL.
 //!
-//! Contract (the kernel's buffer-lifetime rule): a buffer address in a submitted SQE must
-//! stay valid until its CQE is reaped. Every reader owns its staging buffer and its ring;
-//! `read_rows` never returns with reads in flight (it drains on error too), and `Drop`
-//! reaps anything still in flight before the buffer is freed. Registered files are `File`s
-//! kept alive by an `Arc` the reader holds.
+//! Contract (the kernel's buffer-lifetime rule): an address in a submitted SQE must stay
+//! valid, and unused by anyone else, until its CQE is reaped. The engine receives a
+//! staging [`Lease`] with every read (whose extent `staging.rs` proves lies inside the
+//! registered allocation) and keeps it in `in_flight[slot]` until the read's CQE is
+//! reaped; only then does the lease go back to the driver. `Drop` reaps everything still
+//! in flight; if the ring cannot be waited on any more, the leases are leaked, so their
+//! memory is never freed under the kernel. Registered files are kept open by the `Arc`
+//! the engine holds.
 #![allow(unsafe_code)]
 
-use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use io_uring::{IoUring, opcode, register::Probe, types};
 
-use super::{Backend, BackendKind, BackendOptions, IoCounters, RowReader, UringFault, verify_read};
-use crate::batch::Plan;
-use crate::buffer::AlignedBuf;
-use crate::error::{Error, Result, io_at};
-use crate::metrics::{SharedHist, new_hist, record_ns};
+use super::pread::{DeviceFiles, open_direct};
+use super::{Backend, BackendKind, BackendOptions, IoCounters, RowReader, UringFault};
+use crate::error::{Error, Result};
+use crate::io::{Completion, Driver, Engine, EngineError, Lease, ReadReq, Staging};
+use crate::metrics::SharedHist;
 use crate::table::Table;
 
 /// SQPOLL thread idle time before it sleeps.
@@ -31,16 +31,52 @@ const SQPOLL_IDLE_MS: u32 = 2000;
 pub struct UringBackend {
     table: Arc<Table>,
     options: BackendOptions,
-    files: Arc<Vec<(File, PathBuf)>>,
+    files: Arc<DeviceFiles>,
     registered_buffers: bool,
     latency: SharedHist,
 }
 
-fn unavailable(reason: String) -> Error {
+/// Why io_uring could not be used, with what to do about it: the errno decides, so a
+/// memory or open-file limit is not reported as io_uring being disabled.
+pub(crate) fn setup_error(call: &str, e: &std::io::Error) -> Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "io_uring is blocked: allow io_uring_setup in seccomp or set sysctl \
+             kernel.io_uring_disabled=0"
+        }
+        Some(libc::ENOSYS) => "this kernel has no io_uring: use Linux >= 5.6",
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            "the open-file limit is reached: raise it (ulimit -n) or open fewer stores"
+        }
+        Some(libc::ENOMEM) => {
+            "out of locked or kernel memory: raise RLIMIT_MEMLOCK (ulimit -l), lower the \
+             queue depth, or free memory"
+        }
+        _ => "see the error",
+    };
     Error::Unavailable {
         what: "io_uring",
-        reason,
+        reason: format!("{call} failed: {e}; {hint}"),
     }
+}
+
+/// Whether io_uring can be set up here with every opcode the store uses; the reason
+/// when not. For tests and tools that must say loudly which path they exercise.
+pub fn availability() -> std::result::Result<(), String> {
+    let ring = build_ring(8, false).map_err(|e| setup_error("io_uring_setup", &e).to_string())?;
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| setup_error("IORING_REGISTER_PROBE", &e).to_string())?;
+    for (name, code) in [
+        ("IORING_OP_READ_FIXED", opcode::ReadFixed::CODE),
+        ("IORING_OP_READ", opcode::Read::CODE),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(format!("opcode {name} is not supported by this kernel"));
+        }
+    }
+    Ok(())
 }
 
 fn build_ring(entries: u32, sqpoll: bool) -> std::io::Result<IoUring> {
@@ -52,62 +88,62 @@ fn build_ring(entries: u32, sqpoll: bool) -> std::io::Result<IoUring> {
 }
 
 impl UringBackend {
-    /// Probes io_uring and every opcode used; reads the first block of the first layer
-    /// through it to prove the whole path works.
+    /// Probes io_uring and every opcode used; reads the first row of the first layer
+    /// through a reader to prove the whole path works.
     pub fn open(table: &Arc<Table>, options: &BackendOptions) -> Result<Self> {
         if options.uring_fault == Some(UringFault::Setup) {
-            return Err(unavailable(
-                "io_uring_setup failed: EPERM (injected fault)".into(),
+            return Err(setup_error(
+                "io_uring_setup (injected fault)",
+                &std::io::Error::from_raw_os_error(libc::EPERM),
             ));
         }
-        let ring = build_ring(8, options.sqpoll)
-            .map_err(|e| unavailable(format!("io_uring_setup failed: {e}")))?;
+        let ring = build_ring(8, options.sqpoll).map_err(|e| setup_error("io_uring_setup", &e))?;
         let mut probe = Probe::new();
         ring.submitter()
             .register_probe(&mut probe)
-            .map_err(|e| unavailable(format!("IORING_REGISTER_PROBE failed: {e}")))?;
-        let needed = [
+            .map_err(|e| setup_error("IORING_REGISTER_PROBE", &e))?;
+        for (name, code) in [
             ("IORING_OP_READ_FIXED", opcode::ReadFixed::CODE),
             ("IORING_OP_READ", opcode::Read::CODE),
-        ];
-        for (name, code) in needed {
-            if options.uring_fault == Some(UringFault::Probe) {
-                return Err(unavailable(format!(
-                    "opcode {name} is not supported by this kernel (injected fault)"
-                )));
-            }
-            if !probe.is_supported(code) {
-                return Err(unavailable(format!(
-                    "opcode {name} is not supported by this kernel"
-                )));
+        ] {
+            if options.uring_fault == Some(UringFault::Probe) || !probe.is_supported(code) {
+                let injected = if options.uring_fault.is_some() {
+                    " (injected fault)"
+                } else {
+                    ""
+                };
+                return Err(Error::Unavailable {
+                    what: "io_uring",
+                    reason: format!(
+                        "opcode {name} is not supported by this kernel{injected}; use Linux >= 5.6"
+                    ),
+                });
             }
         }
-        let (files, _direct) = super::pread::open_direct(table)?;
-        let files = Arc::new(files);
+        drop(ring);
         let mut backend = Self {
             table: Arc::clone(table),
             options: options.clone(),
-            files,
+            files: Arc::new(open_direct(table)?),
             registered_buffers: options.uring_fault != Some(UringFault::Register),
             latency: SharedHist::default(),
         };
-        // One real read through a reader proves setup, registration and O_DIRECT.
-        let mut reader = match backend.new_reader() {
+        // One real read through a reader (without injected read faults) proves setup,
+        // registration and O_DIRECT.
+        let mut reader = match backend.new_reader(false) {
             Ok(r) => r,
             Err(e) if backend.registered_buffers => {
                 tracing::warn!(target: "engram_store", "io_uring buffer registration failed ({e}); using unregistered buffers. Fix: raise RLIMIT_MEMLOCK (ulimit -l)");
                 backend.registered_buffers = false;
-                backend.new_reader()?
+                backend.new_reader(false)?
             }
             Err(e) => return Err(e),
         };
-        if !backend.registered_buffers && options.uring_fault == Some(UringFault::Register) {
+        if options.uring_fault == Some(UringFault::Register) {
             tracing::warn!(target: "engram_store", "io_uring buffer registration failed (injected fault); using unregistered buffers. Fix: raise RLIMIT_MEMLOCK (ulimit -l)");
         }
-        let rb = table.row_bytes();
-        let mut out = vec![0u8; rb];
-        let mut c = IoCounters::default();
-        reader.read_rows(0, &[0], &[], &mut out, &mut c)?;
+        let mut out = vec![0u8; table.row_bytes()];
+        reader.read_rows(0, &[0], &[], &mut out, &mut IoCounters::default())?;
         Ok(backend)
     }
 
@@ -116,48 +152,24 @@ impl UringBackend {
         self.registered_buffers
     }
 
-    fn new_reader(&self) -> Result<UringReader> {
-        let qd = self.options.queue_depth;
-        let entries = u32::try_from(qd.next_power_of_two()).unwrap_or(4096);
-        let ring = build_ring(entries, self.options.sqpoll)
-            .map_err(|e| unavailable(format!("io_uring_setup({entries}) failed: {e}")))?;
-        let fds: Vec<i32> = self.files.iter().map(|(f, _)| f.as_raw_fd()).collect();
-        ring.submitter()
-            .register_files(&fds)
-            .map_err(|e| unavailable(format!("IORING_REGISTER_FILES failed: {e}")))?;
-        let slot_bytes = self
-            .options
-            .max_read_bytes
-            .max(self.table.manifest().block_bytes) as usize;
-        let mut staging = AlignedBuf::new_pinned(slot_bytes * qd)?;
-        if self.registered_buffers {
-            let iov = libc::iovec {
-                iov_base: staging.as_mut_ptr().cast(),
-                iov_len: staging.capacity(),
+    fn new_reader(&self, with_faults: bool) -> Result<Driver> {
+        let no_faults;
+        let options = if with_faults || self.options.faults.is_none() {
+            &self.options
+        } else {
+            no_faults = BackendOptions {
+                faults: None,
+                ..self.options.clone()
             };
-            // SAFETY: the iovec covers the staging allocation, which the reader owns and
-            // frees only after the ring (and its registration) is dropped (field order).
-            unsafe { ring.submitter().register_buffers(&[iov]) }.map_err(|e| {
-                unavailable(format!(
-                    "IORING_REGISTER_BUFFERS ({} bytes) failed: {e}",
-                    staging.capacity()
-                ))
-            })?;
-        }
-        Ok(UringReader {
-            ring,
-            table: Arc::clone(&self.table),
-            files: Arc::clone(&self.files),
-            options: self.options.clone(),
-            registered: self.registered_buffers,
-            free_slots: (0..qd as u32).rev().collect(),
-            slot_bytes,
-            plan: Plan::with_capacity(1024),
-            inflight: 0,
-            started: vec![Instant::now(); qd],
-            local: new_hist(),
-            latency: self.latency.clone(),
-            staging,
+            &no_faults
+        };
+        Driver::new(&self.table, options, self.latency.clone(), |staging| {
+            Ok(Box::new(UringEngine::new(
+                staging,
+                &self.files,
+                self.options.sqpoll,
+                self.registered_buffers,
+            )?))
         })
     }
 }
@@ -167,198 +179,176 @@ impl Backend for UringBackend {
         BackendKind::Uring
     }
     fn reader(&self) -> Result<Box<dyn RowReader>> {
-        Ok(Box::new(self.new_reader()?))
+        Ok(Box::new(self.new_reader(true)?))
     }
     fn device_latency(&self) -> Option<&SharedHist> {
         Some(&self.latency)
     }
 }
 
-/// One thread's ring. Field order matters: the ring is dropped before the staging buffer.
-struct UringReader {
+/// One ring with the layer files registered (fixed file `i` is layer `i`) and, when
+/// `registered`, the staging allocation as fixed buffer 0.
+pub struct UringEngine {
     ring: IoUring,
-    table: Arc<Table>,
-    files: Arc<Vec<(File, PathBuf)>>,
-    options: BackendOptions,
+    /// Keeps the registered files open.
+    _files: Arc<DeviceFiles>,
     registered: bool,
-    free_slots: Vec<u32>,
-    slot_bytes: usize,
-    plan: Plan,
-    inflight: usize,
-    // (queue_depth,) submit time per staging slot
-    started: Vec<Instant>,
-    local: hdrhistogram::Histogram<u64>,
-    latency: SharedHist,
-    staging: AlignedBuf,
+    /// (staging depth,) the tag and lease of the read in flight in each slot
+    in_flight: Vec<Option<(u64, Lease)>>,
+    n_in_flight: usize,
 }
 
-impl std::fmt::Debug for UringReader {
+impl std::fmt::Debug for UringEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UringReader")
-            .field("queue_depth", &self.options.queue_depth)
+        f.debug_struct("UringEngine")
             .field("registered", &self.registered)
-            .field("inflight", &self.inflight)
+            .field("in_flight", &self.n_in_flight)
             .finish_non_exhaustive()
     }
 }
 
-impl UringReader {
-    fn reap_all(&mut self) {
-        while self.inflight > 0 {
-            if self.ring.submit_and_wait(1).is_err() {
-                break;
-            }
-            let n = self.ring.completion().count();
-            self.inflight = self.inflight.saturating_sub(n);
+impl UringEngine {
+    /// A ring for `staging.depth()` reads over `files`.
+    pub fn new(
+        staging: &Staging,
+        files: &Arc<DeviceFiles>,
+        sqpoll: bool,
+        registered: bool,
+    ) -> Result<Self> {
+        let depth = staging.depth();
+        let entries = u32::try_from(depth.next_power_of_two()).map_err(|_| Error::Invalid {
+            what: "queue depth",
+            reason: format!("{depth} is too large for a ring"),
+        })?;
+        let ring = build_ring(entries, sqpoll)
+            .map_err(|e| setup_error(&format!("io_uring_setup({entries})"), &e))?;
+        let fds: Vec<i32> = files.files.iter().map(|(f, _)| f.as_raw_fd()).collect();
+        ring.submitter()
+            .register_files(&fds)
+            .map_err(|e| setup_error("IORING_REGISTER_FILES", &e))?;
+        if registered {
+            let iov = staging.iovec();
+            // SAFETY: the iovec covers the staging allocation, which stays allocated while
+            // any lease of it lives (staging.rs rule 3) and at least until this ring is
+            // dropped: the engine is dropped by its driver before the driver's staging, and
+            // only addresses of leases it holds are ever submitted.
+            unsafe { ring.submitter().register_buffers(&[iov]) }.map_err(|e| {
+                setup_error(
+                    &format!("IORING_REGISTER_BUFFERS ({} bytes)", iov.iov_len),
+                    &e,
+                )
+            })?;
         }
+        Ok(Self {
+            ring,
+            _files: Arc::clone(files),
+            registered,
+            in_flight: (0..depth).map(|_| None).collect(),
+            n_in_flight: 0,
+        })
+    }
+
+    /// Waits for completions until nothing is in flight; false if the ring failed.
+    fn reap_all(&mut self) -> bool {
+        let mut scratch = Vec::with_capacity(self.n_in_flight);
+        while self.n_in_flight > 0 {
+            if self.reap(1, &mut scratch).is_err() {
+                return false;
+            }
+            scratch.clear();
+        }
+        true
     }
 }
 
-impl Drop for UringReader {
+impl Drop for UringEngine {
     fn drop(&mut self) {
-        self.reap_all();
+        if !self.reap_all() {
+            // The kernel may still write into these extents: never free them.
+            for lease in self.in_flight.iter_mut().filter_map(Option::take) {
+                std::mem::forget(lease);
+            }
+        }
     }
 }
 
-impl RowReader for UringReader {
-    fn read_rows(
-        &mut self,
-        layer: usize,
-        ids: &[u64],
-        slots: &[u32],
-        out: &mut [u8],
-        counters: &mut IoCounters,
-    ) -> Result<()> {
-        let t0 = Instant::now();
-        let params = self.options.plan_params(&self.table, layer)?;
-        let geo = self.table.geometry();
-        // An Arc clone (no allocation) so the path can be borrowed across &mut self uses.
-        let files = Arc::clone(&self.files);
-        let path = &files
-            .get(layer)
-            .ok_or(Error::LayerOutOfRange {
-                layer,
-                n_layers: files.len(),
-            })?
-            .1;
-        self.plan.build(ids, slots, &geo, &params);
-        counters.plan_ns += t0.elapsed().as_nanos() as u64;
-        counters.rows_unique += self.plan.unique_rows;
-        let n = self.plan.reads.len();
-        let mut next = 0usize;
-        let mut first_err: Option<Error> = None;
-        let base = self.staging.as_mut_ptr();
-        while next < n || self.inflight > 0 {
-            let ts = Instant::now();
+impl Engine for UringEngine {
+    fn name(&self) -> &'static str {
+        "uring"
+    }
+
+    fn submit(&mut self, req: ReadReq, mut lease: Lease) -> Result<(), (Lease, EngineError)> {
+        let slot = lease.slot() as usize;
+        if self.in_flight.get(slot).is_none_or(Option::is_some) {
+            return Err((
+                lease,
+                EngineError::Broken(format!("staging slot {slot} is already in flight")),
+            ));
+        }
+        let len = lease.len() as u32;
+        let ptr = lease.as_mut_ptr();
+        let fd = types::Fixed(req.file);
+        let sqe = if self.registered {
+            opcode::ReadFixed::new(fd, ptr, len, 0)
+                .offset(req.offset)
+                .build()
+        } else {
+            opcode::Read::new(fd, ptr, len).offset(req.offset).build()
+        }
+        .user_data(slot as u64);
+        loop {
+            // SAFETY: the SQE's buffer is [ptr, ptr + len), exactly the lease's extent,
+            // which lies inside the staging allocation (and so inside registered buffer 0)
+            // by staging.rs rule 1 and belongs to no one else by rule 2. The lease is
+            // stored in `in_flight[slot]` right below and handed back only after this
+            // read's CQE is reaped (or leaked in Drop), which is the kernel's rule.
+            let pushed = unsafe { self.ring.submission().push(&sqe) };
+            if pushed.is_ok() {
+                break;
+            }
+            // The submission queue is full of queued entries: hand them to the kernel.
+            if let Err(e) = self.ring.submit()
+                && e.raw_os_error() != Some(libc::EINTR)
             {
-                let mut sq = self.ring.submission();
-                while first_err.is_none() && next < n && !sq.is_full() {
-                    let Some(slot) = self.free_slots.pop() else {
-                        break;
-                    };
-                    let r = self.plan.reads[next];
-                    // SAFETY: slot < queue_depth, so the range lies inside staging.
-                    let ptr = unsafe { base.add(slot as usize * self.slot_bytes) };
-                    let len = r.len as u32;
-                    let user_data = (u64::from(slot) << 32) | next as u64;
-                    let fd = types::Fixed(layer as u32);
-                    let sqe = if self.registered {
-                        opcode::ReadFixed::new(fd, ptr, len, 0)
-                            .offset(r.offset)
-                            .build()
-                            .user_data(user_data)
-                    } else {
-                        opcode::Read::new(fd, ptr, len)
-                            .offset(r.offset)
-                            .build()
-                            .user_data(user_data)
-                    };
-                    // SAFETY: the SQE points into staging, owned by self and alive until the
-                    // CQE is reaped (read_rows drains; Drop reaps).
-                    if unsafe { sq.push(&sqe) }.is_err() {
-                        self.free_slots.push(slot);
-                        break;
-                    }
-                    self.started[slot as usize] = Instant::now();
-                    next += 1;
-                    self.inflight += 1;
-                    counters.reads += 1;
-                    counters.device_bytes += r.len;
-                }
-            }
-            if self.inflight == 0 {
-                break;
-            }
-            let submitted = self.ring.submit_and_wait(1);
-            counters.submit_ns += ts.elapsed().as_nanos() as u64;
-            if let Err(e) = submitted {
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                // The ring is unusable; nothing more can be reaped safely than what is there.
-                first_err.get_or_insert(io_at("io_uring_enter", path, 0, e));
-                // Wait for whatever was accepted before leaving (buffer lifetime).
-                self.reap_all();
-                break;
-            }
-            let tc = Instant::now();
-            let mut cq = self.ring.completion();
-            cq.sync();
-            counters.complete_ns += tc.elapsed().as_nanos() as u64;
-            for cqe in &mut cq {
-                self.inflight -= 1;
-                let ud = cqe.user_data();
-                let slot = (ud >> 32) as u32;
-                let ri = (ud & 0xFFFF_FFFF) as usize;
-                let r = self.plan.reads[ri];
-                let res = cqe.result();
-                let tsc = Instant::now();
-                record_ns(
-                    &mut self.local,
-                    tsc.duration_since(self.started[slot as usize]).as_nanos() as u64,
-                );
-                let outcome = if res < 0 {
-                    Err(io_at(
-                        "io_uring read",
-                        path,
-                        r.offset,
-                        std::io::Error::from_raw_os_error(-res),
-                    ))
-                } else if res as u64 != r.len {
-                    Err(io_at(
-                        "io_uring read",
-                        path,
-                        r.offset,
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!("short read: {res} of {} bytes", r.len),
-                        ),
-                    ))
-                } else {
-                    let start = slot as usize * self.slot_bytes;
-                    let bytes = &self.staging.as_slice()[start..start + r.len as usize];
-                    let v = if self.options.verify {
-                        verify_read(&self.table, layer, r.offset, bytes)
-                    } else {
-                        Ok(())
-                    };
-                    v.map(|()| self.plan.scatter(&r, bytes, &geo, params.data_offset, out))
-                };
-                self.free_slots.push(slot);
-                if let Err(e) = outcome {
-                    first_err.get_or_insert(e);
-                }
-                counters.scatter_ns += tsc.elapsed().as_nanos() as u64;
-            }
-            if first_err.is_some() {
-                next = n;
+                return Err((lease, EngineError::Broken(format!("io_uring_enter: {e}"))));
             }
         }
-        self.latency.merge(&mut self.local);
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
+        self.in_flight[slot] = Some((req.tag, lease));
+        self.n_in_flight += 1;
+        Ok(())
+    }
+
+    fn reap(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> Result<(), EngineError> {
+        loop {
+            match self
+                .ring
+                .submit_and_wait(min_complete.min(self.n_in_flight))
+            {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(EngineError::Broken(format!("io_uring_enter: {e}"))),
+            }
         }
+        for cqe in self.ring.completion() {
+            let slot = cqe.user_data() as usize;
+            let Some((tag, lease)) = self.in_flight.get_mut(slot).and_then(Option::take) else {
+                debug_assert!(false, "CQE for idle slot {slot}");
+                continue;
+            };
+            self.n_in_flight -= 1;
+            let res = cqe.result();
+            let result = if res < 0 {
+                Err(std::io::Error::from_raw_os_error(-res))
+            } else {
+                Ok(res as usize)
+            };
+            out.push(Completion { tag, lease, result });
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.n_in_flight
     }
 }
 
@@ -378,8 +368,9 @@ pub struct ProbeResult {
 }
 
 /// Random `block_bytes` O_DIRECT reads over `[offset, offset + len)` of `path` at queue depth
-/// `qd` for `seconds`, through io_uring with a registered buffer: the disk's own limit,
-/// measured the way the store reads.
+/// `qd` for `seconds`, through the same staging and io_uring engine the store reads with:
+/// the disk's own limit, measured the way the store reads. Every read is reaped before it
+/// returns, errors included.
 pub fn probe_random_reads(
     path: &std::path::Path,
     offset: u64,
@@ -394,9 +385,18 @@ pub fn probe_random_reads(
         what: "probe",
         reason,
     };
-    if !block_bytes.is_power_of_two() || block_bytes < 512 || len < block_bytes || qd == 0 {
+    if !block_bytes.is_power_of_two()
+        || !(512..=crate::batch::MAX_READ_BYTES_LIMIT).contains(&block_bytes)
+        || len < block_bytes
+        || qd == 0
+        || qd > super::MAX_QUEUE_DEPTH
+        || !offset.is_multiple_of(512)
+        || !(seconds.is_finite() && seconds > 0.0)
+    {
         return Err(bad(format!(
-            "block {block_bytes} (power of two >= 512), range {len}, qd {qd}"
+            "block {block_bytes} (a power of two in 512..=16 MiB), range {len} at {offset} \
+             (512-aligned), queue depth {qd} (1..={}), {seconds} s",
+            super::MAX_QUEUE_DEPTH
         )));
     }
     let file = std::fs::OpenOptions::new()
@@ -404,88 +404,79 @@ pub fn probe_random_reads(
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .map_err(|e| crate::error::io("open (O_DIRECT)", path, e))?;
-    let entries = u32::try_from(qd.next_power_of_two()).unwrap_or(4096);
-    let mut ring =
-        build_ring(entries, false).map_err(|e| unavailable(format!("io_uring_setup: {e}")))?;
-    ring.submitter()
-        .register_files(&[file.as_raw_fd()])
-        .map_err(|e| unavailable(format!("register files: {e}")))?;
-    let bb = block_bytes as usize;
-    let mut staging = AlignedBuf::new_pinned(bb * qd)?;
-    let iov = libc::iovec {
-        iov_base: staging.as_mut_ptr().cast(),
-        iov_len: staging.capacity(),
+    let files = Arc::new(DeviceFiles {
+        files: vec![(file, path.to_path_buf())],
+        direct: true,
+    });
+    let staging = Staging::new(qd, block_bytes as usize)?;
+    let mut engine = match UringEngine::new(&staging, &files, false, true) {
+        Ok(e) => e,
+        Err(_) => UringEngine::new(&staging, &files, false, false)?,
     };
-    // SAFETY: staging outlives the ring (dropped after it, below) and every read is reaped
-    // before returning.
-    let registered = unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok();
-    let base = staging.as_mut_ptr();
     let blocks = len / block_bytes;
     let mut rng = crate::workload::SplitMix64(seed);
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-        .map_err(|e| bad(e.to_string()))?;
-    let mut started = vec![std::time::Instant::now(); qd];
-    let mut free: Vec<u32> = (0..qd as u32).collect();
-    let (mut inflight, mut reads) = (0usize, 0u64);
+    let mut hist = crate::metrics::new_hist();
+    // (qd,) submit time and file offset of the read in each slot
+    let mut started = vec![(std::time::Instant::now(), 0u64); qd];
+    let mut done = Vec::with_capacity(qd);
+    let mut reads = 0u64;
     let t0 = std::time::Instant::now();
     let deadline = std::time::Duration::from_secs_f64(seconds);
     let mut first_err = None;
     loop {
-        let running = t0.elapsed() < deadline && first_err.is_none();
-        {
-            let mut sq = ring.submission();
-            while running && !sq.is_full() {
-                let Some(slot) = free.pop() else { break };
-                let off = offset + rng.below(blocks) * block_bytes;
-                // SAFETY: slot < qd, so the range lies inside staging.
-                let ptr = unsafe { base.add(slot as usize * bb) };
-                let sqe = if registered {
-                    opcode::ReadFixed::new(types::Fixed(0), ptr, bb as u32, 0)
-                        .offset(off)
-                        .build()
-                } else {
-                    opcode::Read::new(types::Fixed(0), ptr, bb as u32)
-                        .offset(off)
-                        .build()
-                }
-                .user_data(u64::from(slot));
-                started[slot as usize] = std::time::Instant::now();
-                // SAFETY: staging outlives every in-flight read (we reap all before return).
-                if unsafe { sq.push(&sqe) }.is_err() {
-                    free.push(slot);
+        if t0.elapsed() < deadline && first_err.is_none() {
+            while let Some(lease) = staging.lease(block_bytes as usize)? {
+                let slot = lease.slot() as usize;
+                let req = ReadReq {
+                    file: 0,
+                    offset: offset + rng.below(blocks) * block_bytes,
+                    tag: 0,
+                };
+                started[slot] = (std::time::Instant::now(), req.offset);
+                if let Err((_, e)) = engine.submit(req, lease) {
+                    first_err.get_or_insert(Error::Broken {
+                        what: "io_uring probe",
+                        reason: e.to_string(),
+                    });
                     break;
                 }
-                inflight += 1;
             }
         }
-        if inflight == 0 {
+        if engine.in_flight() == 0 {
             break;
         }
-        if let Err(e) = ring.submit_and_wait(1) {
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(io_at("io_uring_enter", path, 0, e));
+        if let Err(e) = engine.reap(1, &mut done) {
+            first_err.get_or_insert(Error::Broken {
+                what: "io_uring probe",
+                reason: e.to_string(),
+            });
+            // Drop reaps what it can and leaks the rest: nothing is freed under the kernel.
+            break;
         }
-        for cqe in ring.completion() {
-            inflight -= 1;
-            let slot = cqe.user_data() as u32;
-            let _ = hist.record((started[slot as usize].elapsed().as_nanos() as u64).max(1));
-            if cqe.result() < 0 && first_err.is_none() {
-                first_err = Some(io_at(
-                    "io_uring read",
-                    path,
-                    0,
-                    std::io::Error::from_raw_os_error(-cqe.result()),
-                ));
+        for c in done.drain(..) {
+            let (t, at) = started[c.lease.slot() as usize];
+            crate::metrics::record_ns(&mut hist, t.elapsed().as_nanos() as u64);
+            match c.result {
+                Ok(n) if n as u64 == block_bytes => reads += 1,
+                Ok(n) => {
+                    first_err.get_or_insert(crate::error::io_at(
+                        "io_uring read",
+                        path,
+                        at,
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("short read: {n} of {block_bytes} bytes"),
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(crate::error::io_at("io_uring read", path, at, e));
+                }
             }
-            reads += 1;
-            free.push(slot);
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    drop(ring);
-    drop(staging);
+    drop(engine);
     if let Some(e) = first_err {
         return Err(e);
     }

@@ -55,6 +55,17 @@ pub fn expected_rows(s: &SynthSpec, layer: usize, ids: &[u64], row_bytes: usize)
     out
 }
 
+/// True (after saying so on stderr) when `kind` is io_uring and this machine cannot run
+/// it; fails instead when `ENGRAM_REQUIRE_URING` is set, so CI cannot skip it silently.
+pub fn skip_uring(kind: BackendKind) -> bool {
+    !engram_store::backend::runnable_here(kind).expect("backend required on this machine")
+}
+
+/// Opens `dir` on `kind`; `None` (said on stderr) when `kind` cannot run here.
+pub fn try_store(dir: &Path, kind: BackendKind, cache_bytes: u64, qd: usize) -> Option<Store> {
+    (!skip_uring(kind)).then(|| store(dir, kind, cache_bytes, qd))
+}
+
 pub fn store(dir: &Path, kind: BackendKind, cache_bytes: u64, qd: usize) -> Store {
     let opts = StoreOptions {
         backend: BackendOptions {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use engram_store::workload::{BenchSpec, RowDist, parse_bytes, run_bench};
-use engram_store::{BackendKind, BackendOptions, Profile, Store, StoreOptions};
+use engram_store::{Profile, Store, StoreOptions};
 
 use crate::json_line;
 
@@ -21,9 +21,8 @@ use crate::json_line;
 pub struct Args {
     /// Table directory.
     pub table: PathBuf,
-    /// Backend: memory, mmap, pread, uring, auto.
-    #[arg(long)]
-    pub backend: Option<String>,
+    #[command(flatten)]
+    pub read: super::read_args::ReadArgs,
     /// Rows per batch.
     #[arg(long, default_value_t = 1024)]
     pub batch_rows: usize,
@@ -33,9 +32,6 @@ pub struct Args {
     /// Untimed warm-up batches per thread.
     #[arg(long, default_value_t = 20)]
     pub warmup_batches: usize,
-    /// Reads in flight per reader.
-    #[arg(long, default_value_t = 32)]
-    pub queue_depth: usize,
     /// uniform or zipf:S.
     #[arg(long, default_value = "uniform")]
     pub dist: String,
@@ -54,21 +50,6 @@ pub struct Args {
     /// Only this layer index (default: all, round-robin).
     #[arg(long)]
     pub layer_index: Option<usize>,
-    /// Read unit for unverified reads (with --no-verify).
-    #[arg(long, default_value_t = 4096)]
-    pub read_unit: u64,
-    /// Do not check block checksums on reads.
-    #[arg(long)]
-    pub no_verify: bool,
-    /// Merge reads whose gap is at most this many bytes.
-    #[arg(long, default_value_t = 0)]
-    pub coalesce_gap_bytes: u64,
-    /// io_uring SQPOLL (costs a core).
-    #[arg(long)]
-    pub sqpoll: bool,
-    /// pread pool threads.
-    #[arg(long, default_value_t = 32)]
-    pub pread_threads: usize,
     /// Seed of the id stream.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -79,25 +60,12 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let kind = match &args.backend {
-        Some(b) => BackendKind::parse(b)?,
-        None => None,
-    };
     let profile = match &args.profile {
         Some(p) => Some(Profile::read(p)?),
         None => None,
     };
     let opts = StoreOptions {
-        backend: BackendOptions {
-            kind,
-            queue_depth: args.queue_depth,
-            read_unit: args.read_unit,
-            verify: !args.no_verify,
-            coalesce_gap_bytes: args.coalesce_gap_bytes,
-            sqpoll: args.sqpoll,
-            pread_threads: args.pread_threads,
-            ..BackendOptions::default()
-        },
+        backend: args.read.backend_options()?,
         io_workers: args.threads.max(1),
         max_in_flight: (args.threads * args.prefetch_depth).max(4),
         max_batch_rows: args.batch_rows,
@@ -122,7 +90,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         json_line(
             "bench",
             &serde_json::json!({
-                "table": args.table, "dist": args.dist, "queue_depth": args.queue_depth,
+                "table": args.table, "dist": args.dist, "queue_depth": args.read.queue_depth,
                 "cache_bytes": opts.cache_bytes, "fallback": store.fallback_reason(),
                 "report": r,
             }),
@@ -136,7 +104,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             r.threads,
             r.batches,
             r.batch_rows,
-            args.queue_depth,
+            args.read.queue_depth,
             args.dist,
             r.rows_per_s,
             r.useful_mb_per_s,

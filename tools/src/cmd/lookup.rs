@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use engram_store::{BackendKind, BackendOptions, Store, StoreOptions};
+use engram_store::{Store, StoreOptions};
 
 use crate::json_line;
 
@@ -13,7 +13,8 @@ use crate::json_line;
 #[derive(Debug, ClapArgs)]
 #[command(
     after_help = "Examples:\n  engram lookup /data/table --layer 1 --rows 0,17,17,384000000\n  \
-    ENGRAM_IO_BACKEND=mmap engram lookup /data/table --layer 14 --rows 5 --json\n\n\
+    ENGRAM_IO_BACKEND=mmap engram lookup /data/table --layer 14 --rows 5 --json\n  \
+    engram lookup /data/table --layer 1 --rows 0,1,2,3 --backend pread --no-verify --read-unit 512\n\n\
     --layer is the Engram layer id (as in the manifest), or the index with --layer-index."
 )]
 pub struct Args {
@@ -28,9 +29,8 @@ pub struct Args {
     /// Row ids, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub rows: Vec<u64>,
-    /// Backend: memory, mmap, pread, uring, auto (default: $ENGRAM_IO_BACKEND, then auto).
-    #[arg(long)]
-    pub backend: Option<String>,
+    #[command(flatten)]
+    pub read: super::read_args::ReadArgs,
     /// Print JSON Lines records instead of text.
     #[arg(long)]
     pub json: bool,
@@ -47,15 +47,8 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let kind = match &args.backend {
-        Some(b) => BackendKind::parse(b)?,
-        None => None,
-    };
     let opts = StoreOptions {
-        backend: BackendOptions {
-            kind,
-            ..BackendOptions::default()
-        },
+        backend: args.read.backend_options()?,
         io_workers: 1,
         max_batch_rows: args.rows.len().max(1),
         ..StoreOptions::default()

@@ -5,5 +5,6 @@ pub mod hash;
 pub mod inspect;
 pub mod lookup;
 pub mod probe;
+pub mod read_args;
 pub mod synth;
 pub mod vectors;

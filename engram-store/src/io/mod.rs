@@ -1,0 +1,20 @@
+//! Device reads: the batch driver, the staging slots it reads into, the engine trait the
+//! pread pool and io_uring implement, and the fault-injecting engine for tests.
+//!
+//! ```text
+//! Store -> RowReader (one per thread) = Driver { plans, Staging, Box<dyn Engine> }
+//!                                            Engine: PreadEngine | UringEngine | FaultyEngine(inner)
+//! ```
+//!
+//! The buffer-extent contract (where the device may write) lives in `staging.rs` alone;
+//! engines only ever see [`staging::Lease`]s.
+
+pub mod driver;
+pub mod engine;
+pub mod faulty;
+pub mod staging;
+
+pub use driver::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs};
+pub use engine::{Completion, Engine, EngineError, ReadReq};
+pub use faulty::{Fault, FaultPlan, IO_FAULTS_ENV};
+pub use staging::{Lease, MAX_STAGING_BYTES, Staging};

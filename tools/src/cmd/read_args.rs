@@ -1,0 +1,61 @@
+//! The read options every command that opens a store takes (`lookup`, `bench`), in one
+//! place, so any read path can be checked for bytes from the command line.
+
+use anyhow::Result;
+use clap::Args as ClapArgs;
+use engram_store::{BackendKind, BackendOptions};
+
+/// How the store reads rows.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ReadArgs {
+    /// Backend: memory, mmap, pread, uring, auto (default: $ENGRAM_IO_BACKEND, then auto:
+    /// io_uring, falling back to pread with the reason). An explicit `uring` never falls
+    /// back.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Reads in flight per reader (1..=4096).
+    #[arg(long, default_value_t = engram_store::backend::DEFAULT_QUEUE_DEPTH)]
+    pub queue_depth: usize,
+    /// Do not check block checksums on reads (reads then use --read-unit).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Read unit for unverified reads: a power of two, 512 B to 1 MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub read_unit: u64,
+    /// Merge reads whose gap is at most this many bytes (at most 1 MiB).
+    #[arg(long, default_value_t = 0)]
+    pub coalesce_gap_bytes: u64,
+    /// Longest merged read in bytes (at most 16 MiB; raised to one row's extent).
+    #[arg(long, default_value_t = engram_store::backend::DEFAULT_MAX_READ_BYTES)]
+    pub max_read_bytes: u64,
+    /// io_uring SQPOLL (a kernel thread polls the queue; costs a core).
+    #[arg(long)]
+    pub sqpoll: bool,
+    /// pread pool threads (default: the queue depth, at most 256).
+    #[arg(long)]
+    pub pread_threads: Option<usize>,
+}
+
+impl ReadArgs {
+    /// The backend options these flags ask for (validated when the store opens).
+    pub fn backend_options(&self) -> Result<BackendOptions> {
+        let kind = match &self.backend {
+            Some(b) => BackendKind::parse(b)?,
+            None => None,
+        };
+        Ok(BackendOptions {
+            kind,
+            queue_depth: self.queue_depth,
+            read_unit: self.read_unit,
+            verify: !self.no_verify,
+            coalesce_gap_bytes: self.coalesce_gap_bytes,
+            max_read_bytes: self.max_read_bytes,
+            sqpoll: self.sqpoll,
+            pread_threads: self.pread_threads.unwrap_or(
+                self.queue_depth
+                    .min(engram_store::backend::MAX_PREAD_THREADS),
+            ),
+            ..BackendOptions::default()
+        })
+    }
+}
