@@ -16,12 +16,18 @@ scripts/fetch-tokenizer.sh >/dev/null
 echo "== building (cargo build --release)" >&2
 cargo build --release --quiet -p engram-tools -p moe-core
 table=$(scripts/build-table.sh "$model")
-python3 - "$table/manifest.json" >&2 <<'PY'
+# The hot-row cache holds 40% of the table's rows, as a deployment would size it for a table
+# far larger than RAM.
+cache=$(python3 - "$table/manifest.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
-print(f"== table {sys.argv[1].rsplit('/', 1)[0]}: {m['row_layout']} rows of {m['dim']} values, {m['row_bytes']} bytes per row")
+rows = sum(l["rows"] for l in m["layers"])
+print(f"== table {sys.argv[1].rsplit('/', 1)[0]}: {rows} {m['row_layout']['kind']} rows of {m['dim']} values, "
+      f"{m['row_bytes']} bytes per row", file=sys.stderr)
+print(rows * m["row_bytes"] * 2 // 5)
 PY
+)
 
-echo "== moe-core generate (Engram table on SSD: uring backend, O_DIRECT)" >&2
+echo "== moe-core generate (Engram table on SSD: uring backend, O_DIRECT, $cache-byte cache)" >&2
 ./target/release/moe-core generate --model "$model" --engram "$table" \
-  --engram-backend uring --cache-bytes 262144 --prompt "$prompt" --max-new-tokens 48
+  --engram-backend uring --cache-bytes "$cache" --prompt "$prompt" --max-new-tokens 48

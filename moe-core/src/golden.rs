@@ -8,7 +8,7 @@ use crate::sampler::{Sampler, SamplerConfig};
 use crate::session::Session;
 
 /// Largest |rust - torch| accepted on a logit (both f32 from the same bf16-widened weights).
-pub const LOGIT_TOLERANCE: f32 = 1e-4;
+pub const LOGIT_TOLERANCE: f32 = 1e-5;
 
 /// Largest |decode - prefill| accepted on a logit: the same arithmetic, except that
 /// prefill-sized linear layers go through the packed GEMM (another summation order).

@@ -1,7 +1,7 @@
 //! Corpus -> engram-build -> engram-store -> moe-core decode, end to end: the committed
 //! Engram model's table is built from its checkpoint with a profile from a corpus, served
 //! by every store backend, and the decoder must reproduce PyTorch's greedy continuation
-//! token for token (and its logits within 1e-4).
+//! token for token (and its logits within 1e-5).
 
 use std::path::{Path, PathBuf};
 
