@@ -1,38 +1,41 @@
 //! Bad model directories and mismatched tables are clear errors, never panics.
 #![allow(clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use common::{tokenizer_available, write_zero_table};
+use engram_kernels::EngramConfig;
 use engram_kernels::file::{SHA256SUMS_FILE, sha256_hex};
-use engram_kernels::{EngramConfig, EngramLayout};
-use engram_store::{BuildInfo, Manifest, RowLayout, StoreOptions, TableWriter};
+use engram_store::StoreOptions;
 use moe_core::Error;
 use moe_core::session::{EngramSource, Session};
 
 const MODEL: &str = "stdlib-moe-engram-b";
+/// The committed model with hyper-connections.
+const HC_MODEL: &str = "stdlib-moe-engram-mhc-c";
 
 fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(MODEL)
+    committed(MODEL)
 }
 
-fn tokenizer_available() -> bool {
-    engram_kernels::tokenizer::for_tests()
-        .expect("ENGRAM_REQUIRE_TOKENIZER is set")
-        .is_some()
+fn committed(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name)
 }
 
 /// The files a model directory's `SHA256SUMS` lists for the decoder.
 const MODEL_FILES: [&str; 3] = ["config.json", "vocab.json", "model.safetensors"];
 
-/// A copy of the committed model in a temp dir, for mutation.
-fn copy_model(dir: &Path) -> PathBuf {
+/// A copy of a committed model in a temp dir, for mutation.
+fn copy_model(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join("model");
     std::fs::create_dir_all(&out).expect("mkdir");
     for f in MODEL_FILES.iter().chain(&[SHA256SUMS_FILE]) {
-        std::fs::copy(model_dir().join(f), out.join(f)).expect("copy");
+        std::fs::copy(committed(name).join(f), out.join(f)).expect("copy");
     }
     out
 }
@@ -92,7 +95,6 @@ fn broken_model_directories_are_errors() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    type Mutation = Box<dyn Fn(&Path)>;
     let cases: Vec<(&str, Mutation, &str)> = vec![
         (
             "missing tensor",
@@ -148,9 +150,17 @@ fn broken_model_directories_are_errors() {
             "vocab.json",
         ),
     ];
+    check_cases(dir.path(), MODEL, cases);
+}
+
+type Mutation = Box<dyn Fn(&Path)>;
+
+/// Each case mutates a fresh copy of `model`, which must then fail to load with an error
+/// that mentions the case's needle.
+fn check_cases(dir: &Path, model: &str, cases: Vec<(&str, Mutation, &str)>) {
     for (i, (name, mutate, needle)) in cases.into_iter().enumerate() {
-        let case_dir = dir.path().join(format!("c{i}"));
-        let m = copy_model(&case_dir);
+        let case_dir = dir.join(format!("{model}-{i}"));
+        let m = copy_model(&case_dir, model);
         mutate(&m);
         reseal(&m);
         let err = load_err(&m);
@@ -234,7 +244,7 @@ fn model_files_are_checked_against_their_sums() {
         ),
     ];
     for (i, (name, mutate, needle)) in cases.into_iter().enumerate() {
-        let m = copy_model(&dir.path().join(format!("s{i}")));
+        let m = copy_model(&dir.path().join(format!("s{i}")), MODEL);
         mutate(&m);
         // No tokenizer needed: the files are checked before it loads.
         let err = load_err(&m);
@@ -245,26 +255,86 @@ fn model_files_are_checked_against_their_sums() {
     }
 }
 
-fn write_table(dir: &Path, config: &EngramConfig, tokenizer_sha256: &str, checkpoint: &[&str]) {
-    let layout = EngramLayout::new(config, 99_092, 2).expect("valid");
-    let manifest = Manifest::new(
-        &layout,
-        tokenizer_sha256,
-        RowLayout::Bf16,
-        8,
-        None,
-        BuildInfo {
-            checkpoint_sha256: checkpoint.iter().map(|s| (*s).to_owned()).collect(),
-            ..BuildInfo::default()
-        },
-    )
-    .expect("manifest");
-    let mut w = TableWriter::create(dir, &manifest, false).expect("writer");
-    for (i, l) in layout.layers.iter().enumerate() {
-        w.write_layer_rows(i, &vec![0u8; l.total_rows as usize * 16])
-            .expect("rows");
+#[test]
+fn broken_hyper_connection_models_are_errors() {
+    if !tokenizer_available() {
+        return;
     }
-    w.finish().expect("publishes");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let drop_tensor = |name: &'static str| -> Mutation {
+        Box::new(move |m| rewrite_weights(m, |t| t.retain(|(n, _, _)| n != name)))
+    };
+    let cases: Vec<(&str, Mutation, &str)> = vec![
+        (
+            "mHC fields under format v1",
+            Box::new(|m| edit_config(m, |c| c["format"] = "engram-moe-v1".into())),
+            "need format \"engram-moe-v2\"",
+        ),
+        (
+            "v2 without hc_eps",
+            Box::new(|m| {
+                edit_config(m, |c| {
+                    c.as_object_mut().expect("object").remove("hc_eps");
+                })
+            }),
+            "needs hc_mult, hc_sinkhorn_iters and hc_eps",
+        ),
+        (
+            "no streams",
+            Box::new(|m| edit_config(m, |c| c["hc_mult"] = 0.into())),
+            "hc_mult 0: expected 1..=16",
+        ),
+        (
+            "too many streams",
+            Box::new(|m| edit_config(m, |c| c["hc_mult"] = 1000.into())),
+            "hc_mult 1000",
+        ),
+        (
+            "no Sinkhorn rounds",
+            Box::new(|m| edit_config(m, |c| c["hc_sinkhorn_iters"] = 0.into())),
+            "hc_sinkhorn_iters 0",
+        ),
+        (
+            "eps out of range",
+            Box::new(|m| edit_config(m, |c| c["hc_eps"] = 2.0.into())),
+            "hc_eps 2",
+        ),
+        (
+            "Engram branches differ from the streams",
+            Box::new(|m| edit_config(m, |c| c["hc_mult"] = 2.into())),
+            "engram.hc_mult 4 must equal the residual streams (hc_mult 2)",
+        ),
+        (
+            "missing mixing weights",
+            drop_tensor("layers.0.attn_hc.fn"),
+            "layers.0.attn_hc.fn\" is missing",
+        ),
+        (
+            "missing head weights",
+            drop_tensor("hc_head.base"),
+            "hc_head.base\" is missing",
+        ),
+        (
+            "missing per-stream Engram key",
+            drop_tensor("layers.1.engram.key_projs.3.weight"),
+            "key_projs.3.weight\" is missing",
+        ),
+        (
+            "wrong scale shape",
+            Box::new(|m| {
+                rewrite_weights(m, |t| {
+                    for (n, s, d) in t.iter_mut() {
+                        if n == "layers.2.mlp_hc.scale" {
+                            *s = vec![2];
+                            d.truncate(4);
+                        }
+                    }
+                })
+            }),
+            "\"layers.2.mlp_hc.scale\" has shape [2]",
+        ),
+    ];
+    check_cases(dir.path(), HC_MODEL, cases);
 }
 
 #[test]
@@ -314,7 +384,7 @@ fn tables_built_for_something_else_are_refused() {
     let own = sums.get("engram.safetensors").expect("listed");
     for (name, config, sha, needle) in cases {
         let table = dir.path().join(name);
-        write_table(&table, &config, &sha, &[own]);
+        write_zero_table(&table, &config, &sha, 8, &[own]);
         let source = EngramSource {
             table: table.clone(),
             options: StoreOptions::default(),
@@ -345,7 +415,7 @@ fn tables_built_for_something_else_are_refused() {
         ),
     ] {
         let table = dir.path().join(name);
-        write_table(&table, &right, deepseek, checkpoint);
+        write_zero_table(&table, &right, deepseek, 8, checkpoint);
         let mut source = EngramSource {
             table,
             options: StoreOptions::default(),
@@ -369,7 +439,7 @@ fn tables_built_for_something_else_are_refused() {
     }
     // The table imported from the model's checkpoint opens.
     let table = dir.path().join("right");
-    write_table(&table, &right, deepseek, &[own]);
+    write_zero_table(&table, &right, deepseek, 8, &[own]);
     let source = EngramSource {
         table,
         options: StoreOptions::default(),
