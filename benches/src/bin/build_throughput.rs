@@ -1,11 +1,17 @@
 //! engram-build's counting pipeline next to the tokenizer alone, on the same files in the
-//! same run, interleaved: each round tokenizes the corpus alone, then runs the full pipeline
-//! (read, tokenize, compress, hash, count) for every shape, at every thread count. Prints
-//! every round, then per shape and thread count the median and range of tokens/s and of the
-//! ratio to the same round's tokenizer-only run, and the corpus profile per shape.
+//! same run, interleaved finely enough that a shared machine's changing load hits both
+//! sides alike.
+//!
+//! The corpus is split into `--chunks` slices of about equal bytes. Each run walks the
+//! slices; on every slice it tokenizes alone and runs the full pipeline (read, tokenize,
+//! compress, hash, count into the shape's counters) for every shape, rotating which of them
+//! goes first (the tokenizer's word cache favours whoever follows). A run's rate is its
+//! tokens over the summed time of its slices, as wall time and as CPU time. Each run
+//! prints its rates and ratios; the summary gives per thread count and shape the median and
+//! range over runs. The first run also prints the corpus profile per shape.
 //!
 //! Usage: `cargo run --release -p engram-benches --bin build_throughput -- [DIR]
-//! [--threads 1,2] [--runs 3] [--shapes demo,v41] [--strategy auto|direct]`
+//! [--threads 1,2] [--runs 3] [--chunks 24] [--shapes demo,v41] [--strategy auto|direct]`
 //! (default DIR: this Python's standard library, site-packages excluded).
 
 use std::path::PathBuf;
@@ -29,6 +35,22 @@ fn stdlib() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
+/// The value after `--flag`, if any.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T> {
+    s.trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{what}: cannot parse {s:?}"))
+}
+
+fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
+    s.split(',').map(|x| parse(x, what)).collect()
+}
+
 /// CPU seconds this process has used (user + system, all threads), from /proc/self/stat.
 /// Linux reports them in USER_HZ = 100 ticks per second on every architecture.
 fn cpu_seconds() -> Result<f64> {
@@ -47,36 +69,31 @@ fn cpu_seconds() -> Result<f64> {
     Ok(tick(11)? + tick(12)?)
 }
 
-/// Tokens per second of wall time and per CPU second of a closure that returns tokens.
-fn timed(f: impl FnOnce() -> Result<u64>) -> Result<Rates> {
-    let (t, cpu) = (Instant::now(), cpu_seconds()?);
-    let tokens = f()? as f64;
-    Ok(Rates {
-        wall: tokens / t.elapsed().as_secs_f64(),
-        cpu: tokens / (cpu_seconds()? - cpu).max(0.01),
-    })
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Rates {
+/// Tokens and the wall and CPU seconds they took, summed over slices.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    tokens: u64,
     wall: f64,
     cpu: f64,
 }
 
-/// The value after `--flag`, if any.
-fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    let i = args.iter().position(|a| a == name)?;
-    args.get(i + 1).map(String::as_str)
-}
+impl Spent {
+    /// Runs `f` (which returns tokens) and adds its tokens and time.
+    fn time(&mut self, f: impl FnOnce() -> Result<u64>) -> Result<()> {
+        let (t, cpu) = (Instant::now(), cpu_seconds()?);
+        self.tokens += f()?;
+        self.wall += t.elapsed().as_secs_f64();
+        self.cpu += cpu_seconds()? - cpu;
+        Ok(())
+    }
 
-fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
-    s.split(',')
-        .map(|x| {
-            x.trim().parse().map_err(|_| {
-                anyhow::anyhow!("{what}: expected a comma-separated list, found {s:?}")
-            })
-        })
-        .collect()
+    fn wall_rate(&self) -> f64 {
+        self.tokens as f64 / self.wall.max(1e-9)
+    }
+
+    fn cpu_rate(&self) -> f64 {
+        self.tokens as f64 / self.cpu.max(0.01)
+    }
 }
 
 struct Shape {
@@ -87,63 +104,78 @@ struct Shape {
 }
 
 struct Inputs<'a> {
-    sources: &'a [Source],
     options: &'a CorpusOptions,
     tokenizer: &'a Tokenizer,
     table: &'a CompressionTable,
 }
 
-/// One pipeline run. The counters are allocated inside the timed span: their first
-/// touches (page faults) are part of a build's cost.
+/// Counts `sources` into `counters`; returns the tokens.
 fn pipeline(
     inputs: &Inputs<'_>,
+    sources: &[Source],
     shape: &Shape,
+    counters: &Counters,
     pool: &rayon::ThreadPool,
-    profile: bool,
-) -> Result<Rates> {
-    let mut counters = None;
-    let rates = timed(|| {
-        let c = counters.insert(Counters::new(&shape.layout)?);
-        let summary = pool.install(|| {
-            count::count_with(
-                shape.strategy,
-                inputs.sources,
-                inputs.options,
-                inputs.tokenizer,
-                inputs.table,
-                &shape.layout,
-                &shape.hasher,
-                c,
-                &Progress::default(),
-            )
-        })?;
-        Ok(summary.tokens)
+) -> Result<u64> {
+    let summary = pool.install(|| {
+        count::count(
+            shape.strategy,
+            sources,
+            inputs.options,
+            inputs.tokenizer,
+            inputs.table,
+            &shape.layout,
+            &shape.hasher,
+            counters,
+            &Progress::default(),
+        )
     })?;
-    let counters = counters.context("counted")?;
-    if profile {
+    Ok(summary.tokens)
+}
+
+fn print_profile(shape: &Shape, counters: &Counters) {
+    println!(
+        "{}: counters {:.2} GB, {:?}",
+        shape.name,
+        Counters::bytes(&shape.layout) as f64 / 1e9,
+        shape.strategy
+    );
+    for (i, l) in shape.layout.layers.iter().enumerate() {
+        let p = count::profile_layer(counters, i, l.layer_id);
+        let c = count::curve(&p, l.total_rows, &[0.001, 0.01, 0.1]);
         println!(
-            "{}: counters {:.2} GB, {:?}",
-            shape.name,
-            Counters::bytes(&shape.layout) as f64 / 1e9,
-            shape.strategy
+            "  layer {:>2}: {:>10} of {:>11} rows touched ({:.2}%), {} hits; top 0.1% {:.1}%, top 1% {:.1}%, top 10% {:.1}% of hits",
+            l.layer_id,
+            p.entries.len(),
+            l.total_rows,
+            100.0 * p.entries.len() as f64 / l.total_rows as f64,
+            p.total_hits,
+            100.0 * c[0].hit_share,
+            100.0 * c[1].hit_share,
+            100.0 * c[2].hit_share
         );
-        for (i, l) in shape.layout.layers.iter().enumerate() {
-            let p = count::profile_layer(&counters, i, l.layer_id);
-            let c = count::curve(&p, l.total_rows, &[0.001, 0.01, 0.1]);
-            println!(
-                "  layer {:>2}: {:>10} of {:>11} rows touched ({:.2}%), {} hits; top 0.1% {:.1}%, top 1% {:.1}%, top 10% {:.1}% of hits",
-                l.layer_id,
-                p.entries.len(),
-                l.total_rows,
-                100.0 * p.entries.len() as f64 / l.total_rows as f64,
-                p.total_hits,
-                100.0 * c[0].hit_share,
-                100.0 * c[1].hit_share,
-                100.0 * c[2].hit_share
-            );
+    }
+}
+
+/// `sources` in `n` consecutive slices of about equal bytes.
+fn slices(sources: &[Source], n: usize) -> Vec<&[Source]> {
+    let size = |s: &Source| match s {
+        Source::Text(p) | Source::JsonLines(p) => {
+            std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+        }
+        Source::Stdin => 0,
+    };
+    let total: u64 = sources.iter().map(size).sum();
+    let mut out = Vec::new();
+    let (mut start, mut acc) = (0, 0u64);
+    for (i, s) in sources.iter().enumerate() {
+        acc += size(s);
+        if acc * n as u64 >= total * (out.len() as u64 + 1) || i + 1 == sources.len() {
+            out.push(&sources[start..=i]);
+            start = i + 1;
         }
     }
-    Ok(rates)
+    out
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -157,28 +189,29 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn range(v: &[f64]) -> (f64, f64) {
-    v.iter()
+/// `median [min..max]` with `digits` decimals.
+fn stat(v: &[f64], digits: usize) -> String {
+    let (lo, hi) = v
+        .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
             (lo.min(x), hi.max(x))
-        })
+        });
+    format!("{:.digits$} [{lo:.digits$}..{hi:.digits$}]", median(v))
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let threads: Vec<usize> = list(flag(&args, "--threads").unwrap_or("1,2"), "--threads")?;
-    let runs: usize = flag(&args, "--runs")
-        .unwrap_or("3")
-        .parse()
-        .context("--runs")?;
+    let runs: usize = parse(flag(&args, "--runs").unwrap_or("3"), "--runs")?;
+    let n_chunks: usize = parse(flag(&args, "--chunks").unwrap_or("24"), "--chunks")?;
     let shape_names: Vec<String> = list(flag(&args, "--shapes").unwrap_or("demo,v41"), "--shapes")?;
     let force_direct = match flag(&args, "--strategy").unwrap_or("auto") {
         "auto" => false,
         "direct" => true,
         other => bail!("--strategy: expected auto or direct, found {other:?}"),
     };
-    if runs == 0 || threads.contains(&0) {
-        bail!("--runs and --threads must be at least 1");
+    if runs == 0 || n_chunks == 0 || threads.contains(&0) {
+        bail!("--runs, --chunks and --threads must be at least 1");
     }
     let dir = match args.first().filter(|a| !a.starts_with("--")) {
         Some(d) => PathBuf::from(d),
@@ -190,6 +223,7 @@ fn main() -> Result<()> {
         ..CorpusOptions::default()
     };
     let sources = corpus::discover(std::slice::from_ref(&dir), &options)?;
+    let chunks = slices(&sources, n_chunks);
     let tok = tokenizer::load(&tokenizer::resolve_path(None)?)?;
     let table = CompressionTable::from_tokenizer(&tok.tokenizer)?;
     let shapes = shape_names
@@ -221,69 +255,104 @@ fn main() -> Result<()> {
         .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build())
         .collect::<Result<Vec<_>, _>>()?;
     let inputs = Inputs {
-        sources: &sources,
         options: &options,
         tokenizer: &tok.tokenizer,
         table: &table,
     };
     println!(
-        "corpus: {} ({} .py files); threads {threads:?}; {runs} interleaved runs",
+        "corpus: {} ({} .py files in {} slices); threads {threads:?}; {runs} runs",
         dir.display(),
-        sources.len()
+        sources.len(),
+        chunks.len()
     );
 
     // Warm the page cache so every run reads from memory.
     let _ = pools[0].install(|| count::tokenize_only(&sources, &options, &tok.tokenizer))?;
-    // [threads] -> tokenizer-only rates per run; [threads][shape] -> pipeline rates per run
-    let mut tok_rates = vec![Vec::new(); threads.len()];
-    let mut results = vec![vec![Vec::new(); shapes.len()]; threads.len()];
+    // [threads] -> tokenizer-only per run; [threads][shape] -> pipeline per run
+    let mut tok_runs = vec![Vec::new(); threads.len()];
+    let mut shape_runs = vec![vec![Vec::new(); shapes.len()]; threads.len()];
     for run in 0..runs {
         for (ti, pool) in pools.iter().enumerate() {
-            let base = timed(|| {
-                pool.install(|| count::tokenize_only(&sources, &options, &tok.tokenizer))
-            })?;
-            tok_rates[ti].push(base);
+            let mut alone = Spent::default();
+            let mut spent = vec![Spent::default(); shapes.len()];
+            // Allocating is part of a build's cost (the pages are zeroed on first touch,
+            // inside the slices).
+            let mut counters = Vec::new();
+            for (shape, s) in shapes.iter().zip(&mut spent) {
+                let mut c = None;
+                s.time(|| {
+                    c = Some(Counters::new(&shape.layout)?);
+                    Ok(0)
+                })?;
+                counters.push(c.context("allocated")?);
+            }
+            for (ci, chunk) in chunks.iter().enumerate() {
+                let sides = shapes.len() + 1;
+                for k in 0..sides {
+                    match (ci + k) % sides {
+                        0 => alone.time(|| {
+                            pool.install(|| count::tokenize_only(chunk, &options, &tok.tokenizer))
+                        })?,
+                        i => spent[i - 1].time(|| {
+                            pipeline(&inputs, chunk, &shapes[i - 1], &counters[i - 1], pool)
+                        })?,
+                    }
+                }
+            }
             let mut line = format!(
                 "run {run} threads {}: tokenizer only {:.0} tokens/s ({:.0} per CPU s)",
-                threads[ti], base.wall, base.cpu
+                threads[ti],
+                alone.wall_rate(),
+                alone.cpu_rate()
             );
-            for (si, shape) in shapes.iter().enumerate() {
-                let r = pipeline(&inputs, shape, pool, run == 0 && ti == 0)?;
-                let ratio = Rates {
-                    wall: r.wall / base.wall,
-                    cpu: r.cpu / base.cpu,
-                };
-                results[ti][si].push((r, ratio));
+            for (shape, s) in shapes.iter().zip(&spent) {
+                anyhow::ensure!(s.tokens == alone.tokens, "token counts differ");
                 line += &format!(
                     "; {} {:.0} tokens/s = {:.2}x ({:.2}x per CPU s)",
                     shape.name,
-                    r.wall,
-                    r.wall / base.wall,
-                    r.cpu / base.cpu
+                    s.wall_rate(),
+                    s.wall_rate() / alone.wall_rate(),
+                    s.cpu_rate() / alone.cpu_rate()
                 );
             }
             println!("{line}");
+            tok_runs[ti].push(alone);
+            for (si, s) in spent.into_iter().enumerate() {
+                shape_runs[ti][si].push((s, tok_runs[ti][run]));
+            }
+            if run == 0 && ti == 0 {
+                for (shape, c) in shapes.iter().zip(&counters) {
+                    print_profile(shape, c);
+                }
+            }
         }
     }
     println!("summary, median [min..max] of {runs} runs; ratios to the same run's tokenizer-only:");
-    let stat = |v: Vec<f64>, digits: usize| {
-        let (lo, hi) = range(&v);
-        format!("{:.digits$} [{lo:.digits$}..{hi:.digits$}]", median(&v))
-    };
     for (ti, &n) in threads.iter().enumerate() {
+        let t = &tok_runs[ti];
         println!(
-            "  {n} thread(s): tokenizer only {} tokens/s, {} tokens per CPU s",
-            stat(tok_rates[ti].iter().map(|r| r.wall).collect(), 0),
-            stat(tok_rates[ti].iter().map(|r| r.cpu).collect(), 0)
+            "  {n} thread(s): tokenizer only {} tokens/s, {} per CPU s",
+            stat(&t.iter().map(Spent::wall_rate).collect::<Vec<_>>(), 0),
+            stat(&t.iter().map(Spent::cpu_rate).collect::<Vec<_>>(), 0)
         );
         for (si, shape) in shapes.iter().enumerate() {
-            let runs = &results[ti][si];
+            let r = &shape_runs[ti][si];
             println!(
                 "    {}: {} tokens/s = {}x tokenizer-only; {}x per CPU second",
                 shape.name,
-                stat(runs.iter().map(|r| r.0.wall).collect(), 0),
-                stat(runs.iter().map(|r| r.1.wall).collect(), 2),
-                stat(runs.iter().map(|r| r.1.cpu).collect(), 2)
+                stat(&r.iter().map(|(s, _)| s.wall_rate()).collect::<Vec<_>>(), 0),
+                stat(
+                    &r.iter()
+                        .map(|(s, a)| s.wall_rate() / a.wall_rate())
+                        .collect::<Vec<_>>(),
+                    2
+                ),
+                stat(
+                    &r.iter()
+                        .map(|(s, a)| s.cpu_rate() / a.cpu_rate())
+                        .collect::<Vec<_>>(),
+                    2
+                )
             );
         }
     }

@@ -202,10 +202,15 @@ impl Strategy {
     /// [`Strategy::Direct`].
     pub fn for_layout(layout: &EngramLayout) -> Self {
         if Packing::new(layout).is_some() {
-            Self::Aggregated
-        } else {
-            Self::Direct
+            return Self::Aggregated;
         }
+        tracing::info!(
+            max_ngram = layout.config.max_ngram,
+            vocab = layout.compressed_vocab_size,
+            pad = layout.compressed_pad_id,
+            "n-gram contexts do not pack into 128 bits: counting one update per hit"
+        );
+        Self::Direct
     }
 }
 
@@ -243,7 +248,7 @@ impl Packing {
     fn shift_in(&self, key: u128, id: i64) -> Result<u128> {
         let field = u64::try_from(id)
             .ok()
-            .filter(|&f| f >> self.bits == 0)
+            .filter(|&f| f.checked_shr(self.bits).unwrap_or(0) == 0)
             .with_context(|| {
                 format!(
                     "compressed id {id} does not fit the {}-bit n-gram key (ids are in [0, 2^{}))",
@@ -360,8 +365,11 @@ impl<'a> Worker<'a> {
     }
 
     fn add_direct(&mut self, ids: &[i64]) -> Result<()> {
-        let heads = self.hasher.n_hash_heads();
-        self.rows.resize(ids.len() * heads, 0);
+        let len = ids
+            .len()
+            .checked_mul(self.hasher.n_hash_heads())
+            .context("document too long to hash")?;
+        self.rows.resize(len, 0);
         for li in 0..self.hasher.n_layers() {
             self.hasher
                 .hash_into(li, ids, 1, ids.len(), HashOutput::RowId, &mut self.rows)?;
@@ -467,35 +475,10 @@ pub struct CountSummary {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Runs the pipeline over `sources` on the current rayon pool, with the strategy the layout
-/// allows ([`Strategy::for_layout`]).
+/// Runs the pipeline over `sources` on the current rayon pool with `strategy` (usually
+/// [`Strategy::for_layout`]; an error if `layout` does not allow it).
 #[allow(clippy::too_many_arguments)]
 pub fn count(
-    sources: &[Source],
-    options: &CorpusOptions,
-    tokenizer: &Tokenizer,
-    table: &CompressionTable,
-    layout: &EngramLayout,
-    hasher: &NgramHasher,
-    counters: &Counters,
-    progress: &Progress,
-) -> Result<CountSummary> {
-    let strategy = Strategy::for_layout(layout);
-    if strategy == Strategy::Direct {
-        tracing::info!(
-            max_ngram = layout.config.max_ngram,
-            vocab = layout.compressed_vocab_size,
-            "n-gram contexts do not pack into 128 bits: counting one update per hit"
-        );
-    }
-    count_with(
-        strategy, sources, options, tokenizer, table, layout, hasher, counters, progress,
-    )
-}
-
-/// [`count`] with a chosen strategy (an error if `layout` does not allow it).
-#[allow(clippy::too_many_arguments)]
-pub fn count_with(
     strategy: Strategy,
     sources: &[Source],
     options: &CorpusOptions,

@@ -326,6 +326,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             let worker = s.spawn(|| {
                 pool.install(|| {
                     count::count(
+                        count::Strategy::for_layout(&layout),
                         &sources,
                         &plan.corpus,
                         &tok.tokenizer,
