@@ -13,9 +13,9 @@
 //!   adjacent: each distinct context is hashed once per layer, and each distinct order-n
 //!   n-gram becomes one update per head that carries its count (CPython's standard library:
 //!   ~16 updates per token instead of 48).
-//! - **Partitioned updates.** Updates wait in per-shard buckets ([`SHARD_ROWS`] rows, 1 MiB
-//!   of counters) and are applied bucket after bucket, so the increments walk the table in
-//!   address order, one cache-sized window at a time, instead of jumping across gigabytes.
+//! - **Partitioned updates.** Updates wait in per-shard buckets ([`SHARD_ROWS`] rows, 8 MiB
+//!   of counters on huge pages) and are applied bucket after bucket, so the increments walk
+//!   the table in address order, one shard at a time, without a TLB miss each.
 //!
 //! Counters are `u32` per row and saturate at `u32::MAX` (4,294,967,295 hits on one row);
 //! a saturated row keeps its rank at the top and the summary reports how many saturated.
@@ -24,10 +24,10 @@
 //! the same whatever the thread count, the window or the strategy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
-use engram_kernels::hash::{HashOutput, NgramHasher};
+use engram_kernels::hash::NgramHasher;
 use engram_kernels::{CompressionTable, EngramLayout};
 use engram_store::profile::LayerProfile;
 use rayon::prelude::*;
@@ -35,29 +35,42 @@ use tokenizers::Tokenizer;
 
 use super::corpus::{self, CorpusOptions, Skip, Source};
 
-const SHARD_SHIFT: u32 = 18;
-/// Rows per counter shard (1 MiB of counters): the unit that updates are applied in.
+mod pending;
+mod shard;
+mod window;
+
+use shard::Shard;
+use window::{Packing, Worker};
+
+const SHARD_SHIFT: u32 = 21;
+/// Rows per counter shard (2 MiB of byte counters, one huge page): the unit that updates are
+/// applied in.
 pub const SHARD_ROWS: u64 = 1 << SHARD_SHIFT;
-/// Most rows a table may have to be counted (1 TiB of counters, beyond any machine's RAM).
+/// Most rows a table may have to be counted (256 GiB of counters, beyond any machine's RAM).
 pub const MAX_COUNTED_ROWS: u64 = 1 << 38;
-/// Positions a worker buffers before it sorts and applies them (4 MiB of keys). A larger
-/// window finds more repeats (CPython's standard library, V4.1 shape: 15.8 updates per
-/// token at 2^18 positions, 13.8 at 2^20) but pushes the keys and buckets out of cache.
-pub const WINDOW_TOKENS: usize = 1 << 18;
-/// Updates a worker holds before it applies them (32 MiB per worker).
-const MAX_PENDING_UPDATES: usize = 1 << 22;
+/// Positions a worker buffers before it sorts them (16 MiB of keys). A larger window finds
+/// more repeats (CPython's standard library, V4.1 shape: 15.8 updates per token at 2^18
+/// positions, 13.8 at 2^20, 10.6 for the whole corpus at once).
+pub const WINDOW_TOKENS: usize = 1 << 20;
+/// Updates a worker holds before it applies them (128 MiB). Applying many at once lets
+/// updates share the cache lines they miss on (16 M updates over V4.1's 12 M lines of
+/// counters: ~0.55 misses per update instead of ~0.85 for 4 M).
+const MAX_PENDING_UPDATES: usize = 1 << 24;
+/// Memory a worker's buffers take, about: keys, counts and pending updates.
+pub const WORKER_BYTES: u64 = (WINDOW_TOKENS * (16 + 4) + MAX_PENDING_UPDATES * 8) as u64;
 
 // A group's count is at most the window's positions and travels in 32 bits.
 const _: () = assert!(WINDOW_TOKENS <= u32::MAX as usize);
 
-/// Hit counters of every row of every layer, in shards of [`SHARD_ROWS`] contiguous rows.
+/// Hit counters of every row of every layer, in shards of [`SHARD_ROWS`] contiguous rows
+/// (a byte per row while the row's count fits, see [`shard`]).
 ///
 /// Workers never increment one counter per hit: they buffer updates per shard
-/// ([`Pending`]) and apply a whole bucket under the shard's lock with plain increments.
+/// ([`pending`]) and apply a whole bucket under the shard's lock with plain increments.
 #[derive(Debug)]
 pub struct Counters {
-    // (shards,) each (SHARD_ROWS,) except the last; global row g = layer_base + row
-    shards: Vec<Mutex<Vec<u32>>>,
+    // (shards,); global row g = layer_base + row
+    shards: Vec<Mutex<Shard>>,
     // (layers + 1,) prefix sums of the layers' rows
     layer_base: Vec<u64>,
 }
@@ -81,15 +94,16 @@ impl Counters {
         let shards = (0..total.div_ceil(SHARD_ROWS))
             .map(|i| {
                 let rows = (total - i * SHARD_ROWS).min(SHARD_ROWS);
-                Ok(Mutex::new(vec![0u32; usize::try_from(rows)?]))
+                Ok(Mutex::new(Shard::new(usize::try_from(rows)?)?))
             })
             .collect::<Result<_>>()?;
         Ok(Self { shards, layer_base })
     }
 
-    /// Bytes the counters occupy.
+    /// Bytes the counters occupy: one per row (a shard where more than 1 row in 32 passes
+    /// 254 hits moves to four per row).
     pub fn bytes(layout: &EngramLayout) -> u64 {
-        layout.layers.iter().map(|l| l.total_rows * 4).sum()
+        layout.layers.iter().map(|l| l.total_rows).sum()
     }
 
     /// The rows of layer `layer` with at least one hit, as `(row, hits)` in row order.
@@ -101,12 +115,10 @@ impl Counters {
             let shard = (g >> SHARD_SHIFT) as usize;
             let start = g - (shard as u64) * SHARD_ROWS;
             let end = (hi - (shard as u64) * SHARD_ROWS).min(SHARD_ROWS);
-            let counts = lock(&self.shards[shard]);
-            for (i, &c) in counts[start as usize..end as usize].iter().enumerate() {
-                if c > 0 {
-                    out.push((g - lo + i as u64, u64::from(c)));
-                }
-            }
+            let base = g - start;
+            lock(&self.shards[shard]).each_nonzero(start as usize..end as usize, |i, c| {
+                out.push((base + i as u64 - lo, u64::from(c)));
+            });
             g += end - start;
         }
         out
@@ -119,71 +131,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
-/// Counter updates waiting to be applied, bucketed by shard.
-#[derive(Debug)]
-struct Pending {
-    // (shards,) each update is `offset_in_shard << 32 | count`
-    buckets: Vec<Vec<u64>>,
-    len: usize,
-    // shards that were busy during a sweep, applied at its end
-    deferred: Vec<usize>,
-}
-
-impl Pending {
-    fn new(counters: &Counters) -> Self {
-        Self {
-            buckets: vec![Vec::new(); counters.shards.len()],
-            len: 0,
-            deferred: Vec::new(),
-        }
-    }
-
-    #[inline]
-    fn push(&mut self, global_row: u64, count: u32) {
-        let shard = (global_row >> SHARD_SHIFT) as usize;
-        let offset = global_row & (SHARD_ROWS - 1);
-        self.buckets[shard].push(offset << 32 | u64::from(count));
-        self.len += 1;
-    }
-
-    /// Applies every bucket in shard order. A shard another worker is applying is skipped
-    /// and applied after the sweep, so two sweeps never queue behind each other shard by
-    /// shard.
-    fn apply(&mut self, counters: &Counters) {
-        self.deferred.clear();
-        for (shard, bucket) in self.buckets.iter_mut().enumerate() {
-            if bucket.is_empty() {
-                continue;
-            }
-            match counters.shards[shard].try_lock() {
-                Ok(mut counts) => add(&mut counts, bucket),
-                Err(TryLockError::Poisoned(p)) => add(&mut p.into_inner(), bucket),
-                Err(TryLockError::WouldBlock) => {
-                    self.deferred.push(shard);
-                    continue;
-                }
-            }
-            bucket.clear();
-        }
-        for &shard in &self.deferred {
-            let bucket = &mut self.buckets[shard];
-            add(&mut lock(&counters.shards[shard]), bucket);
-            bucket.clear();
-        }
-        self.len = 0;
-    }
-}
-
-/// Adds a bucket of updates to its shard. The updates are independent (a repeated offset
-/// only chains its own adds), so the CPU overlaps their cache misses.
-fn add(counts: &mut [u32], updates: &[u64]) {
-    for &u in updates {
-        let c = &mut counts[(u >> 32) as usize];
-        // Saturate rather than wrap a hot row back to zero.
-        *c = c.saturating_add(u as u32);
     }
 }
 
@@ -211,247 +158,6 @@ impl Strategy {
             "n-gram contexts do not pack into 128 bits: counting one update per hit"
         );
         Self::Direct
-    }
-}
-
-/// A position's context packed into a `u128`: N fields of `bits` bits, the oldest id in the
-/// lowest field. Sorting keys therefore sorts by the most recent id first, and an order-n
-/// n-gram (the n most recent ids) is the key's top n fields.
-#[derive(Debug, Clone, Copy)]
-struct Packing {
-    bits: u32,
-    max_ngram: usize,
-    all_pad: u128,
-}
-
-impl Packing {
-    /// `None` when ids or the padding id need more than `128 / N` bits, or the padding id is
-    /// negative.
-    fn new(layout: &EngramLayout) -> Option<Self> {
-        let pad = u64::try_from(layout.compressed_pad_id).ok()?;
-        let max_id = layout.compressed_vocab_size.saturating_sub(1).max(pad);
-        let bits = (u64::BITS - max_id.leading_zeros()).max(1);
-        let max_ngram = layout.config.max_ngram;
-        if u32::try_from(max_ngram).ok()?.checked_mul(bits)? > u128::BITS {
-            return None;
-        }
-        let all_pad = (0..max_ngram).fold(0u128, |k, _| k << bits | u128::from(pad));
-        Some(Self {
-            bits,
-            max_ngram,
-            all_pad,
-        })
-    }
-
-    /// The context after `key`'s, with `id` as the most recent id.
-    #[inline]
-    fn shift_in(&self, key: u128, id: i64) -> Result<u128> {
-        let field = u64::try_from(id)
-            .ok()
-            .filter(|&f| f.checked_shr(self.bits).unwrap_or(0) == 0)
-            .with_context(|| {
-                format!(
-                    "compressed id {id} does not fit the {}-bit n-gram key (ids are in [0, 2^{}))",
-                    self.bits, self.bits
-                )
-            })?;
-        let top = self.bits * (self.max_ngram as u32 - 1);
-        Ok(key >> self.bits | u128::from(field) << top)
-    }
-
-    /// Field `j` of `key` (0 = the oldest id).
-    #[inline]
-    fn field(&self, key: u128, j: usize) -> i64 {
-        let mask = (1u128 << self.bits) - 1;
-        (key >> (self.bits * j as u32) & mask) as i64
-    }
-
-    /// The order-`n` n-gram of `key` (its top `n` fields), `2 <= n <= N`.
-    #[inline]
-    fn prefix(&self, key: u128, n: usize) -> u128 {
-        key >> (self.bits * (self.max_ngram - n) as u32)
-    }
-}
-
-/// One worker's buffers. Every document must be followed, eventually, by [`Worker::flush`]:
-/// until then its hits sit in the buffers.
-#[derive(Debug)]
-struct Worker<'a> {
-    counters: &'a Counters,
-    hasher: &'a NgramHasher,
-    // Some: Aggregated; None: Direct
-    packing: Option<Packing>,
-    window_tokens: usize,
-    barrier: Option<i64>,
-    // (<= window_tokens,) packed contexts; after a sort, the distinct ones
-    keys: Vec<u128>,
-    // (distinct,) how often each distinct context occurred
-    counts: Vec<u32>,
-    // (N + 1,) running count of the current order-n group, indexed by n
-    group: Vec<u32>,
-    // (N,) one context, oldest first
-    context: Vec<i64>,
-    // (heads,) Aggregated: one context's rows in one layer; Direct: (tokens, heads)
-    rows: Vec<u64>,
-    pending: Pending,
-}
-
-impl<'a> Worker<'a> {
-    fn new(
-        counters: &'a Counters,
-        hasher: &'a NgramHasher,
-        layout: &EngramLayout,
-        strategy: Strategy,
-        window_tokens: usize,
-    ) -> Result<Self> {
-        anyhow::ensure!(
-            (1..=WINDOW_TOKENS).contains(&window_tokens),
-            "window of {window_tokens} positions: expected 1..={WINDOW_TOKENS}"
-        );
-        anyhow::ensure!(
-            hasher.n_layers() + 1 == counters.layer_base.len(),
-            "the hasher has {} layers, the counters {}",
-            hasher.n_layers(),
-            counters.layer_base.len() - 1
-        );
-        let packing = match strategy {
-            Strategy::Aggregated => Some(Packing::new(layout).with_context(|| {
-                format!(
-                    "order-{} contexts of a {}-id vocabulary do not pack into 128 bits",
-                    layout.config.max_ngram, layout.compressed_vocab_size
-                )
-            })?),
-            Strategy::Direct => None,
-        };
-        let n = hasher.max_ngram();
-        Ok(Self {
-            counters,
-            hasher,
-            packing,
-            window_tokens,
-            barrier: hasher.options().barrier_id,
-            keys: Vec::with_capacity(if packing.is_some() { window_tokens } else { 0 }),
-            counts: Vec::new(),
-            group: vec![0; n + 1],
-            context: vec![0; n],
-            rows: vec![0; hasher.n_hash_heads()],
-            pending: Pending::new(counters),
-        })
-    }
-
-    /// Counts one document of compressed ids; it starts with left padding.
-    fn add_document(&mut self, ids: &[i64]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let Some(p) = self.packing else {
-            return self.add_direct(ids);
-        };
-        let mut key = p.all_pad;
-        for &id in ids {
-            // A barrier position hashes as all-padding and hides everything before it (the
-            // hasher would mask it too; resetting keeps equal contexts equal keys).
-            key = if self.barrier == Some(id) {
-                p.all_pad
-            } else {
-                p.shift_in(key, id)?
-            };
-            self.keys.push(key);
-            if self.keys.len() >= self.window_tokens {
-                self.flush_window(p)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn add_direct(&mut self, ids: &[i64]) -> Result<()> {
-        let len = ids
-            .len()
-            .checked_mul(self.hasher.n_hash_heads())
-            .context("document too long to hash")?;
-        self.rows.resize(len, 0);
-        for li in 0..self.hasher.n_layers() {
-            self.hasher
-                .hash_into(li, ids, 1, ids.len(), HashOutput::RowId, &mut self.rows)?;
-            let base = self.counters.layer_base[li];
-            for &r in &self.rows {
-                self.pending.push(base + r, 1);
-                if self.pending.len >= MAX_PENDING_UPDATES {
-                    self.pending.apply(self.counters);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sorts the window, turns each distinct n-gram of every order into one update per head
-    /// and applies them.
-    fn flush_window(&mut self, p: Packing) -> Result<()> {
-        self.keys.sort_unstable();
-        self.counts.clear();
-        let mut distinct = 0;
-        for i in 0..self.keys.len() {
-            if distinct > 0 && self.keys[distinct - 1] == self.keys[i] {
-                self.counts[distinct - 1] += 1;
-            } else {
-                self.keys[distinct] = self.keys[i];
-                self.counts.push(1);
-                distinct += 1;
-            }
-        }
-        self.keys.truncate(distinct);
-
-        // Walk backwards so that the first context of an order-n group (the one whose
-        // n-prefix differs from its predecessor's) sees the group's whole count; the
-        // n-gram's rows are the same for every context of the group. Groups nest: a context
-        // that starts an order-n group starts the groups of every higher order too.
-        let n_max = p.max_ngram;
-        let k_heads = self.hasher.n_hash_heads() / (n_max - 1);
-        self.group.fill(0);
-        for i in (0..distinct).rev() {
-            let key = self.keys[i];
-            let lowest = match i.checked_sub(1).map(|j| self.keys[j]) {
-                None => 2,
-                Some(prev) => (2..=n_max)
-                    .find(|&n| p.prefix(prev, n) != p.prefix(key, n))
-                    .unwrap_or(n_max),
-            };
-            for n in 2..=n_max {
-                self.group[n] += self.counts[i];
-            }
-            for (j, c) in self.context.iter_mut().enumerate() {
-                *c = p.field(key, j);
-            }
-            for li in 0..self.hasher.n_layers() {
-                self.hasher
-                    .hash_last_into(li, &self.context, HashOutput::RowId, &mut self.rows)?;
-                let base = self.counters.layer_base[li];
-                for n in lowest..=n_max {
-                    let heads = &self.rows[(n - 2) * k_heads..(n - 1) * k_heads];
-                    for &r in heads {
-                        self.pending.push(base + r, self.group[n]);
-                    }
-                }
-            }
-            for n in lowest..=n_max {
-                self.group[n] = 0;
-            }
-            if self.pending.len >= MAX_PENDING_UPDATES {
-                self.pending.apply(self.counters);
-            }
-        }
-        self.keys.clear();
-        self.pending.apply(self.counters);
-        Ok(())
-    }
-
-    /// Applies everything buffered.
-    fn flush(&mut self) -> Result<()> {
-        if let Some(p) = self.packing {
-            self.flush_window(p)?;
-        }
-        self.pending.apply(self.counters);
-        Ok(())
     }
 }
 
@@ -489,11 +195,7 @@ pub fn count(
     counters: &Counters,
     progress: &Progress,
 ) -> Result<CountSummary> {
-    // One worker per pool thread; a thread locks only its own (uncontended), and only after
-    // tokenizing, so nothing that may run other pool jobs happens under the lock.
-    let workers = (0..rayon::current_num_threads().max(1))
-        .map(|_| Worker::new(counters, hasher, layout, strategy, WINDOW_TOKENS).map(Mutex::new))
-        .collect::<Result<Vec<_>>>()?;
+    let workers = workers(strategy, layout, hasher, counters)?;
     let results: Vec<Result<Vec<(String, Skip)>>> = sources
         .par_iter()
         .map(|source| {
@@ -515,8 +217,7 @@ pub fn count(
                     })?);
                 }
                 // Each document is its own sequence: it starts with left padding.
-                let me = rayon::current_thread_index().unwrap_or(0) % workers.len();
-                lock(&workers[me]).add_document(&compressed)?;
+                mine(&workers).add_document(&compressed)?;
             }
             progress.bytes.fetch_add(docs.bytes, Ordering::Relaxed);
             progress.sources_done.fetch_add(1, Ordering::Relaxed);
@@ -535,10 +236,48 @@ pub fn count(
             .skipped
             .extend(r?.into_iter().map(|(what, why)| (what, why.to_string())));
     }
+    flush(workers)?;
+    Ok(summary)
+}
+
+/// Counts documents that are already compressed ids (each its own sequence, starting with
+/// left padding) on the current rayon pool: the counting stage alone.
+pub fn count_documents(
+    strategy: Strategy,
+    docs: &[Vec<i64>],
+    layout: &EngramLayout,
+    hasher: &NgramHasher,
+    counters: &Counters,
+) -> Result<()> {
+    let workers = workers(strategy, layout, hasher, counters)?;
+    docs.par_iter()
+        .try_for_each(|doc| mine(&workers).add_document(doc))?;
+    flush(workers)
+}
+
+/// One worker per thread of the current pool. A thread locks only its own (uncontended),
+/// and only around counting, so nothing that may run other pool jobs happens under the lock.
+fn workers<'a>(
+    strategy: Strategy,
+    layout: &EngramLayout,
+    hasher: &'a NgramHasher,
+    counters: &'a Counters,
+) -> Result<Vec<Mutex<Worker<'a>>>> {
+    (0..rayon::current_num_threads().max(1))
+        .map(|_| Worker::new(counters, hasher, layout, strategy, WINDOW_TOKENS).map(Mutex::new))
+        .collect()
+}
+
+/// The calling pool thread's worker.
+fn mine<'w, 'a>(workers: &'w [Mutex<Worker<'a>>]) -> MutexGuard<'w, Worker<'a>> {
+    lock(&workers[rayon::current_thread_index().unwrap_or(0) % workers.len()])
+}
+
+/// Applies what every worker still holds.
+fn flush(workers: Vec<Mutex<Worker<'_>>>) -> Result<()> {
     workers
         .into_par_iter()
-        .try_for_each(|w| w.into_inner().unwrap_or_else(|p| p.into_inner()).flush())?;
-    Ok(summary)
+        .try_for_each(|w| w.into_inner().unwrap_or_else(|p| p.into_inner()).flush())
 }
 
 /// Tokenizes every document without counting: the baseline the build is measured against.
@@ -610,7 +349,7 @@ pub const CURVE_FRACTIONS: [f64; 5] = [0.0001, 0.001, 0.01, 0.1, 1.0];
 mod tests {
     use std::collections::HashMap;
 
-    use engram_kernels::hash::HashOptions;
+    use engram_kernels::hash::{HashOptions, HashOutput};
     use engram_kernels::{EngramConfig, EngramLayout};
     use proptest::prelude::{Just, ProptestConfig, any, prop_assert, prop_oneof, proptest};
     use proptest::strategy::Strategy as _;
@@ -643,7 +382,13 @@ mod tests {
 
     /// Every counter, in global row order.
     fn snapshot(c: &Counters) -> Vec<u32> {
-        c.shards.iter().flat_map(|s| lock(s).clone()).collect()
+        c.shards
+            .iter()
+            .flat_map(|s| {
+                let s = lock(s);
+                (0..s.rows()).map(move |o| s.get(o)).collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// The straightforward counter the fast path replaces: hash every position of every
@@ -692,7 +437,10 @@ mod tests {
     ) -> Result<Vec<u32>> {
         let counters = Counters::new(layout)?;
         for s in &counters.shards {
-            lock(s).fill(start);
+            let mut s = lock(s);
+            for o in 0..s.rows() {
+                s.set(o, start)?;
+            }
         }
         let mut ws = (0..workers)
             .map(|_| Worker::new(&counters, hasher, layout, strategy, window))
@@ -767,8 +515,8 @@ mod tests {
 
     #[test]
     fn concurrent_workers_match_naive() {
-        // Tiny shards' worth of rows so that the four threads' sweeps collide on shards.
-        let layout = layout(4, 8, 40_000, 30, 2);
+        // A few shards' worth of rows so that the four threads' sweeps collide on shards.
+        let layout = layout(4, 8, 200_000, 30, 2);
         assert!(layout.layers.iter().map(|l| l.total_rows).sum::<u64>() > 2 * SHARD_ROWS);
         let hasher = NgramHasher::new(&layout, HashOptions::default()).expect("valid");
         let mut rng = 0x2545_f491_4f6c_dd1du64;

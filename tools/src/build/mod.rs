@@ -130,7 +130,7 @@ pub struct Estimate {
     pub ram_bytes: u64,
 }
 
-fn estimate(manifest: &Manifest, layout: &EngramLayout) -> Result<Estimate> {
+fn estimate(manifest: &Manifest, layout: &EngramLayout, threads: usize) -> Result<Estimate> {
     let mut table_bytes = 0u64;
     for (i, l) in manifest.layers.iter().enumerate() {
         table_bytes += LayerHeader::expected(manifest, i as u32, l.layer_id, l.rows)?.file_bytes;
@@ -139,9 +139,11 @@ fn estimate(manifest: &Manifest, layout: &EngramLayout) -> Result<Estimate> {
     let counter_bytes = count::Counters::bytes(layout);
     let rows: u64 = rows_per_layer.iter().sum();
     // Counters, plus the profile of touched rows (16 B each, at most every row of the
-    // largest layer while it is ranked), plus the tokenizer and buffers (~256 MiB).
+    // largest layer while it is ranked), plus the tokenizer and buffers (~256 MiB), plus
+    // each counting thread's buffers.
     let max_layer = rows_per_layer.iter().copied().max().unwrap_or(0);
-    let ram_bytes = counter_bytes + 16 * max_layer + (256 << 20);
+    let ram_bytes =
+        counter_bytes + 16 * max_layer + (256 << 20) + count::WORKER_BYTES * threads as u64;
     Ok(Estimate {
         rows_per_layer,
         rows,
@@ -244,7 +246,12 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         notes: String::new(),
     };
     let manifest = Manifest::new(&layout, &tok.sha256, plan.row_layout, plan.dim, None, build)?;
-    let est = estimate(&manifest, &layout)?;
+    // 0 threads: rayon's default, one per core.
+    let threads = match plan.threads {
+        0 => rayon::current_num_threads(),
+        n => n,
+    };
+    let est = estimate(&manifest, &layout, threads)?;
 
     if args.dry_run {
         let summary = serde_json::json!({ "dry_run": true, "out": args.out, "estimate": est });
