@@ -157,17 +157,19 @@ pub(crate) fn table_bytes(manifest: &Manifest) -> Result<u64> {
     Ok(total)
 }
 
-fn estimate(manifest: &Manifest, layout: &EngramLayout) -> Result<Estimate> {
+fn estimate(manifest: &Manifest, layout: &EngramLayout, threads: usize) -> Result<Estimate> {
     let table_bytes = table_bytes(manifest)?;
     let rows_per_layer: Vec<u64> = layout.layers.iter().map(|l| l.total_rows).collect();
     let counter_bytes = count::Counters::bytes(layout);
     let rows: u64 = rows_per_layer.iter().sum();
     // Counters, plus the profile of touched rows (16 B each, at most every row of the
-    // largest layer while it is ranked), plus the tokenizer and buffers (~256 MiB).
+    // largest layer while it is ranked), plus the tokenizer and buffers (~256 MiB), plus
+    // each counting thread's buffers.
     let max_layer = rows_per_layer.iter().copied().max().unwrap_or(0);
     let ram_bytes = counter_bytes
         .saturating_add(max_layer.saturating_mul(16))
-        .saturating_add(FIXED_RAM_BYTES);
+        .saturating_add(FIXED_RAM_BYTES)
+        .saturating_add(count::WORKER_BYTES.saturating_mul(threads as u64));
     Ok(Estimate {
         rows_per_layer,
         rows,
@@ -277,7 +279,12 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             .unwrap_or_default(),
     };
     let manifest = Manifest::new(&layout, &tok.sha256, plan.row_layout, plan.dim, None, build)?;
-    let est = estimate(&manifest, &layout)?;
+    // 0 threads: rayon's default, one per core.
+    let threads = match plan.threads {
+        0 => rayon::current_num_threads(),
+        n => n,
+    };
+    let est = estimate(&manifest, &layout, threads)?;
 
     if args.dry_run {
         let summary = serde_json::json!({ "dry_run": true, "out": crate::json_path(&args.out), "estimate": est });
@@ -378,6 +385,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             let worker = s.spawn(|| {
                 pool.install(|| {
                     count::count(
+                        count::Strategy::for_layout(&layout),
                         &sources,
                         &plan.corpus,
                         &tok.tokenizer,
