@@ -87,6 +87,24 @@ impl RecordShape {
     fn data_bytes(&self, n_records: u64) -> u64 {
         n_records.div_ceil(u64::from(self.records_per_unit)) * u64::from(self.unit_bytes)
     }
+
+    /// Size of a records file that [`RecordsWriter`] writes with `records_per_layer` records
+    /// in each of `layers` layers (`None` on overflow): what a byte budget buys.
+    pub fn file_bytes(&self, layers: u64, records_per_layer: u64) -> Option<u64> {
+        if layers == 0 || records_per_layer == 0 {
+            return Some(HEADER_BYTES);
+        }
+        let index = records_per_layer
+            .checked_mul(u64::from(self.rows_per_record))?
+            .checked_mul(8)?;
+        let units = records_per_layer.div_ceil(u64::from(self.records_per_unit));
+        let layer = round_page(index)
+            .checked_add(units.checked_mul(u64::from(self.unit_bytes))?)?
+            .checked_add(round_page(units.checked_mul(8)?))?;
+        // The last layer's checksum table ends the file, unpadded.
+        (layer.checked_mul(layers)?.checked_add(HEADER_BYTES)? - round_page(units * 8))
+            .checked_add(units * 8)
+    }
 }
 
 /// One layer's records as the store uses them.
@@ -114,6 +132,11 @@ impl LayerRecords {
     /// Distinct rows the records cover.
     pub fn rows_covered(&self) -> usize {
         self.index.len()
+    }
+
+    /// Every covered row with its record and position (for verification), in no order.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, (u32, u8))> + '_ {
+        self.index.iter().map(|(&row, &at)| (row, at))
     }
 }
 

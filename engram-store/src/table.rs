@@ -310,6 +310,26 @@ impl TableWriter {
     /// [`TableWriter::finish`] or not at all. `name` is a plain file name that is neither
     /// the manifest nor a layer file, and is added once.
     pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.add_file_with(name, |path| {
+            let mut f = FsOpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| io("create", path, e))?;
+            f.write_all(bytes).map_err(|e| io("write", path, e))?;
+            f.sync_all().map_err(|e| io("fsync", path, e))
+        })
+    }
+
+    /// [`TableWriter::add_file`] for a file too large to hold in memory (such as n-gram
+    /// records): `write(path)` creates the file at `path` inside the temporary directory
+    /// and fsyncs it before returning. The name is checked first; a `write` that fails
+    /// leaves the table unpublishable only until the writer is dropped.
+    pub fn add_file_with(
+        &mut self,
+        name: &str,
+        write: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
         if self.finished {
             return Err(Error::Writer("add_file after finish".into()));
         }
@@ -331,13 +351,13 @@ impl TableWriter {
             });
         }
         let path = self.tmp.join(name);
-        let mut f = FsOpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io("create", &path, e))?;
-        f.write_all(bytes).map_err(|e| io("write", &path, e))?;
-        f.sync_all().map_err(|e| io("fsync", &path, e))?;
+        write(&path)?;
+        if !path.is_file() {
+            return Err(Error::Writer(format!(
+                "extra table file {name:?} was not created at {}",
+                path.display()
+            )));
+        }
         self.extra_files.push(name.to_owned());
         Ok(())
     }

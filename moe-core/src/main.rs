@@ -269,7 +269,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 "store": store.as_ref().map(|st| serde_json::json!({
                     "backend": st.backend, "rows_requested": st.rows_requested,
                     "rows_read": st.rows_unique, "cache_hit_rate": st.cache_hit_rate,
-                    "device_bytes": st.device_bytes,
+                    "device_bytes": st.device_bytes, "device_reads": st.device_reads,
+                    "record_reads": st.record_reads, "record_rows": st.record_rows,
                 })),
             }})
         );

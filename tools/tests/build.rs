@@ -806,3 +806,178 @@ fn a_second_build_to_the_same_path_fails_at_once_naming_the_first() {
     Table::open(&out).expect("the first build's table");
     assert_eq!(listing(dir.path()), ["corpus", "t"]);
 }
+
+/// A corpus whose n-grams recur (the same functions in several files).
+fn repetitive_corpus(dir: &Path) -> PathBuf {
+    let root = dir.join("rep");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    for i in 0..6 {
+        std::fs::write(
+            root.join(format!("m{i}.py")),
+            format!(
+                "import os\n\n\ndef join_{i}(a, b):\n    return os.path.join(a, b)\n\n\n\
+                 class Stack{i}:\n    def push(self, x):\n        self.items.append(x)\n\n\
+                 def pop(self):\n        return self.items.pop()\n"
+            ),
+        )
+        .expect("write");
+    }
+    root
+}
+
+/// Builds `root` into `out` with records of `budget` bytes; returns the summary's data.
+fn build_with_records(root: &Path, out: &Path, budget: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        s(root),
+        "--out",
+        s(out),
+        "--records-bytes",
+        budget,
+        "--json",
+    ];
+    args.extend(SMALL);
+    args.extend(extra);
+    let (code, stdout, stderr) = build(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let last = stdout.lines().last().expect("summary");
+    let summary: serde_json::Value = serde_json::from_str(last).expect("JSON");
+    assert_eq!(summary["type"], "summary");
+    summary["data"].clone()
+}
+
+#[test]
+fn records_verify_and_serve_the_table_bytes() {
+    use engram_store::records::{RECORDS_FILE, Records};
+    use engram_store::{BackendKind, BackendOptions, Store, StoreOptions};
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = repetitive_corpus(dir.path());
+    let out = dir.path().join("table");
+    let data = build_with_records(&root, &out, "64K", &["--row-layout", "fp8"]);
+    let r = &data["records"];
+    assert_eq!(r["file"], RECORDS_FILE, "{data}");
+    let size = std::fs::metadata(out.join(RECORDS_FILE))
+        .expect("records.bin")
+        .len();
+    assert_eq!(r["bytes"], size);
+    assert!(size <= 64 << 10, "{size} bytes is over the budget");
+    assert!(r["records"].as_u64().unwrap_or(0) > 0, "{data}");
+
+    let st = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["inspect", s(&out), "--verify", "--json"])
+        .output()
+        .expect("engram inspect runs");
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("verify_records") && l.contains("\"ok\":true")),
+        "{text}"
+    );
+
+    // Every row of every record, looked up record by record (so that a miss reads the
+    // record), is the memory backend's row, with records on and off.
+    let table = Table::open(&out).expect("opens");
+    let recs = Records::open(&out.join(RECORDS_FILE), &table).expect("records open");
+    let open = |kind, records| {
+        Store::open(
+            &out,
+            &StoreOptions {
+                backend: BackendOptions {
+                    kind: Some(kind),
+                    ..Default::default()
+                },
+                records,
+                ..Default::default()
+            },
+        )
+        .expect("store opens")
+    };
+    let memory = open(BackendKind::Memory, false);
+    let with = open(BackendKind::Pread, true);
+    let without = open(BackendKind::Pread, false);
+    let rb = table.row_bytes();
+    for (li, l) in recs.layers.iter().enumerate() {
+        let Some(l) = l else { continue };
+        let mut by_record: Vec<(u32, u8, u64)> = l
+            .entries()
+            .map(|(row, (rec, pos))| (rec, pos, row))
+            .collect();
+        by_record.sort_unstable();
+        let ids: Vec<u64> = by_record.iter().map(|&(_, _, row)| row).collect();
+        let mut want = vec![0u8; ids.len() * rb];
+        memory.lookup_into(li, &ids, &mut want).expect("memory");
+        for store in [&with, &without] {
+            let mut got = vec![0u8; ids.len() * rb];
+            store.lookup_into(li, &ids, &mut got).expect("pread");
+            assert!(got == want, "layer index {li}: bytes differ");
+        }
+    }
+    let (sw, so) = (with.stats(), without.stats());
+    assert!(sw.record_reads > 0, "records were read: {sw:?}");
+    assert_eq!(so.record_reads, 0);
+    assert!(
+        sw.device_reads < so.device_reads,
+        "{} vs {}",
+        sw.device_reads,
+        so.device_reads
+    );
+}
+
+#[test]
+fn records_are_byte_identical_whatever_the_thread_count() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = repetitive_corpus(dir.path());
+    let mut files = Vec::new();
+    for threads in ["1", "2"] {
+        let out = dir.path().join(format!("t{threads}"));
+        build_with_records(&root, &out, "32K", &["--threads", threads]);
+        files.push(std::fs::read(out.join("records.bin")).expect("records.bin"));
+    }
+    assert!(
+        files[0] == files[1],
+        "records.bin differs between 1 and 2 threads"
+    );
+}
+
+#[test]
+fn records_budgets_out_of_range_are_clear_errors() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = repetitive_corpus(dir.path());
+    let out = dir.path().join("t");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--records-bytes", "4K"],
+            "too small for one record per layer",
+        ),
+        (&["--records-bytes", "1G"], "more than the table's"),
+        (&["--records-bytes", "2T"], "MAX_RECORDS_BYTES"),
+        (&["--records-skip-cached", "1M"], "needs --records-bytes"),
+    ];
+    for (flags, msg) in cases {
+        let mut args = vec![s(&root), "--out", s(&out)];
+        args.extend(SMALL);
+        args.extend(flags);
+        let (code, _, stderr) = build(&args);
+        assert_ne!(code, 0, "{flags:?} should fail");
+        assert!(stderr.contains(msg), "{flags:?}: {stderr}");
+        assert!(!out.exists(), "{flags:?} published a table");
+    }
+    // A cache as large as the table skips every record whose rows the profile pins.
+    let data = build_with_records(&root, &out, "32K", &["--records-skip-cached", "1G"]);
+    let skipped: u64 = data["records"]["skipped_cached"]
+        .as_array()
+        .expect("per layer")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert!(skipped > 0, "{data}");
+}

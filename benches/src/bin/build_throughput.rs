@@ -128,6 +128,7 @@ fn pipeline(
             &shape.hasher,
             counters,
             &Progress::default(),
+            None,
         )
     })?;
     Ok(summary.tokens)

@@ -10,6 +10,7 @@ use engram_store::format::RowLayout;
 use serde::{Deserialize, Serialize};
 
 use super::corpus::CorpusOptions;
+use super::records::MAX_RECORDS_BYTES;
 use crate::addressing::{AddressingArgs, Preset};
 
 /// Largest `--config` TOML file read.
@@ -40,6 +41,11 @@ pub struct FileConfig {
     pub jsonl_field: Option<String>,
     pub threads: Option<usize>,
     pub import_pattern: Option<String>,
+    /// Byte budget of `records.bin` (`--records-bytes`), e.g. "64M"; absent or 0: none.
+    pub records_bytes: Option<String>,
+    /// Skip records of n-grams a hot-row cache of this many bytes would hold
+    /// (`--records-skip-cached`); absent or 0: skip none.
+    pub records_skip_cached: Option<String>,
 }
 
 impl FileConfig {
@@ -73,7 +79,9 @@ impl FileConfig {
             exclude,
             jsonl_field,
             threads,
-            import_pattern
+            import_pattern,
+            records_bytes,
+            records_skip_cached
         );
         // One way of giving base sizes replaces the other.
         if size_flag {
@@ -133,6 +141,20 @@ pub struct BuildPlan {
     pub init: Init,
     pub corpus: CorpusOptions,
     pub threads: usize,
+    /// Byte budget of the n-gram records (0: none).
+    pub records_bytes: u64,
+    /// Records skip n-grams that a profile-seeded cache of this many bytes holds (0: none).
+    pub records_skip_cached: u64,
+}
+
+/// Parses a `--records-*` size (`64M`, `1G`, ...) of at most [`MAX_RECORDS_BYTES`].
+fn records_size(flag: &str, value: Option<&str>) -> Result<u64> {
+    let Some(v) = value else { return Ok(0) };
+    let bytes = engram_store::workload::parse_bytes(v).with_context(|| format!("{flag} {v:?}"))?;
+    if bytes > MAX_RECORDS_BYTES {
+        bail!("{flag} {v:?}: at most {MAX_RECORDS_BYTES} bytes (MAX_RECORDS_BYTES)");
+    }
+    Ok(bytes)
 }
 
 /// Row layout and width of a preset: demo 64 x bf16 (128 B), Engram-27B 80 x bf16 (160 B),
@@ -191,6 +213,14 @@ impl FileConfig {
                 crate::MAX_THREADS
             );
         }
+        let records_bytes = records_size("--records-bytes", self.records_bytes.as_deref())?;
+        let records_skip_cached =
+            records_size("--records-skip-cached", self.records_skip_cached.as_deref())?;
+        if records_skip_cached > 0 && records_bytes == 0 {
+            bail!(
+                "--records-skip-cached needs --records-bytes: it shapes which records are written"
+            );
+        }
         Ok(BuildPlan {
             engram,
             preset,
@@ -205,6 +235,8 @@ impl FileConfig {
                 stdin_jsonl: false,
             },
             threads,
+            records_bytes,
+            records_skip_cached,
         })
     }
 }
@@ -237,6 +269,9 @@ impl BuildPlan {
                 Init::Import { pattern, .. } => Some(pattern.clone()),
                 _ => None,
             },
+            records_bytes: (self.records_bytes > 0).then(|| self.records_bytes.to_string()),
+            records_skip_cached: (self.records_skip_cached > 0)
+                .then(|| self.records_skip_cached.to_string()),
         };
         Ok(toml::to_string_pretty(&file)?)
     }
@@ -308,6 +343,18 @@ mod tests {
                 threads: Some(crate::MAX_THREADS + 1),
                 ..FileConfig::default()
             },
+            FileConfig {
+                records_bytes: Some("2T".into()),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                records_bytes: Some("lots".into()),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                records_skip_cached: Some("1M".into()),
+                ..FileConfig::default()
+            },
         ];
         for c in bad {
             assert!(c.resolve(&[]).is_err(), "{c:?} should be rejected");
@@ -328,6 +375,8 @@ mod tests {
     fn print_config_round_trips() {
         let plan = FileConfig {
             preset: Some(Preset::V41),
+            records_bytes: Some("64M".into()),
+            records_skip_cached: Some("256K".into()),
             ..FileConfig::default()
         }
         .resolve(&[])
@@ -337,5 +386,7 @@ mod tests {
         let plan2 = again.resolve(&[]).expect("valid");
         assert_eq!(plan.engram, plan2.engram);
         assert_eq!(plan.row_layout, plan2.row_layout);
+        assert_eq!(plan2.records_bytes, 64 << 20);
+        assert_eq!(plan2.records_skip_cached, 256 << 10);
     }
 }

@@ -35,12 +35,16 @@ use tokenizers::Tokenizer;
 
 use super::corpus::{self, CorpusOptions, Skip, Source};
 
+mod keys;
 mod pending;
 mod shard;
 mod window;
 
+pub use keys::ContextKeys;
+pub(crate) use window::Packing;
+
 use shard::Shard;
-use window::{Packing, Worker};
+use window::Worker;
 
 const SHARD_SHIFT: u32 = 21;
 /// Rows per counter shard (2 MiB of byte counters, one huge page): the unit that updates are
@@ -182,7 +186,8 @@ pub struct CountSummary {
 }
 
 /// Runs the pipeline over `sources` on the current rayon pool with `strategy` (usually
-/// [`Strategy::for_layout`]; an error if `layout` does not allow it).
+/// [`Strategy::for_layout`]; an error if `layout` does not allow it). With `keys`, every
+/// position's context is also kept there (for n-gram records).
 #[allow(clippy::too_many_arguments)]
 pub fn count(
     strategy: Strategy,
@@ -194,6 +199,7 @@ pub fn count(
     hasher: &NgramHasher,
     counters: &Counters,
     progress: &Progress,
+    keys: Option<&ContextKeys>,
 ) -> Result<CountSummary> {
     let workers = workers(strategy, layout, hasher, counters)?;
     let results: Vec<Result<Vec<(String, Skip)>>> = sources
@@ -201,6 +207,7 @@ pub fn count(
         .map(|source| {
             let docs = corpus::read(source, options);
             let mut compressed = Vec::new();
+            let mut contexts = Vec::new();
             for text in &docs.texts {
                 let encoding = tokenizer
                     .encode(text.as_str(), false)
@@ -218,6 +225,12 @@ pub fn count(
                 }
                 // Each document is its own sequence: it starts with left padding.
                 mine(&workers).add_document(&compressed)?;
+                if let Some(k) = keys {
+                    k.add_document(&compressed, &mut contexts)?;
+                }
+            }
+            if let Some(k) = keys {
+                k.push(contexts);
             }
             progress.bytes.fetch_add(docs.bytes, Ordering::Relaxed);
             progress.sources_done.fetch_add(1, Ordering::Relaxed);

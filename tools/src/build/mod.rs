@@ -8,6 +8,7 @@
 pub mod config;
 pub mod corpus;
 pub mod count;
+pub mod records;
 pub mod report;
 pub mod values;
 
@@ -21,6 +22,7 @@ use engram_kernels::hash::{HashOptions, NgramHasher};
 use engram_kernels::{CompressionTable, EngramLayout, tokenizer};
 use engram_store::format::{BuildInfo, LayerHeader, Manifest};
 use engram_store::profile::{LayerProfile, Profile};
+use engram_store::records::RecordShape;
 use engram_store::table::TableWriter;
 
 use config::{FileConfig, Init};
@@ -99,6 +101,15 @@ pub struct BuildArgs {
     /// Replace an existing table at --out.
     #[arg(long)]
     pub force: bool,
+    /// Byte budget of n-gram records (records.bin), e.g. 64M: packed copies of the rows of
+    /// all heads of the corpus's most frequent n-grams, one read per miss instead of one
+    /// per head. 0 or absent: none. At most the table's size.
+    #[arg(long, value_name = "SIZE")]
+    pub records_bytes: Option<String>,
+    /// Give no record to n-grams whose rows a cache of SIZE bytes seeded from this build's
+    /// profile would all pin (they rarely miss). 0 or absent: skip none.
+    #[arg(long, value_name = "SIZE")]
+    pub records_skip_cached: Option<String>,
     /// JSON Lines events on stdout (begin / progress / warning / summary).
     #[arg(long)]
     pub json: bool,
@@ -127,6 +138,8 @@ impl BuildArgs {
             jsonl_field: self.jsonl_field.clone(),
             threads: self.threads,
             import_pattern: self.import_pattern.clone(),
+            records_bytes: self.records_bytes.clone(),
+            records_skip_cached: self.records_skip_cached.clone(),
         }
     }
 }
@@ -142,6 +155,8 @@ pub struct Estimate {
     pub row_bytes: u64,
     pub table_bytes: u64,
     pub counter_bytes: u64,
+    /// At most this much for choosing n-gram records (0 without `--records-bytes`).
+    pub records_ram_bytes: u64,
     pub ram_bytes: u64,
 }
 
@@ -157,7 +172,12 @@ pub(crate) fn table_bytes(manifest: &Manifest) -> Result<u64> {
     Ok(total)
 }
 
-fn estimate(manifest: &Manifest, layout: &EngramLayout, threads: usize) -> Result<Estimate> {
+fn estimate(
+    manifest: &Manifest,
+    layout: &EngramLayout,
+    threads: usize,
+    records: bool,
+) -> Result<Estimate> {
     let table_bytes = table_bytes(manifest)?;
     let rows_per_layer: Vec<u64> = layout.layers.iter().map(|l| l.total_rows).collect();
     let counter_bytes = count::Counters::bytes(layout);
@@ -166,8 +186,14 @@ fn estimate(manifest: &Manifest, layout: &EngramLayout, threads: usize) -> Resul
     // largest layer while it is ranked), plus the tokenizer and buffers (~256 MiB), plus
     // each counting thread's buffers.
     let max_layer = rows_per_layer.iter().copied().max().unwrap_or(0);
+    let records_ram_bytes = if records {
+        records::ram_bytes(layout.config.max_ngram)
+    } else {
+        0
+    };
     let ram_bytes = counter_bytes
         .saturating_add(max_layer.saturating_mul(16))
+        .saturating_add(records_ram_bytes)
         .saturating_add(FIXED_RAM_BYTES)
         .saturating_add(count::WORKER_BYTES.saturating_mul(threads as u64));
     Ok(Estimate {
@@ -176,6 +202,7 @@ fn estimate(manifest: &Manifest, layout: &EngramLayout, threads: usize) -> Resul
         row_bytes: manifest.row_bytes,
         table_bytes,
         counter_bytes,
+        records_ram_bytes,
         ram_bytes,
     })
 }
@@ -284,7 +311,39 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         0 => rayon::current_num_threads(),
         n => n,
     };
-    let est = estimate(&manifest, &layout, threads)?;
+    let est = estimate(&manifest, &layout, threads, plan.records_bytes > 0)?;
+    // The records' shape and how many records per layer the budget buys, checked before
+    // any work.
+    let record_plan = if plan.records_bytes > 0 {
+        let shape = RecordShape::new(
+            u32::try_from(layout.config.n_heads).context("heads overflow u32")?,
+            u32::try_from(manifest.row_bytes).context("row bytes overflow u32")?,
+        )?;
+        let n_layers = layout.layers.len() as u64;
+        let per_layer = records::records_per_layer(&shape, n_layers, plan.records_bytes);
+        if per_layer == 0 {
+            bail!(
+                "--records-bytes {}: too small for one record per layer; the smallest \
+                 records file for this table is {} bytes",
+                plan.records_bytes,
+                shape.file_bytes(n_layers, 1).unwrap_or(u64::MAX)
+            );
+        }
+        if plan.records_bytes > est.table_bytes {
+            bail!(
+                "--records-bytes {}: more than the table's {} bytes; records copy rows, \
+                 so a budget above the table holds nothing more",
+                plan.records_bytes,
+                est.table_bytes
+            );
+        }
+        if args.paths.is_empty() {
+            bail!("--records-bytes needs a corpus: records go to the n-grams it shows most");
+        }
+        Some((shape, per_layer))
+    } else {
+        None
+    };
 
     if args.dry_run {
         let summary = serde_json::json!({ "dry_run": true, "out": crate::json_path(&args.out), "estimate": est });
@@ -329,12 +388,13 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         );
     }
     let free = free_bytes(&args.out)?;
-    if free < est.table_bytes.saturating_add(FREE_SPACE_HEADROOM_BYTES) {
+    let disk_bytes = est.table_bytes.saturating_add(plan.records_bytes);
+    if free < disk_bytes.saturating_add(FREE_SPACE_HEADROOM_BYTES) {
         bail!(
-            "not enough free space for {}: the table needs {} plus {} of headroom \
-             (FREE_SPACE_HEADROOM_BYTES), the file system has {}",
+            "not enough free space for {}: the table (with records) needs {} plus {} of \
+             headroom (FREE_SPACE_HEADROOM_BYTES), the file system has {}",
             args.out.display(),
-            human(est.table_bytes),
+            human(disk_bytes),
             human(FREE_SPACE_HEADROOM_BYTES),
             human(free)
         );
@@ -378,6 +438,14 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             })
             .sum();
         let counters = count::Counters::new(&layout)?;
+        let keys = match record_plan {
+            Some(_) => Some(count::ContextKeys::new(
+                &layout,
+                &hasher,
+                records::MAX_RECORD_TOKENS,
+            )?),
+            None => None,
+        };
         let progress = count::Progress::default();
         let mut phase = Phase::start(mode, "count", "bytes", total_bytes);
         let t0 = Instant::now();
@@ -394,6 +462,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
                         &hasher,
                         &counters,
                         &progress,
+                        keys.as_ref(),
                     )
                 })
             });
@@ -431,7 +500,27 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             .enumerate()
             .map(|(i, l)| count::profile_layer(&counters, i, l.layer_id))
             .collect();
-        counted = Some((summary, secs, profiles));
+        let chosen = match (keys, record_plan) {
+            (Some(keys), Some((_, per_layer))) => {
+                let phase = Phase::start(mode, "select", "layers", layout.layers.len() as u64);
+                let cached = (plan.records_skip_cached > 0).then(|| {
+                    records::cached_rows(&profiles, plan.records_skip_cached, manifest.row_bytes)
+                });
+                let (chosen, candidates) =
+                    pool.install(|| records::select(keys, &hasher, per_layer, cached.as_deref()))?;
+                let picked: usize = chosen.rows.iter().map(Vec::len).sum();
+                let secs = phase.finish(
+                    layout.layers.len() as u64,
+                    &format!(
+                        "{} records chosen from {candidates} recurring n-grams",
+                        picked / layout.config.n_heads
+                    ),
+                );
+                Some((chosen, candidates, secs))
+            }
+            _ => None,
+        };
+        counted = Some((summary, secs, profiles, chosen));
     }
 
     // Write the table.
@@ -463,11 +552,68 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             phase.update(done, &format!("layer {}", l.layer_id));
         }
     }
-    // The profile joins the table before publication: both are published or neither.
+    // Records and the profile join the table before publication: all are published or
+    // none.
     let table_id = writer.manifest().table_id_u64().unwrap_or(0);
-    let (counted, profile) = match counted {
-        Some((counts, secs, layers)) => (Some((counts, secs)), Some(Profile { table_id, layers })),
-        None => (None, None),
+    let (counted, profile, chosen) = match counted {
+        Some((counts, secs, layers, chosen)) => (
+            Some((counts, secs)),
+            Some(Profile { table_id, layers }),
+            chosen,
+        ),
+        None => (None, None, None),
+    };
+    let records_summary = match (&chosen, record_plan) {
+        (Some((chosen, candidates, select_secs)), Some((shape, per_layer))) => {
+            let total: u64 = chosen.rows.iter().map(|r| r.len() as u64).sum();
+            let mut phase = Phase::start(mode, "records", "rows", total);
+            let sources = layout
+                .layers
+                .iter()
+                .map(|l| {
+                    values::RowValues::for_layer(
+                        &plan.init,
+                        checkpoints.as_ref(),
+                        plan.engram.seed,
+                        l.layer_id,
+                        l.total_rows,
+                        plan.dim,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut vals = vec![0f32; dim];
+            let mut written = 0u64;
+            let file_bytes = records::write(&mut writer, shape, chosen, |li, row, out| {
+                sources[li].fill(row, dim, &mut vals)?;
+                values::encode(plan.row_layout, dim, &vals, out)?;
+                written += 1;
+                phase.update(written, &format!("layer index {li}"));
+                Ok(())
+            })?;
+            let write_secs = phase.finish(written, "written");
+            if file_bytes.is_none() {
+                report::warning(
+                    mode,
+                    "records",
+                    "no n-gram of the corpus recurs enough for a record: no records.bin",
+                );
+            }
+            let k = layout.config.n_heads as u64;
+            Some(serde_json::json!({
+                "file": file_bytes.map(|_| engram_store::records::RECORDS_FILE),
+                "budget_bytes": plan.records_bytes,
+                "bytes": file_bytes.unwrap_or(0),
+                "records_per_layer_budget": per_layer,
+                "records_per_layer": chosen.rows.iter().map(|r| r.len() as u64 / k).collect::<Vec<_>>(),
+                "records": total / k,
+                "candidates": candidates,
+                "skip_cached_bytes": plan.records_skip_cached,
+                "skipped_cached": chosen.skipped_cached,
+                "select_seconds": select_secs,
+                "write_seconds": write_secs,
+            }))
+        }
+        _ => None,
     };
     if let Some(p) = &profile {
         writer.add_file(PROFILE_FILE, &p.to_bytes())?;
@@ -506,6 +652,9 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             "tokens_per_second": counts.tokens as f64 / count_secs.max(1e-9),
         });
         summary["profile"] = serde_json::json!({ "file": PROFILE_FILE, "layers": layers });
+    }
+    if let Some(r) = records_summary {
+        summary["records"] = r;
     }
     summary["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
     match mode {
@@ -561,5 +710,15 @@ fn print_summary(s: &serde_json::Value) {
             );
         }
         crate::outln!("profile: {}", PROFILE_FILE);
+    }
+    if let Some(r) = s.get("records") {
+        crate::outln!(
+            "records: {} ({} records per layer, {} of a {} budget) from {} recurring n-grams",
+            r["file"].as_str().unwrap_or("none"),
+            r["records_per_layer"],
+            human(r["bytes"].as_u64().unwrap_or(0)),
+            human(r["budget_bytes"].as_u64().unwrap_or(0)),
+            r["candidates"]
+        );
     }
 }

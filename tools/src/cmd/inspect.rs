@@ -1,27 +1,30 @@
 //! `engram inspect TABLE [--verify] [--json]`: the manifest, file sizes and checksums.
 
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use engram_store::profile::PROFILE_FILE;
+use engram_store::records::{RECORDS_FILE, Records};
 use engram_store::{Error as StoreError, Profile, Table};
 
 use crate::{EXIT_MISMATCH, json_line};
 
-/// Show a table's manifest, sizes and checksums; with --verify, check every data block and
-/// the profile.
+/// Show a table's manifest, sizes and checksums; with --verify, check every data block, the
+/// profile and the n-gram records.
 #[derive(Debug, ClapArgs)]
 #[command(after_help = "Examples:\n  engram inspect /data/v41-table\n  \
     engram inspect /data/v41-table --verify --json\n\n\
-    Exit codes: 0 valid; 1 --verify found a corrupted block or profile; 2 the table does \
+    Exit codes: 0 valid; 1 --verify found a corrupted block, profile or records file; 2 the table does \
     not open (the error names the file and offset; a manifest edited after the table was \
     written fails its manifest_xxh3).")]
 pub struct Args {
     /// Table directory.
     pub table: PathBuf,
-    /// Read every data block and check its xxh3 checksum; check profile.bin if present.
+    /// Read every data block and check its xxh3 checksum; check profile.bin and
+    /// records.bin (every unit's checksum, every record row equal to the table's) if present.
     #[arg(long)]
     pub verify: bool,
     /// Print JSON Lines records (`{"type": ..., "data": ...}`) instead of text.
@@ -66,6 +69,98 @@ fn verify_profile(table: &Table, json: bool) -> bool {
                 );
             } else {
                 crate::outln!("verify profile: FAILED: {e}");
+            }
+            false
+        }
+    }
+}
+
+/// What a valid records file holds.
+struct RecordsReport {
+    layers: usize,
+    records: u64,
+    rows: u64,
+}
+
+/// Opens `path` against `table` (header, directory, index and checksum tables), checks
+/// every unit's checksum, and compares every record row with the table's own row: records
+/// are copies, so any difference is corruption.
+fn check_records(table: &Table, path: &Path) -> Result<RecordsReport> {
+    let recs = Records::open(path, table)?;
+    let ub = recs.shape.unit_bytes as usize;
+    let rb = table.row_bytes();
+    let mut unit = vec![0u8; ub];
+    let (mut got, mut want) = (vec![0u8; rb], vec![0u8; rb]);
+    let mut report = RecordsReport {
+        layers: 0,
+        records: 0,
+        rows: 0,
+    };
+    for (li, l) in recs.layers.iter().enumerate() {
+        let Some(l) = l else { continue };
+        report.layers += 1;
+        report.records += l.n_records;
+        for u in 0..l.data_bytes / ub as u64 {
+            let at = l.data_offset + u * ub as u64;
+            recs.file
+                .read_exact_at(&mut unit, at)
+                .with_context(|| format!("reading {} at offset {at}", path.display()))?;
+            recs.verify_read(li, at, &unit)?;
+        }
+        let mut entries: Vec<(u64, (u32, u8))> = l.entries().collect();
+        entries.sort_unstable();
+        for (row, (rec, pos)) in entries {
+            let at = l.data_offset + recs.shape.row_offset(u64::from(rec), u32::from(pos));
+            recs.file
+                .read_exact_at(&mut got, at)
+                .with_context(|| format!("reading {} at offset {at}", path.display()))?;
+            table.read_rows_simple(li, &[row], &mut want)?;
+            anyhow::ensure!(
+                got == want,
+                "{} offset {at}: record {rec} of layer {} holds row {row} (head {pos}) with \
+                 bytes that differ from the table's",
+                path.display(),
+                l.layer_id
+            );
+            report.rows += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Checks the table's `records.bin`, when there is one (see [`check_records`]). Returns
+/// whether it passed (or is absent).
+fn verify_records(table: &Table, json: bool) -> bool {
+    let path = table.dir().join(RECORDS_FILE);
+    // symlink_metadata: a dangling link named records.bin is reported, not skipped.
+    if std::fs::symlink_metadata(&path).is_err() {
+        return true;
+    }
+    match check_records(table, &path) {
+        Ok(r) => {
+            if json {
+                json_line(
+                    "verify_records",
+                    &serde_json::json!({"ok": true, "layers": r.layers, "records": r.records, "rows": r.rows}),
+                );
+            } else {
+                crate::outln!(
+                    "verify records: {} layers, {} records covering {} rows, checksums and rows match",
+                    r.layers,
+                    r.records,
+                    r.rows
+                );
+            }
+            true
+        }
+        Err(e) => {
+            if json {
+                json_line(
+                    "verify_records",
+                    &serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+                );
+            } else {
+                crate::outln!("verify records: FAILED: {e:#}");
             }
             false
         }
@@ -188,6 +283,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     bad |= !verify_profile(&table, args.json);
+    bad |= !verify_records(&table, args.json);
     Ok(if bad {
         ExitCode::from(EXIT_MISMATCH)
     } else {

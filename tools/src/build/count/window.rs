@@ -13,7 +13,7 @@ use super::{Counters, MAX_PENDING_UPDATES, Strategy, WINDOW_TOKENS};
 /// lowest field. Sorting keys therefore sorts by the most recent id first, and an order-n
 /// n-gram (the n most recent ids) is the key's top n fields.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Packing {
+pub(crate) struct Packing {
     bits: u32,
     max_ngram: usize,
     all_pad: u128,
@@ -22,7 +22,7 @@ pub(super) struct Packing {
 impl Packing {
     /// `None` when ids or the padding id need more than `128 / N` bits, or the padding id is
     /// negative.
-    pub(super) fn new(layout: &EngramLayout) -> Option<Self> {
+    pub(crate) fn new(layout: &EngramLayout) -> Option<Self> {
         let pad = u64::try_from(layout.compressed_pad_id).ok()?;
         let max_id = layout.compressed_vocab_size.saturating_sub(1).max(pad);
         let bits = (u64::BITS - max_id.leading_zeros()).max(1);
@@ -36,6 +36,35 @@ impl Packing {
             max_ngram,
             all_pad,
         })
+    }
+
+    /// The context of a document's first position, before any id: all padding.
+    pub(crate) fn start(&self) -> u128 {
+        self.all_pad
+    }
+
+    /// Longest n-gram order a key holds (N).
+    pub(crate) fn max_ngram(&self) -> usize {
+        self.max_ngram
+    }
+
+    /// The context after `key`'s for the next position, whose id is `id`. A barrier
+    /// position hashes as all-padding and hides everything before it (the hasher would
+    /// mask it too; resetting keeps equal contexts equal keys).
+    #[inline]
+    pub(crate) fn next(&self, key: u128, id: i64, barrier: Option<i64>) -> Result<u128> {
+        if barrier == Some(id) {
+            Ok(self.all_pad)
+        } else {
+            self.shift_in(key, id)
+        }
+    }
+
+    /// The context's N ids, oldest first, as the hasher takes them.
+    pub(crate) fn context(&self, key: u128, out: &mut [i64]) {
+        for (j, c) in out.iter_mut().enumerate().take(self.max_ngram) {
+            *c = self.field(key, j);
+        }
     }
 
     /// The context after `key`'s, with `id` as the most recent id.
@@ -63,7 +92,7 @@ impl Packing {
 
     /// The order-`n` n-gram of `key` (its top `n` fields), `2 <= n <= N`.
     #[inline]
-    fn prefix(&self, key: u128, n: usize) -> u128 {
+    pub(crate) fn prefix(&self, key: u128, n: usize) -> u128 {
         key >> (self.bits * (self.max_ngram - n) as u32)
     }
 }
@@ -142,15 +171,9 @@ impl<'a> Worker<'a> {
         let Some(p) = self.packing else {
             return self.add_direct(ids);
         };
-        let mut key = p.all_pad;
+        let mut key = p.start();
         for &id in ids {
-            // A barrier position hashes as all-padding and hides everything before it (the
-            // hasher would mask it too; resetting keeps equal contexts equal keys).
-            key = if self.barrier == Some(id) {
-                p.all_pad
-            } else {
-                p.shift_in(key, id)?
-            };
+            key = p.next(key, id, self.barrier)?;
             self.keys.push(key);
             if self.keys.len() >= self.window_tokens {
                 self.flush_window(p)?;
@@ -214,9 +237,7 @@ impl<'a> Worker<'a> {
             for n in 2..=n_max {
                 self.group[n] += self.counts[i];
             }
-            for (j, c) in self.context.iter_mut().enumerate() {
-                *c = p.field(key, j);
-            }
+            p.context(key, &mut self.context);
             for li in 0..self.hasher.n_layers() {
                 self.hasher
                     .hash_last_into(li, &self.context, HashOutput::RowId, &mut self.rows)?;
