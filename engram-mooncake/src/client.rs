@@ -14,12 +14,24 @@ use crate::config::ClientConfig;
 use crate::error::Result;
 
 /// Replication of objects written by a put.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replication {
     /// Copies on distinct segments.
     pub replicas: u32,
     /// Never evicted (objects are otherwise leased and evictable under memory pressure).
     pub hard_pin: bool,
+    /// Place the first copy on this segment (a client's hostname, [`Client::hostname`]).
+    pub preferred_segment: Option<String>,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            hard_pin: true,
+            preferred_segment: None,
+        }
+    }
 }
 
 /// Most replicas accepted.
@@ -196,10 +208,21 @@ mod imp {
             Ok(())
         }
 
+        /// This client's segment name (`host:port`), for [`Replication::preferred_segment`].
+        pub fn hostname(&self) -> Result<String> {
+            Python::attach(|py| {
+                self.store
+                    .bind(py)
+                    .call_method0("get_hostname")
+                    .and_then(|v| v.extract())
+                    .map_err(py_err("get_hostname"))
+            })
+        }
+
         fn replicate_config<'py>(
             &self,
             py: Python<'py>,
-            r: Replication,
+            r: &Replication,
         ) -> Result<Bound<'py, PyAny>> {
             let m = self.module.bind(py);
             let c = m
@@ -209,6 +232,10 @@ mod imp {
             c.setattr("replica_num", r.replicas)
                 .and_then(|()| c.setattr("with_hard_pin", r.hard_pin))
                 .map_err(py_err("ReplicateConfig"))?;
+            if let Some(seg) = &r.preferred_segment {
+                c.setattr("preferred_segment", seg.as_str())
+                    .map_err(py_err("ReplicateConfig"))?;
+            }
             Ok(c)
         }
 
@@ -219,7 +246,7 @@ mod imp {
             keys: &[String],
             ptrs: &[usize],
             sizes: &[usize],
-            r: Replication,
+            r: &Replication,
         ) -> Result<Vec<i64>> {
             Python::attach(|py| {
                 let c = self.replicate_config(py, r)?;
@@ -235,7 +262,7 @@ mod imp {
         }
 
         /// Writes a small object from bytes.
-        pub fn upsert_bytes(&self, key: &str, bytes: &[u8], r: Replication) -> Result<i64> {
+        pub fn upsert_bytes(&self, key: &str, bytes: &[u8], r: &Replication) -> Result<i64> {
             Python::attach(|py| {
                 let c = self.replicate_config(py, r)?;
                 self.store
@@ -381,6 +408,9 @@ mod imp {
         pub fn config(&self) -> &ClientConfig {
             match self.never {}
         }
+        pub fn hostname(&self) -> Result<String> {
+            match self.never {}
+        }
         pub fn register(&self, _ptr: usize, _len: usize) -> Result<()> {
             match self.never {}
         }
@@ -392,11 +422,11 @@ mod imp {
             _keys: &[String],
             _ptrs: &[usize],
             _sizes: &[usize],
-            _r: Replication,
+            _r: &Replication,
         ) -> Result<Vec<i64>> {
             match self.never {}
         }
-        pub fn upsert_bytes(&self, _key: &str, _bytes: &[u8], _r: Replication) -> Result<i64> {
+        pub fn upsert_bytes(&self, _key: &str, _bytes: &[u8], _r: &Replication) -> Result<i64> {
             match self.never {}
         }
         pub fn exist(&self, _keys: &[String]) -> Result<Vec<i64>> {

@@ -34,6 +34,9 @@ pub mod publish;
 pub mod skeleton;
 
 pub use client::{Client, Replication};
+
+/// Whether this build has the Mooncake client (the `python` feature).
+pub const CLIENT_COMPILED: bool = cfg!(feature = "python");
 pub use config::ClientConfig;
 pub use engine::{BACKEND_NAME, MooncakeFactory};
 pub use error::{Error, Result};

@@ -52,7 +52,16 @@ pub fn open_store(dir: &Path, options: &StoreOptions, config: &ClientConfig) -> 
             @ (Error::Unavailable { .. } | Error::NotPublished { .. } | Error::NotCompiled { .. }),
         ) => {
             if is_skeleton(dir) {
-                return Err(e);
+                return Err(match e {
+                    Error::Unavailable { master, reason } => Error::Unavailable {
+                        master,
+                        reason: format!(
+                            "{reason}; {} is a skeleton, its rows live only on Mooncake",
+                            dir.display()
+                        ),
+                    },
+                    other => other,
+                });
             }
             let store = Store::from_table(table, options)?;
             let reason = format!(

@@ -34,6 +34,9 @@ pub struct PublishOptions {
     pub replication: Replication,
     /// Bytes uploaded per call.
     pub batch_bytes: u64,
+    /// Place the objects in this client's own segment (it must contribute one): a process
+    /// that serves its own reads from memory it holds.
+    pub local_segment: bool,
 }
 
 impl Default for PublishOptions {
@@ -41,11 +44,9 @@ impl Default for PublishOptions {
         Self {
             name: None,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
-            replication: Replication {
-                replicas: 1,
-                hard_pin: true,
-            },
+            replication: Replication::default(),
             batch_bytes: DEFAULT_BATCH_BYTES,
+            local_segment: false,
         }
     }
 }
@@ -145,7 +146,17 @@ pub fn publish(
     let m = table.manifest();
     let keys = TableKeys::of(m)?;
     let cb = options.chunk_bytes;
-    let r = options.replication;
+    let mut r = options.replication.clone();
+    if options.local_segment {
+        if client.config().segment_bytes == 0 {
+            return Err(Error::Invalid {
+                what: "local segment",
+                reason: "this client contributes no segment (segment bytes 0)".into(),
+            });
+        }
+        r.preferred_segment = Some(client.hostname()?);
+    }
+    let r = &r;
     let mut chunks = Vec::new();
     let mut files = Vec::with_capacity(table.n_layers());
     for li in 0..table.n_layers() {

@@ -171,7 +171,7 @@ fn missing_and_corrupted_objects_are_errors_never_wrong_rows() {
         .expect("read chunk");
     bytes[100] ^= 0x01;
     let code = client
-        .upsert_bytes(&key, &bytes, opts.replication)
+        .upsert_bytes(&key, &bytes, &opts.replication)
         .expect("upsert");
     assert_eq!(code, 0);
     let e = st

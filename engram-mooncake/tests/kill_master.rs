@@ -65,9 +65,7 @@ fn killing_the_master_mid_batch_is_an_error_not_a_hang() {
     let venv = shared.venv.clone().expect("venv");
     let (rpc, metrics, node) = (free_port(), free_port(), free_port());
     let logs = tempfile::tempdir().expect("tmp");
-    let log = |n: &str| {
-        Stdio::from(std::fs::File::create(logs.path().join(n)).expect("log file"))
-    };
+    let log = |n: &str| Stdio::from(std::fs::File::create(logs.path().join(n)).expect("log file"));
     let mut procs = Procs(Vec::new());
     let mut master = Command::new(binary(&venv, "mooncake_master"))
         .args([

@@ -26,6 +26,12 @@ pub struct EngramSource {
     pub options: StoreOptions,
 }
 
+/// How the Engram table's store comes to a session.
+enum Rows<'a> {
+    Open(&'a StoreOptions),
+    Opened(Store),
+}
+
 /// A model ready to run.
 #[derive(Debug)]
 pub struct Session {
@@ -60,6 +66,30 @@ impl Session {
         tokenizer_path: Option<&Path>,
         engram: Option<&EngramSource>,
     ) -> Result<Self> {
+        let engram = engram.map(|src| (src.table.as_path(), Rows::Open(&src.options)));
+        Self::load_from(model_dir, tokenizer_path, engram)
+    }
+
+    /// [`Session::load`] with the Engram rows from a store already open on the table at
+    /// `table` (a store over another backend, e.g. Mooncake through `engram-mooncake`).
+    pub fn load_with_store(
+        model_dir: &Path,
+        tokenizer_path: Option<&Path>,
+        table: &Path,
+        store: Store,
+    ) -> Result<Self> {
+        Self::load_from(
+            model_dir,
+            tokenizer_path,
+            Some((table, Rows::Opened(store))),
+        )
+    }
+
+    fn load_from(
+        model_dir: &Path,
+        tokenizer_path: Option<&Path>,
+        engram: Option<(&Path, Rows<'_>)>,
+    ) -> Result<Self> {
         let config = ModelConfig::load(&model_dir.join("config.json"))?;
         let vocab = Vocab::load(&model_dir.join(&config.vocab_file), &config)?;
         let weights = Weights::load(&model_dir.join("model.safetensors"), &config)?;
@@ -74,27 +104,30 @@ impl Session {
         }
         let max_t = config.max_position_embeddings;
         let memory = match (engram, &config.engram) {
-            (Some(src), Some(e)) => {
+            (Some((table, rows)), Some(e)) => {
                 let compression = CompressionTable::from_tokenizer(&tok.tokenizer)?;
                 if compression.sha256_i32le() != e.compression_lookup_sha256_i32le {
                     return Err(Error::TableMismatch {
-                        table: src.table.clone(),
+                        table: table.to_path_buf(),
                         reason: "the tokenizer's compression table differs from the model's".into(),
                     });
                 }
-                let store = Store::open(&src.table, &src.options)?;
+                let store = match rows {
+                    Rows::Open(options) => Store::open(table, options)?,
+                    Rows::Opened(store) => store,
+                };
                 Some(EngramMemory::new(
                     &config,
                     &weights,
                     compression,
                     store,
-                    &src.table,
+                    table,
                     max_t,
                 )?)
             }
-            (Some(src), None) => {
+            (Some((table, _)), None) => {
                 return Err(Error::TableMismatch {
-                    table: src.table.clone(),
+                    table: table.to_path_buf(),
                     reason: "the model has no Engram layers".into(),
                 });
             }

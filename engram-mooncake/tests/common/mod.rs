@@ -27,9 +27,9 @@ pub fn venv() -> PathBuf {
 pub fn cluster(test: &str) -> Option<ClientConfig> {
     let required = std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1");
     let master = std::env::var(MASTER_ENV).ok().filter(|m| !m.is_empty());
-    if !cfg!(feature = "python") {
+    if !engram_mooncake::CLIENT_COMPILED {
         if required {
-            panic!("{REQUIRE_ENV}=1 but the python feature is off: run with --features python");
+            panic!("{REQUIRE_ENV}=1 but the Mooncake client is not compiled in (feature python)");
         }
         eprintln!("SKIPPED {test}: the Mooncake client is not compiled in (--features python)");
         return None;
@@ -89,10 +89,7 @@ pub fn small_chunks() -> PublishOptions {
     PublishOptions {
         chunk_bytes: 8192,
         batch_bytes: 64 << 10,
-        replication: Replication {
-            replicas: 1,
-            hard_pin: true,
-        },
+        replication: Replication::default(),
         ..PublishOptions::default()
     }
 }
