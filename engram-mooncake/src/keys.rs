@@ -213,7 +213,7 @@ impl Descriptor {
 
 /// Errors unless `b` is a valid chunk size (a multiple of 4096 in the limits).
 pub fn check_chunk_bytes(b: u64) -> Result<()> {
-    if !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&b) || b % MIN_CHUNK_BYTES != 0 {
+    if !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&b) || !b.is_multiple_of(MIN_CHUNK_BYTES) {
         return Err(Error::Invalid {
             what: "chunk bytes",
             reason: format!(

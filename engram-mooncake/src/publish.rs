@@ -175,6 +175,19 @@ pub fn publish(
             });
         }
     }
+    // A complete publication of this version fixes its chunking: a rerun keeps it.
+    if let Some(bytes) = client.get_bytes(&keys.descriptor(), crate::keys::MAX_DESCRIPTOR_BYTES)? {
+        let d = Descriptor::parse(&bytes, &keys)?;
+        if d.chunk_bytes != cb {
+            return Err(Error::Invalid {
+                what: "chunk bytes",
+                reason: format!(
+                    "{} is published with {}-byte chunks, not {cb}: unpublish it first",
+                    keys.prefix, d.chunk_bytes
+                ),
+            });
+        }
+    }
     let total: u64 = files.iter().map(|f| f.bytes).sum();
     let mut report = PublishReport {
         prefix: keys.prefix.clone(),
