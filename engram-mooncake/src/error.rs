@@ -8,7 +8,10 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// The Mooncake client is not in this build.
-    #[error("the Mooncake client is not compiled in: rebuild with `--features {feature}`")]
+    #[error(
+        "the Mooncake client is not compiled in: rebuild with `--features {feature}` \
+         (engram-tools, moe-core: `--features mooncake`)"
+    )]
     NotCompiled { feature: &'static str },
     /// The cluster or the client library cannot be used from here (unreachable master,
     /// missing wheel, failed setup).

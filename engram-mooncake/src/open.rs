@@ -34,8 +34,8 @@ pub fn mooncake_store(
 }
 
 /// Opens the table at `dir` (a full table or a skeleton) with its rows read from the
-/// Mooncake cluster `config` names. When the cluster is unreachable, the client is not
-/// compiled in, or this version is not published there, a full local table is opened
+/// Mooncake cluster `config` names. When the cluster is unreachable or this version is
+/// not published there, a full local table is opened
 /// with `options` instead and the reason returned in [`Opened::fallback`] (and logged);
 /// a skeleton has no local rows, so that is an error.
 pub fn open_store(dir: &Path, options: &StoreOptions, config: &ClientConfig) -> Result<Opened> {
@@ -47,10 +47,7 @@ pub fn open_store(dir: &Path, options: &StoreOptions, config: &ClientConfig) -> 
             store,
             fallback: None,
         }),
-        Err(
-            e
-            @ (Error::Unavailable { .. } | Error::NotPublished { .. } | Error::NotCompiled { .. }),
-        ) => {
+        Err(e @ (Error::Unavailable { .. } | Error::NotPublished { .. })) => {
             if is_skeleton(dir) {
                 return Err(match e {
                     Error::Unavailable { master, reason } => Error::Unavailable {
