@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use common::*;
 use engram_mooncake::{
-    Error, MooncakeFactory, PublishOptions, TableKeys, fetch_skeleton, mooncake_store, open_store,
-    publish, unpublish,
+    Error, MooncakeFactory, PublishOptions, fetch_skeleton, mooncake_store, open_store, publish,
+    unpublish,
 };
-use engram_store::{BackendKind, Table};
+use engram_store::BackendKind;
 
 fn check_all_patterns(st: &engram_store::Store, mem: &engram_store::Store, seed: u64) {
     let rb = st.row_bytes();
@@ -42,13 +42,14 @@ fn published_tables_read_back_byte_identical() {
     let Some(cfg) = cluster("published_tables_read_back_byte_identical") else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let s = spec(101);
-    let dir = make_table(tmp.path(), "t", &s);
-    let table = Arc::new(Table::open(&dir).expect("table"));
-    let client = connect(&cfg);
-    let keys = TableKeys::of(table.manifest()).expect("keys");
-    let _ = unpublish(&client, &keys, None);
+    let Fixture {
+        tmp,
+        dir,
+        table,
+        client,
+        keys,
+        ..
+    } = fixture(&cfg, 101);
     let opts = PublishOptions {
         name: Some("cluster-test-a".into()),
         ..small_chunks()
@@ -121,13 +122,13 @@ fn missing_and_corrupted_objects_are_errors_never_wrong_rows() {
     let Some(cfg) = cluster("missing_and_corrupted_objects_are_errors_never_wrong_rows") else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let s = spec(202);
-    let dir = make_table(tmp.path(), "t", &s);
-    let table = Arc::new(Table::open(&dir).expect("table"));
-    let client = connect(&cfg);
-    let keys = TableKeys::of(table.manifest()).expect("keys");
-    let _ = unpublish(&client, &keys, None);
+    let Fixture {
+        spec: s,
+        table,
+        client,
+        keys,
+        ..
+    } = fixture(&cfg, 202);
     let opts = small_chunks();
     publish(&client, &table, &opts, &mut |_| {}).expect("publish");
     let st = mooncake_store(Arc::clone(&client), Arc::clone(&table), &options(0)).expect("store");
@@ -187,13 +188,13 @@ fn two_clients_read_at_once() {
     let Some(cfg) = cluster("two_clients_read_at_once") else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let s = spec(303);
-    let dir = make_table(tmp.path(), "t", &s);
-    let table = Arc::new(Table::open(&dir).expect("table"));
-    let publisher = connect(&cfg);
-    let keys = TableKeys::of(table.manifest()).expect("keys");
-    let _ = unpublish(&publisher, &keys, None);
+    let Fixture {
+        spec: s,
+        table,
+        client: publisher,
+        keys,
+        ..
+    } = fixture(&cfg, 303);
     publish(&publisher, &table, &PublishOptions::default(), &mut |_| {}).expect("publish");
     let threads: Vec<_> = (0..2u64)
         .map(|t| {

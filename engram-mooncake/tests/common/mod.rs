@@ -134,3 +134,32 @@ pub fn id_patterns(rows: u64, seed: u64) -> Vec<Vec<u64>> {
         vec![rows / 2],
     ]
 }
+
+/// A synthetic table written to a temporary directory, opened, with its keys on the
+/// cluster (any earlier publication of that version removed).
+pub struct Fixture {
+    pub tmp: tempfile::TempDir,
+    pub spec: SynthSpec,
+    pub dir: PathBuf,
+    pub table: Arc<engram_store::Table>,
+    pub client: Arc<Client>,
+    pub keys: engram_mooncake::TableKeys,
+}
+
+pub fn fixture(cfg: &ClientConfig, seed: u64) -> Fixture {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let spec = spec(seed);
+    let dir = make_table(tmp.path(), "t", &spec);
+    let table = Arc::new(engram_store::Table::open(&dir).expect("table"));
+    let client = connect(cfg);
+    let keys = engram_mooncake::TableKeys::of(table.manifest()).expect("keys");
+    let _ = engram_mooncake::unpublish(&client, &keys, None);
+    Fixture {
+        tmp,
+        spec,
+        dir,
+        table,
+        client,
+        keys,
+    }
+}
