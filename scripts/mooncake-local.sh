@@ -27,7 +27,9 @@ export MC_TCP_BIND_ADDRESS=127.0.0.1
 say() { echo "mooncake-local: $*" >&2; }
 
 install() {
-    if ! ldconfig -p | grep -q 'libibverbs.so.1 '; then
+    # (grep reads all of ldconfig's output: `grep -q` would end the pipe early, and
+    # pipefail would count that as no match.)
+    if ! ldconfig -p 2>/dev/null | grep 'libibverbs.so.1 ' >/dev/null; then
         say "installing libibverbs1 (Debian)"
         apt-get update -qq >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libibverbs1 >&2
