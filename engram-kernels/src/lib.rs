@@ -2,6 +2,7 @@
 //! multiplier chain, prime table sizes, multi-head n-gram hashing) and the module's
 //! numeric kernels. Pure compute over slices; no I/O beyond reading a tokenizer file.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod alloc;
 pub mod compress;

@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 #![deny(
     clippy::unwrap_used,
     clippy::panic,
