@@ -40,6 +40,7 @@ pub struct ExternalBackend {
 }
 
 impl ExternalBackend {
+    /// A backend reading through engines that `factory` builds, one per reader.
     pub fn new(
         table: &Arc<Table>,
         options: &BackendOptions,
