@@ -90,7 +90,7 @@
 //! frequency [`Profile`] (written by `engram-build` as [`profile::PROFILE_FILE`], bound to
 //! the table by its `table_id`) seeds it at open, pinning the hottest rows
 //! ([`cache::SeedOptions`]). N-gram records (`records.bin`, [`records`]) let one device read
-//! serve the rows that one n-gram hits in every head.
+//! serve the rows that the hash heads of one n-gram order hit together, on cache misses.
 //!
 //! [`Store::stats`] returns a [`StatsSnapshot`] (rows, cache hits, device reads and bytes,
 //! read amplification, latency quantiles per tier and per stage);
