@@ -30,52 +30,87 @@ pub enum FileError {
     /// part of the message, not a `source()`, so an error chain prints it once.
     #[error("{op} {path}: {error}")]
     Io {
+        /// The call that failed ("open", "stat", "read").
         op: &'static str,
+        /// The file, as the caller named it.
         path: PathBuf,
+        /// The operating-system error.
         error: std::io::Error,
     },
     /// The path is not a regular file (a FIFO, socket, device or directory).
     #[error("{path} is a {kind}, not a regular file")]
-    NotRegular { path: PathBuf, kind: &'static str },
+    NotRegular {
+        /// The path that was opened.
+        path: PathBuf,
+        /// What it is instead ("directory", "FIFO", "character device", ...).
+        kind: &'static str,
+    },
     /// The file is larger than the limit for what it holds.
     #[error("{path} is {found} bytes, above the {limit}-byte limit for {what} ({name})")]
     TooLarge {
+        /// The file.
         path: PathBuf,
+        /// What the file holds ("manifest", "tokenizer.json").
         what: &'static str,
+        /// Name of the limit's const (`MAX_MANIFEST_BYTES`).
         name: &'static str,
+        /// The largest accepted size in bytes.
         limit: u64,
+        /// The file's size in bytes (or the bytes read before the limit was passed).
         found: u64,
     },
     /// Memory for the file's contents could not be reserved.
     #[error("{path}: cannot allocate {bytes} bytes to read it")]
-    OutOfMemory { path: PathBuf, bytes: u64 },
+    OutOfMemory {
+        /// The file being read.
+        path: PathBuf,
+        /// The reservation that failed, in bytes.
+        bytes: u64,
+    },
     /// A `SHA256SUMS` file is malformed.
     #[error(
         "{path} line {line}: {reason} (expected `sha256sum` lines: 64 hex digits, two spaces, a file name)"
     )]
     Checksums {
+        /// The `SHA256SUMS` file.
         path: PathBuf,
+        /// The 1-based line number of the bad line.
         line: usize,
+        /// What is wrong with the line.
         reason: String,
     },
     /// A file that must be checksummed has no `SHA256SUMS` beside it.
     #[error(
         "{sums} is missing: {path} must be checked against it (write it in that directory with `sha256sum NAME... > SHA256SUMS`)"
     )]
-    NoChecksums { path: PathBuf, sums: PathBuf },
+    NoChecksums {
+        /// The file that must be checked.
+        path: PathBuf,
+        /// The `SHA256SUMS` path that does not exist.
+        sums: PathBuf,
+    },
     /// A file that must be checksummed is not listed in the `SHA256SUMS` beside it.
     #[error(
         "{path} is not listed in {sums}: add it with `sha256sum NAME >> SHA256SUMS` in that directory"
     )]
-    NotListed { path: PathBuf, sums: PathBuf },
+    NotListed {
+        /// The file that must be checked.
+        path: PathBuf,
+        /// The `SHA256SUMS` file that does not list it.
+        sums: PathBuf,
+    },
     /// A file's contents differ from the SHA-256 its `SHA256SUMS` records.
     #[error(
         "{path} has SHA-256 {found}, {sums} records {expected}: the file is corrupted or was replaced"
     )]
     ChecksumMismatch {
+        /// The file whose contents differ.
         path: PathBuf,
+        /// The `SHA256SUMS` file that records its digest.
         sums: PathBuf,
+        /// The recorded digest, 64 lowercase hex digits.
         expected: String,
+        /// The digest of the contents as read, 64 lowercase hex digits.
         found: String,
     },
 }

@@ -146,6 +146,7 @@ impl LayerLayout {
 /// The full addressing layout of a model: config, compressed vocabulary and every layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngramLayout {
+    /// The config the layout was derived from.
     pub config: EngramConfig,
     /// `V'`, the number of canonical ids after compression.
     pub compressed_vocab_size: u64,

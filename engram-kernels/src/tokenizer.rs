@@ -75,8 +75,11 @@ pub fn for_tests() -> Result<Option<PathBuf>> {
 /// A loaded tokenizer and the SHA-256 of its file.
 #[derive(Debug, Clone)]
 pub struct LoadedTokenizer {
+    /// The `tokenizer.json` it was loaded from.
     pub path: PathBuf,
+    /// SHA-256 of the file's bytes, 64 lowercase hex digits.
     pub sha256: String,
+    /// The parsed tokenizer.
     pub tokenizer: Tokenizer,
 }
 

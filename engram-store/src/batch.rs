@@ -27,10 +27,15 @@ pub enum Source {
 /// `pairs[pair_start..pair_end]` (or `rec_pairs[..]` for records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOp {
+    /// Byte offset of the read in the file, aligned to the read unit.
     pub offset: u64,
+    /// Bytes to read, a multiple of the read unit.
     pub len: u64,
+    /// First (row, slot) pair the read serves.
     pub pair_start: u32,
+    /// One past the last pair the read serves.
     pub pair_end: u32,
+    /// Which file the read goes to.
     pub source: Source,
 }
 
@@ -38,7 +43,9 @@ pub struct ReadOp {
 /// it in one unit instead of from their own pages.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordPlan<'a> {
+    /// The layer's records (index and checksums).
     pub records: &'a crate::records::LayerRecords,
+    /// The records file's shape.
     pub shape: crate::records::RecordShape,
     /// Longest coalesced records read (at least one unit).
     pub max_read_bytes: u64,
@@ -151,6 +158,7 @@ pub struct Plan {
     pub pairs: Vec<(u64, u32)>,
     /// (records file offset of the row, output slot), sorted by offset.
     pub rec_pairs: Vec<(u64, u32)>,
+    /// Device reads, sorted by source and offset, each serving a run of pairs.
     pub reads: Vec<ReadOp>,
     /// Distinct rows in the batch.
     pub unique_rows: u64,

@@ -57,7 +57,7 @@ const ROW_BITS: u32 = 48;
 
 /// A multiplicative hasher for u64 keys (keys are row ids, not attacker-chosen strings).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -100,10 +100,15 @@ struct Shard {
 /// Cache counters.
 #[derive(Debug, Default)]
 pub struct CacheCounters {
+    /// Lookups of rows the cache held.
     pub hits: AtomicU64,
+    /// Lookups of rows it did not hold.
     pub misses: AtomicU64,
+    /// Rows inserted after a miss.
     pub admissions: AtomicU64,
+    /// Rows evicted to make room.
     pub evictions: AtomicU64,
+    /// Rows inserted from a profile at open.
     pub seeded: AtomicU64,
 }
 
@@ -114,6 +119,7 @@ pub struct RowCache {
     row_bytes: usize,
     slots_per_shard: usize,
     admit_on_first_miss: bool,
+    /// Hit, miss, admission, eviction and seeding counters.
     pub counters: CacheCounters,
 }
 
@@ -251,6 +257,7 @@ impl RowCache {
             .sum()
     }
 
+    /// Whether the cache holds no rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

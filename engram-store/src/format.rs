@@ -123,8 +123,11 @@ impl RowLayout {
 /// of `unit_bytes` (a multiple of [`PAGE_BYTES`]), so no row crosses a page boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
+    /// Bytes of one row (from the row layout and `dim`).
     pub row_bytes: u64,
+    /// Rows packed into one unit (at least 1).
     pub rows_per_unit: u64,
+    /// Bytes of one unit: a multiple of [`PAGE_BYTES`].
     pub unit_bytes: u64,
 }
 
@@ -564,26 +567,42 @@ impl Manifest {
 /// The fixed 4096-byte header of a layer file (all integers little-endian).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerHeader {
+    /// Format version of the file (= [`FORMAT_VERSION`]).
     pub format_version: u32,
+    /// Size of this header in bytes (= [`HEADER_BYTES`]).
     pub header_bytes: u32,
+    /// Id of the table the file belongs to (= the manifest's `table_id`).
     pub table_id: u64,
+    /// Position of the layer in the manifest's `layers`.
     pub layer_index: u32,
+    /// Model layer id of the layer (= the manifest's).
     pub layer_id: u64,
+    /// Rows in the layer.
     pub rows: u64,
+    /// Bytes of one row.
     pub row_bytes: u32,
+    /// Rows packed into one unit (see [`Geometry`]).
     pub rows_per_unit: u32,
+    /// Bytes of one unit, a multiple of [`PAGE_BYTES`].
     pub unit_bytes: u32,
+    /// Bytes covered by one checksum (the last block may be shorter).
     pub block_bytes: u32,
+    /// Byte offset of the row region (= [`HEADER_BYTES`]).
     pub data_offset: u64,
+    /// Bytes of the row region (whole units).
     pub data_bytes: u64,
+    /// Checksum blocks: `ceil(data_bytes / block_bytes)`.
     pub n_blocks: u64,
+    /// Byte offset of the checksum table (`data_offset + data_bytes`).
     pub checksums_offset: u64,
+    /// xxh3-64 of the checksum table's bytes.
     pub checksums_xxh3: u64,
+    /// Length of the whole file in bytes (`checksums_offset + 8 * n_blocks`).
     pub file_bytes: u64,
 }
 
 /// Field offsets inside the header (see `docs/format.md`).
-pub mod header_offsets {
+pub(crate) mod header_offsets {
     pub const MAGIC: usize = 0;
     pub const FORMAT_VERSION: usize = 8;
     pub const HEADER_BYTES: usize = 12;

@@ -14,7 +14,7 @@ use crate::backend::{IoCounters, Tier};
 const MAX_TRACKED_NS: u64 = 60_000_000_000;
 
 /// A latency histogram in ns with the store's bounds.
-pub fn new_hist() -> Histogram<u64> {
+pub(crate) fn new_hist() -> Histogram<u64> {
     match Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3) {
         Ok(h) => h,
         Err(e) => unreachable!("constant histogram bounds are valid: {e}"),
@@ -43,9 +43,11 @@ impl SharedHist {
         }
         local.reset();
     }
+    /// Quantiles of the merged histogram, labelled `name`.
     pub fn summary(&self, name: &str) -> LatencySummary {
         self.0.lock().map(|h| summary(name, &h)).unwrap_or_default()
     }
+    /// Clears the histogram.
     pub fn reset(&self) {
         if let Ok(mut h) = self.0.lock() {
             h.reset();
@@ -55,7 +57,7 @@ impl SharedHist {
 
 /// Records `ns` into `h`, clamped to the tracked range.
 #[inline]
-pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
+pub(crate) fn record_ns(h: &mut Histogram<u64>, ns: u64) {
     let _ = h.record(ns.clamp(1, MAX_TRACKED_NS));
 }
 
@@ -76,7 +78,7 @@ struct Hists {
 
 /// Live metrics, updated by every lookup.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     batches: AtomicU64,
     rows_requested: AtomicU64,
     rows_backend: AtomicU64,
@@ -132,12 +134,19 @@ fn tier_index(t: Tier) -> usize {
 /// Latency quantiles of one histogram.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LatencySummary {
+    /// What was timed (`batch`, a tier or a stage name).
     pub name: String,
+    /// Samples recorded.
     pub count: u64,
+    /// Mean latency in microseconds (0 with no samples).
     pub mean_us: f64,
+    /// Median latency in microseconds.
     pub p50_us: f64,
+    /// 99th-percentile latency in microseconds.
     pub p99_us: f64,
+    /// 99.9th-percentile latency in microseconds.
     pub p999_us: f64,
+    /// Largest latency in microseconds.
     pub max_us: f64,
 }
 
@@ -157,40 +166,59 @@ fn summary(name: &str, h: &Histogram<u64>) -> LatencySummary {
 /// A point-in-time copy of the metrics.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StatsSnapshot {
+    /// Name of the backend that served the reads ([`crate::BackendKind::name`]).
     pub backend: String,
+    /// Lookup and prefetch batches finished.
     pub batches: u64,
+    /// Row ids asked for by those batches, duplicates included.
     pub rows_requested: u64,
+    /// Rows served from the hot-row cache.
     pub cache_hits: u64,
+    /// Rows the cache did not hold (0 without a cache).
     pub cache_misses: u64,
+    /// Rows the cache holds now.
     pub cache_rows: u64,
+    /// Rows the cache can hold (its budget over the row size).
     pub cache_capacity_rows: u64,
     /// Rows the backend was asked for (cache misses, duplicates included).
     pub rows_backend: u64,
     /// Distinct rows the backend read.
     pub rows_unique: u64,
+    /// Device reads issued (each may cover several rows).
     pub device_reads: u64,
+    /// Bytes those reads transferred (read amplification included).
     pub device_bytes: u64,
     /// Device reads of n-gram records, and the distinct rows they served (each record
     /// read replaced that many row reads, less one).
     pub record_reads: u64,
+    /// Distinct rows served by those record reads.
     pub record_rows: u64,
     /// Device reads issued again because the first copy was overdue (hedged reads).
     pub hedged_reads: u64,
+    /// Bytes of one row of the table.
     pub row_bytes: u64,
+    /// Batches that ended in an error.
     pub errors: u64,
     /// Speculative prefetches run, rows they read into the cache, dropped (queue full),
     /// and failed or cancelled.
     pub spec_batches: u64,
+    /// Rows speculative prefetches read into the cache.
     pub spec_rows_read: u64,
+    /// Speculations dropped because the queue was full.
     pub spec_dropped: u64,
+    /// Speculations that failed or were cancelled.
     pub spec_failed: u64,
     /// Device bytes / (distinct rows read x row bytes).
     pub read_amplification: f64,
+    /// `cache_hits / (cache_hits + cache_misses)`, in `[0, 1]` (0 with no lookups).
     pub cache_hit_rate: f64,
+    /// Whole lookup or prefetch batch, call to rows in the buffer.
     pub batch: LatencySummary,
     /// Per device read, submit to completion (pread and uring backends).
     pub device_read: LatencySummary,
+    /// Per tier ([`TIERS`] order): time spent on the rows each tier served.
     pub tiers: Vec<LatencySummary>,
+    /// Per stage ([`STAGES`] order): time per batch in planning, submitting, waiting for completions and scattering rows.
     pub stages: Vec<LatencySummary>,
 }
 

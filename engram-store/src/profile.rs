@@ -59,6 +59,7 @@ impl LayerProfile {
 pub struct Profile {
     /// The `table_id` of the table it was measured for (0: not bound to a table).
     pub table_id: u64,
+    /// One entry per profiled layer.
     pub layers: Vec<LayerProfile>,
 }
 

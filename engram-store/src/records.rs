@@ -44,6 +44,7 @@ pub const MAX_RECORDS_PER_LAYER: u64 = 1 << 28;
 pub struct RecordShape {
     /// Rows per record (the hash heads of one n-gram order).
     pub rows_per_record: u32,
+    /// Bytes of one row (= the table's).
     pub row_bytes: u32,
     /// Records packed into one unit; no record crosses a unit.
     pub records_per_unit: u32,
@@ -72,6 +73,7 @@ impl RecordShape {
         })
     }
 
+    /// Bytes of one record: `rows_per_record * row_bytes`.
     pub fn record_bytes(&self) -> u64 {
         u64::from(self.rows_per_record) * u64::from(self.row_bytes)
     }
@@ -112,9 +114,11 @@ impl RecordShape {
 pub struct LayerRecords {
     /// The Engram layer id (for messages).
     pub layer_id: u64,
+    /// Records in the layer.
     pub n_records: u64,
     /// File offset of the data region.
     pub data_offset: u64,
+    /// Bytes of the data region, whole units.
     pub data_bytes: u64,
     /// Row id -> (record, position); a row in several records maps to the first.
     index: HashMap<u64, (u32, u8)>,
@@ -143,8 +147,11 @@ impl LayerRecords {
 /// An opened, validated records file.
 #[derive(Debug)]
 pub struct Records {
+    /// The records file.
     pub path: PathBuf,
+    /// The open file (reads use it through the device backends).
     pub file: File,
+    /// The shape shared by every record.
     pub shape: RecordShape,
     /// (table layers,) records of each layer index (empty where the file has none)
     pub layers: Vec<Option<LayerRecords>>,

@@ -40,7 +40,9 @@ pub const MAX_BATCH_ROWS_LIMIT: usize = 1 << 24;
 /// How to open a [`Store`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// How to open and validate the table.
     pub open: OpenOptions,
+    /// Which backend to use and how to shape its reads.
     pub backend: BackendOptions,
     /// I/O worker threads serving prefetches (each owns one backend reader).
     pub io_workers: usize,
@@ -704,6 +706,7 @@ impl Store {
         self.shared().fallback.as_deref()
     }
 
+    /// Bytes of one row; output buffers hold `ids.len() * row_bytes()`.
     pub fn row_bytes(&self) -> usize {
         self.shared().table.row_bytes()
     }

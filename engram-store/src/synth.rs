@@ -47,10 +47,15 @@ pub fn synth_row(seed: u64, layer: usize, row: u64, out: &mut [u8]) {
 /// What to synthesize.
 #[derive(Debug, Clone)]
 pub struct SynthSpec {
+    /// The addressing config (layers, orders, heads, base sizes).
     pub config: EngramConfig,
+    /// How each row's values are stored.
     pub row_layout: RowLayout,
+    /// Values per row.
     pub dim: u32,
+    /// Seed of the row bytes ([`synth_row`]).
     pub seed: u64,
+    /// Checksum block size in bytes (`None`: one packing unit per block).
     pub block_bytes: Option<u64>,
 }
 

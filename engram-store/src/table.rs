@@ -415,8 +415,11 @@ pub struct OpenOptions {
 /// One validated layer file.
 #[derive(Debug)]
 pub struct LayerFile {
+    /// The layer file.
     pub path: PathBuf,
+    /// The open file, validated against the header and manifest.
     pub file: File,
+    /// The file's decoded header.
     pub header: LayerHeader,
     /// (n_blocks,) xxh3 of every data block.
     pub checksums: Vec<u64>,
@@ -438,7 +441,9 @@ pub struct Table {
 /// What a full verification found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Checksum blocks checked.
     pub blocks: u64,
+    /// Bytes checked.
     pub bytes: u64,
 }
 
@@ -491,9 +496,11 @@ impl Table {
         }
     }
 
+    /// The table directory as it was opened.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    /// The validated manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -501,18 +508,22 @@ impl Table {
     pub fn layout(&self) -> &EngramLayout {
         &self.layout
     }
+    /// Engram layers in the table; layer indices are `0..n_layers()`.
     pub fn n_layers(&self) -> usize {
         self.layers.len()
     }
+    /// The layer file at index `index`, or [`Error::LayerOutOfRange`].
     pub fn layer(&self, index: usize) -> Result<&LayerFile> {
         self.layers.get(index).ok_or(Error::LayerOutOfRange {
             layer: index,
             n_layers: self.layers.len(),
         })
     }
+    /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
         self.manifest.row_bytes as usize
     }
+    /// How rows are packed into units.
     pub fn geometry(&self) -> Geometry {
         self.manifest.geometry()
     }

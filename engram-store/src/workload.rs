@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
+    /// The next 64 pseudo-random bits.
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -40,6 +41,7 @@ pub struct Zipf {
 }
 
 impl Zipf {
+    /// Zipf with exponent `s` (finite, >= 0) over `n` (>= 1) ranks.
     pub fn new(n: u64, s: f64) -> Result<Self> {
         if n == 0 || !(s.is_finite() && s >= 0.0) {
             return Err(Error::Invalid {
@@ -100,6 +102,7 @@ pub struct RankPermutation {
 }
 
 impl RankPermutation {
+    /// A permutation of `0..n` (n = 0 is taken as 1) chosen by `seed`.
     pub fn new(n: u64, seed: u64) -> Self {
         let n = n.max(1);
         let mut a = ((0x9E37_79B9_7F4A_7C15u64 ^ seed) % n).max(1);
@@ -121,6 +124,7 @@ impl RankPermutation {
 /// A distribution of row ids.
 #[derive(Debug, Clone, Copy)]
 pub enum RowDist {
+    /// Every row equally likely.
     Uniform,
     /// Zipf with exponent `s`; rank 1 is the hottest.
     Zipf(f64),
@@ -153,6 +157,7 @@ pub struct RowSampler {
 }
 
 impl RowSampler {
+    /// A sampler of `rows` row ids drawn from `dist`, seeded by `seed`.
     pub fn new(rows: u64, dist: RowDist, seed: u64) -> Result<Self> {
         let zipf = match dist {
             RowDist::Uniform => None,
@@ -243,11 +248,17 @@ mod tests {
 /// `batch_rows` ids (drawn before the clock starts) against the store.
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
+    /// Row ids per batch.
     pub batch_rows: usize,
+    /// Measured batches per thread.
     pub batches: usize,
+    /// Batches per thread run before the clock starts (the stats are reset after them).
     pub warmup_batches: usize,
+    /// Threads issuing batches at once.
     pub threads: usize,
+    /// How row ids are drawn.
     pub dist: RowDist,
+    /// Seed of the id streams (the same seed gives the same ids).
     pub seed: u64,
     /// Layer indices used round-robin (empty: all).
     pub layers: Vec<usize>,
@@ -258,26 +269,45 @@ pub struct BenchSpec {
 /// What a benchmark measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchReport {
+    /// Backend that served the reads.
     pub backend: String,
+    /// Threads that issued batches.
     pub threads: usize,
+    /// Row ids per batch.
     pub batch_rows: usize,
+    /// Measured batches per thread.
     pub batches: usize,
+    /// Wall-clock seconds of the measured phase.
     pub seconds: f64,
+    /// Rows served per second, all threads together.
     pub rows_per_s: f64,
+    /// Row bytes served per second, in MB (10^6 bytes).
     pub useful_mb_per_s: f64,
+    /// Bytes read from the device per second, in MB (10^6 bytes).
     pub device_mb_per_s: f64,
+    /// Device reads per second.
     pub iops: f64,
+    /// Device bytes over distinct row bytes read (1.0: no waste).
     pub read_amplification: f64,
+    /// Fraction of rows served by the cache, in `[0, 1]`.
     pub cache_hit_rate: f64,
+    /// Median batch latency in microseconds.
     pub batch_p50_us: f64,
+    /// 99th-percentile batch latency in microseconds.
     pub batch_p99_us: f64,
+    /// 99.9th-percentile batch latency in microseconds.
     pub batch_p999_us: f64,
     /// Per device read (submit to completion), pread and uring only.
     pub read_p50_us: f64,
+    /// 99th-percentile device-read latency in microseconds.
     pub read_p99_us: f64,
+    /// 99.9th-percentile device-read latency in microseconds.
     pub read_p999_us: f64,
+    /// CPU seconds (user + system) the process used in the measured phase.
     pub cpu_seconds: f64,
+    /// `cpu_seconds / seconds`: cores kept busy on average.
     pub cpu_cores: f64,
+    /// The store's statistics at the end of the run.
     pub stats: crate::metrics::StatsSnapshot,
 }
 

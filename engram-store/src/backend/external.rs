@@ -2,8 +2,8 @@
 //! Mooncake (the `engram-mooncake` crate) plugs in here without forking the driver.
 //!
 //! The caller puts an [`EngineFactory`] in [`BackendOptions::engine`]; every reader of the
-//! store is then the one batch driver ([`crate::io::Driver`]) over an engine the factory
-//! builds, so read planning, verification of every block against the table's checksums,
+//! store is then the one batch driver (the crate-internal `io::Driver`) over an engine the
+//! factory builds, so read planning, verification of every block against the table's checksums,
 //! scatter, hedged reads, fault injection and latency accounting are exactly those of the
 //! local device tier. The engine only moves bytes of a layer-file range into a staging
 //! lease (see [`crate::io::engine`] for its contract, [`crate::io::staging`] for where it
@@ -40,6 +40,7 @@ pub struct ExternalBackend {
 }
 
 impl ExternalBackend {
+    /// A backend reading through engines that `factory` builds, one per reader.
     pub fn new(
         table: &Arc<Table>,
         options: &BackendOptions,

@@ -32,6 +32,7 @@ pub struct MmapBackend {
 }
 
 impl MmapBackend {
+    /// Maps every layer file of `table`; with `verify`, each checksum block is checked on first use.
     pub fn open(table: &Arc<Table>, verify: bool) -> Result<Self> {
         let mut layers = Vec::with_capacity(table.n_layers());
         for li in 0..table.n_layers() {

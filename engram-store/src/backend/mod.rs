@@ -53,6 +53,7 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// The lowercase name used by `ENGRAM_IO_BACKEND`, flags and stats (`memory`, `uring`, ...).
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Memory => "memory",
@@ -98,8 +99,11 @@ impl fmt::Display for BackendKind {
 /// Storage tiers, for statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tier {
+    /// The store's hot-row cache.
     Cache,
+    /// Rows resident in this process's memory (memory backend, or mmap pages).
     Dram,
+    /// Rows read from a local device (pread, io_uring).
     Ssd,
     /// Another host's memory, through an external engine.
     Remote,
@@ -304,11 +308,15 @@ pub struct IoCounters {
     pub hedged_reads: u64,
     /// Of those: reads of n-gram records, and the distinct rows they served.
     pub record_reads: u64,
+    /// Distinct rows those record reads served.
     pub record_rows: u64,
     /// Nanoseconds planning, submitting, waiting for completions, scattering.
     pub plan_ns: u64,
+    /// Nanoseconds submitting reads.
     pub submit_ns: u64,
+    /// Nanoseconds waiting for completions.
     pub complete_ns: u64,
+    /// Nanoseconds copying rows to their output slots.
     pub scatter_ns: u64,
 }
 
@@ -334,6 +342,7 @@ pub trait RowReader: Send + fmt::Debug {
 
 /// A backend shared by all threads.
 pub trait Backend: Send + Sync + fmt::Debug {
+    /// Which backend this is.
     fn kind(&self) -> BackendKind;
     /// A new per-thread reader.
     fn reader(&self) -> Result<Box<dyn RowReader>>;
@@ -346,6 +355,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
 /// A backend with the reason it was chosen.
 #[derive(Debug, Clone)]
 pub struct Opened {
+    /// The opened backend, shared by the store's threads.
     pub backend: Arc<dyn Backend>,
     /// Why a fallback was taken, if one was.
     pub fallback: Option<String>,

@@ -18,12 +18,13 @@ use crate::metrics::SharedHist;
 use crate::table::Table;
 
 /// Tasks queued to the pool per thread before senders block (back-pressure).
-pub const POOL_QUEUE_PER_THREAD: usize = 64;
+pub(crate) const POOL_QUEUE_PER_THREAD: usize = 64;
 
 /// The layer files of a table opened for device reads, indexed by layer, then the
 /// records file (index `n_layers`) when the store reads records.
 #[derive(Debug)]
 pub struct DeviceFiles {
+    /// (file, path) per layer index, then the records file when present.
     pub files: Vec<(File, PathBuf)>,
     /// Whether O_DIRECT is in effect (the filesystem may refuse it: tmpfs).
     pub direct: bool,
@@ -138,6 +139,7 @@ pub struct PreadBackend {
 }
 
 impl PreadBackend {
+    /// Opens the layer files and starts the pool of `options.pread_threads` threads.
     pub fn new(table: &Arc<Table>, options: &BackendOptions) -> Result<Self> {
         let files = Arc::new(open_direct(table, options.records.as_deref())?);
         let (tx, rx) = bounded::<Task>(options.pread_threads * POOL_QUEUE_PER_THREAD);
@@ -182,7 +184,7 @@ impl Backend for PreadBackend {
 
 /// One reader's view of the pool: its own reply channel.
 #[derive(Debug)]
-pub struct PreadEngine {
+pub(crate) struct PreadEngine {
     tasks: Sender<Task>,
     reply_tx: Sender<Completion>,
     reply_rx: Receiver<Completion>,

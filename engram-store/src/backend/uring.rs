@@ -188,7 +188,7 @@ impl Backend for UringBackend {
 
 /// One ring with the layer files registered (fixed file `i` is layer `i`) and, when
 /// `registered`, the staging allocation as fixed buffer 0.
-pub struct UringEngine {
+pub(crate) struct UringEngine {
     ring: IoUring,
     /// Keeps the registered files open.
     _files: Arc<DeviceFiles>,
@@ -368,15 +368,25 @@ impl Engine for UringEngine {
 /// What [`probe_random_reads`] measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct ProbeResult {
+    /// Reads kept in flight.
     pub queue_depth: usize,
+    /// Bytes per read.
     pub block_bytes: u64,
+    /// Reads completed.
     pub reads: u64,
+    /// Wall-clock seconds of the run.
     pub seconds: f64,
+    /// Reads per second.
     pub iops: f64,
+    /// Bytes read per second, in MB (10^6 bytes).
     pub mb_per_s: f64,
+    /// Mean read latency (submit to completion) in microseconds.
     pub mean_us: f64,
+    /// Median read latency in microseconds.
     pub p50_us: f64,
+    /// 99th-percentile read latency in microseconds.
     pub p99_us: f64,
+    /// 99.9th-percentile read latency in microseconds.
     pub p999_us: f64,
 }
 

@@ -82,8 +82,11 @@ pub trait Outputs {
 /// A batch that has finished (all its reads done, or failed and drained).
 #[derive(Debug)]
 pub struct Finished {
+    /// The batch's id.
     pub batch: BatchId,
+    /// `Ok` when every row arrived; the first error otherwise.
     pub result: Result<()>,
+    /// The batch's I/O accounting.
     pub counters: IoCounters,
 }
 

@@ -11,6 +11,7 @@ use super::staging::Lease;
 pub struct ReadReq {
     /// Layer index (the engine's file table is indexed by it).
     pub file: u32,
+    /// Byte offset in the file, aligned for O_DIRECT.
     pub offset: u64,
     /// Opaque to the engine; comes back in the completion.
     pub tag: u64,
@@ -19,7 +20,9 @@ pub struct ReadReq {
 /// A finished read: the lease is back with the bytes the device wrote.
 #[derive(Debug)]
 pub struct Completion {
+    /// The request's tag.
     pub tag: u64,
+    /// The staging slot, back from the engine with the bytes read.
     pub lease: Lease,
     /// Bytes read, or the OS error.
     pub result: std::io::Result<usize>,
@@ -44,6 +47,7 @@ impl fmt::Display for EngineError {
 /// A device-read mechanism. At most `staging depth` reads are in flight (one per lease),
 /// which every engine must accept without blocking in `submit`.
 pub trait Engine: Send + fmt::Debug {
+    /// Short name for logs (`uring`, `pread`, an external engine's name).
     fn name(&self) -> &'static str;
 
     /// Queues a read. The engine keeps `lease` until the read has completed and returns it

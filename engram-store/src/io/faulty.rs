@@ -54,11 +54,15 @@ impl Fault {
 /// Which reads fail and how.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultPlan {
+    /// Seed of the fault draws (the same seed injects the same faults).
     pub seed: u64,
     /// Probability per read of each fault (checked in this order).
     pub eio: f64,
+    /// Probability per read of a short read, in `[0, 1]`.
     pub short: f64,
+    /// Probability per read of a flipped byte, in `[0, 1]`.
     pub corrupt: f64,
+    /// Probability per read of a delayed completion, in `[0, 1]`.
     pub delay: f64,
     /// Release completions in a shuffled order.
     pub reorder: bool,
@@ -173,6 +177,7 @@ pub struct FaultyEngine {
 }
 
 impl FaultyEngine {
+    /// Wraps `inner`, injecting the faults `plan` draws.
     pub fn new(inner: Box<dyn Engine>, plan: FaultPlan) -> Self {
         tracing::warn!(target: "engram_store", "injecting I/O faults into {}: {plan}", inner.name());
         let rng = SplitMix64(plan.seed ^ 0xFA17_FA17);

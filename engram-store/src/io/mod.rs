@@ -9,12 +9,12 @@
 //! The buffer-extent contract (where the device may write) lives in `staging.rs` alone;
 //! engines only ever see [`staging::Lease`]s.
 
-pub mod driver;
+pub(crate) mod driver;
 pub mod engine;
 pub mod faulty;
 pub mod staging;
 
-pub use driver::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs, Priority};
+pub(crate) use driver::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs, Priority};
 pub use engine::{Completion, Engine, EngineError, ReadReq};
 pub use faulty::{Fault, FaultPlan, IO_FAULTS_ENV};
 pub use staging::{Lease, MAX_STAGING_BYTES, Staging};

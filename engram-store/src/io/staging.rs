@@ -101,10 +101,12 @@ impl Staging {
         })
     }
 
+    /// Slots in the arena (the most reads in flight).
     pub fn depth(&self) -> usize {
         self.mem.depth
     }
 
+    /// Bytes per slot, the longest read one slot takes.
     pub fn slot_bytes(&self) -> usize {
         self.mem.slot_bytes
     }
@@ -161,6 +163,7 @@ pub struct Lease {
 unsafe impl Send for Lease {}
 
 impl Lease {
+    /// Index of the slot the lease holds.
     pub fn slot(&self) -> u32 {
         self.slot
     }
@@ -170,6 +173,7 @@ impl Lease {
         self.len
     }
 
+    /// Whether the lease allows no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
