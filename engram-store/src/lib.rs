@@ -29,6 +29,8 @@ pub mod buffer;
 pub mod cache;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod io;
 pub mod metrics;
 pub mod profile;

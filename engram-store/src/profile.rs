@@ -131,6 +131,13 @@ impl Profile {
         }
         let n_layers = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
         let table_id = le64(b, 16);
+        let reserved = le64(b, 24);
+        if reserved != 0 {
+            return Err(bad(
+                24,
+                format!("reserved field is {reserved:#x}, expected 0"),
+            ));
+        }
         let mut at = 32usize;
         let mut layers = Vec::new();
         for _ in 0..n_layers {

@@ -47,7 +47,12 @@ impl FileConfig {
     /// [`MAX_BUILD_CONFIG_BYTES`]).
     pub fn load(path: &Path) -> Result<Self> {
         let text = read_regular_string(path, MAX_BUILD_CONFIG_BYTES)?;
-        toml::from_str(&text).with_context(|| format!("config {} is invalid", path.display()))
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses the text of a TOML config file read from `path`.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).with_context(|| format!("config {} is invalid", path.display()))
     }
 
     /// Fills every field that `over` sets (flags win over the file).
