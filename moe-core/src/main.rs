@@ -52,6 +52,8 @@ enum Backend {
     Mmap,
     Pread,
     Uring,
+    /// Rows from a Mooncake Store cluster (--mooncake; build with --features mooncake).
+    Mooncake,
 }
 
 #[derive(Debug, Args)]
@@ -64,8 +66,13 @@ struct ModelArgs {
     #[arg(long)]
     engram: Option<PathBuf>,
     /// Store backend (default: $ENGRAM_IO_BACKEND, else io_uring with fallback to pread).
+    /// `mooncake` reads the rows from the cluster --mooncake names, falling back to the
+    /// local table with the reason when the cluster cannot serve it.
     #[arg(long, value_enum)]
     engram_backend: Option<Backend>,
+    /// Mooncake master, HOST:PORT (with --engram-backend mooncake).
+    #[arg(long)]
+    mooncake: Option<String>,
     /// Hot-row cache budget in bytes (seeded from the table's profile.bin when present).
     #[arg(long, default_value_t = 64 << 20)]
     cache_bytes: u64,
@@ -122,11 +129,13 @@ struct EvalArgs {
 
 fn store_options(a: &ModelArgs, table: &Path) -> Result<StoreOptions> {
     let mut o = StoreOptions::default();
-    o.backend.kind = a.engram_backend.map(|b| match b {
-        Backend::Memory => BackendKind::Memory,
-        Backend::Mmap => BackendKind::Mmap,
-        Backend::Pread => BackendKind::Pread,
-        Backend::Uring => BackendKind::Uring,
+    o.backend.kind = a.engram_backend.and_then(|b| match b {
+        Backend::Memory => Some(BackendKind::Memory),
+        Backend::Mmap => Some(BackendKind::Mmap),
+        Backend::Pread => Some(BackendKind::Pread),
+        Backend::Uring => Some(BackendKind::Uring),
+        // The local fallback chooses as auto does.
+        Backend::Mooncake => None,
     });
     o.cache_bytes = a.cache_bytes;
     let profile = table.join(engram_store::profile::PROFILE_FILE);
@@ -223,9 +232,36 @@ fn engram_plan(a: &ModelArgs) -> Result<(EngramUse, Option<EngramSource>)> {
 
 fn open(a: &ModelArgs) -> Result<(Session, EngramUse)> {
     let (using, source) = engram_plan(a)?;
+    if let (Some(src), Some(Backend::Mooncake)) = (&source, a.engram_backend) {
+        return Ok((open_mooncake(a, src)?, using));
+    }
+    if a.mooncake.is_some() {
+        anyhow::bail!("--mooncake is used with --engram-backend mooncake");
+    }
     let s = Session::load(&a.model, a.tokenizer.as_deref(), source.as_ref())
         .with_context(|| format!("loading {}", a.model.display()))?;
     Ok((s, using))
+}
+
+#[cfg(feature = "mooncake")]
+fn open_mooncake(a: &ModelArgs, src: &EngramSource) -> Result<Session> {
+    let master = a
+        .mooncake
+        .as_deref()
+        .context("--engram-backend mooncake needs --mooncake HOST:PORT (the master)")?;
+    let config = engram_mooncake::ClientConfig::new(master)?;
+    // A fallback to the local table is logged with its reason by engram-mooncake.
+    let opened = engram_mooncake::open_store(&src.table, &src.options, &config)
+        .with_context(|| format!("opening {} on Mooncake", src.table.display()))?;
+    Session::load_with_store(&a.model, a.tokenizer.as_deref(), src, opened.store)
+        .with_context(|| format!("loading {}", a.model.display()))
+}
+
+#[cfg(not(feature = "mooncake"))]
+fn open_mooncake(_a: &ModelArgs, _src: &EngramSource) -> Result<Session> {
+    anyhow::bail!(
+        "moe-core was built without Mooncake: rebuild with `cargo build -p moe-core --features mooncake`"
+    )
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {

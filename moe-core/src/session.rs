@@ -31,6 +31,14 @@ pub struct EngramSource {
     pub allow_foreign_table: bool,
 }
 
+/// How the Engram table's store comes to a session.
+enum Rows {
+    /// Open the table with the source's options.
+    Open,
+    /// A store already open on the table.
+    Opened(Store),
+}
+
 /// A model ready to run.
 #[derive(Debug)]
 pub struct Session {
@@ -122,6 +130,26 @@ impl Session {
         tokenizer_path: Option<&Path>,
         engram: Option<&EngramSource>,
     ) -> Result<Self> {
+        Self::load_from(model_dir, tokenizer_path, engram.map(|src| (src, Rows::Open)))
+    }
+
+    /// [`Session::load`] with the Engram rows from a store already open on `src.table` (a
+    /// store over another backend, e.g. Mooncake through `engram-mooncake`;
+    /// `src.options` is not used). The table must match the model as for [`Session::load`].
+    pub fn load_with_store(
+        model_dir: &Path,
+        tokenizer_path: Option<&Path>,
+        src: &EngramSource,
+        store: Store,
+    ) -> Result<Self> {
+        Self::load_from(model_dir, tokenizer_path, Some((src, Rows::Opened(store))))
+    }
+
+    fn load_from(
+        model_dir: &Path,
+        tokenizer_path: Option<&Path>,
+        engram: Option<(&EngramSource, Rows)>,
+    ) -> Result<Self> {
         if !model_dir.is_dir() {
             return Err(Error::Input(format!(
                 "model directory {} does not exist",
@@ -142,26 +170,30 @@ impl Session {
         }
         let max_t = config.max_position_embeddings;
         let memory = match (engram, &config.engram) {
-            (Some(src), Some(e)) => {
+            (Some((src, rows)), Some(e)) => {
+                let table = src.table.as_path();
                 let compression = CompressionTable::from_tokenizer(&tok.tokenizer)?;
                 if compression.sha256_i32le() != e.compression_lookup_sha256_i32le {
                     return Err(Error::TableMismatch {
-                        table: src.table.clone(),
+                        table: table.to_path_buf(),
                         reason: "the tokenizer's compression table differs from the model's".into(),
                     });
                 }
-                let store = Store::open(&src.table, &src.options)?;
+                let store = match rows {
+                    Rows::Open => Store::open(table, &src.options)?,
+                    Rows::Opened(store) => store,
+                };
                 check_table_source(store.table().manifest(), model_dir, &e.table_file, src)?;
                 Some(EngramMemory::new(
                     &config,
                     &weights,
                     compression,
                     store,
-                    &src.table,
+                    table,
                     max_t,
                 )?)
             }
-            (Some(src), None) => {
+            (Some((src, _)), None) => {
                 return Err(Error::TableMismatch {
                     table: src.table.clone(),
                     reason: "the model has no Engram layers".into(),

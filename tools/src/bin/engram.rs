@@ -38,6 +38,12 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Write a synthetic table of a published shape.
     Synth(cmd::synth::Args),
+    /// Upload a table to a Mooncake Store cluster (resumable, verified).
+    Publish(cmd::mooncake::PublishArgs),
+    /// Remove a published table version from Mooncake Store.
+    Unpublish(cmd::mooncake::UnpublishArgs),
+    /// Write the local skeleton of a table published on Mooncake (no rows).
+    Skeleton(cmd::mooncake::SkeletonArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +57,9 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Probe(args) => cmd::probe::run(args),
         Command::Synth(args) => cmd::synth::run(args),
+        Command::Publish(args) => cmd::mooncake::publish(args),
+        Command::Unpublish(args) => cmd::mooncake::unpublish(args),
+        Command::Skeleton(args) => cmd::mooncake::skeleton(args),
     };
     match result {
         Ok(code) => code,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
 use engram_store::workload::{BenchSpec, RowDist, parse_bytes, run_bench};
-use engram_store::{Profile, Store, StoreOptions};
+use engram_store::{Profile, StoreOptions};
 
 use crate::{MAX_THREADS, json_line};
 
@@ -56,6 +56,11 @@ pub struct Args {
     /// Print one JSON Lines record.
     #[arg(long)]
     pub json: bool,
+    /// With --backend mooncake: publish the table into this process's own segment
+    /// (--mooncake-segment-bytes) first and unpublish it after, to measure reads served by
+    /// the process that holds the memory. Replaces any publication of this version.
+    #[arg(long)]
+    pub mooncake_publish_local: bool,
 }
 
 /// Most prefetch tickets in flight per client thread.
@@ -104,8 +109,30 @@ pub fn run(args: Args) -> Result<ExitCode> {
         profile,
         ..StoreOptions::default()
     };
-    let store = Store::open(&args.table, &opts)
-        .with_context(|| format!("opening table {}", args.table.display()))?;
+    let local = if args.mooncake_publish_local {
+        anyhow::ensure!(
+            args.read.is_mooncake(),
+            "--mooncake-publish-local needs --backend mooncake"
+        );
+        let client = args.read.mooncake_client()?;
+        let table = std::sync::Arc::new(engram_store::Table::open(&args.table)?);
+        let keys = engram_mooncake::TableKeys::of(table.manifest())?;
+        let _ = engram_mooncake::unpublish(&client, &keys, None);
+        let po = engram_mooncake::PublishOptions {
+            local_segment: true,
+            ..engram_mooncake::PublishOptions::default()
+        };
+        engram_mooncake::publish(&client, &table, &po, &mut |_| {})
+            .context("publishing into this process's segment")?;
+        let store = engram_mooncake::mooncake_store(std::sync::Arc::clone(&client), table, &opts)?;
+        Some((client, keys, store))
+    } else {
+        None
+    };
+    let store = match &local {
+        Some((_, _, st)) => st.clone(),
+        None => args.read.open_store(&args.table, &opts)?,
+    };
     let spec = BenchSpec {
         batch_rows: args.batch_rows,
         batches: args.batches,
@@ -117,12 +144,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         prefetch_depth: args.prefetch_depth,
     };
     let r = run_bench(&store, &spec)?;
+    let fallback = store.fallback_reason().map(str::to_owned);
+    if let Some((client, keys, st)) = local {
+        drop((store, st));
+        engram_mooncake::unpublish(&client, &keys, None)?;
+    }
     if args.json {
         json_line(
             "bench",
             &serde_json::json!({
                 "table": crate::json_path(&args.table), "dist": args.dist, "queue_depth": args.read.queue_depth,
-                "cache_bytes": opts.cache_bytes, "fallback": store.fallback_reason(),
+                "cache_bytes": opts.cache_bytes, "fallback": fallback,
                 "report": r,
             }),
         );
