@@ -6,6 +6,8 @@
 #   fuzz/fuzz.sh run TARGET [SECONDS] [ARGS] fuzz, growing fuzz/corpus-full/TARGET from the
 #                                            committed fuzz/corpus/TARGET (default 600 s)
 #   fuzz/fuzz.sh merge TARGET                minimise corpus-full/TARGET into corpus/TARGET
+#                                            (-merge=1, then the largest inputs dropped
+#                                            until it fits MAX_CORPUS_BYTES, default 40000)
 #   fuzz/fuzz.sh repro TARGET FILE...        run the target once on each file
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,6 +49,12 @@ merge)
     t=${1:?target}
     tmp=$(mktemp -d)
     nice -n 10 "$BIN/$t" -merge=1 "${LIMITS[@]}" "$tmp" "corpus/$t" "corpus-full/$t"
+    # Keep the committed corpus small: drop the largest inputs until it fits the budget
+    # (the full corpus stays in corpus-full/, which git ignores).
+    budget=${MAX_CORPUS_BYTES:-40000}
+    while [[ $(cat "$tmp"/* 2>/dev/null | wc -c) -gt $budget && $(ls "$tmp" | wc -l) -gt 1 ]]; do
+        rm -f "$tmp/$(ls -S "$tmp" | head -1)"
+    done
     rm -rf "corpus/$t"
     mv "$tmp" "corpus/$t"
     ;;

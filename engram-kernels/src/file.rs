@@ -502,6 +502,9 @@ mod tests {
             &format!("{sha}  ../w.bin"),
             &format!("{sha}  "),
             &format!("{sha}  w.bin\n{sha}  w.bin"),
+            // Found by fuzzing: a name ending in a bare CR did not survive a rewrite.
+            &format!("{sha}  w.bin\r\r\n"),
+            &format!("{sha}  w\u{1b}.bin"),
         ] {
             let e = Sha256Sums::parse(bad, &sums_path).expect_err(bad);
             assert!(matches!(e, FileError::Checksums { .. }), "{bad:?}: {e}");

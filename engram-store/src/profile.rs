@@ -305,6 +305,15 @@ mod tests {
             );
         }
         assert!(Profile::from_bytes(&b[..b.len() - 1], Path::new("p")).is_err());
+        // Found by fuzzing: a nonzero reserved field (offset 24) under a valid checksum was
+        // accepted, and the profile did not serialize back to its bytes.
+        let mut c = b.clone();
+        c[24] = 1;
+        let body = c.len() - 8;
+        let sum = xxh3_64(&c[..body]);
+        c[body..].copy_from_slice(&sum.to_le_bytes());
+        let e = Profile::from_bytes(&c, Path::new("p")).expect_err("reserved");
+        assert!(matches!(e, Error::Profile { offset: 24, .. }), "{e}");
     }
 
     #[test]

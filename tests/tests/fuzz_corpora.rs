@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+/// A fuzz entry point: runs one input, panics on a broken invariant.
+type FuzzFn = fn(&[u8]);
+
 /// Each fuzz target and the function it runs (the bins in `fuzz/fuzz_targets/`).
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, FuzzFn)] = &[
     ("manifest", engram_store::fuzz::manifest),
     ("layer_header", engram_store::fuzz::layer_header),
     ("profile", engram_store::fuzz::profile),

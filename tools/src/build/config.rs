@@ -278,6 +278,20 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_max_ngram_is_an_error_not_an_allocation() {
+        // Found by fuzzing (fuzz/regressions/build_config/max-ngram-huge): the per-order base
+        // sizes were allocated from max_ngram before it was validated.
+        for text in [
+            "preset = \"v41\"\nmax_ngram = 66666666666666666\n",
+            "max_ngram = 66666666666666666\nbase_size = 5\n",
+        ] {
+            let file = FileConfig::from_toml(text, Path::new("c.toml")).expect("parses");
+            let e = file.resolve(&[]).expect_err(text);
+            assert!(format!("{e:#}").contains("max_ngram"), "{e:#}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         let bad = [
             FileConfig {
