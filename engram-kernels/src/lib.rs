@@ -110,6 +110,8 @@ pub mod cuda;
 pub mod error;
 pub mod fastmod;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gate;
 pub mod gather;
 pub mod hash;

@@ -195,6 +195,8 @@ pub mod buffer;
 pub mod cache;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod io;
 pub mod metrics;
 pub mod profile;

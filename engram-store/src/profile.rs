@@ -132,6 +132,13 @@ impl Profile {
         }
         let n_layers = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
         let table_id = le64(b, 16);
+        let reserved = le64(b, 24);
+        if reserved != 0 {
+            return Err(bad(
+                24,
+                format!("reserved field is {reserved:#x}, expected 0"),
+            ));
+        }
         let mut at = 32usize;
         let mut layers = Vec::new();
         for _ in 0..n_layers {
@@ -299,6 +306,15 @@ mod tests {
             );
         }
         assert!(Profile::from_bytes(&b[..b.len() - 1], Path::new("p")).is_err());
+        // Found by fuzzing: a nonzero reserved field (offset 24) under a valid checksum was
+        // accepted, and the profile did not serialize back to its bytes.
+        let mut c = b.clone();
+        c[24] = 1;
+        let body = c.len() - 8;
+        let sum = xxh3_64(&c[..body]);
+        c[body..].copy_from_slice(&sum.to_le_bytes());
+        let e = Profile::from_bytes(&c, Path::new("p")).expect_err("reserved");
+        assert!(matches!(e, Error::Profile { offset: 24, .. }), "{e}");
     }
 
     #[test]

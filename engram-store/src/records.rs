@@ -346,27 +346,76 @@ impl RecordsWriter {
     }
 }
 
-impl Records {
-    /// Opens and validates `path` against `table` (table id, row size, heads, layers,
-    /// every section's checksum); unit checksums are checked on every read.
-    pub fn open(path: &Path, table: &crate::table::Table) -> Result<Self> {
+/// What a records file must agree with: the facts of the table it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsBinding {
+    /// The table's `table_id` (0 when the manifest has none).
+    pub table_id: u64,
+    pub row_bytes: usize,
+    /// Hash heads, the rows of one record.
+    pub n_heads: usize,
+    /// (table layers,) `(layer id, rows)` of each layer index
+    pub layers: Vec<(u64, u64)>,
+}
+
+impl RecordsBinding {
+    /// The binding of an opened table.
+    pub fn of(table: &crate::table::Table) -> Result<Self> {
+        let layers = (0..table.n_layers())
+            .map(|i| Ok((table.manifest().layers[i].layer_id, table.rows(i)?)))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            table_id: table.manifest().table_id_u64().unwrap_or(0),
+            row_bytes: table.row_bytes(),
+            n_heads: table.layout().config.n_heads,
+            layers,
+        })
+    }
+}
+
+/// A validated records file apart from its file handle: what [`Records::open`] checks,
+/// also reachable from bytes in memory (the fuzz target and its regression test).
+#[derive(Debug)]
+pub struct RecordsIndex {
+    pub shape: RecordShape,
+    /// (table layers,) records of each layer index (empty where the file has none)
+    pub layers: Vec<Option<LayerRecords>>,
+}
+
+impl RecordsIndex {
+    /// Validates a whole records file held in memory (as [`Records::open`] would the file).
+    #[doc(hidden)]
+    pub fn from_bytes(bytes: &[u8], path: &Path, binding: &RecordsBinding) -> Result<Self> {
+        let size = bytes.len() as u64;
+        Self::parse(path, size, binding, &mut |buf: &mut [u8], at: u64| {
+            let range = usize::try_from(at)
+                .ok()
+                .and_then(|at| Some(at..at.checked_add(buf.len())?));
+            let src = range
+                .and_then(|r| bytes.get(r))
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+            buf.copy_from_slice(src);
+            Ok(())
+        })
+    }
+
+    /// Validates a records file of `size` bytes read through `read_at(buf, offset)`.
+    fn parse(
+        path: &Path,
+        size: u64,
+        binding: &RecordsBinding,
+        read_at: &mut dyn FnMut(&mut [u8], u64) -> std::io::Result<()>,
+    ) -> Result<Self> {
         let bad = |offset: u64, reason: String| Error::Records {
             path: path.to_path_buf(),
             offset,
             reason,
         };
-        let (file, size) =
-            engram_kernels::file::open_regular(path).map_err(|e| Error::Records {
-                path: path.to_path_buf(),
-                offset: 0,
-                reason: e.to_string(),
-            })?;
         if size < HEADER_BYTES {
             return Err(bad(0, format!("{size} bytes is shorter than the header")));
         }
         let mut h = vec![0u8; HEADER_BYTES as usize];
-        file.read_exact_at(&mut h, 0)
-            .map_err(|e| io_at("read header", path, 0, e))?;
+        read_at(&mut h, 0).map_err(|e| io_at("read header", path, 0, e))?;
         if h[..8] != RECORDS_MAGIC {
             return Err(bad(0, "bad magic (expected ENGRAMRC)".into()));
         }
@@ -389,7 +438,7 @@ impl Records {
         }
         let n_layers = le32(&h, 12) as usize;
         let table_id = le64(&h, 16);
-        let want_id = table.manifest().table_id_u64().unwrap_or(0);
+        let want_id = binding.table_id;
         if table_id != want_id {
             return Err(bad(
                 16,
@@ -398,8 +447,8 @@ impl Records {
         }
         let k = le32(&h, 24);
         let shape = RecordShape::new(k, le32(&h, 28))?;
-        if shape.row_bytes as usize != table.row_bytes()
-            || k as usize != table.layout().config.n_heads
+        if shape.row_bytes as usize != binding.row_bytes
+            || k as usize != binding.n_heads
             || le32(&h, 32) != shape.records_per_unit
             || le32(&h, 36) != shape.unit_bytes
         {
@@ -411,20 +460,21 @@ impl Records {
                     le32(&h, 28),
                     le32(&h, 32),
                     le32(&h, 36),
-                    table.layout().config.n_heads,
-                    table.row_bytes()
+                    binding.n_heads,
+                    binding.row_bytes
                 ),
             ));
         }
         if n_layers > MAX_RECORD_LAYERS {
             return Err(bad(12, format!("{n_layers} layers")));
         }
-        let mut layers: Vec<Option<LayerRecords>> = (0..table.n_layers()).map(|_| None).collect();
+        let mut layers: Vec<Option<LayerRecords>> =
+            (0..binding.layers.len()).map(|_| None).collect();
         for i in 0..n_layers {
             let at = DIR_AT + i * DIR_ENTRY;
             let d = DirEntry::decode(&h[at..at + DIR_ENTRY]);
             let li = d.layer_index as usize;
-            let rows = table.rows(li).map_err(|_| {
+            let (layer_id, rows) = *binding.layers.get(li).ok_or_else(|| {
                 bad(
                     at as u64,
                     format!("layer index {li} is not a layer of the table"),
@@ -448,7 +498,7 @@ impl Records {
                 ));
             }
             let mut raw = vec![0u8; index_len as usize];
-            file.read_exact_at(&mut raw, d.index_offset)
+            read_at(&mut raw, d.index_offset)
                 .map_err(|e| io_at("read records index", path, d.index_offset, e))?;
             if xxh3_64(&raw) != d.index_xxh3 {
                 return Err(bad(
@@ -470,7 +520,7 @@ impl Records {
                 index.entry(row).or_insert((rec, pos));
             }
             let mut raw = vec![0u8; (n_units * 8) as usize];
-            file.read_exact_at(&mut raw, d.checksums_offset)
+            read_at(&mut raw, d.checksums_offset)
                 .map_err(|e| io_at("read records checksums", path, d.checksums_offset, e))?;
             let checksums: Vec<u64> = raw.chunks_exact(8).map(|c| le64(c, 0)).collect();
             if checksums_checksum(&checksums) != d.checksums_xxh3 {
@@ -480,7 +530,7 @@ impl Records {
                 ));
             }
             layers[li] = Some(LayerRecords {
-                layer_id: table.manifest().layers[li].layer_id,
+                layer_id,
                 n_records: d.n_records,
                 data_offset: d.data_offset,
                 data_bytes: d.data_bytes,
@@ -488,6 +538,69 @@ impl Records {
                 checksums,
             });
         }
+        Ok(Self { shape, layers })
+    }
+}
+
+/// Makes every checksum that [`RecordsIndex::from_bytes`] checks agree with the bytes of a
+/// whole records file in memory (each layer's index and checksum table where they lie
+/// inside `file`, then the header), so a fuzzer reaches the checks behind them.
+#[doc(hidden)]
+pub fn fix_checksums(file: &mut [u8]) {
+    if file.len() < HEADER_BYTES as usize {
+        return;
+    }
+    let n_layers = (le32(file, 12) as usize).min(MAX_RECORD_LAYERS);
+    let shape = RecordShape::new(le32(file, 24), le32(file, 28)).ok();
+    let section = |file: &[u8], at: u64, len: u64| -> Option<std::ops::Range<usize>> {
+        let at = usize::try_from(at).ok()?;
+        let end = at.checked_add(usize::try_from(len).ok()?)?;
+        (end <= file.len()).then_some(at..end)
+    };
+    for i in 0..n_layers {
+        let at = DIR_AT + i * DIR_ENTRY;
+        let mut d = DirEntry::decode(&file[at..at + DIR_ENTRY]);
+        let k = u64::from(le32(file, 24));
+        if let Some(r) = d
+            .n_records
+            .checked_mul(k)
+            .and_then(|n| n.checked_mul(8))
+            .and_then(|len| section(file, d.index_offset, len))
+        {
+            d.index_xxh3 = xxh3_64(&file[r]);
+        }
+        if let Some(r) = shape
+            .and_then(|s| {
+                d.n_records
+                    .div_ceil(u64::from(s.records_per_unit))
+                    .checked_mul(8)
+            })
+            .and_then(|len| section(file, d.checksums_offset, len))
+        {
+            let sums: Vec<u64> = file[r].chunks_exact(8).map(|c| le64(c, 0)).collect();
+            d.checksums_xxh3 = checksums_checksum(&sums);
+        }
+        d.encode(&mut file[at..at + DIR_ENTRY]);
+    }
+    let sum = xxh3_64(&file[..HEADER_SUM_AT]);
+    file[HEADER_SUM_AT..HEADER_BYTES as usize].copy_from_slice(&sum.to_le_bytes());
+}
+
+impl Records {
+    /// Opens and validates `path` against `table` (table id, row size, heads, layers,
+    /// every section's checksum); unit checksums are checked on every read.
+    pub fn open(path: &Path, table: &crate::table::Table) -> Result<Self> {
+        let (file, size) =
+            engram_kernels::file::open_regular(path).map_err(|e| Error::Records {
+                path: path.to_path_buf(),
+                offset: 0,
+                reason: e.to_string(),
+            })?;
+        let binding = RecordsBinding::of(table)?;
+        let RecordsIndex { shape, layers } =
+            RecordsIndex::parse(path, size, &binding, &mut |buf: &mut [u8], at: u64| {
+                file.read_exact_at(buf, at)
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             file,

@@ -157,8 +157,13 @@ impl ModelConfig {
     /// Reads `config.json` (checked against the `SHA256SUMS` beside it) and validates it.
     pub fn load(path: &Path) -> Result<Self> {
         let (bytes, _) = engram_kernels::file::read_checked(path, MAX_CONFIG_BYTES)?;
+        Self::from_json(&bytes, path)
+    }
+
+    /// Parses and validates the bytes of `config.json` read from `path`.
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
         let c: ModelConfig =
-            serde_json::from_slice(&bytes).map_err(|e| config_err(path, e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| config_err(path, e.to_string()))?;
         c.validate(path)?;
         Ok(c)
     }

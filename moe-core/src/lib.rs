@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod golden;
 pub mod model;
 pub mod sampler;

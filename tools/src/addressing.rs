@@ -66,6 +66,18 @@ pub struct AddressingArgs {
     pub pad_id: Option<i64>,
 }
 
+/// One base size per hashed order (2..=max_ngram). Sized before `validate` runs, so never
+/// longer than a valid config allows: an oversized `max_ngram` (found by fuzzing: 6.7e16
+/// asked for a 533 PB vector) is then rejected by `validate`, which checks it first.
+fn per_order(base: u64, max_ngram: usize) -> Vec<u64> {
+    vec![
+        base;
+        max_ngram
+            .saturating_sub(1)
+            .min(engram_kernels::layout::MAX_NGRAM_LIMIT)
+    ]
+}
+
 impl AddressingArgs {
     /// The resulting config, validated.
     pub fn config(&self) -> Result<EngramConfig> {
@@ -74,13 +86,13 @@ impl AddressingArgs {
             c.max_ngram = n;
             // Keep one base size per order when only the order changes.
             let base = c.base_sizes.first().copied().unwrap_or(1);
-            c.base_sizes = vec![base; n.saturating_sub(1)];
+            c.base_sizes = per_order(base, n);
         }
         if let Some(k) = self.heads {
             c.n_heads = k;
         }
         if let Some(s) = self.base_size {
-            c.base_sizes = vec![s; c.max_ngram.saturating_sub(1)];
+            c.base_sizes = per_order(s, c.max_ngram);
         }
         if let Some(s) = &self.base_sizes {
             c.base_sizes = s.clone();

@@ -4,6 +4,8 @@
 pub mod addressing;
 pub mod build;
 pub mod cmd;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod vectors;
 pub mod vectors_forward;
 

@@ -214,7 +214,16 @@ fn rectangular<T>(rows: &[Vec<T>], what: &str) -> Result<(usize, usize)> {
 /// Checks one `engram-hash-v1` file.
 pub fn check_hash_file(path: &Path, options: &HashCheckOptions) -> Result<VectorReport> {
     let text = read_regular_string(path, MAX_VECTOR_FILE_BYTES)?;
-    let file: HashFile = serde_json::from_str(&text)
+    check_hash_text(&text, path, options)
+}
+
+/// Checks the text of an `engram-hash-v1` file read from `path`.
+pub fn check_hash_text(
+    text: &str,
+    path: &Path,
+    options: &HashCheckOptions,
+) -> Result<VectorReport> {
+    let file: HashFile = serde_json::from_str(text)
         .with_context(|| format!("{} is not an engram-hash-v1 file", path.display()))?;
     ensure!(
         file.format == "engram-hash-v1",

@@ -53,7 +53,12 @@ impl FileConfig {
     /// [`MAX_BUILD_CONFIG_BYTES`]).
     pub fn load(path: &Path) -> Result<Self> {
         let text = read_regular_string(path, MAX_BUILD_CONFIG_BYTES)?;
-        toml::from_str(&text).with_context(|| format!("config {} is invalid", path.display()))
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses the text of a TOML config file read from `path`.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).with_context(|| format!("config {} is invalid", path.display()))
     }
 
     /// Fills every field that `over` sets (flags win over the file).
@@ -305,6 +310,20 @@ mod tests {
         assert_eq!(plan.engram.base_sizes, [1000, 1000, 1000]);
         assert_eq!(plan.dim, 256);
         assert!(toml::from_str::<FileConfig>("hedas = 3\n").is_err());
+    }
+
+    #[test]
+    fn an_oversized_max_ngram_is_an_error_not_an_allocation() {
+        // Found by fuzzing (fuzz/regressions/build_config/max-ngram-huge): the per-order base
+        // sizes were allocated from max_ngram before it was validated.
+        for text in [
+            "preset = \"v41\"\nmax_ngram = 66666666666666666\n",
+            "max_ngram = 66666666666666666\nbase_size = 5\n",
+        ] {
+            let file = FileConfig::from_toml(text, Path::new("c.toml")).expect("parses");
+            let e = file.resolve(&[]).expect_err(text);
+            assert!(format!("{e:#}").contains("max_ngram"), "{e:#}");
+        }
     }
 
     #[test]

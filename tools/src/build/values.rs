@@ -89,10 +89,24 @@ impl Checkpoints {
                 Some(sums) => sums.check(p, &bytes)?,
                 None => sha256_hex(&bytes),
             };
-            SafeTensors::deserialize(&bytes)
-                .with_context(|| format!("{} is not a safetensors file", p.display()))?;
             files.push((p.clone(), bytes));
             sha256.push(sha);
+        }
+        Self::from_files(files, sha256)
+    }
+
+    /// Checkpoints already read: `(path, bytes)` of each file and its SHA-256 (lower-case
+    /// hex), in the same order. Every file must be safetensors.
+    pub fn from_files(files: Vec<(PathBuf, Vec<u8>)>, sha256: Vec<String>) -> Result<Self> {
+        ensure!(
+            files.len() == sha256.len(),
+            "{} checkpoint files but {} SHA-256 sums",
+            files.len(),
+            sha256.len()
+        );
+        for (p, bytes) in &files {
+            SafeTensors::deserialize(bytes)
+                .with_context(|| format!("{} is not a safetensors file", p.display()))?;
         }
         Ok(Self { files, sha256 })
     }

@@ -1,0 +1,99 @@
+//! Fuzz entry points: one function per parser of this crate, shared by the libFuzzer
+//! targets in `fuzz/` and the regression test over their corpora (`tests/tests/
+//! fuzz_corpora.rs`), so the two cannot drift. Each returns normally on any input; a panic,
+//! including a failed invariant assertion below, is a bug.
+//!
+//! Parsers behind a checksum are also fed a copy with the checksum made right, so the
+//! fuzzer reaches the field checks behind it instead of stopping at the mismatch.
+#![allow(clippy::panic, clippy::unwrap_used)]
+
+use std::path::Path;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::format::{HEADER_BYTES, LayerHeader, Manifest, header_checksum};
+use crate::profile::Profile;
+use crate::records::{RecordsBinding, RecordsIndex};
+
+/// `manifest.json`: parse and validate, derive the layout and every layer's expected
+/// header; a parsed manifest serializes and parses back to itself (sealed).
+pub fn manifest(data: &[u8]) {
+    let path = Path::new("fuzz/manifest.json");
+    let Ok(m) = Manifest::from_json(data, path) else {
+        return;
+    };
+    if m.derive_layout(path).is_ok() {
+        for (i, l) in m.layers.iter().enumerate() {
+            let _ = LayerHeader::expected(&m, i as u32, l.layer_id, l.rows);
+        }
+    }
+    let json = m.to_json().expect("a parsed manifest serializes");
+    let back = Manifest::from_json(&json, path).expect("a serialized manifest parses");
+    let mut sealed = m.clone();
+    sealed.seal().expect("a parsed manifest seals");
+    assert_eq!(back, sealed, "manifest round trip");
+}
+
+/// A layer file's 4096-byte header: a decoded header encodes back to the same bytes.
+pub fn layer_header(data: &[u8]) {
+    check_layer_header(data);
+    let n = HEADER_BYTES as usize;
+    if data.len() >= n {
+        let mut b = data[..n].to_vec();
+        let sum = header_checksum(&b[..n - 8]);
+        b[n - 8..].copy_from_slice(&sum.to_le_bytes());
+        check_layer_header(&b);
+    }
+}
+
+fn check_layer_header(b: &[u8]) {
+    let Ok((h, sum)) = LayerHeader::decode(b, Path::new("fuzz/layer.bin"), 0) else {
+        return;
+    };
+    let n = HEADER_BYTES as usize;
+    assert_eq!(h.encode(), b[..n], "layer header round trip");
+    assert_eq!(sum, header_checksum(&b[..n - 8]));
+}
+
+/// `profile.bin`: a parsed profile serializes to the same bytes.
+pub fn profile(data: &[u8]) {
+    check_profile(data);
+    if data.len() >= 8 {
+        let mut b = data.to_vec();
+        let body = b.len() - 8;
+        let sum = xxh3_64(&b[..body]);
+        b[body..].copy_from_slice(&sum.to_le_bytes());
+        check_profile(&b);
+    }
+}
+
+fn check_profile(b: &[u8]) {
+    if let Ok(p) = Profile::from_bytes(b, Path::new("fuzz/profile.bin")) {
+        assert_eq!(p.to_bytes(), b, "profile round trip");
+    }
+}
+
+/// The table every fuzzed `records.bin` is bound to: 2 heads of 16-byte rows, layers of
+/// 1000 and 300 rows (ids 1 and 4), table id 0x0123456789abcdef. The seeds are written for
+/// it (`fuzz/seeds.py`).
+pub fn records_binding() -> RecordsBinding {
+    RecordsBinding {
+        table_id: 0x0123_4567_89ab_cdef,
+        row_bytes: 16,
+        n_heads: 2,
+        layers: vec![(1, 1000), (4, 300)],
+    }
+}
+
+/// `records.bin` against [`records_binding`]; a copy gets its header checksum and each
+/// layer's index and checksum-table checksums made right.
+pub fn records(data: &[u8]) {
+    let path = Path::new("fuzz/records.bin");
+    let binding = records_binding();
+    let _ = RecordsIndex::from_bytes(data, path, &binding);
+    if data.len() >= 4096 {
+        let mut b = data.to_vec();
+        crate::records::fix_checksums(&mut b);
+        let _ = RecordsIndex::from_bytes(&b, path, &binding);
+    }
+}

@@ -1,0 +1,3 @@
+#![no_main]
+//! profile.bin: parse, validate, round trip.
+engram_fuzz::target!(engram_store::fuzz::profile);
