@@ -134,6 +134,13 @@ pub enum Error {
         offset: u64,
         reason: String,
     },
+    /// A candidates file is malformed.
+    #[error("invalid candidates file {path} at offset {offset}: {reason}")]
+    Candidates {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     /// A feature that is not compiled into this build.
     #[error("{what} is not compiled in: rebuild with `--features {feature}`")]
     NotCompiled {

@@ -81,6 +81,7 @@ fn main() -> Result<()> {
                 &layout,
                 &hasher,
                 &counters,
+                None,
                 &progress,
             )
         })?;

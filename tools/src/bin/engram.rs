@@ -38,6 +38,8 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Write a synthetic table of a published shape.
     Synth(cmd::synth::Args),
+    /// Replay held-out text as decode traffic: stall, slowdown vs DRAM, hit rates, IOPS.
+    Replay(cmd::replay::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Probe(args) => cmd::probe::run(args),
         Command::Synth(args) => cmd::synth::run(args),
+        Command::Replay(args) => cmd::replay::run(args),
     };
     match result {
         Ok(code) => code,

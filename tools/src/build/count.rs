@@ -15,6 +15,7 @@ use engram_store::profile::LayerProfile;
 use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
+use super::candidates::{CandidateCounter, DocScratch};
 use super::corpus::{self, CorpusOptions, Skip, Source};
 
 /// Hit counters of every row of every layer, in shards of contiguous rows.
@@ -180,7 +181,8 @@ pub struct CountSummary {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Runs the pipeline over `sources` on the current rayon pool.
+/// Runs the pipeline over `sources` on the current rayon pool; with `candidates`, also
+/// counts every position's continuation for the candidate table.
 #[allow(clippy::too_many_arguments)]
 pub fn count(
     sources: &[Source],
@@ -190,6 +192,7 @@ pub fn count(
     layout: &EngramLayout,
     hasher: &NgramHasher,
     counters: &Counters,
+    candidates: Option<&CandidateCounter>,
     progress: &Progress,
 ) -> Result<CountSummary> {
     let heads = hasher.n_hash_heads();
@@ -200,6 +203,7 @@ pub fn count(
             let mut compressed = Vec::new();
             let mut rows = Vec::new();
             let mut batch = counters.batcher();
+            let mut doc_scratch = DocScratch::default();
             for text in &docs.texts {
                 let encoding = tokenizer
                     .encode(text.as_str(), false)
@@ -217,6 +221,9 @@ pub fn count(
                     compressed.push(table.compress_id(i64::from(id)).with_context(|| {
                         format!("the tokenizer produced id {id}, outside the compression table")
                     })?);
+                }
+                if let Some(c) = candidates {
+                    c.observe(ids, &compressed, &mut doc_scratch)?;
                 }
                 rows.resize(ids.len() * heads, 0);
                 // Each document is its own sequence: it starts with left padding.

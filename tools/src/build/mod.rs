@@ -3,8 +3,9 @@
 //! Phases: resolve config -> load tokenizer and compression table -> (dry run stops here)
 //! -> discover inputs -> count row hits (read, tokenize in parallel, compress, hash, count)
 //! -> rank the profile -> stream rows through `engram-store`'s writer (atomic publication)
-//! -> write the profile beside the manifest.
+//! -> write the profile and the next-token candidate table beside the manifest.
 
+pub mod candidates;
 pub mod config;
 pub mod corpus;
 pub mod count;
@@ -93,6 +94,14 @@ pub struct BuildArgs {
     /// Print nothing but errors.
     #[arg(long)]
     pub quiet: bool,
+    /// Byte budget of the next-token candidate table (candidates.bin, for speculative
+    /// prefetch), e.g. 16M; 0 writes none. Counting holds up to 16 M distinct
+    /// (context, next token) pairs in memory (about 700 MB).
+    #[arg(long, default_value = "16M")]
+    pub candidates_bytes: String,
+    /// Next-token candidates kept per context (1..=64).
+    #[arg(long, default_value_t = candidates::DEFAULT_K)]
+    pub candidates_k: usize,
 }
 
 impl BuildArgs {
@@ -218,6 +227,14 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     }
     let mode = Mode::choose(args.json, args.quiet);
     let started = Instant::now();
+    let candidates_bytes = engram_store::workload::parse_bytes(&args.candidates_bytes)
+        .context("--candidates-bytes")?;
+    anyhow::ensure!(
+        (1..=engram_store::candidates::MAX_CANDIDATES_K).contains(&args.candidates_k),
+        "--candidates-k {}: expected 1..={}",
+        args.candidates_k,
+        engram_store::candidates::MAX_CANDIDATES_K
+    );
 
     let tok_path = tokenizer::resolve_path(plan.tokenizer.as_deref())?;
     let tok = tokenizer::load(&tok_path)?;
@@ -319,6 +336,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             })
             .sum();
         let counters = count::Counters::new(&layout)?;
+        let continuations = (candidates_bytes > 0).then(candidates::CandidateCounter::default);
         let progress = count::Progress::default();
         let mut phase = Phase::start(mode, "count", "bytes", total_bytes);
         let t0 = Instant::now();
@@ -333,6 +351,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
                         &layout,
                         &hasher,
                         &counters,
+                        continuations.as_ref(),
                         &progress,
                     )
                 })
@@ -371,7 +390,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             .enumerate()
             .map(|(i, l)| count::profile_layer(&counters, i, l.layer_id))
             .collect();
-        counted = Some((summary, secs, profiles));
+        counted = Some((summary, secs, profiles, continuations));
     }
 
     // Write the table.
@@ -416,7 +435,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         "row_bytes": est.row_bytes,
         "write_seconds": write_secs,
     });
-    if let Some((counts, count_secs, profiles)) = counted {
+    if let Some((counts, count_secs, profiles, continuations)) = counted {
         let profile = Profile {
             table_id: manifest.table_id_u64().unwrap_or(0),
             layers: profiles,
@@ -444,6 +463,23 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             "tokens_per_second": counts.tokens as f64 / count_secs.max(1e-9),
         });
         summary["profile"] = serde_json::json!({ "file": PROFILE_FILE, "layers": layers });
+        if let Some(c) = continuations {
+            let table_id = manifest.table_id_u64().unwrap_or(0);
+            match c.finish(table_id, args.candidates_k, candidates_bytes)? {
+                Some((table, s)) => {
+                    table.write(
+                        &args.out.join(engram_store::candidates::CANDIDATES_FILE),
+                        true,
+                    )?;
+                    summary["candidates"] = serde_json::to_value(&s)?;
+                }
+                None => report::warning(
+                    mode,
+                    "candidates",
+                    "no context fits the budget or repeats often enough: no candidates.bin",
+                ),
+            }
+        }
     }
     summary["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
     match mode {
@@ -499,5 +535,15 @@ fn print_summary(s: &serde_json::Value) {
             );
         }
         crate::outln!("profile: {}", PROFILE_FILE);
+    }
+    if let Some(c) = s.get("candidates") {
+        crate::outln!(
+            "candidates: {} of {} contexts x {} next tokens ({}), right for {:.1}% of the corpus's positions",
+            c["contexts_kept"],
+            c["contexts_seen"],
+            c["k"],
+            human(c["bytes"].as_u64().unwrap_or(0)),
+            c["in_sample_hit_share"].as_f64().unwrap_or(0.0) * 100.0
+        );
     }
 }

@@ -6,5 +6,6 @@ pub mod inspect;
 pub mod lookup;
 pub mod probe;
 pub mod read_args;
+pub mod replay;
 pub mod synth;
 pub mod vectors;
