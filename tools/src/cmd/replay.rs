@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -17,7 +18,9 @@ use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{CompressionTable, tokenizer};
 use engram_store::candidates::{CANDIDATES_FILE, MAX_CANDIDATES_K};
 use engram_store::workload::parse_bytes;
-use engram_store::{AlignedBuf, Candidates, Profile, Speculation, Store, StoreOptions, Table};
+use engram_store::{
+    AlignedBuf, Candidates, Profile, Speculation, Store, StoreOptions, Table, Ticket,
+};
 use rayon::prelude::*;
 
 use crate::build::PROFILE_FILE;
@@ -338,8 +341,20 @@ fn timing(args: &Args, layer_ids: &[u64]) -> Result<Timing> {
     Ok(Timing { step, deadlines })
 }
 
-/// Runs the command.
-pub fn run(args: Args) -> Result<ExitCode> {
+/// What a run reads before it starts: the table and its addressing, the held-out stream,
+/// the profile and the candidates.
+struct Inputs {
+    table: Arc<Table>,
+    compression: CompressionTable,
+    hasher: NgramHasher,
+    stream: Stream,
+    tokenize_secs: f64,
+    profile_path: Option<PathBuf>,
+    profile: Option<Profile>,
+    candidates: Option<Candidates>,
+}
+
+fn check_args(args: &Args) -> Result<()> {
     ensure!(
         (1..=MAX_BATCH).contains(&args.batch),
         "--batch {}: expected 1..={MAX_BATCH}",
@@ -357,10 +372,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
              yet); run without --records"
         );
     }
-    let table = std::sync::Arc::new(
-        Table::open(&args.table).with_context(|| format!("opening {}", args.table.display()))?,
-    );
-    let manifest = table.manifest().clone();
+    Ok(())
+}
+
+fn open_inputs(args: &Args, table: Arc<Table>) -> Result<Inputs> {
+    let manifest = table.manifest();
     let tok_path = tokenizer::resolve_path(args.tokenizer.as_deref())?;
     let tok = tokenizer::load(&tok_path)?;
     table.check_tokenizer(&tok.sha256)?;
@@ -371,27 +387,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         compression.compressed_vocab_size(),
         manifest.compressed_vocab_size
     );
-    let layout = table.layout().clone();
-    let hasher = NgramHasher::new(&layout, HashOptions::default())?;
-    let heads = hasher.n_hash_heads();
-    let n_layers = table.n_layers();
-    let layer_ids: Vec<u64> = layout.layers.iter().map(|l| l.layer_id).collect();
-    let timing = timing(&args, &layer_ids)?;
-    let rows_total: u64 = (0..n_layers)
-        .map(|li| table.rows(li))
-        .sum::<Result<_, _>>()?;
-    let table_row_bytes = rows_total * manifest.row_bytes;
-
-    let t_load = Instant::now();
-    let stream = load_stream(&args, &tok.tokenizer, &compression)?;
+    let hasher = NgramHasher::new(table.layout(), HashOptions::default())?;
+    let t = Instant::now();
+    let stream = load_stream(args, &tok.tokenizer, &compression)?;
     ensure!(
         stream.raw.len() >= args.batch,
         "the held-out text has {} tokens, fewer than --batch {}",
         stream.raw.len(),
         args.batch
     );
-    let tokenize_secs = t_load.elapsed().as_secs_f64();
-
+    let tokenize_secs = t.elapsed().as_secs_f64();
     let profile_path = match (&args.profile, args.no_profile) {
         (_, true) => None,
         (Some(p), false) => Some(p.clone()),
@@ -422,191 +427,317 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         None
     };
+    Ok(Inputs {
+        table,
+        compression,
+        hasher,
+        stream,
+        tokenize_secs,
+        profile_path,
+        profile,
+        candidates,
+    })
+}
 
-    // Rows the profile saw, for the compulsory-miss floor.
-    let mut profiled = RowSet::new(&table)?;
-    if let Some(p) = &profile {
-        for l in &p.layers {
-            if let Ok(li) = layout.layer_index(l.layer_id) {
-                let rows = table.rows(li)?;
-                for &(row, _) in &l.entries {
-                    if row < rows {
-                        profiled.insert(li, row);
-                    }
-                }
+/// The rows every layer's profile lists.
+fn profiled_rows(table: &Table, profile: Option<&Profile>) -> Result<RowSet> {
+    let mut set = RowSet::new(table)?;
+    for l in profile.map(|p| &p.layers[..]).unwrap_or(&[]) {
+        if let Ok(li) = table.layout().layer_index(l.layer_id) {
+            let rows = table.rows(li)?;
+            for &(row, _) in l.entries.iter().filter(|e| e.0 < rows) {
+                set.insert(li, row);
             }
         }
     }
-    let mut seen = RowSet::new(&table)?;
+    Ok(set)
+}
 
+/// What the replay counts as it goes.
+#[derive(Debug, Default)]
+struct Tally {
+    floor: Floor,
+    /// Positions whose prediction was scored, had a candidate, was right.
+    scored: u64,
+    predicted: u64,
+    spec_hits: u64,
+    /// Rows offered to `Store::speculate` and accepted.
+    offered: u64,
+    /// (steps,) stall of each step
+    stall_us: Vec<f64>,
+    /// (layers,) total stall per table layer
+    layer_stall_us: Vec<f64>,
+    /// (steps * layers,) how late the replay thread reached each deadline
+    late_us: Vec<f64>,
+}
+
+/// The decode loop's state: every buffer allocated once.
+struct Replayer<'a> {
+    store: &'a Store,
+    inputs: &'a Inputs,
+    timing: &'a Timing,
+    k: usize,
+    profiled: RowSet,
+    seen: RowSet,
+    seqs: Vec<Sequence>,
+    /// (layers,) row buffers handed to and back from the tickets
+    bufs: Vec<Option<AlignedBuf>>,
+    /// (layers, batch * heads) this step's row ids
+    ids: Vec<Vec<u64>>,
+    /// (layers, batch * k * heads) the next step's candidates' row ids
+    spec_ids: Vec<Vec<u64>>,
+    speculations: Vec<Speculation>,
+    /// (heads,) one position's row ids in one layer
+    hashed: Vec<u64>,
+    /// Table layers in the order the decoder reaches them.
+    order: Vec<usize>,
+    tally: Tally,
+}
+
+impl<'a> Replayer<'a> {
+    fn new(args: &Args, store: &'a Store, inputs: &'a Inputs, timing: &'a Timing) -> Result<Self> {
+        let n_layers = inputs.table.n_layers();
+        let heads = inputs.hasher.n_hash_heads();
+        let n = inputs.stream.raw.len();
+        let seqs = (0..args.batch)
+            .map(|b| Sequence {
+                next: b * n / args.batch,
+                end: (b + 1) * n / args.batch,
+                window: Vec::with_capacity(inputs.hasher.max_ngram() + 1),
+                predicted: Vec::with_capacity(args.speculate),
+            })
+            .collect();
+        let bufs = (0..n_layers)
+            .map(|_| store.alloc_rows(args.batch * heads).map(Some))
+            .collect::<Result<_, _>>()?;
+        let mut order: Vec<usize> = (0..n_layers).collect();
+        order.sort_by_key(|&li| timing.deadlines[li]);
+        Ok(Self {
+            store,
+            inputs,
+            timing,
+            k: args.speculate,
+            profiled: profiled_rows(&inputs.table, inputs.profile.as_ref())?,
+            seen: RowSet::new(&inputs.table)?,
+            seqs,
+            bufs,
+            ids: vec![Vec::with_capacity(args.batch * heads); n_layers],
+            spec_ids: vec![Vec::with_capacity(args.batch * heads * args.speculate); n_layers],
+            speculations: Vec::with_capacity(n_layers),
+            hashed: vec![0; heads],
+            order,
+            tally: Tally {
+                layer_stall_us: vec![0.0; n_layers],
+                ..Tally::default()
+            },
+        })
+    }
+
+    /// Steps every sequence can take.
+    fn steps_available(&self) -> usize {
+        self.seqs.iter().map(|s| s.end - s.next).min().unwrap_or(0)
+    }
+
+    /// Advances every sequence by one token and collects its rows per layer (scoring the
+    /// last step's prediction and the compulsory-miss floor on the way).
+    fn next_tokens(&mut self) -> Result<()> {
+        let stream = &self.inputs.stream;
+        let hasher = &self.inputs.hasher;
+        let keep = hasher.max_ngram() - 1;
+        for v in &mut self.ids {
+            v.clear();
+        }
+        for seq in &mut self.seqs {
+            let p = seq.next;
+            seq.next += 1;
+            if stream.doc_start[p] {
+                seq.window.clear();
+            } else if self.k > 0 {
+                let t = &mut self.tally;
+                t.scored += 1;
+                t.predicted += u64::from(!seq.predicted.is_empty());
+                t.spec_hits += u64::from(seq.predicted.contains(&stream.raw[p]));
+            }
+            if seq.window.len() > keep {
+                seq.window.drain(..seq.window.len() - keep);
+            }
+            seq.window.push(stream.canonical[p]);
+            for (li, v) in self.ids.iter_mut().enumerate() {
+                hasher.hash_last_into(li, &seq.window, HashOutput::RowId, &mut self.hashed)?;
+                for &row in &self.hashed {
+                    let f = &mut self.tally.floor;
+                    f.lookups += 1;
+                    if !self.profiled.contains(li, row) {
+                        f.unseen += 1;
+                        if !self.seen.insert(li, row) {
+                            f.compulsory += 1;
+                        }
+                    }
+                }
+                v.extend_from_slice(&self.hashed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prefetches this step's rows: one ticket per layer.
+    fn prefetch(&mut self) -> Result<Vec<Option<Ticket>>> {
+        let mut tickets = Vec::with_capacity(self.ids.len());
+        for (li, v) in self.ids.iter().enumerate() {
+            let buf = match self.bufs[li].take() {
+                Some(b) => b,
+                None => self.store.alloc_rows(v.len())?,
+            };
+            tickets.push(Some(self.store.prefetch(li, v, buf)));
+        }
+        Ok(tickets)
+    }
+
+    /// Cancels the last step's speculation and speculates on the next step's tokens.
+    fn speculate(&mut self) -> Result<()> {
+        for s in self.speculations.drain(..) {
+            s.cancel();
+        }
+        let Some(c) = &self.inputs.candidates else {
+            return Ok(());
+        };
+        for v in &mut self.spec_ids {
+            v.clear();
+        }
+        for seq in &mut self.seqs {
+            c.predict_into(&seq.window, self.k, &mut seq.predicted);
+            let base = seq.window.len();
+            for &cand in &seq.predicted {
+                seq.window
+                    .push(self.inputs.compression.compress_id(i64::from(cand))?);
+                for (li, v) in self.spec_ids.iter_mut().enumerate() {
+                    self.inputs.hasher.hash_last_into(
+                        li,
+                        &seq.window,
+                        HashOutput::RowId,
+                        &mut self.hashed,
+                    )?;
+                    v.extend_from_slice(&self.hashed);
+                }
+                seq.window.truncate(base);
+            }
+        }
+        for (li, v) in self.spec_ids.iter().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            let s = self.store.speculate(li, v)?;
+            if s.accepted() {
+                self.tally.offered += v.len() as u64;
+            }
+            self.speculations.push(s);
+        }
+        Ok(())
+    }
+
+    /// The step's compute from `start`: each Engram layer waits for its rows at its
+    /// deadline (pushed back by the stalls before it). Returns when the step ends.
+    fn compute(&mut self, start: Instant, mut tickets: Vec<Option<Ticket>>) -> Result<Instant> {
+        let mut stalled = Duration::ZERO;
+        for &li in &self.order {
+            let deadline = start + self.timing.deadlines[li] + stalled;
+            wait_until(deadline);
+            let t = &mut self.tally;
+            t.late_us.push(
+                Instant::now()
+                    .saturating_duration_since(deadline)
+                    .as_secs_f64()
+                    * 1e6,
+            );
+            let Some(ticket) = tickets.get_mut(li).and_then(Option::take) else {
+                bail!("layer index {li} has no ticket");
+            };
+            // Rows ready on arrival cost nothing; otherwise the layer waits from its deadline.
+            let ready = ticket.is_ready();
+            let (buf, r) = ticket.wait();
+            r.with_context(|| format!("reading the rows of layer index {li}"))?;
+            self.bufs[li] = Some(buf);
+            if !ready {
+                let waited = Instant::now().saturating_duration_since(deadline);
+                stalled += waited;
+                t.layer_stall_us[li] += waited.as_secs_f64() * 1e6;
+            }
+        }
+        self.tally.stall_us.push(stalled.as_secs_f64() * 1e6);
+        let end = start + self.timing.step + stalled;
+        wait_until(end);
+        Ok(end)
+    }
+
+    fn run(&mut self, steps: usize) -> Result<()> {
+        let mut start = Instant::now();
+        for _ in 0..steps {
+            self.next_tokens()?;
+            let tickets = self.prefetch()?;
+            self.speculate()?;
+            start = self.compute(start, tickets)?;
+        }
+        for s in self.speculations.drain(..) {
+            s.cancel();
+        }
+        Ok(())
+    }
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<ExitCode> {
+    check_args(&args)?;
+    let table = Arc::new(
+        Table::open(&args.table).with_context(|| format!("opening {}", args.table.display()))?,
+    );
+    let layer_ids: Vec<u64> = table.layout().layers.iter().map(|l| l.layer_id).collect();
+    let timing = timing(&args, &layer_ids)?;
+    let rows_total: u64 = (0..table.n_layers())
+        .map(|li| table.rows(li))
+        .sum::<Result<_, _>>()?;
+    let table_row_bytes = rows_total * table.manifest().row_bytes;
     let cache = cache_bytes(&args.cache_bytes, table_row_bytes)?;
-    let batch_rows = args.batch * heads * args.speculate.max(1);
+    let inputs = open_inputs(&args, Arc::clone(&table))?;
+    let heads = inputs.hasher.n_hash_heads();
     let opts = StoreOptions {
         backend: args.read.backend_options()?,
         io_workers: args.io_workers.max(1),
-        max_batch_rows: batch_rows.max(engram_store::store::DEFAULT_MAX_BATCH_ROWS),
+        max_batch_rows: (args.batch * heads * args.speculate.max(1))
+            .max(engram_store::store::DEFAULT_MAX_BATCH_ROWS),
         cache_bytes: cache,
-        profile: profile.clone(),
+        profile: inputs.profile.clone(),
         ..StoreOptions::default()
     };
     let t_open = Instant::now();
-    let store = Store::from_table(std::sync::Arc::clone(&table), &opts)
+    let store = Store::from_table(Arc::clone(&table), &opts)
         .with_context(|| format!("opening the store on {}", args.table.display()))?;
     let open_secs = t_open.elapsed().as_secs_f64();
     let seeded_rows = store.stats().cache_rows;
     store.reset_stats();
 
-    // B slices of the stream.
-    let n = stream.raw.len();
-    let mut seqs: Vec<Sequence> = (0..args.batch)
-        .map(|b| Sequence {
-            next: b * n / args.batch,
-            end: (b + 1) * n / args.batch,
-            window: Vec::with_capacity(hasher.max_ngram()),
-            predicted: Vec::with_capacity(args.speculate),
-        })
-        .collect();
-    let steps = args
-        .max_steps
-        .min(seqs.iter().map(|s| s.end - s.next).min().unwrap_or(0));
+    let mut replayer = Replayer::new(&args, &store, &inputs, &timing)?;
+    let steps = args.max_steps.min(replayer.steps_available());
     ensure!(steps > 0, "no tokens to replay");
-
-    let mut bufs: Vec<Option<AlignedBuf>> = (0..n_layers)
-        .map(|_| store.alloc_rows(args.batch * heads).map(Some))
-        .collect::<Result<_, _>>()?;
-    let mut ids: Vec<Vec<u64>> = vec![Vec::with_capacity(args.batch * heads); n_layers];
-    let mut spec_ids: Vec<Vec<u64>> =
-        vec![Vec::with_capacity(args.batch * heads * args.speculate); n_layers];
-    let mut speculations: Vec<Speculation> = Vec::with_capacity(n_layers);
-    let mut hashed = vec![0u64; heads];
-    let mut floor = Floor::default();
-    let (mut scored, mut predicted, mut spec_hits, mut offered) = (0u64, 0u64, 0u64, 0u64);
-    let mut stall_us: Vec<f64> = Vec::with_capacity(steps);
-    let mut layer_stall_us = vec![0f64; n_layers];
-    let mut late_us: Vec<f64> = Vec::with_capacity(steps * n_layers);
-    // Table layers in the order the decoder reaches them.
-    let mut order: Vec<usize> = (0..n_layers).collect();
-    order.sort_by_key(|&li| timing.deadlines[li]);
-
     let t_run = Instant::now();
-    let mut step_start = Instant::now();
-    for _ in 0..steps {
-        // The tokens sampled at the end of the last step: their rows, per layer.
-        for v in &mut ids {
-            v.clear();
-        }
-        for seq in &mut seqs {
-            let p = seq.next;
-            seq.next += 1;
-            if stream.doc_start[p] {
-                seq.window.clear();
-            } else if candidates.is_some() {
-                scored += 1;
-                predicted += u64::from(!seq.predicted.is_empty());
-                spec_hits += u64::from(seq.predicted.contains(&stream.raw[p]));
-            }
-            let keep = hasher.max_ngram() - 1;
-            if seq.window.len() > keep {
-                seq.window.drain(..seq.window.len() - keep);
-            }
-            seq.window.push(stream.canonical[p]);
-            for (li, v) in ids.iter_mut().enumerate() {
-                hasher.hash_last_into(li, &seq.window, HashOutput::RowId, &mut hashed)?;
-                for &row in &hashed {
-                    floor.lookups += 1;
-                    if !profiled.contains(li, row) {
-                        floor.unseen += 1;
-                        if !seen.insert(li, row) {
-                            floor.compulsory += 1;
-                        }
-                    }
-                }
-                v.extend_from_slice(&hashed);
-            }
-        }
-        let mut tickets: Vec<Option<engram_store::Ticket>> = Vec::with_capacity(n_layers);
-        for (li, v) in ids.iter().enumerate() {
-            let buf = match bufs[li].take() {
-                Some(b) => b,
-                None => store.alloc_rows(args.batch * heads)?,
-            };
-            tickets.push(Some(store.prefetch(li, v, buf)));
-        }
-        // Speculate on the tokens of the next step.
-        for s in speculations.drain(..) {
-            s.cancel();
-        }
-        if let Some(c) = &candidates {
-            for v in &mut spec_ids {
-                v.clear();
-            }
-            for seq in &mut seqs {
-                c.predict_into(&seq.window, args.speculate, &mut seq.predicted);
-                let base = seq.window.len();
-                for &cand in &seq.predicted {
-                    let canon = compression.compress_id(i64::from(cand))?;
-                    seq.window.push(canon);
-                    for (li, v) in spec_ids.iter_mut().enumerate() {
-                        hasher.hash_last_into(li, &seq.window, HashOutput::RowId, &mut hashed)?;
-                        v.extend_from_slice(&hashed);
-                    }
-                    seq.window.truncate(base);
-                }
-            }
-            for (li, v) in spec_ids.iter().enumerate() {
-                if v.is_empty() {
-                    continue;
-                }
-                let s = store.speculate(li, v)?;
-                if s.accepted() {
-                    offered += v.len() as u64;
-                }
-                speculations.push(s);
-            }
-        }
-        // The step's compute, with each Engram layer waiting for its rows.
-        let mut stalled = Duration::ZERO;
-        for &li in &order {
-            let deadline = step_start + timing.deadlines[li] + stalled;
-            wait_until(deadline);
-            let arrived = Instant::now();
-            late_us.push((arrived - deadline).as_secs_f64() * 1e6);
-            let Some(ticket) = tickets[li].take() else {
-                bail!("layer index {li} has no ticket");
-            };
-            let ready = ticket.is_ready();
-            let (buf, r) = ticket.wait();
-            r.with_context(|| format!("reading the rows of layer index {li}"))?;
-            bufs[li] = Some(buf);
-            if !ready {
-                let waited = Instant::now().saturating_duration_since(deadline);
-                stalled += waited;
-                layer_stall_us[li] += waited.as_secs_f64() * 1e6;
-            }
-        }
-        stall_us.push(stalled.as_secs_f64() * 1e6);
-        let end = step_start + timing.step + stalled;
-        wait_until(end);
-        step_start = end;
-    }
-    for s in speculations.drain(..) {
-        s.cancel();
-    }
+    replayer.run(steps)?;
     let wall = t_run.elapsed().as_secs_f64();
     let st = store.stats();
+    let mut tally = replayer.tally;
 
     let tokens = (steps * args.batch) as u64;
     let step_us = timing.step.as_secs_f64() * 1e6;
-    let total_stall_us: f64 = stall_us.iter().sum();
-    let slowdown = total_stall_us / (steps as f64 * step_us);
+    let total_stall_us: f64 = tally.stall_us.iter().sum();
     let per_token = |x: u64| x as f64 / tokens as f64;
+    let share = |x: u64, of: u64| x as f64 / of.max(1) as f64;
+    let manifest = table.manifest();
+    let stream = &inputs.stream;
     let mut data = serde_json::json!({
         "table": args.table, "table_id": manifest.table_id, "rows": rows_total,
         "row_bytes": manifest.row_bytes, "table_row_bytes": table_row_bytes,
         "backend": st.backend, "fallback": store.fallback_reason(),
         "text": {
             "files": stream.files, "documents": stream.documents, "skipped": stream.skipped,
-            "tokens": stream.raw.len(), "tokenize_seconds": tokenize_secs,
+            "tokens": stream.raw.len(), "tokenize_seconds": inputs.tokenize_secs,
         },
         "batch": args.batch, "steps": steps, "tokens": tokens,
         "step_us": step_us,
@@ -614,35 +745,36 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "model_layers": args.model_layers,
         "layer_ids": layer_ids,
         "deadline_us": timing.deadlines.iter().map(|d| d.as_secs_f64() * 1e6).collect::<Vec<_>>(),
-        "cache_bytes": cache, "cache_fraction": cache as f64 / table_row_bytes.max(1) as f64,
+        "cache_bytes": cache, "cache_fraction": share(cache, table_row_bytes),
         "cache_capacity_rows": st.cache_capacity_rows, "seeded_rows": seeded_rows,
-        "profile": profile_path, "records": args.records, "speculate": args.speculate,
+        "profile": inputs.profile_path, "records": args.records, "speculate": args.speculate,
         "open_seconds": open_secs, "wall_seconds": wall,
     });
+    let f = tally.floor;
     let results = serde_json::json!({
-        "stall_us_per_token": quantiles(&mut stall_us),
-        "stall_us_per_token_by_layer": layer_stall_us.iter().map(|s| s / steps as f64).collect::<Vec<_>>(),
-        "slowdown": slowdown,
+        "stall_us_per_token": quantiles(&mut tally.stall_us),
+        "stall_us_per_token_by_layer": tally.layer_stall_us.iter().map(|s| s / steps as f64).collect::<Vec<_>>(),
+        "slowdown": total_stall_us / (steps as f64 * step_us),
         "tokens_per_second": tokens as f64 / ((steps as f64 * step_us + total_stall_us) / 1e6),
         "tokens_per_second_resident": tokens as f64 / (steps as f64 * step_us / 1e6),
         "hit_rate": st.cache_hit_rate,
-        "lookups": floor.lookups,
-        "profile_unseen_share": floor.unseen as f64 / floor.lookups.max(1) as f64,
-        "compulsory_miss_floor": floor.compulsory as f64 / floor.lookups.max(1) as f64,
+        "lookups": f.lookups,
+        "profile_unseen_share": share(f.unseen, f.lookups),
+        "compulsory_miss_floor": share(f.compulsory, f.lookups),
         "reads_per_token": per_token(st.device_reads),
         "device_bytes_per_token": per_token(st.device_bytes),
         "rows_read_per_token": per_token(st.rows_unique),
         "iops": st.device_reads as f64 / wall.max(1e-9),
         "device_read_us": {"p50": st.device_read.p50_us, "p99": st.device_read.p99_us},
-        "late_us": quantiles(&mut late_us),
+        "late_us": quantiles(&mut tally.late_us),
         "errors": st.errors,
     });
     let speculation = serde_json::json!({
         "k": args.speculate,
-        "positions_scored": scored,
-        "accuracy": spec_hits as f64 / scored.max(1) as f64,
-        "predicted_share": predicted as f64 / scored.max(1) as f64,
-        "rows_offered_per_token": per_token(offered),
+        "positions_scored": tally.scored,
+        "accuracy": share(tally.spec_hits, tally.scored),
+        "predicted_share": share(tally.predicted, tally.scored),
+        "rows_offered_per_token": per_token(tally.offered),
         "rows_read_per_token": per_token(st.spec_rows_read),
         "batches": st.spec_batches, "dropped": st.spec_dropped, "failed": st.spec_failed,
     });
