@@ -16,18 +16,20 @@ fn bench_store(c: &mut Criterion) {
     let mut ids = vec![0u64; 4096];
     sampler.fill(&mut ids);
     let geo = Geometry::for_row_bytes(264);
-    let params = PlanParams {
-        data_offset: 4096,
-        data_bytes: geo.data_bytes(rows).expect("size"),
-        align: 4096,
-        coalesce_gap_bytes: 0,
-        max_read_bytes: 65536,
-    };
+    let params = PlanParams::new(
+        &geo,
+        4096,
+        geo.data_bytes(rows).expect("size"),
+        4096,
+        0,
+        65536,
+    )
+    .expect("valid read shape");
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(ids.len() as u64));
     let mut plan = Plan::with_capacity(ids.len());
     g.bench_function("plan_4096_zipf_ids", |b| {
-        b.iter(|| plan.build(&ids, &[], &geo, &params))
+        b.iter(|| plan.build(&ids, &[], &geo, &params, None))
     });
     let cache = RowCache::new(256 << 20, 264, false)
         .expect("alloc")

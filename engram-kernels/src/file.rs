@@ -11,7 +11,8 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 /// Why an input file could not be opened or read.
@@ -73,20 +74,31 @@ fn kind_name(ft: std::fs::FileType) -> &'static str {
 /// Opens `path` read-only and returns it with its size, or an error unless it is a regular
 /// file. Never blocks on a FIFO.
 pub fn open_regular(path: &Path) -> Result<(File, u64), FileError> {
+    open_regular_at(rustix::fs::CWD, path, path)
+}
+
+/// [`open_regular`] for `name` relative to the open directory `dir` (`openat`), so that
+/// several files are taken from one directory even if its path is meanwhile renamed or
+/// replaced. `shown` is the path used in messages.
+pub fn open_regular_at(
+    dir: impl AsFd,
+    name: &Path,
+    shown: &Path,
+) -> Result<(File, u64), FileError> {
     let io = |op, source| FileError::Io {
         op,
-        path: path.to_path_buf(),
+        path: shown.to_path_buf(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_nonblock())
-        .open(path)
-        .map_err(|e| io("open", e))?;
+    let flags =
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, rustix::fs::Mode::empty())
+        .map_err(|e| io("open", e.into()))?;
+    let file = File::from(fd);
     let meta = file.metadata().map_err(|e| io("stat", e))?;
     if !meta.file_type().is_file() {
         return Err(FileError::NotRegular {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             kind: kind_name(meta.file_type()),
         });
     }
@@ -96,7 +108,19 @@ pub fn open_regular(path: &Path) -> Result<(File, u64), FileError> {
 
 /// Reads all of the regular file `path`, refusing it when it is larger than `limit`.
 pub fn read_regular(path: &Path, limit: Limit) -> Result<Vec<u8>, FileError> {
-    let (file, len) = open_regular(path)?;
+    read_regular_at(rustix::fs::CWD, path, path, limit)
+}
+
+/// [`read_regular`] for `name` relative to the open directory `dir` (see
+/// [`open_regular_at`]); `shown` is the path used in messages.
+pub fn read_regular_at(
+    dir: impl AsFd,
+    name: &Path,
+    shown: &Path,
+    limit: Limit,
+) -> Result<Vec<u8>, FileError> {
+    let path = shown;
+    let (file, len) = open_regular_at(dir, name, shown)?;
     if len > limit.bytes {
         return Err(FileError::TooLarge {
             path: path.to_path_buf(),
@@ -143,10 +167,6 @@ pub fn read_regular_string(path: &Path, limit: Limit) -> Result<String, FileErro
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
     })
-}
-
-fn libc_o_nonblock() -> i32 {
-    rustix::fs::OFlags::NONBLOCK.bits() as i32
 }
 
 fn clear_nonblock(file: &File) -> std::io::Result<()> {
@@ -200,6 +220,24 @@ mod tests {
         // Opening a FIFO with no writer blocks without O_NONBLOCK: this would hang.
         let e = read_regular(&fifo, SMALL).expect_err("fifo");
         assert!(e.to_string().contains("FIFO"), "{e}");
+    }
+
+    #[test]
+    fn opens_relative_to_a_directory_handle_after_the_path_moved() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let a = root.path().join("a");
+        std::fs::create_dir(&a).expect("mkdir");
+        std::fs::write(a.join("f"), b"old").expect("write");
+        let handle = File::open(&a).expect("directory handle");
+        // The path now names another directory; the handle still reaches the first one.
+        std::fs::rename(&a, root.path().join("moved")).expect("rename");
+        std::fs::create_dir(&a).expect("mkdir");
+        std::fs::write(a.join("f"), b"new").expect("write");
+        let got = read_regular_at(&handle, Path::new("f"), &a.join("f"), SMALL).expect("read");
+        assert_eq!(got, b"old");
+        let e = read_regular_at(&handle, Path::new("missing"), Path::new("shown/m"), SMALL)
+            .expect_err("missing");
+        assert!(e.to_string().contains("shown/m"), "{e}");
     }
 
     #[test]

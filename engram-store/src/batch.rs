@@ -14,14 +14,38 @@ pub const MAX_READ_BYTES_LIMIT: u64 = 16 << 20;
 /// Largest coalescing gap a caller may ask for.
 pub const MAX_COALESCE_GAP_BYTES: u64 = 1 << 20;
 
-/// One device read: `len` bytes at file `offset`, serving `pairs[pair_start..pair_end]`.
+/// Which file a read goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The layer's own file: serves `Plan::pairs`.
+    Rows,
+    /// The records file: serves `Plan::rec_pairs`.
+    Records,
+}
+
+/// One device read: `len` bytes at file `offset` of `source`, serving
+/// `pairs[pair_start..pair_end]` (or `rec_pairs[..]` for records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOp {
     pub offset: u64,
     pub len: u64,
     pub pair_start: u32,
     pub pair_end: u32,
+    pub source: Source,
 }
+
+/// A layer's records, for planning: rows that miss together in one record are read from
+/// it in one unit instead of from their own pages.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordPlan<'a> {
+    pub records: &'a crate::records::LayerRecords,
+    pub shape: crate::records::RecordShape,
+    /// Longest coalesced records read (at least one unit).
+    pub max_read_bytes: u64,
+}
+
+/// Marks a pair moved to `rec_pairs` (slots are batch positions, far below this).
+const TAKEN: u32 = u32::MAX;
 
 /// How reads are shaped; build with [`PlanParams::new`], which checks the bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,9 +149,15 @@ fn limit(what: &'static str, name: &'static str, limit: u64, found: u64) -> Erro
 pub struct Plan {
     /// (row id, output slot), sorted by row id; duplicates adjacent.
     pub pairs: Vec<(u64, u32)>,
+    /// (records file offset of the row, output slot), sorted by offset.
+    pub rec_pairs: Vec<(u64, u32)>,
     pub reads: Vec<ReadOp>,
     /// Distinct rows in the batch.
     pub unique_rows: u64,
+    /// Distinct rows served from records.
+    pub record_rows: u64,
+    /// (record, position, first pair, end pair) of rows found in records
+    marks: Vec<(u32, u8, u32, u32)>,
 }
 
 impl Plan {
@@ -135,18 +165,30 @@ impl Plan {
     pub fn with_capacity(rows: usize) -> Self {
         Self {
             pairs: Vec::with_capacity(rows),
+            rec_pairs: Vec::with_capacity(rows),
             reads: Vec::with_capacity(rows),
             unique_rows: 0,
+            record_rows: 0,
+            marks: Vec::with_capacity(rows),
         }
     }
 
     /// Plans reads for `ids` (output slot `slots[k]`, or `k` when `slots` is empty). Ids
     /// must be rows of the region `p` describes (the store checks them first); slots
     /// must fit `u32`.
-    pub fn build(&mut self, ids: &[u64], slots: &[u32], geo: &Geometry, p: &PlanParams) {
+    pub fn build(
+        &mut self,
+        ids: &[u64],
+        slots: &[u32],
+        geo: &Geometry,
+        p: &PlanParams,
+        records: Option<&RecordPlan<'_>>,
+    ) {
         debug_assert!(slots.is_empty() || slots.len() == ids.len());
-        debug_assert!(ids.len() <= u32::MAX as usize);
+        debug_assert!(ids.len() < TAKEN as usize);
+        debug_assert!(slots.iter().all(|&s| s != TAKEN));
         self.pairs.clear();
+        self.rec_pairs.clear();
         self.reads.clear();
         if slots.is_empty() {
             self.pairs
@@ -157,6 +199,10 @@ impl Plan {
         }
         self.pairs.sort_unstable();
         self.unique_rows = 0;
+        self.record_rows = 0;
+        if let Some(rp) = records {
+            self.take_record_rows(rp);
+        }
         let (align, rb) = (p.align, geo.row_bytes);
         let mut prev_row = None;
         for (k, &(row, _)) in self.pairs.iter().enumerate() {
@@ -175,7 +221,7 @@ impl Plan {
             let end = ((rel + rb).div_ceil(align) * align).min(p.data_bytes);
             debug_assert!(rel + rb <= p.data_bytes, "row {row} beyond the row region");
             debug_assert!(end > start && end - start <= p.max_read_bytes);
-            if let Some(last) = self.reads.last_mut() {
+            if let Some(last) = self.reads.last_mut().filter(|r| r.source == Source::Rows) {
                 let last_start = last.offset - p.data_offset;
                 let last_end = last_start + last.len;
                 let new_end = end.max(last_end);
@@ -196,6 +242,84 @@ impl Plan {
                 len: end - start,
                 pair_start: k,
                 pair_end: k + 1,
+                source: Source::Rows,
+            });
+        }
+    }
+
+    /// Moves the pairs of rows that share a record with another row of the batch to
+    /// `rec_pairs`, and plans unit-aligned reads of those records.
+    fn take_record_rows(&mut self, rp: &RecordPlan<'_>) {
+        self.marks.clear();
+        let mut k = 0;
+        while k < self.pairs.len() {
+            let row = self.pairs[k].0;
+            let mut e = k + 1;
+            while e < self.pairs.len() && self.pairs[e].0 == row {
+                e += 1;
+            }
+            if let Some((rec, pos)) = rp.records.find(row) {
+                self.marks.push((rec, pos, k as u32, e as u32));
+            }
+            k = e;
+        }
+        self.marks.sort_unstable();
+        let mut i = 0;
+        while i < self.marks.len() {
+            let rec = self.marks[i].0;
+            let mut j = i + 1;
+            while j < self.marks.len() && self.marks[j].0 == rec {
+                j += 1;
+            }
+            // One row alone costs one read either way: records pay off from two rows.
+            if j - i >= 2 {
+                for &(_, pos, start, end) in &self.marks[i..j] {
+                    let at = rp.records.data_offset
+                        + rp.shape.row_offset(u64::from(rec), u32::from(pos));
+                    for q in start..end {
+                        let pair = &mut self.pairs[q as usize];
+                        self.rec_pairs.push((at, pair.1));
+                        pair.1 = TAKEN;
+                    }
+                    self.record_rows += 1;
+                }
+            }
+            i = j;
+        }
+        if self.rec_pairs.is_empty() {
+            return;
+        }
+        self.pairs.retain(|&(_, slot)| slot != TAKEN);
+        self.rec_pairs.sort_unstable();
+        self.unique_rows += self.record_rows;
+        let ub = u64::from(rp.shape.unit_bytes);
+        let base = rp.records.data_offset;
+        for (k, &(at, _)) in self.rec_pairs.iter().enumerate() {
+            let k = k as u32;
+            let start = (at - base) / ub * ub;
+            if let Some(last) = self
+                .reads
+                .last_mut()
+                .filter(|r| r.source == Source::Records)
+            {
+                let last_start = last.offset - base;
+                let last_end = last_start + last.len;
+                if start < last_end {
+                    last.pair_end = k + 1;
+                    continue;
+                }
+                if start == last_end && last.len + ub <= rp.max_read_bytes.max(ub) {
+                    last.len += ub;
+                    last.pair_end = k + 1;
+                    continue;
+                }
+            }
+            self.reads.push(ReadOp {
+                offset: base + start,
+                len: ub,
+                pair_start: k,
+                pair_end: k + 1,
+                source: Source::Records,
             });
         }
     }
@@ -212,12 +336,19 @@ impl Plan {
         out: &mut [u8],
     ) -> Result<()> {
         let rb = geo.row_bytes as usize;
-        let pairs = self
-            .pairs
-            .get(read.pair_start as usize..read.pair_end as usize)
-            .unwrap_or(&[]);
-        for &(row, slot) in pairs {
-            let at = (data_offset + geo.row_offset(row))
+        let range = read.pair_start as usize..read.pair_end as usize;
+        let pairs = match read.source {
+            Source::Rows => self.pairs.get(range),
+            Source::Records => self.rec_pairs.get(range),
+        }
+        .unwrap_or(&[]);
+        for &(key, slot) in pairs {
+            // Rows pairs hold row ids, records pairs the row's file offset.
+            let (row, file_offset) = match read.source {
+                Source::Rows => (key, data_offset + geo.row_offset(key)),
+                Source::Records => (key, key),
+            };
+            let at = file_offset
                 .checked_sub(read.offset)
                 .and_then(|a| usize::try_from(a).ok());
             let s = slot as usize * rb;
@@ -257,7 +388,7 @@ mod tests {
         let p = params(&geo, 1500, 4096, 0, 8192);
         let mut plan = Plan::default();
         // rows 0 and 14 share unit 0; 15 is unit 1 (adjacent); 90 is unit 6.
-        plan.build(&[90, 0, 14, 0, 15, 16, 17, 45], &[], &geo, &p);
+        plan.build(&[90, 0, 14, 0, 15, 16, 17, 45], &[], &geo, &p, None);
         assert_eq!(plan.unique_rows, 7);
         let lens: Vec<_> = plan.reads.iter().map(|r| (r.offset, r.len)).collect();
         assert_eq!(lens, vec![(4096, 8192), (4096 * 4, 4096), (4096 * 7, 4096)]);
@@ -272,7 +403,7 @@ mod tests {
         let p = params(&geo, 20_000, 512, 0, 65_536);
         let ids: Vec<u64> = (0..5000).collect();
         let mut plan = Plan::default();
-        plan.build(&ids, &[], &geo, &p);
+        plan.build(&ids, &[], &geo, &p, None);
         assert!(
             plan.reads.iter().all(|r| r.len <= 65_536),
             "{:?}",
@@ -282,7 +413,7 @@ mod tests {
         let geo = Geometry::for_row_bytes(5200);
         let p = params(&geo, 400, 4096, 0, 16_384);
         let ids: Vec<u64> = (0..300).collect();
-        plan.build(&ids, &[], &geo, &p);
+        plan.build(&ids, &[], &geo, &p, None);
         assert!(
             plan.reads.iter().all(|r| r.len <= 16_384),
             "{:?}",
@@ -375,7 +506,7 @@ mod tests {
                 Vec::new()
             };
             let mut plan = Plan::default();
-            plan.build(&ids, &slots, &geo, &p);
+            plan.build(&ids, &slots, &geo, &p, None);
             let mut distinct = ids.clone();
             distinct.sort_unstable();
             distinct.dedup();

@@ -12,7 +12,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
-use engram_kernels::file::{FileError, Limit, read_regular};
+use engram_kernels::file::{Limit, read_regular};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result, io};
@@ -313,14 +313,7 @@ impl Candidates {
     /// Reads and validates a candidates file (a regular file of at most
     /// [`MAX_CANDIDATES_FILE_BYTES`]).
     pub fn read(path: &Path) -> Result<Self> {
-        let b = read_regular(path, MAX_CANDIDATES_FILE_BYTES).map_err(|e| match e {
-            FileError::Io { op, path, source } => Error::Io { op, path, source },
-            other => Error::Candidates {
-                path: path.to_path_buf(),
-                offset: 0,
-                reason: other.to_string(),
-            },
-        })?;
+        let b = read_regular(path, MAX_CANDIDATES_FILE_BYTES)?;
         Self::from_bytes(&b, path)
     }
 
@@ -502,6 +495,6 @@ mod tests {
         assert!(c.write(&p, false).is_err(), "exists without force");
         assert_eq!(Candidates::read(&p).expect("reads"), c);
         let e = Candidates::read(dir.path()).expect_err("a directory");
-        assert!(matches!(e, Error::Candidates { .. }), "{e}");
+        assert!(matches!(e, Error::Input(_)), "{e}");
     }
 }

@@ -127,9 +127,35 @@ pub enum Error {
     /// The destination exists and `force` was not given.
     #[error("{path} already exists (pass force to replace it)")]
     Exists { path: PathBuf },
+    /// Another writer holds the table path's lock (see `crate::publish`).
+    #[error(
+        "another writer ({holder}) is writing a table at {path} (it holds the lock {lock}): \
+         wait for it to finish or write elsewhere"
+    )]
+    Locked {
+        path: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    /// A forced write would replace something that is not a table directory.
+    #[error(
+        "refusing to replace {path}: it is {found}, not a table directory (expected \
+         manifest.json inside, or an empty directory)"
+    )]
+    NotATable { path: PathBuf, found: &'static str },
+    /// An input file is not a regular file or is too large (its I/O errors are [`Error::Io`]).
+    #[error(transparent)]
+    Input(engram_kernels::file::FileError),
     /// A profile file is malformed.
     #[error("invalid profile {path} at offset {offset}: {reason}")]
     Profile {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A records file is malformed or belongs to another table.
+    #[error("invalid records file {path} at offset {offset}: {reason}")]
+    Records {
         path: PathBuf,
         offset: u64,
         reason: String,
@@ -159,9 +185,21 @@ pub enum Error {
     /// The batch was cancelled before it finished (speculative prefetch).
     #[error("cancelled")]
     Cancelled,
-    /// A file was replaced on disk between validating the table and opening it again.
+    /// A file was replaced on disk between validating the table and opening it again, or
+    /// the table directory was replaced every time `Table::open` tried it.
     #[error("{path} was replaced while the table was being opened; open the table again")]
     Replaced { path: PathBuf },
+}
+
+impl From<engram_kernels::file::FileError> for Error {
+    fn from(e: engram_kernels::file::FileError) -> Self {
+        match e {
+            engram_kernels::file::FileError::Io { op, path, source } => {
+                Error::Io { op, path, source }
+            }
+            other => Error::Input(other),
+        }
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -33,6 +33,8 @@ pub mod format;
 pub mod io;
 pub mod metrics;
 pub mod profile;
+pub mod publish;
+pub mod records;
 pub mod store;
 pub mod synth;
 pub mod table;

@@ -83,6 +83,9 @@ pub struct Metrics {
     rows_unique: AtomicU64,
     device_reads: AtomicU64,
     device_bytes: AtomicU64,
+    record_reads: AtomicU64,
+    record_rows: AtomicU64,
+    hedged_reads: AtomicU64,
     errors: AtomicU64,
     spec_batches: AtomicU64,
     spec_rows_read: AtomicU64,
@@ -100,6 +103,9 @@ impl Default for Metrics {
             rows_unique: AtomicU64::new(0),
             device_reads: AtomicU64::new(0),
             device_bytes: AtomicU64::new(0),
+            record_reads: AtomicU64::new(0),
+            record_rows: AtomicU64::new(0),
+            hedged_reads: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             spec_batches: AtomicU64::new(0),
             spec_rows_read: AtomicU64::new(0),
@@ -163,6 +169,12 @@ pub struct StatsSnapshot {
     pub rows_unique: u64,
     pub device_reads: u64,
     pub device_bytes: u64,
+    /// Device reads of n-gram records, and the distinct rows they served (each record
+    /// read replaced that many row reads, less one).
+    pub record_reads: u64,
+    pub record_rows: u64,
+    /// Device reads issued again because the first copy was overdue (hedged reads).
+    pub hedged_reads: u64,
     pub row_bytes: u64,
     pub errors: u64,
     /// Speculative prefetches run, rows they read into the cache, dropped (queue full),
@@ -223,6 +235,11 @@ impl Metrics {
         self.device_reads.fetch_add(c.reads, Ordering::Relaxed);
         self.device_bytes
             .fetch_add(c.device_bytes, Ordering::Relaxed);
+        self.record_reads
+            .fetch_add(c.record_reads, Ordering::Relaxed);
+        self.record_rows.fetch_add(c.record_rows, Ordering::Relaxed);
+        self.hedged_reads
+            .fetch_add(c.hedged_reads, Ordering::Relaxed);
         if let Ok(mut h) = self.hists.lock() {
             for (i, ns) in [c.plan_ns, c.submit_ns, c.complete_ns, c.scatter_ns]
                 .into_iter()
@@ -242,6 +259,9 @@ impl Metrics {
             &self.rows_unique,
             &self.device_reads,
             &self.device_bytes,
+            &self.record_reads,
+            &self.record_rows,
+            &self.hedged_reads,
             &self.errors,
             &self.spec_batches,
             &self.spec_rows_read,
@@ -267,6 +287,9 @@ impl Metrics {
             rows_unique: g(&self.rows_unique),
             device_reads: g(&self.device_reads),
             device_bytes: g(&self.device_bytes),
+            record_reads: g(&self.record_reads),
+            record_rows: g(&self.record_rows),
+            hedged_reads: g(&self.hedged_reads),
             errors: g(&self.errors),
             spec_batches: g(&self.spec_batches),
             spec_rows_read: g(&self.spec_rows_read),
@@ -346,6 +369,21 @@ impl StatsSnapshot {
             "device_read_bytes_total",
             "Bytes read from the device or touched in memory.",
             self.device_bytes,
+        );
+        counter(
+            "record_reads_total",
+            "Device reads of n-gram records (each served several rows).",
+            self.record_reads,
+        );
+        counter(
+            "record_rows_total",
+            "Distinct rows served from n-gram records.",
+            self.record_rows,
+        );
+        counter(
+            "hedged_reads_total",
+            "Device reads issued again because the first copy was overdue.",
+            self.hedged_reads,
         );
         counter("errors_total", "Batches that failed.", self.errors);
         counter(

@@ -56,6 +56,9 @@ pub struct StoreOptions {
     pub admit_on_first_miss: bool,
     /// How the profile seeds the cache.
     pub seed: crate::cache::SeedOptions,
+    /// Read n-gram records (`records.bin` in the table directory, when present) instead of
+    /// several rows' pages on cache misses of rows that share a record.
+    pub records: bool,
 }
 
 impl Default for StoreOptions {
@@ -70,6 +73,7 @@ impl Default for StoreOptions {
             profile: None,
             admit_on_first_miss: false,
             seed: crate::cache::SeedOptions::default(),
+            records: true,
         }
     }
 }
@@ -593,7 +597,14 @@ impl Store {
                 });
             }
         }
-        let opened = backend::open_backend(&table, &options.backend)?;
+        let mut backend_options = options.backend.clone();
+        let records_path = table.dir().join(crate::records::RECORDS_FILE);
+        if options.records && backend_options.records.is_none() && records_path.exists() {
+            let records = crate::records::Records::open(&records_path, &table)?;
+            tracing::info!(target: "engram_store", layers = records.layers.iter().flatten().count(), "n-gram records from {}", records_path.display());
+            backend_options.records = Some(Arc::new(records));
+        }
+        let opened = backend::open_backend(&table, &backend_options)?;
         tracing::info!(target: "engram_store", backend = %opened.backend.kind(), "opened {}", table.dir().display());
         let cache = RowCache::new(
             options.cache_bytes,

@@ -107,23 +107,35 @@ pub fn write_synth(
     dir: &Path,
     spec: &SynthSpec,
     force: bool,
-    mut progress: impl FnMut(usize, u64, u64),
+    progress: impl FnMut(usize, u64, u64),
 ) -> Result<Manifest> {
     let manifest = spec.manifest()?;
     let mut w = TableWriter::create(dir, &manifest, force)?;
-    let rb = manifest.row_bytes as usize;
+    write_synth_rows(&mut w, spec, progress)?;
+    w.finish()
+}
+
+/// Streams every row of `spec` into `w` (created with `spec.manifest()`), leaving it to
+/// the caller to add files and finish.
+pub fn write_synth_rows(
+    w: &mut TableWriter,
+    spec: &SynthSpec,
+    mut progress: impl FnMut(usize, u64, u64),
+) -> Result<()> {
+    let rb = w.manifest().row_bytes as usize;
+    let layer_rows: Vec<u64> = w.manifest().layers.iter().map(|l| l.rows).collect();
     let mut buf = vec![0u8; rb * SYNTH_CHUNK_ROWS];
-    for (li, lm) in manifest.layers.iter().enumerate() {
+    for (li, rows) in layer_rows.into_iter().enumerate() {
         let mut row = 0u64;
-        while row < lm.rows {
-            let n = (lm.rows - row).min(SYNTH_CHUNK_ROWS as u64) as usize;
+        while row < rows {
+            let n = (rows - row).min(SYNTH_CHUNK_ROWS as u64) as usize;
             for (k, out) in buf[..n * rb].chunks_exact_mut(rb).enumerate() {
                 synth_row(spec.seed, li, row + k as u64, out);
             }
             w.write_layer_rows(li, &buf[..n * rb])?;
             row += n as u64;
-            progress(li, row, lm.rows);
+            progress(li, row, rows);
         }
     }
-    w.finish()
+    Ok(())
 }

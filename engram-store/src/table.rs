@@ -1,18 +1,30 @@
 //! Writing (streaming, atomic publication) and opening (validating) table directories.
 
-use std::fs::{self, File, OpenOptions as FsOpenOptions};
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use engram_kernels::EngramLayout;
+use engram_kernels::file::{Limit, open_regular_at, read_regular_at};
 
 use crate::error::{Error, Result, io, io_at};
 use crate::format::{
     FORMAT_VERSION, Geometry, HEADER_BYTES, LayerHeader, MANIFEST_FILE, Manifest, block_checksum,
     checksums_checksum, header_offsets, hex64, parse_checksum_field,
 };
+use crate::publish::{Target, open_dir, replaced_since};
+
+/// Largest `manifest.json` accepted (one of a 1000-layer, 64-head table is under 4 MiB).
+pub const MAX_MANIFEST_BYTES: Limit = Limit {
+    what: "manifest",
+    name: "MAX_MANIFEST_BYTES",
+    bytes: 16 << 20,
+};
+
+/// Times [`Table::open`] starts over when the table is replaced while it is being opened.
+pub const OPEN_ATTEMPTS: u32 = 3;
 
 /// Fsyncs a directory so renames inside it are durable.
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -128,81 +140,59 @@ fn parse_u64_le(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Removes `.NAME.tmp-PID-*` directories left by writers that were killed (their process
-/// no longer exists), so an interrupted build does not hold its partial table's disk space
-/// forever. A directory whose PID is alive (or cannot be checked) is left alone.
-fn remove_stale_temporaries(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.tmp-");
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let proc_dir = Path::new("/proc").join(pid.to_string());
-        if pid != std::process::id() && Path::new("/proc/self").exists() && !proc_dir.exists() {
-            tracing::info!(path = %entry.path().display(), "removing the temporary directory of an interrupted table write");
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-/// Streams a table to a temporary directory beside `dir` and publishes it atomically.
+/// Streams a table to a temporary directory beside `dir` and publishes it atomically
+/// (see [`crate::publish`]): at every instant `dir` holds a complete table, the old one or
+/// the new one. Holds an exclusive lock on `dir` from [`TableWriter::create`] until it is
+/// finished or dropped, so a second writer to the same path fails at once.
 ///
 /// Layers are written in index order; within a layer rows arrive in row-id order, in chunks
 /// of any number of whole rows. Memory use is one checksum block plus 8 bytes per block.
+/// Files such as the traffic profile join the table with [`TableWriter::add_file`] before
+/// [`TableWriter::finish`] publishes everything at once.
 #[derive(Debug)]
 pub struct TableWriter {
-    dir: PathBuf,
+    target: Target,
+    tmp_name: OsString,
     tmp: PathBuf,
     force: bool,
     manifest: Manifest,
     current: Option<(usize, LayerSink)>,
     done: Vec<bool>,
+    extra_files: Vec<String>,
     finished: bool,
 }
 
 impl TableWriter {
     /// Starts a table at `dir` (which must not exist unless `force`). File fields of
-    /// `manifest` are filled in by [`TableWriter::finish`].
+    /// `manifest` are filled in by [`TableWriter::finish`]. Fails at once with
+    /// [`Error::Locked`] while another writer is writing to `dir`; deletes what killed
+    /// writers left beside it.
     pub fn create(dir: &Path, manifest: &Manifest, force: bool) -> Result<Self> {
         manifest.validate_shape(&dir.join(MANIFEST_FILE))?;
         manifest.derive_layout(&dir.join(MANIFEST_FILE))?;
-        if dir.exists() && !force {
+        // Checked before locking too, so a refused write touches nothing beside the path.
+        if !force && dir.symlink_metadata().is_ok() {
             return Err(Error::Exists {
                 path: dir.to_path_buf(),
             });
         }
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| Error::Invalid {
-                what: "table directory",
-                reason: format!("{} has no file name", dir.display()),
-            })?;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        remove_stale_temporaries(&parent, &name);
-        let tmp = parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&tmp).map_err(|e| io("create directory", &tmp, e))?;
+        let target = Target::lock(dir)?;
+        if !force && target.exists()? {
+            return Err(Error::Exists {
+                path: dir.to_path_buf(),
+            });
+        }
+        let (tmp_name, tmp) = target.make_temporary()?;
+        tracing::debug!(path = %dir.display(), tmp = %tmp.display(), lock = %target.lock_path().display(), "writing a table");
         Ok(Self {
-            dir: dir.to_path_buf(),
+            target,
+            tmp_name,
             tmp,
             force,
             manifest: manifest.clone(),
             current: None,
             done: vec![false; manifest.layers.len()],
+            extra_files: Vec::new(),
             finished: false,
         })
     }
@@ -315,8 +305,46 @@ impl TableWriter {
         Ok(())
     }
 
-    /// Closes the last layer, writes the manifest, fsyncs and renames the directory into
-    /// place. Returns the final manifest.
+    /// Adds a file (such as the traffic profile) to the table directory: written and
+    /// fsynced inside the temporary directory now, published with the table by
+    /// [`TableWriter::finish`] or not at all. `name` is a plain file name that is neither
+    /// the manifest nor a layer file, and is added once.
+    pub fn add_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        if self.finished {
+            return Err(Error::Writer("add_file after finish".into()));
+        }
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.contains('/')
+            && !name.contains('\\')
+            && !name.contains('\0');
+        let taken = name == MANIFEST_FILE
+            || self.manifest.layers.iter().any(|l| l.file == name)
+            || self.extra_files.iter().any(|f| f == name);
+        if !plain || taken {
+            return Err(Error::Invalid {
+                what: "extra table file name",
+                reason: format!(
+                    "{name:?} must be a plain file name, not hidden, not {MANIFEST_FILE}, \
+                     a layer file or a file already added"
+                ),
+            });
+        }
+        let path = self.tmp.join(name);
+        let mut f = FsOpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io("create", &path, e))?;
+        f.write_all(bytes).map_err(|e| io("write", &path, e))?;
+        f.sync_all().map_err(|e| io("fsync", &path, e))?;
+        self.extra_files.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Closes the last layer, writes the manifest, fsyncs every file and the directory,
+    /// then publishes it at the table path in one atomic step and deletes the table it
+    /// replaced. Returns the final manifest.
     pub fn finish(mut self) -> Result<Manifest> {
         self.close_current()?;
         if let Some(missing) = self.done.iter().position(|d| !d) {
@@ -332,32 +360,19 @@ impl TableWriter {
             reason: e.to_string(),
         })?;
         {
-            let mut f = File::create(&mpath).map_err(|e| io("create", &mpath, e))?;
+            let mut f = FsOpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&mpath)
+                .map_err(|e| io("create", &mpath, e))?;
             f.write_all(&json).map_err(|e| io("write", &mpath, e))?;
             f.write_all(b"\n").map_err(|e| io("write", &mpath, e))?;
             f.sync_all().map_err(|e| io("fsync", &mpath, e))?;
         }
         sync_dir(&self.tmp)?;
-        let parent = self.tmp.parent().map(Path::to_path_buf).unwrap_or_default();
-        if self.dir.exists() {
-            if !self.force {
-                return Err(Error::Exists {
-                    path: self.dir.clone(),
-                });
-            }
-            let trash = self.tmp.with_extension("old");
-            fs::rename(&self.dir, &trash).map_err(|e| io("rename", &self.dir, e))?;
-            fs::rename(&self.tmp, &self.dir).map_err(|e| io("rename", &self.tmp, e))?;
-            let _ = fs::remove_dir_all(&trash);
-        } else {
-            fs::rename(&self.tmp, &self.dir).map_err(|e| io("rename", &self.tmp, e))?;
-        }
-        sync_dir(if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            &parent
-        })?;
+        self.target.publish(&self.tmp_name, self.force)?;
         self.finished = true;
+        tracing::debug!(path = %self.target.path().display(), table_id = %self.manifest.table_id, "published");
         Ok(self.manifest.clone())
     }
 }
@@ -365,8 +380,9 @@ impl TableWriter {
 impl Drop for TableWriter {
     fn drop(&mut self) {
         if !self.finished {
-            // An abandoned build leaves nothing behind (best effort).
-            let _ = fs::remove_dir_all(&self.tmp);
+            // An abandoned build leaves nothing behind (best effort; the next writer deletes
+            // what is left). Runs before `target` releases the lock.
+            self.target.remove_sibling(&self.tmp_name);
         }
     }
 }
@@ -389,6 +405,10 @@ pub struct LayerFile {
 }
 
 /// An opened, validated table. Cheap to share behind an `Arc`.
+///
+/// Every file is opened relative to one handle on the table directory, so the manifest and
+/// the layer files always come from the same version even while a writer replaces the
+/// table (see [`crate::publish`]).
 #[derive(Debug)]
 pub struct Table {
     dir: PathBuf,
@@ -410,31 +430,34 @@ impl Table {
         Self::open_with(dir, &OpenOptions::default())
     }
 
-    /// [`Table::open`] with options.
+    /// [`Table::open`] with options. A table replaced while it is being opened is opened
+    /// again (the new version), up to [`OPEN_ATTEMPTS`] times, then [`Error::Replaced`].
+    /// Backends that open a layer file again (`O_DIRECT`) check it is the same inode.
     pub fn open_with(dir: &Path, options: &OpenOptions) -> Result<Self> {
-        let mpath = dir.join(MANIFEST_FILE);
-        let bytes = fs::read(&mpath).map_err(|e| io("read manifest", &mpath, e))?;
-        let manifest = Manifest::from_json(&bytes, &mpath)?;
-        if let Some(want) = &options.expected_tokenizer_sha256
-            && !want.eq_ignore_ascii_case(&manifest.tokenizer_sha256)
-        {
-            return Err(Error::TokenizerMismatch {
-                path: mpath,
-                expected: want.to_ascii_lowercase(),
-                found: manifest.tokenizer_sha256.clone(),
-            });
+        let mut attempt = 1;
+        loop {
+            let handle = open_dir(dir)?;
+            match open_files(&handle, dir, options) {
+                Ok((manifest, layout, layers)) => {
+                    return Ok(Self {
+                        dir: dir.to_path_buf(),
+                        manifest,
+                        layout,
+                        layers,
+                    });
+                }
+                Err(e) if replaced_since(dir, &handle) => {
+                    if attempt >= OPEN_ATTEMPTS {
+                        return Err(Error::Replaced {
+                            path: dir.to_path_buf(),
+                        });
+                    }
+                    tracing::debug!(path = %dir.display(), error = %e, attempt, "the table was replaced while it was being opened; opening the new one");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let layout = manifest.derive_layout(&mpath)?;
-        let mut layers = Vec::with_capacity(manifest.layers.len());
-        for (i, lm) in manifest.layers.iter().enumerate() {
-            layers.push(open_layer(dir, &manifest, i, lm)?);
-        }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            manifest,
-            layout,
-            layers,
-        })
     }
 
     /// Errors unless the table was built with the tokenizer whose file hashes to `sha256`.
@@ -583,15 +606,41 @@ impl Table {
     }
 }
 
+/// The manifest and every layer file, opened relative to the directory handle `dir`.
+fn open_files(
+    dir: &File,
+    dir_path: &Path,
+    options: &OpenOptions,
+) -> Result<(Manifest, EngramLayout, Vec<LayerFile>)> {
+    let mpath = dir_path.join(MANIFEST_FILE);
+    let bytes = read_regular_at(dir, Path::new(MANIFEST_FILE), &mpath, MAX_MANIFEST_BYTES)?;
+    let manifest = Manifest::from_json(&bytes, &mpath)?;
+    if let Some(want) = &options.expected_tokenizer_sha256
+        && !want.eq_ignore_ascii_case(&manifest.tokenizer_sha256)
+    {
+        return Err(Error::TokenizerMismatch {
+            path: mpath,
+            expected: want.to_ascii_lowercase(),
+            found: manifest.tokenizer_sha256.clone(),
+        });
+    }
+    let layout = manifest.derive_layout(&mpath)?;
+    let mut layers = Vec::with_capacity(manifest.layers.len());
+    for (i, lm) in manifest.layers.iter().enumerate() {
+        layers.push(open_layer(dir, dir_path, &manifest, i, lm)?);
+    }
+    Ok((manifest, layout, layers))
+}
+
 fn open_layer(
-    dir: &Path,
+    dir: &File,
+    dir_path: &Path,
     m: &Manifest,
     index: usize,
     lm: &crate::format::LayerManifest,
 ) -> Result<LayerFile> {
-    let path = dir.join(&lm.file);
-    let file = File::open(&path).map_err(|e| io("open layer file", &path, e))?;
-    let size = file.metadata().map_err(|e| io("stat", &path, e))?.len();
+    let path = dir_path.join(&lm.file);
+    let (file, size) = open_regular_at(dir, Path::new(&lm.file), &path)?;
     let mut hdr = vec![0u8; HEADER_BYTES as usize];
     if size < HEADER_BYTES {
         return Err(Error::FileSize {

@@ -17,6 +17,18 @@ fn open(
     qd: usize,
     faults: FaultPlan,
 ) -> Store {
+    open_hedged(dir, kind, verify, read_unit, qd, faults, 0)
+}
+
+fn open_hedged(
+    dir: &std::path::Path,
+    kind: BackendKind,
+    verify: bool,
+    read_unit: u64,
+    qd: usize,
+    faults: FaultPlan,
+    hedge_after_us: u64,
+) -> Store {
     Store::open(
         dir,
         &StoreOptions {
@@ -29,6 +41,7 @@ fn open(
                 max_read_bytes: 16 << 10,
                 pread_threads: 2,
                 faults: Some(faults),
+                hedge_after_us,
                 ..Default::default()
             },
             io_workers: 2,
@@ -75,13 +88,17 @@ fn no_fault_ever_yields_a_wrong_row() {
                 at: Vec::new(),
             };
             let read_unit = if seed % 2 == 0 { 512 } else { 4096 };
-            let st = open(
+            // A third of the runs hedge every read after 1 us: duplicate completions,
+            // late copies of finished batches, all in the mix with the faults.
+            let hedge = if seed % 3 == 1 { 1 } else { 0 };
+            let st = open_hedged(
                 &dir,
                 kind,
                 verify,
                 read_unit,
                 1 + seed as usize % 8,
                 plan.clone(),
+                hedge,
             );
             let rb = st.row_bytes();
             for round in 0..12 {
@@ -156,5 +173,39 @@ fn each_fault_kind_has_its_own_error() {
             st.lookup_into(0, &ids, &mut out).expect("after the fault");
             assert_eq!(out, expected_rows(&s, 0, &ids, 128));
         }
+    }
+}
+
+/// Hedged reads: with the second copy issued after 1 us, every batch still returns its
+/// rows, and the copies are counted.
+#[test]
+fn hedged_reads_return_the_same_rows() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Bf16, 64, 300, 5);
+    let (dir, _) = make_table(tmp.path(), "t", &s);
+    for kind in [BackendKind::Pread, BackendKind::Uring] {
+        if skip_uring(kind) {
+            continue;
+        }
+        let plan = FaultPlan {
+            seed: 3,
+            delay: 0.5,
+            reorder: true,
+            ..FaultPlan::default()
+        };
+        let st = open_hedged(&dir, kind, true, 4096, 8, plan, 1);
+        let rb = st.row_bytes();
+        for round in 0..20u64 {
+            let ids: Vec<u64> = (0..60).map(|k| (k * 37 + round * 11) % 1200).collect();
+            let mut out = vec![0u8; ids.len() * rb];
+            st.lookup_into((round % 2) as usize, &ids, &mut out)
+                .expect("lookup");
+            assert_eq!(
+                out,
+                expected_rows(&s, (round % 2) as usize, &ids, rb),
+                "{kind}"
+            );
+        }
+        assert!(st.stats().hedged_reads > 0, "{kind}: no read was hedged");
     }
 }

@@ -6,6 +6,7 @@
 //! Needs the DeepSeek tokenizer (`scripts/fetch-tokenizer.sh`); without it each test prints
 //! a skip reason, unless `ENGRAM_REQUIRE_TOKENIZER=1` (CI) makes that a failure.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -14,6 +15,10 @@ use engram_kernels::quant::RowDtype;
 use engram_store::Table;
 use engram_store::profile::Profile;
 use engram_tools::build::values::normal_row;
+
+#[path = "../../engram-store/tests/common/sys.rs"]
+mod sys;
+use sys::listing;
 
 fn tokenizer() -> Option<PathBuf> {
     engram_kernels::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
@@ -390,7 +395,8 @@ fn killed_build_publishes_nothing_and_keeps_the_old_table() {
     args.extend(SMALL);
     assert_eq!(build(&args).0, 0);
     let before = std::fs::read(out.join("manifest.json")).expect("manifest");
-    // A much larger build over the same path, killed while it writes.
+    // A much larger build over the same path (2.4 GiB: still writing when killed, and
+    // within the free space of a shared machine), killed while it writes.
     let mut child = Command::new(env!("CARGO_BIN_EXE_engram-build"))
         .args([
             s(&root),
@@ -401,7 +407,7 @@ fn killed_build_publishes_nothing_and_keeps_the_old_table() {
             "--preset",
             "v41",
             "--base-size",
-            "2000000",
+            "200000",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -528,22 +534,338 @@ fn dry_run_and_full_disk() {
     assert!(!Path::new("/tmp/never").exists());
 
     // A 1 MiB tmpfs cannot hold a 4 MiB table: refused before any work, nothing left.
-    let mnt = dir.path().join("small");
-    std::fs::create_dir_all(&mnt).expect("mkdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", s(&mnt)])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|st| st.success());
-    if !mounted {
-        eprintln!("skipped the full-disk case: cannot mount a tmpfs here (needs root)");
+    let Some(small) = Tmpfs::mount(&dir.path().join("small"), "1m") else {
         return;
-    }
-    let out = mnt.join("t");
+    };
+    let out = small.path.join("t");
     let mut args = vec![s(&root), "--out", s(&out)];
     args.extend(SMALL);
     let (code, _, stderr) = build(&args);
-    let _ = Command::new("umount").arg(s(&mnt)).status();
     assert_eq!(code, 2);
     assert!(stderr.contains("not enough free space"), "{stderr}");
+    // The message states the headroom it asks for beyond the table.
+    assert!(stderr.contains("plus 64.0 MiB of headroom"), "{stderr}");
+    assert_eq!(listing(&small.path), Vec::<String>::new());
+}
+
+/// A small tmpfs mounted for one test (needs root), unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).expect("mkdir");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                s(path),
+            ])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Self {
+                path: path.to_path_buf(),
+            }),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                sys::skip_unless_required(
+                    sys::REQUIRE_TMPFS_ENV,
+                    "the full-disk cases",
+                    &format!("cannot mount a tmpfs here (needs root): {why}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Free bytes as the file system reports them.
+    fn free(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.path).expect("statvfs");
+        st.f_bavail * st.f_frsize
+    }
+
+    /// Fills the file system with `filler` until exactly `keep` bytes are free.
+    fn fill_leaving(&self, keep: u64) {
+        let mut left = self
+            .free()
+            .checked_sub(keep)
+            .expect("enough free space to fill");
+        let mut f = std::fs::File::create(self.path.join("filler")).expect("filler");
+        let chunk = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            std::io::Write::write_all(&mut f, &chunk[..n]).expect("fills");
+            left -= n as u64;
+        }
+        f.sync_all().expect("fsync");
+        assert_eq!(
+            self.free(),
+            keep,
+            "the tmpfs now has exactly {keep} bytes free"
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(s(&self.path)).status();
+    }
+}
+
+const CORPUS_TEXT: &str = "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):\n        self.items.append(x)\n";
+
+/// `TINY` addressing: a ~320 KB table, so a small tmpfs holds it with the build's headroom.
+const TINY: [&str; 6] = ["--preset", "demo", "--base-size", "10", "--layers", "1,15"];
+
+/// Runs `engram-build -` (corpus on stdin) with `args`; `at_begin` runs once the build has
+/// passed its checks and locked its path (its `begin` event), before it reads the corpus.
+fn build_from_stdin(args: &[&str], at_begin: impl FnOnce()) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engram-build"))
+        .arg("-")
+        .args(args)
+        .args(["--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let begun = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("\"type\":\"begin\""));
+    if begun {
+        at_begin();
+    }
+    let mut stdin = child.stdin.take().expect("piped");
+    let _ = std::io::Write::write_all(&mut stdin, CORPUS_TEXT.as_bytes());
+    drop(stdin);
+    lines.for_each(drop);
+    let out = child.wait_with_output().expect("waits");
+    assert!(
+        begun,
+        "the build ended before its begin event: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Bytes a tmpfs charges for a file of `len` bytes (whole pages).
+fn pages(len: u64) -> u64 {
+    len.div_ceil(4096) * 4096
+}
+
+#[test]
+fn disk_full_while_writing_rows_profile_or_manifest_keeps_the_old_table() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Room for two tables and the build's headroom, not much more.
+    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "80m") else {
+        return;
+    };
+    let out = fs.path.join("t");
+    let mut args = vec!["--out", s(&out)];
+    args.extend(TINY);
+    let (code, stderr) = build_from_stdin(&args, || {});
+    assert_eq!(code, 0, "{stderr}");
+    let old_id = Table::open(&out)
+        .expect("opens")
+        .manifest()
+        .table_id
+        .clone();
+    let size = |name: &str| std::fs::metadata(out.join(name)).expect("stat").len();
+    let layer_bytes: u64 = ["layer-000-id1.bin", "layer-001-id15.bin"]
+        .iter()
+        .map(|f| pages(size(f)))
+        .sum();
+    // The replacement has other rows (zeros) but the same files and the same profile size.
+    let profile_bytes = pages(size("profile.bin"));
+    let mut replace = args.clone();
+    replace.extend(["--force", "--init", "zeros"]);
+    let cases = [
+        ("rows", 8 * 4096, "layer-000-id1.bin"),
+        ("profile", layer_bytes, "profile.bin"),
+        ("manifest", layer_bytes + profile_bytes, "manifest.json"),
+    ];
+    for (case, free, file) in cases {
+        let (code, stderr) = build_from_stdin(&replace, || fs.fill_leaving(free));
+        eprintln!(
+            "disk full during the {case}: exit {code}: {}",
+            stderr.trim()
+        );
+        assert_eq!(code, 2, "{case}: {stderr}");
+        assert!(
+            stderr.contains("No space left on device") && stderr.contains(file),
+            "{case}: the error names the file and the cause: {stderr}"
+        );
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{case}: one line: {stderr}"
+        );
+        // Nothing published, nothing half-written left behind, the old table intact.
+        assert_eq!(listing(&fs.path), ["filler", "t"], "{case}");
+        let t = Table::open(&out).expect("the old table opens");
+        assert_eq!(t.manifest().table_id, old_id, "{case}");
+        for layer in 0..t.n_layers() {
+            t.verify_layer(layer).expect("verifies");
+        }
+        let profile = Profile::read(&out.join("profile.bin")).expect("the old profile");
+        assert_eq!(
+            Some(profile.table_id),
+            t.manifest().table_id_u64(),
+            "{case}"
+        );
+        std::fs::remove_file(fs.path.join("filler")).expect("rm filler");
+    }
+    // With room again the replacement is published, with its profile.
+    let (code, stderr) = build_from_stdin(&replace, || {});
+    assert_eq!(code, 0, "{stderr}");
+    let t = Table::open(&out).expect("opens");
+    assert_ne!(t.manifest().table_id, old_id);
+    let profile = Profile::read(&out.join("profile.bin")).expect("the new profile");
+    assert_eq!(Some(profile.table_id), t.manifest().table_id_u64());
+    assert_eq!(listing(&fs.path), ["t"]);
+}
+
+#[test]
+fn killed_at_each_fsync_and_rename_of_its_publication_engram_build_keeps_a_table() {
+    // engram-build's own publication: kill it at every fsync (each layer file, the profile,
+    // the manifest, the directory, the parent) and at the swap. Every other syscall of a
+    // table write is swept in engram-store's publish_crash test.
+    if tokenizer().is_none() {
+        return;
+    }
+    let exe = Path::new(env!("CARGO_BIN_EXE_engram-build"));
+    if let Err(why) = sys::strace_can_kill(exe, &["--version"]) {
+        sys::skip_unless_required(sys::REQUIRE_STRACE_ENV, "the engram-build kill test", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = corpus(dir.path());
+    let parent = dir.path().join("p");
+    let out = parent.join("t");
+    let old = || {
+        let st = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args([
+                "synth",
+                s(&out),
+                "--preset",
+                "demo",
+                "--base-size",
+                "10",
+                "--force",
+            ])
+            .output()
+            .expect("engram synth runs");
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        Table::open(&out)
+            .expect("opens")
+            .manifest()
+            .table_id
+            .clone()
+    };
+    let old_id = old();
+    let mut args = vec![s(&root), "--out", s(&out), "--force", "--quiet"];
+    args.extend(TINY);
+    let (mut old_left, mut new_left) = (0, 0);
+    for (syscall, n) in (1..=7).map(|n| ("fsync", n)).chain([("renameat2", 1)]) {
+        let mut cmd = Command::new(exe);
+        cmd.args(&args);
+        let st = sys::under_strace(&cmd, &sys::kill_at(syscall, n))
+            .output()
+            .expect("strace runs");
+        let what = format!("killed at {syscall} #{n}");
+        if st.status.signal() != Some(9) {
+            // Past the last fsync the build completes.
+            assert!(
+                st.status.success() && syscall == "fsync",
+                "{what}: {}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+            assert!(n > 5, "{what}: a build makes at least 5 fsyncs");
+            assert_eq!(old(), old_id);
+            continue;
+        }
+        let names = listing(&parent);
+        assert!(
+            names
+                .iter()
+                .all(|n| n == "t" || n == ".t.lock" || n.starts_with(".t.tmp-")),
+            "{what}: {names:?}"
+        );
+        let t = Table::open(&out).expect("the path holds a table");
+        for layer in 0..t.n_layers() {
+            t.verify_layer(layer).expect("verifies");
+        }
+        if t.manifest().table_id == old_id {
+            old_left += 1;
+            assert!(
+                !out.join("profile.bin").exists(),
+                "{what}: the old (synthetic) table has no profile"
+            );
+        } else {
+            new_left += 1;
+            let profile =
+                Profile::read(&out.join("profile.bin")).expect("the new table has its profile");
+            assert_eq!(
+                Some(profile.table_id),
+                t.manifest().table_id_u64(),
+                "{what}"
+            );
+        }
+        // The next write cleans up and succeeds.
+        assert_eq!(old(), old_id);
+        assert_eq!(listing(&parent), ["t"], "{what}");
+    }
+    assert!(
+        old_left > 0 && new_left > 0,
+        "kills before and after the swap: {old_left} / {new_left}"
+    );
+}
+
+#[test]
+fn a_second_build_to_the_same_path_fails_at_once_naming_the_first() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = corpus(dir.path());
+    let out = dir.path().join("t");
+    let mut args = vec!["--out", s(&out), "--force"];
+    args.extend(TINY);
+    let mut second = None;
+    // The first build holds the path's lock while it waits for its corpus on stdin.
+    let (code, stderr) = build_from_stdin(&args, || {
+        let mut a = vec![s(&root)];
+        a.extend(&args);
+        second = Some(build(&a));
+    });
+    assert_eq!(code, 0, "the first build completes: {stderr}");
+    let (code, _, stderr) = second.expect("the second build ran");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("another writer (process ") && stderr.contains(".t.lock"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    Table::open(&out).expect("the first build's table");
+    assert_eq!(listing(dir.path()), ["corpus", "t"]);
 }

@@ -223,7 +223,7 @@ fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (table, held) = fixture(dir.path());
     for (extra, says) in [
-        (&["--records"][..], "--records"),
+        (&["--records"][..], "records.bin"),
         (&["--batch", "0"][..], "--batch 0"),
         (&["--lead-us", "999"][..], "--lead-us 999"),
         (&["--model-layers", "10"][..], "--model-layers 10"),

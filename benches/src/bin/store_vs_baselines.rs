@@ -203,7 +203,9 @@ fn ssd(args: &[String]) -> Result<()> {
                         seconds,
                         Shape::Lookup,
                     )?);
-                    eprintln!("qd {qd} pair {pair}: store (uring, {stream_depth} tickets of {stream_rows} rows)");
+                    eprintln!(
+                        "qd {qd} pair {pair}: store (uring, {stream_depth} tickets of {stream_rows} rows)"
+                    );
                     st = Some(store_side(
                         &dir,
                         BackendKind::Uring,

@@ -28,6 +28,8 @@ pub const REQUIRE_URING_ENV: &str = "ENGRAM_REQUIRE_URING";
 pub const DEFAULT_QUEUE_DEPTH: usize = 32;
 /// Largest queue depth accepted.
 pub const MAX_QUEUE_DEPTH: usize = 4096;
+/// Longest hedge delay accepted (10 s).
+pub const MAX_HEDGE_AFTER_US: u64 = 10_000_000;
 /// Largest pread pool accepted.
 pub const MAX_PREAD_THREADS: usize = 256;
 /// Default longest coalesced read.
@@ -172,6 +174,12 @@ pub struct BackendOptions {
     pub uring_fault: Option<UringFault>,
     /// Test hook: inject read faults (also `$ENGRAM_IO_FAULTS`).
     pub faults: Option<crate::io::FaultPlan>,
+    /// N-gram records the device backends read instead of several rows' pages (set by
+    /// the store from the table's `records.bin`).
+    pub records: Option<Arc<crate::records::Records>>,
+    /// Hedged reads: issue a demand read again when it has been in flight this long (0:
+    /// never). At most [`MAX_HEDGE_AFTER_US`].
+    pub hedge_after_us: u64,
 }
 
 impl Default for BackendOptions {
@@ -187,6 +195,8 @@ impl Default for BackendOptions {
             pread_threads: 8,
             uring_fault: None,
             faults: None,
+            records: None,
+            hedge_after_us: 0,
         }
     }
 }
@@ -227,6 +237,12 @@ impl BackendOptions {
                 "MAX_COALESCE_GAP_BYTES",
                 crate::batch::MAX_COALESCE_GAP_BYTES,
                 self.coalesce_gap_bytes,
+            ),
+            (
+                "hedge delay (us)",
+                "MAX_HEDGE_AFTER_US",
+                MAX_HEDGE_AFTER_US,
+                self.hedge_after_us,
             ),
         ] {
             if found > limit {
@@ -271,6 +287,11 @@ pub struct IoCounters {
     pub reads: u64,
     /// Bytes read from the device (or touched in memory).
     pub device_bytes: u64,
+    /// Of those: second copies of reads that were overdue (hedged reads).
+    pub hedged_reads: u64,
+    /// Of those: reads of n-gram records, and the distinct rows they served.
+    pub record_reads: u64,
+    pub record_rows: u64,
     /// Nanoseconds planning, submitting, waiting for completions, scattering.
     pub plan_ns: u64,
     pub submit_ns: u64,

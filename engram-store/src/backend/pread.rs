@@ -20,7 +20,8 @@ use crate::table::Table;
 /// Tasks queued to the pool per thread before senders block (back-pressure).
 pub const POOL_QUEUE_PER_THREAD: usize = 64;
 
-/// The layer files of a table opened for device reads, indexed by layer.
+/// The layer files of a table opened for device reads, indexed by layer, then the
+/// records file (index `n_layers`) when the store reads records.
 #[derive(Debug)]
 pub struct DeviceFiles {
     pub files: Vec<(File, PathBuf)>,
@@ -32,14 +33,24 @@ pub struct DeviceFiles {
 /// same file (device and inode) the table validated: a table replaced on disk between
 /// `Table::open` and here is an error, never rows of another table. Falls back to
 /// buffered reads when the filesystem rejects O_DIRECT.
-pub(crate) fn open_direct(table: &Table) -> Result<DeviceFiles> {
-    let mut files = Vec::with_capacity(table.n_layers());
+pub(crate) fn open_direct(
+    table: &Table,
+    records: Option<&crate::records::Records>,
+) -> Result<DeviceFiles> {
+    let mut files = Vec::with_capacity(table.n_layers() + 1);
     let mut direct = true;
+    let mut validated = Vec::with_capacity(table.n_layers() + 1);
     for li in 0..table.n_layers() {
         let lf = table.layer(li)?;
-        let path = lf.path.clone();
+        validated.push((&lf.file, &lf.path));
+    }
+    if let Some(r) = records {
+        validated.push((&r.file, &r.path));
+    }
+    for (validated_file, path) in validated {
+        let path = path.clone();
         // /proc/self/fd/N reopens the validated inode itself; the path is the fallback.
-        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", lf.file.as_raw_fd()));
+        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", validated_file.as_raw_fd()));
         let open = |p: &std::path::Path, flags: i32| {
             std::fs::OpenOptions::new()
                 .read(true)
@@ -52,7 +63,9 @@ pub(crate) fn open_direct(table: &Table) -> Result<DeviceFiles> {
             f = open(&proc_path, 0).or_else(|_| open(&path, 0));
         }
         let f = f.map_err(|e| io("open layer file for device reads", &path, e))?;
-        let a = lf.file.metadata().map_err(|e| io("stat", &path, e))?;
+        let a = validated_file
+            .metadata()
+            .map_err(|e| io("stat", &path, e))?;
         let b = f.metadata().map_err(|e| io("stat", &path, e))?;
         if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
             return Err(Error::Replaced { path });
@@ -126,7 +139,7 @@ pub struct PreadBackend {
 
 impl PreadBackend {
     pub fn new(table: &Arc<Table>, options: &BackendOptions) -> Result<Self> {
-        let files = Arc::new(open_direct(table)?);
+        let files = Arc::new(open_direct(table, options.records.as_deref())?);
         let (tx, rx) = bounded::<Task>(options.pread_threads * POOL_QUEUE_PER_THREAD);
         for t in 0..options.pread_threads {
             let rx = rx.clone();
@@ -211,15 +224,30 @@ impl Engine for PreadEngine {
         }
     }
 
-    fn reap(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> Result<(), EngineError> {
+    fn reap(
+        &mut self,
+        min_complete: usize,
+        timeout: Option<std::time::Duration>,
+        out: &mut Vec<Completion>,
+    ) -> Result<(), EngineError> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
         let mut got = 0;
         while got < min_complete && self.in_flight > 0 {
             // The reply sender lives in this engine, so recv cannot see a disconnect; pool
             // threads always reply (panics included).
-            let c = self
-                .reply_rx
-                .recv()
-                .map_err(|_| EngineError::Broken("the pread pool has stopped".into()))?;
+            let c = match deadline {
+                None => self
+                    .reply_rx
+                    .recv()
+                    .map_err(|_| EngineError::Broken("the pread pool has stopped".into()))?,
+                Some(d) => match self.reply_rx.recv_deadline(d) {
+                    Ok(c) => c,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        return Err(EngineError::Broken("the pread pool has stopped".into()));
+                    }
+                },
+            };
             self.in_flight -= 1;
             out.push(c);
             got += 1;

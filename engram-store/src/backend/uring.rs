@@ -124,7 +124,7 @@ impl UringBackend {
         let mut backend = Self {
             table: Arc::clone(table),
             options: options.clone(),
-            files: Arc::new(open_direct(table)?),
+            files: Arc::new(open_direct(table, options.records.as_deref())?),
             registered_buffers: options.uring_fault != Some(UringFault::Register),
             latency: SharedHist::default(),
         };
@@ -252,7 +252,7 @@ impl UringEngine {
     fn reap_all(&mut self) -> bool {
         let mut scratch = Vec::with_capacity(self.n_in_flight);
         while self.n_in_flight > 0 {
-            if self.reap(1, &mut scratch).is_err() {
+            if self.reap(1, None, &mut scratch).is_err() {
                 return false;
             }
             scratch.clear();
@@ -318,14 +318,27 @@ impl Engine for UringEngine {
         Ok(())
     }
 
-    fn reap(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> Result<(), EngineError> {
+    fn reap(
+        &mut self,
+        min_complete: usize,
+        timeout: Option<std::time::Duration>,
+        out: &mut Vec<Completion>,
+    ) -> Result<(), EngineError> {
+        let want = min_complete.min(self.n_in_flight);
         loop {
-            match self
-                .ring
-                .submit_and_wait(min_complete.min(self.n_in_flight))
-            {
+            let entered = match timeout {
+                Some(t) if want > 0 => {
+                    let ts = types::Timespec::from(t);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(want, &args)
+                }
+                _ => self.ring.submit_and_wait(want),
+            };
+            match entered {
                 Ok(_) => break,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // The timeout passed first: whatever completed is reaped below.
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => break,
                 Err(e) => return Err(EngineError::Broken(format!("io_uring_enter: {e}"))),
             }
         }
@@ -445,7 +458,7 @@ pub fn probe_random_reads(
         if engine.in_flight() == 0 {
             break;
         }
-        if let Err(e) = engine.reap(1, &mut done) {
+        if let Err(e) = engine.reap(1, None, &mut done) {
             first_err.get_or_insert(Error::Broken {
                 what: "io_uring probe",
                 reason: e.to_string(),

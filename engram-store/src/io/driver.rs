@@ -11,12 +11,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::engine::{Completion, Engine, EngineError, ReadReq};
 use super::staging::Staging;
 use crate::backend::{BackendOptions, IoCounters, RowReader, verify_read};
-use crate::batch::{Plan, PlanParams};
+use crate::batch::{Plan, PlanParams, Source};
 use crate::error::{Error, Result, io_at};
 use crate::format::Geometry;
 use crate::metrics::{SharedHist, new_hist, record_ns};
@@ -27,6 +27,39 @@ pub const MAX_ACTIVE_BATCHES: usize = 64;
 
 /// Identifies an active batch of a driver.
 pub type BatchId = u32;
+
+// A read's tag: generation (31 bits) | speculative (1) | batch id (8) | read index (24).
+// The generation tells a completion of a batch's read from one of an earlier batch in the
+// same slot (a hedged read's slower copy, or a read of a failed batch): those are dropped.
+const RI_BITS: u32 = 24;
+const ID_BITS: u32 = 8;
+const _: () = assert!(MAX_ACTIVE_BATCHES <= 1 << ID_BITS);
+/// Most reads one batch may plan (the read index field of a tag).
+pub const MAX_READS_PER_BATCH: usize = 1 << RI_BITS;
+
+fn tag(generation: u32, speculative: bool, id: BatchId, read: usize) -> u64 {
+    debug_assert!(read < MAX_READS_PER_BATCH && (id as usize) < MAX_ACTIVE_BATCHES);
+    (u64::from(generation & 0x7FFF_FFFF) << (RI_BITS + ID_BITS + 1))
+        | (u64::from(speculative) << (RI_BITS + ID_BITS))
+        | (u64::from(id) << RI_BITS)
+        | read as u64
+}
+
+/// (generation, speculative, batch id, read index) of a tag.
+fn untag(t: u64) -> (u32, bool, usize, usize) {
+    (
+        (t >> (RI_BITS + ID_BITS + 1)) as u32,
+        (t >> (RI_BITS + ID_BITS)) & 1 == 1,
+        ((t >> RI_BITS) & ((1 << ID_BITS) - 1)) as usize,
+        (t & ((1 << RI_BITS) - 1)) as usize,
+    )
+}
+
+// Read states within a batch.
+const PENDING: u8 = 0;
+const IN_FLIGHT: u8 = 1;
+const HEDGED: u8 = 2;
+const DONE: u8 = 3;
 
 /// Whose reads go first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -57,19 +90,26 @@ pub struct Finished {
 #[derive(Debug, Default)]
 struct BatchIo {
     active: bool,
+    generation: u32,
     priority: Priority,
     layer: usize,
     plan: Plan,
     /// Next read of `plan.reads` to submit.
     next: usize,
-    in_flight: usize,
+    /// Reads whose bytes have arrived (each read counts once, hedged or not).
+    done_reads: usize,
+    /// (reads,) PENDING / IN_FLIGHT / HEDGED / DONE, and when each was first submitted
+    state: Vec<u8>,
+    submitted_at: Vec<Instant>,
     error: Option<Error>,
     counters: IoCounters,
 }
 
 impl BatchIo {
+    /// A failed batch is done at once: the copies of its reads still in flight carry its
+    /// generation and are dropped when they complete.
     fn done(&self) -> bool {
-        self.in_flight == 0 && (self.error.is_some() || self.next == self.plan.reads.len())
+        self.error.is_some() || self.done_reads == self.plan.reads.len()
     }
 }
 
@@ -98,6 +138,11 @@ pub struct Driver {
     /// Speculative reads in flight, and the most allowed.
     spec_in_flight: usize,
     spec_cap: usize,
+    /// N-gram records read instead of several rows' pages (engine file `n_layers`).
+    records: Option<Arc<crate::records::Records>>,
+    /// Re-issue a demand read still in flight after this long (hedged reads; off: None).
+    hedge_after: Option<Duration>,
+    next_generation: u32,
 }
 
 /// The read shape of every layer of `table` under `options`, and the staging slot size
@@ -112,6 +157,10 @@ pub(crate) fn read_shapes(
         let p = options.plan_params(table, li)?;
         slot = slot.max(p.max_read_bytes);
         params.push(p);
+    }
+    if let Some(r) = &options.records {
+        // Records reads coalesce units up to the same cap, and are at least one unit.
+        slot = slot.max(u64::from(r.shape.unit_bytes));
     }
     let io = crate::buffer::IO_ALIGN as u64;
     let slot = usize::try_from(slot.div_ceil(io) * io).map_err(|_| Error::Invalid {
@@ -157,6 +206,10 @@ impl Driver {
             broken: None,
             spec_in_flight: 0,
             spec_cap: (depth / 2).max(1),
+            records: options.records.clone(),
+            hedge_after: (options.hedge_after_us > 0)
+                .then(|| Duration::from_micros(options.hedge_after_us)),
+            next_generation: 0,
         })
     }
 
@@ -207,16 +260,42 @@ impl Driver {
             });
         };
         let t0 = Instant::now();
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
         let b = &mut self.batches[id];
-        b.plan.build(ids, slots, &self.geo, &params);
+        let records = self.records.as_deref().and_then(|r| {
+            let layer_records = r.layers.get(layer)?.as_ref()?;
+            Some(crate::batch::RecordPlan {
+                records: layer_records,
+                shape: r.shape,
+                max_read_bytes: params.max_read_bytes,
+            })
+        });
+        b.plan
+            .build(ids, slots, &self.geo, &params, records.as_ref());
+        if b.plan.reads.len() > MAX_READS_PER_BATCH {
+            return Err(Error::Limit {
+                what: "reads in one batch",
+                name: "MAX_READS_PER_BATCH",
+                limit: MAX_READS_PER_BATCH,
+                found: b.plan.reads.len(),
+            });
+        }
+        let n = b.plan.reads.len();
+        b.state.clear();
+        b.state.resize(n, PENDING);
+        b.submitted_at.clear();
+        b.submitted_at.resize(n, t0);
+        b.done_reads = 0;
+        b.generation = generation;
         b.active = true;
         b.priority = priority;
         b.layer = layer;
         b.next = 0;
-        b.in_flight = 0;
         b.error = None;
         b.counters = IoCounters {
             rows_unique: b.plan.unique_rows,
+            record_rows: b.plan.record_rows,
             plan_ns: t0.elapsed().as_nanos() as u64,
             ..IoCounters::default()
         };
@@ -246,9 +325,12 @@ impl Driver {
     /// [`Driver::pump`] leaving finished batches in `self.finished`.
     fn round(&mut self, wait: bool, outs: &mut dyn Outputs) {
         self.submit_ready();
+        let timeout = self.hedge();
         if self.engine.in_flight() > 0 {
             let tc = Instant::now();
-            let reaped = self.engine.reap(usize::from(wait), &mut self.completions);
+            let reaped = self
+                .engine
+                .reap(usize::from(wait), timeout, &mut self.completions);
             let wait_ns = tc.elapsed().as_nanos() as u64;
             if let Some(&oldest) = self.order.front() {
                 self.batches[oldest as usize].counters.complete_ns += wait_ns;
@@ -303,20 +385,27 @@ impl Driver {
                     }
                 };
                 let slot = lease.slot() as usize;
+                let file = match r.source {
+                    Source::Rows => b.layer,
+                    Source::Records => self.table.n_layers(),
+                };
                 let req = ReadReq {
-                    file: b.layer as u32,
+                    file: file as u32,
                     offset: r.offset,
-                    tag: (u64::from(id) << 32) | b.next as u64,
+                    tag: tag(b.generation, class == Priority::Speculative, id, b.next),
                 };
                 if let Err((_lease, e)) = self.engine.submit(req, lease) {
                     self.broken = Some(e.to_string());
                     return false;
                 }
-                self.started[slot] = Instant::now();
+                let now = Instant::now();
+                self.started[slot] = now;
+                b.state[b.next] = IN_FLIGHT;
+                b.submitted_at[b.next] = now;
                 b.next += 1;
-                b.in_flight += 1;
                 b.counters.reads += 1;
                 b.counters.device_bytes += r.len;
+                b.counters.record_reads += u64::from(r.source == Source::Records);
                 if class == Priority::Speculative {
                     self.spec_in_flight += 1;
                 }
@@ -326,32 +415,87 @@ impl Driver {
         true
     }
 
+    /// Hedged reads: a demand read in flight for longer than `hedge_after` is issued once
+    /// more into a free slot; whichever copy completes first serves the batch. Returns how
+    /// long the next reap may wait before another read becomes overdue.
+    fn hedge(&mut self) -> Option<Duration> {
+        let after = self.hedge_after?;
+        if self.broken.is_some() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut next_due: Option<Duration> = None;
+        for &id in &self.order {
+            let b = &mut self.batches[id as usize];
+            if b.priority != Priority::Demand || b.error.is_some() {
+                continue;
+            }
+            for ri in 0..b.next {
+                if b.state[ri] != IN_FLIGHT {
+                    continue;
+                }
+                let age = now.saturating_duration_since(b.submitted_at[ri]);
+                if age < after {
+                    let left = after - age;
+                    next_due = Some(next_due.map_or(left, |d| d.min(left)));
+                    continue;
+                }
+                let r = b.plan.reads[ri];
+                let Ok(Some(lease)) = self.staging.lease(r.len as usize) else {
+                    // No free slot now: look again after the next completion.
+                    return next_due;
+                };
+                let file = match r.source {
+                    Source::Rows => b.layer,
+                    Source::Records => self.table.n_layers(),
+                };
+                let slot = lease.slot() as usize;
+                let req = ReadReq {
+                    file: file as u32,
+                    offset: r.offset,
+                    tag: tag(b.generation, false, id, ri),
+                };
+                if let Err((_lease, e)) = self.engine.submit(req, lease) {
+                    self.broken = Some(e.to_string());
+                    return None;
+                }
+                self.started[slot] = now;
+                b.state[ri] = HEDGED;
+                b.counters.reads += 1;
+                b.counters.hedged_reads += 1;
+                b.counters.device_bytes += r.len;
+            }
+        }
+        next_due
+    }
+
     fn handle_completions(&mut self, outs: &mut dyn Outputs) {
         let mut completions = std::mem::take(&mut self.completions);
         for c in completions.drain(..) {
-            let id = (c.tag >> 32) as usize;
-            let ri = (c.tag & 0xFFFF_FFFF) as usize;
+            let (generation, speculative, id, ri) = untag(c.tag);
+            if speculative {
+                self.spec_in_flight = self.spec_in_flight.saturating_sub(1);
+            }
             let tsc = Instant::now();
             let slot = c.lease.slot() as usize;
             record_ns(
                 &mut self.local,
                 tsc.duration_since(self.started[slot]).as_nanos() as u64,
             );
+            // A copy of a read of a batch that has finished (or of an earlier batch in
+            // this slot), or the slower copy of a hedged read: nothing to do.
             let Some(b) = self
                 .batches
                 .get_mut(id)
-                .filter(|b| b.active && b.in_flight > 0)
+                .filter(|b| b.active && b.generation & 0x7FFF_FFFF == generation)
             else {
-                debug_assert!(false, "completion for an inactive batch {id}");
                 continue;
             };
-            b.in_flight -= 1;
-            if b.priority == Priority::Speculative {
-                self.spec_in_flight -= 1;
-            }
-            if b.error.is_some() {
+            if b.error.is_some() || b.state.get(ri).is_none_or(|&st| st == DONE) {
                 continue;
             }
+            b.state[ri] = DONE;
+            b.done_reads += 1;
             let Some(&r) = b.plan.reads.get(ri) else {
                 debug_assert!(false, "completion for read {ri} of {}", b.plan.reads.len());
                 b.error = Some(Error::Invalid {
@@ -360,12 +504,15 @@ impl Driver {
                 });
                 continue;
             };
-            let path = match self.table.layer(b.layer) {
-                Ok(l) => l.path.as_path(),
-                Err(e) => {
-                    b.error = Some(e);
-                    continue;
-                }
+            let path = match (r.source, &self.records) {
+                (Source::Records, Some(rec)) => rec.path.as_path(),
+                _ => match self.table.layer(b.layer) {
+                    Ok(l) => l.path.as_path(),
+                    Err(e) => {
+                        b.error = Some(e);
+                        continue;
+                    }
+                },
             };
             let outcome = match c.result {
                 Err(e) => Err(io_at("read", path, r.offset, e)),
@@ -380,10 +527,17 @@ impl Driver {
                 )),
                 Ok(_) => {
                     let bytes = c.lease.bytes();
-                    let verified = if self.verify {
-                        verify_read(&self.table, b.layer, r.offset, bytes)
-                    } else {
-                        Ok(())
+                    let verified = match (r.source, &self.records) {
+                        // Records are always read in whole, checksummed units.
+                        (Source::Records, Some(rec)) => rec.verify_read(b.layer, r.offset, bytes),
+                        (Source::Records, None) => Err(Error::Invalid {
+                            what: "read plan",
+                            reason: "a records read without records".into(),
+                        }),
+                        (Source::Rows, _) if self.verify => {
+                            verify_read(&self.table, b.layer, r.offset, bytes)
+                        }
+                        (Source::Rows, _) => Ok(()),
                     };
                     verified.and_then(|()| {
                         b.plan.scatter(
@@ -409,7 +563,6 @@ impl Driver {
         tracing::error!(target: "engram_store", engine = self.engine.name(), "I/O engine failed: {why}");
         for &id in &self.order {
             let b = &mut self.batches[id as usize];
-            b.in_flight = 0;
             b.error.get_or_insert_with(|| Self::broken_error(&why));
         }
         self.spec_in_flight = 0;
@@ -501,6 +654,9 @@ pub(crate) fn add_counters(into: &mut IoCounters, from: &IoCounters) {
     into.rows_unique += from.rows_unique;
     into.reads += from.reads;
     into.device_bytes += from.device_bytes;
+    into.record_reads += from.record_reads;
+    into.hedged_reads += from.hedged_reads;
+    into.record_rows += from.record_rows;
     into.plan_ns += from.plan_ns;
     into.submit_ns += from.submit_ns;
     into.complete_ns += from.complete_ns;

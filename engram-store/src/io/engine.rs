@@ -51,8 +51,14 @@ pub trait Engine: Send + fmt::Debug {
     fn submit(&mut self, req: ReadReq, lease: Lease) -> Result<(), (Lease, EngineError)>;
 
     /// Starts every queued read and appends finished ones to `out`, waiting until at least
-    /// `min_complete` have finished (0: do not wait). Interrupted waits are retried.
-    fn reap(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> Result<(), EngineError>;
+    /// `min_complete` have finished (0: do not wait) or, with a `timeout`, until it
+    /// passes (a timed-out wait is not an error). Interrupted waits are retried.
+    fn reap(
+        &mut self,
+        min_complete: usize,
+        timeout: Option<std::time::Duration>,
+        out: &mut Vec<Completion>,
+    ) -> Result<(), EngineError>;
 
     /// Reads submitted and not yet returned by `reap`.
     fn in_flight(&self) -> usize;

@@ -264,13 +264,20 @@ impl Engine for FaultyEngine {
         }
     }
 
-    fn reap(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> Result<(), EngineError> {
+    fn reap(
+        &mut self,
+        min_complete: usize,
+        timeout: Option<std::time::Duration>,
+        out: &mut Vec<Completion>,
+    ) -> Result<(), EngineError> {
         let start = out.len();
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
             let ready = self.held.iter().filter(|h| h.1 == 0).count();
             let block = out.len() - start + ready < min_complete && self.inner.in_flight() > 0;
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
             let mut scratch = std::mem::take(&mut self.scratch);
-            let r = self.inner.reap(usize::from(block), &mut scratch);
+            let r = self.inner.reap(usize::from(block), left, &mut scratch);
             for c in scratch.drain(..) {
                 self.apply(c);
             }
@@ -278,7 +285,11 @@ impl Engine for FaultyEngine {
             r?;
             self.release(out);
             let got = out.len() - start;
-            if got >= min_complete || (self.inner.in_flight() == 0 && self.held.is_empty()) {
+            let timed_out = deadline.is_some_and(|d| std::time::Instant::now() >= d);
+            if got >= min_complete
+                || timed_out
+                || (self.inner.in_flight() == 0 && self.held.is_empty())
+            {
                 return Ok(());
             }
         }

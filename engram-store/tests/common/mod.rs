@@ -7,6 +7,8 @@ use engram_kernels::EngramConfig;
 use engram_store::synth::{SynthSpec, synth_row, write_synth};
 use engram_store::{BackendKind, BackendOptions, Manifest, RowLayout, Store, StoreOptions};
 
+pub mod sys;
+
 pub const ALL_BACKENDS: [BackendKind; 4] = [
     BackendKind::Memory,
     BackendKind::Mmap,
@@ -80,4 +82,51 @@ pub fn store(dir: &Path, kind: BackendKind, cache_bytes: u64, qd: usize) -> Stor
         ..StoreOptions::default()
     };
     Store::open(dir, &opts).expect("open store")
+}
+
+/// Versions of one small table, told apart by their seed, written with an extra file, for
+/// the publication tests.
+pub mod publish {
+    use std::path::Path;
+
+    use engram_store::synth::{SynthSpec, write_synth_rows};
+    use engram_store::{Error, Manifest, RowLayout, Table, TableWriter};
+
+    use super::{expected_rows, spec};
+
+    pub fn version(seed: u64) -> SynthSpec {
+        spec(RowLayout::Bf16, 16, 40, seed)
+    }
+
+    /// Writes version `seed` of the table at `dir` with an extra file `notes.txt` naming it.
+    pub fn write(dir: &Path, seed: u64, force: bool) -> Result<Manifest, Error> {
+        let s = version(seed);
+        let mut w = TableWriter::create(dir, &s.manifest()?, force)?;
+        write_synth_rows(&mut w, &s, |_, _, _| {})?;
+        w.add_file("notes.txt", format!("seed {seed}").as_bytes())?;
+        w.finish()
+    }
+
+    /// The seed of the complete table at `dir` (its rows, checksums and extra file agree).
+    pub fn seed_of(dir: &Path) -> u64 {
+        let t = Table::open(dir).expect("a complete table");
+        let notes = std::fs::read_to_string(dir.join("notes.txt")).expect("notes.txt");
+        let seed: u64 = notes
+            .strip_prefix("seed ")
+            .and_then(|s| s.parse().ok())
+            .expect("notes.txt names the seed");
+        assert_eq!(t.manifest().build.source, format!("synthetic seed={seed}"));
+        for layer in 0..t.n_layers() {
+            t.verify_layer(layer).expect("checksums hold");
+            let last = t.rows(layer).expect("rows") - 1;
+            let ids = [0, last / 2, last];
+            let mut got = vec![0u8; ids.len() * t.row_bytes()];
+            t.read_rows_simple(layer, &ids, &mut got).expect("reads");
+            assert_eq!(
+                got,
+                expected_rows(&version(seed), layer, &ids, t.row_bytes())
+            );
+        }
+        seed
+    }
 }

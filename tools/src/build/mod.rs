@@ -2,8 +2,9 @@
 //!
 //! Phases: resolve config -> load tokenizer and compression table -> (dry run stops here)
 //! -> discover inputs -> count row hits (read, tokenize in parallel, compress, hash, count)
-//! -> rank the profile -> stream rows through `engram-store`'s writer (atomic publication)
-//! -> write the profile and the next-token candidate table beside the manifest.
+//! -> rank the profile, choose the next-token candidates -> stream rows through
+//! `engram-store`'s writer, add the profile and the candidates to the table directory ->
+//! publish them all at once (atomic; `engram_store::publish`).
 
 pub mod candidates;
 pub mod config;
@@ -20,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use engram_kernels::hash::{HashOptions, NgramHasher};
 use engram_kernels::{CompressionTable, EngramLayout, tokenizer};
+use engram_store::candidates::CANDIDATES_FILE;
 use engram_store::format::{BuildInfo, LayerHeader, Manifest};
 use engram_store::profile::{LayerProfile, Profile};
 use engram_store::table::TableWriter;
@@ -32,6 +34,10 @@ use crate::json_line;
 
 /// File name of the traffic profile inside a table directory.
 pub const PROFILE_FILE: &str = "profile.bin";
+
+/// Free space required beyond the table's own size (temporary files, the profile, and room
+/// for the rest of the system) before a build starts.
+pub const FREE_SPACE_HEADROOM_BYTES: u64 = 64 << 20;
 
 /// `engram-build` flags. Every addressing and row flag can also come from `--config`.
 #[derive(Debug, Clone, Args)]
@@ -291,14 +297,18 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         );
     }
     let free = free_bytes(&args.out)?;
-    if free < est.table_bytes + (64 << 20) {
+    if free < est.table_bytes.saturating_add(FREE_SPACE_HEADROOM_BYTES) {
         bail!(
-            "not enough free space for {}: the table needs {}, the file system has {}",
+            "not enough free space for {}: the table needs {} plus {} of headroom \
+             (FREE_SPACE_HEADROOM_BYTES), the file system has {}",
             args.out.display(),
             human(est.table_bytes),
+            human(FREE_SPACE_HEADROOM_BYTES),
             human(free)
         );
     }
+    // Locks the path now, so a second writer fails before doing any work.
+    let mut writer = TableWriter::create(&args.out, &manifest, args.force)?;
     if let Some(c) = &checkpoints {
         values::check_checkpoint_tokenizer(c, &tok.sha256)?;
     }
@@ -394,7 +404,6 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     }
 
     // Write the table.
-    let mut writer = TableWriter::create(&args.out, &manifest, args.force)?;
     let dim = plan.dim as usize;
     let row_bytes = manifest.row_bytes as usize;
     let mut phase = Phase::start(mode, "write", "rows", est.rows);
@@ -423,10 +432,37 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             phase.update(done, &format!("layer {}", l.layer_id));
         }
     }
+    // The profile and the candidates join the table before publication: all are published
+    // or none.
+    let table_id = writer.manifest().table_id_u64().unwrap_or(0);
+    let (counted, profile, continuations) = match counted {
+        Some((counts, secs, layers, continuations)) => (
+            Some((counts, secs)),
+            Some(Profile { table_id, layers }),
+            continuations,
+        ),
+        None => (None, None, None),
+    };
+    if let Some(p) = &profile {
+        writer.add_file(PROFILE_FILE, &p.to_bytes())?;
+    }
+    let mut candidates = None;
+    if let Some(c) = continuations {
+        match c.finish(table_id, args.candidates_k, candidates_bytes)? {
+            Some((table, s)) => {
+                writer.add_file(CANDIDATES_FILE, &table.to_bytes())?;
+                candidates = Some(s);
+            }
+            None => report::warning(
+                mode,
+                "candidates",
+                "no context fits the budget or repeats often enough: no candidates.bin",
+            ),
+        }
+    }
     let manifest = writer.finish()?;
     let write_secs = phase.finish(done, "published");
 
-    // Profile, beside the manifest.
     let mut summary = serde_json::json!({
         "out": args.out,
         "table_id": manifest.table_id,
@@ -435,12 +471,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         "row_bytes": est.row_bytes,
         "write_seconds": write_secs,
     });
-    if let Some((counts, count_secs, profiles, continuations)) = counted {
-        let profile = Profile {
-            table_id: manifest.table_id_u64().unwrap_or(0),
-            layers: profiles,
-        };
-        profile.write(&args.out.join(PROFILE_FILE), true)?;
+    if let (Some((counts, count_secs)), Some(profile)) = (counted, profile) {
         let layers: Vec<_> = profile
             .layers
             .iter()
@@ -463,23 +494,9 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             "tokens_per_second": counts.tokens as f64 / count_secs.max(1e-9),
         });
         summary["profile"] = serde_json::json!({ "file": PROFILE_FILE, "layers": layers });
-        if let Some(c) = continuations {
-            let table_id = manifest.table_id_u64().unwrap_or(0);
-            match c.finish(table_id, args.candidates_k, candidates_bytes)? {
-                Some((table, s)) => {
-                    table.write(
-                        &args.out.join(engram_store::candidates::CANDIDATES_FILE),
-                        true,
-                    )?;
-                    summary["candidates"] = serde_json::to_value(&s)?;
-                }
-                None => report::warning(
-                    mode,
-                    "candidates",
-                    "no context fits the budget or repeats often enough: no candidates.bin",
-                ),
-            }
-        }
+    }
+    if let Some(s) = candidates {
+        summary["candidates"] = serde_json::to_value(&s)?;
     }
     summary["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
     match mode {

@@ -34,6 +34,10 @@ pub struct ReadArgs {
     /// pread pool threads (default: the queue depth, at most 256).
     #[arg(long)]
     pub pread_threads: Option<usize>,
+    /// Hedged reads: issue a read again once it has been in flight this many microseconds
+    /// (0: never; see engram-store/BENCHMARKS.md for when it pays).
+    #[arg(long, default_value_t = 0)]
+    pub hedge_after_us: u64,
 }
 
 impl ReadArgs {
@@ -51,6 +55,7 @@ impl ReadArgs {
             coalesce_gap_bytes: self.coalesce_gap_bytes,
             max_read_bytes: self.max_read_bytes,
             sqpoll: self.sqpoll,
+            hedge_after_us: self.hedge_after_us,
             pread_threads: self.pread_threads.unwrap_or(
                 self.queue_depth
                     .min(engram_store::backend::MAX_PREAD_THREADS),

@@ -17,6 +17,7 @@ use clap::Args as ClapArgs;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{CompressionTable, tokenizer};
 use engram_store::candidates::{CANDIDATES_FILE, MAX_CANDIDATES_K};
+use engram_store::records::RECORDS_FILE;
 use engram_store::workload::parse_bytes;
 use engram_store::{
     AlignedBuf, Candidates, Profile, Speculation, Store, StoreOptions, Table, Ticket,
@@ -108,7 +109,8 @@ pub struct Args {
     /// Do not seed the cache (the compulsory-miss floor then counts every first touch).
     #[arg(long)]
     pub no_profile: bool,
-    /// Serve misses from the table's n-gram records.
+    /// Read cache misses that share an n-gram record from TABLE/records.bin (one read
+    /// instead of several); without it the records are not used even when present.
     #[arg(long)]
     pub records: bool,
     /// Prefetch the rows of the K most likely next tokens one step ahead (0: off; needs
@@ -367,9 +369,11 @@ fn check_args(args: &Args) -> Result<()> {
     );
     ensure!(args.max_steps > 0, "--max-steps must be at least 1");
     if args.records {
-        bail!(
-            "--records: this build's store has no n-gram records (issue 12, item 2, is not merged \
-             yet); run without --records"
+        let p = args.table.join(RECORDS_FILE);
+        ensure!(
+            p.exists(),
+            "--records: {} has no {RECORDS_FILE} (engram-build --records-bytes writes it)",
+            args.table.display()
         );
     }
     Ok(())
@@ -706,6 +710,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .max(engram_store::store::DEFAULT_MAX_BATCH_ROWS),
         cache_bytes: cache,
         profile: inputs.profile.clone(),
+        records: args.records,
         ..StoreOptions::default()
     };
     let t_open = Instant::now();
@@ -764,6 +769,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "reads_per_token": per_token(st.device_reads),
         "device_bytes_per_token": per_token(st.device_bytes),
         "rows_read_per_token": per_token(st.rows_unique),
+        "record_reads_per_token": per_token(st.record_reads),
+        "record_rows_per_token": per_token(st.record_rows),
         "iops": st.device_reads as f64 / wall.max(1e-9),
         "device_read_us": {"p50": st.device_read.p50_us, "p99": st.device_read.p99_us},
         "late_us": quantiles(&mut tally.late_us),

@@ -1,0 +1,498 @@
+//! N-gram records: packed copies of the rows of all heads of frequent n-grams, so that a
+//! cache miss on such an n-gram costs one device read instead of one per head.
+//!
+//! `records.bin` is an optional sidecar in the table directory, written by `engram-build
+//! --records-bytes` and bound to the table by `table_id`. A record holds the `K` rows
+//! (one per hash head) of one n-gram, in head order; the store reads a record instead of
+//! the rows' own pages when at least two of the record's rows miss the cache in one batch.
+//! Rows keep their normal place in the layer files: records are copies, so a table with
+//! records returns the same bytes as one without (tested). The byte layout is in
+//! `docs/format.md` ("Records file").
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{Error, Result, io, io_at};
+use crate::format::{PAGE_BYTES, block_checksum, checksums_checksum};
+
+/// File name of the records inside a table directory.
+pub const RECORDS_FILE: &str = "records.bin";
+/// Magic bytes at offset 0.
+pub const RECORDS_MAGIC: [u8; 8] = *b"ENGRAMRC";
+/// Records format version.
+pub const RECORDS_VERSION: u32 = 1;
+/// Bytes of the header (the first page).
+const HEADER_BYTES: u64 = 4096;
+/// Offset of the header checksum.
+const HEADER_SUM_AT: usize = 4088;
+/// Offset of the per-layer directory in the header.
+const DIR_AT: usize = 48;
+/// Bytes per directory entry.
+const DIR_ENTRY: usize = 64;
+/// Most layers a records file describes (directory entries that fit the header).
+pub const MAX_RECORD_LAYERS: usize = (HEADER_SUM_AT - DIR_AT) / DIR_ENTRY;
+/// Most records per layer (bounds the index the store holds in memory).
+pub const MAX_RECORDS_PER_LAYER: u64 = 1 << 28;
+
+/// Shape shared by every record of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordShape {
+    /// Rows per record (the hash heads of one n-gram order).
+    pub rows_per_record: u32,
+    pub row_bytes: u32,
+    /// Records packed into one unit; no record crosses a unit.
+    pub records_per_unit: u32,
+    /// Bytes per unit, a multiple of 4096; also the checksum block.
+    pub unit_bytes: u32,
+}
+
+impl RecordShape {
+    /// The packing rule: `records_per_unit = max(1, 4096 / record_bytes)`, units rounded up
+    /// to whole pages.
+    pub fn new(rows_per_record: u32, row_bytes: u32) -> Result<Self> {
+        let record = u64::from(rows_per_record) * u64::from(row_bytes);
+        if rows_per_record == 0 || row_bytes == 0 || record > 64 << 20 {
+            return Err(Error::Invalid {
+                what: "record shape",
+                reason: format!("{rows_per_record} rows of {row_bytes} bytes"),
+            });
+        }
+        let per_unit = (PAGE_BYTES / record).max(1);
+        let unit = (per_unit * record).div_ceil(PAGE_BYTES) * PAGE_BYTES;
+        Ok(Self {
+            rows_per_record,
+            row_bytes,
+            records_per_unit: per_unit as u32,
+            unit_bytes: unit as u32,
+        })
+    }
+
+    pub fn record_bytes(&self) -> u64 {
+        u64::from(self.rows_per_record) * u64::from(self.row_bytes)
+    }
+
+    /// Byte offset of record `r`'s row at position `pos` inside a layer's data region.
+    pub fn row_offset(&self, r: u64, pos: u32) -> u64 {
+        let rpu = u64::from(self.records_per_unit);
+        (r / rpu) * u64::from(self.unit_bytes)
+            + (r % rpu) * self.record_bytes()
+            + u64::from(pos) * u64::from(self.row_bytes)
+    }
+
+    fn data_bytes(&self, n_records: u64) -> u64 {
+        n_records.div_ceil(u64::from(self.records_per_unit)) * u64::from(self.unit_bytes)
+    }
+}
+
+/// One layer's records as the store uses them.
+#[derive(Debug)]
+pub struct LayerRecords {
+    /// The Engram layer id (for messages).
+    pub layer_id: u64,
+    pub n_records: u64,
+    /// File offset of the data region.
+    pub data_offset: u64,
+    pub data_bytes: u64,
+    /// Row id -> (record, position); a row in several records maps to the first.
+    index: HashMap<u64, (u32, u8)>,
+    /// (units,) xxh3 of every unit
+    checksums: Vec<u64>,
+}
+
+impl LayerRecords {
+    /// The record holding `row`, and its position in it.
+    #[inline]
+    pub fn find(&self, row: u64) -> Option<(u32, u8)> {
+        self.index.get(&row).copied()
+    }
+
+    /// Distinct rows the records cover.
+    pub fn rows_covered(&self) -> usize {
+        self.index.len()
+    }
+}
+
+/// An opened, validated records file.
+#[derive(Debug)]
+pub struct Records {
+    pub path: PathBuf,
+    pub file: File,
+    pub shape: RecordShape,
+    /// (table layers,) records of each layer index (empty where the file has none)
+    pub layers: Vec<Option<LayerRecords>>,
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn round_page(v: u64) -> u64 {
+    v.div_ceil(PAGE_BYTES) * PAGE_BYTES
+}
+
+/// One layer's directory entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct DirEntry {
+    layer_index: u32,
+    n_records: u64,
+    index_offset: u64,
+    data_offset: u64,
+    data_bytes: u64,
+    checksums_offset: u64,
+    index_xxh3: u64,
+    checksums_xxh3: u64,
+}
+
+impl DirEntry {
+    fn encode(&self, b: &mut [u8]) {
+        b[0..4].copy_from_slice(&self.layer_index.to_le_bytes());
+        b[4..8].fill(0);
+        for (i, v) in [
+            self.n_records,
+            self.index_offset,
+            self.data_offset,
+            self.data_bytes,
+            self.checksums_offset,
+            self.index_xxh3,
+            self.checksums_xxh3,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            b[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn decode(b: &[u8]) -> Self {
+        Self {
+            layer_index: le32(b, 0),
+            n_records: le64(b, 8),
+            index_offset: le64(b, 16),
+            data_offset: le64(b, 24),
+            data_bytes: le64(b, 32),
+            checksums_offset: le64(b, 40),
+            index_xxh3: le64(b, 48),
+            checksums_xxh3: le64(b, 56),
+        }
+    }
+}
+
+/// Writes a records file: per layer, the row ids of each record and their bytes.
+#[derive(Debug)]
+pub struct RecordsWriter {
+    path: PathBuf,
+    file: File,
+    table_id: u64,
+    shape: RecordShape,
+    dir: Vec<DirEntry>,
+    next: u64,
+}
+
+impl RecordsWriter {
+    /// Creates `path` (which must not exist) for records of `shape`.
+    pub fn create(path: &Path, table_id: u64, shape: RecordShape) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| io("create", path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            table_id,
+            shape,
+            dir: Vec::new(),
+            next: HEADER_BYTES,
+        })
+    }
+
+    fn write_at(&self, bytes: &[u8], at: u64) -> Result<()> {
+        self.file
+            .write_all_at(bytes, at)
+            .map_err(|e| io_at("write", &self.path, at, e))
+    }
+
+    /// Adds layer `layer_index`: `rows` holds `rows_per_record` row ids per record (head
+    /// order); `fill(row, out)` writes a row's bytes. Layers in increasing index order.
+    pub fn add_layer(
+        &mut self,
+        layer_index: u32,
+        rows: &[u64],
+        mut fill: impl FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let k = self.shape.rows_per_record as usize;
+        if rows.is_empty() || !rows.len().is_multiple_of(k) {
+            return Err(Error::Writer(format!(
+                "records of layer {layer_index}: {} row ids is not a positive multiple of {k}",
+                rows.len()
+            )));
+        }
+        if self.dir.len() >= MAX_RECORD_LAYERS
+            || self
+                .dir
+                .last()
+                .is_some_and(|d| d.layer_index >= layer_index)
+        {
+            return Err(Error::Writer(format!(
+                "records layer {layer_index} out of order or too many layers"
+            )));
+        }
+        let n = (rows.len() / k) as u64;
+        let index_offset = self.next;
+        let mut index = Vec::with_capacity(rows.len() * 8);
+        for r in rows {
+            index.extend_from_slice(&r.to_le_bytes());
+        }
+        self.write_at(&index, index_offset)?;
+        let data_offset = round_page(index_offset + index.len() as u64);
+        let data_bytes = self.shape.data_bytes(n);
+        let ub = self.shape.unit_bytes as usize;
+        let rb = self.shape.row_bytes as usize;
+        let mut unit = vec![0u8; ub];
+        let mut sums = Vec::with_capacity(usize::try_from(data_bytes / ub as u64).unwrap_or(0));
+        for (u, chunk) in rows
+            .chunks(k * self.shape.records_per_unit as usize)
+            .enumerate()
+        {
+            unit.fill(0);
+            for (j, &row) in chunk.iter().enumerate() {
+                fill(row, &mut unit[j * rb..(j + 1) * rb])?;
+            }
+            sums.push(block_checksum(u as u64, &unit));
+            self.write_at(&unit, data_offset + (u * ub) as u64)?;
+        }
+        let checksums_offset = data_offset + data_bytes;
+        let mut table = Vec::with_capacity(sums.len() * 8);
+        for s in &sums {
+            table.extend_from_slice(&s.to_le_bytes());
+        }
+        self.write_at(&table, checksums_offset)?;
+        self.next = round_page(checksums_offset + table.len() as u64);
+        self.dir.push(DirEntry {
+            layer_index,
+            n_records: n,
+            index_offset,
+            data_offset,
+            data_bytes,
+            checksums_offset,
+            index_xxh3: xxh3_64(&index),
+            checksums_xxh3: checksums_checksum(&sums),
+        });
+        Ok(())
+    }
+
+    /// Writes the header and fsyncs.
+    pub fn finish(self) -> Result<()> {
+        let mut h = vec![0u8; HEADER_BYTES as usize];
+        h[0..8].copy_from_slice(&RECORDS_MAGIC);
+        h[8..12].copy_from_slice(&RECORDS_VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&(self.dir.len() as u32).to_le_bytes());
+        h[16..24].copy_from_slice(&self.table_id.to_le_bytes());
+        h[24..28].copy_from_slice(&self.shape.rows_per_record.to_le_bytes());
+        h[28..32].copy_from_slice(&self.shape.row_bytes.to_le_bytes());
+        h[32..36].copy_from_slice(&self.shape.records_per_unit.to_le_bytes());
+        h[36..40].copy_from_slice(&self.shape.unit_bytes.to_le_bytes());
+        for (i, d) in self.dir.iter().enumerate() {
+            d.encode(&mut h[DIR_AT + i * DIR_ENTRY..DIR_AT + (i + 1) * DIR_ENTRY]);
+        }
+        let sum = xxh3_64(&h[..HEADER_SUM_AT]);
+        h[HEADER_SUM_AT..].copy_from_slice(&sum.to_le_bytes());
+        self.write_at(&h, 0)?;
+        (&self.file)
+            .flush()
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| io("fsync", &self.path, e))
+    }
+}
+
+impl Records {
+    /// Opens and validates `path` against `table` (table id, row size, heads, layers,
+    /// every section's checksum); unit checksums are checked on every read.
+    pub fn open(path: &Path, table: &crate::table::Table) -> Result<Self> {
+        let bad = |offset: u64, reason: String| Error::Records {
+            path: path.to_path_buf(),
+            offset,
+            reason,
+        };
+        let (file, size) =
+            engram_kernels::file::open_regular(path).map_err(|e| Error::Records {
+                path: path.to_path_buf(),
+                offset: 0,
+                reason: e.to_string(),
+            })?;
+        if size < HEADER_BYTES {
+            return Err(bad(0, format!("{size} bytes is shorter than the header")));
+        }
+        let mut h = vec![0u8; HEADER_BYTES as usize];
+        file.read_exact_at(&mut h, 0)
+            .map_err(|e| io_at("read header", path, 0, e))?;
+        if h[..8] != RECORDS_MAGIC {
+            return Err(bad(0, "bad magic (expected ENGRAMRC)".into()));
+        }
+        let stored = le64(&h, HEADER_SUM_AT);
+        let computed = xxh3_64(&h[..HEADER_SUM_AT]);
+        if stored != computed {
+            return Err(bad(
+                HEADER_SUM_AT as u64,
+                format!(
+                    "header checksum mismatch: stored {stored:#018x}, computed {computed:#018x}"
+                ),
+            ));
+        }
+        let version = le32(&h, 8);
+        if version != RECORDS_VERSION {
+            return Err(bad(
+                8,
+                format!("version {version}, this build reads {RECORDS_VERSION}"),
+            ));
+        }
+        let n_layers = le32(&h, 12) as usize;
+        let table_id = le64(&h, 16);
+        let want_id = table.manifest().table_id_u64().unwrap_or(0);
+        if table_id != want_id {
+            return Err(bad(
+                16,
+                format!("written for table_id {table_id:016x}, this table is {want_id:016x}"),
+            ));
+        }
+        let k = le32(&h, 24);
+        let shape = RecordShape::new(k, le32(&h, 28))?;
+        if shape.row_bytes as usize != table.row_bytes()
+            || k as usize != table.layout().config.n_heads
+            || le32(&h, 32) != shape.records_per_unit
+            || le32(&h, 36) != shape.unit_bytes
+        {
+            return Err(bad(
+                24,
+                format!(
+                    "shape {k} rows x {} B ({} per {}-byte unit) does not fit this table \
+                     ({} heads x {} B)",
+                    le32(&h, 28),
+                    le32(&h, 32),
+                    le32(&h, 36),
+                    table.layout().config.n_heads,
+                    table.row_bytes()
+                ),
+            ));
+        }
+        if n_layers > MAX_RECORD_LAYERS {
+            return Err(bad(12, format!("{n_layers} layers")));
+        }
+        let mut layers: Vec<Option<LayerRecords>> = (0..table.n_layers()).map(|_| None).collect();
+        for i in 0..n_layers {
+            let at = DIR_AT + i * DIR_ENTRY;
+            let d = DirEntry::decode(&h[at..at + DIR_ENTRY]);
+            let li = d.layer_index as usize;
+            let rows = table.rows(li).map_err(|_| {
+                bad(
+                    at as u64,
+                    format!("layer index {li} is not a layer of the table"),
+                )
+            })?;
+            if layers[li].is_some() || d.n_records == 0 || d.n_records > MAX_RECORDS_PER_LAYER {
+                return Err(bad(at as u64, format!("bad entry for layer index {li}")));
+            }
+            let index_len = d.n_records * u64::from(k) * 8;
+            let n_units = d.n_records.div_ceil(u64::from(shape.records_per_unit));
+            let consistent = d.index_offset >= HEADER_BYTES
+                && d.index_offset.is_multiple_of(PAGE_BYTES)
+                && d.data_offset == round_page(d.index_offset + index_len)
+                && d.data_bytes == shape.data_bytes(d.n_records)
+                && d.checksums_offset == d.data_offset + d.data_bytes
+                && d.checksums_offset + n_units * 8 <= size;
+            if !consistent {
+                return Err(bad(
+                    at as u64,
+                    format!("inconsistent offsets for layer index {li}"),
+                ));
+            }
+            let mut raw = vec![0u8; index_len as usize];
+            file.read_exact_at(&mut raw, d.index_offset)
+                .map_err(|e| io_at("read records index", path, d.index_offset, e))?;
+            if xxh3_64(&raw) != d.index_xxh3 {
+                return Err(bad(
+                    d.index_offset,
+                    "records index checksum mismatch".into(),
+                ));
+            }
+            let mut index = HashMap::with_capacity(raw.len() / 8);
+            for (j, chunk) in raw.chunks_exact(8).enumerate() {
+                let row = le64(chunk, 0);
+                if row >= rows {
+                    return Err(bad(
+                        d.index_offset + 8 * j as u64,
+                        format!("row {row} is out of range ({rows} rows)"),
+                    ));
+                }
+                let rec = (j / k as usize) as u32;
+                let pos = (j % k as usize) as u8;
+                index.entry(row).or_insert((rec, pos));
+            }
+            let mut raw = vec![0u8; (n_units * 8) as usize];
+            file.read_exact_at(&mut raw, d.checksums_offset)
+                .map_err(|e| io_at("read records checksums", path, d.checksums_offset, e))?;
+            let checksums: Vec<u64> = raw.chunks_exact(8).map(|c| le64(c, 0)).collect();
+            if checksums_checksum(&checksums) != d.checksums_xxh3 {
+                return Err(bad(
+                    d.checksums_offset,
+                    "records checksum table mismatch".into(),
+                ));
+            }
+            layers[li] = Some(LayerRecords {
+                layer_id: table.manifest().layers[li].layer_id,
+                n_records: d.n_records,
+                data_offset: d.data_offset,
+                data_bytes: d.data_bytes,
+                index,
+                checksums,
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            shape,
+            layers,
+        })
+    }
+
+    /// Checks every unit inside a read of `buf` at file `offset` (unit-aligned) of layer
+    /// index `layer`'s records.
+    pub fn verify_read(&self, layer: usize, offset: u64, buf: &[u8]) -> Result<()> {
+        let Some(Some(l)) = self.layers.get(layer) else {
+            return Err(Error::Invalid {
+                what: "records",
+                reason: format!("layer index {layer} has no records"),
+            });
+        };
+        let ub = self.shape.unit_bytes as usize;
+        let first = (offset - l.data_offset) / ub as u64;
+        for (i, unit) in buf.chunks(ub).enumerate() {
+            let u = first + i as u64;
+            let stored = l.checksums.get(u as usize).copied().unwrap_or(0);
+            let computed = block_checksum(u, unit);
+            if unit.len() != ub || stored != computed {
+                return Err(Error::Checksum {
+                    path: self.path.clone(),
+                    layer_id: l.layer_id,
+                    what: "records unit",
+                    offset: l.data_offset + u * ub as u64,
+                    len: unit.len() as u64,
+                    stored,
+                    computed,
+                });
+            }
+        }
+        Ok(())
+    }
+}
