@@ -8,14 +8,13 @@
 //! A prediction backs off: the order-2 context (the last two canonical ids) first, then
 //! the order-1 context (the last id) fills the remaining places.
 
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::Path;
 
 use engram_kernels::file::{Limit, read_regular};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::error::{Error, Result, io};
+use crate::error::{Error, Result};
+use crate::format::{get_u32, get_u64};
 
 /// Magic bytes at offset 0 of a candidates file.
 pub const CANDIDATES_MAGIC: [u8; 8] = *b"ENGRAMCD";
@@ -70,18 +69,6 @@ pub struct Candidates {
     keys: Vec<u64>,
     // (contexts, k) raw ids, padded with NO_CANDIDATE
     ids: Vec<u32>,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Why a context's list is not valid, if it is not: padding before a real id, a repeated
@@ -245,7 +232,7 @@ impl Candidates {
             return Err(bad(0, "bad magic (expected ENGRAMCD)".into()));
         }
         let body = b.len() - CANDIDATES_TRAILER_BYTES;
-        let stored = le64(b, body);
+        let stored = get_u64(b, body);
         let computed = xxh3_64(&b[..body]);
         if stored != computed {
             return Err(bad(
@@ -253,21 +240,21 @@ impl Candidates {
                 format!("checksum mismatch: stored {stored:#018x}, computed {computed:#018x}"),
             ));
         }
-        let version = le32(b, 8);
+        let version = get_u32(b, 8);
         if version != CANDIDATES_VERSION {
             return Err(bad(
                 8,
                 format!("version {version}, this build reads {CANDIDATES_VERSION}"),
             ));
         }
-        let k = le32(b, 12) as usize;
+        let k = get_u32(b, 12) as usize;
         if !(1..=MAX_CANDIDATES_K).contains(&k) {
             return Err(bad(12, format!("k = {k}, expected 1..={MAX_CANDIDATES_K}")));
         }
-        let table_id = le64(b, 16);
-        let n = le64(b, 24);
-        let positions = le64(b, 32);
-        if le64(b, 40) != 0 {
+        let table_id = get_u64(b, 16);
+        let n = get_u64(b, 24);
+        let positions = get_u64(b, 32);
+        if get_u64(b, 40) != 0 {
             return Err(bad(40, "reserved field is not zero".into()));
         }
         let rec = record_bytes(k);
@@ -287,7 +274,7 @@ impl Candidates {
         let mut ids = Vec::with_capacity(n * k);
         for i in 0..n {
             let at = CANDIDATES_HEADER_BYTES + i * rec;
-            let key = le64(b, at);
+            let key = get_u64(b, at);
             if keys.last().is_some_and(|&prev| key <= prev) {
                 return Err(bad(
                     at,
@@ -295,7 +282,7 @@ impl Candidates {
                 ));
             }
             let first = ids.len();
-            ids.extend((0..k).map(|j| le32(b, at + 8 + 4 * j)));
+            ids.extend((0..k).map(|j| get_u32(b, at + 8 + 4 * j)));
             if let Some(reason) = list_error(&ids[first..]) {
                 return Err(bad(at + 8, reason));
             }
@@ -315,29 +302,6 @@ impl Candidates {
     pub fn read(path: &Path) -> Result<Self> {
         let b = read_regular(path, MAX_CANDIDATES_FILE_BYTES)?;
         Self::from_bytes(&b, path)
-    }
-
-    /// Writes atomically (temporary name, fsync, rename).
-    pub fn write(&self, path: &Path, force: bool) -> Result<()> {
-        if path.exists() && !force {
-            return Err(Error::Exists {
-                path: path.to_path_buf(),
-            });
-        }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        {
-            let mut f = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-            f.write_all(&self.to_bytes())
-                .map_err(|e| io("write", &tmp, e))?;
-            f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
-        }
-        fs::rename(&tmp, path).map_err(|e| io("rename", &tmp, e))?;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("fsync directory", parent, e))?;
-        }
-        Ok(())
     }
 }
 
@@ -491,8 +455,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join(CANDIDATES_FILE);
         let c = sample();
-        c.write(&p, false).expect("writes");
-        assert!(c.write(&p, false).is_err(), "exists without force");
+        std::fs::write(&p, c.to_bytes()).expect("writes");
         assert_eq!(Candidates::read(&p).expect("reads"), c);
         let e = Candidates::read(dir.path()).expect_err("a directory");
         assert!(matches!(e, Error::Input(_)), "{e}");

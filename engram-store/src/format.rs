@@ -536,12 +536,14 @@ fn put_u32(b: &mut [u8], at: usize, v: u32) {
 fn put_u64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
-fn get_u32(b: &[u8], at: usize) -> u32 {
+/// The little-endian u32 at `b[at..at + 4]` (the caller checks the bounds).
+pub(crate) fn get_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(a)
 }
-fn get_u64(b: &[u8], at: usize) -> u64 {
+/// The little-endian u64 at `b[at..at + 8]` (the caller checks the bounds).
+pub(crate) fn get_u64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)

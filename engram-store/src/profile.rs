@@ -9,6 +9,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result, io};
+use crate::format::get_u64;
 
 /// Magic bytes at offset 0 of a profile file.
 pub const PROFILE_MAGIC: [u8; 8] = *b"ENGRAMPF";
@@ -51,12 +52,6 @@ pub struct Profile {
     /// The `table_id` of the table it was measured for (0: not bound to a table).
     pub table_id: u64,
     pub layers: Vec<LayerProfile>,
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 impl Profile {
@@ -105,7 +100,7 @@ impl Profile {
             return Err(bad(0, "bad magic (expected ENGRAMPF)".into()));
         }
         let body = b.len() - 8;
-        let stored = le64(b, body);
+        let stored = get_u64(b, body);
         let computed = xxh3_64(&b[..body]);
         if stored != computed {
             return Err(bad(
@@ -121,16 +116,16 @@ impl Profile {
             ));
         }
         let n_layers = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
-        let table_id = le64(b, 16);
+        let table_id = get_u64(b, 16);
         let mut at = 32usize;
         let mut layers = Vec::new();
         for _ in 0..n_layers {
             if at + 24 > body {
                 return Err(bad(at, "layer record runs past the end".into()));
             }
-            let layer_id = le64(b, at);
-            let n = le64(b, at + 8);
-            let total_hits = le64(b, at + 16);
+            let layer_id = get_u64(b, at);
+            let n = get_u64(b, at + 8);
+            let total_hits = get_u64(b, at + 16);
             at += 24;
             let need = usize::try_from(n)
                 .ok()
@@ -142,7 +137,7 @@ impl Profile {
             let mut sum = 0u64;
             for k in 0..need / 16 {
                 let off = at + 16 * k;
-                let e = (le64(b, off), le64(b, off + 8));
+                let e = (get_u64(b, off), get_u64(b, off + 8));
                 if let Some(&prev) = entries.last() {
                     let (pr, pc): (u64, u64) = prev;
                     if e.1 > pc || (e.1 == pc && e.0 <= pr) {
