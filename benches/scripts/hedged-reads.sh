@@ -21,23 +21,30 @@ for r in $(seq 1 "$rounds"); do
   for h in "${order[@]}"; do
     target/release/engram bench "$table" --backend uring --queue-depth 32 --batch-rows 48 \
       --batches 600 --warmup-batches 20 --hedge-after-us "$h" --seed "$r" --json \
-      | sed "s/^/$h /" >>"$out"
+      | sed "s/^/$r $h /" >>"$out"
   done
 done
 python3 - "$out" <<'PY'
 import json, statistics, sys
-runs = {}
+runs, by_round = {}, {}
 for line in open(sys.argv[1]):
-    h, rec = line.split(" ", 1)
+    r, h, rec = line.split(" ", 2)
     d = json.loads(rec)["data"]["report"]
     runs.setdefault(int(h), []).append(d)
-print("hedge_after_us  runs  batch_p50_us  batch_p99_us  batch_p999_us  read_p99_us  iops  hedged/read")
+    by_round.setdefault(int(r), {})[int(h)] = d
+print("round  hedge_after_us  batch_p50_us  batch_p99_us  batch_p999_us  read_p99_us  iops  hedged/read")
+for r in sorted(by_round):
+    for h, d in sorted(by_round[r].items()):
+        hed = d["stats"]["hedged_reads"] / max(1, d["stats"]["device_reads"])
+        print(f"{r:>5}  {h:>14}  {d['batch_p50_us']:>12.0f}  {d['batch_p99_us']:>12.0f}  "
+              f"{d['batch_p999_us']:>13.0f}  {d['read_p99_us']:>11.0f}  {d['iops']:>5.0f}  {hed:.4f}")
+print()
+print("hedge_after_us  median ratio to no hedging in the same round (min-max): batch p50, p99, p999, IOPS")
 for h in sorted(runs):
-    rs = runs[h]
-    med = lambda k: statistics.median(r[k] for r in rs)
-    hed = statistics.median(r["stats"]["hedged_reads"] / max(1, r["stats"]["device_reads"]) for r in rs)
-    spread = lambda k: f'{min(r[k] for r in rs):.0f}-{max(r[k] for r in rs):.0f}'
-    print(f"{h:>14}  {len(rs):>4}  {med('batch_p50_us'):>12.0f}  {med('batch_p99_us'):>12.0f}  "
-          f"{med('batch_p999_us'):>13.0f}  {med('read_p99_us'):>11.0f}  {med('iops'):>5.0f}  {hed:.4f}"
-          f"   (p99 range {spread('batch_p99_us')})")
+    if h == 0:
+        continue
+    ratios = {k: [by_round[r][h][k] / by_round[r][0][k] for r in by_round if h in by_round[r] and 0 in by_round[r]]
+              for k in ("batch_p50_us", "batch_p99_us", "batch_p999_us", "iops")}
+    cell = lambda v: f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
+    print(f"{h:>14}  " + "  ".join(cell(ratios[k]) for k in ("batch_p50_us", "batch_p99_us", "batch_p999_us", "iops")))
 PY

@@ -40,6 +40,7 @@ pub mod synth;
 pub mod table;
 pub mod workload;
 
+pub use backend::external::EngineFactory;
 pub use backend::{BackendKind, BackendOptions, IO_BACKEND_ENV, REQUIRE_URING_ENV, UringFault};
 pub use buffer::AlignedBuf;
 pub use candidates::Candidates;

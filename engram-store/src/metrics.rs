@@ -60,14 +60,14 @@ pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
 }
 
 /// Tier names, in [`Tier`] order.
-pub const TIERS: [&str; 3] = ["cache", "dram", "ssd"];
+pub const TIERS: [&str; 4] = ["cache", "dram", "ssd", "remote"];
 /// Stage names.
 pub const STAGES: [&str; 4] = ["plan", "submit", "complete", "scatter"];
 
 #[derive(Debug)]
 struct Hists {
     // per tier: batch latency of that tier's part of a batch
-    tier: [Histogram<u64>; 3],
+    tier: [Histogram<u64>; 4],
     // per stage: ns per batch
     stage: [Histogram<u64>; 4],
     // whole lookup / prefetch batch
@@ -112,7 +112,7 @@ impl Default for Metrics {
             spec_dropped: AtomicU64::new(0),
             spec_failed: AtomicU64::new(0),
             hists: Mutex::new(Hists {
-                tier: [new_hist(), new_hist(), new_hist()],
+                tier: [new_hist(), new_hist(), new_hist(), new_hist()],
                 stage: [new_hist(), new_hist(), new_hist(), new_hist()],
                 batch: new_hist(),
             }),
@@ -125,6 +125,7 @@ fn tier_index(t: Tier) -> usize {
         Tier::Cache => 0,
         Tier::Dram => 1,
         Tier::Ssd => 2,
+        Tier::Remote => 3,
     }
 }
 

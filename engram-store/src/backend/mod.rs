@@ -10,6 +10,7 @@ use crate::batch::PlanParams;
 use crate::error::{Error, Result};
 use crate::table::Table;
 
+pub mod external;
 pub mod memory;
 pub mod mmap;
 pub mod pread;
@@ -46,6 +47,9 @@ pub enum BackendKind {
     Pread,
     /// io_uring with O_DIRECT, registered files and buffers.
     Uring,
+    /// An engine built outside this crate by [`BackendOptions::engine`] (a distributed
+    /// store such as Mooncake), named by its factory.
+    External(&'static str),
 }
 
 impl BackendKind {
@@ -55,6 +59,7 @@ impl BackendKind {
             BackendKind::Mmap => "mmap",
             BackendKind::Pread => "pread",
             BackendKind::Uring => "uring",
+            BackendKind::External(name) => name,
         }
     }
 
@@ -63,10 +68,12 @@ impl BackendKind {
         match self {
             BackendKind::Memory | BackendKind::Mmap => Tier::Dram,
             BackendKind::Pread | BackendKind::Uring => Tier::Ssd,
+            BackendKind::External(_) => Tier::Remote,
         }
     }
 
-    /// Parses a name; `auto` is `None`.
+    /// Parses the name of a built-in backend; `auto` is `None`. (External backends are
+    /// chosen with [`BackendOptions::engine`], not by name.)
     pub fn parse(s: &str) -> Result<Option<Self>> {
         match s.trim().to_ascii_lowercase().as_str() {
             "memory" | "mem" => Ok(Some(BackendKind::Memory)),
@@ -94,6 +101,8 @@ pub enum Tier {
     Cache,
     Dram,
     Ssd,
+    /// Another host's memory, through an external engine.
+    Remote,
 }
 
 /// Injected io_uring failures, to test the fallback chain on machines where it works.
@@ -180,6 +189,9 @@ pub struct BackendOptions {
     /// Hedged reads: issue a demand read again when it has been in flight this long (0:
     /// never). At most [`MAX_HEDGE_AFTER_US`].
     pub hedge_after_us: u64,
+    /// Reads through engines this factory builds instead of a built-in backend (see
+    /// [`external`]); when set it wins over `kind` and `$ENGRAM_IO_BACKEND`.
+    pub engine: Option<Arc<dyn external::EngineFactory>>,
 }
 
 impl Default for BackendOptions {
@@ -197,6 +209,7 @@ impl Default for BackendOptions {
             faults: None,
             records: None,
             hedge_after_us: 0,
+            engine: None,
         }
     }
 }
@@ -344,6 +357,20 @@ pub struct Opened {
 /// error instead.
 pub fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Result<Opened> {
     options.validate()?;
+    if let Some(factory) = &options.engine {
+        let mut options = options.clone();
+        if options.faults.is_none() {
+            options.faults = crate::io::FaultPlan::from_env()?;
+        }
+        return Ok(Opened {
+            backend: Arc::new(external::ExternalBackend::new(
+                table,
+                &options,
+                Arc::clone(factory),
+            )),
+            fallback: None,
+        });
+    }
     let kind = match options.kind {
         Some(k) => Some(k),
         None => match std::env::var(IO_BACKEND_ENV) {
@@ -374,6 +401,12 @@ pub fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Result<Open
         Some(BackendKind::Uring) => Ok(Opened {
             backend: Arc::new(uring::UringBackend::open(table, &options)?),
             fallback: None,
+        }),
+        Some(BackendKind::External(name)) => Err(Error::Invalid {
+            what: "backend",
+            reason: format!(
+                "{name:?} is an external backend: pass its engine factory in BackendOptions::engine"
+            ),
         }),
         None => match uring::UringBackend::open(table, &options) {
             Ok(b) => Ok(Opened {

@@ -40,6 +40,12 @@ enum Command {
     Synth(cmd::synth::Args),
     /// Replay held-out text as decode traffic: stall, slowdown vs DRAM, hit rates, IOPS.
     Replay(cmd::replay::Args),
+    /// Upload a table to a Mooncake Store cluster (resumable, verified).
+    Publish(cmd::mooncake::PublishArgs),
+    /// Remove a published table version from Mooncake Store.
+    Unpublish(cmd::mooncake::UnpublishArgs),
+    /// Write the local skeleton of a table published on Mooncake (no rows).
+    Skeleton(cmd::mooncake::SkeletonArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +60,9 @@ fn main() -> ExitCode {
         Command::Probe(args) => cmd::probe::run(args),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Replay(args) => cmd::replay::run(args),
+        Command::Publish(args) => cmd::mooncake::publish(args),
+        Command::Unpublish(args) => cmd::mooncake::unpublish(args),
+        Command::Skeleton(args) => cmd::mooncake::skeleton(args),
     };
     match result {
         Ok(code) => code,

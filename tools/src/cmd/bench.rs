@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
 use engram_store::workload::{BenchSpec, RowDist, parse_bytes, run_bench};
-use engram_store::{Profile, Store, StoreOptions};
+use engram_store::{Profile, StoreOptions};
 
-use crate::json_line;
+use crate::{MAX_THREADS, json_line};
 
 /// Benchmark lookups against a table.
 #[derive(Debug, ClapArgs)]
@@ -41,7 +41,7 @@ pub struct Args {
     /// Seed the cache from this profile file.
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// Client threads.
+    /// Client threads (1..=1024).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Prefetch tickets in flight per thread (0: synchronous lookup_into).
@@ -56,42 +56,105 @@ pub struct Args {
     /// Print one JSON Lines record.
     #[arg(long)]
     pub json: bool,
+    /// With --backend mooncake: publish the table into this process's own segment
+    /// (--mooncake-segment-bytes) first and unpublish it after, to measure reads served by
+    /// the process that holds the memory. Replaces any publication of this version.
+    #[arg(long)]
+    pub mooncake_publish_local: bool,
+}
+
+/// Most prefetch tickets in flight per client thread.
+pub const MAX_PREFETCH_DEPTH: usize = 4096;
+/// Most row ids drawn up front (`threads x (batches + warmup_batches) x batch_rows`, 8 B
+/// each: 2 GiB).
+pub const MAX_BENCH_IDS: u64 = 1 << 28;
+
+fn validate(args: &Args) -> Result<()> {
+    ensure!(
+        (1..=MAX_THREADS).contains(&args.threads),
+        "--threads {}: must be in 1..={MAX_THREADS} (MAX_THREADS)",
+        args.threads
+    );
+    ensure!(
+        args.prefetch_depth <= MAX_PREFETCH_DEPTH,
+        "--prefetch-depth {}: at most {MAX_PREFETCH_DEPTH} (MAX_PREFETCH_DEPTH)",
+        args.prefetch_depth
+    );
+    ensure!(args.batches > 0, "--batches must be at least 1");
+    let ids = (args.threads as u64)
+        .checked_mul((args.batches as u64).saturating_add(args.warmup_batches as u64))
+        .and_then(|n| n.checked_mul(args.batch_rows as u64))
+        .filter(|&n| n <= MAX_BENCH_IDS);
+    ensure!(
+        ids.is_some(),
+        "--threads x (--batches + --warmup-batches) x --batch-rows is above {MAX_BENCH_IDS} \
+         row ids (MAX_BENCH_IDS): they are drawn before the clock starts"
+    );
+    Ok(())
 }
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
+    validate(&args)?;
     let profile = match &args.profile {
         Some(p) => Some(Profile::read(p)?),
         None => None,
     };
     let opts = StoreOptions {
         backend: args.read.backend_options()?,
-        io_workers: args.threads.max(1),
+        io_workers: args.threads,
         max_in_flight: (args.threads * args.prefetch_depth).max(4),
         max_batch_rows: args.batch_rows,
         cache_bytes: parse_bytes(&args.cache_bytes)?,
         profile,
         ..StoreOptions::default()
     };
-    let store = Store::open(&args.table, &opts)
-        .with_context(|| format!("opening table {}", args.table.display()))?;
+    let local = if args.mooncake_publish_local {
+        anyhow::ensure!(
+            args.read.is_mooncake(),
+            "--mooncake-publish-local needs --backend mooncake"
+        );
+        let client = args.read.mooncake_client()?;
+        let table = std::sync::Arc::new(engram_store::Table::open(&args.table)?);
+        let keys = engram_mooncake::TableKeys::of(table.manifest())?;
+        let _ = engram_mooncake::unpublish(&client, &keys, None);
+        let po = engram_mooncake::PublishOptions {
+            local_segment: true,
+            ..engram_mooncake::PublishOptions::default()
+        };
+        engram_mooncake::publish(&client, &table, &po, &mut |_| {})
+            .context("publishing into this process's segment")?;
+        let store = engram_mooncake::mooncake_store(std::sync::Arc::clone(&client), table, &opts)?;
+        Some((client, keys, store))
+    } else {
+        None
+    };
+    let store = match &local {
+        Some((_, _, st)) => st.clone(),
+        None => args.read.open_store(&args.table, &opts)?,
+    };
     let spec = BenchSpec {
         batch_rows: args.batch_rows,
         batches: args.batches,
         warmup_batches: args.warmup_batches,
-        threads: args.threads.max(1),
+        threads: args.threads,
         dist: RowDist::parse(&args.dist)?,
         seed: args.seed,
         layers: args.layer_index.into_iter().collect(),
         prefetch_depth: args.prefetch_depth,
     };
     let r = run_bench(&store, &spec)?;
+    let fallback = store.fallback_reason().map(str::to_owned);
+    if let Some((client, keys, st)) = local {
+        drop((store, st));
+        engram_mooncake::unpublish(&client, &keys, None)?;
+    }
     if args.json {
         json_line(
             "bench",
             &serde_json::json!({
-                "table": args.table, "dist": args.dist, "queue_depth": args.read.queue_depth,
-                "cache_bytes": opts.cache_bytes, "fallback": store.fallback_reason(),
+                "table": crate::json_path(&args.table), "dist": args.dist, "queue_depth": args.read.queue_depth,
+                "cache_bytes": opts.cache_bytes, "fallback": fallback,
                 "report": r,
             }),
         );

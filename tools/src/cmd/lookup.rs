@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use engram_store::{Store, StoreOptions};
+use engram_store::StoreOptions;
 
 use crate::json_line;
 
@@ -53,8 +53,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_batch_rows: args.rows.len().max(1),
         ..StoreOptions::default()
     };
-    let store = Store::open(&args.table, &opts)
-        .with_context(|| format!("opening table {}", args.table.display()))?;
+    let store = args.read.open_store(&args.table, &opts)?;
     let layout = store.table().layout();
     let layer = match (args.layer, args.layer_index) {
         (Some(id), _) => layout.layer_index(id)?,

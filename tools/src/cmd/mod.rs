@@ -4,6 +4,7 @@ pub mod bench;
 pub mod hash;
 pub mod inspect;
 pub mod lookup;
+pub mod mooncake;
 pub mod probe;
 pub mod read_args;
 pub mod replay;

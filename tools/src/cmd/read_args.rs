@@ -1,18 +1,37 @@
 //! The read options every command that opens a store takes (`lookup`, `bench`), in one
 //! place, so any read path can be checked for bytes from the command line.
 
-use anyhow::Result;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use engram_store::{BackendKind, BackendOptions};
+use engram_mooncake::ClientConfig;
+use engram_store::workload::parse_bytes;
+use engram_store::{BackendKind, BackendOptions, Store, StoreOptions};
 
 /// How the store reads rows.
 #[derive(Debug, Clone, ClapArgs)]
 pub struct ReadArgs {
     /// Backend: memory, mmap, pread, uring, auto (default: $ENGRAM_IO_BACKEND, then auto:
     /// io_uring, falling back to pread with the reason). An explicit `uring` never falls
-    /// back.
+    /// back. `mooncake` reads the rows from the Mooncake cluster given by --mooncake
+    /// (falling back to the local table, with the reason, when the cluster cannot serve
+    /// it; a skeleton cannot fall back).
     #[arg(long)]
     pub backend: Option<String>,
+    /// Mooncake master, HOST:PORT (with --backend mooncake; `scripts/mooncake-local.sh
+    /// start` prints one). Metadata server, venv, protocol: $ENGRAM_MOONCAKE_*.
+    #[arg(long)]
+    pub mooncake: Option<String>,
+    /// Mooncake: longest a batch of gets may take, in milliseconds, before the store
+    /// reports the cluster broken.
+    #[arg(long, default_value_t = 10_000)]
+    pub mooncake_timeout_ms: u64,
+    /// Mooncake: memory this process contributes to the cluster (e.g. 1G; 0: none).
+    #[arg(long, default_value = "0")]
+    pub mooncake_segment_bytes: String,
     /// Reads in flight per reader (1..=4096).
     #[arg(long, default_value_t = engram_store::backend::DEFAULT_QUEUE_DEPTH)]
     pub queue_depth: usize,
@@ -44,6 +63,7 @@ impl ReadArgs {
     /// The backend options these flags ask for (validated when the store opens).
     pub fn backend_options(&self) -> Result<BackendOptions> {
         let kind = match &self.backend {
+            Some(_) if self.is_mooncake() => None,
             Some(b) => BackendKind::parse(b)?,
             None => None,
         };
@@ -62,5 +82,50 @@ impl ReadArgs {
             ),
             ..BackendOptions::default()
         })
+    }
+}
+
+impl ReadArgs {
+    /// Whether `--backend mooncake` was asked for.
+    pub fn is_mooncake(&self) -> bool {
+        self.backend
+            .as_deref()
+            .is_some_and(|b| b.trim().eq_ignore_ascii_case(engram_mooncake::BACKEND_NAME))
+    }
+
+    /// The Mooncake client settings of these flags (`--mooncake` required).
+    pub fn mooncake_config(&self) -> Result<ClientConfig> {
+        let master = self
+            .mooncake
+            .as_deref()
+            .context("--backend mooncake needs --mooncake HOST:PORT (the master)")?;
+        let mut c = ClientConfig::new(master)?;
+        c.timeout = Duration::from_millis(self.mooncake_timeout_ms);
+        c.segment_bytes = parse_bytes(&self.mooncake_segment_bytes)?;
+        Ok(c)
+    }
+
+    /// Opens the table at `dir` with these flags: the local backends, or Mooncake (with
+    /// its fallback reason on stderr).
+    pub fn open_store(&self, dir: &Path, options: &StoreOptions) -> Result<Store> {
+        if !self.is_mooncake() {
+            if self.mooncake.is_some() {
+                anyhow::bail!("--mooncake is used with --backend mooncake");
+            }
+            return Store::open(dir, options)
+                .with_context(|| format!("opening table {}", dir.display()));
+        }
+        let opened = engram_mooncake::open_store(dir, options, &self.mooncake_config()?)
+            .with_context(|| format!("opening table {} on Mooncake", dir.display()))?;
+        // The fallback, if taken, was logged with its reason by engram-mooncake.
+        Ok(opened.store)
+    }
+
+    /// A Mooncake client for these flags.
+    pub fn mooncake_client(&self) -> Result<Arc<engram_mooncake::Client>> {
+        let c = self.mooncake_config()?;
+        Ok(Arc::new(
+            engram_mooncake::Client::connect(&c).context("connecting to Mooncake")?,
+        ))
     }
 }

@@ -1,0 +1,455 @@
+//! The Mooncake Store client: `mooncake.store.MooncakeDistributedStore` from the
+//! `mooncake-transfer-engine` wheel, driven through an embedded CPython (the wheel ships
+//! no C API). Buffers stay Rust-owned: their addresses are registered with the client and
+//! passed to its `*_from` / `get_into_ranges` calls, which move bytes without Python
+//! copies. Without the `python` feature every constructor returns
+//! [`Error::NotCompiled`](crate::Error::NotCompiled).
+//!
+//! Memory contract for callers of [`Client::register`] and the ranged calls: an address
+//! range handed to the client is owned by the caller, stays allocated and untouched by
+//! anything else until the call returns, and a registered allocation is unregistered
+//! before it is freed (see `engine.rs` and `publish.rs`).
+
+use crate::config::ClientConfig;
+use crate::error::Result;
+
+/// Replication of objects written by a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    /// Copies on distinct segments.
+    pub replicas: u32,
+    /// Never evicted (objects are otherwise leased and evictable under memory pressure).
+    pub hard_pin: bool,
+    /// Place the first copy on this segment (a client's hostname, [`Client::hostname`]).
+    pub preferred_segment: Option<String>,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            hard_pin: true,
+            preferred_segment: None,
+        }
+    }
+}
+
+/// Most replicas accepted.
+pub const MAX_REPLICAS: u32 = 16;
+
+/// Ranged reads of one `get_into_ranges` call into one registered buffer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RangedGet {
+    /// Distinct keys (a key may appear once per call).
+    pub keys: Vec<String>,
+    /// (keys, ranges) offsets into the buffer, offsets into the object, lengths
+    pub dst: Vec<Vec<u64>>,
+    pub src: Vec<Vec<u64>>,
+    pub len: Vec<Vec<u64>>,
+}
+
+impl RangedGet {
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.dst.clear();
+        self.src.clear();
+        self.len.clear();
+    }
+}
+
+#[cfg(feature = "python")]
+mod imp {
+    use std::sync::OnceLock;
+
+    use pyo3::prelude::*;
+    use pyo3::types::PyBytes;
+
+    use super::{RangedGet, Replication};
+    use crate::config::ClientConfig;
+    use crate::error::{Error, Result};
+
+    /// A connected client (one `MooncakeDistributedStore`).
+    #[derive(Debug)]
+    pub struct Client {
+        store: Py<PyAny>,
+        module: Py<PyAny>,
+        config: ClientConfig,
+    }
+
+    fn py_err(op: &'static str) -> impl Fn(PyErr) -> Error {
+        move |e| Error::Python {
+            op,
+            reason: e.to_string(),
+        }
+    }
+
+    /// Starts the interpreter once, adds the venv's site-packages, imports the module.
+    fn module(config: &ClientConfig) -> Result<Py<PyAny>> {
+        static MODULE: OnceLock<std::result::Result<Py<PyAny>, String>> = OnceLock::new();
+        let unavailable = |reason: String| Error::Unavailable {
+            master: config.master.clone(),
+            reason,
+        };
+        let r = MODULE.get_or_init(|| {
+            Python::initialize();
+            Python::attach(|py| -> std::result::Result<Py<PyAny>, String> {
+                if let Some(venv) = &config.venv {
+                    let site = py.import("site").and_then(|site| {
+                        let lib = venv.join("lib");
+                        // lib/pythonX.Y/site-packages, whatever X.Y the venv has.
+                        let entries = std::fs::read_dir(&lib).map_err(|e| {
+                            pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", lib.display()))
+                        })?;
+                        for entry in entries.flatten() {
+                            let sp = entry.path().join("site-packages");
+                            if sp.is_dir() {
+                                site.call_method1("addsitedir", (sp.to_string_lossy(),))?;
+                            }
+                        }
+                        Ok(())
+                    });
+                    site.map_err(|e| format!("adding the venv {}: {e}", venv.display()))?;
+                }
+                py.import("mooncake.store")
+                    .map(|m| m.into_any().unbind())
+                    .map_err(|e| {
+                        format!(
+                            "cannot import mooncake.store ({e}); install it with \
+                             scripts/mooncake-local.sh (or pip install \
+                             mooncake-transfer-engine-non-cuda) and set {}",
+                            crate::config::VENV_ENV
+                        )
+                    })
+            })
+        });
+        match r {
+            Ok(m) => Ok(Python::attach(|py| m.clone_ref(py))),
+            Err(why) => Err(unavailable(why.clone())),
+        }
+    }
+
+    impl Client {
+        /// Connects to the master (after a quick reachability probe) and mounts
+        /// `segment_bytes` of this process's memory into the cluster.
+        pub fn connect(config: &ClientConfig) -> Result<Self> {
+            config.validate()?;
+            config.probe()?;
+            let module = module(config)?;
+            let store = Python::attach(|py| -> Result<Py<PyAny>> {
+                let m = module.bind(py);
+                let store = m
+                    .getattr("MooncakeDistributedStore")
+                    .and_then(|c| c.call0())
+                    .map_err(py_err("create"))?;
+                let rc: i64 = store
+                    .call_method1(
+                        "setup",
+                        (
+                            config.local_hostname.as_str(),
+                            config.metadata.as_str(),
+                            config.segment_bytes,
+                            config.local_buffer_bytes,
+                            config.protocol.as_str(),
+                            config.rdma_devices.as_str(),
+                            config.master.as_str(),
+                        ),
+                    )
+                    .and_then(|r| r.extract())
+                    .map_err(py_err("setup"))?;
+                if rc != 0 {
+                    return Err(Error::Unavailable {
+                        master: config.master.clone(),
+                        reason: format!("client setup returned {rc}"),
+                    });
+                }
+                Ok(store.unbind())
+            })?;
+            tracing::info!(target: "engram_mooncake", master = %config.master, protocol = %config.protocol, segment_bytes = config.segment_bytes, "connected to Mooncake");
+            Ok(Self {
+                store,
+                module,
+                config: config.clone(),
+            })
+        }
+
+        pub fn config(&self) -> &ClientConfig {
+            &self.config
+        }
+
+        fn call_i64<'py, A>(&self, py: Python<'py>, op: &'static str, args: A) -> Result<i64>
+        where
+            A: pyo3::call::PyCallArgs<'py>,
+        {
+            self.store
+                .bind(py)
+                .call_method1(op, args)
+                .and_then(|r| r.extract())
+                .map_err(py_err(op))
+        }
+
+        /// Registers `[ptr, ptr + len)` for transfers (see the module's memory contract).
+        pub fn register(&self, ptr: usize, len: usize) -> Result<()> {
+            let rc = Python::attach(|py| self.call_i64(py, "register_buffer", (ptr, len)))?;
+            if rc != 0 {
+                return Err(Error::Unavailable {
+                    master: self.config.master.clone(),
+                    reason: format!("register_buffer of {len} bytes returned {rc}"),
+                });
+            }
+            Ok(())
+        }
+
+        /// Unregisters the allocation starting at `ptr`.
+        pub fn unregister(&self, ptr: usize) -> Result<()> {
+            let rc = Python::attach(|py| self.call_i64(py, "unregister_buffer", (ptr,)))?;
+            if rc != 0 {
+                tracing::warn!(target: "engram_mooncake", "unregister_buffer returned {rc}");
+            }
+            Ok(())
+        }
+
+        /// This client's segment name (`host:port`), for [`Replication::preferred_segment`].
+        pub fn hostname(&self) -> Result<String> {
+            Python::attach(|py| {
+                self.store
+                    .bind(py)
+                    .call_method0("get_hostname")
+                    .and_then(|v| v.extract())
+                    .map_err(py_err("get_hostname"))
+            })
+        }
+
+        fn replicate_config<'py>(
+            &self,
+            py: Python<'py>,
+            r: &Replication,
+        ) -> Result<Bound<'py, PyAny>> {
+            let m = self.module.bind(py);
+            let c = m
+                .getattr("ReplicateConfig")
+                .and_then(|c| c.call0())
+                .map_err(py_err("ReplicateConfig"))?;
+            c.setattr("replica_num", r.replicas)
+                .and_then(|()| c.setattr("with_hard_pin", r.hard_pin))
+                .map_err(py_err("ReplicateConfig"))?;
+            if let Some(seg) = &r.preferred_segment {
+                c.setattr("preferred_segment", seg.as_str())
+                    .map_err(py_err("ReplicateConfig"))?;
+            }
+            Ok(c)
+        }
+
+        /// Writes (insert or replace) objects `keys[i]` from registered memory
+        /// `[ptrs[i], ptrs[i] + sizes[i])`; one status per key (0: done).
+        pub fn upsert_from(
+            &self,
+            keys: &[String],
+            ptrs: &[usize],
+            sizes: &[usize],
+            r: &Replication,
+        ) -> Result<Vec<i64>> {
+            Python::attach(|py| {
+                let c = self.replicate_config(py, r)?;
+                self.store
+                    .bind(py)
+                    .call_method1(
+                        "batch_upsert_from",
+                        (keys.to_vec(), ptrs.to_vec(), sizes.to_vec(), c),
+                    )
+                    .and_then(|v| v.extract())
+                    .map_err(py_err("batch_upsert_from"))
+            })
+        }
+
+        /// Writes a small object from bytes.
+        pub fn upsert_bytes(&self, key: &str, bytes: &[u8], r: &Replication) -> Result<i64> {
+            Python::attach(|py| {
+                let c = self.replicate_config(py, r)?;
+                self.store
+                    .bind(py)
+                    .call_method1("upsert", (key, PyBytes::new(py, bytes), c))
+                    .and_then(|v| v.extract())
+                    .map_err(py_err("upsert"))
+            })
+        }
+
+        /// Whether each key exists: 1 yes, 0 no, negative an error.
+        pub fn exist(&self, keys: &[String]) -> Result<Vec<i64>> {
+            Python::attach(|py| {
+                self.store
+                    .bind(py)
+                    .call_method1("batch_is_exist", (keys.to_vec(),))
+                    .and_then(|v| v.extract())
+                    .map_err(py_err("batch_is_exist"))
+            })
+        }
+
+        /// A small object's bytes, `Ok(None)` when it does not exist; errors above `limit`.
+        pub fn get_bytes(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+            Python::attach(|py| {
+                let size = self.call_i64(py, "get_size", (key,))?;
+                if size == crate::error::OBJECT_NOT_FOUND {
+                    return Ok(None);
+                }
+                if size < 0 {
+                    return Err(Error::Object {
+                        op: "get_size",
+                        key: key.to_string(),
+                        code: size,
+                        name: crate::error::code_name(size),
+                    });
+                }
+                if size as u64 > limit {
+                    return Err(Error::Limit {
+                        what: "object bytes",
+                        name: "object limit",
+                        limit,
+                        found: size as u64,
+                    });
+                }
+                let b = self
+                    .store
+                    .bind(py)
+                    .call_method1("get", (key,))
+                    .map_err(py_err("get"))?;
+                let b = b.cast::<PyBytes>().map_err(|e| Error::Python {
+                    op: "get",
+                    reason: e.to_string(),
+                })?;
+                let bytes = b.as_bytes();
+                if bytes.len() as i64 != size {
+                    return Err(Error::Object {
+                        op: "get",
+                        key: key.to_string(),
+                        code: -1,
+                        name: "returned a different size than get_size",
+                    });
+                }
+                Ok(Some(bytes.to_vec()))
+            })
+        }
+
+        /// One `get_into_ranges` into the registered buffer at `base`: per key, per range,
+        /// the bytes read or a negative error code.
+        pub fn get_ranges(&self, base: usize, g: &RangedGet) -> Result<Vec<Vec<i64>>> {
+            Python::attach(|py| {
+                let mut r: Vec<Vec<Vec<i64>>> = self
+                    .store
+                    .bind(py)
+                    .call_method1(
+                        "get_into_ranges",
+                        (
+                            vec![base],
+                            vec![g.keys.clone()],
+                            vec![g.dst.clone()],
+                            vec![g.src.clone()],
+                            vec![g.len.clone()],
+                        ),
+                    )
+                    .and_then(|v| v.extract())
+                    .map_err(py_err("get_into_ranges"))?;
+                Ok(r.pop().unwrap_or_default())
+            })
+        }
+
+        /// Removes every object whose key starts with `prefix` (lease checks skipped);
+        /// returns how many.
+        pub fn remove_prefix(&self, prefix: &str) -> Result<i64> {
+            let mut pattern = String::from("^");
+            for c in prefix.chars() {
+                if c.is_ascii_alphanumeric() || c == '/' || c == '_' || c == '-' {
+                    pattern.push(c);
+                } else {
+                    pattern.push('\\');
+                    pattern.push(c);
+                }
+            }
+            Python::attach(|py| self.call_i64(py, "remove_by_regex", (pattern.as_str(), true)))
+        }
+
+        /// Removes one object (lease checks skipped); 0 or a negative code.
+        pub fn remove(&self, key: &str) -> Result<i64> {
+            Python::attach(|py| self.call_i64(py, "remove", (key, true)))
+        }
+    }
+
+    impl Drop for Client {
+        fn drop(&mut self) {
+            Python::attach(|py| {
+                if let Err(e) = self.store.bind(py).call_method0("close") {
+                    tracing::debug!(target: "engram_mooncake", "close: {e}");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(not(feature = "python"))]
+mod imp {
+    use super::{RangedGet, Replication};
+    use crate::config::ClientConfig;
+    use crate::error::{Error, Result};
+
+    #[derive(Debug)]
+    enum Never {}
+
+    /// A connected client; this build has none (see [`Client::connect`]).
+    #[derive(Debug)]
+    pub struct Client {
+        never: Never,
+    }
+
+    impl Client {
+        /// Always [`Error::NotCompiled`]: the client needs the `python` feature.
+        pub fn connect(config: &ClientConfig) -> Result<Self> {
+            config.validate()?;
+            Err(Error::NotCompiled { feature: "python" })
+        }
+        pub fn config(&self) -> &ClientConfig {
+            match self.never {}
+        }
+        pub fn hostname(&self) -> Result<String> {
+            match self.never {}
+        }
+        pub fn register(&self, _ptr: usize, _len: usize) -> Result<()> {
+            match self.never {}
+        }
+        pub fn unregister(&self, _ptr: usize) -> Result<()> {
+            match self.never {}
+        }
+        pub fn upsert_from(
+            &self,
+            _keys: &[String],
+            _ptrs: &[usize],
+            _sizes: &[usize],
+            _r: &Replication,
+        ) -> Result<Vec<i64>> {
+            match self.never {}
+        }
+        pub fn upsert_bytes(&self, _key: &str, _bytes: &[u8], _r: &Replication) -> Result<i64> {
+            match self.never {}
+        }
+        pub fn exist(&self, _keys: &[String]) -> Result<Vec<i64>> {
+            match self.never {}
+        }
+        pub fn get_bytes(&self, _key: &str, _limit: u64) -> Result<Option<Vec<u8>>> {
+            match self.never {}
+        }
+        pub fn get_ranges(&self, _base: usize, _g: &RangedGet) -> Result<Vec<Vec<i64>>> {
+            match self.never {}
+        }
+        pub fn remove_prefix(&self, _prefix: &str) -> Result<i64> {
+            match self.never {}
+        }
+        pub fn remove(&self, _key: &str) -> Result<i64> {
+            match self.never {}
+        }
+    }
+}
+
+pub use imp::Client;
+
+/// Connects a client ([`Client::connect`]).
+pub fn connect(config: &ClientConfig) -> Result<Client> {
+    Client::connect(config)
+}

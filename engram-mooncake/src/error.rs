@@ -1,0 +1,90 @@
+//! The crate's one error type. Variants say what was expected, what was found and where
+//! (the Mooncake key, the table, the file).
+
+use std::path::PathBuf;
+
+/// Errors from publishing tables on Mooncake Store and reading them back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Mooncake client is not in this build.
+    #[error(
+        "the Mooncake client is not compiled in: rebuild with `--features {feature}` \
+         (engram-tools, moe-core: `--features mooncake`)"
+    )]
+    NotCompiled { feature: &'static str },
+    /// The cluster or the client library cannot be used from here (unreachable master,
+    /// missing wheel, failed setup).
+    #[error("Mooncake at {master} is not available: {reason}")]
+    Unavailable { master: String, reason: String },
+    /// A Mooncake call returned an error code for an object.
+    #[error("Mooncake {op} of {key} failed with error {code} ({name})")]
+    Object {
+        op: &'static str,
+        key: String,
+        code: i64,
+        name: &'static str,
+    },
+    /// The table (this exact version) has no complete publication on the cluster.
+    #[error("table {prefix} is not published on Mooncake: {reason}")]
+    NotPublished { prefix: String, reason: String },
+    /// What the cluster holds disagrees with the local table.
+    #[error("published {what} at {key}: expected {expected}, found {found}")]
+    Mismatch {
+        what: &'static str,
+        key: String,
+        expected: String,
+        found: String,
+    },
+    /// An argument or option value is invalid.
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    /// A size above a named limit.
+    #[error("{what} is {found}, above the limit {limit} ({name})")]
+    Limit {
+        what: &'static str,
+        name: &'static str,
+        limit: u64,
+        found: u64,
+    },
+    /// An unexpected Python exception inside the client library.
+    #[error("Mooncake client ({op}): {reason}")]
+    Python { op: &'static str, reason: String },
+    /// A local file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The table or the store refused something.
+    #[error(transparent)]
+    Store(#[from] engram_store::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Error {
+    Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The name of a Mooncake error code, for the codes this crate has seen and acts on
+/// (others are reported by number).
+pub fn code_name(code: i64) -> &'static str {
+    match code {
+        OBJECT_NOT_FOUND => "object not found",
+        INVALID_PARAMS => "invalid parameters (a range outside the object)",
+        _ => "a Mooncake ErrorCode",
+    }
+}
+
+/// Mooncake's `OBJECT_NOT_FOUND`.
+pub const OBJECT_NOT_FOUND: i64 = -704;
+/// Mooncake's `INVALID_PARAMS`.
+pub const INVALID_PARAMS: i64 = -600;

@@ -1,0 +1,180 @@
+//! An engine from outside the crate (`BackendOptions::engine`): the store reads through
+//! the one driver over it, reports the factory's backend name and the remote tier, returns
+//! the memory backend's bytes, and still verifies every block (a lying engine is a
+//! checksum error, never a wrong row).
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::*;
+use engram_store::io::{Completion, Engine, EngineError, Lease, ReadReq, Staging};
+use engram_store::{
+    BackendKind, BackendOptions, EngineFactory, Error, RowLayout, Store, StoreOptions, Table,
+};
+
+/// Reads layer-file ranges with plain `pread` when reaped; flips one byte of read number
+/// `corrupt_read` (counted across the factory's engines) when set.
+#[derive(Debug)]
+struct FileEngine {
+    files: Vec<std::fs::File>,
+    queued: Vec<(ReadReq, Lease)>,
+    reads: Arc<AtomicU64>,
+    corrupt_read: Option<u64>,
+}
+
+impl Engine for FileEngine {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn submit(&mut self, req: ReadReq, lease: Lease) -> Result<(), (Lease, EngineError)> {
+        self.queued.push((req, lease));
+        Ok(())
+    }
+
+    fn reap(
+        &mut self,
+        _min_complete: usize,
+        _timeout: Option<std::time::Duration>,
+        out: &mut Vec<Completion>,
+    ) -> Result<(), EngineError> {
+        for (req, mut lease) in self.queued.drain(..) {
+            let n = self.reads.fetch_add(1, Ordering::Relaxed);
+            let result = match self.files.get(req.file as usize) {
+                Some(f) => f
+                    .read_exact_at(lease.bytes_mut(), req.offset)
+                    .map(|()| lease.len()),
+                None => Err(std::io::Error::other("no such file")),
+            };
+            if self.corrupt_read == Some(n) {
+                lease.bytes_mut()[0] ^= 0x40;
+            }
+            out.push(Completion {
+                tag: req.tag,
+                lease,
+                result,
+            });
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.queued.len()
+    }
+}
+
+#[derive(Debug, Default)]
+struct FileFactory {
+    reads: Arc<AtomicU64>,
+    staging_bytes: AtomicU64,
+    corrupt_read: Option<u64>,
+}
+
+impl EngineFactory for FileFactory {
+    fn name(&self) -> &'static str {
+        "test-files"
+    }
+
+    fn engine(
+        &self,
+        table: &Arc<Table>,
+        staging: &Staging,
+    ) -> engram_store::Result<Box<dyn Engine>> {
+        self.staging_bytes
+            .store(staging.iovec().iov_len as u64, Ordering::Relaxed);
+        let mut files = Vec::new();
+        for l in 0..table.n_layers() {
+            files.push(std::fs::File::open(&table.layer(l)?.path).expect("layer file"));
+        }
+        Ok(Box::new(FileEngine {
+            files,
+            queued: Vec::new(),
+            reads: Arc::clone(&self.reads),
+            corrupt_read: self.corrupt_read,
+        }))
+    }
+}
+
+fn open(dir: &std::path::Path, factory: Arc<FileFactory>, cache_bytes: u64) -> Store {
+    Store::open(
+        dir,
+        &StoreOptions {
+            backend: BackendOptions {
+                // The factory wins over a built-in kind.
+                kind: Some(BackendKind::Pread),
+                engine: Some(factory),
+                queue_depth: 8,
+                ..BackendOptions::default()
+            },
+            io_workers: 1,
+            max_in_flight: 4,
+            cache_bytes,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open with an external engine")
+}
+
+#[test]
+fn an_external_engine_returns_the_memory_backends_bytes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Bf16, 64, 300, 11);
+    let (dir, _) = make_table(tmp.path(), "t", &s);
+    let factory = Arc::new(FileFactory::default());
+    let st = open(&dir, Arc::clone(&factory), 0);
+    assert_eq!(st.backend_kind(), BackendKind::External("test-files"));
+    assert_eq!(st.backend_kind().name(), "test-files");
+    assert!(factory.staging_bytes.load(Ordering::Relaxed) >= 8 * 4096);
+    let mem = store(&dir, BackendKind::Memory, 0, 4);
+    let rb = st.row_bytes();
+    for layer in 0..st.table().n_layers() {
+        let rows = st.table().rows(layer).expect("rows");
+        let ids: Vec<u64> = (0..97)
+            .map(|k| (k * 7919 + 3) % rows)
+            .chain([0, rows - 1, 5, 5])
+            .collect();
+        let mut got = vec![0u8; ids.len() * rb];
+        st.lookup_into(layer, &ids, &mut got).expect("lookup");
+        let mut want = vec![0u8; ids.len() * rb];
+        mem.lookup_into(layer, &ids, &mut want)
+            .expect("memory lookup");
+        assert_eq!(got, want, "layer {layer}");
+        assert_eq!(got, expected_rows(&s, layer, &ids, rb));
+        let t = st.prefetch(layer, &ids, st.alloc_rows(ids.len()).expect("buf"));
+        let (rows_buf, r) = t.wait();
+        r.expect("prefetch");
+        assert_eq!(&rows_buf[..], &want[..]);
+    }
+    assert!(
+        factory.reads.load(Ordering::Relaxed) > 0,
+        "the engine did the reads"
+    );
+    let stats = st.stats();
+    assert_eq!(stats.backend, "test-files");
+    let remote = stats
+        .tiers
+        .iter()
+        .find(|t| t.name == "remote")
+        .expect("remote tier");
+    assert!(remote.count > 0, "reads are accounted to the remote tier");
+}
+
+#[test]
+fn a_corrupting_external_engine_is_a_checksum_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Bf16, 64, 300, 12);
+    let (dir, _) = make_table(tmp.path(), "t", &s);
+    let factory = Arc::new(FileFactory {
+        corrupt_read: Some(0),
+        ..FileFactory::default()
+    });
+    let st = open(&dir, factory, 0);
+    let mut out = vec![0u8; 3 * st.row_bytes()];
+    let e = st
+        .lookup_into(0, &[1, 2, 3], &mut out)
+        .expect_err("corrupted read");
+    assert!(matches!(e, Error::Checksum { .. }), "{e}");
+}

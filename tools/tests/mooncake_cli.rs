@@ -1,0 +1,108 @@
+//! `engram publish` / `lookup --backend mooncake` / `skeleton` / `unpublish` from the
+//! command line: rows read back through Mooncake (full table and skeleton) are the memory
+//! backend's bytes; an unreachable cluster falls back to the local table with the reason;
+//! a build without the client says so. Needs a cluster for the first part
+//! (`scripts/mooncake-local.sh start`, ENGRAM_MOONCAKE_MASTER).
+
+use std::process::Command;
+
+fn engram(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(args)
+        .env("GLOG_minloglevel", "2")
+        .output()
+        .expect("run engram");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn hexes(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            v["data"]["hex"].as_str().expect("hex").to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn lookup_through_mooncake_returns_the_memory_bytes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let table = tmp.path().join("v41");
+    let t = table.to_str().expect("utf-8");
+    let (ok, _, err) = engram(&["synth", t, "--preset", "v41", "--base-size", "3000"]);
+    assert!(ok, "synth: {err}");
+    let ids: Vec<String> = (0..300u64)
+        .map(|k| ((k * 7919) % 20_000).to_string())
+        .collect();
+    let ids = ids.join(",");
+    let base = ["lookup", t, "--layer-index", "1", "--rows", &ids, "--json"];
+    let (ok, want, err) = engram(&[&base[..], &["--backend", "memory"]].concat());
+    assert!(ok, "memory: {err}");
+    let want = hexes(&want);
+
+    // No cluster at this address: the full table falls back, with the reason.
+    let down = ["--backend", "mooncake", "--mooncake", "127.0.0.1:1"];
+    let (ok, got, err) = engram(&[&base[..], &down[..]].concat());
+    if !engram_mooncake::CLIENT_COMPILED {
+        assert!(!ok && err.contains("not compiled in"), "{err}");
+        eprintln!("SKIPPED the cluster part: engram is built without --features mooncake");
+        return;
+    }
+    assert!(ok, "fallback: {err}");
+    assert!(err.contains("reading the local table"), "{err}");
+    assert_eq!(hexes(&got), want);
+
+    let required = std::env::var("ENGRAM_REQUIRE_MOONCAKE").is_ok_and(|v| v == "1");
+    let Some(master) = std::env::var("ENGRAM_MOONCAKE_MASTER")
+        .ok()
+        .filter(|m| !m.is_empty())
+    else {
+        assert!(
+            !required,
+            "ENGRAM_REQUIRE_MOONCAKE=1 but ENGRAM_MOONCAKE_MASTER is unset"
+        );
+        eprintln!("SKIPPED the cluster part: ENGRAM_MOONCAKE_MASTER is unset");
+        return;
+    };
+    let m = master.as_str();
+    let (ok, _, err) = engram(&["unpublish", t, "--mooncake", m]);
+    assert!(ok, "unpublish of nothing: {err}");
+    let (ok, out, err) = engram(&[
+        "publish",
+        t,
+        "--mooncake",
+        m,
+        "--name",
+        "cli-test",
+        "--quiet",
+    ]);
+    assert!(ok && out.is_empty(), "publish: {err}");
+    let up = ["--backend", "mooncake", "--mooncake", m];
+    let (ok, got, err) = engram(&[&base[..], &up[..]].concat());
+    assert!(ok, "lookup on mooncake: {err}");
+    assert!(!err.contains("local table"), "no fallback: {err}");
+    assert!(got.contains("\"backend\":\"mooncake\""));
+    assert_eq!(hexes(&got), want, "bytes through Mooncake");
+
+    let skel = tmp.path().join("skeleton");
+    let s = skel.to_str().expect("utf-8");
+    let (ok, _, err) = engram(&["skeleton", "cli-test", s, "--mooncake", m]);
+    assert!(ok, "skeleton: {err}");
+    let sbase = ["lookup", s, "--layer-index", "1", "--rows", &ids, "--json"];
+    let (ok, got, err) = engram(&[&sbase[..], &up[..]].concat());
+    assert!(ok, "lookup through the skeleton: {err}");
+    assert_eq!(hexes(&got), want, "bytes through the skeleton");
+
+    let (ok, _, err) = engram(&["unpublish", "--name", "cli-test", "--mooncake", m]);
+    assert!(ok, "unpublish: {err}");
+    let (ok, _, err) = engram(&[&sbase[..], &up[..]].concat());
+    assert!(
+        !ok && err.contains("not published"),
+        "a skeleton of an unpublished table: {err}"
+    );
+}
