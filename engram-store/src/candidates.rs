@@ -14,7 +14,7 @@ use engram_kernels::file::{Limit, read_regular};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
-use crate::format::{get_u32, get_u64};
+use crate::format::{check_sealed, get_u32, get_u64};
 
 /// Magic bytes at offset 0 of a candidates file.
 pub const CANDIDATES_MAGIC: [u8; 8] = *b"ENGRAMCD";
@@ -221,32 +221,13 @@ impl Candidates {
             offset: offset as u64,
             reason,
         };
-        let min = CANDIDATES_HEADER_BYTES + CANDIDATES_TRAILER_BYTES;
-        if b.len() < min {
-            return Err(bad(
-                0,
-                format!("{} bytes is shorter than the {min}-byte minimum", b.len()),
-            ));
-        }
-        if b[..8] != CANDIDATES_MAGIC {
-            return Err(bad(0, "bad magic (expected ENGRAMCD)".into()));
-        }
-        let body = b.len() - CANDIDATES_TRAILER_BYTES;
-        let stored = get_u64(b, body);
-        let computed = xxh3_64(&b[..body]);
-        if stored != computed {
-            return Err(bad(
-                body,
-                format!("checksum mismatch: stored {stored:#018x}, computed {computed:#018x}"),
-            ));
-        }
-        let version = get_u32(b, 8);
-        if version != CANDIDATES_VERSION {
-            return Err(bad(
-                8,
-                format!("version {version}, this build reads {CANDIDATES_VERSION}"),
-            ));
-        }
+        let body = check_sealed(
+            b,
+            &CANDIDATES_MAGIC,
+            CANDIDATES_VERSION,
+            CANDIDATES_HEADER_BYTES + CANDIDATES_TRAILER_BYTES,
+        )
+        .map_err(|(at, reason)| bad(at, reason))?;
         let k = get_u32(b, 12) as usize;
         if !(1..=MAX_CANDIDATES_K).contains(&k) {
             return Err(bad(12, format!("k = {k}, expected 1..={MAX_CANDIDATES_K}")));

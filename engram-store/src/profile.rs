@@ -9,7 +9,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result, io};
-use crate::format::{Manifest, get_u64};
+use crate::format::{Manifest, check_sealed, get_u64};
 
 /// File name of the profile inside a table directory (written by `engram-build`).
 pub const PROFILE_FILE: &str = "profile.bin";
@@ -98,31 +98,8 @@ impl Profile {
             offset: offset as u64,
             reason,
         };
-        if b.len() < 40 {
-            return Err(bad(
-                0,
-                format!("{} bytes is shorter than the 40-byte minimum", b.len()),
-            ));
-        }
-        if b[..8] != PROFILE_MAGIC {
-            return Err(bad(0, "bad magic (expected ENGRAMPF)".into()));
-        }
-        let body = b.len() - 8;
-        let stored = get_u64(b, body);
-        let computed = xxh3_64(&b[..body]);
-        if stored != computed {
-            return Err(bad(
-                body,
-                format!("checksum mismatch: stored {stored:#018x}, computed {computed:#018x}"),
-            ));
-        }
-        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if version != PROFILE_VERSION {
-            return Err(bad(
-                8,
-                format!("version {version}, this build reads {PROFILE_VERSION}"),
-            ));
-        }
+        let body = check_sealed(b, &PROFILE_MAGIC, PROFILE_VERSION, 40)
+            .map_err(|(at, reason)| bad(at, reason))?;
         let n_layers = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
         let table_id = get_u64(b, 16);
         let mut at = 32usize;

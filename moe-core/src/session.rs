@@ -170,7 +170,11 @@ impl Session {
         tokenizer_path: Option<&Path>,
         engram: Option<&EngramSource>,
     ) -> Result<Self> {
-        Self::load_from(model_dir, tokenizer_path, engram.map(|src| (src, Rows::Open)))
+        Self::load_from(
+            model_dir,
+            tokenizer_path,
+            engram.map(|src| (src, Rows::Open)),
+        )
     }
 
     /// [`Session::load`] with the Engram rows from a store already open on `src.table` (a
