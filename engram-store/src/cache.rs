@@ -55,9 +55,10 @@ pub const TABLE_SLOT_SLACK_DIVISOR: u64 = 4;
 /// Bits of the row id in a cache key (the layer index sits above).
 const ROW_BITS: u32 = 48;
 
-/// A multiplicative hasher for u64 keys (keys are row ids, not attacker-chosen strings).
+/// A multiplicative hasher for u64 keys (keys are row ids or packed token contexts, not
+/// attacker-chosen strings); the cache's maps and the builder's candidate counter use it.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct KeyHasher(u64);
+pub struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {

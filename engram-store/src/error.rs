@@ -240,6 +240,16 @@ pub enum Error {
         /// What is wrong, in words.
         reason: String,
     },
+    /// A candidates file is malformed.
+    #[error("invalid candidates file {path} at offset {offset}: {reason}")]
+    Candidates {
+        /// The candidates file (`candidates.bin` in the table directory).
+        path: PathBuf,
+        /// Byte offset in the file where the problem was found.
+        offset: u64,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// A feature that is not compiled into this build.
     #[error("{what} is not compiled in: rebuild with `--features {feature}`")]
     NotCompiled {

@@ -630,12 +630,53 @@ fn put_u32(b: &mut [u8], at: usize, v: u32) {
 fn put_u64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
-fn get_u32(b: &[u8], at: usize) -> u32 {
+/// Checks the envelope that the sidecar files (profile, candidates) share: at least `min`
+/// bytes, `magic` at offset 0, a little-endian u32 `version` at offset 8, and the xxh3-64 of
+/// everything before it in the last 8 bytes. Returns the body's length (the bytes before
+/// the checksum), or the offset and reason of the first failure.
+pub(crate) fn check_sealed(
+    b: &[u8],
+    magic: &[u8; 8],
+    version: u32,
+    min: usize,
+) -> std::result::Result<usize, (usize, String)> {
+    let min = min.max(16);
+    if b.len() < min {
+        return Err((
+            0,
+            format!("{} bytes is shorter than the {min}-byte minimum", b.len()),
+        ));
+    }
+    if b[..8] != magic[..] {
+        return Err((
+            0,
+            format!("bad magic (expected {})", String::from_utf8_lossy(magic)),
+        ));
+    }
+    let body = b.len() - 8;
+    let stored = get_u64(b, body);
+    let computed = xxhash_rust::xxh3::xxh3_64(&b[..body]);
+    if stored != computed {
+        return Err((
+            body,
+            format!("checksum mismatch: stored {stored:#018x}, computed {computed:#018x}"),
+        ));
+    }
+    let found = get_u32(b, 8);
+    if found != version {
+        return Err((8, format!("version {found}, this build reads {version}")));
+    }
+    Ok(body)
+}
+
+/// The little-endian u32 at `b[at..at + 4]` (the caller checks the bounds).
+pub(crate) fn get_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(a)
 }
-fn get_u64(b: &[u8], at: usize) -> u64 {
+/// The little-endian u64 at `b[at..at + 8]` (the caller checks the bounds).
+pub(crate) fn get_u64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)

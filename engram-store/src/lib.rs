@@ -193,6 +193,7 @@ pub mod backend;
 pub mod batch;
 pub mod buffer;
 pub mod cache;
+pub mod candidates;
 pub mod error;
 pub mod format;
 #[doc(hidden)]
@@ -210,6 +211,7 @@ pub mod workload;
 pub use backend::external::EngineFactory;
 pub use backend::{BackendKind, BackendOptions, IO_BACKEND_ENV, REQUIRE_URING_ENV, UringFault};
 pub use buffer::AlignedBuf;
+pub use candidates::Candidates;
 pub use error::{Error, Result};
 pub use format::{BuildInfo, FORMAT_VERSION, LayerManifest, Manifest, RowLayout};
 pub use io::{Fault, FaultPlan, IO_FAULTS_ENV};

@@ -9,7 +9,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result, io};
-use crate::format::Manifest;
+use crate::format::{Manifest, check_sealed, get_u64};
 
 /// File name of the profile inside a table directory (written by `engram-build`).
 pub const PROFILE_FILE: &str = "profile.bin";
@@ -63,12 +63,6 @@ pub struct Profile {
     pub layers: Vec<LayerProfile>,
 }
 
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
 impl Profile {
     /// The profile of layer id `layer_id`, if present.
     pub fn layer(&self, layer_id: u64) -> Option<&LayerProfile> {
@@ -105,34 +99,11 @@ impl Profile {
             offset: offset as u64,
             reason,
         };
-        if b.len() < 40 {
-            return Err(bad(
-                0,
-                format!("{} bytes is shorter than the 40-byte minimum", b.len()),
-            ));
-        }
-        if b[..8] != PROFILE_MAGIC {
-            return Err(bad(0, "bad magic (expected ENGRAMPF)".into()));
-        }
-        let body = b.len() - 8;
-        let stored = le64(b, body);
-        let computed = xxh3_64(&b[..body]);
-        if stored != computed {
-            return Err(bad(
-                body,
-                format!("checksum mismatch: stored {stored:#018x}, computed {computed:#018x}"),
-            ));
-        }
-        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-        if version != PROFILE_VERSION {
-            return Err(bad(
-                8,
-                format!("version {version}, this build reads {PROFILE_VERSION}"),
-            ));
-        }
+        let body = check_sealed(b, &PROFILE_MAGIC, PROFILE_VERSION, 40)
+            .map_err(|(at, reason)| bad(at, reason))?;
         let n_layers = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
-        let table_id = le64(b, 16);
-        let reserved = le64(b, 24);
+        let table_id = get_u64(b, 16);
+        let reserved = get_u64(b, 24);
         if reserved != 0 {
             return Err(bad(
                 24,
@@ -145,9 +116,9 @@ impl Profile {
             if at + 24 > body {
                 return Err(bad(at, "layer record runs past the end".into()));
             }
-            let layer_id = le64(b, at);
-            let n = le64(b, at + 8);
-            let total_hits = le64(b, at + 16);
+            let layer_id = get_u64(b, at);
+            let n = get_u64(b, at + 8);
+            let total_hits = get_u64(b, at + 16);
             at += 24;
             let need = usize::try_from(n)
                 .ok()
@@ -167,7 +138,7 @@ impl Profile {
             let mut sum = 0u64;
             for k in 0..need / 16 {
                 let off = at + 16 * k;
-                let e = (le64(b, off), le64(b, off + 8));
+                let e = (get_u64(b, off), get_u64(b, off + 8));
                 if let Some(&prev) = entries.last() {
                     let (pr, pc): (u64, u64) = prev;
                     if e.1 > pc || (e.1 == pc && e.0 <= pr) {

@@ -351,6 +351,7 @@ impl RecordsWriter {
 pub struct RecordsBinding {
     /// The table's `table_id` (0 when the manifest has none).
     pub table_id: u64,
+    /// Bytes of one row of the table (every layer's rows have this size).
     pub row_bytes: usize,
     /// Hash heads, the rows of one record.
     pub n_heads: usize,
@@ -377,6 +378,7 @@ impl RecordsBinding {
 /// also reachable from bytes in memory (the fuzz target and its regression test).
 #[derive(Debug)]
 pub struct RecordsIndex {
+    /// Geometry of the records: rows per record, row bytes, records per read unit.
     pub shape: RecordShape,
     /// (table layers,) records of each layer index (empty where the file has none)
     pub layers: Vec<Option<LayerRecords>>,

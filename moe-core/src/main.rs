@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use engram_kernels::file::{Limit, read_regular_string};
-use engram_store::{BackendKind, Profile, StoreOptions};
+use engram_store::candidates::CANDIDATES_FILE;
+use engram_store::{BackendKind, Candidates, Profile, StoreOptions};
 use moe_core::ModelConfig;
 use moe_core::sampler::SamplerConfig;
 use moe_core::session::{EngramSource, Session};
@@ -30,6 +31,7 @@ const TABLES_DIR: &str = "target/engram-tables";
       moe-core generate --prompt 'def fibonacci(n):'\n  \
       moe-core generate --prompt 'import os' --engram-backend uring --cache-bytes 0\n  \
       moe-core generate --prompt 'class Stack:' --no-engram\n  \
+      moe-core generate --engram-backend uring --cache-bytes 262144 --speculate 4\n  \
       moe-core generate --model models/stdlib-moe-a\n  \
       moe-core eval $(python3 -c 'import os; print(os.__file__)')"
 )]
@@ -108,6 +110,11 @@ struct GenerateArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// After each token, read the rows of the K most likely next tokens (by the table's
+    /// candidates.bin, written by engram-build) into the cache at low priority, one step
+    /// before they can be needed (0: off). The output is unchanged.
+    #[arg(long, default_value_t = 0)]
+    speculate: usize,
     /// One JSON summary instead of streamed text.
     #[arg(long)]
     json: bool,
@@ -257,6 +264,29 @@ fn open_mooncake(a: &ModelArgs, src: &EngramSource) -> Result<Session> {
         .with_context(|| format!("loading {}", a.model.display()))
 }
 
+/// Turns on speculative prefetch of `k` candidates from the table's candidate file.
+fn enable_speculation(s: &mut Session, k: usize) -> Result<()> {
+    let Some(table) = s
+        .memory
+        .as_ref()
+        .map(|m| m.store().table().dir().to_path_buf())
+    else {
+        anyhow::bail!("--speculate needs the model's Engram table (drop --no-engram)");
+    };
+    let path = table.join(CANDIDATES_FILE);
+    if !path.exists() {
+        anyhow::bail!(
+            "--speculate {k}: the table {} has no {CANDIDATES_FILE}; rebuild it with engram-build \
+             over a corpus (--candidates-bytes, on by default)",
+            table.display()
+        );
+    }
+    let candidates = Candidates::read(&path)?;
+    s.enable_speculation(candidates, k)
+        .with_context(|| format!("speculating from {}", path.display()))?;
+    Ok(())
+}
+
 #[cfg(not(feature = "mooncake"))]
 fn open_mooncake(_a: &ModelArgs, _src: &EngramSource) -> Result<Session> {
     anyhow::bail!(
@@ -274,6 +304,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
     // Bad flags fail before the model loads.
     sampler.validate()?;
     let (mut s, using) = open(&a.model)?;
+    if a.speculate > 0 {
+        enable_speculation(&mut s, a.speculate)?;
+    }
     if !a.json {
         print!("{}", a.prompt);
     }
@@ -307,6 +340,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
                     "rows_read": st.rows_unique, "cache_hit_rate": st.cache_hit_rate,
                     "device_bytes": st.device_bytes, "device_reads": st.device_reads,
                     "record_reads": st.record_reads, "record_rows": st.record_rows,
+                    "speculative_rows_read": st.spec_rows_read,
+                    "speculations_dropped": st.spec_dropped,
+                })),
+                "speculation": stats.speculation.map(|sp| serde_json::json!({
+                    "k": a.speculate, "positions": sp.positions, "predicted": sp.predicted,
+                    "hits": sp.hits,
+                    "accuracy": sp.hits as f64 / sp.positions.max(1) as f64,
+                    "rows_offered": sp.rows_offered,
                 })),
             }})
         );
@@ -330,6 +371,15 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 stats.stall.stall.as_secs_f64() * 1e6 / stats.new_tokens.max(1) as f64
             ),
             None => eprintln!("engram: {}", using.label()),
+        }
+        if let (Some(sp), Some(st)) = (&stats.speculation, &store) {
+            eprintln!(
+                "speculation: next token among the {} candidates {:.1}% of the time; {} rows offered, {} read ahead",
+                a.speculate,
+                sp.hits as f64 * 100.0 / sp.positions.max(1) as f64,
+                sp.rows_offered,
+                st.spec_rows_read
+            );
         }
     }
     Ok(())

@@ -1,13 +1,14 @@
 //! A loaded model directory ready to generate or evaluate: config, weights, vocabulary,
 //! tokenizer (checked against the model's fingerprint) and, optionally, its Engram table
-//! served by `engram-store`.
+//! served by `engram-store`, with speculative prefetch driven by a next-token candidate
+//! table.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use engram_kernels::file::{SHA256SUMS_FILE, Sha256Sums};
 use engram_kernels::{CompressionTable, tokenizer};
-use engram_store::{Store, StoreOptions};
+use engram_store::{Candidates, Store, StoreOptions};
 use tokenizers::Tokenizer;
 
 use crate::config::ModelConfig;
@@ -47,6 +48,43 @@ pub struct Session {
     pub tokenizer: Tokenizer,
     pub memory: Option<EngramMemory>,
     pub state: DecodeState,
+    speculator: Option<Speculator>,
+}
+
+/// Speculative prefetch from a candidate table ([`Session::enable_speculation`]).
+#[derive(Debug)]
+struct Speculator {
+    candidates: Candidates,
+    k: usize,
+    // (<= k,) raw ids predicted for the next position
+    predicted: Vec<u32>,
+    // the same as i64, for the store
+    predicted_i64: Vec<i64>,
+    stats: SpeculationStats,
+}
+
+/// What speculative prefetch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpeculationStats {
+    /// Decode positions whose token was known after a prediction was made for it.
+    pub positions: u64,
+    /// Positions with at least one candidate.
+    pub predicted: u64,
+    /// Positions whose token was among the candidates.
+    pub hits: u64,
+    /// Rows offered to the store for speculative reads.
+    pub rows_offered: u64,
+}
+
+impl SpeculationStats {
+    fn since(self, before: Self) -> Self {
+        Self {
+            positions: self.positions - before.positions,
+            predicted: self.predicted - before.predicted,
+            hits: self.hits - before.hits,
+            rows_offered: self.rows_offered - before.rows_offered,
+        }
+    }
 }
 
 /// What one generation did.
@@ -58,6 +96,8 @@ pub struct GenerateStats {
     pub time_to_first_token: Duration,
     pub decode: Duration,
     pub stall: StallStats,
+    /// Speculative prefetch, when enabled.
+    pub speculation: Option<SpeculationStats>,
     /// Raw ids of the generated tokens.
     pub raw_ids: Vec<u32>,
     /// Reduced ids of the generated tokens.
@@ -213,7 +253,76 @@ impl Session {
             tokenizer: tok.tokenizer,
             memory,
             state,
+            speculator: None,
         })
+    }
+
+    /// Turns on speculative prefetch: after each position's rows are requested, the rows of
+    /// the `k` (1..=64) next tokens `candidates` ranks most likely are read into the store's
+    /// cache at low priority, a step before they can be needed. Rows and output are
+    /// unchanged. Errors without an Engram table, or when `candidates` was built for
+    /// another table.
+    pub fn enable_speculation(&mut self, candidates: Candidates, k: usize) -> Result<()> {
+        let m = self.memory.as_ref().ok_or_else(|| {
+            Error::Input("speculative prefetch needs the model's Engram table".into())
+        })?;
+        let table = m.store().table();
+        let id = table.manifest().table_id_u64().unwrap_or(0);
+        if candidates.table_id != 0 && candidates.table_id != id {
+            return Err(Error::TableMismatch {
+                table: table.dir().to_path_buf(),
+                reason: format!(
+                    "the candidate table was built for table_id {:016x}, this table is {id:016x}",
+                    candidates.table_id
+                ),
+            });
+        }
+        if !(1..=engram_store::candidates::MAX_CANDIDATES_K).contains(&k) {
+            return Err(Error::Input(format!(
+                "speculate {k} candidates: expected 1..={}",
+                engram_store::candidates::MAX_CANDIDATES_K
+            )));
+        }
+        self.speculator = Some(Speculator {
+            candidates,
+            k,
+            predicted: Vec::with_capacity(k),
+            predicted_i64: Vec::with_capacity(k),
+            stats: SpeculationStats::default(),
+        });
+        Ok(())
+    }
+
+    /// Totals of speculative prefetch since it was enabled.
+    pub fn speculation_stats(&self) -> Option<SpeculationStats> {
+        self.speculator.as_ref().map(|s| s.stats)
+    }
+
+    /// Speculates on the position after the one just requested.
+    fn speculate_next(&mut self) -> Result<()> {
+        let (Some(m), Some(sp)) = (&mut self.memory, &mut self.speculator) else {
+            return Ok(());
+        };
+        sp.candidates
+            .predict_into(m.history(), sp.k, &mut sp.predicted);
+        sp.predicted_i64.clear();
+        sp.predicted_i64
+            .extend(sp.predicted.iter().map(|&r| i64::from(r)));
+        sp.stats.rows_offered += m.speculate(&sp.predicted_i64)? as u64;
+        Ok(())
+    }
+
+    /// Scores the last prediction against the token that came (raw id `raw`).
+    fn score_prediction(&mut self, raw: u32) {
+        if let Some(sp) = &mut self.speculator {
+            sp.stats.positions += 1;
+            if !sp.predicted.is_empty() {
+                sp.stats.predicted += 1;
+            }
+            if sp.predicted.contains(&raw) {
+                sp.stats.hits += 1;
+            }
+        }
     }
 
     /// Raw ids of a text: BOS, then the tokenizer's ids.
@@ -236,6 +345,7 @@ impl Session {
             let ids: Vec<i64> = raw.iter().map(|&r| i64::from(r)).collect();
             m.request(&ids)?;
         }
+        self.speculate_next()?;
         Ok(reduced)
     }
 
@@ -266,9 +376,11 @@ impl Session {
             .vocab
             .raw(id)
             .ok_or_else(|| Error::Input(format!("id {id} has no raw token (the unknown id)")))?;
+        self.score_prediction(raw);
         if let Some(m) = &mut self.memory {
             m.request(&[i64::from(raw)])?;
         }
+        self.speculate_next()?;
         self.model
             .forward(&[id], &mut self.state, self.memory.as_mut(), Logits::Last)?;
         Ok(self.model.logits(&self.state, 0))
@@ -289,6 +401,7 @@ impl Session {
             .as_ref()
             .map(EngramMemory::stall)
             .unwrap_or_default();
+        let spec0 = self.speculation_stats();
         let t0 = Instant::now();
         let mut next = sampler.sample(self.prefill(&raw)?);
         let mut stats = GenerateStats {
@@ -315,6 +428,10 @@ impl Session {
             next = sampler.sample(self.step(next)?);
         }
         stats.decode = t1.elapsed();
+        stats.speculation = self
+            .speculation_stats()
+            .zip(spec0)
+            .map(|(now, before)| now.since(before));
         if let Some(m) = &self.memory {
             let s = m.stall();
             stats.stall = StallStats {

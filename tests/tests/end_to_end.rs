@@ -1,12 +1,12 @@
 //! Corpus -> engram-build -> engram-store -> moe-core decode, end to end: the committed
 //! Engram model's table is built from its checkpoint with a profile from a corpus, served
 //! by every store backend, and the decoder must reproduce PyTorch's greedy continuation
-//! token for token (and its logits within 1e-5).
+//! token for token (and its logits within 1e-5), with speculative prefetch on or off.
 
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use engram_store::{BackendKind, Profile, StoreOptions};
+use engram_store::{BackendKind, Candidates, Profile, StoreOptions};
 use engram_tools::build::{BuildArgs, run};
 use moe_core::golden::{self, LOGIT_TOLERANCE};
 use moe_core::session::{EngramSource, Session};
@@ -74,12 +74,15 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
         let golden_bytes = std::fs::read(model.join("golden.json")).expect("golden");
         let golden: serde_json::Value = serde_json::from_slice(&golden_bytes).expect("json");
         let profile = Profile::read(&table.join("profile.bin")).expect("profile");
-        for (kind, cache_bytes) in [
-            (BackendKind::Memory, 0),
-            (BackendKind::Mmap, 0),
-            (BackendKind::Pread, 0),
-            (BackendKind::Uring, 0),
-            (BackendKind::Uring, 1 << 20),
+        let candidates = Candidates::read(&table.join("candidates.bin")).expect("candidates");
+        for (kind, cache_bytes, speculate) in [
+            (BackendKind::Memory, 0, 0),
+            (BackendKind::Mmap, 0, 0),
+            (BackendKind::Pread, 0, 0),
+            (BackendKind::Uring, 0, 0),
+            (BackendKind::Uring, 1 << 20, 0),
+            (BackendKind::Uring, 1 << 20, 4),
+            (BackendKind::Pread, 1 << 20, 4),
         ] {
             if !engram_store::backend::runnable_here(kind).expect("required backend") {
                 continue;
@@ -96,8 +99,12 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
                 allow_foreign_table: false,
             };
             let mut s = Session::load(&model, None, Some(&source)).expect("loads with its table");
+            if speculate > 0 {
+                s.enable_speculation(candidates.clone(), speculate)
+                    .expect("speculation on");
+            }
             let label = format!(
-                "{} {} cache={cache_bytes}",
+                "{} {} cache={cache_bytes} speculate={speculate}",
                 model.display(),
                 s.memory
                     .as_ref()
@@ -106,6 +113,14 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
             for r in golden::check(&mut s, &golden_bytes).expect("runs") {
                 eprintln!("{label}: {r:?}");
                 assert!(r.passed(), "{label}: {r:?}");
+            }
+            if speculate > 0 {
+                // Speculation ran: the same tokens came out while rows were read ahead.
+                let sp = s.speculation_stats().expect("enabled");
+                let st = s.memory.as_ref().expect("memory").store().stats();
+                eprintln!("{label}: {sp:?}, {} speculations", st.spec_batches);
+                assert!(sp.positions > 0 && sp.rows_offered > 0, "{label}: {sp:?}");
+                assert!(sp.predicted > 0, "{label}: no position had a candidate");
             }
             if kind == BackendKind::Memory {
                 // Decode with Engram rows (conv state, per-stream gates) equals prefill.

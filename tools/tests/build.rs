@@ -137,6 +137,65 @@ fn corpus_to_verified_table_with_profile() {
     let store =
         engram_store::Store::open(&out, &options).expect("the store seeds from the profile");
     assert!(store.stats().cache_rows > 0, "the cache was seeded");
+
+    // The next-token candidates: bound to the table, k as asked, and what the summary says.
+    let c = engram_store::Candidates::read(&out.join("candidates.bin")).expect("candidates");
+    assert_eq!(Some(c.table_id), table.manifest().table_id_u64());
+    assert_eq!(c.k(), 8);
+    assert!(!c.is_empty());
+    let cs = &summary["data"]["candidates"];
+    assert_eq!(cs["contexts_kept"].as_u64(), Some(c.len() as u64), "{cs}");
+    assert_eq!(cs["bytes"].as_u64(), Some(c.file_bytes() as u64), "{cs}");
+    assert_eq!(c.positions, cs["positions"].as_u64().expect("positions"));
+    // "return a + b" follows "def add(a, b):" in the corpus: after ":\n    " (the last two
+    // ids before "return"), the table lists some continuation.
+    let tok = engram_kernels::tokenizer::load(&tokenizer().expect("tokenizer")).expect("loads");
+    let table_c =
+        engram_kernels::CompressionTable::from_tokenizer(&tok.tokenizer).expect("compression");
+    let enc = tok
+        .tokenizer
+        .encode("def add(a, b):\n    return a + b\n", false)
+        .expect("encodes");
+    let canon: Vec<i64> = enc
+        .get_ids()
+        .iter()
+        .map(|&r| table_c.compress_id(i64::from(r)).expect("in range"))
+        .collect();
+    let mut predicted = Vec::new();
+    let hits = (2..canon.len())
+        .filter(|&t| {
+            c.predict_into(&canon[..t], 8, &mut predicted);
+            predicted.contains(&enc.get_ids()[t])
+        })
+        .count();
+    assert!(hits > 0, "no position of a corpus line is predicted");
+
+    // --candidates-bytes 0 writes none; a bad k is refused.
+    let none = dir.path().join("none");
+    let mut args = vec![
+        s(&root),
+        "--out",
+        s(&none),
+        "--candidates-bytes",
+        "0",
+        "--quiet",
+    ];
+    args.extend(SMALL);
+    let (code, _, stderr) = build(&args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!none.join("candidates.bin").exists());
+    let mut args = vec![
+        s(&root),
+        "--out",
+        s(&none),
+        "--candidates-k",
+        "0",
+        "--force",
+    ];
+    args.extend(SMALL);
+    let (code, _, stderr) = build(&args);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--candidates-k 0"), "{stderr}");
 }
 
 #[test]
@@ -160,7 +219,11 @@ fn rebuilds_are_byte_identical_whatever_the_thread_count() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 4, "manifest, two layers, profile: {names:?}");
+    assert_eq!(
+        names.len(),
+        5,
+        "manifest, two layers, profile, candidates: {names:?}"
+    );
     for n in names {
         let a = std::fs::read(outs[0].join(&n)).expect("read");
         let b = std::fs::read(outs[1].join(&n)).expect("read");
@@ -616,6 +679,8 @@ fn disk_full_while_writing_rows_profile_or_manifest_keeps_the_old_table() {
     let out = fs.path.join("t");
     let mut args = vec!["--out", s(&out)];
     args.extend(TINY);
+    // The cases below size the free space from the rows and the profile alone.
+    args.extend(["--candidates-bytes", "0"]);
     let (code, stderr) = build_from_stdin(&args, || {});
     assert_eq!(code, 0, "{stderr}");
     let old_id = Table::open(&out)

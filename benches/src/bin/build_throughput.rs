@@ -127,6 +127,7 @@ fn pipeline(
             &shape.layout,
             &shape.hasher,
             counters,
+            None,
             &Progress::default(),
             None,
         )

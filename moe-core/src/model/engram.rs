@@ -3,7 +3,8 @@
 //!
 //! Rows are requested the moment their token ids are known: the whole prompt's rows before
 //! layer 0 runs, then each new token's rows right after it is sampled. The layer waits on
-//! its ticket only when it needs the rows, so I/O overlaps the blocks before it.
+//! its ticket only when it needs the rows, so I/O overlaps the blocks before it. Rows of
+//! the likely next tokens can be warmed one step earlier still ([`EngramMemory::speculate`]).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::module::{DecodeScratch, EngramModule, EngramModuleConfig};
 use engram_kernels::quant::RowDtype;
 use engram_kernels::{CompressionTable, EngramLayout};
-use engram_store::{AlignedBuf, Store, Ticket};
+use engram_store::{AlignedBuf, Speculation, Store, Ticket};
 
 use crate::config::{EngramModelConfig, ModelConfig};
 use crate::error::{Error, Result};
@@ -60,6 +61,14 @@ pub struct EngramMemory {
     row_ids: Vec<u64>,
     e: Vec<f32>, // (max_t, d_mem)
     stall: StallStats,
+    /// The last call's speculative prefetches, one per layer; the next call cancels them.
+    speculations: Vec<Speculation>,
+    /// (candidates * heads,) one layer's speculative row ids
+    spec_ids: Vec<u64>,
+    /// The look-back context followed by one candidate.
+    spec_window: Vec<i64>,
+    /// Canonical ids of the candidates.
+    spec_canonical: Vec<i64>,
 }
 
 fn mismatch(table: &Path, reason: String) -> Error {
@@ -140,6 +149,7 @@ impl EngramMemory {
                 spare: Vec::new(),
             });
         }
+        let layers_len = layers.len();
         Ok(Self {
             dtype: manifest.row_layout.dtype(),
             width: e.head_dim,
@@ -154,6 +164,10 @@ impl EngramMemory {
             row_ids: Vec::with_capacity(max_t * e.n_hash_heads),
             e: vec![0.0; max_t * e.d_mem],
             stall: StallStats::default(),
+            speculations: Vec::with_capacity(layers_len),
+            spec_ids: Vec::new(),
+            spec_window: Vec::with_capacity(e.max_ngram),
+            spec_canonical: Vec::new(),
         })
     }
 
@@ -167,8 +181,16 @@ impl EngramMemory {
         self.stall
     }
 
-    /// Starts a new sequence: clears the hash history and every conv state.
+    /// The canonical ids of the last `N - 1` positions requested, oldest first: the context
+    /// a next-token predictor such as a candidate table conditions on.
+    pub fn history(&self) -> &[i64] {
+        &self.history
+    }
+
+    /// Starts a new sequence: clears the hash history and every conv state, and cancels
+    /// any speculation.
     pub fn reset(&mut self) {
+        self.cancel_speculation();
         self.history.clear();
         for l in &mut self.layers {
             l.conv.reset();
@@ -211,6 +233,58 @@ impl EngramMemory {
         self.history.clear();
         self.history.extend_from_slice(all);
         Ok(())
+    }
+
+    /// Warms the store's cache with the rows the next position would need if its token were
+    /// any of `candidates` (raw ids, most likely first, from any predictor: a candidate
+    /// table, a draft model, MTP heads), at low priority so demand reads never wait behind
+    /// them. Call it after [`EngramMemory::request`] for the current position; it cancels
+    /// the previous call's speculation (its reads not yet issued never are). Candidates
+    /// beyond what one store batch holds are ignored. Never blocks on I/O and never
+    /// changes the rows any layer receives. Returns the rows offered to the store.
+    pub fn speculate(&mut self, candidates: &[i64]) -> Result<usize> {
+        self.cancel_speculation();
+        let heads = self.heads;
+        let n = candidates.len().min(self.store.max_batch_rows() / heads);
+        if n == 0 {
+            return Ok(0);
+        }
+        self.spec_canonical.clear();
+        for &id in &candidates[..n] {
+            self.spec_canonical.push(self.compression.compress_id(id)?);
+        }
+        let mut offered = 0;
+        for l in &self.layers {
+            self.spec_ids.resize(n * heads, 0);
+            for (&c, out) in self
+                .spec_canonical
+                .iter()
+                .zip(self.spec_ids.chunks_exact_mut(heads))
+            {
+                self.spec_window.clear();
+                self.spec_window.extend_from_slice(&self.history);
+                self.spec_window.push(c);
+                self.hasher.hash_last_into(
+                    l.table_layer,
+                    &self.spec_window,
+                    HashOutput::RowId,
+                    out,
+                )?;
+            }
+            let s = self.store.speculate(l.table_layer, &self.spec_ids)?;
+            if s.accepted() {
+                offered += self.spec_ids.len();
+            }
+            self.speculations.push(s);
+        }
+        Ok(offered)
+    }
+
+    /// Cancels the outstanding speculation, if any (rows already read stay in the cache).
+    pub fn cancel_speculation(&mut self) {
+        for s in self.speculations.drain(..) {
+            s.cancel();
+        }
     }
 
     /// Whether block `block` is an Engram block.

@@ -38,6 +38,8 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Write a synthetic table of a published shape.
     Synth(cmd::synth::Args),
+    /// Replay held-out text as decode traffic: stall, slowdown vs DRAM, hit rates, IOPS.
+    Replay(cmd::replay::Args),
     /// Upload a table to a Mooncake Store cluster (resumable, verified).
     Publish(cmd::mooncake::PublishArgs),
     /// Remove a published table version from Mooncake Store.
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Probe(args) => cmd::probe::run(args),
         Command::Synth(args) => cmd::synth::run(args),
+        Command::Replay(args) => cmd::replay::run(args),
         Command::Publish(args) => cmd::mooncake::publish(args),
         Command::Unpublish(args) => cmd::mooncake::unpublish(args),
         Command::Skeleton(args) => cmd::mooncake::skeleton(args),

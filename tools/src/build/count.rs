@@ -33,6 +33,7 @@ use engram_store::profile::LayerProfile;
 use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
+use super::candidates::{CandidateCounter, DocScratch};
 use super::corpus::{self, CorpusOptions, Skip, Source};
 
 mod keys;
@@ -186,7 +187,8 @@ pub struct CountSummary {
 }
 
 /// Runs the pipeline over `sources` on the current rayon pool with `strategy` (usually
-/// [`Strategy::for_layout`]; an error if `layout` does not allow it). With `keys`, every
+/// [`Strategy::for_layout`]; an error if `layout` does not allow it). With `candidates`,
+/// also counts every position's continuation for the candidate table; with `keys`, every
 /// position's context is also kept there (for n-gram records).
 #[allow(clippy::too_many_arguments)]
 pub fn count(
@@ -198,6 +200,7 @@ pub fn count(
     layout: &EngramLayout,
     hasher: &NgramHasher,
     counters: &Counters,
+    candidates: Option<&CandidateCounter>,
     progress: &Progress,
     keys: Option<&ContextKeys>,
 ) -> Result<CountSummary> {
@@ -208,6 +211,7 @@ pub fn count(
             let docs = corpus::read(source, options);
             let mut compressed = Vec::new();
             let mut contexts = Vec::new();
+            let mut doc_scratch = DocScratch::default();
             for text in &docs.texts {
                 let encoding = tokenizer
                     .encode(text.as_str(), false)
@@ -222,6 +226,9 @@ pub fn count(
                     compressed.push(table.compress_id(i64::from(id)).with_context(|| {
                         format!("the tokenizer produced id {id}, outside the compression table")
                     })?);
+                }
+                if let Some(c) = candidates {
+                    c.observe(ids, &compressed, &mut doc_scratch)?;
                 }
                 // Each document is its own sequence: it starts with left padding.
                 mine(&workers).add_document(&compressed)?;

@@ -2,9 +2,11 @@
 //!
 //! Phases: resolve config -> load tokenizer and compression table -> (dry run stops here)
 //! -> discover inputs -> count row hits (read, tokenize in parallel, compress, hash, count)
-//! -> rank the profile -> stream rows through `engram-store`'s writer, add the profile to
-//! the table directory -> publish both at once (atomic; `engram_store::publish`).
+//! -> rank the profile, choose the next-token candidates -> stream rows through
+//! `engram-store`'s writer, add the profile and the candidates to the table directory ->
+//! publish them all at once (atomic; `engram_store::publish`).
 
+pub mod candidates;
 pub mod config;
 pub mod corpus;
 pub mod count;
@@ -20,6 +22,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use engram_kernels::hash::{HashOptions, NgramHasher};
 use engram_kernels::{CompressionTable, EngramLayout, tokenizer};
+use engram_store::candidates::CANDIDATES_FILE;
 use engram_store::format::{BuildInfo, LayerHeader, Manifest};
 use engram_store::profile::{LayerProfile, Profile};
 use engram_store::records::RecordShape;
@@ -116,6 +119,14 @@ pub struct BuildArgs {
     /// Print nothing but errors.
     #[arg(long)]
     pub quiet: bool,
+    /// Byte budget of the next-token candidate table (candidates.bin, for speculative
+    /// prefetch), e.g. 16M; 0 writes none. Counting holds up to 16 M distinct
+    /// (context, next token) pairs in memory (about 700 MB).
+    #[arg(long, default_value = "16M")]
+    pub candidates_bytes: String,
+    /// Next-token candidates kept per context (1..=64).
+    #[arg(long, default_value_t = candidates::DEFAULT_K)]
+    pub candidates_k: usize,
 }
 
 impl BuildArgs {
@@ -276,6 +287,14 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     }
     let mode = Mode::choose(args.json, args.quiet);
     let started = Instant::now();
+    let candidates_bytes = engram_store::workload::parse_bytes(&args.candidates_bytes)
+        .context("--candidates-bytes")?;
+    anyhow::ensure!(
+        (1..=engram_store::candidates::MAX_CANDIDATES_K).contains(&args.candidates_k),
+        "--candidates-k {}: expected 1..={}",
+        args.candidates_k,
+        engram_store::candidates::MAX_CANDIDATES_K
+    );
 
     let tok_path = tokenizer::resolve_path(plan.tokenizer.as_deref())?;
     let tok = tokenizer::load(&tok_path)?;
@@ -446,6 +465,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             )?),
             None => None,
         };
+        let continuations = (candidates_bytes > 0).then(candidates::CandidateCounter::default);
         let progress = count::Progress::default();
         let mut phase = Phase::start(mode, "count", "bytes", total_bytes);
         let t0 = Instant::now();
@@ -461,6 +481,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
                         &layout,
                         &hasher,
                         &counters,
+                        continuations.as_ref(),
                         &progress,
                         keys.as_ref(),
                     )
@@ -506,21 +527,21 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
                 let cached = (plan.records_skip_cached > 0).then(|| {
                     records::cached_rows(&profiles, plan.records_skip_cached, manifest.row_bytes)
                 });
-                let (chosen, candidates) =
+                let (chosen, recurring) =
                     pool.install(|| records::select(keys, &hasher, per_layer, cached.as_deref()))?;
                 let picked: usize = chosen.rows.iter().map(Vec::len).sum();
                 let secs = phase.finish(
                     layout.layers.len() as u64,
                     &format!(
-                        "{} records chosen from {candidates} recurring n-grams",
+                        "{} records chosen from {recurring} recurring n-grams",
                         picked / layout.config.n_heads
                     ),
                 );
-                Some((chosen, candidates, secs))
+                Some((chosen, recurring, secs))
             }
             _ => None,
         };
-        counted = Some((summary, secs, profiles, chosen));
+        counted = Some((summary, secs, profiles, chosen, continuations));
     }
 
     // Write the table.
@@ -552,19 +573,20 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             phase.update(done, &format!("layer {}", l.layer_id));
         }
     }
-    // Records and the profile join the table before publication: all are published or
-    // none.
+    // Records, the profile and the candidates join the table before publication: all are
+    // published or none.
     let table_id = writer.manifest().table_id_u64().unwrap_or(0);
-    let (counted, profile, chosen) = match counted {
-        Some((counts, secs, layers, chosen)) => (
+    let (counted, profile, chosen, continuations) = match counted {
+        Some((counts, secs, layers, chosen, continuations)) => (
             Some((counts, secs)),
             Some(Profile { table_id, layers }),
             chosen,
+            continuations,
         ),
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     let records_summary = match (&chosen, record_plan) {
-        (Some((chosen, candidates, select_secs)), Some((shape, per_layer))) => {
+        (Some((chosen, recurring, select_secs)), Some((shape, per_layer))) => {
             let total: u64 = chosen.rows.iter().map(|r| r.len() as u64).sum();
             let mut phase = Phase::start(mode, "records", "rows", total);
             let sources = layout
@@ -606,7 +628,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
                 "records_per_layer_budget": per_layer,
                 "records_per_layer": chosen.rows.iter().map(|r| r.len() as u64 / k).collect::<Vec<_>>(),
                 "records": total / k,
-                "candidates": candidates,
+                "recurring_ngrams": recurring,
                 "skip_cached_bytes": plan.records_skip_cached,
                 "skipped_cached": chosen.skipped_cached,
                 "select_seconds": select_secs,
@@ -617,6 +639,20 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     };
     if let Some(p) = &profile {
         writer.add_file(PROFILE_FILE, &p.to_bytes())?;
+    }
+    let mut candidates = None;
+    if let Some(c) = continuations {
+        match c.finish(table_id, args.candidates_k, candidates_bytes)? {
+            Some((table, s)) => {
+                writer.add_file(CANDIDATES_FILE, &table.to_bytes())?;
+                candidates = Some(s);
+            }
+            None => report::warning(
+                mode,
+                "candidates",
+                "no context fits the budget or repeats often enough: no candidates.bin",
+            ),
+        }
     }
     let manifest = writer.finish()?;
     let write_secs = phase.finish(done, "published");
@@ -655,6 +691,9 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     }
     if let Some(r) = records_summary {
         summary["records"] = r;
+    }
+    if let Some(s) = candidates {
+        summary["candidates"] = serde_json::to_value(&s)?;
     }
     summary["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
     match mode {
@@ -718,7 +757,17 @@ fn print_summary(s: &serde_json::Value) {
             r["records_per_layer"],
             human(r["bytes"].as_u64().unwrap_or(0)),
             human(r["budget_bytes"].as_u64().unwrap_or(0)),
-            r["candidates"]
+            r["recurring_ngrams"]
+        );
+    }
+    if let Some(c) = s.get("candidates") {
+        crate::outln!(
+            "candidates: {} of {} contexts x {} next tokens ({}), right for {:.1}% of the corpus's positions",
+            c["contexts_kept"],
+            c["contexts_seen"],
+            c["k"],
+            human(c["bytes"].as_u64().unwrap_or(0)),
+            c["in_sample_hit_share"].as_f64().unwrap_or(0.0) * 100.0
         );
     }
 }

@@ -7,5 +7,6 @@ pub mod lookup;
 pub mod mooncake;
 pub mod probe;
 pub mod read_args;
+pub mod replay;
 pub mod synth;
 pub mod vectors;

@@ -1,0 +1,841 @@
+//! `engram replay TABLE --text FILE...`: a trace-driven decode simulator on the real store.
+//!
+//! Held-out text goes through the table's tokenizer, compression and hashing into the row
+//! ids a decoder would look up, B sequences at a time; each decode step takes a modelled
+//! compute time, and the rows of the token sampled at the end of a step are needed a
+//! modelled lead time into the next one. The reads are real: the store's cache, I/O
+//! workers and device. What is measured is how long each Engram layer waits for its rows
+//! beyond its deadline (the stall), and what that costs against a table resident in DRAM.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Args as ClapArgs;
+use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
+use engram_kernels::{CompressionTable, tokenizer};
+use engram_store::candidates::{CANDIDATES_FILE, MAX_CANDIDATES_K};
+use engram_store::records::RECORDS_FILE;
+use engram_store::workload::parse_bytes;
+use engram_store::{
+    AlignedBuf, Candidates, Profile, Speculation, Store, StoreOptions, Table, Ticket,
+};
+use rayon::prelude::*;
+
+use crate::build::PROFILE_FILE;
+use crate::build::corpus::{self, CorpusOptions};
+use crate::json_line;
+
+/// DeepSeek-V4-Flash decoder layers (NVIDIA NeMo AutoModel and Vultr model pages).
+pub const V4_FLASH_LAYERS: u64 = 43;
+/// Default step at batch 1: 1 / 210 tokens/s, V4-Flash single-stream decode with vLLM on
+/// 2x RTX Pro 6000 (ovidiudan.com, 2026-06-20).
+pub const DEFAULT_STEP_US_SINGLE: u64 = 4_760;
+/// Default step above batch 1: 20 ms mean inter-token latency at 32 concurrent requests,
+/// V4-Flash on SGLang with EAGLE on HGX B200 (lambda.ai DeepSeek-V4-Flash page).
+pub const DEFAULT_STEP_US_BATCHED: u64 = 20_000;
+/// The replay thread sleeps until this close to a deadline, then spins (sleep overshoots
+/// by tens of microseconds).
+const SPIN_US: u64 = 200;
+/// Largest batch (sequences decoded together).
+pub const MAX_BATCH: usize = 4096;
+/// Longest modelled step (10 s).
+pub const MAX_STEP_US: u64 = 10_000_000;
+/// Largest held-out stream, in tokens.
+pub const MAX_STREAM_TOKENS: usize = 1 << 28;
+
+/// Replay held-out text as decode traffic against a table.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = "Examples:\n  \
+    engram replay /data/v41 --text ~/.local/lib/python3.12/site-packages/numpy --include '**/*.py' \\\n    \
+      --batch 1 --cache-bytes 10% --speculate 4 --json\n  \
+    engram replay /data/v41 --text held-out.txt --batch 32 --step-us 20000 --cache-bytes 2G\n\n\
+    The model: each decode step takes --step-us of compute; a token is sampled at the end of \
+    a step; Engram layer j (the table's layer ids) needs that token's rows at \
+    lead + (j - first layer id) x step / --model-layers into the next step, where lead is \
+    --lead-us. Stall is how long a layer waits for its rows beyond that; it delays the rest \
+    of the step. slowdown = sum of stalls / (steps x step): the tokens/s lost against the \
+    same run with the table resident in DRAM, where every row is ready by its deadline \
+    (a DRAM gather of a step's rows takes microseconds).\n\n\
+    Defaults, from published DeepSeek-V4-Flash decode figures: 43 layers (NVIDIA NeMo \
+    AutoModel and Vultr model pages); step 4,760 us at batch 1 (210 tokens/s single \
+    stream, vLLM on 2x RTX Pro 6000, ovidiudan.com 2026-06-20) and 20,000 us above it \
+    (20 ms mean inter-token latency at 32 concurrent requests, SGLang + EAGLE on HGX B200, \
+    lambda.ai); lead = step x (first Engram layer id) / 43, i.e. 111 us for layer 1 at \
+    batch 1: one layer of compute between sampling a token and its first Engram layer.\n\n\
+    Time: real. I/O is the store's real reads on this device; compute is simulated by \
+    sleeping (then spinning the last 200 us) until each deadline on the replay thread, so \
+    a run takes steps x (step + stall) of wall time. Time is not compressed: that would \
+    raise the IOPS the device must deliver. `late_us` reports how late the replay thread \
+    reached its deadlines (its own fidelity).\n\n\
+    Sequences: the held-out documents (files, in path order) form one stream, cut into \
+    --batch equal slices decoded side by side; each document starts a fresh n-gram history. \
+    Each step prefetches the B tokens' rows per layer as one batch; with --speculate K, the \
+    rows of the K next tokens that the table's candidates.bin ranks most likely are read \
+    into the cache at low priority one step ahead (cancelled when the next step starts).")]
+pub struct Args {
+    /// Table directory (on the SSD tier: the reads go through the backend's device path).
+    pub table: PathBuf,
+    /// Held-out text: files or directories (recursive), not part of the build corpus.
+    #[arg(long, required = true, num_args = 1..)]
+    pub text: Vec<PathBuf>,
+    /// Only files matching these globs (repeatable).
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Skip files and directories matching these globs (repeatable).
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Sequences decoded together (1..=4096).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Compute per decode step in microseconds [default: 4760 at batch 1, else 20000].
+    #[arg(long)]
+    pub step_us: Option<u64>,
+    /// Compute between a token being sampled and its first Engram layer, in microseconds
+    /// [default: step x first Engram layer id / --model-layers].
+    #[arg(long)]
+    pub lead_us: Option<u64>,
+    /// Decoder layers the step's compute is spread over (places the later Engram layers).
+    #[arg(long, default_value_t = V4_FLASH_LAYERS)]
+    pub model_layers: u64,
+    /// Hot-row cache: bytes (512M, 2G) or a share of the table's row bytes (10%).
+    #[arg(long, default_value = "0")]
+    pub cache_bytes: String,
+    /// Seed the cache from this profile [default: TABLE/profile.bin when present].
+    #[arg(long, conflicts_with = "no_profile")]
+    pub profile: Option<PathBuf>,
+    /// Do not seed the cache (the compulsory-miss floor then counts every first touch).
+    #[arg(long)]
+    pub no_profile: bool,
+    /// Read cache misses that share an n-gram record from TABLE/records.bin (one read
+    /// instead of several); without it the records are not used even when present.
+    #[arg(long)]
+    pub records: bool,
+    /// Prefetch the rows of the K most likely next tokens one step ahead (0: off; needs
+    /// TABLE/candidates.bin).
+    #[arg(long, default_value_t = 0)]
+    pub speculate: usize,
+    /// Decode steps to replay (each sequence advances one token per step).
+    #[arg(long, default_value_t = 2000)]
+    pub max_steps: usize,
+    /// I/O worker threads of the store.
+    #[arg(long, default_value_t = 2)]
+    pub io_workers: usize,
+    #[command(flatten)]
+    pub read: super::read_args::ReadArgs,
+    /// tokenizer.json (default: $ENGRAM_TOKENIZER, then the cached DeepSeek tokenizer); its
+    /// SHA-256 must be the table's.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Print one JSON Lines record (`{"type": "replay", "data": ...}`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The held-out stream: canonical and raw ids of every document, back to back.
+#[derive(Debug, Default)]
+struct Stream {
+    raw: Vec<u32>,
+    canonical: Vec<i64>,
+    /// Whether a position starts a document (a fresh n-gram history).
+    doc_start: Vec<bool>,
+    documents: usize,
+    files: usize,
+    skipped: usize,
+}
+
+fn load_stream(
+    args: &Args,
+    tok: &tokenizers::Tokenizer,
+    compression: &CompressionTable,
+) -> Result<Stream> {
+    let options = CorpusOptions {
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        ..CorpusOptions::default()
+    };
+    let sources = corpus::discover(&args.text, &options)?;
+    let per_source: Vec<Result<(Vec<Vec<u32>>, usize)>> = sources
+        .par_iter()
+        .map(|s| {
+            let docs = corpus::read(s, &options);
+            let mut out = Vec::with_capacity(docs.texts.len());
+            for text in &docs.texts {
+                let enc = tok
+                    .encode(text.as_str(), false)
+                    .map_err(|e| anyhow::anyhow!("tokenizing {s:?}: {e}"))?;
+                if !enc.get_ids().is_empty() {
+                    out.push(enc.get_ids().to_vec());
+                }
+            }
+            Ok((out, docs.skipped.len()))
+        })
+        .collect();
+    let mut stream = Stream {
+        files: sources.len(),
+        ..Stream::default()
+    };
+    for r in per_source {
+        let (docs, skipped) = r?;
+        stream.skipped += skipped;
+        for ids in docs {
+            ensure!(
+                stream.raw.len() + ids.len() <= MAX_STREAM_TOKENS,
+                "the held-out text has more than {MAX_STREAM_TOKENS} tokens (MAX_STREAM_TOKENS)"
+            );
+            stream.documents += 1;
+            for (i, &id) in ids.iter().enumerate() {
+                stream.raw.push(id);
+                stream.canonical.push(
+                    compression
+                        .compress_id(i64::from(id))
+                        .with_context(|| format!("token id {id} outside the tokenizer"))?,
+                );
+                stream.doc_start.push(i == 0);
+            }
+        }
+    }
+    Ok(stream)
+}
+
+/// One bit per row of every layer.
+#[derive(Debug)]
+struct RowSet {
+    // (layers,) each (rows / 64 rounded up,)
+    words: Vec<Vec<u64>>,
+}
+
+impl RowSet {
+    fn new(table: &Table) -> Result<Self> {
+        let words = (0..table.n_layers())
+            .map(|li| {
+                let rows = table.rows(li)?;
+                Ok(vec![0u64; usize::try_from(rows.div_ceil(64))?])
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { words })
+    }
+
+    /// Sets the bit of `row`; returns whether it was already set.
+    fn insert(&mut self, layer: usize, row: u64) -> bool {
+        let (w, bit) = ((row / 64) as usize, 1u64 << (row % 64));
+        let word = &mut self.words[layer][w];
+        let had = *word & bit != 0;
+        *word |= bit;
+        had
+    }
+
+    fn contains(&self, layer: usize, row: u64) -> bool {
+        self.words[layer][(row / 64) as usize] & (1u64 << (row % 64)) != 0
+    }
+}
+
+/// Lookups classified against the profile and the stream's own past.
+#[derive(Debug, Default, Clone, Copy)]
+struct Floor {
+    lookups: u64,
+    /// On rows the profile never saw.
+    unseen: u64,
+    /// First touches of rows the profile never saw: no cache policy avoids these misses.
+    compulsory: u64,
+}
+
+/// One decoding sequence: a slice of the stream and its n-gram history.
+#[derive(Debug)]
+struct Sequence {
+    next: usize,
+    end: usize,
+    /// The last N - 1 canonical ids, then the current one while hashing.
+    window: Vec<i64>,
+    /// Raw ids predicted for the next position.
+    predicted: Vec<u32>,
+}
+
+/// Sleeps, then spins, until `t`.
+fn wait_until(t: Instant) {
+    let spin = Duration::from_micros(SPIN_US);
+    loop {
+        let now = Instant::now();
+        if now >= t {
+            return;
+        }
+        let left = t - now;
+        if left > spin {
+            std::thread::sleep(left - spin);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Mean and quantiles of a sample, in the sample's unit.
+fn quantiles(v: &mut [f64]) -> serde_json::Value {
+    if v.is_empty() {
+        return serde_json::json!({"mean": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0});
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    serde_json::json!({
+        "mean": v.iter().sum::<f64>() / v.len() as f64,
+        "p50": at(0.5), "p99": at(0.99), "max": v[v.len() - 1],
+    })
+}
+
+/// `--cache-bytes`: bytes, or a percentage of the table's row bytes.
+fn cache_bytes(spec: &str, table_row_bytes: u64) -> Result<u64> {
+    match spec.trim().strip_suffix('%') {
+        Some(p) => {
+            let pct: f64 = p
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite() && (0.0..=100.0).contains(v))
+                .with_context(|| format!("--cache-bytes {spec:?}: expected 0% to 100%"))?;
+            Ok((table_row_bytes as f64 * pct / 100.0) as u64)
+        }
+        None => Ok(parse_bytes(spec)?),
+    }
+}
+
+/// The modelled times of one run.
+#[derive(Debug, Clone)]
+struct Timing {
+    step: Duration,
+    /// (layers,) deadline of each table layer after the step starts, in table order
+    deadlines: Vec<Duration>,
+}
+
+fn timing(args: &Args, layer_ids: &[u64]) -> Result<Timing> {
+    let step_us = args.step_us.unwrap_or(if args.batch == 1 {
+        DEFAULT_STEP_US_SINGLE
+    } else {
+        DEFAULT_STEP_US_BATCHED
+    });
+    ensure!(
+        (1..=MAX_STEP_US).contains(&step_us),
+        "--step-us {step_us}: expected 1..={MAX_STEP_US}"
+    );
+    let first = layer_ids.iter().copied().min().unwrap_or(0);
+    let last = layer_ids.iter().copied().max().unwrap_or(0);
+    ensure!(
+        args.model_layers > last,
+        "--model-layers {} does not reach the table's Engram layer {last}",
+        args.model_layers
+    );
+    let per_layer_us = step_us as f64 / args.model_layers as f64;
+    let lead_us = args
+        .lead_us
+        .unwrap_or((per_layer_us * first as f64).round() as u64);
+    let deadlines: Vec<Duration> = layer_ids
+        .iter()
+        .map(|&id| {
+            let us = lead_us as f64 + (id - first) as f64 * per_layer_us;
+            Duration::from_nanos((us * 1e3) as u64)
+        })
+        .collect();
+    let step = Duration::from_micros(step_us);
+    ensure!(
+        deadlines.iter().all(|d| *d < step),
+        "--lead-us {lead_us}: the Engram layers' deadlines must fall inside the {step_us} us step"
+    );
+    Ok(Timing { step, deadlines })
+}
+
+/// What a run reads before it starts: the table and its addressing, the held-out stream,
+/// the profile and the candidates.
+struct Inputs {
+    table: Arc<Table>,
+    compression: CompressionTable,
+    hasher: NgramHasher,
+    stream: Stream,
+    tokenize_secs: f64,
+    profile_path: Option<PathBuf>,
+    profile: Option<Profile>,
+    candidates: Option<Candidates>,
+}
+
+fn check_args(args: &Args) -> Result<()> {
+    ensure!(
+        (1..=MAX_BATCH).contains(&args.batch),
+        "--batch {}: expected 1..={MAX_BATCH}",
+        args.batch
+    );
+    ensure!(
+        args.speculate <= MAX_CANDIDATES_K,
+        "--speculate {}: expected 0..={MAX_CANDIDATES_K}",
+        args.speculate
+    );
+    ensure!(args.max_steps > 0, "--max-steps must be at least 1");
+    if args.records {
+        let p = args.table.join(RECORDS_FILE);
+        ensure!(
+            p.exists(),
+            "--records: {} has no {RECORDS_FILE} (engram-build --records-bytes writes it)",
+            args.table.display()
+        );
+    }
+    Ok(())
+}
+
+fn open_inputs(args: &Args, table: Arc<Table>) -> Result<Inputs> {
+    let manifest = table.manifest();
+    let tok_path = tokenizer::resolve_path(args.tokenizer.as_deref())?;
+    let tok = tokenizer::load(&tok_path)?;
+    table.check_tokenizer(&tok.sha256)?;
+    let compression = CompressionTable::from_tokenizer(&tok.tokenizer)?;
+    ensure!(
+        compression.compressed_vocab_size() == manifest.compressed_vocab_size,
+        "the tokenizer compresses to {} ids, the table was built for {}",
+        compression.compressed_vocab_size(),
+        manifest.compressed_vocab_size
+    );
+    let hasher = NgramHasher::new(table.layout(), HashOptions::default())?;
+    let t = Instant::now();
+    let stream = load_stream(args, &tok.tokenizer, &compression)?;
+    ensure!(
+        stream.raw.len() >= args.batch,
+        "the held-out text has {} tokens, fewer than --batch {}",
+        stream.raw.len(),
+        args.batch
+    );
+    let tokenize_secs = t.elapsed().as_secs_f64();
+    let profile_path = match (&args.profile, args.no_profile) {
+        (_, true) => None,
+        (Some(p), false) => Some(p.clone()),
+        (None, false) => Some(args.table.join(PROFILE_FILE)).filter(|p| p.exists()),
+    };
+    let profile = match &profile_path {
+        Some(p) => Some(Profile::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let candidates = if args.speculate > 0 {
+        let p = args.table.join(CANDIDATES_FILE);
+        ensure!(
+            p.exists(),
+            "--speculate {}: {} has no {CANDIDATES_FILE} (engram-build writes it when it counts \
+             a corpus, --candidates-bytes)",
+            args.speculate,
+            args.table.display()
+        );
+        let c = Candidates::read(&p)?;
+        let id = manifest.table_id_u64().unwrap_or(0);
+        ensure!(
+            c.table_id == 0 || c.table_id == id,
+            "{} was built for table_id {:016x}, this table is {id:016x}",
+            p.display(),
+            c.table_id
+        );
+        Some(c)
+    } else {
+        None
+    };
+    Ok(Inputs {
+        table,
+        compression,
+        hasher,
+        stream,
+        tokenize_secs,
+        profile_path,
+        profile,
+        candidates,
+    })
+}
+
+/// The rows every layer's profile lists.
+fn profiled_rows(table: &Table, profile: Option<&Profile>) -> Result<RowSet> {
+    let mut set = RowSet::new(table)?;
+    for l in profile.map(|p| &p.layers[..]).unwrap_or(&[]) {
+        if let Ok(li) = table.layout().layer_index(l.layer_id) {
+            let rows = table.rows(li)?;
+            for &(row, _) in l.entries.iter().filter(|e| e.0 < rows) {
+                set.insert(li, row);
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// What the replay counts as it goes.
+#[derive(Debug, Default)]
+struct Tally {
+    floor: Floor,
+    /// Positions whose prediction was scored, had a candidate, was right.
+    scored: u64,
+    predicted: u64,
+    spec_hits: u64,
+    /// Rows offered to `Store::speculate` and accepted.
+    offered: u64,
+    /// (steps,) stall of each step
+    stall_us: Vec<f64>,
+    /// (layers,) total stall per table layer
+    layer_stall_us: Vec<f64>,
+    /// (steps * layers,) how late the replay thread reached each deadline
+    late_us: Vec<f64>,
+}
+
+/// The decode loop's state: every buffer allocated once.
+struct Replayer<'a> {
+    store: &'a Store,
+    inputs: &'a Inputs,
+    timing: &'a Timing,
+    k: usize,
+    profiled: RowSet,
+    seen: RowSet,
+    seqs: Vec<Sequence>,
+    /// (layers,) row buffers handed to and back from the tickets
+    bufs: Vec<Option<AlignedBuf>>,
+    /// (layers, batch * heads) this step's row ids
+    ids: Vec<Vec<u64>>,
+    /// (layers, batch * k * heads) the next step's candidates' row ids
+    spec_ids: Vec<Vec<u64>>,
+    speculations: Vec<Speculation>,
+    /// (heads,) one position's row ids in one layer
+    hashed: Vec<u64>,
+    /// Table layers in the order the decoder reaches them.
+    order: Vec<usize>,
+    tally: Tally,
+}
+
+impl<'a> Replayer<'a> {
+    fn new(args: &Args, store: &'a Store, inputs: &'a Inputs, timing: &'a Timing) -> Result<Self> {
+        let n_layers = inputs.table.n_layers();
+        let heads = inputs.hasher.n_hash_heads();
+        let n = inputs.stream.raw.len();
+        let seqs = (0..args.batch)
+            .map(|b| Sequence {
+                next: b * n / args.batch,
+                end: (b + 1) * n / args.batch,
+                window: Vec::with_capacity(inputs.hasher.max_ngram() + 1),
+                predicted: Vec::with_capacity(args.speculate),
+            })
+            .collect();
+        let bufs = (0..n_layers)
+            .map(|_| store.alloc_rows(args.batch * heads).map(Some))
+            .collect::<Result<_, _>>()?;
+        let mut order: Vec<usize> = (0..n_layers).collect();
+        order.sort_by_key(|&li| timing.deadlines[li]);
+        Ok(Self {
+            store,
+            inputs,
+            timing,
+            k: args.speculate,
+            profiled: profiled_rows(&inputs.table, inputs.profile.as_ref())?,
+            seen: RowSet::new(&inputs.table)?,
+            seqs,
+            bufs,
+            ids: vec![Vec::with_capacity(args.batch * heads); n_layers],
+            spec_ids: vec![Vec::with_capacity(args.batch * heads * args.speculate); n_layers],
+            speculations: Vec::with_capacity(n_layers),
+            hashed: vec![0; heads],
+            order,
+            tally: Tally {
+                layer_stall_us: vec![0.0; n_layers],
+                ..Tally::default()
+            },
+        })
+    }
+
+    /// Steps every sequence can take.
+    fn steps_available(&self) -> usize {
+        self.seqs.iter().map(|s| s.end - s.next).min().unwrap_or(0)
+    }
+
+    /// Advances every sequence by one token and collects its rows per layer (scoring the
+    /// last step's prediction and the compulsory-miss floor on the way).
+    fn next_tokens(&mut self) -> Result<()> {
+        let stream = &self.inputs.stream;
+        let hasher = &self.inputs.hasher;
+        let keep = hasher.max_ngram() - 1;
+        for v in &mut self.ids {
+            v.clear();
+        }
+        for seq in &mut self.seqs {
+            let p = seq.next;
+            seq.next += 1;
+            if stream.doc_start[p] {
+                seq.window.clear();
+            } else if self.k > 0 {
+                let t = &mut self.tally;
+                t.scored += 1;
+                t.predicted += u64::from(!seq.predicted.is_empty());
+                t.spec_hits += u64::from(seq.predicted.contains(&stream.raw[p]));
+            }
+            if seq.window.len() > keep {
+                seq.window.drain(..seq.window.len() - keep);
+            }
+            seq.window.push(stream.canonical[p]);
+            for (li, v) in self.ids.iter_mut().enumerate() {
+                hasher.hash_last_into(li, &seq.window, HashOutput::RowId, &mut self.hashed)?;
+                for &row in &self.hashed {
+                    let f = &mut self.tally.floor;
+                    f.lookups += 1;
+                    if !self.profiled.contains(li, row) {
+                        f.unseen += 1;
+                        if !self.seen.insert(li, row) {
+                            f.compulsory += 1;
+                        }
+                    }
+                }
+                v.extend_from_slice(&self.hashed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prefetches this step's rows: one ticket per layer.
+    fn prefetch(&mut self) -> Result<Vec<Option<Ticket>>> {
+        let mut tickets = Vec::with_capacity(self.ids.len());
+        for (li, v) in self.ids.iter().enumerate() {
+            let buf = match self.bufs[li].take() {
+                Some(b) => b,
+                None => self.store.alloc_rows(v.len())?,
+            };
+            tickets.push(Some(self.store.prefetch(li, v, buf)));
+        }
+        Ok(tickets)
+    }
+
+    /// Cancels the last step's speculation and speculates on the next step's tokens.
+    fn speculate(&mut self) -> Result<()> {
+        for s in self.speculations.drain(..) {
+            s.cancel();
+        }
+        let Some(c) = &self.inputs.candidates else {
+            return Ok(());
+        };
+        for v in &mut self.spec_ids {
+            v.clear();
+        }
+        for seq in &mut self.seqs {
+            c.predict_into(&seq.window, self.k, &mut seq.predicted);
+            let base = seq.window.len();
+            for &cand in &seq.predicted {
+                seq.window
+                    .push(self.inputs.compression.compress_id(i64::from(cand))?);
+                for (li, v) in self.spec_ids.iter_mut().enumerate() {
+                    self.inputs.hasher.hash_last_into(
+                        li,
+                        &seq.window,
+                        HashOutput::RowId,
+                        &mut self.hashed,
+                    )?;
+                    v.extend_from_slice(&self.hashed);
+                }
+                seq.window.truncate(base);
+            }
+        }
+        for (li, v) in self.spec_ids.iter().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            let s = self.store.speculate(li, v)?;
+            if s.accepted() {
+                self.tally.offered += v.len() as u64;
+            }
+            self.speculations.push(s);
+        }
+        Ok(())
+    }
+
+    /// The step's compute from `start`: each Engram layer waits for its rows at its
+    /// deadline (pushed back by the stalls before it). Returns when the step ends.
+    fn compute(&mut self, start: Instant, mut tickets: Vec<Option<Ticket>>) -> Result<Instant> {
+        let mut stalled = Duration::ZERO;
+        for &li in &self.order {
+            let deadline = start + self.timing.deadlines[li] + stalled;
+            wait_until(deadline);
+            let t = &mut self.tally;
+            t.late_us.push(
+                Instant::now()
+                    .saturating_duration_since(deadline)
+                    .as_secs_f64()
+                    * 1e6,
+            );
+            let Some(ticket) = tickets.get_mut(li).and_then(Option::take) else {
+                bail!("layer index {li} has no ticket");
+            };
+            // Rows ready on arrival cost nothing; otherwise the layer waits from its deadline.
+            let ready = ticket.is_ready();
+            let (buf, r) = ticket.wait();
+            r.with_context(|| format!("reading the rows of layer index {li}"))?;
+            self.bufs[li] = Some(buf);
+            if !ready {
+                let waited = Instant::now().saturating_duration_since(deadline);
+                stalled += waited;
+                t.layer_stall_us[li] += waited.as_secs_f64() * 1e6;
+            }
+        }
+        self.tally.stall_us.push(stalled.as_secs_f64() * 1e6);
+        let end = start + self.timing.step + stalled;
+        wait_until(end);
+        Ok(end)
+    }
+
+    fn run(&mut self, steps: usize) -> Result<()> {
+        let mut start = Instant::now();
+        for _ in 0..steps {
+            self.next_tokens()?;
+            let tickets = self.prefetch()?;
+            self.speculate()?;
+            start = self.compute(start, tickets)?;
+        }
+        for s in self.speculations.drain(..) {
+            s.cancel();
+        }
+        Ok(())
+    }
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<ExitCode> {
+    check_args(&args)?;
+    let table = Arc::new(
+        Table::open(&args.table).with_context(|| format!("opening {}", args.table.display()))?,
+    );
+    let layer_ids: Vec<u64> = table.layout().layers.iter().map(|l| l.layer_id).collect();
+    let timing = timing(&args, &layer_ids)?;
+    let rows_total: u64 = (0..table.n_layers())
+        .map(|li| table.rows(li))
+        .sum::<Result<_, _>>()?;
+    let table_row_bytes = rows_total * table.manifest().row_bytes;
+    let cache = cache_bytes(&args.cache_bytes, table_row_bytes)?;
+    let inputs = open_inputs(&args, Arc::clone(&table))?;
+    let heads = inputs.hasher.n_hash_heads();
+    let opts = StoreOptions {
+        backend: args.read.backend_options()?,
+        io_workers: args.io_workers.max(1),
+        max_batch_rows: (args.batch * heads * args.speculate.max(1))
+            .max(engram_store::store::DEFAULT_MAX_BATCH_ROWS),
+        cache_bytes: cache,
+        profile: inputs.profile.clone(),
+        records: args.records,
+        ..StoreOptions::default()
+    };
+    let t_open = Instant::now();
+    let store = Store::from_table(Arc::clone(&table), &opts)
+        .with_context(|| format!("opening the store on {}", args.table.display()))?;
+    let open_secs = t_open.elapsed().as_secs_f64();
+    let seeded_rows = store.stats().cache_rows;
+    store.reset_stats();
+
+    let mut replayer = Replayer::new(&args, &store, &inputs, &timing)?;
+    let steps = args.max_steps.min(replayer.steps_available());
+    ensure!(steps > 0, "no tokens to replay");
+    let t_run = Instant::now();
+    replayer.run(steps)?;
+    let wall = t_run.elapsed().as_secs_f64();
+    let st = store.stats();
+    let mut tally = replayer.tally;
+
+    let tokens = (steps * args.batch) as u64;
+    let step_us = timing.step.as_secs_f64() * 1e6;
+    let total_stall_us: f64 = tally.stall_us.iter().sum();
+    let per_token = |x: u64| x as f64 / tokens as f64;
+    let share = |x: u64, of: u64| x as f64 / of.max(1) as f64;
+    let manifest = table.manifest();
+    let stream = &inputs.stream;
+    let mut data = serde_json::json!({
+        "table": args.table, "table_id": manifest.table_id, "rows": rows_total,
+        "row_bytes": manifest.row_bytes, "table_row_bytes": table_row_bytes,
+        "backend": st.backend, "fallback": store.fallback_reason(),
+        "text": {
+            "files": stream.files, "documents": stream.documents, "skipped": stream.skipped,
+            "tokens": stream.raw.len(), "tokenize_seconds": inputs.tokenize_secs,
+        },
+        "batch": args.batch, "steps": steps, "tokens": tokens,
+        "step_us": step_us,
+        "lead_us": timing.deadlines.iter().min().map(|d| d.as_secs_f64() * 1e6),
+        "model_layers": args.model_layers,
+        "layer_ids": layer_ids,
+        "deadline_us": timing.deadlines.iter().map(|d| d.as_secs_f64() * 1e6).collect::<Vec<_>>(),
+        "cache_bytes": cache, "cache_fraction": share(cache, table_row_bytes),
+        "cache_capacity_rows": st.cache_capacity_rows, "seeded_rows": seeded_rows,
+        "profile": inputs.profile_path, "records": args.records, "speculate": args.speculate,
+        "open_seconds": open_secs, "wall_seconds": wall,
+    });
+    let f = tally.floor;
+    let results = serde_json::json!({
+        "stall_us_per_token": quantiles(&mut tally.stall_us),
+        "stall_us_per_token_by_layer": tally.layer_stall_us.iter().map(|s| s / steps as f64).collect::<Vec<_>>(),
+        "slowdown": total_stall_us / (steps as f64 * step_us),
+        "tokens_per_second": tokens as f64 / ((steps as f64 * step_us + total_stall_us) / 1e6),
+        "tokens_per_second_resident": tokens as f64 / (steps as f64 * step_us / 1e6),
+        "hit_rate": st.cache_hit_rate,
+        "lookups": f.lookups,
+        "profile_unseen_share": share(f.unseen, f.lookups),
+        "compulsory_miss_floor": share(f.compulsory, f.lookups),
+        "reads_per_token": per_token(st.device_reads),
+        "device_bytes_per_token": per_token(st.device_bytes),
+        "rows_read_per_token": per_token(st.rows_unique),
+        "record_reads_per_token": per_token(st.record_reads),
+        "record_rows_per_token": per_token(st.record_rows),
+        "iops": st.device_reads as f64 / wall.max(1e-9),
+        "device_read_us": {"p50": st.device_read.p50_us, "p99": st.device_read.p99_us},
+        "late_us": quantiles(&mut tally.late_us),
+        "errors": st.errors,
+    });
+    let speculation = serde_json::json!({
+        "k": args.speculate,
+        "positions_scored": tally.scored,
+        "accuracy": share(tally.spec_hits, tally.scored),
+        "predicted_share": share(tally.predicted, tally.scored),
+        "rows_offered_per_token": per_token(tally.offered),
+        "rows_read_per_token": per_token(st.spec_rows_read),
+        "batches": st.spec_batches, "dropped": st.spec_dropped, "failed": st.spec_failed,
+    });
+    if let (Some(d), serde_json::Value::Object(r)) = (data.as_object_mut(), results) {
+        d.extend(r);
+        d.insert("speculation".into(), speculation);
+    }
+    if args.json {
+        json_line("replay", &data);
+    } else {
+        print_summary(&data);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(d: &serde_json::Value) {
+    let f = |p: &str| {
+        d.pointer(p)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0)
+    };
+    crate::outln!(
+        "{} tokens ({} steps x batch {}) over {}, {} backend, cache {:.1}% of the table, speculate {}",
+        d["tokens"],
+        d["steps"],
+        d["batch"],
+        Path::new(d["table"].as_str().unwrap_or_default()).display(),
+        d["backend"].as_str().unwrap_or_default(),
+        f("/cache_fraction") * 100.0,
+        d["speculate"]
+    );
+    crate::outln!(
+        "step {:.0} us, lead {:.0} us: stall per token mean {:.1} us, p50 {:.1}, p99 {:.1}; slowdown {:.3}% vs resident",
+        f("/step_us"),
+        f("/lead_us"),
+        f("/stall_us_per_token/mean"),
+        f("/stall_us_per_token/p50"),
+        f("/stall_us_per_token/p99"),
+        f("/slowdown") * 100.0
+    );
+    crate::outln!(
+        "hit rate {:.1}%; compulsory-miss floor {:.1}% (rows the profile never saw: {:.1}% of lookups); {:.1} reads/token, {:.0} IOPS",
+        f("/hit_rate") * 100.0,
+        f("/compulsory_miss_floor") * 100.0,
+        f("/profile_unseen_share") * 100.0,
+        f("/reads_per_token"),
+        f("/iops")
+    );
+    if f("/speculation/k") > 0.0 {
+        crate::outln!(
+            "speculation: next token among the candidates {:.1}% of the time; {:.1} rows/token offered, {:.1} read ahead",
+            f("/speculation/accuracy") * 100.0,
+            f("/speculation/rows_offered_per_token"),
+            f("/speculation/rows_read_per_token")
+        );
+    }
+}
