@@ -182,6 +182,10 @@ pub enum Error {
     /// the table directory was replaced every time `Table::open` tried it.
     #[error("{path} was replaced while the table was being opened; open the table again")]
     Replaced { path: PathBuf },
+    /// A row source other than the in-process store failed (the storage service's client:
+    /// the server went away, refused the client, or answered out of protocol).
+    #[error(transparent)]
+    Remote(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl From<engram_kernels::file::FileError> for Error {
