@@ -173,11 +173,17 @@ impl Conn {
             slot_rows: options.slot_rows,
             server_spin_us: options.server_spin_us.min(MAX_SPIN_US),
         };
-        wire::send(&sock, &socket, &hello, &[])?;
-        let (reply, fds) = wire::recv::<Reply>(&sock, &socket, "server").map_err(|e| match e {
-            ServiceError::Disconnected { socket, reason } => ServiceError::Refused { socket, reason },
-            other => other,
-        })?;
+        // A server that refuses a peer says why and closes at once, perhaps before the
+        // hello is sent: read its answer even when sending failed.
+        let sent = wire::send(&sock, &socket, &hello, &[]);
+        let (reply, fds) = match (wire::recv::<Reply>(&sock, &socket, "server"), sent) {
+            (Ok(r), _) => r,
+            (Err(_), Err(e)) => return Err(e),
+            (Err(ServiceError::Disconnected { socket, reason }), Ok(())) => {
+                return Err(ServiceError::Refused { socket, reason });
+            }
+            (Err(e), Ok(())) => return Err(e),
+        };
         let (client_id, table, manifest_json, backend, slots, slot_rows) = match reply {
             Reply::Welcome {
                 version,
