@@ -142,7 +142,9 @@ pub struct ServerWait {
 
 impl std::fmt::Debug for ServerWait {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerWait").field("epoll", &self.epoll).finish()
+        f.debug_struct("ServerWait")
+            .field("epoll", &self.epoll)
+            .finish()
     }
 }
 
@@ -174,7 +176,11 @@ impl ServerWait {
     pub fn wait(&mut self, timeout: Duration) -> Result<Woke> {
         self.events.clear();
         let t = timespec(timeout);
-        match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut self.events), Some(&t)) {
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(&mut self.events),
+            Some(&t),
+        ) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(io("epoll_wait", Path::new("client"), e.into())),
         }
@@ -183,7 +189,9 @@ impl ServerWait {
             let flags = ev.flags;
             let data = ev.data.u64();
             if data == EV_SOCK {
-                if flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::ERR | epoll::EventFlags::RDHUP) {
+                if flags.intersects(
+                    epoll::EventFlags::HUP | epoll::EventFlags::ERR | epoll::EventFlags::RDHUP,
+                ) {
                     return Ok(Woke::HangUp);
                 }
                 woke = Woke::Message;

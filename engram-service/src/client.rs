@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use crate::bell::{Doorbell, Woke, spin_then, wait_client};
 use crate::error::{Result, ServiceError, violation};
 use crate::protocol::{
-    Cqe, CQE_BYTES, H_CLIENT_FLAGS, H_CQ_HEAD, H_CQ_TAIL, H_MAGIC, H_ROW_BYTES, H_SERVER_FLAGS,
+    CQE_BYTES, Cqe, H_CLIENT_FLAGS, H_CQ_HEAD, H_CQ_TAIL, H_MAGIC, H_ROW_BYTES, H_SERVER_FLAGS,
     H_SLOT_ROWS, H_SLOTS, H_SQ_HEAD, H_SQ_TAIL, H_VERSION, MAX_ERROR_BYTES, MAX_SPIN_US, NO_SLOT,
     OP_CANCEL, OP_LOOKUP, OP_SPECULATE, PROTOCOL_VERSION, REGION_MAGIC, RegionLayout, Reply,
     Request, ST_ERROR, ST_OK, ST_TABLE_CHANGED, Sqe, incompatible, ring_used,
@@ -159,8 +159,12 @@ impl Conn {
         let sock = UnixStream::connect(&socket).map_err(|e| ServiceError::Connect {
             socket: socket.clone(),
             reason: match e.kind() {
-                std::io::ErrorKind::PermissionDenied => format!("{e} (the socket's mode admits only its owner, or its group with --group)"),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => format!("{e} (is `engram serve` running?)"),
+                std::io::ErrorKind::PermissionDenied => format!(
+                    "{e} (the socket's mode admits only its owner, or its group with --group)"
+                ),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    format!("{e} (is `engram serve` running?)")
+                }
                 _ => e.to_string(),
             },
         })?;
@@ -195,14 +199,26 @@ impl Conn {
                 slot_rows,
             } => {
                 if version != PROTOCOL_VERSION {
-                    return Err(violation("server", "protocol version", PROTOCOL_VERSION, version));
+                    return Err(violation(
+                        "server",
+                        "protocol version",
+                        PROTOCOL_VERSION,
+                        version,
+                    ));
                 }
                 (client_id, table, manifest, backend, slots, slot_rows)
             }
             Reply::Refused { reason } | Reply::Error { reason } => {
                 return Err(ServiceError::Refused { socket, reason });
             }
-            other => return Err(violation("server", "reply to hello", "welcome", format!("{other:?}"))),
+            other => {
+                return Err(violation(
+                    "server",
+                    "reply to hello",
+                    "welcome",
+                    format!("{other:?}"),
+                ));
+            }
         };
         if slots > options.slots.max(1) || slot_rows > options.slot_rows.max(1) {
             return Err(violation(
@@ -214,11 +230,18 @@ impl Conn {
         }
         let where_ = PathBuf::from(format!("unix:{}#{table}", socket.display()));
         let manifest = Manifest::from_json(manifest_json.as_bytes(), &where_)?;
-        let row_bytes = u32::try_from(manifest.row_bytes).map_err(|_| violation("server", "row bytes", "below 2^32", manifest.row_bytes))?;
+        let row_bytes = u32::try_from(manifest.row_bytes)
+            .map_err(|_| violation("server", "row bytes", "below 2^32", manifest.row_bytes))?;
         let layout = RegionLayout::new(slots, slot_rows, row_bytes)?;
         let mut fds = fds.into_iter();
-        let (Some(r), Some(s), Some(c), None) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
-            return Err(violation("server", "descriptors with the welcome", 3, "another number"));
+        let (Some(r), Some(s), Some(c), None) = (fds.next(), fds.next(), fds.next(), fds.next())
+        else {
+            return Err(violation(
+                "server",
+                "descriptors with the welcome",
+                3,
+                "another number",
+            ));
         };
         let region = Region::attach(r, layout.bytes)?;
         let mut h = [0u8; 24];
@@ -230,7 +253,12 @@ impl Conn {
         want[H_SLOT_ROWS..H_SLOT_ROWS + 4].copy_from_slice(&slot_rows.to_le_bytes());
         want[H_ROW_BYTES..H_ROW_BYTES + 4].copy_from_slice(&row_bytes.to_le_bytes());
         if h != want {
-            return Err(violation("server", "region header", format!("{want:?}"), format!("{h:?}")));
+            return Err(violation(
+                "server",
+                "region header",
+                format!("{want:?}"),
+                format!("{h:?}"),
+            ));
         }
         let n = slots as usize;
         let conn = Conn {
@@ -278,28 +306,54 @@ impl Conn {
     /// Submits `sqe` (caller holds the state lock).
     fn submit(&self, st: &mut State, sqe: Sqe) -> Result<()> {
         let head = self.region.atomic_u32(H_SQ_HEAD).load(Ordering::Acquire);
-        let used = ring_used("server", "submission ring head", head, st.sq_tail, self.layout.ring)?;
+        let used = ring_used(
+            "server",
+            "submission ring head",
+            head,
+            st.sq_tail,
+            self.layout.ring,
+        )?;
         if used == self.layout.ring {
-            return Err(violation("server", "submission ring room", "a free entry", "a full ring"));
+            return Err(violation(
+                "server",
+                "submission ring room",
+                "a free entry",
+                "a full ring",
+            ));
         }
-        self.region.write(self.layout.sqe(st.sq_tail), &sqe.encode())?;
+        self.region
+            .write(self.layout.sqe(st.sq_tail), &sqe.encode())?;
         st.sq_tail = st.sq_tail.wrapping_add(1);
-        self.region.atomic_u32(H_SQ_TAIL).store(st.sq_tail, Ordering::Release);
-        self.sq_bell.ring_unless_spinning(self.region.atomic_u32(H_SERVER_FLAGS));
+        self.region
+            .atomic_u32(H_SQ_TAIL)
+            .store(st.sq_tail, Ordering::Release);
+        self.sq_bell
+            .ring_unless_spinning(self.region.atomic_u32(H_SERVER_FLAGS));
         Ok(())
     }
 
     /// Takes posted completions off the ring (caller holds the state lock).
     fn reap(&self, st: &mut State) -> Result<u32> {
         let tail = self.region.atomic_u32(H_CQ_TAIL).load(Ordering::Acquire);
-        let n = ring_used("server", "completion ring tail", st.cq_head, tail, self.layout.ring)?;
+        let n = ring_used(
+            "server",
+            "completion ring tail",
+            st.cq_head,
+            tail,
+            self.layout.ring,
+        )?;
         for _ in 0..n {
             let mut b = [0u8; CQE_BYTES];
             self.region.read(self.layout.cqe(st.cq_head), &mut b)?;
             let c = Cqe::decode(&b);
             let s = c.slot as usize;
             if c.slot >= self.layout.slots || st.tags[s] == 0 || st.tags[s] != c.tag {
-                return Err(violation("server", "completion", "a slot in flight and its tag", format!("slot {} tag {}", c.slot, c.tag)));
+                return Err(violation(
+                    "server",
+                    "completion",
+                    "a slot in flight and its tag",
+                    format!("slot {} tag {}", c.slot, c.tag),
+                ));
             }
             st.cq_head = st.cq_head.wrapping_add(1);
             if st.spec[s] {
@@ -311,7 +365,9 @@ impl Conn {
             }
         }
         if n > 0 {
-            self.region.atomic_u32(H_CQ_HEAD).store(st.cq_head, Ordering::Release);
+            self.region
+                .atomic_u32(H_CQ_HEAD)
+                .store(st.cq_head, Ordering::Release);
         }
         Ok(n)
     }
@@ -366,7 +422,10 @@ impl Conn {
     /// while watching the socket for the server going away.
     fn block(&self) -> Result<()> {
         let r = &self.region;
-        let ready = || r.atomic_u32(H_CQ_TAIL).load(Ordering::Acquire) != r.atomic_u32(H_CQ_HEAD).load(Ordering::Relaxed);
+        let ready = || {
+            r.atomic_u32(H_CQ_TAIL).load(Ordering::Acquire)
+                != r.atomic_u32(H_CQ_HEAD).load(Ordering::Relaxed)
+        };
         if spin_then(self.spin, r.atomic_u32(H_CLIENT_FLAGS), ready) {
             return Ok(());
         }
@@ -406,11 +465,14 @@ impl Conn {
             tag,
         };
         let mut st = lock(&self.state);
-        let r = self.region.write_u64s(self.layout.ids(slot), ids).and_then(|()| {
-            st.tags[slot as usize] = tag;
-            st.spec[slot as usize] = op == OP_SPECULATE;
-            self.submit(&mut st, sqe)
-        });
+        let r = self
+            .region
+            .write_u64s(self.layout.ids(slot), ids)
+            .and_then(|()| {
+                st.tags[slot as usize] = tag;
+                st.spec[slot as usize] = op == OP_SPECULATE;
+                self.submit(&mut st, sqe)
+            });
         if let Err(e) = r {
             st.tags[slot as usize] = 0;
             st.free.push(slot);
@@ -604,7 +666,12 @@ impl RemoteStore {
     pub fn service_stats(&self) -> Result<ServiceStats> {
         match self.conn()?.control(&Request::Stats)? {
             Reply::Stats(s) => Ok(s),
-            other => Err(violation("server", "reply to stats", "stats", format!("{other:?}"))),
+            other => Err(violation(
+                "server",
+                "reply to stats",
+                "stats",
+                format!("{other:?}"),
+            )),
         }
     }
 
@@ -614,7 +681,14 @@ impl RemoteStore {
             .into_iter()
             .find(|t| t.name == self.inner.table)
             .map(|t| t.store)
-            .ok_or_else(|| violation("server", "stats", format!("table {}", self.inner.table), "none"))
+            .ok_or_else(|| {
+                violation(
+                    "server",
+                    "stats",
+                    format!("table {}", self.inner.table),
+                    "none",
+                )
+            })
     }
 }
 
@@ -638,7 +712,11 @@ fn since(now: &StatsSnapshot, base: Option<&StatsSnapshot>) -> StatsSnapshot {
         sub(&mut s.spec_failed, b.spec_failed);
     }
     let looked = s.cache_hits + s.cache_misses;
-    s.cache_hit_rate = if looked > 0 { s.cache_hits as f64 / looked as f64 } else { 0.0 };
+    s.cache_hit_rate = if looked > 0 {
+        s.cache_hits as f64 / looked as f64
+    } else {
+        0.0
+    };
     s.read_amplification = if s.rows_unique > 0 {
         s.device_bytes as f64 / (s.rows_unique * s.row_bytes.max(1)) as f64
     } else {
@@ -806,7 +884,11 @@ impl PendingSpeculation for RemoteSpeculation {
         }
         // A cancel is a hint: sent only while the ring is at most half full, so a slot's
         // request always finds room.
-        let head = self.conn.region.atomic_u32(H_SQ_HEAD).load(Ordering::Acquire);
+        let head = self
+            .conn
+            .region
+            .atomic_u32(H_SQ_HEAD)
+            .load(Ordering::Acquire);
         if st.sq_tail.wrapping_sub(head) < self.conn.layout.slots {
             let sqe = Sqe {
                 op: OP_CANCEL,
@@ -817,5 +899,25 @@ impl PendingSpeculation for RemoteSpeculation {
             };
             let _ = self.conn.submit(&mut st, sqe);
         }
+    }
+}
+
+/// One control request on a connection of its own (`engram stats`, `engram reload`):
+/// no region, no slots.
+pub fn request(socket: &Path, req: &Request) -> Result<Reply> {
+    let sock = UnixStream::connect(socket).map_err(|e| ServiceError::Connect {
+        socket: socket.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let _ = sock.set_read_timeout(Some(CONTROL_TIMEOUT));
+    let _ = sock.set_write_timeout(Some(CONTROL_TIMEOUT));
+    let sent = wire::send(&sock, socket, req, &[]);
+    match (wire::recv::<Reply>(&sock, socket, "server"), sent) {
+        (Ok((Reply::Refused { reason }, _)), _) => Err(ServiceError::Refused {
+            socket: socket.to_path_buf(),
+            reason,
+        }),
+        (Ok((r, _)), _) => Ok(r),
+        (Err(_), Err(e)) | (Err(e), Ok(())) => Err(e),
     }
 }

@@ -58,8 +58,7 @@ impl Region {
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             .map_err(|e| err("memfd_create", e))?;
         rustix::fs::ftruncate(&fd, len as u64).map_err(|e| err("ftruncate", e))?;
-        rustix::fs::fcntl_add_seals(&fd, SEALS | SealFlags::SEAL)
-            .map_err(|e| err("seal", e))?;
+        rustix::fs::fcntl_add_seals(&fd, SEALS | SealFlags::SEAL).map_err(|e| err("seal", e))?;
         Self::map(fd, len)
     }
 

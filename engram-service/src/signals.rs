@@ -41,7 +41,11 @@ impl Signals {
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
         };
         if rc != 0 {
-            return Err(io("pthread_sigmask", Path::new("signals"), std::io::Error::from_raw_os_error(rc)));
+            return Err(io(
+                "pthread_sigmask",
+                Path::new("signals"),
+                std::io::Error::from_raw_os_error(rc),
+            ));
         }
         Ok(Self { set })
     }
@@ -54,7 +58,11 @@ impl Signals {
             // both alive for the call.
             let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
             if rc != 0 {
-                return Err(io("sigwait", Path::new("signals"), std::io::Error::from_raw_os_error(rc)));
+                return Err(io(
+                    "sigwait",
+                    Path::new("signals"),
+                    std::io::Error::from_raw_os_error(rc),
+                ));
             }
             match sig {
                 libc::SIGHUP => return Ok(Signal::Reload),

@@ -40,7 +40,12 @@ fn encode(msg: &impl Serialize) -> Result<Vec<u8>> {
 }
 
 /// Sends one frame, with `fds` attached.
-pub fn send(sock: &UnixStream, path: &Path, msg: &impl Serialize, fds: &[BorrowedFd<'_>]) -> Result<()> {
+pub fn send(
+    sock: &UnixStream,
+    path: &Path,
+    msg: &impl Serialize,
+    fds: &[BorrowedFd<'_>],
+) -> Result<()> {
     let frame = encode(msg)?;
     let mut sent = 0;
     if !fds.is_empty() {
@@ -54,8 +59,13 @@ pub fn send(sock: &UnixStream, path: &Path, msg: &impl Serialize, fds: &[Borrowe
                 found: fds.len() as u64,
             });
         }
-        sent = rustix::net::sendmsg(sock, &[IoSlice::new(&frame)], &mut control, SendFlags::NOSIGNAL)
-            .map_err(|e| io("send", path, e.into()))?;
+        sent = rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(&frame)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .map_err(|e| io("send", path, e.into()))?;
     }
     let mut w = sock;
     w.write_all(&frame[sent..]).map_err(|e| io("send", path, e))
@@ -63,7 +73,11 @@ pub fn send(sock: &UnixStream, path: &Path, msg: &impl Serialize, fds: &[Borrowe
 
 /// Receives one frame and the descriptors attached to it (at most [`MAX_FDS`]; more are
 /// closed by the kernel).
-pub fn recv<T: DeserializeOwned>(sock: &UnixStream, path: &Path, peer: &'static str) -> Result<(T, Vec<OwnedFd>)> {
+pub fn recv<T: DeserializeOwned>(
+    sock: &UnixStream,
+    path: &Path,
+    peer: &'static str,
+) -> Result<(T, Vec<OwnedFd>)> {
     let mut len = [0u8; 4];
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -92,14 +106,27 @@ pub fn recv<T: DeserializeOwned>(sock: &UnixStream, path: &Path, peer: &'static 
         });
     }
     let mut r = sock;
-    r.read_exact(&mut len[got..]).map_err(|e| io("receive", path, e))?;
+    r.read_exact(&mut len[got..])
+        .map_err(|e| io("receive", path, e))?;
     let n = u32::from_le_bytes(len) as usize;
     if n > MAX_FRAME_BYTES {
-        return Err(violation(peer, "control frame bytes", format!("at most {MAX_FRAME_BYTES}"), n));
+        return Err(violation(
+            peer,
+            "control frame bytes",
+            format!("at most {MAX_FRAME_BYTES}"),
+            n,
+        ));
     }
     let mut body = vec![0u8; n];
-    r.read_exact(&mut body).map_err(|e| io("receive", path, e))?;
-    let msg = serde_json::from_slice(&body)
-        .map_err(|e| violation(peer, "control message", "a message of this protocol version", e))?;
+    r.read_exact(&mut body)
+        .map_err(|e| io("receive", path, e))?;
+    let msg = serde_json::from_slice(&body).map_err(|e| {
+        violation(
+            peer,
+            "control message",
+            "a message of this protocol version",
+            e,
+        )
+    })?;
     Ok((msg, fds))
 }

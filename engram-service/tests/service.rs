@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use engram_service::protocol::{
-    H_CQ_TAIL, H_SQ_TAIL, OP_LOOKUP, RegionLayout, Reply, Request, Sqe, PROTOCOL_VERSION,
+    H_CQ_TAIL, H_SQ_TAIL, OP_LOOKUP, PROTOCOL_VERSION, RegionLayout, Reply, Request, Sqe,
 };
 use engram_service::shm::Region;
 use engram_service::{ClientOptions, RemoteStore, ServiceError, Target, wire};
@@ -19,8 +19,15 @@ fn client(sock: &std::path::Path, table: Option<&str>) -> RemoteStore {
         socket: sock.to_path_buf(),
         table: table.map(str::to_string),
     };
-    RemoteStore::open(&target, &ClientOptions { slots: 4, slot_rows: 512, ..ClientOptions::default() })
-        .expect("attach")
+    RemoteStore::open(
+        &target,
+        &ClientOptions {
+            slots: 4,
+            slot_rows: 512,
+            ..ClientOptions::default()
+        },
+    )
+    .expect("attach")
 }
 
 #[test]
@@ -33,7 +40,11 @@ fn bytes_through_the_service_equal_bytes_in_process_on_every_backend() {
             continue;
         }
         for cache_bytes in [0u64, 64 << 10] {
-            let server = serve(tmp.path(), &[("t", &table)], store_options(kind, cache_bytes));
+            let server = serve(
+                tmp.path(),
+                &[("t", &table)],
+                store_options(kind, cache_bytes),
+            );
             let remote = client(server.socket(), None);
             let local = Store::open(&table, &store_options(kind, cache_bytes)).expect("store");
             let rb = remote.row_bytes();
@@ -48,7 +59,10 @@ fn bytes_through_the_service_equal_bytes_in_process_on_every_backend() {
                     remote.lookup_into(li, &ids, &mut a).expect("remote lookup");
                     local.lookup_into(li, &ids, &mut b).expect("local lookup");
                     assert!(a == b, "{kind} cache {cache_bytes} layer {li} rows {n}");
-                    assert!(a == expected_rows(&s, li, &ids, rb), "{kind}: not the table's bytes");
+                    assert!(
+                        a == expected_rows(&s, li, &ids, rb),
+                        "{kind}: not the table's bytes"
+                    );
                     // The same rows through prefetch tickets, several in flight.
                     let tickets: Vec<_> = (0..3)
                         .map(|_| remote.prefetch(li, &ids, remote.alloc_rows(n).expect("buf")))
@@ -61,7 +75,10 @@ fn bytes_through_the_service_equal_bytes_in_process_on_every_backend() {
                 }
             }
             let st = RowSource::stats(&remote).expect("stats");
-            assert!(st.batches > 0 && st.backend.starts_with("service("), "{st:?}");
+            assert!(
+                st.batches > 0 && st.backend.starts_with("service("),
+                "{st:?}"
+            );
             drop(remote);
             server.stop();
         }
@@ -73,7 +90,11 @@ fn threads_share_one_client() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(300, 11);
     let table = make_table(tmp.path(), "t", &s);
-    let server = serve(tmp.path(), &[("t", &table)], store_options(BackendKind::Pread, 32 << 10));
+    let server = serve(
+        tmp.path(),
+        &[("t", &table)],
+        store_options(BackendKind::Pread, 32 << 10),
+    );
     let remote = client(server.socket(), Some("t"));
     let rb = remote.row_bytes();
     std::thread::scope(|scope| {
@@ -83,10 +104,16 @@ fn threads_share_one_client() {
             scope.spawn(move || {
                 for k in 0..40u64 {
                     let li = (k % 2) as usize;
-                    let ids = ids(1 + (k as usize * 7) % 200, remote.rows(li).expect("rows"), t * 1000 + k);
+                    let ids = ids(
+                        1 + (k as usize * 7) % 200,
+                        remote.rows(li).expect("rows"),
+                        t * 1000 + k,
+                    );
                     let want = expected_rows(s, li, &ids, rb);
                     if k % 3 == 0 {
-                        let (buf, r) = remote.prefetch(li, &ids, remote.alloc_rows(ids.len()).expect("buf")).wait();
+                        let (buf, r) = remote
+                            .prefetch(li, &ids, remote.alloc_rows(ids.len()).expect("buf"))
+                            .wait();
                         r.expect("prefetch");
                         assert!(buf[..] == want[..]);
                     } else {
@@ -106,7 +133,11 @@ fn threads_share_one_client() {
     });
     let stats = server.stats();
     assert_eq!(stats.clients, 1);
-    assert!(stats.tables[0].requests.requests >= 6 * 40, "{:?}", stats.tables[0].requests);
+    assert!(
+        stats.tables[0].requests.requests >= 6 * 40,
+        "{:?}",
+        stats.tables[0].requests
+    );
 }
 
 #[test]
@@ -114,29 +145,68 @@ fn bad_requests_get_the_stores_errors() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(100, 5);
     let table = make_table(tmp.path(), "t", &s);
-    let server = serve(tmp.path(), &[("t", &table)], store_options(BackendKind::Memory, 0));
+    let server = serve(
+        tmp.path(),
+        &[("t", &table)],
+        store_options(BackendKind::Memory, 0),
+    );
     let remote = client(server.socket(), None);
     let rb = remote.row_bytes();
     let rows = remote.rows(0).expect("rows");
     let mut out = vec![0u8; rb];
-    let e = remote.lookup_into(0, &[rows], &mut out).expect_err("row out of range");
-    assert!(matches!(e, engram_store::Error::RowOutOfRange { row, .. } if row == rows), "{e}");
-    let e = remote.lookup_into(2, &[0], &mut out).expect_err("layer out of range");
-    assert!(matches!(e, engram_store::Error::LayerOutOfRange { layer: 2, n_layers: 2 }), "{e}");
+    let e = remote
+        .lookup_into(0, &[rows], &mut out)
+        .expect_err("row out of range");
+    assert!(
+        matches!(e, engram_store::Error::RowOutOfRange { row, .. } if row == rows),
+        "{e}"
+    );
+    let e = remote
+        .lookup_into(2, &[0], &mut out)
+        .expect_err("layer out of range");
+    assert!(
+        matches!(
+            e,
+            engram_store::Error::LayerOutOfRange {
+                layer: 2,
+                n_layers: 2
+            }
+        ),
+        "{e}"
+    );
     let e = remote.lookup_into(0, &[0, 1], &mut out).expect_err("shape");
     assert!(matches!(e, engram_store::Error::Shape { .. }), "{e}");
     let too_many = vec![0u64; remote.max_batch_rows() + 1];
-    let e = remote.lookup_into(0, &too_many, &mut vec![0u8; too_many.len() * rb]).expect_err("limit");
-    assert!(matches!(e, engram_store::Error::Limit { name: "max_batch_rows", .. }), "{e}");
+    let e = remote
+        .lookup_into(0, &too_many, &mut vec![0u8; too_many.len() * rb])
+        .expect_err("limit");
+    assert!(
+        matches!(
+            e,
+            engram_store::Error::Limit {
+                name: "max_batch_rows",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Unknown tables are refused with the names that exist.
     let e = RemoteStore::open(
-        &Target { socket: server.socket().to_path_buf(), table: Some("nope".into()) },
+        &Target {
+            socket: server.socket().to_path_buf(),
+            table: Some("nope".into()),
+        },
         &ClientOptions::default(),
     )
     .expect_err("unknown table");
-    assert!(matches!(&e, ServiceError::Refused { reason, .. } if reason.contains("t (")), "{e}");
+    assert!(
+        matches!(&e, ServiceError::Refused { reason, .. } if reason.contains("t (")),
+        "{e}"
+    );
     // Still serving.
-    remote.lookup_into(0, &[rows - 1], &mut out).expect("lookup");
+    remote
+        .lookup_into(0, &[rows - 1], &mut out)
+        .expect("lookup");
 }
 
 /// A hand-made client that skips the client library's checks.
@@ -149,20 +219,38 @@ struct RawClient {
 
 fn raw_client(sock_path: &std::path::Path) -> RawClient {
     let sock = std::os::unix::net::UnixStream::connect(sock_path).expect("connect");
-    let hello = Request::Hello { version: PROTOCOL_VERSION, table: None, slots: 2, slot_rows: 8, server_spin_us: 0 };
+    let hello = Request::Hello {
+        version: PROTOCOL_VERSION,
+        table: None,
+        slots: 2,
+        slot_rows: 8,
+        server_spin_us: 0,
+    };
     wire::send(&sock, sock_path, &hello, &[]).expect("hello");
     let (reply, fds) = wire::recv::<Reply>(&sock, sock_path, "server").expect("welcome");
-    let Reply::Welcome { slots, slot_rows, .. } = reply else { panic!("no welcome: {reply:?}") };
+    let Reply::Welcome {
+        slots, slot_rows, ..
+    } = reply
+    else {
+        panic!("no welcome: {reply:?}")
+    };
     let layout = RegionLayout::new(slots, slot_rows, 264).expect("layout");
     let mut fds = fds.into_iter();
     let region = Region::attach(fds.next().expect("memfd"), layout.bytes).expect("attach");
     let bell = engram_service::bell::Doorbell::from_fd(fds.next().expect("bell"));
-    RawClient { _sock: sock, region, layout, bell }
+    RawClient {
+        _sock: sock,
+        region,
+        layout,
+        bell,
+    }
 }
 
 impl RawClient {
     fn submit(&self, index: u32, sqe: Sqe) {
-        self.region.write(self.layout.sqe(index), &sqe.encode()).expect("sqe");
+        self.region
+            .write(self.layout.sqe(index), &sqe.encode())
+            .expect("sqe");
         self.region
             .atomic_u32(H_SQ_TAIL)
             .store(index + 1, std::sync::atomic::Ordering::Release);
@@ -175,43 +263,97 @@ fn a_client_that_breaks_the_protocol_is_cut_off_alone() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(100, 5);
     let table = make_table(tmp.path(), "t", &s);
-    let server = serve(tmp.path(), &[("t", &table)], store_options(BackendKind::Memory, 0));
+    let server = serve(
+        tmp.path(),
+        &[("t", &table)],
+        store_options(BackendKind::Memory, 0),
+    );
     let good = client(server.socket(), None);
     let rb = good.row_bytes();
     let fds0 = open_fds();
 
     // Ids out of range written straight into the region: a typed error, not a crash.
     let raw = raw_client(server.socket());
-    raw.region.write_u64s(raw.layout.ids(0), &[u64::MAX]).expect("ids");
-    raw.submit(0, Sqe { op: OP_LOOKUP, slot: 0, layer: 0, rows: 1, tag: 9 });
+    raw.region
+        .write_u64s(raw.layout.ids(0), &[u64::MAX])
+        .expect("ids");
+    raw.submit(
+        0,
+        Sqe {
+            op: OP_LOOKUP,
+            slot: 0,
+            layer: 0,
+            rows: 1,
+            tag: 9,
+        },
+    );
     eventually("an error completion", || {
-        raw.region.atomic_u32(H_CQ_TAIL).load(std::sync::atomic::Ordering::Acquire) == 1
+        raw.region
+            .atomic_u32(H_CQ_TAIL)
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 1
     });
     let mut b = [0u8; 32];
     raw.region.read(raw.layout.cqe(0), &mut b).expect("cqe");
     let c = engram_service::protocol::Cqe::decode(&b);
-    assert_eq!((c.slot, c.status, c.tag), (0, engram_service::protocol::ST_ERROR, 9));
+    assert_eq!(
+        (c.slot, c.status, c.tag),
+        (0, engram_service::protocol::ST_ERROR, 9)
+    );
     let mut text = vec![0u8; c.detail as usize];
-    raw.region.read(raw.layout.error(0), &mut text).expect("text");
-    assert!(String::from_utf8_lossy(&text).contains("out of range"), "{}", String::from_utf8_lossy(&text));
+    raw.region
+        .read(raw.layout.error(0), &mut text)
+        .expect("text");
+    assert!(
+        String::from_utf8_lossy(&text).contains("out of range"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
 
     // A slot beyond its region: disconnected.
-    raw.submit(1, Sqe { op: OP_LOOKUP, slot: 99, layer: 0, rows: 1, tag: 10 });
-    eventually("the violation", || server.stats().protocol_violations_total == 1);
+    raw.submit(
+        1,
+        Sqe {
+            op: OP_LOOKUP,
+            slot: 99,
+            layer: 0,
+            rows: 1,
+            tag: 10,
+        },
+    );
+    eventually("the violation", || {
+        server.stats().protocol_violations_total == 1
+    });
     eventually("the raw client's detach", || server.clients() == 1);
     // Rows beyond a slot and a ring index from nowhere: disconnected too.
     for bad in [
-        Sqe { op: OP_LOOKUP, slot: 0, layer: 0, rows: 1 << 20, tag: 1 },
-        Sqe { op: 77, slot: 0, layer: 0, rows: 1, tag: 1 },
+        Sqe {
+            op: OP_LOOKUP,
+            slot: 0,
+            layer: 0,
+            rows: 1 << 20,
+            tag: 1,
+        },
+        Sqe {
+            op: 77,
+            slot: 0,
+            layer: 0,
+            rows: 1,
+            tag: 1,
+        },
     ] {
         let raw = raw_client(server.socket());
         raw.submit(0, bad);
         drop(raw);
     }
     let raw = raw_client(server.socket());
-    raw.region.atomic_u32(H_SQ_TAIL).store(1 << 30, std::sync::atomic::Ordering::Release);
+    raw.region
+        .atomic_u32(H_SQ_TAIL)
+        .store(1 << 30, std::sync::atomic::Ordering::Release);
     raw.bell.ring();
-    eventually("three more violations", || server.stats().protocol_violations_total >= 3);
+    eventually("three more violations", || {
+        server.stats().protocol_violations_total >= 3
+    });
     drop(raw);
     eventually("every raw client gone", || server.clients() == 1);
     eventually("their descriptors closed", || open_fds() <= fds0);
@@ -228,28 +370,49 @@ fn a_restarted_server_gives_a_clear_error_then_the_client_reconnects() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(100, 5);
     let table = make_table(tmp.path(), "t", &s);
-    let server = serve(tmp.path(), &[("t", &table)], store_options(BackendKind::Pread, 0));
+    let server = serve(
+        tmp.path(),
+        &[("t", &table)],
+        store_options(BackendKind::Pread, 0),
+    );
     let sock = server.socket().to_path_buf();
     let remote = client(&sock, None);
     let rb = remote.row_bytes();
     let mut out = vec![0u8; rb];
     remote.lookup_into(0, &[3], &mut out).expect("lookup");
     server.stop();
-    let e = remote.lookup_into(0, &[3], &mut out).expect_err("server gone");
+    let e = remote
+        .lookup_into(0, &[3], &mut out)
+        .expect_err("server gone");
     let text = e.to_string();
-    assert!(text.contains("went away") && text.contains("reconnects"), "{text}");
+    assert!(
+        text.contains("went away") && text.contains("reconnects"),
+        "{text}"
+    );
     // No server: the next call says it cannot connect.
-    let e = remote.lookup_into(0, &[3], &mut out).expect_err("no server");
+    let e = remote
+        .lookup_into(0, &[3], &mut out)
+        .expect_err("no server");
     assert!(e.to_string().contains("cannot connect"), "{e}");
-    let server = serve(tmp.path(), &[("t", &table)], store_options(BackendKind::Pread, 0));
+    let server = serve(
+        tmp.path(),
+        &[("t", &table)],
+        store_options(BackendKind::Pread, 0),
+    );
     remote.lookup_into(0, &[3], &mut out).expect("reconnected");
     assert!(out == expected_rows(&s, 0, &[3], rb));
     // A restarted server with a table of another shape: the client says so.
     server.stop();
     let other = make_table(tmp.path(), "t2", &spec(150, 5));
-    let _server = serve(tmp.path(), &[("t", &other)], store_options(BackendKind::Pread, 0));
+    let _server = serve(
+        tmp.path(),
+        &[("t", &other)],
+        store_options(BackendKind::Pread, 0),
+    );
     let _ = remote.lookup_into(0, &[3], &mut out);
-    let e = remote.lookup_into(0, &[3], &mut out).expect_err("shape changed");
+    let e = remote
+        .lookup_into(0, &[3], &mut out)
+        .expect_err("shape changed");
     assert!(e.to_string().contains("changed"), "{e}");
 }
 
@@ -259,7 +422,11 @@ fn reload_swaps_the_table_without_disturbing_requests() {
     let old = spec(200, 1);
     let new = spec(200, 2);
     let table = make_table(tmp.path(), "t", &old);
-    let server = Arc::new(serve(tmp.path(), &[("t", &table)], store_options(BackendKind::Pread, 16 << 10)));
+    let server = Arc::new(serve(
+        tmp.path(),
+        &[("t", &table)],
+        store_options(BackendKind::Pread, 16 << 10),
+    ));
     let remote = client(server.socket(), None);
     let rb = remote.row_bytes();
     let rows = remote.rows(0).expect("rows");
@@ -271,7 +438,9 @@ fn reload_swaps_the_table_without_disturbing_requests() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || !saw_new {
                 let ids = ids(64, rows, k);
                 let mut out = vec![0u8; ids.len() * rb];
-                remote.lookup_into(0, &ids, &mut out).expect("lookup during reload");
+                remote
+                    .lookup_into(0, &ids, &mut out)
+                    .expect("lookup during reload");
                 let is_old = out == expected_rows(&old, 0, &ids, rb);
                 let is_new = out == expected_rows(&new, 0, &ids, rb);
                 assert!(is_old || is_new, "rows from neither table");
@@ -291,7 +460,9 @@ fn reload_swaps_the_table_without_disturbing_requests() {
     let outcome = server.reload();
     assert!(outcome[0].outcome.contains("new shape"), "{outcome:?}");
     let mut out = vec![0u8; rb];
-    let e = remote.lookup_into(0, &[1], &mut out).expect_err("table changed");
+    let e = remote
+        .lookup_into(0, &[1], &mut out)
+        .expect_err("table changed");
     assert!(e.to_string().contains("changed"), "{e}");
     let fresh = client(server.socket(), None);
     fresh.lookup_into(0, &[1], &mut out).expect("new client");
@@ -309,13 +480,26 @@ fn several_tables_are_chosen_by_name_or_path() {
     let (sa, sb) = (spec(100, 1), spec(120, 2));
     let a = make_table(tmp.path(), "a", &sa);
     let b = make_table(tmp.path(), "b", &sb);
-    let server = serve(tmp.path(), &[("a", &a), ("b", &b)], store_options(BackendKind::Mmap, 0));
-    let e = RemoteStore::open(&Target { socket: server.socket().to_path_buf(), table: None }, &ClientOptions::default())
-        .expect_err("ambiguous");
+    let server = serve(
+        tmp.path(),
+        &[("a", &a), ("b", &b)],
+        store_options(BackendKind::Mmap, 0),
+    );
+    let e = RemoteStore::open(
+        &Target {
+            socket: server.socket().to_path_buf(),
+            table: None,
+        },
+        &ClientOptions::default(),
+    )
+    .expect_err("ambiguous");
     assert!(e.to_string().contains("name one"), "{e}");
     let by_name = client(server.socket(), Some("b"));
-    let by_path = RemoteStore::connect(&format!("unix:{}#{}", server.socket().display(), b.display()), &ClientOptions::default())
-        .expect("by path");
+    let by_path = RemoteStore::connect(
+        &format!("unix:{}#{}", server.socket().display(), b.display()),
+        &ClientOptions::default(),
+    )
+    .expect("by path");
     let rb = by_name.row_bytes();
     for r in [&by_name, &by_path] {
         let mut out = vec![0u8; rb];
@@ -331,14 +515,19 @@ fn prometheus_text_parses() {
     let table = make_table(tmp.path(), "t\"q", &s);
     let mut o = engram_service::ServerOptions::new(
         tmp.path().join("m.sock"),
-        vec![engram_service::TableSpec { name: "t\"q".into(), path: table }],
+        vec![engram_service::TableSpec {
+            name: "t\"q".into(),
+            path: table,
+        }],
     );
     o.store = store_options(BackendKind::Pread, 16 << 10);
     o.metrics_addr = Some("127.0.0.1:0".parse().expect("addr"));
     let server = engram_service::Server::start(o).expect("server");
     let remote = client(server.socket(), None);
     let mut out = vec![0u8; 4 * remote.row_bytes()];
-    remote.lookup_into(0, &[1, 2, 3, 1], &mut out).expect("lookup");
+    remote
+        .lookup_into(0, &[1, 2, 3, 1], &mut out)
+        .expect("lookup");
     let addr = server.metrics_addr().expect("metrics address");
     let body = http_get(addr, "/metrics");
     let (head, text) = body.split_once("\r\n\r\n").expect("http response");
@@ -384,7 +573,9 @@ mod engram_service_test_prom {
         let mut out = BTreeMap::new();
         let mut rest = s;
         while !rest.is_empty() {
-            let (k, v) = rest.split_once("=\"").ok_or(format!("label without =\": {s}"))?;
+            let (k, v) = rest
+                .split_once("=\"")
+                .ok_or(format!("label without =\": {s}"))?;
             if !name_ok(k) {
                 return Err(format!("bad label name {k:?}"));
             }
@@ -439,17 +630,29 @@ mod engram_service_test_prom {
                 "+Inf" => f64::INFINITY,
                 "-Inf" => f64::NEG_INFINITY,
                 "NaN" => f64::NAN,
-                x => x.parse().map_err(|_| format!("bad value {x:?} in {line}"))?,
+                x => x
+                    .parse()
+                    .map_err(|_| format!("bad value {x:?} in {line}"))?,
             };
             let (name, lab) = match series.split_once('{') {
-                Some((n, l)) => (n, labels(l.strip_suffix('}').ok_or(format!("no closing brace: {line}"))?)?),
+                Some((n, l)) => (
+                    n,
+                    labels(
+                        l.strip_suffix('}')
+                            .ok_or(format!("no closing brace: {line}"))?,
+                    )?,
+                ),
                 None => (series, BTreeMap::new()),
             };
             if !name_ok(name) {
                 return Err(format!("bad metric name {name:?}"));
             }
-            let (fam, kind) = current.clone().ok_or(format!("sample before any TYPE: {line}"))?;
-            let suffix = name.strip_prefix(fam.as_str()).ok_or(format!("{name} outside family {fam}"))?;
+            let (fam, kind) = current
+                .clone()
+                .ok_or(format!("sample before any TYPE: {line}"))?;
+            let suffix = name
+                .strip_prefix(fam.as_str())
+                .ok_or(format!("{name} outside family {fam}"))?;
             let allowed: &[&str] = match kind.as_str() {
                 "histogram" => &["_bucket", "_sum", "_count"],
                 "summary" => &["", "_sum", "_count"],
@@ -461,10 +664,16 @@ mod engram_service_test_prom {
             if kind == "histogram" {
                 let mut key = lab.clone();
                 key.remove("le");
-                let key = format!("{name}{key:?}").replace("_bucket", "").replace("_count", "");
+                let key = format!("{name}{key:?}")
+                    .replace("_bucket", "")
+                    .replace("_count", "");
                 if suffix == "_bucket" {
                     let le = lab.get("le").ok_or(format!("bucket without le: {line}"))?;
-                    let le: f64 = if le == "+Inf" { f64::INFINITY } else { le.parse().map_err(|_| format!("bad le {le}"))? };
+                    let le: f64 = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().map_err(|_| format!("bad le {le}"))?
+                    };
                     buckets.entry(key).or_default().push((le, v));
                 } else if suffix == "_count" {
                     counts.insert(key, v);

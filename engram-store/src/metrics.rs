@@ -343,13 +343,35 @@ pub fn prometheus_label(v: &str) -> String {
 pub fn prometheus_text(items: &[(&str, &StatsSnapshot)], o: &mut String) {
     type Field = fn(&StatsSnapshot) -> u64;
     let counters: [(&str, &str, Field); 16] = [
-        ("batches_total", "Lookup and prefetch batches served.", |s| s.batches),
-        ("rows_requested_total", "Row ids requested.", |s| s.rows_requested),
-        ("cache_hits_total", "Rows served from the hot-row cache.", |s| s.cache_hits),
-        ("cache_misses_total", "Rows not in the hot-row cache.", |s| s.cache_misses),
-        ("backend_rows_total", "Rows asked of the backend.", |s| s.rows_backend),
-        ("backend_unique_rows_total", "Distinct rows read by the backend.", |s| s.rows_unique),
-        ("device_reads_total", "Device read operations.", |s| s.device_reads),
+        (
+            "batches_total",
+            "Lookup and prefetch batches served.",
+            |s| s.batches,
+        ),
+        ("rows_requested_total", "Row ids requested.", |s| {
+            s.rows_requested
+        }),
+        (
+            "cache_hits_total",
+            "Rows served from the hot-row cache.",
+            |s| s.cache_hits,
+        ),
+        (
+            "cache_misses_total",
+            "Rows not in the hot-row cache.",
+            |s| s.cache_misses,
+        ),
+        ("backend_rows_total", "Rows asked of the backend.", |s| {
+            s.rows_backend
+        }),
+        (
+            "backend_unique_rows_total",
+            "Distinct rows read by the backend.",
+            |s| s.rows_unique,
+        ),
+        ("device_reads_total", "Device read operations.", |s| {
+            s.device_reads
+        }),
         (
             "device_read_bytes_total",
             "Bytes read from the device or touched in memory.",
@@ -360,14 +382,22 @@ pub fn prometheus_text(items: &[(&str, &StatsSnapshot)], o: &mut String) {
             "Device reads of n-gram records (each served several rows).",
             |s| s.record_reads,
         ),
-        ("record_rows_total", "Distinct rows served from n-gram records.", |s| s.record_rows),
+        (
+            "record_rows_total",
+            "Distinct rows served from n-gram records.",
+            |s| s.record_rows,
+        ),
         (
             "hedged_reads_total",
             "Device reads issued again because the first copy was overdue.",
             |s| s.hedged_reads,
         ),
         ("errors_total", "Batches that failed.", |s| s.errors),
-        ("speculation_batches_total", "Speculative prefetches run.", |s| s.spec_batches),
+        (
+            "speculation_batches_total",
+            "Speculative prefetches run.",
+            |s| s.spec_batches,
+        ),
         (
             "speculation_rows_read_total",
             "Rows speculative prefetches read into the cache.",
@@ -389,21 +419,39 @@ pub fn prometheus_text(items: &[(&str, &StatsSnapshot)], o: &mut String) {
         let _ = writeln!(o, "# TYPE engram_store_{name} counter");
         for (labels, s) in items {
             let b = prometheus_label(&s.backend);
-            let _ = writeln!(o, "engram_store_{name}{{{labels}backend=\"{b}\"}} {}", field(s));
+            let _ = writeln!(
+                o,
+                "engram_store_{name}{{{labels}backend=\"{b}\"}} {}",
+                field(s)
+            );
         }
     }
     type Gauge = fn(&StatsSnapshot) -> f64;
     let gauges: [(&str, &str, Gauge); 3] = [
-        ("read_amplification", "Device bytes per useful row byte.", |s| s.read_amplification),
-        ("cache_rows", "Rows held by the hot-row cache.", |s| s.cache_rows as f64),
-        ("cache_hit_rate", "Cache hits per row looked up in the cache.", |s| s.cache_hit_rate),
+        (
+            "read_amplification",
+            "Device bytes per useful row byte.",
+            |s| s.read_amplification,
+        ),
+        ("cache_rows", "Rows held by the hot-row cache.", |s| {
+            s.cache_rows as f64
+        }),
+        (
+            "cache_hit_rate",
+            "Cache hits per row looked up in the cache.",
+            |s| s.cache_hit_rate,
+        ),
     ];
     for (name, help, field) in gauges {
         let _ = writeln!(o, "# HELP engram_store_{name} {help}");
         let _ = writeln!(o, "# TYPE engram_store_{name} gauge");
         for (labels, s) in items {
             let b = prometheus_label(&s.backend);
-            let _ = writeln!(o, "engram_store_{name}{{{labels}backend=\"{b}\"}} {}", field(s));
+            let _ = writeln!(
+                o,
+                "engram_store_{name}{{{labels}backend=\"{b}\"}} {}",
+                field(s)
+            );
         }
     }
     type Summaries = fn(&StatsSnapshot) -> &[LatencySummary];
@@ -411,7 +459,9 @@ pub fn prometheus_text(items: &[(&str, &StatsSnapshot)], o: &mut String) {
         ("tier_latency", "tier", |s| &s.tiers),
         ("stage_latency", "stage", |s| &s.stages),
         ("batch_latency", "kind", |s| std::slice::from_ref(&s.batch)),
-        ("device_read_latency", "kind", |s| std::slice::from_ref(&s.device_read)),
+        ("device_read_latency", "kind", |s| {
+            std::slice::from_ref(&s.device_read)
+        }),
     ];
     for (metric, label, field) in latencies {
         let _ = writeln!(o, "# HELP engram_store_{metric}_seconds Latency quantiles.");

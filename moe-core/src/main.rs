@@ -67,6 +67,10 @@ struct ModelArgs {
     /// Run without Engram (its output zeroed), for comparison.
     #[arg(long)]
     no_engram: bool,
+    /// Read the rows through the storage service at this socket (`engram serve`); --engram
+    /// then names a table the service serves, by its path (or name).
+    #[arg(long, conflicts_with_all = ["no_engram", "engram_backend"])]
+    service: Option<PathBuf>,
     /// tokenizer.json (default: $ENGRAM_TOKENIZER, then the cached DeepSeek tokenizer).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -127,6 +131,18 @@ fn store_options(a: &ModelArgs) -> Result<StoreOptions> {
 }
 
 fn open(a: &ModelArgs) -> Result<Session> {
+    if let Some(socket) = &a.service {
+        let target = engram_service::Target {
+            socket: socket.clone(),
+            table: Some(a.engram.display().to_string()),
+        };
+        let remote =
+            engram_service::RemoteStore::open(&target, &engram_service::ClientOptions::default())
+                .with_context(|| format!("attaching to the service at {}", socket.display()))?;
+        let rows: std::sync::Arc<dyn engram_store::RowSource> = std::sync::Arc::new(remote);
+        return Session::load_with_rows(&a.model, a.tokenizer.as_deref(), Some((&a.engram, rows)))
+            .with_context(|| format!("loading {}", a.model.display()));
+    }
     let source = if a.no_engram {
         None
     } else {
@@ -169,7 +185,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     })?;
     let decode_tps =
         stats.new_tokens.saturating_sub(1) as f64 / stats.decode.as_secs_f64().max(1e-9);
-    let store = s.memory.as_ref().map(|m| m.store().stats());
+    let store = s.memory.as_ref().and_then(|m| m.store().stats().ok());
     if a.json {
         println!(
             "{}",

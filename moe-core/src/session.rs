@@ -3,10 +3,11 @@
 //! served by `engram-store`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engram_kernels::{CompressionTable, tokenizer};
-use engram_store::{Store, StoreOptions};
+use engram_store::{RowSource, Store, StoreOptions};
 use tokenizers::Tokenizer;
 
 use crate::config::ModelConfig;
@@ -60,6 +61,23 @@ impl Session {
         tokenizer_path: Option<&Path>,
         engram: Option<&EngramSource>,
     ) -> Result<Self> {
+        let rows = match engram {
+            Some(src) => Some((
+                src.table.as_path(),
+                Arc::new(Store::open(&src.table, &src.options)?) as Arc<dyn RowSource>,
+            )),
+            None => None,
+        };
+        Self::load_with_rows(model_dir, tokenizer_path, rows)
+    }
+
+    /// [`Session::load`] with rows from an open source (an in-process store, or a client
+    /// of the storage service serving `table`, which names the table in messages).
+    pub fn load_with_rows(
+        model_dir: &Path,
+        tokenizer_path: Option<&Path>,
+        rows: Option<(&Path, Arc<dyn RowSource>)>,
+    ) -> Result<Self> {
         let config = ModelConfig::load(&model_dir.join("config.json"))?;
         let vocab = Vocab::load(&model_dir.join(&config.vocab_file), &config)?;
         let weights = Weights::load(&model_dir.join("model.safetensors"), &config)?;
@@ -73,28 +91,27 @@ impl Session {
             });
         }
         let max_t = config.max_position_embeddings;
-        let memory = match (engram, &config.engram) {
-            (Some(src), Some(e)) => {
+        let memory = match (rows, &config.engram) {
+            (Some((table, store)), Some(e)) => {
                 let compression = CompressionTable::from_tokenizer(&tok.tokenizer)?;
                 if compression.sha256_i32le() != e.compression_lookup_sha256_i32le {
                     return Err(Error::TableMismatch {
-                        table: src.table.clone(),
+                        table: table.to_path_buf(),
                         reason: "the tokenizer's compression table differs from the model's".into(),
                     });
                 }
-                let store = Store::open(&src.table, &src.options)?;
                 Some(EngramMemory::new(
                     &config,
                     &weights,
                     compression,
                     store,
-                    &src.table,
+                    table,
                     max_t,
                 )?)
             }
-            (Some(src), None) => {
+            (Some((table, _)), None) => {
                 return Err(Error::TableMismatch {
-                    table: src.table.clone(),
+                    table: table.to_path_buf(),
                     reason: "the model has no Engram layers".into(),
                 });
             }

@@ -100,7 +100,7 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
                 model.display(),
                 s.memory
                     .as_ref()
-                    .map_or("-", |m| m.store().backend_kind().name())
+                    .map_or("-".to_string(), |m| m.store().backend_name())
             );
             for r in golden::check(&mut s, &golden_bytes).expect("runs") {
                 eprintln!("{label}: {r:?}");

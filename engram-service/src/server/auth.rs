@@ -29,7 +29,8 @@ pub struct Peer {
 
 /// The peer's credentials as the kernel recorded them at `connect`.
 pub fn peer(sock: &UnixStream, path: &Path) -> Result<Peer> {
-    let c = rustix::net::sockopt::socket_peercred(sock).map_err(|e| io("SO_PEERCRED", path, e.into()))?;
+    let c = rustix::net::sockopt::socket_peercred(sock)
+        .map_err(|e| io("SO_PEERCRED", path, e.into()))?;
     Ok(Peer {
         pid: c.pid.as_raw_nonzero().get(),
         uid: c.uid.as_raw(),
@@ -116,7 +117,11 @@ mod tests {
             uids: vec![1001],
             gid: Some(500),
         };
-        let p = |uid, gid| Peer { pid: i32::MAX, uid, gid };
+        let p = |uid, gid| Peer {
+            pid: i32::MAX,
+            uid,
+            gid,
+        };
         assert!(rule.refuses(1000, &p(1000, 1)).is_none());
         assert!(rule.refuses(1000, &p(0, 1)).is_none());
         assert!(rule.refuses(1000, &p(1001, 1)).is_none());

@@ -18,9 +18,9 @@ use engram_store::{AlignedBuf, Speculation, Ticket};
 use crate::bell::{Doorbell, ServerWait, Woke, spin_then};
 use crate::error::{Result, violation};
 use crate::protocol::{
-    Cqe, H_CLIENT_FLAGS, H_CQ_HEAD, H_CQ_TAIL, H_SERVER_FLAGS, H_SQ_HEAD, H_SQ_TAIL, MAX_ERROR_BYTES,
-    NO_SLOT, OP_CANCEL, OP_LOOKUP, OP_SPECULATE, RegionLayout, Reply, Request, SQE_BYTES, ST_ERROR,
-    ST_NOT_TAKEN, ST_OK, ST_TABLE_CHANGED, Sqe, ring_used,
+    Cqe, H_CLIENT_FLAGS, H_CQ_HEAD, H_CQ_TAIL, H_SERVER_FLAGS, H_SQ_HEAD, H_SQ_TAIL,
+    MAX_ERROR_BYTES, NO_SLOT, OP_CANCEL, OP_LOOKUP, OP_SPECULATE, RegionLayout, Reply, Request,
+    SQE_BYTES, ST_ERROR, ST_NOT_TAKEN, ST_OK, ST_TABLE_CHANGED, Sqe, ring_used,
 };
 use crate::server::Shared;
 use crate::server::metrics::ClientMetrics;
@@ -168,12 +168,20 @@ impl<'a> Conn<'a> {
     /// Takes every submitted entry off the ring and starts it.
     fn issue(&mut self) -> Result<()> {
         let tail = self.region.atomic_u32(H_SQ_TAIL).load(Ordering::Acquire);
-        let n = ring_used("client", "submission ring entries", self.sq_head, tail, self.layout.ring)?;
+        let n = ring_used(
+            "client",
+            "submission ring entries",
+            self.sq_head,
+            tail,
+            self.layout.ring,
+        )?;
         for _ in 0..n {
             let mut b = [0u8; SQE_BYTES];
             self.region.read(self.layout.sqe(self.sq_head), &mut b)?;
             self.sq_head = self.sq_head.wrapping_add(1);
-            self.region.atomic_u32(H_SQ_HEAD).store(self.sq_head, Ordering::Release);
+            self.region
+                .atomic_u32(H_SQ_HEAD)
+                .store(self.sq_head, Ordering::Release);
             self.start(Sqe::decode(&b))?;
         }
         Ok(())
@@ -189,26 +197,50 @@ impl<'a> Conn<'a> {
             return Ok(());
         }
         if e.op != OP_LOOKUP && e.op != OP_SPECULATE {
-            return Err(violation("client", "operation", "1 (lookup), 2 (speculate) or 3 (cancel)", e.op));
+            return Err(violation(
+                "client",
+                "operation",
+                "1 (lookup), 2 (speculate) or 3 (cancel)",
+                e.op,
+            ));
         }
         if e.slot >= self.layout.slots || e.slot == NO_SLOT {
-            return Err(violation("client", "slot", format!("below {}", self.layout.slots), e.slot));
+            return Err(violation(
+                "client",
+                "slot",
+                format!("below {}", self.layout.slots),
+                e.slot,
+            ));
         }
         if self.busy[e.slot as usize] {
-            return Err(violation("client", "slot state", "a free slot", format!("slot {} still in flight", e.slot)));
+            return Err(violation(
+                "client",
+                "slot state",
+                "a free slot",
+                format!("slot {} still in flight", e.slot),
+            ));
         }
         if e.rows > self.layout.slot_rows {
-            return Err(violation("client", "rows", format!("at most {}", self.layout.slot_rows), e.rows));
+            return Err(violation(
+                "client",
+                "rows",
+                format!("at most {}", self.layout.slot_rows),
+                e.rows,
+            ));
         }
         self.busy[e.slot as usize] = true;
         let state = self.table.current();
         if state.epoch != self.epoch {
-            let msg = format!("table {} was reloaded with another shape; reconnect", self.table.name);
+            let msg = format!(
+                "table {} was reloaded with another shape; reconnect",
+                self.table.name
+            );
             return self.post(e.slot, e.tag, ST_TABLE_CHANGED, &msg);
         }
         let rows = e.rows as usize;
         self.ids.resize(rows, 0);
-        self.region.read_u64s(self.layout.ids(e.slot), &mut self.ids)?;
+        self.region
+            .read_u64s(self.layout.ids(e.slot), &mut self.ids)?;
         let layer = e.layer as usize;
         if e.op == OP_SPECULATE {
             return match state.store.speculate(layer, &self.ids) {
@@ -251,12 +283,24 @@ impl<'a> Conn<'a> {
             end -= 1;
         }
         if end > 0 {
-            self.region.write(self.layout.error(slot), &msg.as_bytes()[..end])?;
+            self.region
+                .write(self.layout.error(slot), &msg.as_bytes()[..end])?;
         }
         let head = self.region.atomic_u32(H_CQ_HEAD).load(Ordering::Acquire);
-        let used = ring_used("client", "completion ring head", head, self.cq_tail, self.layout.ring)?;
+        let used = ring_used(
+            "client",
+            "completion ring head",
+            head,
+            self.cq_tail,
+            self.layout.ring,
+        )?;
         if used == self.layout.ring {
-            return Err(violation("client", "completion ring room", "a free entry", "a full ring (completions not reaped)"));
+            return Err(violation(
+                "client",
+                "completion ring room",
+                "a free entry",
+                "a full ring (completions not reaped)",
+            ));
         }
         let cqe = Cqe {
             slot,
@@ -264,11 +308,15 @@ impl<'a> Conn<'a> {
             tag,
             detail: end as u32,
         };
-        self.region.write(self.layout.cqe(self.cq_tail), &cqe.encode())?;
+        self.region
+            .write(self.layout.cqe(self.cq_tail), &cqe.encode())?;
         self.cq_tail = self.cq_tail.wrapping_add(1);
-        self.region.atomic_u32(H_CQ_TAIL).store(self.cq_tail, Ordering::Release);
+        self.region
+            .atomic_u32(H_CQ_TAIL)
+            .store(self.cq_tail, Ordering::Release);
         self.busy[slot as usize] = false;
-        self.cq_bell.ring_unless_spinning(self.region.atomic_u32(H_CLIENT_FLAGS));
+        self.cq_bell
+            .ring_unless_spinning(self.region.atomic_u32(H_CLIENT_FLAGS));
         Ok(())
     }
 

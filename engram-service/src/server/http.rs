@@ -30,14 +30,18 @@ impl MetricsServer {
         let here = Path::new("metrics address");
         let listener = TcpListener::bind(addr).map_err(|e| io("bind", here, e))?;
         let addr = listener.local_addr().map_err(|e| io("bind", here, e))?;
-        listener.set_nonblocking(true).map_err(|e| io("listen", here, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io("listen", here, e))?;
         let thread = std::thread::Builder::new()
             .name("engram-metrics".into())
             .spawn(move || {
                 while !shared.stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((s, _)) => answer(&shared, s),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(POLL)
+                        }
                         Err(_) => std::thread::sleep(POLL),
                     }
                 }
@@ -79,9 +83,17 @@ fn answer(shared: &Shared, mut s: TcpStream) {
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, ctype, body) = if method != "GET" {
-        ("405 Method Not Allowed", "text/plain", "GET only\n".to_string())
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        )
     } else if target == "/metrics" || target.starts_with("/metrics?") {
-        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", shared.stats().prometheus())
+        (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.stats().prometheus(),
+        )
     } else {
         ("404 Not Found", "text/plain", "try /metrics\n".to_string())
     };

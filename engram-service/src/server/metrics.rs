@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use engram_store::StatsSnapshot;
-use engram_store::metrics::{LatencySummary, new_hist, prometheus_label, prometheus_text, record_ns, summary};
+use engram_store::metrics::{
+    LatencySummary, new_hist, prometheus_label, prometheus_text, record_ns, summary,
+};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -196,10 +198,19 @@ fn family(o: &mut String, name: &str, kind: &str, help: &str) {
 fn request_families(o: &mut String, prefix: &str, items: &[(String, &RequestStats)]) {
     type Field = fn(&RequestStats) -> u64;
     let plain: [(&str, &str, &str, Field); 4] = [
-        ("requests_total", "counter", "Requests served.", |r| r.requests),
+        ("requests_total", "counter", "Requests served.", |r| {
+            r.requests
+        }),
         ("rows_total", "counter", "Rows requested.", |r| r.rows),
-        ("errors_total", "counter", "Requests that failed.", |r| r.errors),
-        ("in_flight_requests", "gauge", "Requests taken off the ring and not yet completed (the I/O queue depth the service adds).", |r| r.in_flight),
+        ("errors_total", "counter", "Requests that failed.", |r| {
+            r.errors
+        }),
+        (
+            "in_flight_requests",
+            "gauge",
+            "Requests taken off the ring and not yet completed (the I/O queue depth the service adds).",
+            |r| r.in_flight,
+        ),
     ];
     for (name, kind, help, field) in plain {
         family(o, &format!("{prefix}_{name}"), kind, help);
@@ -208,14 +219,34 @@ fn request_families(o: &mut String, prefix: &str, items: &[(String, &RequestStat
         }
     }
     let name = format!("{prefix}_request_duration_seconds");
-    family(o, &name, "histogram", "Request latency inside the server (ring to completion).");
+    family(
+        o,
+        &name,
+        "histogram",
+        "Request latency inside the server (ring to completion).",
+    );
     for (labels, r) in items {
         for (le, n) in LATENCY_BUCKETS_S.iter().zip(&r.buckets) {
-            let _ = writeln!(o, "engram_service_{name}_bucket{{{labels},le=\"{le:e}\"}} {n}");
+            let _ = writeln!(
+                o,
+                "engram_service_{name}_bucket{{{labels},le=\"{le:e}\"}} {n}"
+            );
         }
-        let _ = writeln!(o, "engram_service_{name}_bucket{{{labels},le=\"+Inf\"}} {}", r.latency.count);
-        let _ = writeln!(o, "engram_service_{name}_sum{{{labels}}} {:e}", r.latency_sum_s);
-        let _ = writeln!(o, "engram_service_{name}_count{{{labels}}} {}", r.latency.count);
+        let _ = writeln!(
+            o,
+            "engram_service_{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+            r.latency.count
+        );
+        let _ = writeln!(
+            o,
+            "engram_service_{name}_sum{{{labels}}} {:e}",
+            r.latency_sum_s
+        );
+        let _ = writeln!(
+            o,
+            "engram_service_{name}_count{{{labels}}} {}",
+            r.latency.count
+        );
     }
 }
 
@@ -226,35 +257,83 @@ impl ServiceStats {
         type Field = fn(&ServiceStats) -> u64;
         let top: [(&str, &str, &str, Field); 5] = [
             ("clients", "gauge", "Clients attached.", |s| s.clients),
-            ("connections_total", "counter", "Connections accepted.", |s| s.connections_total),
-            ("refused_total", "counter", "Connections refused (credentials, limits, unknown table).", |s| s.refused_total),
-            ("protocol_violations_total", "counter", "Clients disconnected for breaking the protocol.", |s| s.protocol_violations_total),
-            ("reloads_total", "counter", "Table reloads (SIGHUP or control command).", |s| s.reloads_total),
+            (
+                "connections_total",
+                "counter",
+                "Connections accepted.",
+                |s| s.connections_total,
+            ),
+            (
+                "refused_total",
+                "counter",
+                "Connections refused (credentials, limits, unknown table).",
+                |s| s.refused_total,
+            ),
+            (
+                "protocol_violations_total",
+                "counter",
+                "Clients disconnected for breaking the protocol.",
+                |s| s.protocol_violations_total,
+            ),
+            (
+                "reloads_total",
+                "counter",
+                "Table reloads (SIGHUP or control command).",
+                |s| s.reloads_total,
+            ),
         ];
         for (name, kind, help, field) in top {
             family(&mut o, name, kind, help);
             let _ = writeln!(o, "engram_service_{name} {}", field(self));
         }
         let table_label = |t: &TableStats| format!("table=\"{}\"", prometheus_label(&t.name));
-        family(&mut o, "table_clients", "gauge", "Clients attached to the table.");
+        family(
+            &mut o,
+            "table_clients",
+            "gauge",
+            "Clients attached to the table.",
+        );
         for t in &self.tables {
-            let _ = writeln!(o, "engram_service_table_clients{{{}}} {}", table_label(t), t.clients);
+            let _ = writeln!(
+                o,
+                "engram_service_table_clients{{{}}} {}",
+                table_label(t),
+                t.clients
+            );
         }
-        let tables: Vec<_> = self.tables.iter().map(|t| (table_label(t), &t.requests)).collect();
+        let tables: Vec<_> = self
+            .tables
+            .iter()
+            .map(|t| (table_label(t), &t.requests))
+            .collect();
         request_families(&mut o, "table", &tables);
         let clients: Vec<_> = self
             .client_list
             .iter()
             .map(|c| {
                 (
-                    format!("client=\"{}\",uid=\"{}\",pid=\"{}\",table=\"{}\"", c.id, c.uid, c.pid, prometheus_label(&c.table)),
+                    format!(
+                        "client=\"{}\",uid=\"{}\",pid=\"{}\",table=\"{}\"",
+                        c.id,
+                        c.uid,
+                        c.pid,
+                        prometheus_label(&c.table)
+                    ),
                     &c.requests,
                 )
             })
             .collect();
         request_families(&mut o, "client", &clients);
-        let labels: Vec<String> = self.tables.iter().map(|t| format!("{},", table_label(t))).collect();
-        let items: Vec<(&str, &StatsSnapshot)> = labels.iter().map(String::as_str).zip(self.tables.iter().map(|t| &t.store)).collect();
+        let labels: Vec<String> = self
+            .tables
+            .iter()
+            .map(|t| format!("{},", table_label(t)))
+            .collect();
+        let items: Vec<(&str, &StatsSnapshot)> = labels
+            .iter()
+            .map(String::as_str)
+            .zip(self.tables.iter().map(|t| &t.store))
+            .collect();
         prometheus_text(&items, &mut o);
         o
     }

@@ -167,13 +167,19 @@ impl Server {
         let path = options.socket.clone();
         prepare_socket(&path)?;
         let listener = UnixListener::bind(&path).map_err(|e| io("bind", &path, e))?;
-        let mode = if options.group.is_some() { 0o660 } else { 0o600 };
+        let mode = if options.group.is_some() {
+            0o660
+        } else {
+            0o600
+        };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| io("chmod", &path, e))?;
         if let Some(g) = options.group {
             std::os::unix::fs::chown(&path, None, Some(g)).map_err(|e| io("chown", &path, e))?;
         }
-        listener.set_nonblocking(true).map_err(|e| io("listen", &path, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io("listen", &path, e))?;
         let mut allow = options.allow.clone();
         if allow.gid.is_none() {
             allow.gid = options.group;
@@ -267,7 +273,10 @@ impl Drop for Server {
 fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
     let path = shared.options.socket.clone();
     while !shared.stop.load(Ordering::Relaxed) {
-        let mut fds = [rustix::event::PollFd::new(listener, rustix::event::PollFlags::IN)];
+        let mut fds = [rustix::event::PollFd::new(
+            listener,
+            rustix::event::PollFlags::IN,
+        )];
         let t = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: ACCEPT_POLL.as_nanos() as i64,
@@ -294,7 +303,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
                     v.push(h);
                 }
             }
-            Err(e) => tracing::warn!(target: "engram_service", socket = %path.display(), error = %e, "cannot start a client thread"),
+            Err(e) => {
+                tracing::warn!(target: "engram_service", socket = %path.display(), error = %e, "cannot start a client thread")
+            }
         }
     }
 }
@@ -302,7 +313,12 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
 fn refuse(shared: &Shared, sock: &UnixStream, peer: Option<&Peer>, reason: String) {
     shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(target: "engram_service", pid = peer.map(|p| p.pid), uid = peer.map(|p| p.uid), %reason, "refused");
-    let _ = wire::send(sock, &shared.options.socket, &Reply::Refused { reason }, &[]);
+    let _ = wire::send(
+        sock,
+        &shared.options.socket,
+        &Reply::Refused { reason },
+        &[],
+    );
 }
 
 /// One connection, from credentials to goodbye.
@@ -334,7 +350,16 @@ fn handle(shared: &Arc<Shared>, sock: UnixStream) {
             slot_rows,
             server_spin_us,
         } => {
-            if let Err(reason) = attach(shared, sock, peer, version, table, slots, slot_rows, server_spin_us) {
+            if let Err(reason) = attach(
+                shared,
+                sock,
+                peer,
+                version,
+                table,
+                slots,
+                slot_rows,
+                server_spin_us,
+            ) {
                 shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: "engram_service", pid = peer.pid, uid = peer.uid, %reason, "refused");
             }
@@ -369,23 +394,48 @@ fn attach(
 ) -> std::result::Result<(), String> {
     let path = &shared.options.socket;
     let no = |reason: String| {
-        let _ = wire::send(&sock, path, &Reply::Refused { reason: reason.clone() }, &[]);
+        let _ = wire::send(
+            &sock,
+            path,
+            &Reply::Refused {
+                reason: reason.clone(),
+            },
+            &[],
+        );
         Err(reason)
     };
     if version != PROTOCOL_VERSION {
-        return no(format!("protocol version {version}; this server speaks {PROTOCOL_VERSION}"));
+        return no(format!(
+            "protocol version {version}; this server speaks {PROTOCOL_VERSION}"
+        ));
     }
     let served = match &table {
-        Some(t) if t.len() > MAX_TABLE_NAME_BYTES => return no(format!("table name of {} bytes (MAX_TABLE_NAME_BYTES {MAX_TABLE_NAME_BYTES})", t.len())),
+        Some(t) if t.len() > MAX_TABLE_NAME_BYTES => {
+            return no(format!(
+                "table name of {} bytes (MAX_TABLE_NAME_BYTES {MAX_TABLE_NAME_BYTES})",
+                t.len()
+            ));
+        }
         Some(t) => shared.tables.iter().find(|s| s.matches(t)),
         None if shared.tables.len() == 1 => shared.tables.first(),
         None => None,
     };
-    let names = || shared.tables.iter().map(|t| format!("{} ({})", t.name, t.path.display())).collect::<Vec<_>>().join(", ");
+    let names = || {
+        shared
+            .tables
+            .iter()
+            .map(|t| format!("{} ({})", t.name, t.path.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let Some(served) = served else {
         return no(match table {
             Some(t) => format!("no table {t:?} here; this service serves {}", names()),
-            None => format!("this service serves {} tables ({}); name one: unix:PATH#NAME", shared.tables.len(), names()),
+            None => format!(
+                "this service serves {} tables ({}); name one: unix:PATH#NAME",
+                shared.tables.len(),
+                names()
+            ),
         });
     };
     let n = shared.clients.fetch_add(1, Ordering::Relaxed);
@@ -393,13 +443,19 @@ fn attach(
     let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
     let _guard = ClientGuard(shared, served, id);
     if n >= shared.options.max_clients {
-        return no(format!("{n} clients are attached (limit {}, --max-clients)", shared.options.max_clients));
+        return no(format!(
+            "{n} clients are attached (limit {}, --max-clients)",
+            shared.options.max_clients
+        ));
     }
     let state = served.current();
     let store = &state.store;
     let slots = slots.clamp(1, shared.options.max_client_slots.min(MAX_SLOTS));
     let slots = 1u32 << (31 - slots.leading_zeros());
-    let slot_rows = slot_rows.clamp(1, MAX_SLOT_ROWS.min(store.max_batch_rows().min(u32::MAX as usize) as u32));
+    let slot_rows = slot_rows.clamp(
+        1,
+        MAX_SLOT_ROWS.min(store.max_batch_rows().min(u32::MAX as usize) as u32),
+    );
     let Ok(row_bytes) = u32::try_from(store.row_bytes()) else {
         return no("rows wider than 4 GiB".into());
     };
@@ -435,7 +491,12 @@ fn attach(
         slots,
         slot_rows,
     };
-    if let Err(e) = wire::send(&sock, path, &welcome, &[region.fd(), sq_bell.fd(), cq_bell.fd()]) {
+    if let Err(e) = wire::send(
+        &sock,
+        path,
+        &welcome,
+        &[region.fd(), sq_bell.fd(), cq_bell.fd()],
+    ) {
         tracing::debug!(target: "engram_service", client = id, error = %e, "welcome not delivered");
         return Ok(());
     }
@@ -448,10 +509,16 @@ fn attach(
     });
     shared.metrics.add_client(Arc::clone(&metrics));
     tracing::info!(target: "engram_service", client = id, pid = peer.pid, uid = peer.uid, table = %served.name, slots, slot_rows, "attached");
-    let spin = Duration::from_micros(u64::from(server_spin_us.min(shared.options.max_spin_us).min(MAX_SPIN_US)));
+    let spin = Duration::from_micros(u64::from(
+        server_spin_us
+            .min(shared.options.max_spin_us)
+            .min(MAX_SPIN_US),
+    ));
     let epoch = state.epoch;
     drop(state);
-    let mut conn = match Conn::new(shared, served, epoch, sock, region, layout, sq_bell, cq_bell, spin, metrics) {
+    let mut conn = match Conn::new(
+        shared, served, epoch, sock, region, layout, sq_bell, cq_bell, spin, metrics,
+    ) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(target: "engram_service", client = id, error = %e, "cannot serve");
@@ -462,7 +529,9 @@ fn attach(
     drop(conn);
     match end {
         End::HangUp => tracing::info!(target: "engram_service", client = id, "detached"),
-        End::Shutdown => tracing::info!(target: "engram_service", client = id, "disconnected (server stopping)"),
+        End::Shutdown => {
+            tracing::info!(target: "engram_service", client = id, "disconnected (server stopping)")
+        }
         End::Violation(e) => {
             shared.metrics.violations.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(target: "engram_service", client = id, pid = peer.pid, error = %e, "disconnected");
@@ -474,7 +543,10 @@ fn attach(
 impl Shared {
     pub fn reload(&self) -> Vec<crate::protocol::ReloadOutcome> {
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
-        self.tables.iter().map(|t| t.reload(&self.options.store)).collect()
+        self.tables
+            .iter()
+            .map(|t| t.reload(&self.options.store))
+            .collect()
     }
 
     /// A reload asked by `uid` (the server's owner or root only).
@@ -514,7 +586,12 @@ impl Shared {
                     }
                 })
                 .collect(),
-            client_list: self.metrics.clients().iter().map(|c| metrics::client_view(c)).collect(),
+            client_list: self
+                .metrics
+                .clients()
+                .iter()
+                .map(|c| metrics::client_view(c))
+                .collect(),
         }
     }
 }

@@ -60,10 +60,11 @@ pub struct Served {
 
 fn open_state(path: &Path, options: &StoreOptions, epoch: u64) -> Result<TableState> {
     let store = Store::open(path, options)?;
-    let manifest_json = serde_json::to_string(store.table().manifest()).map_err(|e| ServiceError::Invalid {
-        what: "manifest",
-        reason: e.to_string(),
-    })?;
+    let manifest_json =
+        serde_json::to_string(store.table().manifest()).map_err(|e| ServiceError::Invalid {
+            what: "manifest",
+            reason: e.to_string(),
+        })?;
     Ok(TableState {
         store,
         epoch,
@@ -115,7 +116,9 @@ impl Served {
                 }
                 match why {
                     None => "reloaded".to_string(),
-                    Some(w) => format!("reloaded (new shape: {w}; attached clients must reconnect)"),
+                    Some(w) => {
+                        format!("reloaded (new shape: {w}; attached clients must reconnect)")
+                    }
                 }
             }
             Err(e) => format!("failed: {e} (still serving the table opened before)"),

@@ -42,7 +42,12 @@ pub fn make_table(parent: &Path, name: &str, s: &SynthSpec) -> PathBuf {
 pub fn expected_rows(s: &SynthSpec, layer: usize, ids: &[u64], row_bytes: usize) -> Vec<u8> {
     let mut out = vec![0u8; ids.len() * row_bytes];
     for (k, &r) in ids.iter().enumerate() {
-        synth_row(s.seed, layer, r, &mut out[k * row_bytes..(k + 1) * row_bytes]);
+        synth_row(
+            s.seed,
+            layer,
+            r,
+            &mut out[k * row_bytes..(k + 1) * row_bytes],
+        );
     }
     out
 }
@@ -100,14 +105,19 @@ pub fn ids(n: usize, rows: u64, seed: u64) -> Vec<u64> {
 
 /// Descriptors open in this process.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Polls `cond` for up to 10 s.
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let t0 = std::time::Instant::now();
     while !cond() {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }

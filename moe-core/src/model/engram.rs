@@ -14,7 +14,9 @@ use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::module::{DecodeScratch, EngramModule, EngramModuleConfig};
 use engram_kernels::quant::RowDtype;
 use engram_kernels::{CompressionTable, EngramLayout};
-use engram_store::{AlignedBuf, Store, Ticket};
+use std::sync::Arc;
+
+use engram_store::{AlignedBuf, RowSource, Ticket};
 
 use crate::config::{EngramModelConfig, ModelConfig};
 use crate::error::{Error, Result};
@@ -46,7 +48,8 @@ pub struct StallStats {
 /// Engram memory for one sequence.
 #[derive(Debug)]
 pub struct EngramMemory {
-    store: Store,
+    /// The rows: an in-process store or a client of the storage service.
+    store: Arc<dyn RowSource>,
     compression: CompressionTable,
     hasher: NgramHasher,
     dtype: RowDtype,
@@ -76,7 +79,7 @@ impl EngramMemory {
         config: &ModelConfig,
         weights: &Weights,
         compression: CompressionTable,
-        store: Store,
+        store: Arc<dyn RowSource>,
         table_dir: &Path,
         max_t: usize,
     ) -> Result<Self> {
@@ -84,7 +87,7 @@ impl EngramMemory {
             .engram
             .as_ref()
             .ok_or_else(|| mismatch(table_dir, "the model has no Engram layers".into()))?;
-        let manifest = store.table().manifest();
+        let manifest = store.manifest();
         if !manifest
             .tokenizer_sha256
             .eq_ignore_ascii_case(&config.tokenizer_sha256)
@@ -122,7 +125,7 @@ impl EngramMemory {
                 ),
             ));
         }
-        let layout: EngramLayout = store.table().layout().clone();
+        let layout: EngramLayout = store.layout().clone();
         let hasher = NgramHasher::new(&layout, HashOptions::default())?;
         let mut layers = Vec::new();
         for (block, lw) in weights.layers.iter().enumerate() {
@@ -157,8 +160,8 @@ impl EngramMemory {
         })
     }
 
-    /// The store serving the rows.
-    pub fn store(&self) -> &Store {
+    /// The source serving the rows.
+    pub fn store(&self) -> &Arc<dyn RowSource> {
         &self.store
     }
 

@@ -38,6 +38,12 @@ enum Command {
     Probe(cmd::probe::Args),
     /// Write a synthetic table of a published shape.
     Synth(cmd::synth::Args),
+    /// Serve tables to engine processes on this host (Unix socket + shared memory).
+    Serve(cmd::serve::Args),
+    /// Show a running service's tables and clients.
+    Stats(cmd::stats::Args),
+    /// Reopen a running service's tables.
+    Reload(cmd::reload::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +57,9 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Probe(args) => cmd::probe::run(args),
         Command::Synth(args) => cmd::synth::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Stats(args) => cmd::stats::run(args),
+        Command::Reload(args) => cmd::reload::run(args),
     };
     match result {
         Ok(code) => code,

@@ -14,7 +14,10 @@ use crate::json_line;
 #[derive(Debug, ClapArgs)]
 #[command(
     after_help = "Examples:\n  engram bench /data/v41 --backend uring --queue-depth 32 --batch-rows 4096\n  \
-    engram bench /data/v41 --dist zipf:1.0 --cache-bytes 2G --threads 2 --json\n\n\
+    engram bench /data/v41 --dist zipf:1.0 --cache-bytes 2G --threads 2 --json\n  \
+    engram bench /data/v41 --service /run/engram/engram.sock --batch-rows 48 --threads 4\n\n\
+    With --service the cache, backend and read options are the server's; --threads \
+    threads share one client.\n\n\
     Ids are drawn before the clock starts. Reports rows/s, useful MB/s (rows x row bytes), \
     device MB/s, IOPS, batch latency p50/p99/p999, cache hit rate and CPU seconds."
 )]
@@ -23,6 +26,8 @@ pub struct Args {
     pub table: PathBuf,
     #[command(flatten)]
     pub read: super::read_args::ReadArgs,
+    #[command(flatten)]
+    pub service: super::read_args::ServiceArgs,
     /// Rows per batch.
     #[arg(long, default_value_t = 1024)]
     pub batch_rows: usize,
@@ -73,8 +78,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         profile,
         ..StoreOptions::default()
     };
-    let store = Store::open(&args.table, &opts)
-        .with_context(|| format!("opening table {}", args.table.display()))?;
+    let slots = (args.threads.max(1) * args.prefetch_depth.max(1)) as u32;
+    let (store, fallback) = args.service.open(&args.table, slots, args.batch_rows, || {
+        Store::open(&args.table, &opts)
+            .with_context(|| format!("opening table {}", args.table.display()))
+    })?;
     let spec = BenchSpec {
         batch_rows: args.batch_rows,
         batches: args.batches,
@@ -85,13 +93,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         layers: args.layer_index.into_iter().collect(),
         prefetch_depth: args.prefetch_depth,
     };
-    let r = run_bench(&store, &spec)?;
+    let r = run_bench(store.as_ref(), &spec)?;
     if args.json {
         json_line(
             "bench",
             &serde_json::json!({
                 "table": args.table, "dist": args.dist, "queue_depth": args.read.queue_depth,
-                "cache_bytes": opts.cache_bytes, "fallback": store.fallback_reason(),
+                "cache_bytes": opts.cache_bytes, "fallback": fallback,
+                "service": args.service.service,
                 "report": r,
             }),
         );

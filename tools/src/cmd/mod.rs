@@ -6,5 +6,8 @@ pub mod inspect;
 pub mod lookup;
 pub mod probe;
 pub mod read_args;
+pub mod reload;
+pub mod serve;
+pub mod stats;
 pub mod synth;
 pub mod vectors;
