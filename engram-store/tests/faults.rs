@@ -209,3 +209,25 @@ fn hedged_reads_return_the_same_rows() {
         assert!(st.stats().hedged_reads > 0, "{kind}: no read was hedged");
     }
 }
+
+/// The disk probe reads through the same staging and engine, for every block size the
+/// read unit may take (512 B included).
+#[test]
+fn probe_reads_every_block_size() {
+    if skip_uring(BackendKind::Uring) {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Bf16, 64, 2000, 5);
+    let (dir, m) = make_table(tmp.path(), "t", &s);
+    let file = dir.join(&m.layers[0].file);
+    let len = std::fs::metadata(&file).expect("stat").len() / 4096 * 4096;
+    for block in [512u64, 4096, 65536] {
+        let r = engram_store::backend::uring::probe_random_reads(&file, 0, len, block, 4, 0.05, 1)
+            .expect("probe");
+        assert!(r.reads > 0 && r.block_bytes == block, "{r:?}");
+    }
+    assert!(
+        engram_store::backend::uring::probe_random_reads(&file, 0, len, 100, 4, 0.05, 1).is_err()
+    );
+}

@@ -28,6 +28,8 @@ use crate::error::{Error, Result};
 
 /// Largest staging allocation of one reader (queue depth x longest read).
 pub const MAX_STAGING_BYTES: usize = 1 << 30;
+/// Slot sizes are multiples of this (the smallest O_DIRECT alignment).
+pub const SECTOR_BYTES: usize = 512;
 
 #[derive(Debug)]
 struct Mem {
@@ -54,8 +56,9 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// `depth` slots of `slot_bytes` bytes (a multiple of 4096), locked in RAM when
-    /// `RLIMIT_MEMLOCK` allows.
+    /// `depth` slots of `slot_bytes` bytes (a multiple of 512, the smallest O_DIRECT
+    /// unit: every slot then starts 512-aligned in the page-aligned allocation), locked in
+    /// RAM when `RLIMIT_MEMLOCK` allows.
     pub fn new(depth: usize, slot_bytes: usize) -> Result<Self> {
         if depth == 0 || depth > u32::MAX as usize || slot_bytes == 0 {
             return Err(Error::Invalid {
@@ -63,13 +66,10 @@ impl Staging {
                 reason: format!("{depth} slots of {slot_bytes} bytes"),
             });
         }
-        if !slot_bytes.is_multiple_of(crate::buffer::IO_ALIGN) {
+        if !slot_bytes.is_multiple_of(SECTOR_BYTES) {
             return Err(Error::Invalid {
                 what: "staging slot bytes",
-                reason: format!(
-                    "{slot_bytes} is not a multiple of {}",
-                    crate::buffer::IO_ALIGN
-                ),
+                reason: format!("{slot_bytes} is not a multiple of {SECTOR_BYTES}"),
             });
         }
         let total = depth
@@ -246,7 +246,10 @@ mod tests {
     fn staging_size_is_limited() {
         assert!(Staging::new(1 << 20, 1 << 20).is_err());
         assert!(Staging::new(usize::MAX, 4096).is_err());
-        assert!(Staging::new(2, 1000).is_err(), "not a page multiple");
+        assert!(Staging::new(2, 1000).is_err(), "not a sector multiple");
+        let st = Staging::new(3, 512).expect("sector slots");
+        let mut a = st.lease(512).expect("ok").expect("free");
+        assert_eq!(a.as_mut_ptr() as usize % 512, 0);
     }
 
     #[test]

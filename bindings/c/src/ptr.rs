@@ -1,0 +1,112 @@
+//! Turning the pointers a C caller passes into Rust references, with every check that can
+//! be made: NULL, alignment, and a length whose byte size fits `isize`.
+//!
+//! Contract (the one thing these functions cannot check, stated in `engram.h`): a non-NULL
+//! pointer passed with a length `n` points to `n` initialised elements that stay valid
+//! and are not written by anyone else for the duration of the call, and an output pointer
+//! to `n` writable elements that nothing else reads or writes during the call.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, c_char};
+
+use engram_bindings::{Error, Result};
+
+fn check<T>(p: *const T, len: usize, what: &'static str) -> Result<()> {
+    if p.is_null() {
+        return Err(Error::Null { what });
+    }
+    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return Err(Error::Invalid {
+            what,
+            reason: format!(
+                "pointer {p:p} is not aligned to {} bytes",
+                std::mem::align_of::<T>()
+            ),
+        });
+    }
+    let bytes = len.checked_mul(std::mem::size_of::<T>());
+    if bytes.is_none_or(|b| b > isize::MAX as usize) {
+        return Err(Error::Invalid {
+            what,
+            reason: format!("length {len} is larger than the address space"),
+        });
+    }
+    Ok(())
+}
+
+/// `len` elements at `p` (any pointer, even NULL, when `len` is 0).
+pub(crate) fn slice<'a, T>(p: *const T, len: usize, what: &'static str) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    check(p, len, what)?;
+    // SAFETY: p is non-NULL and aligned, len * size_of::<T>() <= isize::MAX (checked above);
+    // the caller guarantees (module contract) that all len elements are initialised and
+    // not written during the call, which covers the whole extent [p, p + len).
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// `len` writable elements at `p` (any pointer, even NULL, when `len` is 0).
+pub(crate) fn slice_mut<'a, T>(p: *mut T, len: usize, what: &'static str) -> Result<&'a mut [T]> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    check(p.cast_const(), len, what)?;
+    // SAFETY: as in `slice`, plus the caller guarantees exclusive access to the whole
+    // extent [p, p + len) during the call (module contract).
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
+}
+
+/// A reference to one object the caller owns (NULL is an error).
+pub(crate) fn obj<'a, T>(p: *const T, what: &'static str) -> Result<&'a T> {
+    check(p, 1, what)?;
+    // SAFETY: non-NULL and aligned (checked); the caller guarantees it points to a live T
+    // created by this library (or, for option structs, initialised by the caller).
+    Ok(unsafe { &*p })
+}
+
+/// A mutable reference to one object the caller owns (NULL is an error).
+pub(crate) fn obj_mut<'a, T>(p: *mut T, what: &'static str) -> Result<&'a mut T> {
+    check(p.cast_const(), 1, what)?;
+    // SAFETY: as in `obj`, plus exclusive access during the call (documented per function).
+    Ok(unsafe { &mut *p })
+}
+
+/// A NUL-terminated UTF-8 string (NULL is an error).
+pub(crate) fn str_arg<'a>(p: *const c_char, what: &'static str) -> Result<&'a str> {
+    if p.is_null() {
+        return Err(Error::Null { what });
+    }
+    // SAFETY: non-NULL; the caller guarantees a NUL-terminated string that stays valid for
+    // the call.
+    let c = unsafe { CStr::from_ptr(p) };
+    c.to_str().map_err(|e| Error::Invalid {
+        what,
+        reason: format!("not UTF-8: {e}"),
+    })
+}
+
+/// Like [`str_arg`], but NULL or "" is `None`.
+pub(crate) fn opt_str<'a>(p: *const c_char, what: &'static str) -> Result<Option<&'a str>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    let s = str_arg(p, what)?;
+    Ok((!s.is_empty()).then_some(s))
+}
+
+/// Moves `value` to the heap and stores the pointer in `*out`.
+pub(crate) fn give<T>(out: *mut *mut T, value: T) -> Result<()> {
+    let slot = obj_mut(out, "out")?;
+    *slot = Box::into_raw(Box::new(value));
+    Ok(())
+}
+
+/// Takes back a pointer made by [`give`] (NULL: nothing).
+///
+/// # Safety
+/// `p` is NULL or came from [`give`] and has not been taken back yet.
+pub(crate) unsafe fn take<T>(p: *mut T) -> Option<Box<T>> {
+    // SAFETY: per the function contract, p came from Box::into_raw and is taken once.
+    (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+}

@@ -1,0 +1,417 @@
+//! [`Handle`]: what a C `engram_store *` and a Python `engram.Store` hold. Today an
+//! in-process [`Store`]; the `unix:PATH` form (a shared-memory service, issue 11) is
+//! recognised and refused with [`ErrorKind::Unsupported`] until it exists, so callers can
+//! already write the address they will use.
+//!
+//! [`ErrorKind::Unsupported`]: crate::ErrorKind::Unsupported
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
+use engram_kernels::{CompressionTable, RowDtype, dequantize_rows};
+use engram_store::{
+    BackendKind, BackendOptions, Profile, RowLayout, StatsSnapshot, Store, StoreOptions,
+};
+
+use crate::error::{Error, Result};
+use crate::ticket::{BufPool, PendingRows};
+
+/// Prefix of a service address (not built yet).
+pub const SERVICE_PREFIX: &str = "unix:";
+/// Largest token sequence hashed in one call (`batch * seq_len`).
+pub const MAX_HASH_TOKENS: usize = 1 << 24;
+/// Largest I/O worker count accepted.
+pub const MAX_IO_WORKERS: usize = 256;
+
+/// How to open a store. `None` fields take the store's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct OpenConfig {
+    /// `memory`, `mmap`, `pread`, `uring` or `auto` (`None`: `$ENGRAM_IO_BACKEND`, then auto).
+    pub backend: Option<BackendKind>,
+    /// Hot-row cache budget in bytes (0: no cache).
+    pub cache_bytes: u64,
+    /// A traffic profile (`profile.bin`) that seeds the cache.
+    pub profile: Option<PathBuf>,
+    /// Reads in flight per reader.
+    pub queue_depth: Option<usize>,
+    /// I/O worker threads serving prefetches.
+    pub io_workers: Option<usize>,
+    /// Check every device read against its block checksum (default on).
+    pub verify: Option<bool>,
+    /// Largest batch (rows per lookup or prefetch).
+    pub max_batch_rows: Option<usize>,
+    /// The `tokenizer.json` the table was built with: enables hashing of raw token ids.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Token ids given to [`Handle::row_ids`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenIds {
+    /// Tokenizer ids; compressed with the table's tokenizer (negative ids pass unchanged).
+    Raw,
+    /// Canonical ids (already compressed).
+    Canonical,
+}
+
+/// How a row's values are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowInfo {
+    pub layout: RowLayout,
+    /// Values per row.
+    pub dim: usize,
+    /// Bytes per row.
+    pub row_bytes: usize,
+}
+
+impl RowInfo {
+    /// `bf16`, `f16`, `f32` or `fp8_e4m3_e8m0`.
+    pub fn layout_name(&self) -> &'static str {
+        match self.layout {
+            RowLayout::Bf16 => "bf16",
+            RowLayout::F16 => "f16",
+            RowLayout::F32 => "f32",
+            RowLayout::Fp8E4m3E8m0 { .. } => "fp8_e4m3_e8m0",
+        }
+    }
+
+    /// Values per E8M0 scale (FP8 rows), else 0.
+    pub fn scale_block(&self) -> usize {
+        match self.layout {
+            RowLayout::Fp8E4m3E8m0 { scale_block } => scale_block as usize,
+            _ => 0,
+        }
+    }
+
+    fn dtype(&self) -> RowDtype {
+        self.layout.dtype()
+    }
+}
+
+#[derive(Debug)]
+struct Addressing {
+    compression: Option<CompressionTable>,
+    hasher: NgramHasher,
+}
+
+/// An open table with everything the bindings need. Cheap to share (`Send + Sync`).
+#[derive(Debug)]
+pub struct Handle {
+    store: Store,
+    addressing: Addressing,
+    rows: RowInfo,
+    layer_ids: Vec<u64>,
+    pool: Arc<BufPool>,
+}
+
+/// A backend name as the bindings accept it (`None` for `auto`).
+pub fn parse_backend(name: &str) -> Result<Option<BackendKind>> {
+    Ok(BackendKind::parse(name)?)
+}
+
+impl Handle {
+    /// Opens `address`: a table directory (or, later, `unix:PATH`).
+    pub fn open(address: &str, config: &OpenConfig) -> Result<Self> {
+        if let Some(socket) = address.strip_prefix(SERVICE_PREFIX) {
+            return Err(Error::Unsupported {
+                what: "a service address",
+                reason: format!(
+                    "{socket:?}: the shared-memory service is not built yet; open the table \
+                     directory instead"
+                ),
+            });
+        }
+        if address.is_empty() {
+            return Err(Error::Invalid {
+                what: "table path",
+                reason: "empty".into(),
+            });
+        }
+        let dir = Path::new(address);
+        let options = store_options(config)?;
+        let store = Store::open(dir, &options)?;
+        let table = store.table();
+        let manifest = table.manifest();
+        let compression = match &config.tokenizer {
+            Some(path) => Some(load_compression(path, dir, &manifest.tokenizer_sha256)?),
+            None => None,
+        };
+        if let Some(c) = &compression
+            && c.compressed_vocab_size() != manifest.compressed_vocab_size
+        {
+            return Err(Error::Invalid {
+                what: "tokenizer",
+                reason: format!(
+                    "its compressed vocabulary has {} ids, the table's {}",
+                    c.compressed_vocab_size(),
+                    manifest.compressed_vocab_size
+                ),
+            });
+        }
+        let hasher = NgramHasher::new(table.layout(), HashOptions::default())?;
+        let rows = RowInfo {
+            layout: manifest.row_layout,
+            dim: manifest.dim as usize,
+            row_bytes: store.row_bytes(),
+        };
+        let layer_ids = manifest.layers.iter().map(|l| l.layer_id).collect();
+        let pool = Arc::new(BufPool::new(options.max_in_flight));
+        Ok(Self {
+            store,
+            addressing: Addressing {
+                compression,
+                hasher,
+            },
+            rows,
+            layer_ids,
+            pool,
+        })
+    }
+
+    /// The underlying store (for Rust callers and benchmarks).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.rows.row_bytes
+    }
+
+    /// The row layout.
+    pub fn row_info(&self) -> RowInfo {
+        self.rows
+    }
+
+    /// Engram layer ids, in table order.
+    pub fn layer_ids(&self) -> &[u64] {
+        &self.layer_ids
+    }
+
+    /// Hash heads per position, `(N - 1) * K`: row ids per token per layer.
+    pub fn n_hash_heads(&self) -> usize {
+        self.addressing.hasher.n_hash_heads()
+    }
+
+    /// Largest n-gram order `N`.
+    pub fn max_ngram(&self) -> usize {
+        self.addressing.hasher.max_ngram()
+    }
+
+    /// Whether raw token ids can be hashed (a tokenizer was given at open).
+    pub fn has_tokenizer(&self) -> bool {
+        self.addressing.compression.is_some()
+    }
+
+    /// Largest batch (rows per lookup or prefetch).
+    pub fn max_batch_rows(&self) -> usize {
+        self.store.max_batch_rows()
+    }
+
+    /// The backend in use (after any fallback).
+    pub fn backend_name(&self) -> &'static str {
+        self.store.backend_kind().name()
+    }
+
+    /// Index of `layer_id` in the table.
+    pub fn layer_index(&self, layer_id: u64) -> Result<usize> {
+        self.layer_ids
+            .iter()
+            .position(|&l| l == layer_id)
+            .ok_or_else(|| {
+                Error::Kernels(engram_kernels::Error::UnknownLayer {
+                    layer_id,
+                    known: self.layer_ids.clone(),
+                })
+            })
+    }
+
+    /// Rows of layer `layer_id`.
+    pub fn layer_rows(&self, layer_id: u64) -> Result<u64> {
+        let li = self.layer_index(layer_id)?;
+        Ok(self.store.table().rows(li)?)
+    }
+
+    /// Reads rows `ids` of layer `layer_id` into `out` (`ids.len() * row_bytes` bytes) on
+    /// this thread.
+    pub fn lookup_into(&self, layer_id: u64, ids: &[u64], out: &mut [u8]) -> Result<()> {
+        let li = self.layer_index(layer_id)?;
+        Ok(self.store.lookup_into(li, ids, out)?)
+    }
+
+    /// Starts reading rows `ids` of layer `layer_id` into a pinned buffer the returned
+    /// [`PendingRows`] owns (from a pool, returned when it is dropped). Row-id errors
+    /// surface when it is waited on; an unknown layer is an error now.
+    pub fn prefetch(&self, layer_id: u64, ids: &[u64]) -> Result<PendingRows> {
+        let li = self.layer_index(layer_id)?;
+        let need = ids
+            .len()
+            .checked_mul(self.rows.row_bytes)
+            .ok_or_else(|| Error::Invalid {
+                what: "prefetch size",
+                reason: format!("{} rows overflow the address space", ids.len()),
+            })?;
+        let buf = self.pool.take(need)?;
+        let ticket = self.store.prefetch(li, ids, buf);
+        Ok(PendingRows::new(ticket, ids.len(), Arc::clone(&self.pool)))
+    }
+
+    /// Row ids of `batch` sequences of `seq_len` token ids each (`ids`, row-major) for
+    /// layer `layer_id`, into `out` (`[batch][seq_len][n_hash_heads]`). Position `t` hashes
+    /// the n-grams ending at `t` within its own sequence (earlier positions read as padding).
+    pub fn row_ids(
+        &self,
+        layer_id: u64,
+        ids: &[i64],
+        batch: usize,
+        seq_len: usize,
+        kind: TokenIds,
+        out: &mut [u64],
+    ) -> Result<()> {
+        let li = self.layer_index(layer_id)?;
+        let tokens = batch.checked_mul(seq_len).ok_or(Error::Invalid {
+            what: "token count",
+            reason: "batch * seq_len overflows".into(),
+        })?;
+        if tokens > MAX_HASH_TOKENS {
+            return Err(Error::Store(engram_store::Error::Limit {
+                what: "tokens per hashing call",
+                name: "MAX_HASH_TOKENS",
+                limit: MAX_HASH_TOKENS,
+                found: tokens,
+            }));
+        }
+        let hasher = &self.addressing.hasher;
+        match kind {
+            TokenIds::Canonical => {
+                hasher.hash_into(li, ids, batch, seq_len, HashOutput::RowId, out)?;
+            }
+            TokenIds::Raw => {
+                let compression = self
+                    .addressing
+                    .compression
+                    .as_ref()
+                    .ok_or(Error::NoTokenizer)?;
+                if ids.len() != tokens {
+                    return Err(Error::Buffer {
+                        what: "token ids [batch][seq_len]",
+                        unit: "ids",
+                        expected: tokens,
+                        found: ids.len(),
+                    });
+                }
+                let mut canonical = vec![0i64; ids.len()];
+                compression.compress_into(ids, &mut canonical)?;
+                hasher.hash_into(li, &canonical, batch, seq_len, HashOutput::RowId, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Dequantises whole rows (`rows.len()` a multiple of `row_bytes`) to float32
+    /// (`out`: `rows * dim` values).
+    pub fn dequantize(&self, rows: &[u8], out: &mut [f32]) -> Result<()> {
+        let rb = self.rows.row_bytes;
+        if !rows.len().is_multiple_of(rb) {
+            return Err(Error::Buffer {
+                what: "rows (a multiple of row_bytes)",
+                unit: "bytes",
+                expected: rows.len().div_ceil(rb) * rb,
+                found: rows.len(),
+            });
+        }
+        let want = rows.len() / rb * self.rows.dim;
+        if out.len() != want {
+            return Err(Error::Buffer {
+                what: "dequantised values (rows x dim)",
+                unit: "floats",
+                expected: want,
+                found: out.len(),
+            });
+        }
+        Ok(dequantize_rows(
+            self.rows.dtype(),
+            self.rows.dim,
+            rows,
+            out,
+        )?)
+    }
+
+    /// Counters and latencies.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.store.stats()
+    }
+
+    /// The stats as one JSON object, with the fallback reason when the backend asked for
+    /// was not used.
+    pub fn stats_json(&self) -> Result<String> {
+        let mut v = serde_json::to_value(self.store.stats()).map_err(|e| Error::Invalid {
+            what: "stats",
+            reason: e.to_string(),
+        })?;
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert(
+                "fallback_reason".into(),
+                self.store
+                    .fallback_reason()
+                    .map_or(serde_json::Value::Null, |r| {
+                        serde_json::Value::String(r.to_owned())
+                    }),
+            );
+        }
+        Ok(v.to_string())
+    }
+
+    /// Resets counters and histograms (e.g. after warm-up).
+    pub fn reset_stats(&self) {
+        self.store.reset_stats();
+    }
+}
+
+fn store_options(c: &OpenConfig) -> Result<StoreOptions> {
+    let mut o = StoreOptions {
+        backend: BackendOptions {
+            kind: c.backend,
+            ..BackendOptions::default()
+        },
+        cache_bytes: c.cache_bytes,
+        ..StoreOptions::default()
+    };
+    if let Some(q) = c.queue_depth {
+        o.backend.queue_depth = q;
+    }
+    if let Some(v) = c.verify {
+        o.backend.verify = v;
+    }
+    if let Some(w) = c.io_workers {
+        if w == 0 || w > MAX_IO_WORKERS {
+            return Err(Error::Store(engram_store::Error::Limit {
+                what: "I/O workers",
+                name: "MAX_IO_WORKERS",
+                limit: MAX_IO_WORKERS,
+                found: w,
+            }));
+        }
+        o.io_workers = w;
+    }
+    if let Some(b) = c.max_batch_rows {
+        o.max_batch_rows = b;
+    }
+    if let Some(p) = &c.profile {
+        o.profile = Some(Profile::read(p)?);
+    }
+    Ok(o)
+}
+
+fn load_compression(path: &Path, table: &Path, table_sha: &str) -> Result<CompressionTable> {
+    let tok = engram_kernels::tokenizer::load(path)?;
+    if !tok.sha256.eq_ignore_ascii_case(table_sha) {
+        return Err(Error::TokenizerMismatch {
+            path: path.display().to_string(),
+            table: table.display().to_string(),
+            expected: table_sha.to_owned(),
+            found: tok.sha256,
+        });
+    }
+    Ok(CompressionTable::from_tokenizer(&tok.tokenizer)?)
+}
