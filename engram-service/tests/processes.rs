@@ -187,6 +187,7 @@ fn a_client_of_another_user_is_refused() {
         );
         o.store = store_options(BackendKind::Memory, 0);
         o.allow = allow;
+        o.max_clients = 8;
         Server::start(o).expect("server")
     };
     let server = start(AllowRule::default());

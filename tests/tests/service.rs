@@ -72,6 +72,7 @@ fn serve(dir: &Path, table: &Path) -> Server {
     );
     o.store = StoreOptions {
         cache_bytes: 256 << 10,
+        max_in_flight: 256,
         ..StoreOptions::default()
     };
     o.store.backend.kind = Some(BackendKind::Pread);

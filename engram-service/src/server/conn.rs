@@ -58,6 +58,8 @@ pub struct Conn<'a> {
     pub spin: Duration,
     pub metrics: Arc<ClientMetrics>,
     pub wait: ServerWait,
+    /// Requests this client may have in the store at once (`Shared::client_in_flight`).
+    max_pending: usize,
     sq_head: u32,
     cq_tail: u32,
     busy: Vec<bool>,
@@ -90,7 +92,9 @@ impl<'a> Conn<'a> {
         metrics: Arc<ClientMetrics>,
     ) -> Result<Self> {
         let wait = ServerWait::new(&sq_bell, std::os::fd::AsFd::as_fd(&sock))?;
+        let max_pending = shared.client_in_flight();
         Ok(Self {
+            max_pending,
             shared,
             table,
             epoch,
@@ -165,7 +169,10 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// Takes every submitted entry off the ring and starts it.
+    /// Takes submitted entries off the ring and starts them while the client has fewer
+    /// than `max_pending` requests in the store (the rest wait in the ring: with every
+    /// client so bounded the store's prefetch slots never run out, so no client thread
+    /// blocks on a slot that only another client's thread would free).
     fn issue(&mut self) -> Result<()> {
         let tail = self.region.atomic_u32(H_SQ_TAIL).load(Ordering::Acquire);
         let n = ring_used(
@@ -176,6 +183,9 @@ impl<'a> Conn<'a> {
             self.layout.ring,
         )?;
         for _ in 0..n {
+            if self.pending.len() >= self.max_pending {
+                break;
+            }
             let mut b = [0u8; SQE_BYTES];
             self.region.read(self.layout.sqe(self.sq_head), &mut b)?;
             self.sq_head = self.sq_head.wrapping_add(1);

@@ -151,6 +151,16 @@ impl Server {
                 found: u64::from(options.max_client_slots),
             });
         }
+        if options.store.max_in_flight < options.max_clients {
+            return Err(ServiceError::Invalid {
+                what: "store max_in_flight",
+                reason: format!(
+                    "{} prefetch slots for up to {} clients: give every client at least one \
+                     (--max-in-flight >= --max-clients)",
+                    options.store.max_in_flight, options.max_clients
+                ),
+            });
+        }
         for (i, t) in options.tables.iter().enumerate() {
             if options.tables[..i].iter().any(|o| o.name == t.name) {
                 return Err(ServiceError::Invalid {
@@ -541,6 +551,12 @@ fn attach(
 }
 
 impl Shared {
+    /// Requests one client may have in its table's store at once: the store's prefetch
+    /// slots shared by the most clients allowed (at least 1).
+    pub fn client_in_flight(&self) -> usize {
+        (self.options.store.max_in_flight / self.options.max_clients).max(1)
+    }
+
     pub fn reload(&self) -> Vec<crate::protocol::ReloadOutcome> {
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         self.tables

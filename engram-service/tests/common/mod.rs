@@ -87,6 +87,7 @@ pub fn serve(dir: &Path, tables: &[(&str, &Path)], store: StoreOptions) -> Serve
             .collect(),
     );
     o.store = store;
+    o.max_clients = 8;
     Server::start(o).expect("server")
 }
 
