@@ -148,7 +148,8 @@ impl RowDist {
 pub struct RowSampler {
     rows: u64,
     zipf: Option<Zipf>,
-    perm: RankPermutation,
+    /// The popularity ranking (processes that share a table share one ranking).
+    pub perm: RankPermutation,
     rng: SplitMix64,
 }
 
