@@ -5,26 +5,29 @@
 # Python completion with moe-core, its Engram rows read from SSD through io_uring with
 # O_DIRECT (falling back to pread where io_uring is unavailable) behind a profile-seeded cache.
 #
-#   scripts/demo.sh ['PROMPT']
+#   [MODEL=models/stdlib-moe-engram-c] scripts/demo.sh ['PROMPT']
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-model=models/stdlib-moe-engram-b
-table=target/engram-tables/stdlib-moe-engram-b
+model=${MODEL:-models/stdlib-moe-engram-b}
 prompt=${1:-$'import os\nimport sys\n\n\ndef main():\n'}
 
 scripts/fetch-tokenizer.sh >/dev/null
 echo "== building (cargo build --release)" >&2
 cargo build --release --quiet -p engram-tools -p moe-core
+table=$(scripts/build-table.sh "$model")
+# The hot-row cache holds 40% of the table's rows, as a deployment would size it for a table
+# far larger than RAM.
+cache=$(python3 - "$table/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+rows = sum(l["rows"] for l in m["layers"])
+print(f"== table {sys.argv[1].rsplit('/', 1)[0]}: {rows} {m['row_layout']['kind']} rows of {m['dim']} values, "
+      f"{m['row_bytes']} bytes per row", file=sys.stderr)
+print(rows * m["row_bytes"] * 2 // 5)
+PY
+)
 
-if [ ! -f "$table/manifest.json" ]; then
-  stdlib=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
-  echo "== engram-build: $model/engram.safetensors -> $table (profile: $stdlib)" >&2
-  ./target/release/engram-build "$stdlib" --include '**/*.py' \
-    --exclude '**/test' --exclude '**/encodings' --exclude '**/pydoc_data' --exclude '**/site-packages' \
-    --import "$model/engram.safetensors" --out "$table"
-fi
-
-echo "== moe-core generate (Engram table on SSD: uring backend, O_DIRECT)" >&2
+echo "== moe-core generate (Engram table on SSD: uring backend, O_DIRECT, $cache-byte cache)" >&2
 ./target/release/moe-core generate --model "$model" --engram "$table" \
-  --engram-backend uring --cache-bytes 262144 --prompt "$prompt" --max-new-tokens 48
+  --engram-backend uring --cache-bytes "$cache" --prompt "$prompt" --max-new-tokens 48

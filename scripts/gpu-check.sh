@@ -28,6 +28,8 @@ if [[ -n "${ENGRAM_NVRTC_LIB:-}" && -d "$ENGRAM_NVRTC_LIB" ]]; then
     export ENGRAM_NVRTC_LIB
 fi
 export ENGRAM_REQUIRE_NVRTC=1
+# This script runs where a GPU is: a CUDA engine that fails to start is a failure, not a skip.
+export ENGRAM_REQUIRE_GPU=1
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 

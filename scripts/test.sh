@@ -33,6 +33,13 @@ cargo test --workspace "$@"
 
 ENGRAM_NVRTC_LIB="$(scripts/install-nvrtc.sh)"
 export ENGRAM_NVRTC_LIB ENGRAM_REQUIRE_NVRTC=1
+# ENGRAM_REQUIRE_GPU=1 turns the CUDA tests' "skipped: no CUDA device" into a failure, so a
+# broken engine init cannot pass silently. It is set only where a GPU exists (nvidia-smi
+# lists one); elsewhere the device tests skip with a printed reason and only the NVRTC
+# compile checks run. Set it yourself to insist (e.g. ENGRAM_REQUIRE_GPU=1 scripts/test.sh).
+if [[ -z "${ENGRAM_REQUIRE_GPU:-}" ]] && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    export ENGRAM_REQUIRE_GPU=1
+fi
 cargo test -p engram-kernels --features cuda
 
 # The bindings, as C and Python users build and call them (they use the tools built above).

@@ -3,7 +3,9 @@
 
 Decode uses a KV cache for attention and, for an Engram block, recomputes the module over
 the last (kernel - 1) * dilation + 1 positions (all the short convolution can see), so each
-step costs what an eager implementation with caches would. Greedy; prints one JSON line.
+step costs what an eager implementation with caches would. With hyper-connections (mHC)
+the residual is M streams and each sublayer goes through the model's own mHC modules.
+Greedy; prints one JSON line.
 
 Usage: python decode_torch.py MODEL_DIR PROMPT N_NEW [--no-engram]
 """
@@ -20,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "train"))
 import data  # noqa: E402
 import hub  # noqa: E402
-from model import rope_cos_sin, rotate_half  # noqa: E402
+from model import hc_post, hc_pre, rope_cos_sin, rotate_half  # noqa: E402
 
 
 class Cached:
@@ -42,6 +44,9 @@ class Cached:
         self.raw += raw
         t = len(red)
         h = m.embed_tokens(torch.tensor([red]))
+        hc = m.hc_head is not None
+        if hc:
+            h = h.unsqueeze(2).expand(1, t, cfg.hc_mult, cfg.hidden_size)
         cos, sin = self.cos[start:start + t], self.sin[start:start + t]
         rows = None
         if self.use_engram and self.addr is not None:
@@ -53,9 +58,13 @@ class Cached:
                 hs = torch.cat(self.h_in[i], dim=1)
                 r = rows[blk.layer_id]
                 hs = hs[:, -r.shape[1]:]
-                y = blk.engram(r, hs.unsqueeze(2))[:, -t:, 0]
-                h = h + y
-            x = blk.input_layernorm(h)
+                y = blk.engram(r, hs if hc else hs.unsqueeze(2))[:, -t:]
+                h = h + (y if hc else y[:, :, 0])
+            if hc:
+                pre, post, comb = blk.attn_hc.coefficients(h)
+                x = blk.input_layernorm(hc_pre(h, pre))
+            else:
+                x = blk.input_layernorm(h)
             a = blk.self_attn
             q = a.q_proj(x).view(1, t, a.nh, a.hd).transpose(1, 2)
             k = a.k_proj(x).view(1, t, a.nh, a.hd).transpose(1, 2)
@@ -69,9 +78,18 @@ class Cached:
             if t > 1:
                 mask = torch.ones(t, kk.shape[2], dtype=torch.bool).tril(diagonal=start)
             o = torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
-            h = h + a.o_proj(o.transpose(1, 2).reshape(1, t, -1))
-            mo, _ = blk.mlp(blk.post_attention_layernorm(h))
-            h = h + mo
+            f = a.o_proj(o.transpose(1, 2).reshape(1, t, -1))
+            if hc:
+                h = hc_post(h, f, post, comb)
+                pre, post, comb = blk.mlp_hc.coefficients(h)
+                mo, _ = blk.mlp(blk.post_attention_layernorm(hc_pre(h, pre)))
+                h = hc_post(h, mo, post, comb)
+            else:
+                h = h + f
+                mo, _ = blk.mlp(blk.post_attention_layernorm(h))
+                h = h + mo
+        if hc:
+            h = m.hc_head(h)
         return m.lm_head(m.norm(h))[0]
 
 

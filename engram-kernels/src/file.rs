@@ -8,24 +8,31 @@
 //! is a regular file, then clears `O_NONBLOCK`. [`read_regular`] also refuses files larger
 //! than a named limit before reading a byte, and reads at most that many bytes even if the
 //! file grows meanwhile; its buffer is reserved fallibly.
+//!
+//! Files whose contents must be exactly the ones published (model weights, the checkpoint a
+//! table is imported from) are checked against a [`Sha256Sums`] list kept beside them, in
+//! the format `sha256sum` writes and `sha256sum -c` checks.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 /// Why an input file could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FileError {
-    /// The operating system refused (missing file, permissions, I/O error).
-    #[error("{op} {path}: {source}")]
+    /// The operating system refused (missing file, permissions, I/O error). The OS error is
+    /// part of the message, not a `source()`, so an error chain prints it once.
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The path is not a regular file (a FIFO, socket, device or directory).
     #[error("{path} is a {kind}, not a regular file")]
@@ -42,6 +49,35 @@ pub enum FileError {
     /// Memory for the file's contents could not be reserved.
     #[error("{path}: cannot allocate {bytes} bytes to read it")]
     OutOfMemory { path: PathBuf, bytes: u64 },
+    /// A `SHA256SUMS` file is malformed.
+    #[error(
+        "{path} line {line}: {reason} (expected `sha256sum` lines: 64 hex digits, two spaces, a file name)"
+    )]
+    Checksums {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    /// A file that must be checksummed has no `SHA256SUMS` beside it.
+    #[error(
+        "{sums} is missing: {path} must be checked against it (write it in that directory with `sha256sum NAME... > SHA256SUMS`)"
+    )]
+    NoChecksums { path: PathBuf, sums: PathBuf },
+    /// A file that must be checksummed is not listed in the `SHA256SUMS` beside it.
+    #[error(
+        "{path} is not listed in {sums}: add it with `sha256sum NAME >> SHA256SUMS` in that directory"
+    )]
+    NotListed { path: PathBuf, sums: PathBuf },
+    /// A file's contents differ from the SHA-256 its `SHA256SUMS` records.
+    #[error(
+        "{path} has SHA-256 {found}, {sums} records {expected}: the file is corrupted or was replaced"
+    )]
+    ChecksumMismatch {
+        path: PathBuf,
+        sums: PathBuf,
+        expected: String,
+        found: String,
+    },
 }
 
 /// A size limit with the name of the constant that sets it (for messages).
@@ -85,10 +121,10 @@ pub fn open_regular_at(
     name: &Path,
     shown: &Path,
 ) -> Result<(File, u64), FileError> {
-    let io = |op, source| FileError::Io {
+    let io = |op, error| FileError::Io {
         op,
         path: shown.to_path_buf(),
-        source,
+        error,
     };
     let flags =
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC;
@@ -119,34 +155,79 @@ pub fn read_regular_at(
     shown: &Path,
     limit: Limit,
 ) -> Result<Vec<u8>, FileError> {
-    let path = shown;
     let (file, len) = open_regular_at(dir, name, shown)?;
     if len > limit.bytes {
         return Err(FileError::TooLarge {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             what: limit.what,
             name: limit.name,
             limit: limit.bytes,
             found: len,
         });
     }
-    let mut bytes = Vec::new();
-    // `len` <= limit, and limits are far below usize::MAX on 64-bit targets.
-    let want = usize::try_from(len).unwrap_or(usize::MAX);
-    bytes
-        .try_reserve_exact(want)
-        .map_err(|_| FileError::OutOfMemory {
-            path: path.to_path_buf(),
-            bytes: len,
-        })?;
+    read_stream(file, len, shown, limit)
+}
+
+/// Reads `reader` to its end into a buffer reserved fallibly (`size_hint` bytes first),
+/// refusing more than `limit` bytes; `path` names the input in errors (`<stdin>` for a
+/// pipe). For inputs that are not files, such as standard input.
+pub fn read_stream(
+    mut reader: impl Read,
+    size_hint: u64,
+    path: &Path,
+    limit: Limit,
+) -> Result<Vec<u8>, FileError> {
+    /// Growth step when the size is not known in advance.
+    const CHUNK: usize = 1 << 20;
+    let oom = |bytes: usize| FileError::OutOfMemory {
+        path: path.to_path_buf(),
+        bytes: bytes as u64,
+    };
+    let mut bytes: Vec<u8> = Vec::new();
+    // `size_hint` <= limit when it comes from fstat; limits are far below usize::MAX.
+    let first = usize::try_from(size_hint.min(limit.bytes)).unwrap_or(usize::MAX);
+    bytes.try_reserve_exact(first).map_err(|_| oom(first))?;
     // One byte past the limit tells a file that grew after fstat from one that did not.
-    file.take(limit.bytes.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|source| FileError::Io {
-            op: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let cap = limit.bytes.saturating_add(1);
+    let mut limited = (&mut reader).take(cap);
+    let io = |error| FileError::Io {
+        op: "read",
+        path: path.to_path_buf(),
+        error,
+    };
+    loop {
+        if bytes.len() == bytes.capacity() {
+            // Full: probe with a small buffer before growing, so a file of the size fstat
+            // gave is never copied into a larger allocation just to find its end.
+            let mut probe = [0u8; 4096];
+            let n = match limited.read(&mut probe) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(e)),
+            };
+            if n == 0 {
+                break;
+            }
+            // Amortized growth for streams of unknown length.
+            bytes
+                .try_reserve(n.max(CHUNK))
+                .map_err(|_| oom(bytes.len() + n.max(CHUNK)))?;
+            bytes.extend_from_slice(&probe[..n]);
+            continue;
+        }
+        let start = bytes.len();
+        let room = bytes.capacity() - start;
+        bytes.resize(start + room, 0);
+        match limited.read(&mut bytes[start..]) {
+            Ok(0) => {
+                bytes.truncate(start);
+                break;
+            }
+            Ok(n) => bytes.truncate(start + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => bytes.truncate(start),
+            Err(e) => return Err(io(e)),
+        }
+    }
     if bytes.len() as u64 > limit.bytes {
         return Err(FileError::TooLarge {
             path: path.to_path_buf(),
@@ -165,8 +246,151 @@ pub fn read_regular_string(path: &Path, limit: Limit) -> Result<String, FileErro
     String::from_utf8(bytes).map_err(|e| FileError::Io {
         op: "read (UTF-8)",
         path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
     })
+}
+
+/// File name of a directory's checksum list.
+pub const SHA256SUMS_FILE: &str = "SHA256SUMS";
+
+/// Largest `SHA256SUMS` accepted (a line per file: 1 MiB is ~10,000 files).
+pub const MAX_SHA256SUMS_BYTES: Limit = Limit {
+    what: "SHA256SUMS",
+    name: "MAX_SHA256SUMS_BYTES",
+    bytes: 1 << 20,
+};
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The SHA-256 of the files of one directory, read from its `SHA256SUMS`: lines of 64 hex
+/// digits, a space, a space or `*`, and a plain file name, as `sha256sum NAME... >
+/// SHA256SUMS` writes them (so `sha256sum -c SHA256SUMS` checks the same files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sha256Sums {
+    path: PathBuf,
+    // file name -> lower-case hex SHA-256
+    sums: BTreeMap<String, String>,
+}
+
+impl Sha256Sums {
+    /// The `SHA256SUMS` path of the directory holding `file`.
+    pub fn beside(file: &Path) -> PathBuf {
+        file.parent()
+            .unwrap_or(Path::new("."))
+            .join(SHA256SUMS_FILE)
+    }
+
+    /// Reads and parses a `SHA256SUMS` file.
+    pub fn read(path: &Path) -> Result<Self, FileError> {
+        let text = read_regular_string(path, MAX_SHA256SUMS_BYTES)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses the text of a `SHA256SUMS` file read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, FileError> {
+        let bad = |line: usize, reason: String| FileError::Checksums {
+            path: path.to_path_buf(),
+            line,
+            reason,
+        };
+        let mut sums = BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let (hex, rest) = line
+                .split_at_checked(64)
+                .ok_or_else(|| bad(i + 1, "shorter than a SHA-256".into()))?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(i + 1, format!("{hex:?} is not 64 hex digits")));
+            }
+            let name = rest
+                .strip_prefix("  ")
+                .or_else(|| rest.strip_prefix(" *"))
+                .ok_or_else(|| bad(i + 1, "no two-character separator after the sum".into()))?;
+            let plain = !name.is_empty()
+                && name != "."
+                && name != ".."
+                && !name.contains('/')
+                && !name.contains('\\');
+            if !plain {
+                return Err(bad(
+                    i + 1,
+                    format!("{name:?} is not a plain file name in this directory"),
+                ));
+            }
+            if sums
+                .insert(name.to_owned(), hex.to_ascii_lowercase())
+                .is_some()
+            {
+                return Err(bad(i + 1, format!("{name:?} is listed twice")));
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            sums,
+        })
+    }
+
+    /// Where the list was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The recorded SHA-256 of file `name`, lower-case hex.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.sums.get(name).map(String::as_str)
+    }
+
+    /// Checks `bytes`, the contents of `file` (a file of this list's directory), against the
+    /// recorded sum; returns the SHA-256. A file the list does not name is an error.
+    pub fn check(&self, file: &Path, bytes: &[u8]) -> Result<String, FileError> {
+        let expected = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| self.get(n))
+            .ok_or_else(|| FileError::NotListed {
+                path: file.to_path_buf(),
+                sums: self.path.clone(),
+            })?;
+        let found = sha256_hex(bytes);
+        if found != expected {
+            return Err(FileError::ChecksumMismatch {
+                path: file.to_path_buf(),
+                sums: self.path.clone(),
+                expected: expected.to_owned(),
+                found,
+            });
+        }
+        Ok(found)
+    }
+}
+
+/// Reads `path` like [`read_regular`] and checks it against the `SHA256SUMS` beside it,
+/// which must exist and list it. Returns the bytes and their SHA-256.
+pub fn read_checked(path: &Path, limit: Limit) -> Result<(Vec<u8>, String), FileError> {
+    let sums_path = Sha256Sums::beside(path);
+    let sums = Sha256Sums::read(&sums_path).map_err(|e| match e {
+        FileError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
+            FileError::NoChecksums {
+                path: path.to_path_buf(),
+                sums: sums_path.clone(),
+            }
+        }
+        other => other,
+    })?;
+    let bytes = read_regular(path, limit)?;
+    let sha = sums.check(path, &bytes)?;
+    Ok((bytes, sha))
 }
 
 fn clear_nonblock(file: &File) -> std::io::Result<()> {
@@ -220,6 +444,88 @@ mod tests {
         // Opening a FIFO with no writer blocks without O_NONBLOCK: this would hang.
         let e = read_regular(&fifo, SMALL).expect_err("fifo");
         assert!(e.to_string().contains("FIFO"), "{e}");
+    }
+
+    #[test]
+    fn checksum_lists_are_parsed_strictly_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("w.bin");
+        std::fs::write(&file, b"weights").expect("write");
+        let sha = sha256_hex(b"weights");
+        let sums_path = dir.path().join(SHA256SUMS_FILE);
+        std::fs::write(
+            &sums_path,
+            format!("{sha}  w.bin\n{}  other\n", "0".repeat(64)),
+        )
+        .expect("write");
+        let (bytes, got) = read_checked(&file, SMALL).expect("listed and intact");
+        assert_eq!(
+            (bytes.as_slice(), got.as_str()),
+            (&b"weights"[..], sha.as_str())
+        );
+        // sha256sum's binary-mode marker is accepted too.
+        let sums = Sha256Sums::parse(&format!("{sha} *w.bin\n"), &sums_path).expect("valid");
+        assert_eq!(sums.get("w.bin"), Some(sha.as_str()));
+
+        std::fs::write(&file, b"weightz").expect("write");
+        let e = read_checked(&file, SMALL).expect_err("changed");
+        assert!(matches!(e, FileError::ChecksumMismatch { .. }), "{e}");
+        let e = read_checked(&dir.path().join("other"), SMALL).expect_err("missing file");
+        assert!(e.to_string().contains("No such file"), "{e}");
+        std::fs::write(dir.path().join("unlisted"), b"x").expect("write");
+        let e = read_checked(&dir.path().join("unlisted"), SMALL).expect_err("unlisted");
+        assert!(matches!(e, FileError::NotListed { .. }), "{e}");
+
+        for bad in [
+            "abc  w.bin",
+            &format!("{}  w.bin", "g".repeat(64)),
+            &format!("{sha} w.bin"),
+            &format!("{sha}  ../w.bin"),
+            &format!("{sha}  "),
+            &format!("{sha}  w.bin\n{sha}  w.bin"),
+        ] {
+            let e = Sha256Sums::parse(bad, &sums_path).expect_err(bad);
+            assert!(matches!(e, FileError::Checksums { .. }), "{bad:?}: {e}");
+        }
+        std::fs::remove_file(&sums_path).expect("rm");
+        let e = read_checked(&file, SMALL).expect_err("no list");
+        assert!(matches!(e, FileError::NoChecksums { .. }), "{e}");
+    }
+
+    #[test]
+    fn os_errors_are_printed_once() {
+        let e = read_regular(Path::new("/nonexistent/x"), SMALL).expect_err("missing");
+        let chain = anyhow_like_chain(&e);
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+    }
+
+    /// What `{:#}` of an error chain prints: every `source()` appended.
+    fn anyhow_like_chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    }
+
+    #[test]
+    fn streams_are_bounded() {
+        let p = Path::new("<stdin>");
+        assert_eq!(
+            read_stream(&b"0123456789abcdef"[..], 0, p, SMALL).expect("16 bytes"),
+            b"0123456789abcdef"
+        );
+        let e = read_stream(std::io::repeat(7), 0, p, SMALL).expect_err("endless");
+        assert!(matches!(e, FileError::TooLarge { found: 17, .. }), "{e}");
+        let big = Limit {
+            bytes: 3 << 20,
+            ..SMALL
+        };
+        let got = read_stream(std::io::repeat(1).take(5 << 19), 4096, p, big).expect("2.5 MiB");
+        assert_eq!(got.len(), 5 << 19);
     }
 
     #[test]

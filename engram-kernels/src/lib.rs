@@ -3,6 +3,7 @@
 //! numeric kernels. Pure compute over slices; no I/O beyond reading a tokenizer file.
 #![deny(unsafe_code)]
 
+pub mod alloc;
 pub mod compress;
 pub mod conv;
 pub mod cpu;

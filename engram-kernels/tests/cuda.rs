@@ -4,6 +4,10 @@
 //! reason otherwise, and required when ENGRAM_REQUIRE_NVRTC=1); without a driver or device
 //! every entry point is a typed error; with a device, the same checks as the CPU tests
 //! (conformance vectors, hashing, dequantization) run on the GPU.
+//!
+//! Where a GPU exists, set `ENGRAM_REQUIRE_GPU=1` (`scripts/test.sh` and
+//! `scripts/gpu-check.sh` do): then an engine that fails to start fails these tests instead
+//! of skipping them, so a regression in device init cannot pass as "no GPU here".
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
@@ -33,10 +37,19 @@ mod with_feature {
         quantize_rows,
     };
 
+    /// `ENGRAM_REQUIRE_GPU=1`: a CUDA engine must start (a GPU is present).
+    fn gpu_required() -> bool {
+        std::env::var("ENGRAM_REQUIRE_GPU").as_deref() == Ok("1")
+    }
+
     fn engine() -> Option<CudaEngine> {
         match CudaEngine::new(0) {
             Ok(e) => Some(e),
             Err(err) => {
+                assert!(
+                    !gpu_required(),
+                    "ENGRAM_REQUIRE_GPU=1 but the CUDA engine did not start: {err}"
+                );
                 println!("skipped: no CUDA device: {err}");
                 assert!(
                     matches!(err, Error::Unavailable { .. } | Error::Cuda { .. }),
@@ -97,6 +110,11 @@ mod with_feature {
             println!("skipped: a CUDA driver is present");
             return;
         }
+        assert!(
+            !gpu_required(),
+            "ENGRAM_REQUIRE_GPU=1 but no CUDA driver loads: {:?}",
+            driver_available()
+        );
         assert!(matches!(CudaEngine::new(0), Err(Error::Unavailable { .. })));
     }
 
@@ -281,9 +299,16 @@ fn cuda_timing_table() {
     };
     use std::time::Instant;
 
-    let Ok(gpu) = CudaEngine::new(0) else {
-        println!("skipped: no CUDA device");
-        return;
+    let gpu = match CudaEngine::new(0) {
+        Ok(gpu) => gpu,
+        Err(err) => {
+            assert!(
+                std::env::var("ENGRAM_REQUIRE_GPU").as_deref() != Ok("1"),
+                "ENGRAM_REQUIRE_GPU=1 but the CUDA engine did not start: {err}"
+            );
+            println!("skipped: no CUDA device: {err}");
+            return;
+        }
     };
     fn best(mut f: impl FnMut()) -> f64 {
         f();

@@ -79,6 +79,20 @@ impl Target {
     }
 }
 
+/// What a client sends to name `table`: a relative path that exists here becomes its
+/// absolute path (the server resolves paths in its own working directory); anything else
+/// (a name, an absolute path) goes as it is.
+fn table_key(table: &str) -> String {
+    let p = Path::new(table);
+    if p.is_relative()
+        && p.exists()
+        && let Ok(abs) = std::fs::canonicalize(p)
+    {
+        return abs.display().to_string();
+    }
+    table.to_string()
+}
+
 /// How a client attaches.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -172,7 +186,7 @@ impl Conn {
         let _ = sock.set_write_timeout(Some(CONTROL_TIMEOUT));
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
-            table: target.table.clone(),
+            table: target.table.as_deref().map(table_key),
             slots: options.slots,
             slot_rows: options.slot_rows,
             server_spin_us: options.server_spin_us.min(MAX_SPIN_US),

@@ -13,9 +13,12 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use engram_kernels::alloc::{AllocError, try_vec};
+
 use crate::buffer::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::profile::Profile;
+use crate::table::Table;
 
 /// Shards (independent locks).
 pub const CACHE_SHARDS: usize = 16;
@@ -46,6 +49,9 @@ impl Default for SeedOptions {
 }
 /// The small FIFO holds 1/10 of each shard (S3-FIFO's ratio).
 const SMALL_FIFO_DIVISOR: usize = 10;
+/// A cache is capped at the table's rows plus `1 / TABLE_SLOT_SLACK_DIVISOR` of them (and
+/// one slot per shard), see [`RowCache::for_table`].
+pub const TABLE_SLOT_SLACK_DIVISOR: u64 = 4;
 /// Bits of the row id in a cache key (the layer index sits above).
 const ROW_BITS: u32 = 48;
 
@@ -128,24 +134,63 @@ fn mix(k: u64) -> u64 {
 }
 
 impl RowCache {
+    /// A cache for `table` of at most `budget_bytes` of rows, capped at what the table can
+    /// use: `1 + 1 / TABLE_SLOT_SLACK_DIVISOR` times its row count (shards are chosen by hash, so a
+    /// budget of exactly the table's size would leave some rows out). A budget of a
+    /// terabyte on a small table allocates only the table's size.
+    pub fn for_table(
+        table: &Table,
+        budget_bytes: u64,
+        admit_on_first_miss: bool,
+    ) -> Result<Option<Self>> {
+        let mut rows = 0u64;
+        for li in 0..table.n_layers() {
+            rows = rows.saturating_add(table.rows(li)?);
+        }
+        let row_bytes = table.row_bytes().max(1) as u64;
+        let usable = rows
+            .saturating_add(rows / TABLE_SLOT_SLACK_DIVISOR)
+            .saturating_add(CACHE_SHARDS as u64)
+            .saturating_mul(row_bytes);
+        Self::new(
+            budget_bytes.min(usable),
+            table.row_bytes(),
+            admit_on_first_miss,
+        )
+    }
+
     /// A cache of at most `budget_bytes` of rows (`row_bytes` each). Zero budget: `None`.
+    /// Every buffer is allocated fallibly: a budget the machine cannot hold is an error.
     pub fn new(
         budget_bytes: u64,
         row_bytes: usize,
         admit_on_first_miss: bool,
     ) -> Result<Option<Self>> {
         let slots = usize::try_from(budget_bytes / row_bytes.max(1) as u64).unwrap_or(usize::MAX);
-        let per = slots / CACHE_SHARDS;
+        // Slot indices are u32 in the key map.
+        let per = (slots / CACHE_SHARDS).min(u32::MAX as usize);
         if per == 0 {
             return Ok(None);
         }
+        let data_bytes = per.checked_mul(row_bytes).ok_or(AllocError {
+            what: "cache rows",
+            len: per,
+            bytes: u64::MAX,
+        })?;
         let mut shards = Vec::with_capacity(CACHE_SHARDS);
         for _ in 0..CACHE_SHARDS {
+            // The largest buffer first, so an impossible budget fails before the others.
+            let data = AlignedBuf::new_pinned(data_bytes)?;
             let mut map = KeyMap::default();
             // Twice the live entries: evictions leave tombstones, and with at most half the
             // capacity live the table always rehashes in place instead of growing, so the
             // steady state never allocates.
-            map.reserve(2 * per);
+            let entries = per.saturating_mul(2);
+            map.try_reserve(entries).map_err(|_| AllocError {
+                what: "cache key map",
+                len: entries,
+                bytes: (entries as u64).saturating_mul(16),
+            })?;
             let small_n = if admit_on_first_miss || per < 2 {
                 0
             } else {
@@ -153,15 +198,19 @@ impl RowCache {
             };
             shards.push(Mutex::new(Shard {
                 map,
-                keys: vec![EMPTY; per],
-                freq: vec![0; per],
-                data: AlignedBuf::new_pinned(per * row_bytes)?,
+                keys: try_vec(per, EMPTY, "cache keys")?,
+                freq: try_vec(per, 0, "cache frequencies")?,
+                data,
                 small_n,
                 small_hand: 0,
                 small_used: 0,
                 hand: 0,
                 used: 0,
-                ghost: vec![EMPTY; (per - small_n).next_power_of_two()],
+                ghost: try_vec(
+                    (per - small_n).next_power_of_two(),
+                    EMPTY,
+                    "cache ghost keys",
+                )?,
             }));
         }
         Ok(Some(Self {
@@ -428,6 +477,17 @@ mod tests {
                 assert_eq!(out, r.to_le_bytes());
             }
         }
+    }
+
+    #[test]
+    fn impossible_budgets_are_errors_not_aborts() {
+        // 2^64 - 1 bytes of 1 MiB rows: u32::MAX slots per shard, 4 PiB of row data, beyond
+        // any address space: a typed error, not an allocation abort.
+        let e = RowCache::new(u64::MAX, 1 << 20, false).expect_err("cannot allocate");
+        assert!(
+            matches!(e, Error::Alloc(_) | Error::Unavailable { .. }),
+            "{e}"
+        );
     }
 
     #[test]

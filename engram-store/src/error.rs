@@ -7,23 +7,25 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An operating-system I/O call failed.
-    #[error("{op} {path}: {source}")]
+    /// An operating-system I/O call failed. The OS error is part of the message, not a
+    /// `source()`, so an error chain (`{:#}`) prints it once.
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An I/O call failed at a byte offset of a file.
-    #[error("{op} {path} at offset {offset}: {source}")]
+    #[error("{op} {path} at offset {offset}: {error}")]
     IoAt {
         op: &'static str,
         path: PathBuf,
         offset: u64,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// A buffer sized by input (the cache budget) could not be allocated.
+    #[error(transparent)]
+    Alloc(#[from] engram_kernels::alloc::AllocError),
     /// The manifest is missing, not JSON, or inconsistent.
     #[error("invalid manifest {path}: {reason}")]
     Manifest { path: PathBuf, reason: String },
@@ -110,8 +112,8 @@ pub enum Error {
         expected: usize,
         found: usize,
     },
-    /// A batch larger than a named limit.
-    #[error("{what} is {found}, above the limit {limit} ({name})")]
+    /// A size outside `1..=limit` (a named limit).
+    #[error("{what} is {found}, {}", limit_text(*.found, *.limit, .name))]
     Limit {
         what: &'static str,
         name: &'static str,
@@ -167,7 +169,9 @@ pub enum Error {
         feature: &'static str,
     },
     /// A backend or facility compiled in but not usable on this machine.
-    #[error("{what} is not available on this machine: {reason}")]
+    // Not "on this machine": the cause may be a per-process limit (open files, locked
+    // memory), which the reason names.
+    #[error("{what} cannot be used: {reason}")]
     Unavailable { what: &'static str, reason: String },
     /// The store's workers stopped after an earlier failure; reopen the store.
     #[error("the store is shut down ({0}); reopen it")]
@@ -191,22 +195,30 @@ pub enum Error {
 impl From<engram_kernels::file::FileError> for Error {
     fn from(e: engram_kernels::file::FileError) -> Self {
         match e {
-            engram_kernels::file::FileError::Io { op, path, source } => {
-                Error::Io { op, path, source }
+            engram_kernels::file::FileError::Io { op, path, error } => {
+                Error::Io { op, path, error }
             }
             other => Error::Input(other),
         }
     }
 }
 
+fn limit_text(found: usize, limit: usize, name: &str) -> String {
+    if found == 0 {
+        "it must be at least 1".into()
+    } else {
+        format!("above the limit {limit} ({name})")
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Error {
+pub(crate) fn io(op: &'static str, path: &std::path::Path, error: std::io::Error) -> Error {
     Error::Io {
         op,
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -214,12 +226,12 @@ pub(crate) fn io_at(
     op: &'static str,
     path: &std::path::Path,
     offset: u64,
-    source: std::io::Error,
+    error: std::io::Error,
 ) -> Error {
     Error::IoAt {
         op,
         path: path.to_path_buf(),
         offset,
-        source,
+        error,
     }
 }

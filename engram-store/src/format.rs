@@ -15,6 +15,13 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const FORMAT_NAME: &str = "engram-table";
 /// File name of the manifest inside a table directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// Largest manifest accepted (a V4.1 manifest is ~10 KB; the limit only stops a symlink to
+/// `/dev/zero` or a runaway file from being read into memory).
+pub const MAX_MANIFEST_BYTES: engram_kernels::file::Limit = engram_kernels::file::Limit {
+    what: "manifest",
+    name: "MAX_MANIFEST_BYTES",
+    bytes: 64 << 20,
+};
 /// Magic bytes at offset 0 of every layer file.
 pub const LAYER_MAGIC: [u8; 8] = *b"ENGRAMLY";
 /// Size of the layer-file header; also the offset of the row region (O_DIRECT-aligned).
@@ -147,7 +154,9 @@ impl Geometry {
     }
 }
 
-/// Who built the table and from what; informational, not used for addressing.
+/// Who built the table and from what; not used for addressing. `checkpoint_sha256` binds
+/// imported rows to the checkpoint files they came from, so a decoder can refuse a table
+/// built from other weights.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildInfo {
     /// Program and version, e.g. `engram-build 0.1.0`.
@@ -159,6 +168,11 @@ pub struct BuildInfo {
     /// Free-form notes.
     #[serde(default)]
     pub notes: String,
+    /// SHA-256 (64 lower-case hex digits) of each checkpoint file the rows were imported
+    /// from, in import order; empty (and absent from the JSON) when the rows were not
+    /// imported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoint_sha256: Vec<String>,
 }
 
 /// One layer's entry in the manifest: its addressing constants and its data file.
@@ -225,6 +239,12 @@ pub struct Manifest {
     pub layers: Vec<LayerManifest>,
     /// Build provenance.
     pub build: BuildInfo,
+    /// xxh3-64 of the manifest's canonical JSON without this field, as 16 hex digits
+    /// ([`Manifest::checksum`]), so that no field can change unnoticed. Written by every
+    /// table writer since it was introduced; absent only in v1 tables written before, which
+    /// open unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_xxh3: Option<String>,
 }
 
 /// Lower-case hex of a u64, 16 digits.
@@ -296,9 +316,40 @@ impl Manifest {
             data_offset: HEADER_BYTES,
             layers,
             build,
+            manifest_xxh3: None,
         };
         m.validate_shape(Path::new(MANIFEST_FILE))?;
         Ok(m)
+    }
+
+    /// The manifest checksum: xxh3-64 of the compact JSON serialization (no whitespace,
+    /// members in declaration order, `manifest_xxh3` omitted) of every other field.
+    pub fn checksum(&self) -> Result<u64> {
+        let canonical = Self {
+            manifest_xxh3: None,
+            ..self.clone()
+        };
+        let bytes = serde_json::to_vec(&canonical).map_err(|e| Error::Invalid {
+            what: "manifest",
+            reason: format!("cannot serialize: {e}"),
+        })?;
+        Ok(xxh3_64(&bytes))
+    }
+
+    /// Sets `manifest_xxh3` to [`Self::checksum`] (writers call this last).
+    pub fn seal(&mut self) -> Result<()> {
+        self.manifest_xxh3 = Some(hex64(self.checksum()?));
+        Ok(())
+    }
+
+    /// The manifest file's bytes (pretty JSON), sealed with its checksum.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        let mut sealed = self.clone();
+        sealed.seal()?;
+        serde_json::to_vec_pretty(&sealed).map_err(|e| Error::Invalid {
+            what: "manifest",
+            reason: format!("cannot serialize: {e}"),
+        })
     }
 
     /// The packing geometry.
@@ -481,8 +532,32 @@ impl Manifest {
             path: path.to_path_buf(),
             reason: format!("not a v1 manifest: {e}"),
         })?;
+        m.verify_checksum(path)?;
         m.validate_shape(path)?;
         Ok(m)
+    }
+
+    /// Checks `manifest_xxh3` when present (v1 tables written before it existed lack it).
+    pub fn verify_checksum(&self, path: &Path) -> Result<()> {
+        let Some(field) = &self.manifest_xxh3 else {
+            return Ok(());
+        };
+        let stored = parse_hex64(field).ok_or_else(|| Error::Manifest {
+            path: path.to_path_buf(),
+            reason: format!("manifest_xxh3 {field:?} is not 16 hex digits"),
+        })?;
+        let computed = self.checksum()?;
+        if stored != computed {
+            return Err(Error::Manifest {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "manifest_xxh3 is {field} but the fields hash to {}: the manifest was \
+                     changed after the table was written",
+                    hex64(computed)
+                ),
+            });
+        }
+        Ok(())
     }
 }
 

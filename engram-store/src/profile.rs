@@ -9,11 +9,20 @@ use std::path::Path;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result, io};
+use crate::format::Manifest;
 
+/// File name of the profile inside a table directory (written by `engram-build`).
+pub const PROFILE_FILE: &str = "profile.bin";
 /// Magic bytes at offset 0 of a profile file.
 pub const PROFILE_MAGIC: [u8; 8] = *b"ENGRAMPF";
 /// Profile format version.
 pub const PROFILE_VERSION: u32 = 1;
+/// Largest profile file accepted: 16 B per ranked row, so 4 GiB ranks 268 M rows.
+pub const MAX_PROFILE_BYTES: engram_kernels::file::Limit = engram_kernels::file::Limit {
+    what: "profile",
+    name: "MAX_PROFILE_BYTES",
+    bytes: 4 << 30,
+};
 
 /// One layer's ranked rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -137,8 +146,16 @@ impl Profile {
                 .and_then(|n| n.checked_mul(16))
                 .filter(|&need| at.checked_add(need).is_some_and(|end| end <= body))
                 .ok_or_else(|| bad(at - 16, format!("{n} entries run past the end")))?;
-            let mut entries = Vec::with_capacity(need / 16);
-            let mut seen = std::collections::HashSet::with_capacity(need / 16);
+            // Sized by the file (at most MAX_PROFILE_BYTES): reserved fallibly.
+            let mut entries = Vec::new();
+            engram_kernels::alloc::try_reserve(&mut entries, need / 16, "profile entries")?;
+            let mut seen = std::collections::HashSet::new();
+            seen.try_reserve(need / 16)
+                .map_err(|_| engram_kernels::alloc::AllocError {
+                    what: "profile row set",
+                    len: need / 16,
+                    bytes: need as u64,
+                })?;
             let mut sum = 0u64;
             for k in 0..need / 16 {
                 let off = at + 16 * k;
@@ -200,10 +217,55 @@ impl Profile {
         Ok(())
     }
 
-    /// Reads and validates a profile file.
+    /// Reads and validates a profile file (a regular file of at most
+    /// [`MAX_PROFILE_BYTES`]).
     pub fn read(path: &Path) -> Result<Self> {
-        let b = fs::read(path).map_err(|e| io("read profile", path, e))?;
+        let b = engram_kernels::file::read_regular(path, MAX_PROFILE_BYTES)?;
         Self::from_bytes(&b, path)
+    }
+
+    /// Checks that this profile was measured for `manifest`'s table: the same table id
+    /// (unless the profile is unbound, id 0), layer ids of the table, each at most once,
+    /// and row ids inside their layer.
+    pub fn check_table(&self, manifest: &Manifest, path: &Path) -> Result<()> {
+        let bad = |offset: u64, reason: String| Error::Profile {
+            path: path.to_path_buf(),
+            offset,
+            reason,
+        };
+        let table_id = manifest.table_id_u64().unwrap_or(0);
+        if self.table_id != 0 && self.table_id != table_id {
+            return Err(bad(
+                16,
+                format!(
+                    "measured for table {:016x}, this table is {}",
+                    self.table_id, manifest.table_id
+                ),
+            ));
+        }
+        let mut seen = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let Some(lm) = manifest.layers.iter().find(|m| m.layer_id == l.layer_id) else {
+                return Err(bad(
+                    0,
+                    format!("layer id {} is not in the table", l.layer_id),
+                ));
+            };
+            if seen.contains(&l.layer_id) {
+                return Err(bad(0, format!("layer id {} is profiled twice", l.layer_id)));
+            }
+            seen.push(l.layer_id);
+            if let Some(&(row, _)) = l.entries.iter().find(|&&(row, _)| row >= lm.rows) {
+                return Err(bad(
+                    0,
+                    format!(
+                        "layer {}: row {row} is past the layer's {} rows",
+                        l.layer_id, lm.rows
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -236,5 +298,27 @@ mod tests {
             );
         }
         assert!(Profile::from_bytes(&b[..b.len() - 1], Path::new("p")).is_err());
+    }
+
+    #[test]
+    fn a_profile_must_fit_its_table() {
+        let m = crate::synth::SynthSpec::preset("demo", Some(100), 0)
+            .and_then(|s| s.manifest())
+            .expect("manifest");
+        let id = m.table_id_u64().expect("id");
+        let (l0, rows0) = (m.layers[0].layer_id, m.layers[0].rows);
+        let fits = |table_id, layers| Profile { table_id, layers }.check_table(&m, Path::new("p"));
+        let layer = |lid, row| LayerProfile::from_counts(lid, [(row, 3)], 10);
+        fits(id, vec![layer(l0, rows0 - 1)]).expect("fits");
+        fits(0, vec![layer(l0, 0)]).expect("an unbound profile fits any table of its shape");
+        for (what, table_id, layers) in [
+            ("other table", id ^ 1, vec![layer(l0, 0)]),
+            ("row past the layer", id, vec![layer(l0, rows0)]),
+            ("unknown layer", id, vec![layer(999, 0)]),
+            ("layer twice", id, vec![layer(l0, 0), layer(l0, 1)]),
+        ] {
+            let e = fits(table_id, layers).expect_err(what);
+            assert!(matches!(e, Error::Profile { .. }), "{what}: {e}");
+        }
     }
 }

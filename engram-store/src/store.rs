@@ -197,18 +197,11 @@ impl Shared {
 
     /// Errors unless `ids` fits a batch and every id is a row of layer `layer`.
     fn check_ids_len(&self, layer: usize, ids: &[u64]) -> Result<()> {
-        if ids.len() > self.max_batch_rows {
-            return Err(Error::Limit {
-                what: "batch rows",
-                name: "max_batch_rows",
-                limit: self.max_batch_rows,
-                found: ids.len(),
-            });
-        }
+        self.check_len(ids)?;
         self.table.check_ids(layer, ids)
     }
 
-    fn check(&self, layer: usize, ids: &[u64], out_len: usize) -> Result<()> {
+    fn check_len(&self, ids: &[u64]) -> Result<()> {
         if ids.len() > self.max_batch_rows {
             return Err(Error::Limit {
                 what: "batch rows",
@@ -217,6 +210,11 @@ impl Shared {
                 found: ids.len(),
             });
         }
+        Ok(())
+    }
+
+    fn check(&self, layer: usize, ids: &[u64], out_len: usize) -> Result<()> {
+        self.check_len(ids)?;
         let need = ids.len() * self.table.row_bytes();
         if out_len != need {
             return Err(Error::Shape {
@@ -607,11 +605,7 @@ impl Store {
         }
         let opened = backend::open_backend(&table, &backend_options)?;
         tracing::info!(target: "engram_store", backend = %opened.backend.kind(), "opened {}", table.dir().display());
-        let cache = RowCache::new(
-            options.cache_bytes,
-            table.row_bytes(),
-            options.admit_on_first_miss,
-        )?;
+        let cache = RowCache::for_table(&table, options.cache_bytes, options.admit_on_first_miss)?;
         let (free_tx, free_rx) = bounded(options.max_in_flight);
         let mut slots = Vec::with_capacity(options.max_in_flight);
         for i in 0..options.max_in_flight {

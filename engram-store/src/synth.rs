@@ -96,6 +96,7 @@ impl SynthSpec {
                 created_unix: 0,
                 source: format!("synthetic seed={}", self.seed),
                 notes: String::new(),
+                checkpoint_sha256: Vec::new(),
             },
         )
     }

@@ -355,10 +355,8 @@ impl TableWriter {
             )));
         }
         let mpath = self.tmp.join(MANIFEST_FILE);
-        let json = serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::Manifest {
-            path: mpath.clone(),
-            reason: e.to_string(),
-        })?;
+        self.manifest.seal()?;
+        let json = self.manifest.to_json()?;
         {
             let mut f = FsOpenOptions::new()
                 .write(true)

@@ -217,6 +217,16 @@ mod tests {
     }
 
     #[test]
+    fn byte_sizes_parse_or_fail_never_saturate() {
+        assert_eq!(parse_bytes("4096").ok(), Some(4096));
+        assert_eq!(parse_bytes("64K").ok(), Some(64 << 10));
+        assert_eq!(parse_bytes("16T").ok(), Some(16 << 40));
+        for bad in ["", "-1", "nan", "1X", "16777216T", "1e30G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn permutation_is_bijective() {
         for n in [1u64, 2, 7, 100, 1024, 999_983] {
             let p = RankPermutation::new(n, 3);
@@ -414,5 +424,13 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
             reason: format!("{s:?}: expected e.g. 4096, 64K, 512M, 2G"),
         });
     }
-    Ok((v * mult as f64) as u64)
+    let bytes = v * mult as f64;
+    // 2^64 as f64; `as u64` would saturate silently above it.
+    if bytes >= 18_446_744_073_709_551_616.0 {
+        return Err(Error::Invalid {
+            what: "byte size",
+            reason: format!("{s:?} is 2^64 bytes or more"),
+        });
+    }
+    Ok(bytes as u64)
 }

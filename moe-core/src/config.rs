@@ -1,17 +1,34 @@
-//! `config.json` (HF-style, format `engram-moe-v1`): every field is read and validated; an
+//! `config.json` (HF-style, format `engram-moe-v1`, or `engram-moe-v2` = v1 plus the mHC
+//! fields `hc_mult`, `hc_sinkhorn_iters`, `hc_eps`): every field is read and validated; an
 //! unknown or missing field is an error. The Engram block's addressing is re-derived from its
 //! config and must agree with the primes, offsets and multipliers the file records.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use engram_kernels::file::Limit;
 use engram_kernels::{EngramConfig, EngramLayout};
 use serde::Deserialize;
 
 use crate::error::{Result, config_err};
 
-/// `format` of a supported `config.json`.
+/// `format` of a `config.json` with a plain residual stream.
 pub const CONFIG_FORMAT: &str = "engram-moe-v1";
+/// Largest `config.json` accepted.
+pub const MAX_CONFIG_BYTES: Limit = Limit {
+    what: "config.json",
+    name: "MAX_CONFIG_BYTES",
+    bytes: 16 << 20,
+};
+/// Longest context accepted: the decode state holds `positions x hidden` keys and values per
+/// layer and `positions^2` attention scores.
+pub const MAX_POSITIONS: usize = 1 << 16;
+/// `format` of a `config.json` with hyper-connections (ENGRAM-SPEC section 15).
+pub const CONFIG_FORMAT_HC: &str = "engram-moe-v2";
+/// Most residual streams a config may ask for.
+pub const MAX_HC_MULT: usize = 16;
+/// Most Sinkhorn-Knopp rounds a config may ask for.
+pub const MAX_SINKHORN_ITERS: usize = 1000;
 /// float32 machine epsilon, the key/query RMSNorm eps of the reference Engram module.
 pub const F32_EPS: f64 = f32::EPSILON as f64;
 
@@ -55,6 +72,28 @@ pub struct ModelConfig {
     pub first_k_dense_replace: usize,
     pub tie_word_embeddings: bool,
     pub engram: Option<EngramModelConfig>,
+    /// Residual streams `M` (format v2 only; v1 is one stream, a plain residual).
+    #[serde(default)]
+    pub hc_mult: Option<usize>,
+    /// Sinkhorn-Knopp rounds of every `comb` (format v2 only).
+    #[serde(default)]
+    pub hc_sinkhorn_iters: Option<usize>,
+    /// The eps of `pre`, `comb` and the head weights (format v2 only).
+    #[serde(default)]
+    pub hc_eps: Option<f64>,
+}
+
+/// Hyper-connection constants of a validated config (ENGRAM-SPEC section 15).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HyperConfig {
+    /// Residual streams `M` (> 1).
+    pub streams: usize,
+    /// Sinkhorn-Knopp rounds.
+    pub sinkhorn_iters: usize,
+    /// Added to `pre`, to `comb` and its row/column sums, and to the head weights.
+    pub eps: f32,
+    /// The eps of the RMS normalisation of the flattened streams (`rms_norm_eps`).
+    pub norm_eps: f32,
 }
 
 /// The `engram` block.
@@ -115,12 +154,9 @@ fn ensure(path: &Path, cond: bool, reason: impl FnOnce() -> String) -> Result<()
 }
 
 impl ModelConfig {
-    /// Reads and validates `config.json`.
+    /// Reads `config.json` (checked against the `SHA256SUMS` beside it) and validates it.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| crate::Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (bytes, _) = engram_kernels::file::read_checked(path, MAX_CONFIG_BYTES)?;
         let c: ModelConfig =
             serde_json::from_slice(&bytes).map_err(|e| config_err(path, e.to_string()))?;
         c.validate(path)?;
@@ -129,9 +165,7 @@ impl ModelConfig {
 
     /// Checks every field and cross-field constraint this decoder relies on.
     pub fn validate(&self, p: &Path) -> Result<()> {
-        ensure(p, self.format == CONFIG_FORMAT, || {
-            format!("format {:?}, expected {CONFIG_FORMAT:?}", self.format)
-        })?;
+        self.validate_hc(p)?;
         ensure(p, self.model_type == "engram_moe", || {
             format!("model_type {:?}", self.model_type)
         })?;
@@ -167,6 +201,13 @@ impl ModelConfig {
         ] {
             ensure(p, v > 0, || format!("{name} must be > 0"))?;
         }
+        ensure(p, self.max_position_embeddings <= MAX_POSITIONS, || {
+            format!(
+                "max_position_embeddings {} is above MAX_POSITIONS {MAX_POSITIONS} (the \
+                 attention scores of a full context are positions^2 floats)",
+                self.max_position_embeddings
+            )
+        })?;
         ensure(
             p,
             self.num_key_value_heads == self.num_attention_heads,
@@ -210,6 +251,63 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// The format and the mHC fields: all three in v2, none in v1.
+    fn validate_hc(&self, p: &Path) -> Result<()> {
+        let fields = [
+            self.hc_mult.is_some(),
+            self.hc_sinkhorn_iters.is_some(),
+            self.hc_eps.is_some(),
+        ];
+        match self.format.as_str() {
+            CONFIG_FORMAT => ensure(p, fields == [false; 3], || {
+                format!("hc_mult, hc_sinkhorn_iters and hc_eps need format {CONFIG_FORMAT_HC:?}")
+            }),
+            CONFIG_FORMAT_HC => {
+                let (Some(m), Some(iters), Some(eps)) =
+                    (self.hc_mult, self.hc_sinkhorn_iters, self.hc_eps)
+                else {
+                    return Err(config_err(
+                        p,
+                        format!(
+                            "format {CONFIG_FORMAT_HC:?} needs hc_mult, hc_sinkhorn_iters and hc_eps"
+                        ),
+                    ));
+                };
+                ensure(p, (1..=MAX_HC_MULT).contains(&m), || {
+                    format!("hc_mult {m}: expected 1..={MAX_HC_MULT}")
+                })?;
+                ensure(p, (1..=MAX_SINKHORN_ITERS).contains(&iters), || {
+                    format!("hc_sinkhorn_iters {iters}: expected 1..={MAX_SINKHORN_ITERS}")
+                })?;
+                ensure(p, eps > 0.0 && eps < 1.0, || {
+                    format!("hc_eps {eps}: expected in (0, 1)")
+                })
+            }
+            other => Err(config_err(
+                p,
+                format!("format {other:?}, expected {CONFIG_FORMAT:?} or {CONFIG_FORMAT_HC:?}"),
+            )),
+        }
+    }
+
+    /// Residual streams: 1 (a plain residual) unless the config has hyper-connections.
+    pub fn streams(&self) -> usize {
+        self.hc_mult.unwrap_or(1)
+    }
+
+    /// The hyper-connection settings when the residual has more than one stream.
+    pub fn hyper(&self) -> Option<HyperConfig> {
+        match (self.hc_mult, self.hc_sinkhorn_iters, self.hc_eps) {
+            (Some(streams), Some(sinkhorn_iters), Some(eps)) if streams > 1 => Some(HyperConfig {
+                streams,
+                sinkhorn_iters,
+                eps: eps as f32,
+                norm_eps: self.rms_norm_eps as f32,
+            }),
+            _ => None,
+        }
+    }
+
     fn validate_engram(&self, p: &Path, e: &EngramModelConfig) -> Result<()> {
         let (n, k) = (e.max_ngram, e.n_head_per_ngram);
         ensure(p, n >= 2 && k >= 1, || {
@@ -225,8 +323,12 @@ impl ModelConfig {
             e.n_hash_heads == (n - 1) * k && e.d_mem == (n - 1) * e.n_embed_per_ngram,
             || "engram.n_hash_heads / d_mem disagree with max_ngram and heads".into(),
         )?;
-        ensure(p, e.hc_mult == 1, || {
-            "engram.hc_mult: this decoder supports one branch".into()
+        ensure(p, e.hc_mult == self.streams(), || {
+            format!(
+                "engram.hc_mult {} must equal the residual streams (hc_mult {})",
+                e.hc_mult,
+                self.streams()
+            )
         })?;
         ensure(p, e.kernel_size == 4 && e.conv_dilation == n, || {
             "engram: conv kernel must be 4 and dilation max_ngram".into()

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A model file could not be read, is not a regular file, is too large, or differs
+    /// from the SHA-256 its directory's `SHA256SUMS` records.
+    #[error(transparent)]
+    File(#[from] engram_kernels::file::FileError),
+    /// A buffer sized by the model could not be allocated.
+    #[error(transparent)]
+    Alloc(#[from] engram_kernels::alloc::AllocError),
     /// `config.json` or `vocab.json` is malformed or inconsistent.
     #[error("invalid {path}: {reason}")]
     Config { path: PathBuf, reason: String },

@@ -8,7 +8,11 @@ use crate::sampler::{Sampler, SamplerConfig};
 use crate::session::Session;
 
 /// Largest |rust - torch| accepted on a logit (both f32 from the same bf16-widened weights).
-pub const LOGIT_TOLERANCE: f32 = 1e-4;
+pub const LOGIT_TOLERANCE: f32 = 1e-5;
+
+/// Largest |decode - prefill| accepted on a logit: the same arithmetic, except that
+/// prefill-sized linear layers go through the packed GEMM (another summation order).
+pub const DECODE_PREFILL_TOLERANCE: f32 = 1e-5;
 
 #[derive(Debug, Deserialize)]
 struct GoldenFile {
@@ -100,4 +104,39 @@ pub fn check(session: &mut Session, golden_json: &[u8]) -> Result<Vec<PromptRepo
         });
     }
     Ok(reports)
+}
+
+/// Max |logit difference| between decoding `continuation` (reduced ids) one token at a time
+/// after a prefill of `prompt` (raw ids) and one prefill of the whole sequence, over every
+/// position from the prompt's last on.
+pub fn decode_prefill_gap(
+    session: &mut Session,
+    prompt: &[u32],
+    continuation: &[u32],
+) -> Result<f32> {
+    if prompt.is_empty() {
+        return Err(Error::Input("empty prompt".into()));
+    }
+    let mut full = prompt.to_vec();
+    for &id in continuation {
+        full.push(
+            session
+                .vocab
+                .raw(id)
+                .ok_or_else(|| Error::Input(format!("continuation id {id} has no raw token")))?,
+        );
+    }
+    let vocab = session.model.config.vocab_size;
+    session.prefill_all(&full)?;
+    let want = session.state.logits[..full.len() * vocab].to_vec();
+    let gap = |got: &[f32], pos: usize, worst: f32| {
+        got.iter()
+            .zip(&want[pos * vocab..(pos + 1) * vocab])
+            .fold(worst, |m, (a, b)| m.max((a - b).abs()))
+    };
+    let mut worst = gap(session.prefill(prompt)?, prompt.len() - 1, 0.0);
+    for (i, &id) in continuation.iter().enumerate() {
+        worst = gap(session.step(id)?, prompt.len() + i, worst);
+    }
+    Ok(worst)
 }

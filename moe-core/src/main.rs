@@ -4,19 +4,22 @@
 //! Exit codes: 0 success; 2 bad input or an error.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use engram_kernels::file::{Limit, read_regular_string};
 use engram_store::{BackendKind, Profile, StoreOptions};
+use moe_core::ModelConfig;
 use moe_core::sampler::SamplerConfig;
-use moe_core::session::{EngramSource, Session};
+use moe_core::session::{EngramRows, EngramSource, Session};
 
 /// The committed model, relative to the repository root.
 const DEFAULT_MODEL: &str = "models/stdlib-moe-engram-b";
-/// Where `scripts/demo.sh` builds the default model's table.
-const DEFAULT_TABLE: &str = "target/engram-tables/stdlib-moe-engram-b";
+/// Where `scripts/build-table.sh MODEL_DIR` builds a model's table: one directory per model,
+/// named as the model's directory, relative to the repository root.
+const TABLES_DIR: &str = "target/engram-tables";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +30,7 @@ const DEFAULT_TABLE: &str = "target/engram-tables/stdlib-moe-engram-b";
       moe-core generate --prompt 'def fibonacci(n):'\n  \
       moe-core generate --prompt 'import os' --engram-backend uring --cache-bytes 0\n  \
       moe-core generate --prompt 'class Stack:' --no-engram\n  \
+      moe-core generate --model models/stdlib-moe-a\n  \
       moe-core eval $(python3 -c 'import os; print(os.__file__)')"
 )]
 struct Cli {
@@ -55,22 +59,27 @@ struct ModelArgs {
     /// Model directory (config.json, vocab.json, model.safetensors).
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: PathBuf,
-    /// Engram table directory (built with `engram-build --import MODEL/engram.safetensors`).
-    #[arg(long, default_value = DEFAULT_TABLE)]
-    engram: PathBuf,
+    /// Engram table directory [default: target/engram-tables/<model directory name>, where
+    /// `scripts/build-table.sh MODEL` builds it]. Models without Engram need none.
+    #[arg(long)]
+    engram: Option<PathBuf>,
     /// Store backend (default: $ENGRAM_IO_BACKEND, else io_uring with fallback to pread).
     #[arg(long, value_enum)]
     engram_backend: Option<Backend>,
     /// Hot-row cache budget in bytes (seeded from the table's profile.bin when present).
     #[arg(long, default_value_t = 64 << 20)]
     cache_bytes: u64,
-    /// Run without Engram (its output zeroed), for comparison.
+    /// Run a model's Engram blocks with their output zeroed, for comparison.
     #[arg(long)]
     no_engram: bool,
     /// Read the rows through the storage service at this socket (`engram serve`); --engram
     /// then names a table the service serves, by its path (or name).
     #[arg(long, conflicts_with_all = ["no_engram", "engram_backend"])]
     service: Option<PathBuf>,
+    /// Accept a table whose rows were not imported from this model's engram.safetensors
+    /// (experiments only: the output is not the model's).
+    #[arg(long)]
+    allow_foreign_table: bool,
     /// tokenizer.json (default: $ENGRAM_TOKENIZER, then the cached DeepSeek tokenizer).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -85,13 +94,14 @@ struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature, finite and >= 0; 0 is greedy.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
+    /// Keep the smallest set of tokens whose probability reaches this, in (0, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -114,7 +124,7 @@ struct EvalArgs {
     json: bool,
 }
 
-fn store_options(a: &ModelArgs) -> Result<StoreOptions> {
+fn store_options(a: &ModelArgs, table: &Path) -> Result<StoreOptions> {
     let mut o = StoreOptions::default();
     o.backend.kind = a.engram_backend.map(|b| match b {
         Backend::Memory => BackendKind::Memory,
@@ -123,55 +133,138 @@ fn store_options(a: &ModelArgs) -> Result<StoreOptions> {
         Backend::Uring => BackendKind::Uring,
     });
     o.cache_bytes = a.cache_bytes;
-    let profile = a.engram.join("profile.bin");
+    let profile = table.join(engram_store::profile::PROFILE_FILE);
     if a.cache_bytes > 0 && profile.exists() {
         o.profile = Some(Profile::read(&profile)?);
     }
     Ok(o)
 }
 
-fn open(a: &ModelArgs) -> Result<Session> {
-    if let Some(socket) = &a.service {
-        let target = engram_service::Target {
-            socket: socket.clone(),
-            table: Some(a.engram.display().to_string()),
-        };
-        let remote =
-            engram_service::RemoteStore::open(&target, &engram_service::ClientOptions::default())
-                .with_context(|| format!("attaching to the service at {}", socket.display()))?;
-        let rows: std::sync::Arc<dyn engram_store::RowSource> = std::sync::Arc::new(remote);
-        return Session::load_with_rows(&a.model, a.tokenizer.as_deref(), Some((&a.engram, rows)))
-            .with_context(|| format!("loading {}", a.model.display()));
+/// What a run does with the model's Engram blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EngramUse {
+    /// Rows served from the table.
+    On,
+    /// The model has Engram blocks; their output is zeroed (`--no-engram`).
+    Zeroed,
+    /// The model has no Engram blocks.
+    Absent,
+}
+
+impl EngramUse {
+    fn label(self) -> &'static str {
+        match self {
+            EngramUse::On => "with Engram",
+            EngramUse::Zeroed => "Engram zeroed",
+            EngramUse::Absent => "no Engram (the model has none)",
+        }
     }
-    let source = if a.no_engram {
-        None
-    } else {
-        if !a.engram.join("manifest.json").exists() {
+
+    fn name(self) -> &'static str {
+        match self {
+            EngramUse::On => "on",
+            EngramUse::Zeroed => "zeroed",
+            EngramUse::Absent => "absent",
+        }
+    }
+}
+
+/// The model's table: `--engram`, else `target/engram-tables/<model directory name>`.
+fn table_dir(a: &ModelArgs) -> Result<PathBuf> {
+    if let Some(t) = &a.engram {
+        return Ok(t.clone());
+    }
+    let name = match a.model.file_name() {
+        Some(n) => n.to_owned(),
+        None => std::fs::canonicalize(&a.model)
+            .with_context(|| format!("resolving {}", a.model.display()))?
+            .file_name()
+            .map(ToOwned::to_owned)
+            .with_context(|| format!("{} has no directory name", a.model.display()))?,
+    };
+    Ok(Path::new(TABLES_DIR).join(name))
+}
+
+/// How the model's Engram blocks run: from its table (found by default, or an error that
+/// gives the command that builds it), zeroed, or not at all for a model without Engram.
+fn engram_plan(a: &ModelArgs) -> Result<(EngramUse, Option<EngramSource>)> {
+    let config = ModelConfig::load(&a.model.join("config.json"))
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    if config.engram.is_none() {
+        if let Some(t) = &a.engram {
             anyhow::bail!(
-                "no Engram table at {}: build it with scripts/demo.sh (or engram-build --import \
-                 {}/engram.safetensors --out {}), or pass --no-engram",
-                a.engram.display(),
+                "{} has no Engram layers: it needs no table (drop --engram {})",
                 a.model.display(),
-                a.engram.display()
+                t.display()
             );
         }
+        return Ok((EngramUse::Absent, None));
+    }
+    if a.no_engram {
+        return Ok((EngramUse::Zeroed, None));
+    }
+    let table = table_dir(a)?;
+    if !table.join("manifest.json").exists() {
+        anyhow::bail!(
+            "no Engram table at {table}: build it with `scripts/build-table.sh {model}` (from the \
+             repository root; it runs engram-build --import {model}/engram.safetensors --out \
+             {table} with the training corpus as the profile), pass --engram DIR, or run with \
+             the Engram output zeroed (--no-engram)",
+            table = table.display(),
+            model = a.model.display(),
+        );
+    }
+    let options = store_options(a, &table)?;
+    Ok((
+        EngramUse::On,
         Some(EngramSource {
-            table: a.engram.clone(),
-            options: store_options(a)?,
-        })
+            table,
+            options,
+            allow_foreign_table: a.allow_foreign_table,
+        }),
+    ))
+}
+
+fn open(a: &ModelArgs) -> Result<(Session, EngramUse)> {
+    if let Some(socket) = &a.service {
+        return Ok((open_service(a, socket)?, EngramUse::On));
+    }
+    let (using, source) = engram_plan(a)?;
+    let s = Session::load(&a.model, a.tokenizer.as_deref(), source.as_ref())
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    Ok((s, using))
+}
+
+/// A session whose rows come from the storage service at `socket`, which serves the
+/// model's table (`--engram`, or the default table path, names it).
+fn open_service(a: &ModelArgs, socket: &Path) -> Result<Session> {
+    let table = table_dir(a)?;
+    let target = engram_service::Target {
+        socket: socket.to_path_buf(),
+        table: Some(table.display().to_string()),
     };
-    Session::load(&a.model, a.tokenizer.as_deref(), source.as_ref())
+    let remote =
+        engram_service::RemoteStore::open(&target, &engram_service::ClientOptions::default())
+            .with_context(|| format!("attaching to the service at {}", socket.display()))?;
+    let rows = EngramRows {
+        table: &table,
+        rows: std::sync::Arc::new(remote),
+        allow_foreign_table: a.allow_foreign_table,
+    };
+    Session::load_with_rows(&a.model, a.tokenizer.as_deref(), Some(rows))
         .with_context(|| format!("loading {}", a.model.display()))
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let mut s = open(&a.model)?;
     let sampler = SamplerConfig {
         temperature: a.temperature,
         top_k: a.top_k,
         top_p: a.top_p,
         seed: a.seed,
     };
+    // Bad flags fail before the model loads.
+    sampler.validate()?;
+    let (mut s, using) = open(&a.model)?;
     if !a.json {
         print!("{}", a.prompt);
     }
@@ -196,7 +289,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 "prefill_tokens_per_second": stats.prompt_tokens as f64 / stats.prefill.as_secs_f64().max(1e-9),
                 "time_to_first_token_seconds": stats.time_to_first_token.as_secs_f64(),
                 "decode_tokens_per_second": decode_tps,
-                "engram": !a.model.no_engram,
+                "engram": using == EngramUse::On,
+                "engram_use": using.name(),
                 "stall_seconds": stats.stall.stall.as_secs_f64(),
                 "stall_us_per_token": stats.stall.stall.as_secs_f64() * 1e6 / stats.new_tokens.max(1) as f64,
                 "store": store.as_ref().map(|st| serde_json::json!({
@@ -225,17 +319,23 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 st.cache_hit_rate * 100.0,
                 stats.stall.stall.as_secs_f64() * 1e6 / stats.new_tokens.max(1) as f64
             ),
-            None => eprintln!("engram: off"),
+            None => eprintln!("engram: {}", using.label()),
         }
     }
     Ok(())
 }
 
+/// Largest text file `eval` reads (each is tokenized whole).
+const MAX_EVAL_FILE_BYTES: Limit = Limit {
+    what: "eval text file",
+    name: "MAX_EVAL_FILE_BYTES",
+    bytes: 1 << 30,
+};
+
 fn stream_of(s: &Session, files: &[PathBuf]) -> Result<Vec<u32>> {
     let mut stream = Vec::new();
     for f in files {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text = read_regular_string(f, MAX_EVAL_FILE_BYTES)?;
         stream.extend(s.encode(&text)?);
     }
     Ok(stream)
@@ -243,17 +343,15 @@ fn stream_of(s: &Session, files: &[PathBuf]) -> Result<Vec<u32>> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let mut results = Vec::new();
-    let runs: &[bool] = if a.model.no_engram {
-        &[false]
-    } else {
-        &[true, false]
-    };
-    for &with in runs {
-        let mut s = if with {
-            open(&a.model)?
-        } else {
-            Session::load(&a.model.model, a.model.tokenizer.as_deref(), None)?
-        };
+    let (first, using) = open(&a.model)?;
+    // A model with Engram is measured with its rows and with them zeroed; one without, once.
+    let mut runs = vec![(first, using)];
+    if using == EngramUse::On {
+        let zeroed = Session::load(&a.model.model, a.model.tokenizer.as_deref(), None)
+            .with_context(|| format!("loading {}", a.model.model.display()))?;
+        runs.push((zeroed, EngramUse::Zeroed));
+    }
+    for (mut s, using) in runs {
         let stream = stream_of(&s, &a.files)?;
         let (nats, n) = s.loss(&stream, a.seq_len)?;
         anyhow::ensure!(
@@ -261,22 +359,20 @@ fn eval(a: EvalArgs) -> Result<()> {
             "the files hold fewer than seq_len + 1 = {} tokens",
             a.seq_len + 1
         );
-        results.push((with, nats / n as f64, n));
+        results.push((using, nats / n as f64, n));
     }
-    for (with, loss, n) in &results {
+    for (using, loss, n) in &results {
         if a.json {
             println!(
                 "{}",
-                serde_json::json!({"type": "eval", "data": {"engram": with, "loss_nats_per_token": loss, "tokens": n, "seq_len": a.seq_len}})
+                serde_json::json!({"type": "eval", "data": {
+                    "engram": *using == EngramUse::On, "engram_use": using.name(),
+                    "loss_nats_per_token": loss, "tokens": n, "seq_len": a.seq_len}})
             );
         } else {
             println!(
-                "{}: {loss:.4} nats/token over {n} tokens",
-                if *with {
-                    "with Engram   "
-                } else {
-                    "Engram zeroed "
-                }
+                "{:<31}: {loss:.4} nats/token over {n} tokens",
+                using.label()
             );
         }
     }

@@ -17,6 +17,25 @@ pub struct SamplerConfig {
     pub seed: u64,
 }
 
+impl SamplerConfig {
+    /// Checks the settings: temperature finite and >= 0, top_p in (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::Input(format!(
+                "temperature {} must be finite and >= 0",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Input(format!(
+                "top_p {} must be in (0, 1]",
+                self.top_p
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for SamplerConfig {
     fn default() -> Self {
         Self {
@@ -40,18 +59,7 @@ pub struct Sampler {
 impl Sampler {
     /// Validates the settings; `banned` (the unknown id) is never returned.
     pub fn new(config: SamplerConfig, banned: u32, vocab: usize) -> Result<Self> {
-        if !(config.temperature.is_finite() && config.temperature >= 0.0) {
-            return Err(Error::Input(format!(
-                "temperature {} must be >= 0",
-                config.temperature
-            )));
-        }
-        if !(config.top_p > 0.0 && config.top_p <= 1.0) {
-            return Err(Error::Input(format!(
-                "top_p {} must be in (0, 1]",
-                config.top_p
-            )));
-        }
+        config.validate()?;
         Ok(Self {
             config,
             rng: SplitMix64(config.seed),
@@ -73,23 +81,26 @@ impl Sampler {
             return best as u32;
         }
         self.order.clear();
-        let inv_t = 1.0 / self.config.temperature;
         self.order.extend(
             logits
                 .iter()
                 .enumerate()
                 .filter(|&(i, _)| i != banned)
-                .map(|(i, &l)| (l * inv_t, i as u32)),
+                .map(|(i, &l)| (l, i as u32)),
         );
         self.order
             .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         if self.config.top_k > 0 {
             self.order.truncate(self.config.top_k);
         }
+        // Shift by the largest logit before dividing by the temperature: `(l - max) / t` is
+        // <= 0 for every t > 0 (-inf at worst, whose exp is 0), whereas `l * (1 / t)`
+        // overflows to +-inf for a subnormal t and turns the softmax into NaN.
         let max = self.order.first().map_or(0.0, |p| p.0);
+        let t = self.config.temperature;
         let mut sum = 0.0f32;
         for p in &mut self.order {
-            p.0 = (p.0 - max).exp();
+            p.0 = ((p.0 - max) / t).exp();
             sum += p.0;
         }
         let mut kept = 0.0f32;
@@ -146,6 +157,17 @@ mod tests {
         assert!(
             Sampler::new(
                 SamplerConfig {
+                    top_p: f32::NAN,
+                    ..cfg
+                },
+                0,
+                5
+            )
+            .is_err()
+        );
+        assert!(
+            Sampler::new(
+                SamplerConfig {
                     temperature: -1.0,
                     ..cfg
                 },
@@ -154,5 +176,35 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn tiny_temperatures_sample_the_argmax() {
+        // 1e-45 is subnormal in f32: 1 / t overflows to inf. Any t > 0 must still give a
+        // valid distribution; a tiny one puts all the mass on the largest logit.
+        let logits = [0.0, 3.0, -2.0, 2.999, 0.0, -1e30];
+        for t in [1e-45f32, f32::MIN_POSITIVE, 1e-30, 1e-8] {
+            let cfg = SamplerConfig {
+                temperature: t,
+                seed: 3,
+                ..SamplerConfig::default()
+            };
+            let mut s = Sampler::new(cfg, 4, logits.len()).expect("valid");
+            for _ in 0..100 {
+                assert_eq!(s.sample(&logits), 1, "temperature {t}");
+            }
+        }
+        // Very large temperatures are uniform, not NaN: every id is still a real id.
+        let cfg = SamplerConfig {
+            temperature: 1e30,
+            seed: 3,
+            ..SamplerConfig::default()
+        };
+        let mut s = Sampler::new(cfg, 4, logits.len()).expect("valid");
+        let mut seen = [false; 6];
+        for _ in 0..400 {
+            seen[s.sample(&logits) as usize] = true;
+        }
+        assert_eq!(seen, [true, true, true, true, false, true]);
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use engram_kernels::file::{SHA256SUMS_FILE, Sha256Sums};
 use engram_kernels::{CompressionTable, tokenizer};
 use engram_store::{RowSource, Store, StoreOptions};
 use tokenizers::Tokenizer;
@@ -25,6 +26,22 @@ pub struct EngramSource {
     pub table: PathBuf,
     /// Backend, cache and profile settings.
     pub options: StoreOptions,
+    /// Accept a table whose rows were not imported from this model's checkpoint (random
+    /// or corpus-initialised rows, another training run): for experiments only, the output
+    /// is not the model's.
+    pub allow_foreign_table: bool,
+}
+
+/// Open rows for a model's Engram blocks: an in-process [`Store`] or a client of the
+/// storage service.
+#[derive(Debug, Clone)]
+pub struct EngramRows<'a> {
+    /// The table (its directory, or the path a service serves it by), named in messages.
+    pub table: &'a Path,
+    /// Where the rows are read.
+    pub rows: Arc<dyn RowSource>,
+    /// As [`EngramSource::allow_foreign_table`].
+    pub allow_foreign_table: bool,
 }
 
 /// A model ready to run.
@@ -52,32 +69,96 @@ pub struct GenerateStats {
     pub ids: Vec<u32>,
 }
 
+/// Refuses a table whose rows were not imported from the model's own checkpoint: the table
+/// must record (`build.checkpoint_sha256`) exactly the SHA-256 that the model directory's
+/// `SHA256SUMS` lists for `table_file`. Addressing checks cannot catch this: a table of
+/// random rows with the right shape addresses perfectly and decodes garbage.
+fn check_table_source(
+    manifest: &engram_store::Manifest,
+    model_dir: &Path,
+    table_file: &str,
+    src: &EngramRows<'_>,
+) -> Result<()> {
+    let sums = Sha256Sums::read(&model_dir.join(SHA256SUMS_FILE))?;
+    let expected = sums.get(table_file);
+    let recorded = &manifest.build.checkpoint_sha256;
+    if let Some(expected) = expected
+        && recorded.len() == 1
+        && recorded[0].eq_ignore_ascii_case(expected)
+    {
+        return Ok(());
+    }
+    let reason = match (expected, recorded.as_slice()) {
+        (None, _) => format!(
+            "{} does not list {table_file}, so the table cannot be tied to this model's checkpoint",
+            sums.path().display()
+        ),
+        (Some(want), []) => format!(
+            "it records no checkpoint SHA-256 (source {:?}: rows not imported, or imported \
+             before engram-build recorded the checkpoint's sum); the model's {table_file} has \
+             SHA-256 {want}",
+            manifest.build.source
+        ),
+        (Some(want), got) => format!(
+            "its rows were imported from checkpoint SHA-256 {}, the model's {table_file} has \
+             {want}",
+            got.join(", ")
+        ),
+    };
+    if src.allow_foreign_table {
+        tracing::warn!(
+            table = %src.table.display(),
+            "{reason}; decoding anyway (allow_foreign_table): the output is not this model's"
+        );
+        return Ok(());
+    }
+    Err(Error::TableMismatch {
+        table: src.table.to_path_buf(),
+        reason: format!(
+            "{reason}: rebuild it with engram-build --import {} --out {} --force, or pass \
+             --allow-foreign-table to decode with foreign rows anyway",
+            model_dir.join(table_file).display(),
+            src.table.display()
+        ),
+    })
+}
+
 impl Session {
-    /// Loads `model_dir` (`config.json`, `vocab.json`, `model.safetensors`), the tokenizer
-    /// (`tokenizer_path`, else `$ENGRAM_TOKENIZER`, else the cached DeepSeek file) and, with
-    /// `engram`, opens its table. Without `engram` the Engram blocks are skipped.
+    /// Loads `model_dir` (`config.json`, `vocab.json`, `model.safetensors`, each checked
+    /// against the directory's `SHA256SUMS`), the tokenizer (`tokenizer_path`, else
+    /// `$ENGRAM_TOKENIZER`, else the cached DeepSeek file) and, with `engram`, opens its
+    /// table, which must have been imported from the model's checkpoint (see
+    /// [`EngramSource::allow_foreign_table`]). Without `engram` the Engram blocks are
+    /// skipped.
     pub fn load(
         model_dir: &Path,
         tokenizer_path: Option<&Path>,
         engram: Option<&EngramSource>,
     ) -> Result<Self> {
         let rows = match engram {
-            Some(src) => Some((
-                src.table.as_path(),
-                Arc::new(Store::open(&src.table, &src.options)?) as Arc<dyn RowSource>,
-            )),
+            Some(src) => Some(EngramRows {
+                table: &src.table,
+                rows: Arc::new(Store::open(&src.table, &src.options)?),
+                allow_foreign_table: src.allow_foreign_table,
+            }),
             None => None,
         };
         Self::load_with_rows(model_dir, tokenizer_path, rows)
     }
 
-    /// [`Session::load`] with rows from an open source (an in-process store, or a client
-    /// of the storage service serving `table`, which names the table in messages).
+    /// [`Session::load`] with rows from an open source: an in-process store, or a client
+    /// of the storage service (`engram serve`).
     pub fn load_with_rows(
         model_dir: &Path,
         tokenizer_path: Option<&Path>,
-        rows: Option<(&Path, Arc<dyn RowSource>)>,
+        engram: Option<EngramRows<'_>>,
     ) -> Result<Self> {
+        if !model_dir.is_dir() {
+            return Err(Error::Input(format!(
+                "model directory {} does not exist",
+                model_dir.display()
+            )));
+        }
         let config = ModelConfig::load(&model_dir.join("config.json"))?;
         let vocab = Vocab::load(&model_dir.join(&config.vocab_file), &config)?;
         let weights = Weights::load(&model_dir.join("model.safetensors"), &config)?;
@@ -91,34 +172,35 @@ impl Session {
             });
         }
         let max_t = config.max_position_embeddings;
-        let memory = match (rows, &config.engram) {
-            (Some((table, store)), Some(e)) => {
+        let memory = match (engram, &config.engram) {
+            (Some(src), Some(e)) => {
                 let compression = CompressionTable::from_tokenizer(&tok.tokenizer)?;
                 if compression.sha256_i32le() != e.compression_lookup_sha256_i32le {
                     return Err(Error::TableMismatch {
-                        table: table.to_path_buf(),
+                        table: src.table.to_path_buf(),
                         reason: "the tokenizer's compression table differs from the model's".into(),
                     });
                 }
+                check_table_source(src.rows.manifest(), model_dir, &e.table_file, &src)?;
                 Some(EngramMemory::new(
                     &config,
                     &weights,
                     compression,
-                    store,
-                    table,
+                    src.rows,
+                    src.table,
                     max_t,
                 )?)
             }
-            (Some((table, _)), None) => {
+            (Some(src), None) => {
                 return Err(Error::TableMismatch {
-                    table: table.to_path_buf(),
+                    table: src.table.to_path_buf(),
                     reason: "the model has no Engram layers".into(),
                 });
             }
             (None, _) => None,
         };
         let model = Model::new(config, weights);
-        let state = model.new_state(max_t);
+        let state = model.new_state(max_t)?;
         Ok(Self {
             model,
             vocab,

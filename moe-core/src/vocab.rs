@@ -11,6 +11,13 @@ use tokenizers::Tokenizer;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result, config_err};
 
+/// Largest `vocab.json` accepted (a reduced id list of the full DeepSeek vocabulary is ~1 MB).
+pub const MAX_VOCAB_BYTES: engram_kernels::file::Limit = engram_kernels::file::Limit {
+    what: "vocab.json",
+    name: "MAX_VOCAB_BYTES",
+    bytes: 64 << 20,
+};
+
 /// `format` of a supported `vocab.json`.
 pub const VOCAB_FORMAT: &str = "engram-moe-vocab-v1";
 
@@ -35,12 +42,10 @@ pub struct Vocab {
 }
 
 impl Vocab {
-    /// Reads and checks `vocab.json` against the config.
+    /// Reads `vocab.json` (checked against the `SHA256SUMS` beside it) and checks it against
+    /// the config.
     pub fn load(path: &Path, config: &ModelConfig) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (bytes, _) = engram_kernels::file::read_checked(path, MAX_VOCAB_BYTES)?;
         let v: VocabFile =
             serde_json::from_slice(&bytes).map_err(|e| config_err(path, e.to_string()))?;
         let bad = |r: &str| Err(config_err(path, r.to_owned()));

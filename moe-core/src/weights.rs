@@ -12,6 +12,13 @@ use safetensors::{Dtype, SafeTensors};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
+/// Largest `model.safetensors` accepted (read whole, then widened to f32).
+pub const MAX_WEIGHTS_BYTES: engram_kernels::file::Limit = engram_kernels::file::Limit {
+    what: "model.safetensors",
+    name: "MAX_WEIGHTS_BYTES",
+    bytes: 64 << 30,
+};
+
 /// One SwiGLU expert: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub struct ExpertWeights {
@@ -34,6 +41,18 @@ pub struct LayerWeights {
     pub shared: Vec<ExpertWeights>,
     /// The Engram module's gate and conv parameters (its table lives in the store).
     pub engram: Option<EngramModuleWeights>,
+    /// Hyper-connections around attention and the MoE (with more than one stream).
+    pub hc: Option<[HyperWeights; 2]>,
+}
+
+/// One hyper-connection mapping (`attn_hc` / `mlp_hc`, or the head's `hc_head`):
+/// `fn (rows, M d)`, `base (rows)`, `scale` (3 around a sublayer, 1 at the head), where
+/// `rows = (2 + M) M` around a sublayer and `M` at the head.
+#[derive(Debug, Clone)]
+pub struct HyperWeights {
+    pub fn_: Vec<f32>,
+    pub base: Vec<f32>,
+    pub scale: Vec<f32>,
 }
 
 /// All weights, f32.
@@ -43,6 +62,8 @@ pub struct Weights {
     pub layers: Vec<LayerWeights>,
     pub norm: Vec<f32>,    // (d,)
     pub lm_head: Vec<f32>, // (vocab, d)
+    /// The stream weights before the final norm (with more than one stream).
+    pub hc_head: Option<HyperWeights>,
 }
 
 struct Loader<'a> {
@@ -66,15 +87,18 @@ impl Loader<'_> {
             });
         }
         let data = view.data();
-        let out: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        let mut out: Vec<f32> = Vec::new();
+        let numel = shape.iter().product::<usize>();
+        engram_kernels::alloc::try_reserve(&mut out, numel, "model weights (f32)")?;
+        match view.dtype() {
+            Dtype::F32 => out.extend(
+                data.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            Dtype::BF16 => out.extend(
+                data.chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
             other => {
                 return Err(Error::BadTensor {
                     path: self.path.clone(),
@@ -96,6 +120,20 @@ impl Loader<'_> {
         Ok(out)
     }
 
+    fn hyper(
+        &mut self,
+        prefix: &str,
+        rows: usize,
+        cols: usize,
+        scales: usize,
+    ) -> Result<HyperWeights> {
+        Ok(HyperWeights {
+            fn_: self.get(&format!("{prefix}.fn"), &[rows, cols])?,
+            base: self.get(&format!("{prefix}.base"), &[rows])?,
+            scale: self.get(&format!("{prefix}.scale"), &[scales])?,
+        })
+    }
+
     fn expert(&mut self, prefix: &str, d: usize, inter: usize) -> Result<ExpertWeights> {
         Ok(ExpertWeights {
             gate: self.get(&format!("{prefix}.gate_proj.weight"), &[inter, d])?,
@@ -106,12 +144,9 @@ impl Loader<'_> {
 }
 
 impl Weights {
-    /// Loads `model.safetensors` for `config`.
+    /// Loads `model.safetensors` for `config`, checked against the `SHA256SUMS` beside it.
     pub fn load(path: &Path, config: &ModelConfig) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (bytes, _) = engram_kernels::file::read_checked(path, MAX_WEIGHTS_BYTES)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -126,6 +161,7 @@ impl Weights {
             config.vocab_size,
             config.moe_intermediate_size,
         );
+        let m = config.streams();
         let embed = l.get("embed_tokens.weight", &[v, d])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
@@ -140,18 +176,34 @@ impl Weights {
                 (Some(e), true) => {
                     let q = format!("{p}.engram");
                     let w = e.kernel_size;
+                    let per_stream = |l: &mut Loader<'_>, name: &str, shape: &[usize]| {
+                        (0..m)
+                            .map(|s| l.get(&format!("{q}.{name}.{s}.weight"), shape))
+                            .collect::<Result<Vec<_>>>()
+                    };
+                    let key_proj_w = per_stream(&mut l, "key_projs", &[d, e.d_mem])?;
+                    let key_proj_b = (0..m)
+                        .map(|s| l.get(&format!("{q}.key_projs.{s}.bias"), &[d]))
+                        .collect::<Result<Vec<_>>>()?;
                     Some(EngramModuleWeights {
                         value_proj_w: l.get(&format!("{q}.value_proj.weight"), &[d, e.d_mem])?,
                         value_proj_b: l.get(&format!("{q}.value_proj.bias"), &[d])?,
-                        key_proj_w: vec![l.get(&format!("{q}.key_projs.0.weight"), &[d, e.d_mem])?],
-                        key_proj_b: vec![l.get(&format!("{q}.key_projs.0.bias"), &[d])?],
-                        norm1: vec![l.get(&format!("{q}.norm1.0.weight"), &[d])?],
-                        norm2: vec![l.get(&format!("{q}.norm2.0.weight"), &[d])?],
-                        conv_norm: vec![l.get(&format!("{q}.short_conv.norms.0.weight"), &[d])?],
-                        conv_w: l.get(&format!("{q}.short_conv.conv.weight"), &[d, 1, w])?,
+                        key_proj_w,
+                        key_proj_b,
+                        norm1: per_stream(&mut l, "norm1", &[d])?,
+                        norm2: per_stream(&mut l, "norm2", &[d])?,
+                        conv_norm: per_stream(&mut l, "short_conv.norms", &[d])?,
+                        conv_w: l.get(&format!("{q}.short_conv.conv.weight"), &[m * d, 1, w])?,
                     })
                 }
                 _ => None,
+            };
+            let hc = match config.hyper() {
+                Some(_) => Some([
+                    l.hyper(&format!("{p}.attn_hc"), (2 + m) * m, m * d, 3)?,
+                    l.hyper(&format!("{p}.mlp_hc"), (2 + m) * m, m * d, 3)?,
+                ]),
+                None => None,
             };
             layers.push(LayerWeights {
                 input_norm: l.get(&format!("{p}.input_layernorm.weight"), &[d])?,
@@ -167,8 +219,13 @@ impl Weights {
                 experts,
                 shared,
                 engram,
+                hc,
             });
         }
+        let hc_head = match config.hyper() {
+            Some(_) => Some(l.hyper("hc_head", m, m * d, 1)?),
+            None => None,
+        };
         let norm = l.get("norm.weight", &[d])?;
         let lm_head = l.get("lm_head.weight", &[v, d])?;
         let unused: Vec<String> =
@@ -190,6 +247,7 @@ impl Weights {
             layers,
             norm,
             lm_head,
+            hc_head,
         })
     }
 }

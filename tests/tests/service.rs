@@ -14,7 +14,7 @@ use engram_service::{ClientOptions, RemoteStore, Server, ServerOptions, TableSpe
 use engram_store::{BackendKind, RowSource, StoreOptions};
 use engram_tools::build::{BuildArgs, run};
 use moe_core::golden::{self, LOGIT_TOLERANCE};
-use moe_core::session::Session;
+use moe_core::session::{EngramRows, Session};
 
 #[derive(Debug, Parser)]
 struct Build {
@@ -79,6 +79,16 @@ fn serve(dir: &Path, table: &Path) -> Server {
     Server::start(o).expect("server")
 }
 
+/// The rows of `table` through a service client, for a decoder.
+fn rows_of(table: &Path, remote: RemoteStore) -> EngramRows<'_> {
+    let rows: Arc<dyn RowSource> = Arc::new(remote);
+    EngramRows {
+        table,
+        rows,
+        allow_foreign_table: false,
+    }
+}
+
 /// A workspace binary (built by `cargo test --workspace` beside this test's binary).
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("exe");
@@ -107,8 +117,7 @@ fn decode_through_the_service_matches_pytorch() {
         &ClientOptions::default(),
     )
     .expect("attach");
-    let rows: Arc<dyn RowSource> = Arc::new(remote);
-    let mut s = Session::load_with_rows(&model, None, Some((table, rows)))
+    let mut s = Session::load_with_rows(&model, None, Some(rows_of(table, remote)))
         .expect("loads through the service");
     let golden_bytes = std::fs::read(model.join("golden.json")).expect("golden");
     for r in golden::check(&mut s, &golden_bytes).expect("runs") {
@@ -223,8 +232,7 @@ fn three_clients_at_once_one_killed_mid_stream() {
     });
     let remote =
         RemoteStore::connect(&format!("unix:{sock}"), &ClientOptions::default()).expect("attach");
-    let rows: Arc<dyn RowSource> = Arc::new(remote);
-    let mut s = Session::load_with_rows(&model, None, Some((table, rows))).expect("load");
+    let mut s = Session::load_with_rows(&model, None, Some(rows_of(table, remote))).expect("load");
     let mut killed = false;
     for round in 0..2 {
         let mut ids = Vec::new();

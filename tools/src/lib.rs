@@ -18,6 +18,15 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Most worker or client threads a `--threads` flag accepts: far above any core count,
+/// low enough that a typo cannot exhaust the process's threads or memory for stacks.
+pub const MAX_THREADS: usize = 1024;
+
+/// The soft address-space limit (`ulimit -v`) in bytes, if one is set.
+pub fn address_space_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::As).current
+}
+
 /// Exit code: a check ran and found mismatches.
 pub const EXIT_MISMATCH: u8 = 1;
 /// Exit code: bad input or an error.
@@ -42,6 +51,12 @@ pub fn out_line(args: std::fmt::Arguments<'_>) {
 macro_rules! outln {
     () => { $crate::out_line(format_args!("")) };
     ($($arg:tt)*) => { $crate::out_line(format_args!($($arg)*)) };
+}
+
+/// A path as a JSON string. `serde_json` refuses (and `json!` panics on) paths that are not
+/// UTF-8; those are written lossily (U+FFFD for each invalid byte).
+pub fn json_path(path: &std::path::Path) -> serde_json::Value {
+    serde_json::Value::String(path.to_string_lossy().into_owned())
 }
 
 /// Prints one JSON Lines record with the `{"type": ..., "data": ...}` envelope.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
+use engram_kernels::file::{Limit, open_regular, read_regular, read_regular_string};
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher, mixes};
 use engram_kernels::{CompressionTable, EngramConfig, EngramLayout};
 use serde::Deserialize;
@@ -24,6 +25,13 @@ pub struct VectorReport {
     /// All mismatches, including those not kept in `mismatches`.
     pub mismatch_count: u64,
 }
+
+/// Largest conformance file read (JSON vectors or a forward case's safetensors).
+pub const MAX_VECTOR_FILE_BYTES: Limit = Limit {
+    what: "conformance vector file",
+    name: "MAX_VECTOR_FILE_BYTES",
+    bytes: 1 << 30,
+};
 
 /// How many mismatches a report keeps in full.
 pub const MAX_REPORTED_MISMATCHES: usize = 20;
@@ -205,8 +213,7 @@ fn rectangular<T>(rows: &[Vec<T>], what: &str) -> Result<(usize, usize)> {
 
 /// Checks one `engram-hash-v1` file.
 pub fn check_hash_file(path: &Path, options: &HashCheckOptions) -> Result<VectorReport> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_regular_string(path, MAX_VECTOR_FILE_BYTES)?;
     let file: HashFile = serde_json::from_str(&text)
         .with_context(|| format!("{} is not an engram-hash-v1 file", path.display()))?;
     ensure!(
@@ -437,16 +444,15 @@ struct ForwardIndexCase {
 /// after checking each file's SHA-256 against the index.
 pub fn check_forward_index(path: &Path) -> Result<VectorReport> {
     use sha2::{Digest, Sha256};
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_regular_string(path, MAX_VECTOR_FILE_BYTES)?;
     let index: ForwardIndex = serde_json::from_str(&text)
         .with_context(|| format!("{} is not an engram-forward-v1 index", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut total = VectorReport::new("values");
     for case in &index.cases {
         let file = dir.join(&case.file);
-        let bytes = std::fs::read(&file)
-            .with_context(|| format!("case {:?}: reading {}", case.name, file.display()))?;
+        let bytes = read_regular(&file, MAX_VECTOR_FILE_BYTES)
+            .with_context(|| format!("case {:?}", case.name))?;
         if let Some(want) = &case.sha256 {
             let got: String = Sha256::digest(&bytes)
                 .iter()
@@ -469,14 +475,14 @@ pub fn check_forward_index(path: &Path) -> Result<VectorReport> {
 pub fn detect_kind(path: &Path) -> Result<VectorKind> {
     use std::io::Read;
     let mut head = [0u8; 16];
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // A regular file only: opening a FIFO would block, reading a device never ends.
+    let (mut f, _) = open_regular(path)?;
     let n = f
         .read(&mut head)
         .with_context(|| format!("reading {}", path.display()))?;
     let first = head[..n].iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = read_regular_string(path, MAX_VECTOR_FILE_BYTES)?;
         let format = serde_json::from_str::<FormatOnly>(&text)
             .ok()
             .and_then(|f| f.format);

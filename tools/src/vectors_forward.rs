@@ -21,7 +21,8 @@ use engram_kernels::{
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
-use crate::vectors::VectorReport;
+use crate::vectors::{MAX_VECTOR_FILE_BYTES, VectorReport};
+use engram_kernels::file::read_regular;
 
 /// Absolute and relative tolerance of float tensors.
 pub const FORWARD_TOLERANCE: f64 = 1e-5;
@@ -97,7 +98,7 @@ impl Tensors {
 
 fn load(path: &Path) -> Result<(ForwardConfig, Tensors)> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).with_context(|| format!("reading {file}"))?;
+    let bytes = read_regular(path, MAX_VECTOR_FILE_BYTES)?;
     let (_, meta) = SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{file}: not a safetensors file"))?;
     let config_json = meta

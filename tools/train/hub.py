@@ -6,6 +6,9 @@ models/<name>/
   engram.safetensors  Engram tables + offsets, addressing config in metadata (only if Engram)
   vocab.json          reduced id -> raw tokenizer id
   golden.json         PyTorch logits and greedy ids from these files
+  SHA256SUMS          `sha256sum` lines for config.json, vocab.json, model.safetensors and
+                      engram.safetensors: the Rust decoder refuses files that differ, and a
+                      table imported from engram.safetensors is bound to its sum
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ from safetensors.torch import save_file
 import engram_addr as ea
 from model import EngramConfig, ModelConfig, MoEEngramLM
 
-FORMAT = "engram-moe-v1"
+FORMAT = "engram-moe-v1"  # plain residual (hc_mult = 1)
+FORMAT_HC = "engram-moe-v2"  # v1 + hc_mult, hc_sinkhorn_iters, hc_eps (mHC, ENGRAM-SPEC section 15)
 VOCAB_FORMAT = "engram-moe-vocab-v1"
 TABLE_FORMAT = "engram-table-import-v1"
 RAW_VOCAB_SIZE = 129280
+SUMS_FILE = "SHA256SUMS"
 F32_EPS = float(torch.finfo(torch.float32).eps)  # 2^-23
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -41,6 +46,9 @@ CONFIG_KEYS = {
     "scoring_func": str, "norm_topk_prob": bool, "routed_scaling_factor": float, "first_k_dense_replace": int,
     "tie_word_embeddings": bool, "engram": (dict, type(None)),
 }
+HC_KEYS = {"hc_mult": int, "hc_sinkhorn_iters": int, "hc_eps": float}
+MAX_HC_MULT = 16
+MAX_SINKHORN_ITERS = 1000
 ENGRAM_KEYS = {
     "layer_ids": list, "max_ngram": int, "n_head_per_ngram": int, "n_embed_per_ngram": int, "head_dim": int,
     "n_hash_heads": int, "d_mem": int, "base_sizes": list, "hc_mult": int, "kernel_size": int, "conv_dilation": int,
@@ -91,8 +99,8 @@ def config_to_json(cfg: ModelConfig, dtype: str, max_pos: int, addr: ea.EngramAd
             "multipliers": {str(L): [int(x) for x in addr.multipliers[L]] for L in e.layer_ids},
             "table_file": "engram.safetensors", "table_dtype": dtype, "conv_zero_init_in_training": e.conv_zero_init,
         }
-    return {
-        "format": FORMAT, "model_type": "engram_moe", "architectures": ["MoEEngramLM"], "torch_dtype": dtype,
+    out = {
+        "format": FORMAT if cfg.hc_mult == 1 else FORMAT_HC, "model_type": "engram_moe", "architectures": ["MoEEngramLM"], "torch_dtype": dtype,
         "vocab_size": cfg.vocab_size, "unk_token_id": cfg.unk_id, "bos_token_id": -1,  # filled by caller
         "raw_vocab_size": RAW_VOCAB_SIZE, "raw_bos_token_id": BOS_ID, "vocab_file": "vocab.json",
         "tokenizer_sha256": TOKENIZER_SHA256,
@@ -105,14 +113,24 @@ def config_to_json(cfg: ModelConfig, dtype: str, max_pos: int, addr: ea.EngramAd
         "scoring_func": "softmax", "norm_topk_prob": cfg.norm_topk_prob, "routed_scaling_factor": 1.0,
         "first_k_dense_replace": 0, "tie_word_embeddings": cfg.tie_word_embeddings, "engram": eng,
     }
+    if cfg.hc_mult > 1:
+        out.update(hc_mult=cfg.hc_mult, hc_sinkhorn_iters=cfg.hc_sinkhorn_iters, hc_eps=cfg.hc_eps)
+    return out
 
 
 def load_config(path: Path) -> tuple[dict, ModelConfig]:
     """Parse config.json, validate every field and cross-field constraint, return (json, ModelConfig)."""
     with open(path) as f:
         c = json.load(f)
-    _check_keys(c, CONFIG_KEYS, "config")
-    _check(c["format"] == FORMAT, f"config.format: expected {FORMAT}, found {c['format']}")
+    _check(c.get("format") in (FORMAT, FORMAT_HC), f"config.format: expected {FORMAT} or {FORMAT_HC}, "
+                                                    f"found {c.get('format')!r}")
+    _check_keys(c, CONFIG_KEYS if c["format"] == FORMAT else {**CONFIG_KEYS, **HC_KEYS}, "config")
+    hc = {"hc_mult": 1, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6}  # v1: plain residual
+    if c["format"] == FORMAT_HC:
+        hc = {k: c[k] for k in HC_KEYS}
+        _check(1 <= hc["hc_mult"] <= MAX_HC_MULT, f"config.hc_mult {hc['hc_mult']}: expected 1..{MAX_HC_MULT}")
+        _check(1 <= hc["hc_sinkhorn_iters"] <= MAX_SINKHORN_ITERS, "config.hc_sinkhorn_iters: expected 1..1000")
+        _check(0 < hc["hc_eps"] < 1, "config.hc_eps: expected in (0, 1)")
     _check(c["model_type"] == "engram_moe" and c["architectures"] == ["MoEEngramLM"], "config: model_type/architectures")
     _check(c["torch_dtype"] in _DTYPES, f"config.torch_dtype: {c['torch_dtype']}")
     _check(c["vocab_size"] >= 2 and c["unk_token_id"] == c["vocab_size"] - 1, "config: unk_token_id must be vocab_size-1")
@@ -139,7 +157,8 @@ def load_config(path: Path) -> tuple[dict, ModelConfig]:
         _check(e["n_embed_per_ngram"] % k == 0 and e["head_dim"] == e["n_embed_per_ngram"] // k, "config.engram.head_dim")
         _check(e["n_hash_heads"] == (n - 1) * k and e["d_mem"] == (n - 1) * e["n_embed_per_ngram"], "config.engram: H/d_mem")
         _check(len(e["base_sizes"]) == n - 1 and all(isinstance(b, int) and b > 0 for b in e["base_sizes"]), "base_sizes")
-        _check(e["hc_mult"] == 1, "config.engram.hc_mult: only 1 branch supported")
+        _check(e["hc_mult"] == hc["hc_mult"], f"config.engram.hc_mult {e['hc_mult']}: must equal the residual "
+                                              f"streams (hc_mult {hc['hc_mult']})")
         _check(e["kernel_size"] == 4 and e["conv_dilation"] == n, "config.engram: conv kernel 4, dilation max_ngram")
         _check(e["key_norm_eps"] == F32_EPS and e["query_norm_eps"] == F32_EPS and e["conv_norm_eps"] == 1e-5
                and e["score_clamp_min"] == 1e-6, "config.engram: eps constants")
@@ -152,7 +171,7 @@ def load_config(path: Path) -> tuple[dict, ModelConfig]:
         _check(e["compressed_vocab_size"] == vp and e["compression_lookup_sha256_i32le"] == table["lookup_sha256_i32le"],
                "config.engram: compression table mismatch")
         ecfg = EngramConfig(layer_ids=L_ids, max_ngram=n, n_head_per_ngram=k, n_embed_per_ngram=e["n_embed_per_ngram"],
-                            base_sizes=e["base_sizes"], hc_mult=1, kernel_size=4, seed=e["seed"], pad_id=e["pad_id"],
+                            base_sizes=e["base_sizes"], hc_mult=hc["hc_mult"], kernel_size=4, seed=e["seed"], pad_id=e["pad_id"],
                             compressed_vocab_size=vp, conv_zero_init=e["conv_zero_init_in_training"])
         addr = ea.EngramAddressing(lookup=lookup, compressed_vocab_size=vp, max_ngram=n, n_heads=k,
                                    base_sizes=e["base_sizes"], layer_ids=L_ids, seed=e["seed"], pad_id=e["pad_id"])
@@ -172,7 +191,8 @@ def load_config(path: Path) -> tuple[dict, ModelConfig]:
                       num_experts_per_tok=c["num_experts_per_tok"], moe_intermediate_size=c["moe_intermediate_size"],
                       rope_theta=c["rope_theta"], rms_norm_eps=c["rms_norm_eps"],
                       max_position_embeddings=c["max_position_embeddings"], norm_topk_prob=c["norm_topk_prob"],
-                      tie_word_embeddings=False, engram=ecfg)
+                      tie_word_embeddings=False, engram=ecfg, hc_mult=hc["hc_mult"],
+                      hc_sinkhorn_iters=hc["hc_sinkhorn_iters"], hc_eps=hc["hc_eps"])
     return c, cfg
 
 
@@ -194,6 +214,7 @@ def load_vocab(path: Path, cfg_json: dict) -> np.ndarray:
 def load_model(model_dir: Path) -> tuple[dict, MoEEngramLM, ea.EngramAddressing | None, np.ndarray]:
     """Load an exported model in float32 (bf16 weights are widened exactly)."""
     model_dir = Path(model_dir)
+    check_sums(model_dir)
     cj, cfg = load_config(model_dir / "config.json")
     vocab = load_vocab(model_dir / "vocab.json", cj)
     dtype = _DTYPES[cj["torch_dtype"]]
@@ -201,7 +222,7 @@ def load_model(model_dir: Path) -> tuple[dict, MoEEngramLM, ea.EngramAddressing 
     layouts = {}
     state = {}
     with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
-        _check(f.metadata().get("format") == FORMAT, "model.safetensors metadata format")
+        _check(f.metadata().get("format") == cj["format"], "model.safetensors metadata format")
         for k in f.keys():
             t = f.get_tensor(k)
             _check(t.dtype == dtype, f"model.safetensors {k}: dtype {t.dtype}")
@@ -258,7 +279,7 @@ def save_model(model_dir: Path, model: MoEEngramLM, cj: dict, vocab: np.ndarray)
             tables[f"layers.{L}.engram.offsets"] = v.to(torch.int64).contiguous()
         else:
             backbone[k] = v.to(dtype).contiguous()
-    save_file(backbone, str(model_dir / "model.safetensors"), metadata={"format": FORMAT})
+    save_file(backbone, str(model_dir / "model.safetensors"), metadata={"format": cj["format"]})
     if tables:
         save_file(tables, str(model_dir / "engram.safetensors"),
                   metadata={"format": TABLE_FORMAT, "engram": json.dumps(table_metadata(cj))})
@@ -272,7 +293,36 @@ def save_model(model_dir: Path, model: MoEEngramLM, cj: dict, vocab: np.ndarray)
                            "every raw id not listed maps to unk_id; unk_id has no raw id and is never emitted",
                    "reduced_to_raw": [int(x) for x in vocab]}, f)
         f.write("\n")
+    write_sums(model_dir)
 
 
 def sha256_file(p: Path) -> str:
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def model_files(model_dir: Path) -> list[str]:
+    """The files the decoders read, in SHA256SUMS order."""
+    names = ["config.json", "vocab.json", "model.safetensors", "engram.safetensors"]
+    return [n for n in names if (Path(model_dir) / n).exists()]
+
+
+def write_sums(model_dir: Path) -> None:
+    """Writes SHA256SUMS as `sha256sum` would (so `sha256sum -c SHA256SUMS` checks it)."""
+    model_dir = Path(model_dir)
+    lines = "".join(f"{sha256_file(model_dir / n)}  {n}\n" for n in model_files(model_dir))
+    (model_dir / SUMS_FILE).write_text(lines)
+
+
+def check_sums(model_dir: Path) -> None:
+    """Every file the decoders read must be listed in SHA256SUMS and match it."""
+    model_dir = Path(model_dir)
+    sums_path = model_dir / SUMS_FILE
+    _check(sums_path.exists(), f"{sums_path} is missing (write it with hub.write_sums)")
+    listed = {}
+    for line in sums_path.read_text().splitlines():
+        if line:
+            _check(len(line) > 66 and line[64:66] in ("  ", " *"), f"{sums_path}: malformed line {line!r}")
+            listed[line[66:]] = line[:64].lower()
+    for n in model_files(model_dir):
+        _check(n in listed, f"{n} is not listed in {sums_path}")
+        _check(sha256_file(model_dir / n) == listed[n], f"{model_dir / n} differs from the SHA-256 in {sums_path}")

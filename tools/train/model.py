@@ -1,9 +1,17 @@
-"""DeepSeekMoE-style decoder with optional Engram layers (PyTorch, CPU).
+"""DeepSeekMoE-style decoder with optional Engram layers and mHC (PyTorch, CPU).
 
+Plain residual (hc_mult = 1):
 Block l:  h = h + Engram_l(h)            (only if l in engram.layer_ids; M = 1 branch)
           h = h + Attn(RMSNorm(h))       (RoPE, causal, multi-head)
           h = h + MoE(RMSNorm(h))        (shared experts + softmax top-k routed experts)
 Final:    logits = lm_head(RMSNorm(h))
+
+Manifold-constrained hyper-connections (hc_mult = M > 1, ENGRAM-SPEC section 15): the
+residual is M streams X (.., M, d); the embedding is copied into every stream; each sublayer
+F (attention, MoE) reads y = sum_i pre_i X_i and writes X'_j = post_j F(y) + sum_i comb_ij X_i
+with pre/post/comb computed from X (comb doubly stochastic by Sinkhorn-Knopp); Engram reads
+stream m as its query and adds Y^(m) to stream m (section 8); the head mixes the streams
+with its own weights before the final norm.
 
 Parameter names are the ones exported to models/*/model.safetensors (see models/README.md).
 The Engram module reproduces the reference `Engram` class of engram_demo_v1.py exactly
@@ -65,6 +73,11 @@ class ModelConfig:
     norm_topk_prob: bool = False
     tie_word_embeddings: bool = False
     engram: EngramConfig | None = None
+    hc_mult: int = 1  # residual streams; 1 = plain residual, > 1 = mHC
+    hc_sinkhorn_iters: int = 20
+    hc_eps: float = 1e-6
+    hc_scale_init: float = 0.01  # training choice (init of the three `scale` gains of every mapping)
+    hc_comb_diag_init: float = 0.9  # training choice: comb starts near the identity (diagonal ~0.9)
 
     @property
     def head_dim(self) -> int:
@@ -166,6 +179,85 @@ class Engram(nn.Module):
         return y
 
 
+# ---------------------------------------------------------------- mHC (ENGRAM-SPEC section 15)
+
+
+def sinkhorn(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """comb from its logits (.., M, M): softmax over j + eps, columns normalised, then
+    `iters - 1` rounds of rows then columns (each sum + eps). Row i = source stream i."""
+    comb = torch.softmax(logits, dim=-1) + eps
+    comb = comb / (comb.sum(-2, keepdim=True) + eps)
+    for _ in range(iters - 1):
+        comb = comb / (comb.sum(-1, keepdim=True) + eps)
+        comb = comb / (comb.sum(-2, keepdim=True) + eps)
+    return comb
+
+
+def hc_mixes(x: torch.Tensor, fn: torch.Tensor, norm_eps: float) -> torch.Tensor:
+    """(flatten(X) @ fn^T) * rsqrt(mean(flatten(X)^2) + eps): X (.., M, d) -> (.., rows of fn)."""
+    flat = x.flatten(-2)
+    return (flat @ fn.t()) * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + norm_eps)
+
+
+def hc_pre(x: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """Sublayer input y = sum_i pre_i X_i: X (.., M, d), pre (.., M) -> (.., d)."""
+    return (pre.unsqueeze(-1) * x).sum(-2)
+
+
+def hc_post(x: torch.Tensor, f: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
+    """X'_j = post_j f + sum_i comb_ij X_i: X (.., M, d), f (.., d), post (.., M), comb (.., M, M)."""
+    return post.unsqueeze(-1) * f.unsqueeze(-2) + torch.einsum("...ij,...id->...jd", comb, x)
+
+
+class HyperConnection(nn.Module):
+    """The mHC mapping around one sublayer: fn ((2+M)M, Md), base ((2+M)M), scale (3)."""
+
+    def __init__(self, d: int, m: int, iters: int, eps: float, norm_eps: float, scale_init: float,
+                 comb_diag_init: float):
+        super().__init__()
+        self.m, self.iters, self.eps, self.norm_eps = m, iters, eps, norm_eps
+        self.fn = nn.Parameter(torch.empty((2 + m) * m, m * d))
+        nn.init.normal_(self.fn, std=0.02)
+        # start as a plain residual: pre = 1/M (y = the mean stream), post = 1, comb ~ identity
+        off = math.log((1 - comb_diag_init) / (m - 1)) if m > 1 else 0.0
+        comb0 = torch.full((m, m), off) + torch.eye(m) * (math.log(comb_diag_init) - off)
+        pre0 = math.log(1 / (m - 1)) if m > 1 else 0.0
+        self.base = nn.Parameter(torch.cat([torch.full((m,), pre0), torch.zeros(m), comb0.flatten()]))
+        self.scale = nn.Parameter(torch.full((3,), scale_init))
+
+    def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """X (.., M, d) -> pre (.., M), post (.., M), comb (.., M, M)."""
+        m = self.m
+        a, b, c = hc_mixes(x, self.fn, self.norm_eps).split([m, m, m * m], dim=-1)
+        pre = torch.sigmoid(a * self.scale[0] + self.base[:m]) + self.eps
+        post = 2 * torch.sigmoid(b * self.scale[1] + self.base[m:2 * m])
+        logits = c * self.scale[2] + self.base[2 * m:]
+        comb = sinkhorn(logits.unflatten(-1, (m, m)), self.iters, self.eps)
+        return pre, post, comb
+
+    def forward(self, x: torch.Tensor, sublayer) -> tuple[torch.Tensor, object]:
+        """X' and whatever else `sublayer(y) -> (f, extra)` returns."""
+        pre, post, comb = self.coefficients(x)
+        f, extra = sublayer(hc_pre(x, pre))
+        return hc_post(x, f, post, comb), extra
+
+
+class HyperHead(nn.Module):
+    """Stream weights before the final norm: w_i = sigmoid(g_i * scale + base_i) + eps."""
+
+    def __init__(self, d: int, m: int, eps: float, norm_eps: float, scale_init: float):
+        super().__init__()
+        self.eps, self.norm_eps = eps, norm_eps
+        self.fn = nn.Parameter(torch.empty(m, m * d))
+        nn.init.normal_(self.fn, std=0.02)
+        self.base = nn.Parameter(torch.full((m,), math.log(1 / (m - 1)) if m > 1 else 0.0))  # w = 1/M
+        self.scale = nn.Parameter(torch.full((1,), scale_init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.sigmoid(hc_mixes(x, self.fn, self.norm_eps) * self.scale + self.base) + self.eps
+        return hc_pre(x, w)
+
+
 # ---------------------------------------------------------------- backbone
 
 
@@ -262,13 +354,31 @@ class Block(nn.Module):
         self.engram = None
         if engram_layout is not None:
             self.engram = Engram(cfg.hidden_size, cfg.engram, engram_layout["total_rows"], engram_layout["offsets"])
+        self.attn_hc = self.mlp_hc = None
+        if cfg.hc_mult > 1:
+            args = (cfg.hidden_size, cfg.hc_mult, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.rms_norm_eps,
+                    cfg.hc_scale_init, cfg.hc_comb_diag_init)
+            self.attn_hc = HyperConnection(*args)
+            self.mlp_hc = HyperConnection(*args)
 
     def forward(self, h, cos, sin, row_ids=None, engram_scale: float = 1.0):
+        """h: (B, T, d) for a plain residual, (B, T, M, d) with mHC."""
+        hc = self.attn_hc is not None
         if self.engram is not None:
-            y = self.engram(row_ids, h.unsqueeze(2))  # M = 1 branch
-            h = h + engram_scale * y[:, :, 0]
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin)
-        m, aux = self.mlp(self.post_attention_layernorm(h))
+            y = self.engram(row_ids, h if hc else h.unsqueeze(2))  # stream m is the query of branch m
+            h = h + engram_scale * (y if hc else y[:, :, 0])
+
+        def attn(x):
+            return self.self_attn(self.input_layernorm(x), cos, sin), None
+
+        def ffn(x):
+            return self.mlp(self.post_attention_layernorm(x))
+
+        if hc:
+            h, _ = self.attn_hc(h, attn)
+            return self.mlp_hc(h, ffn)
+        h = h + attn(h)[0]
+        m, aux = ffn(h)
         return h + m, aux
 
 
@@ -277,9 +387,14 @@ class MoEEngramLM(nn.Module):
         """engram_layouts: {layer_id: {"total_rows": int, "offsets": [int]}} from EngramAddressing."""
         super().__init__()
         self.cfg = cfg
+        if cfg.engram is not None and cfg.engram.hc_mult != cfg.hc_mult:
+            raise ValueError(f"engram.hc_mult {cfg.engram.hc_mult} != hc_mult {cfg.hc_mult}")
         engram_layouts = engram_layouts or {}
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList([Block(cfg, i, engram_layouts.get(i)) for i in range(cfg.num_layers)])
+        self.hc_head = None
+        if cfg.hc_mult > 1:
+            self.hc_head = HyperHead(cfg.hidden_size, cfg.hc_mult, cfg.hc_eps, cfg.rms_norm_eps, cfg.hc_scale_init)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self._init_weights()
@@ -287,8 +402,8 @@ class MoEEngramLM(nn.Module):
     def _init_weights(self):
         std = 0.02
         for name, p in self.named_parameters():
-            if ".engram." in name:
-                continue  # reference (PyTorch default) init; embedding N(0,1); conv zero (paper)
+            if ".engram." in name or name.startswith("hc_head.") or name.split(".")[-2] in ("attn_hc", "mlp_hc"):
+                continue  # Engram: reference init (table N(0,1), conv zero); mHC: set by its modules
             if p.dim() >= 2:
                 nn.init.normal_(p, std=std)
         for blk in self.layers:  # scaled init of residual outputs
@@ -300,10 +415,14 @@ class MoEEngramLM(nn.Module):
         """ids: reduced ids (B, T); row_ids: {layer: (B, T, H)} Engram rows from the raw ids."""
         b, t = ids.shape
         h = self.embed_tokens(ids)
+        if self.hc_head is not None:
+            h = h.unsqueeze(2).expand(b, t, self.cfg.hc_mult, self.cfg.hidden_size)  # the embedding in every stream
         cos, sin = rope_cos_sin(t, self.cfg.head_dim, self.cfg.rope_theta)
         aux_total = h.new_zeros(())
         for blk in self.layers:
             r = row_ids[blk.layer_id] if blk.engram is not None else None
             h, aux = blk(h, cos, sin, r, engram_scale)
             aux_total = aux_total + aux
+        if self.hc_head is not None:
+            h = self.hc_head(h)
         return self.lm_head(self.norm(h)), aux_total

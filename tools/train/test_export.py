@@ -1,7 +1,8 @@
 """Checks of the committed models/ against their loader (pytest or `python test_export.py`).
 
 * config.json / vocab.json / safetensors pass every validation of hub.load_model;
-* corrupting any config field is rejected (ConfigError), never accepted silently;
+* every file the decoders read matches SHA256SUMS, and a flipped bit is rejected;
+* corrupting any config field (incl. the mHC keys of format v2) is rejected (ConfigError);
 * golden.json logits and greedy ids are reproduced from the committed weights.
 """
 from __future__ import annotations
@@ -31,14 +32,7 @@ def test_configs_validate():
         hub.load_model(d)
 
 
-def test_config_corruption_rejected():
-    d = next(p for p in model_dirs() if json.load(open(p / "config.json"))["engram"] is not None)
-    good = json.load(open(d / "config.json"))
-    mutations = [("vocab_size", 1), ("unk_token_id", 0), ("head_dim", 7), ("torch_dtype", "fp8"), ("rope_style", "interleaved"),
-                 ("num_experts_per_tok", 99), ("extra_field", 1), ("engram.seed", 1), ("engram.base_sizes", [4967]),
-                 ("engram.hc_mult", 4), ("engram.key_norm_eps", 1e-5), ("engram.primes", {"1": [[2, 3, 5, 7], [11, 13, 17, 19]]}),
-                 ("engram.multipliers", {"1": [1, 3, 5]}), ("engram.layer_ids", [7]), ("engram.compressed_pad_id", 0),
-                 ("engram.compression_lookup_sha256_i32le", "00"), ("rms_norm_eps", "1e-6")]
+def _assert_rejected(good: dict, mutations: list, deletions: list) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for key, val in mutations:
             c = copy.deepcopy(good)
@@ -54,7 +48,7 @@ def test_config_corruption_rejected():
             except hub.ConfigError:
                 continue
             raise AssertionError(f"corrupted config accepted: {key} = {val!r}")
-        for key in ("vocab_size", "engram"):
+        for key in deletions:
             c = copy.deepcopy(good)
             del c[key]
             path = Path(tmp) / "config.json"
@@ -64,6 +58,47 @@ def test_config_corruption_rejected():
             except hub.ConfigError:
                 continue
             raise AssertionError(f"config without {key} accepted")
+
+
+def test_config_corruption_rejected():
+    d = next(p for p in model_dirs() if json.load(open(p / "config.json"))["engram"] is not None)
+    good = json.load(open(d / "config.json"))
+    mutations = [("vocab_size", 1), ("unk_token_id", 0), ("head_dim", 7), ("torch_dtype", "fp8"), ("rope_style", "interleaved"),
+                 ("num_experts_per_tok", 99), ("extra_field", 1), ("engram.seed", 1), ("engram.base_sizes", [4967]),
+                 ("engram.hc_mult", 4), ("engram.key_norm_eps", 1e-5), ("engram.primes", {"1": [[2, 3, 5, 7], [11, 13, 17, 19]]}),
+                 ("engram.multipliers", {"1": [1, 3, 5]}), ("engram.layer_ids", [7]), ("engram.compressed_pad_id", 0),
+                 ("engram.compression_lookup_sha256_i32le", "00"), ("rms_norm_eps", "1e-6"), ("hc_mult", 4)]
+    _assert_rejected(good, mutations, ["vocab_size", "engram"])
+
+
+def test_hc_config_corruption_rejected():
+    dirs = [p for p in model_dirs() if json.load(open(p / "config.json"))["format"] == hub.FORMAT_HC]
+    assert dirs, "no committed mHC model"
+    for d in dirs:
+        good = json.load(open(d / "config.json"))
+        mutations = [("hc_mult", 3), ("hc_mult", 0), ("hc_mult", 99), ("hc_sinkhorn_iters", 0), ("hc_eps", 0.0),
+                     ("hc_eps", "1e-6"), ("format", hub.FORMAT), ("engram.hc_mult", 1)]
+        _assert_rejected(good, mutations, ["hc_mult", "hc_sinkhorn_iters", "hc_eps"])
+
+
+def test_checksums_guard_every_file():
+    import shutil
+
+    for d in model_dirs():
+        hub.check_sums(d)
+        with tempfile.TemporaryDirectory() as tmp:
+            m = Path(tmp) / d.name
+            shutil.copytree(d, m)
+            w = m / "model.safetensors"
+            b = bytearray(w.read_bytes())
+            b[-1000] ^= 0x10
+            w.write_bytes(bytes(b))
+            try:
+                hub.load_model(m)
+            except hub.ConfigError as e:
+                assert "SHA-256" in str(e), e
+            else:
+                raise AssertionError(f"{d.name}: a bit-flipped model.safetensors was accepted")
 
 
 def test_golden_reproduced():
@@ -113,6 +148,9 @@ if __name__ == "__main__":
     test_configs_validate()
     print("configs validate:", [d.name for d in model_dirs()])
     test_config_corruption_rejected()
+    test_hc_config_corruption_rejected()
     print("corrupted configs rejected")
+    test_checksums_guard_every_file()
+    print("checksums guard every file")
     test_golden_reproduced()
     print("golden reproduced")

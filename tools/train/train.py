@@ -1,6 +1,8 @@
-"""Train the MoE (A) or MoE + Engram (B) model on the CPython stdlib corpus (CPU, 1 thread).
+"""Train the MoE (A), MoE + Engram (B) or MoE + Engram + mHC (C) model on the CPython stdlib
+corpus (CPU, 1 thread).
 
     python train.py --name B --engram-layers 1 --routed-experts 6 --match-params-of-experts 8 --tokens 1600000
+    python train.py --name C --engram-layers 1 --routed-experts 6 --hc-mult 4 --match-params-of-experts 8 ...
 """
 from __future__ import annotations
 
@@ -119,6 +121,8 @@ def main():
                     help="choose --engram-base so total params equal the same model with this many routed experts and no Engram")
     ap.add_argument("--engram-value-init-std", type=float, default=None,
                     help="N(0, std) init of the Engram value projection (bias 0); default: reference init")
+    ap.add_argument("--hc-mult", type=int, default=1, help="residual streams: 1 = plain residual, > 1 = mHC")
+    ap.add_argument("--hc-sinkhorn-iters", type=int, default=20)
     ap.add_argument("--stop-after-steps", type=int, default=None, help="debug: stop early (schedule unchanged)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--engram-lr-mult", type=float, default=5.0)
@@ -143,14 +147,17 @@ def main():
         if args.engram_layers:
             ecfg = EngramConfig(layer_ids=args.engram_layers, max_ngram=args.max_ngram, n_head_per_ngram=args.engram_heads,
                                 n_embed_per_ngram=args.engram_embed, base_sizes=[base] * (args.max_ngram - 1),
-                                value_init_std=args.engram_value_init_std)
+                                hc_mult=args.hc_mult, value_init_std=args.engram_value_init_std)
         return ModelConfig(vocab_size=unk_id + 1, unk_id=unk_id, hidden_size=args.hidden, num_layers=args.layers,
                            num_heads=args.heads, n_routed_experts=routed, n_shared_experts=args.shared_experts,
-                           num_experts_per_tok=args.top_k, moe_intermediate_size=args.moe_inter, engram=ecfg)
+                           num_experts_per_tok=args.top_k, moe_intermediate_size=args.moe_inter, engram=ecfg,
+                           hc_mult=args.hc_mult, hc_sinkhorn_iters=args.hc_sinkhorn_iters)
 
     base = args.engram_base
     if args.match_params_of_experts is not None and args.engram_layers:
-        target = n_params(ModelConfig(**{**asdict(make_cfg(args.match_params_of_experts, None)), "engram": None}))
+        # the target is model A: the same backbone with that many routed experts, no Engram, plain residual
+        target = n_params(ModelConfig(**{**asdict(make_cfg(args.match_params_of_experts, None)), "engram": None,
+                                         "hc_mult": 1}))
         without = n_params(make_cfg(args.routed_experts, 2)) 
         rows_per_head = (target - without) // (args.engram_heads * (args.max_ngram - 1) * len(args.engram_layers)
                                               * (args.engram_embed // args.engram_heads))
@@ -163,7 +170,8 @@ def main():
     total = sum(p.numel() for p in model.parameters())
     eng = sum(p.numel() for n, p in model.named_parameters() if ".engram." in n)
     table = sum(p.numel() for n, p in model.named_parameters() if "multi_head_embedding" in n)
-    print(f"params: total {total}, engram {eng} (table {table})", flush=True)
+    hc = sum(p.numel() for n, p in model.named_parameters() if n.startswith("hc_head.") or "_hc." in n)
+    print(f"params: total {total}, engram {eng} (table {table}), mHC {hc}", flush=True)
 
     # optimizer: AdamW; Engram table: lr x engram_lr_mult, wd 0 (paper); no wd on norms, biases, embeddings
     groups = {"decay": [], "no_decay": [], "engram_table": []}
@@ -214,7 +222,7 @@ def main():
     if cfg.engram is not None:
         final["val_loss_engram_zeroed"] = evaluate(model, val_stream, r2r, addr, args.seq_len, 32, engram_scale=0.0)
     final.update(train_loss_ema=ema, train_wall_s=train_s, total_wall_s=time.time() - t_start, params=total,
-                 engram_params=eng, engram_table_params=table, steps=steps, tokens=steps * tokens_per_step)
+                 engram_params=eng, engram_table_params=table, hc_params=hc, steps=steps, tokens=steps * tokens_per_step)
     print(json.dumps(final), flush=True)
     torch.save({"config": asdict(cfg), "vocab": vocab.tolist(), "state_dict": model.state_dict(), "args": vars(args),
                 "log": log, "final": final}, out_dir / "checkpoint.pt")

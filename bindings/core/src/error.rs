@@ -200,8 +200,8 @@ impl Error {
 fn store_kind(e: &engram_store::Error) -> ErrorKind {
     use engram_store::Error as S;
     match e {
-        S::Io { source, .. } | S::IoAt { source, .. } => {
-            if source.kind() == std::io::ErrorKind::NotFound {
+        S::Io { error, .. } | S::IoAt { error, .. } => {
+            if error.kind() == std::io::ErrorKind::NotFound {
                 ErrorKind::NotFound
             } else {
                 ErrorKind::Io
@@ -269,7 +269,7 @@ mod tests {
         let missing = Error::Store(engram_store::Error::Io {
             op: "read manifest",
             path: "/nope".into(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            error: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
         assert_eq!(missing.kind(), ErrorKind::NotFound);
         assert!(missing.to_string().contains("/nope"));

@@ -1,6 +1,8 @@
 //! Causal multi-head attention with RoPE over a KV cache.
 
 use super::ops::{Rope, linear, softmax};
+use super::zeros;
+use crate::error::Result;
 use crate::weights::LayerWeights;
 
 /// Scratch for one attention call over `t` new positions.
@@ -18,18 +20,18 @@ pub struct AttnScratch {
 }
 
 impl AttnScratch {
-    pub fn new(max_t: usize, max_pos: usize, d: usize, head_dim: usize) -> Self {
-        Self {
-            q: vec![0.0; max_t * d],
-            k: vec![0.0; max_t * d],
-            v: vec![0.0; max_t * d],
-            o: vec![0.0; max_t * d],
-            scores: vec![0.0; max_t * max_pos],
-            qh: vec![0.0; max_t * head_dim],
-            kh: vec![0.0; max_pos * head_dim],
-            vt: vec![0.0; head_dim * max_pos],
-            oh: vec![0.0; max_t * head_dim],
-        }
+    pub fn new(max_t: usize, max_pos: usize, d: usize, head_dim: usize) -> Result<Self> {
+        Ok(Self {
+            q: zeros(&[max_t, d], "attention queries")?,
+            k: zeros(&[max_t, d], "attention keys")?,
+            v: zeros(&[max_t, d], "attention values")?,
+            o: zeros(&[max_t, d], "attention output")?,
+            scores: zeros(&[max_t, max_pos], "attention scores")?,
+            qh: zeros(&[max_t, head_dim], "attention head queries")?,
+            kh: zeros(&[max_pos, head_dim], "attention head keys")?,
+            vt: zeros(&[head_dim, max_pos], "attention head values")?,
+            oh: zeros(&[max_t, head_dim], "attention head output")?,
+        })
     }
 }
 

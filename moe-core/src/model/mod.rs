@@ -1,22 +1,34 @@
 //! The decoder: embedding -> blocks (Engram? -> attention -> MoE) -> norm -> LM head.
 //!
+//! The residual is one stream, or `M` streams with hyper-connections (`hyper`): then the
+//! embedding is copied into every stream, Engram reads and writes each stream, attention
+//! and the MoE read a weighted sum of the streams and write back through a doubly
+//! stochastic mix, and the head mixes the streams before the final norm.
+//!
 //! `Model::forward` runs a chunk of `t` new positions starting at the state's position: the
 //! whole prompt at once (prefill), then one token per step (decode). Every buffer lives in
 //! [`DecodeState`], allocated once for the model's context length.
 
 pub mod attention;
 pub mod engram;
+pub mod hyper;
 pub mod moe;
 pub mod ops;
 
 use attention::{AttnScratch, attention};
 use engram::EngramMemory;
+use hyper::HyperScratch;
 use moe::{MoeScratch, moe};
 use ops::{Rope, linear, rms_norm};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
+
+/// A zeroed f32 buffer of `dims` (sizes from `config.json`), allocated fallibly.
+pub(crate) fn zeros(dims: &[usize], what: &'static str) -> Result<Vec<f32>> {
+    Ok(engram_kernels::alloc::try_vec_dims(dims, 0.0, what)?)
+}
 
 /// Which positions of a chunk get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,12 +54,13 @@ pub struct DecodeState {
     max_t: usize,
     k_cache: Vec<f32>, // (layers, max_pos, d)
     v_cache: Vec<f32>, // (layers, max_pos, d)
-    h: Vec<f32>,       // (max_t, d)
+    h: Vec<f32>,       // (max_t, M, d) the residual streams
     xb: Vec<f32>,      // (max_t, d)
     xb2: Vec<f32>,     // (max_t, d)
-    y: Vec<f32>,       // (max_t, d) Engram output
+    y: Vec<f32>,       // (max_t, M, d) Engram output
     attn: AttnScratch,
     moe: MoeScratch,
+    hc: HyperScratch,
     /// Logits of every position of the last chunk, `(t, vocab)`.
     pub logits: Vec<f32>,
 }
@@ -69,29 +82,35 @@ impl Model {
 
     /// A fresh state for one sequence of up to `max_position_embeddings` tokens, processed
     /// in chunks of at most `max_t` positions.
-    pub fn new_state(&self, max_t: usize) -> DecodeState {
+    pub fn new_state(&self, max_t: usize) -> Result<DecodeState> {
         let c = &self.config;
-        let (d, mp) = (c.hidden_size, c.max_position_embeddings);
+        let (d, mp, layers, m) = (
+            c.hidden_size,
+            c.max_position_embeddings,
+            c.num_hidden_layers,
+            c.streams(),
+        );
         let max_t = max_t.clamp(1, mp);
-        DecodeState {
+        Ok(DecodeState {
             pos: 0,
             max_t,
-            k_cache: vec![0.0; c.num_hidden_layers * mp * d],
-            v_cache: vec![0.0; c.num_hidden_layers * mp * d],
-            h: vec![0.0; max_t * d],
-            xb: vec![0.0; max_t * d],
-            xb2: vec![0.0; max_t * d],
-            y: vec![0.0; max_t * d],
-            attn: AttnScratch::new(max_t, mp, d, c.head_dim),
+            k_cache: zeros(&[layers, mp, d], "key cache")?,
+            v_cache: zeros(&[layers, mp, d], "value cache")?,
+            h: zeros(&[max_t, m, d], "hidden states")?,
+            xb: zeros(&[max_t, d], "hidden scratch")?,
+            xb2: zeros(&[max_t, d], "hidden scratch")?,
+            y: zeros(&[max_t, m, d], "Engram output")?,
+            attn: AttnScratch::new(max_t, mp, d, c.head_dim)?,
             moe: MoeScratch::new(
                 max_t,
                 d,
                 c.moe_intermediate_size,
                 c.n_routed_experts,
                 c.num_experts_per_tok,
-            ),
-            logits: vec![0.0; max_t * c.vocab_size],
-        }
+            )?,
+            hc: HyperScratch::new(if m > 1 { max_t } else { 0 }, m, d),
+            logits: zeros(&[max_t, c.vocab_size], "logits")?,
+        })
     }
 
     /// Runs `tokens` (reduced ids) as the next positions of the sequence in `s`. With
@@ -132,6 +151,9 @@ impl Model {
         }
         let w = &self.weights;
         let eps = c.rms_norm_eps as f32;
+        let hyper = c.hyper();
+        let m = c.streams();
+        let md = m * d;
         for (i, &tok) in tokens.iter().enumerate() {
             let tok = tok as usize;
             if tok >= v {
@@ -139,17 +161,24 @@ impl Model {
                     "token id {tok} is outside the vocabulary of {v}"
                 )));
             }
-            s.h[i * d..(i + 1) * d].copy_from_slice(&w.embed[tok * d..(tok + 1) * d]);
+            for stream in s.h[i * md..(i + 1) * md].chunks_exact_mut(d) {
+                stream.copy_from_slice(&w.embed[tok * d..(tok + 1) * d]);
+            }
         }
         for (li, lw) in w.layers.iter().enumerate() {
-            let h = &mut s.h[..t * d];
+            let h = &mut s.h[..t * md];
             if let Some(mem) = memory.as_deref_mut()
                 && let Some(slot) = mem.slot_of(li)
             {
-                mem.apply(slot, h, t, prefill, &mut s.y[..t * d])?;
+                mem.apply(slot, h, t, prefill, &mut s.y[..t * md])?;
             }
+            let hc = hyper.zip(lw.hc.as_ref());
             let layer_cache = li * mp * d..(li + 1) * mp * d;
-            rms_norm(&mut s.xb[..t * d], h, &lw.input_norm, eps);
+            let input: &[f32] = match hc {
+                Some((hc, hw)) => hyper::enter(&hw[0], &hc, h, t, d, &mut s.hc),
+                None => h,
+            };
+            rms_norm(&mut s.xb[..t * d], input, &lw.input_norm, eps);
             attention(
                 lw,
                 &self.rope,
@@ -162,10 +191,12 @@ impl Model {
                 &mut s.attn,
                 &mut s.xb2[..t * d],
             );
-            for (a, &b) in h.iter_mut().zip(&s.xb2[..t * d]) {
-                *a += b;
-            }
-            rms_norm(&mut s.xb[..t * d], h, &lw.post_norm, eps);
+            residual_add(h, &s.xb2[..t * d], hc.is_some(), m, d, &mut s.hc);
+            let input: &[f32] = match hc {
+                Some((hc, hw)) => hyper::enter(&hw[1], &hc, h, t, d, &mut s.hc),
+                None => h,
+            };
+            rms_norm(&mut s.xb[..t * d], input, &lw.post_norm, eps);
             moe(
                 lw,
                 c.num_experts_per_tok,
@@ -175,15 +206,17 @@ impl Model {
                 &mut s.moe,
                 &mut s.xb2[..t * d],
             );
-            for (a, &b) in s.h[..t * d].iter_mut().zip(&s.xb2[..t * d]) {
-                *a += b;
-            }
+            residual_add(h, &s.xb2[..t * d], hc.is_some(), m, d, &mut s.hc);
         }
         let (first, rows) = match which {
             Logits::All => (0, t),
             Logits::Last => (t - 1, 1),
         };
-        let hs = &s.h[first * d..t * d];
+        let streams = &s.h[first * md..t * md];
+        let hs: &[f32] = match hyper.zip(w.hc_head.as_ref()) {
+            Some((hc, hw)) => hyper::head(hw, &hc, streams, rows, d, &mut s.hc),
+            None => streams,
+        };
         rms_norm(&mut s.xb[..rows * d], hs, &w.norm, eps);
         linear(
             &mut s.logits[..rows * v],
@@ -202,6 +235,18 @@ impl Model {
     pub fn logits<'a>(&self, s: &'a DecodeState, i: usize) -> &'a [f32] {
         let v = self.config.vocab_size;
         &s.logits[i * v..(i + 1) * v]
+    }
+}
+
+/// Adds a sublayer's output `f (t, d)` to the residual `h (t, M, d)`: through the
+/// coefficients [`hyper::enter`] left in `hc` with hyper-connections, else `h += f`.
+fn residual_add(h: &mut [f32], f: &[f32], hyper: bool, m: usize, d: usize, hc: &mut HyperScratch) {
+    if hyper {
+        hyper::leave(h, f, m, d, hc);
+    } else {
+        for (a, &b) in h.iter_mut().zip(f) {
+            *a += b;
+        }
     }
 }
 

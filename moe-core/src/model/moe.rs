@@ -1,7 +1,11 @@
 //! The MoE FFN: softmax router over the routed experts, top-k (ties to the lower index),
 //! shared experts always on. Tokens are grouped per expert so each expert runs one GEMM.
 
+use engram_kernels::alloc::{try_reserve, try_vec_dims};
+
 use super::ops::{linear, silu, softmax};
+use super::zeros;
+use crate::error::Result;
 use crate::weights::{ExpertWeights, LayerWeights};
 
 /// Scratch for one MoE call over up to `max_t` tokens.
@@ -17,16 +21,18 @@ pub struct MoeScratch {
 }
 
 impl MoeScratch {
-    pub fn new(max_t: usize, d: usize, inter: usize, experts: usize, k: usize) -> Self {
-        Self {
-            probs: vec![0.0; max_t * experts],
-            topk: vec![(0, 0.0); max_t * k],
-            rows: Vec::with_capacity(max_t),
-            xe: vec![0.0; max_t * d],
-            gate: vec![0.0; max_t * inter],
-            up: vec![0.0; max_t * inter],
-            ye: vec![0.0; max_t * d],
-        }
+    pub fn new(max_t: usize, d: usize, inter: usize, experts: usize, k: usize) -> Result<Self> {
+        let mut rows = Vec::new();
+        try_reserve(&mut rows, max_t, "expert token rows")?;
+        Ok(Self {
+            probs: zeros(&[max_t, experts], "router probabilities")?,
+            topk: try_vec_dims(&[max_t, k], (0, 0.0), "router top-k")?,
+            rows,
+            xe: zeros(&[max_t, d], "expert inputs")?,
+            gate: zeros(&[max_t, inter], "expert gate")?,
+            up: zeros(&[max_t, inter], "expert up")?,
+            ye: zeros(&[max_t, d], "expert outputs")?,
+        })
     }
 }
 

@@ -5,11 +5,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use engram_kernels::EngramConfig;
+use engram_kernels::file::{Limit, read_regular_string};
 use engram_store::format::RowLayout;
 use serde::{Deserialize, Serialize};
 
 use super::corpus::CorpusOptions;
 use crate::addressing::{AddressingArgs, Preset};
+
+/// Largest `--config` TOML file read.
+pub const MAX_BUILD_CONFIG_BYTES: Limit = Limit {
+    what: "build config",
+    name: "MAX_BUILD_CONFIG_BYTES",
+    bytes: 1 << 20,
+};
 
 /// The TOML file: every key optional, unknown keys rejected.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -35,10 +43,10 @@ pub struct FileConfig {
 }
 
 impl FileConfig {
-    /// Reads and parses a TOML config file.
+    /// Reads and parses a TOML config file (a regular file of at most
+    /// [`MAX_BUILD_CONFIG_BYTES`]).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
+        let text = read_regular_string(path, MAX_BUILD_CONFIG_BYTES)?;
         toml::from_str(&text).with_context(|| format!("config {} is invalid", path.display()))
     }
 
@@ -177,6 +185,12 @@ impl FileConfig {
             }
         };
         let threads = self.threads.unwrap_or(0);
+        if threads > crate::MAX_THREADS {
+            bail!(
+                "threads = {threads}: at most {} (MAX_THREADS; 0 means all cores)",
+                crate::MAX_THREADS
+            );
+        }
         Ok(BuildPlan {
             engram,
             preset,
@@ -288,6 +302,10 @@ mod tests {
             },
             FileConfig {
                 init: Some("uniform".into()),
+                ..FileConfig::default()
+            },
+            FileConfig {
+                threads: Some(crate::MAX_THREADS + 1),
                 ..FileConfig::default()
             },
         ];

@@ -1,13 +1,24 @@
 //! Corpus discovery and reading: files, directories (recursive, glob include/exclude),
-//! JSON Lines with a named text field, and `-` for stdin. Binary files and invalid UTF-8 are
-//! skipped and counted, never fatal. Paths are visited in sorted order so builds are
+//! JSON Lines with a named text field, and `-` for stdin. Binary files, invalid UTF-8,
+//! files above [`MAX_CORPUS_FILE_BYTES`] and entries of a directory that are not regular
+//! files (FIFOs, sockets, devices, links to them) are skipped and counted, never fatal and
+//! never waited on. A path given explicitly must be a regular file or a directory (a FIFO
+//! is refused: pipe it to `-` instead). Paths are visited in sorted order so builds are
 //! deterministic.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use engram_kernels::file::{FileError, Limit, read_regular, read_stream};
 use globset::{Glob, GlobSet, GlobSetBuilder};
+
+/// Largest corpus file (or standard input) read: each is read whole and tokenized as one
+/// document or one JSON Lines file. Larger files are skipped with a warning; split them.
+pub const MAX_CORPUS_FILE_BYTES: Limit = Limit {
+    what: "corpus file",
+    name: "MAX_CORPUS_FILE_BYTES",
+    bytes: 4 << 30,
+};
 
 /// Where documents come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +87,13 @@ pub fn discover(inputs: &[PathBuf], options: &CorpusOptions) -> Result<Vec<Sourc
             sources.push(classify(input.clone()));
             continue;
         }
+        if !meta.is_dir() {
+            bail!(
+                "input {} is not a regular file or a directory (a FIFO, socket or device): \
+                 to read a pipe, give `-` and redirect it to standard input",
+                input.display()
+            );
+        }
         let mut files = Vec::new();
         let walker = walkdir::WalkDir::new(input)
             .follow_links(true)
@@ -84,7 +102,9 @@ pub fn discover(inputs: &[PathBuf], options: &CorpusOptions) -> Result<Vec<Sourc
             .filter_entry(|e| e.depth() == 0 || !exclude.is_match(e.path()));
         for entry in walker {
             let entry = entry.with_context(|| format!("walking {}", input.display()))?;
-            if !entry.file_type().is_file() {
+            // Everything but directories becomes a source: special files are reported as
+            // skipped when read (opening them never blocks), not silently dropped here.
+            if entry.file_type().is_dir() {
                 continue;
             }
             let path = entry.path();
@@ -118,6 +138,10 @@ pub enum Skip {
     InvalidUtf8,
     /// A JSON Lines record without the text field, or not JSON.
     BadRecord(String),
+    /// Not a regular file (FIFO, socket, device): never opened for reading.
+    NotRegular(&'static str),
+    /// Larger than [`MAX_CORPUS_FILE_BYTES`].
+    TooLarge(u64),
     /// The file could not be read.
     Unreadable(String),
 }
@@ -128,6 +152,12 @@ impl std::fmt::Display for Skip {
             Skip::Binary => write!(f, "binary file"),
             Skip::InvalidUtf8 => write!(f, "invalid UTF-8"),
             Skip::BadRecord(why) => write!(f, "bad JSON Lines record: {why}"),
+            Skip::NotRegular(kind) => write!(f, "not a regular file ({kind})"),
+            Skip::TooLarge(bytes) => write!(
+                f,
+                "{bytes} bytes, above the {}-byte limit ({})",
+                MAX_CORPUS_FILE_BYTES.bytes, MAX_CORPUS_FILE_BYTES.name
+            ),
             Skip::Unreadable(why) => write!(f, "unreadable: {why}"),
         }
     }
@@ -160,27 +190,29 @@ fn decode(bytes: Vec<u8>, name: &str, out: &mut Documents) -> Option<String> {
 /// Reads one source. Read errors become skips (counted warnings), never aborts.
 pub fn read(source: &Source, options: &CorpusOptions) -> Documents {
     let mut out = Documents::default();
-    let (name, bytes, jsonl) = match source {
-        Source::Text(p) | Source::JsonLines(p) => match std::fs::read(p) {
-            Ok(b) => (
-                p.display().to_string(),
-                b,
-                matches!(source, Source::JsonLines(_)),
-            ),
-            Err(e) => {
-                out.skipped
-                    .push((p.display().to_string(), Skip::Unreadable(e.to_string())));
-                return out;
-            }
-        },
+    let (path, read, jsonl) = match source {
+        Source::Text(p) | Source::JsonLines(p) => (
+            p.as_path(),
+            read_regular(p, MAX_CORPUS_FILE_BYTES),
+            matches!(source, Source::JsonLines(_)),
+        ),
         Source::Stdin => {
-            let mut b = Vec::new();
-            if let Err(e) = std::io::stdin().lock().read_to_end(&mut b) {
-                out.skipped
-                    .push(("<stdin>".into(), Skip::Unreadable(e.to_string())));
-                return out;
-            }
-            ("<stdin>".to_owned(), b, options.stdin_jsonl)
+            let p = Path::new("<stdin>");
+            let read = read_stream(std::io::stdin().lock(), 0, p, MAX_CORPUS_FILE_BYTES);
+            (p, read, options.stdin_jsonl)
+        }
+    };
+    let name = path.display().to_string();
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e) => {
+            let why = match e {
+                FileError::NotRegular { kind, .. } => Skip::NotRegular(kind),
+                FileError::TooLarge { found, .. } => Skip::TooLarge(found),
+                other => Skip::Unreadable(other.to_string()),
+            };
+            out.skipped.push((name, why));
+            return out;
         }
     };
     out.bytes = bytes.len() as u64;
@@ -268,5 +300,42 @@ mod tests {
         let docs = read(&Source::JsonLines(jl), &opts);
         assert_eq!(docs.texts, ["one", "two"]);
         assert_eq!(docs.skipped.len(), 2);
+    }
+
+    /// FIFOs, devices and links to them inside a corpus directory are skipped and counted
+    /// without being opened for reading (a FIFO with no writer blocked the build forever);
+    /// given explicitly, they are refused.
+    #[test]
+    fn special_files_are_skipped_in_directories_and_refused_explicitly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("a.py"), "x = 1\n").expect("write");
+        let fifo = root.join("b.py");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success();
+        assert!(ok);
+        std::os::unix::fs::symlink("/dev/zero", root.join("c.py")).expect("symlink");
+        let opts = CorpusOptions::default();
+        let sources = discover(&[root.to_path_buf()], &opts).expect("files");
+        assert_eq!(sources.len(), 3);
+        let skips: Vec<Skip> = sources
+            .iter()
+            .flat_map(|s| read(s, &opts).skipped)
+            .map(|(_, why)| why)
+            .collect();
+        assert_eq!(
+            skips,
+            [
+                Skip::NotRegular("FIFO"),
+                Skip::NotRegular("character device")
+            ]
+        );
+        for special in [fifo, root.join("c.py")] {
+            let e = discover(&[special], &opts).expect_err("explicit special file");
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
     }
 }

@@ -30,7 +30,7 @@ use crate::addressing::AddressingArgs;
 use crate::json_line;
 
 /// File name of the traffic profile inside a table directory.
-pub const PROFILE_FILE: &str = "profile.bin";
+pub use engram_store::profile::PROFILE_FILE;
 
 /// Free space required beyond the table's own size (temporary files, the profile, and room
 /// for the rest of the system) before a build starts.
@@ -41,8 +41,16 @@ pub const FREE_SPACE_HEADROOM_BYTES: u64 = 64 << 20;
 pub struct BuildArgs {
     /// Corpus inputs: files, directories (recursive), `.jsonl` files, or `-` for stdin.
     pub paths: Vec<PathBuf>,
-    /// Table directory to publish.
-    #[arg(long, short)]
+    /// Table directory to publish (required except with --print-config).
+    // Empty when not given (clap's PathBuf parser would refuse the empty default): `run`
+    // requires it after --print-config has had its chance.
+    #[arg(
+        long,
+        short,
+        default_value_os = "",
+        hide_default_value = true,
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+    )]
     pub out: PathBuf,
     /// TOML config file; flags override its keys.
     #[arg(long)]
@@ -79,7 +87,7 @@ pub struct BuildArgs {
     /// Read stdin (`-`) as JSON Lines instead of one document.
     #[arg(long)]
     pub stdin_jsonl: bool,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: all cores; at most MAX_THREADS).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Print the resolved config as TOML and exit.
@@ -123,6 +131,9 @@ impl BuildArgs {
     }
 }
 
+/// The estimate's allowance for the tokenizer, the pipeline's buffers and the binary.
+const FIXED_RAM_BYTES: u64 = 256 << 20;
+
 /// Sizes a build will produce, known before any work.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Estimate {
@@ -134,18 +145,31 @@ pub struct Estimate {
     pub ram_bytes: u64,
 }
 
-fn estimate(manifest: &Manifest, layout: &EngramLayout) -> Result<Estimate> {
-    let mut table_bytes = 0u64;
+/// Bytes the layer files of `manifest` will occupy.
+pub(crate) fn table_bytes(manifest: &Manifest) -> Result<u64> {
+    let mut total = 0u64;
     for (i, l) in manifest.layers.iter().enumerate() {
-        table_bytes += LayerHeader::expected(manifest, i as u32, l.layer_id, l.rows)?.file_bytes;
+        let file = LayerHeader::expected(manifest, i as u32, l.layer_id, l.rows)?.file_bytes;
+        total = total
+            .checked_add(file)
+            .context("the table's size overflows u64")?;
     }
+    Ok(total)
+}
+
+fn estimate(manifest: &Manifest, layout: &EngramLayout, threads: usize) -> Result<Estimate> {
+    let table_bytes = table_bytes(manifest)?;
     let rows_per_layer: Vec<u64> = layout.layers.iter().map(|l| l.total_rows).collect();
     let counter_bytes = count::Counters::bytes(layout);
     let rows: u64 = rows_per_layer.iter().sum();
     // Counters, plus the profile of touched rows (16 B each, at most every row of the
-    // largest layer while it is ranked), plus the tokenizer and buffers (~256 MiB).
+    // largest layer while it is ranked), plus the tokenizer and buffers (~256 MiB), plus
+    // each counting thread's buffers.
     let max_layer = rows_per_layer.iter().copied().max().unwrap_or(0);
-    let ram_bytes = counter_bytes + 16 * max_layer + (256 << 20);
+    let ram_bytes = counter_bytes
+        .saturating_add(max_layer.saturating_mul(16))
+        .saturating_add(FIXED_RAM_BYTES)
+        .saturating_add(count::WORKER_BYTES.saturating_mul(threads as u64));
     Ok(Estimate {
         rows_per_layer,
         rows,
@@ -157,7 +181,7 @@ fn estimate(manifest: &Manifest, layout: &EngramLayout) -> Result<Estimate> {
 }
 
 /// Free bytes on the file system that will hold `out` (its nearest existing ancestor).
-fn free_bytes(out: &Path) -> Result<u64> {
+pub(crate) fn free_bytes(out: &Path) -> Result<u64> {
     let mut dir = out.parent().unwrap_or(Path::new("."));
     while !dir.as_os_str().is_empty() && !dir.exists() {
         dir = dir.parent().unwrap_or(Path::new("."));
@@ -220,6 +244,9 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         crate::out_line(format_args!("{}", plan.to_toml()?.trim_end()));
         return Ok(serde_json::Value::Null);
     }
+    if args.out.as_os_str().is_empty() {
+        bail!("--out DIR is required: the table directory to publish");
+    }
     let mode = Mode::choose(args.json, args.quiet);
     let started = Instant::now();
 
@@ -246,12 +273,21 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         created_unix: build_time(),
         source,
         notes: String::new(),
+        checkpoint_sha256: checkpoints
+            .as_ref()
+            .map(|c| c.sha256().to_vec())
+            .unwrap_or_default(),
     };
     let manifest = Manifest::new(&layout, &tok.sha256, plan.row_layout, plan.dim, None, build)?;
-    let est = estimate(&manifest, &layout)?;
+    // 0 threads: rayon's default, one per core.
+    let threads = match plan.threads {
+        0 => rayon::current_num_threads(),
+        n => n,
+    };
+    let est = estimate(&manifest, &layout, threads)?;
 
     if args.dry_run {
-        let summary = serde_json::json!({ "dry_run": true, "out": args.out, "estimate": est });
+        let summary = serde_json::json!({ "dry_run": true, "out": crate::json_path(&args.out), "estimate": est });
         if mode == Mode::Json {
             json_line("summary", &summary);
         } else {
@@ -270,6 +306,21 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             );
         }
         return Ok(summary);
+    }
+    // Fail before any work when the hit counters (allocated whole when counting starts)
+    // and the ranked profile of the largest layer cannot fit the address-space limit.
+    let counting_bytes = est.ram_bytes.saturating_sub(FIXED_RAM_BYTES);
+    if let Some(limit) = crate::address_space_limit()
+        && !args.paths.is_empty()
+        && counting_bytes > limit
+    {
+        bail!(
+            "counting needs {} of memory ({} of hit counters), above the process's \
+             address-space limit of {} (ulimit -v): raise the limit or use a smaller --base-size",
+            human(counting_bytes),
+            human(est.counter_bytes),
+            human(limit)
+        );
     }
     if args.out.exists() && !args.force {
         bail!(
@@ -300,7 +351,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         json_line(
             "begin",
             &serde_json::json!({
-                "out": args.out, "tokenizer": tok_path, "tokenizer_sha256": tok.sha256,
+                "out": crate::json_path(&args.out), "tokenizer": crate::json_path(&tok_path), "tokenizer_sha256": tok.sha256,
                 "config": plan.engram, "row_layout": config::row_layout_name(plan.row_layout),
                 "dim": plan.dim, "estimate": est,
             }),
@@ -334,6 +385,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             let worker = s.spawn(|| {
                 pool.install(|| {
                     count::count(
+                        count::Strategy::for_layout(&layout),
                         &sources,
                         &plan.corpus,
                         &tok.tokenizer,
@@ -424,7 +476,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     let write_secs = phase.finish(done, "published");
 
     let mut summary = serde_json::json!({
-        "out": args.out,
+        "out": crate::json_path(&args.out),
         "table_id": manifest.table_id,
         "rows": est.rows,
         "table_bytes": est.table_bytes,

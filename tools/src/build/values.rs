@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
+use engram_kernels::file::{FileError, Limit, Sha256Sums, read_regular, sha256_hex};
 use engram_kernels::quant::quantize_rows;
 use engram_kernels::rng::SplitMix64;
 use engram_store::format::RowLayout;
@@ -37,10 +38,20 @@ pub fn normal_row(seed: u64, layer_id: u64, row: u64, std: f32, out: &mut [f32])
     }
 }
 
+/// Largest checkpoint file accepted for import (read whole; a V4.1-size table is ~200 GB
+/// and is imported from several files).
+pub const MAX_CHECKPOINT_BYTES: Limit = Limit {
+    what: "checkpoint",
+    name: "MAX_CHECKPOINT_BYTES",
+    bytes: 64 << 30,
+};
+
 /// The imported checkpoints, read once.
 #[derive(Debug)]
 pub struct Checkpoints {
     files: Vec<(PathBuf, Vec<u8>)>,
+    // SHA-256 of each file, lower-case hex, in `files` order
+    sha256: Vec<String>,
 }
 
 /// Where one layer's imported rows live.
@@ -51,19 +62,45 @@ struct TensorRef {
 }
 
 impl Checkpoints {
-    /// Reads every file (a checkpoint of the sizes handled here fits in memory).
+    /// Reads every file (a checkpoint of the sizes handled here fits in memory) and its
+    /// SHA-256. A file listed in a `SHA256SUMS` beside it must match it (a model directory
+    /// exported by `tools/train` has one), so a corrupted checkpoint never becomes a table.
     pub fn open(paths: &[PathBuf]) -> Result<Self> {
-        let files = paths
-            .iter()
-            .map(|p| {
-                let bytes = std::fs::read(p)
-                    .with_context(|| format!("reading checkpoint {}", p.display()))?;
-                SafeTensors::deserialize(&bytes)
-                    .with_context(|| format!("{} is not a safetensors file", p.display()))?;
-                Ok((p.clone(), bytes))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { files })
+        let mut files = Vec::with_capacity(paths.len());
+        let mut sha256 = Vec::with_capacity(paths.len());
+        for p in paths {
+            let bytes = read_regular(p, MAX_CHECKPOINT_BYTES)?;
+            let sums_path = Sha256Sums::beside(p);
+            let listed = match Sha256Sums::read(&sums_path) {
+                Ok(sums) => p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| sums.get(n))
+                    .is_some()
+                    .then_some(sums),
+                Err(FileError::Io { error, .. })
+                    if error.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let sha = match listed {
+                Some(sums) => sums.check(p, &bytes)?,
+                None => sha256_hex(&bytes),
+            };
+            SafeTensors::deserialize(&bytes)
+                .with_context(|| format!("{} is not a safetensors file", p.display()))?;
+            files.push((p.clone(), bytes));
+            sha256.push(sha);
+        }
+        Ok(Self { files, sha256 })
+    }
+
+    /// SHA-256 of each file, lower-case hex, in the order given (recorded in the manifest
+    /// as `build.checkpoint_sha256`).
+    pub fn sha256(&self) -> &[String] {
+        &self.sha256
     }
 
     /// Every `__metadata__` entry of every file.

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
 use engram_store::workload::{BenchSpec, RowDist, parse_bytes, run_bench};
 use engram_store::{Profile, Store, StoreOptions};
 
-use crate::json_line;
+use crate::{MAX_THREADS, json_line};
 
 /// Benchmark lookups against a table.
 #[derive(Debug, ClapArgs)]
@@ -46,7 +46,7 @@ pub struct Args {
     /// Seed the cache from this profile file.
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// Client threads.
+    /// Client threads (1..=1024).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Prefetch tickets in flight per thread (0: synchronous lookup_into).
@@ -63,15 +63,46 @@ pub struct Args {
     pub json: bool,
 }
 
+/// Most prefetch tickets in flight per client thread.
+pub const MAX_PREFETCH_DEPTH: usize = 4096;
+/// Most row ids drawn up front (`threads x (batches + warmup_batches) x batch_rows`, 8 B
+/// each: 2 GiB).
+pub const MAX_BENCH_IDS: u64 = 1 << 28;
+
+fn validate(args: &Args) -> Result<()> {
+    ensure!(
+        (1..=MAX_THREADS).contains(&args.threads),
+        "--threads {}: must be in 1..={MAX_THREADS} (MAX_THREADS)",
+        args.threads
+    );
+    ensure!(
+        args.prefetch_depth <= MAX_PREFETCH_DEPTH,
+        "--prefetch-depth {}: at most {MAX_PREFETCH_DEPTH} (MAX_PREFETCH_DEPTH)",
+        args.prefetch_depth
+    );
+    ensure!(args.batches > 0, "--batches must be at least 1");
+    let ids = (args.threads as u64)
+        .checked_mul((args.batches as u64).saturating_add(args.warmup_batches as u64))
+        .and_then(|n| n.checked_mul(args.batch_rows as u64))
+        .filter(|&n| n <= MAX_BENCH_IDS);
+    ensure!(
+        ids.is_some(),
+        "--threads x (--batches + --warmup-batches) x --batch-rows is above {MAX_BENCH_IDS} \
+         row ids (MAX_BENCH_IDS): they are drawn before the clock starts"
+    );
+    Ok(())
+}
+
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
+    validate(&args)?;
     let profile = match &args.profile {
         Some(p) => Some(Profile::read(p)?),
         None => None,
     };
     let opts = StoreOptions {
         backend: args.read.backend_options()?,
-        io_workers: args.threads.max(1),
+        io_workers: args.threads,
         max_in_flight: (args.threads * args.prefetch_depth).max(4),
         max_batch_rows: args.batch_rows,
         cache_bytes: parse_bytes(&args.cache_bytes)?,
@@ -87,7 +118,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         batch_rows: args.batch_rows,
         batches: args.batches,
         warmup_batches: args.warmup_batches,
-        threads: args.threads.max(1),
+        threads: args.threads,
         dist: RowDist::parse(&args.dist)?,
         seed: args.seed,
         layers: args.layer_index.into_iter().collect(),
@@ -98,9 +129,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         json_line(
             "bench",
             &serde_json::json!({
-                "table": args.table, "dist": args.dist, "queue_depth": args.read.queue_depth,
+                "table": crate::json_path(&args.table), "dist": args.dist, "queue_depth": args.read.queue_depth,
                 "cache_bytes": opts.cache_bytes, "fallback": fallback,
-                "service": args.service.service,
+                "service": args.service.service.as_deref().map(crate::json_path),
                 "report": r,
             }),
         );

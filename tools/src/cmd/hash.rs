@@ -107,7 +107,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         json_line(
             "hash",
             &serde_json::json!({
-                "tokenizer": path,
+                "tokenizer": crate::json_path(&path),
                 "tokenizer_sha256": loaded.sha256,
                 "config": config,
                 "compressed_vocab_size": table.compressed_vocab_size(),

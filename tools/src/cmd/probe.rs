@@ -7,9 +7,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
+use engram_kernels::alloc::try_vec_dims;
+use engram_kernels::file::open_regular;
+use engram_store::backend::MAX_QUEUE_DEPTH;
 use engram_store::backend::uring::probe_random_reads;
+use engram_store::format::MAX_ROW_BYTES;
 use engram_store::workload::{SplitMix64, parse_bytes};
 
 use crate::json_line;
@@ -55,10 +59,50 @@ impl Drop for Scratch {
     }
 }
 
-/// Random gather of `row_bytes` rows from a `bytes` buffer: rows/s and GB/s.
-pub fn dram_gather(bytes: usize, row_bytes: usize, seconds: f64) -> (f64, f64) {
+/// Largest read probed (O_DIRECT reads are a power of two from 512 B).
+pub const MAX_PROBE_BLOCK_BYTES: u64 = 1 << 20;
+/// Longest measurement per queue depth.
+pub const MAX_PROBE_SECONDS: f64 = 3600.0;
+
+/// Checks every size and duration flag before any work: a zero read or row size, a
+/// non-finite duration or a queue depth the store would refuse is a usage error, not a
+/// panic halfway through.
+fn validate(args: &Args) -> Result<()> {
+    let b = args.block_bytes;
+    ensure!(
+        b.is_power_of_two() && (512..=MAX_PROBE_BLOCK_BYTES).contains(&b),
+        "--block-bytes {b}: must be a power of two in 512..={MAX_PROBE_BLOCK_BYTES} \
+         (MAX_PROBE_BLOCK_BYTES)"
+    );
+    ensure!(
+        (1..=MAX_ROW_BYTES).contains(&(args.row_bytes as u64)),
+        "--row-bytes {}: must be in 1..={MAX_ROW_BYTES} (the format's MAX_ROW_BYTES)",
+        args.row_bytes
+    );
+    ensure!(
+        args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= MAX_PROBE_SECONDS,
+        "--seconds {}: must be in (0, {MAX_PROBE_SECONDS}] (MAX_PROBE_SECONDS)",
+        args.seconds
+    );
+    ensure!(
+        !args.queue_depths.is_empty(),
+        "--queue-depths: give at least one"
+    );
+    for &qd in &args.queue_depths {
+        ensure!(
+            (1..=MAX_QUEUE_DEPTH).contains(&qd),
+            "--queue-depths {qd}: each must be in 1..={MAX_QUEUE_DEPTH} (MAX_QUEUE_DEPTH)"
+        );
+    }
+    Ok(())
+}
+
+/// Random gather of `row_bytes` rows from a `bytes` buffer: rows/s and GB/s. The buffer is
+/// allocated fallibly (its size is a flag).
+pub fn dram_gather(bytes: usize, row_bytes: usize, seconds: f64) -> Result<(f64, f64)> {
+    ensure!(row_bytes > 0, "row bytes must be at least 1");
     let rows = (bytes / row_bytes).max(1);
-    let mut mem = vec![0u8; rows * row_bytes];
+    let mut mem = try_vec_dims(&[rows, row_bytes], 0u8, "the DRAM gather buffer")?;
     for (i, b) in mem.iter_mut().enumerate() {
         *b = i as u8;
     }
@@ -80,11 +124,14 @@ pub fn dram_gather(bytes: usize, row_bytes: usize, seconds: f64) -> (f64, f64) {
     }
     std::hint::black_box(&out);
     let s = t0.elapsed().as_secs_f64();
-    (n as f64 / s, n as f64 * row_bytes as f64 / s / 1e9)
+    Ok((n as f64 / s, n as f64 * row_bytes as f64 / s / 1e9))
 }
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
+    validate(&args)?;
+    let dram_bytes = usize::try_from(parse_bytes(&args.dram_bytes)?)
+        .context("--dram-bytes does not fit this machine's address space")?;
     let (path, _scratch) = match &args.file {
         Some(f) => (f.clone(), None),
         None => {
@@ -105,18 +152,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
             (path, Some(guard))
         }
     };
-    let len = std::fs::metadata(&path)
-        .with_context(|| format!("stat {}", path.display()))?
-        .len()
-        / args.block_bytes
-        * args.block_bytes;
+    // A regular file only: O_DIRECT reads of a FIFO would block forever.
+    let (_, file_bytes) = open_regular(&path)?;
+    let len = file_bytes / args.block_bytes * args.block_bytes;
+    ensure!(
+        len > 0,
+        "{} holds {file_bytes} bytes, less than one {} B read",
+        path.display(),
+        args.block_bytes
+    );
     for &qd in &args.queue_depths {
         let r = probe_random_reads(&path, 0, len, args.block_bytes, qd, args.seconds, qd as u64)
             .with_context(|| format!("probing {}", path.display()))?;
         if args.json {
             json_line(
                 "probe_disk",
-                &serde_json::json!({"file": path, "result": r}),
+                &serde_json::json!({"file": crate::json_path(&path), "result": r}),
             );
         } else {
             crate::outln!(
@@ -162,11 +213,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             );
         }
     }
-    let (rows_s, gb_s) = dram_gather(
-        parse_bytes(&args.dram_bytes)? as usize,
-        args.row_bytes,
-        args.seconds.min(3.0),
-    );
+    let (rows_s, gb_s) = dram_gather(dram_bytes, args.row_bytes, args.seconds.min(3.0))?;
     if args.json {
         json_line(
             "probe_dram",

@@ -48,7 +48,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     spec.block_bytes = args.block_bytes;
     let m = spec.manifest()?;
     let rows: u64 = m.layers.iter().map(|l| l.rows).sum();
-    let bytes = rows.div_ceil(m.rows_per_unit) * m.unit_bytes;
+    let bytes = crate::build::table_bytes(&m)?;
+    // Refuse up front what cannot fit: a --base-size typo must not start writing (and
+    // allocating checksum tables for) hundreds of gigabytes.
+    let free = crate::build::free_bytes(&args.out)?;
+    anyhow::ensure!(
+        bytes <= free,
+        "{} rows x {} B need {bytes} bytes ({:.1} GB) on disk; the file system holding {} \
+         has {free} bytes free (check --base-size)",
+        rows,
+        m.row_bytes,
+        bytes as f64 / 1e9,
+        args.out.display()
+    );
     eprintln!(
         "writing {} rows x {} B ({:.2} GB) to {}",
         rows,
@@ -75,7 +87,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         json_line(
             "synth",
             &serde_json::json!({
-                "out": args.out, "preset": args.preset, "rows": rows,
+                "out": crate::json_path(&args.out), "preset": args.preset, "rows": rows,
                 "file_bytes": file_bytes, "seconds": secs,
                 "rows_per_layer": m.layers.iter().map(|l| l.rows).collect::<Vec<_>>(),
             }),

@@ -15,7 +15,8 @@ use crate::{EXIT_MISMATCH, json_line};
     after_help = "Examples:\n  engram vectors tests/data/conformance/engram-hash-v1.json\n  \
     engram vectors tests/data/conformance/*.json tests/data/conformance/*.safetensors\n\n\
     Prints `vectors: C cases, I indices, all match` and exits 0, or the first mismatches \
-    (case, layer, position, head) and exits 1. Unreadable or malformed files exit 2."
+    (case, layer, position, head) and exits 1. Unreadable or malformed files, and files \
+    with no cases, exit 2."
 )]
 pub struct Args {
     /// engram-hash-v1 JSON or engram-forward-v1 safetensors files (recognised by content).
@@ -42,6 +43,15 @@ pub fn check_files(args: &Args) -> Result<Vec<VectorReport>> {
             VectorKind::ForwardIndex => crate::vectors::check_forward_index(path)?,
             VectorKind::Forward => crate::vectors_forward::check_forward_file(path)?,
         };
+        // "all match" over nothing would be a pass that tested nothing.
+        anyhow::ensure!(
+            report.cases > 0 && report.checked > 0,
+            "{}: {} cases, {} {} compared: the file checks nothing",
+            path.display(),
+            report.cases,
+            report.checked,
+            report.unit
+        );
         match totals.iter_mut().find(|t| t.unit == report.unit) {
             Some(t) => t.merge(report),
             None => totals.push(report),
