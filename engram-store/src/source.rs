@@ -79,16 +79,7 @@ pub trait RowSource: Send + Sync + std::fmt::Debug {
                 found: ids.len(),
             });
         }
-        let rows = self.rows(layer)?;
-        if let Some((index, &row)) = ids.iter().enumerate().find(|&(_, &r)| r >= rows) {
-            return Err(Error::RowOutOfRange {
-                layer,
-                index,
-                row,
-                rows,
-            });
-        }
-        Ok(())
+        crate::table::check_row_ids(layer, ids, self.rows(layer)?)
     }
 }
 
