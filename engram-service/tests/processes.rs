@@ -2,6 +2,7 @@
 //! nothing and disturbs no one; a client of another user is refused (by the socket's mode,
 //! and by the peer-credential rule when the mode is loosened). The clients are this test
 //! binary run again in a child role ([`child_process`]).
+#![allow(clippy::panic)] // tests fail by panicking
 
 mod common;
 

@@ -217,6 +217,7 @@ struct RawClient {
     bell: engram_service::bell::Doorbell,
 }
 
+#[allow(clippy::panic)] // a test helper: no welcome fails the test
 fn raw_client(sock_path: &std::path::Path) -> RawClient {
     let sock = std::os::unix::net::UnixStream::connect(sock_path).expect("connect");
     let hello = Request::Hello {

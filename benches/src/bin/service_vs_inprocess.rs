@@ -133,7 +133,7 @@ fn latency(args: &[String]) -> Result<()> {
                     }
                 }
             }
-            let mut ns: Vec<Vec<u64>> = vec![Vec::with_capacity(calls); 3];
+            let mut ns: Vec<Vec<u64>> = (0..3).map(|_| Vec::with_capacity(calls)).collect();
             for k in 0..calls {
                 let b = &batches[k % batches.len()];
                 for (i, (_, p)) in paths.iter().enumerate() {

@@ -133,14 +133,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .map(|a| format!(", metrics at http://{a}/metrics"))
             .unwrap_or_default()
     ));
-    loop {
-        match signals.wait()? {
-            Signal::Reload => {
-                for r in server.reload() {
-                    say(format_args!("reload {}: {}", r.table, r.outcome));
-                }
-            }
-            Signal::Stop => break,
+    // Reload on SIGHUP until SIGINT or SIGTERM.
+    while let Signal::Reload = signals.wait()? {
+        for r in server.reload() {
+            say(format_args!("reload {}: {}", r.table, r.outcome));
         }
     }
     say(format_args!("stopping"));
