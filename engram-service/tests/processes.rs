@@ -123,8 +123,11 @@ fn a_client_killed_mid_stream_leaks_nothing() {
                 .iter()
                 .any(|c| c.id != other.client_id() && c.requests.requests > 20)
         });
+        drop(out);
         c.kill().expect("SIGKILL");
         let status = c.wait().expect("wait");
+        // The test's own ends of the child's pipes are not the server's descriptors.
+        drop(c);
         assert!(!status.success(), "round {round}: the child was not killed");
         eventually("the killed client's detach", || server.clients() == 1);
         eventually("its descriptors closed", || open_fds() <= fds0);
