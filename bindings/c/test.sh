@@ -60,4 +60,15 @@ if "$work/lookup" "$table" 7 1 2>"$work/err"; then
   echo "an unknown layer should fail" >&2; exit 1
 fi
 grep -q ENGRAM_ERR_UNKNOWN_LAYER "$work/err"
+
+# The same rows through the storage service: engram_store_open("unix:SOCKET").
+sock="$work/engram.sock"
+"$engram" serve "$table" --socket "$sock" --backend pread --cache-bytes 1M 2>"$work/serve.log" &
+serve_pid=$!
+trap 'kill "$serve_pid" 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+got="$("${vg[@]}" "$work/lookup" "unix:$sock" 15 3 1 4)"
+[ "$got" = "$want" ] || { echo "example through the service differs from engram lookup" >&2; exit 1; }
+kill "$serve_pid"
+wait "$serve_pid" || { echo "engram serve did not stop cleanly:" >&2; cat "$work/serve.log" >&2; exit 1; }
 echo "C ABI: test and example passed under ${vg[0]:-no valgrind}"

@@ -289,6 +289,10 @@ pub enum Error {
         /// The file or directory that changed identity while it was opened.
         path: PathBuf,
     },
+    /// A row source other than the in-process store failed (the storage service's client:
+    /// the server went away, refused the client, or answered out of protocol).
+    #[error(transparent)]
+    Remote(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl From<engram_kernels::file::FileError> for Error {

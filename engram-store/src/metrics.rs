@@ -6,15 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::{IoCounters, Tier};
 
 /// Longest latency the histograms track (60 s, in ns).
 const MAX_TRACKED_NS: u64 = 60_000_000_000;
 
-/// A latency histogram in ns with the store's bounds.
-pub(crate) fn new_hist() -> Histogram<u64> {
+/// A latency histogram in ns with the store's bounds (1 ns to 60 s, 3 significant digits);
+/// the storage service keeps its latencies in the same shape.
+pub fn new_hist() -> Histogram<u64> {
     match Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3) {
         Ok(h) => h,
         Err(e) => unreachable!("constant histogram bounds are valid: {e}"),
@@ -57,7 +58,7 @@ impl SharedHist {
 
 /// Records `ns` into `h`, clamped to the tracked range.
 #[inline]
-pub(crate) fn record_ns(h: &mut Histogram<u64>, ns: u64) {
+pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
     let _ = h.record(ns.clamp(1, MAX_TRACKED_NS));
 }
 
@@ -132,7 +133,7 @@ fn tier_index(t: Tier) -> usize {
 }
 
 /// Latency quantiles of one histogram.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// What was timed (`batch`, a tier or a stage name).
     pub name: String,
@@ -150,7 +151,8 @@ pub struct LatencySummary {
     pub max_us: f64,
 }
 
-fn summary(name: &str, h: &Histogram<u64>) -> LatencySummary {
+/// Quantiles of `h` (ns) in microseconds.
+pub fn summary(name: &str, h: &Histogram<u64>) -> LatencySummary {
     let us = |ns: u64| ns as f64 / 1000.0;
     LatencySummary {
         name: name.to_string(),
@@ -164,7 +166,7 @@ fn summary(name: &str, h: &Histogram<u64>) -> LatencySummary {
 }
 
 /// A point-in-time copy of the metrics.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     /// Name of the backend that served the reads ([`crate::BackendKind::name`]).
     pub backend: String,
@@ -353,135 +355,170 @@ impl StatsSnapshot {
     /// Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
         let mut o = String::new();
-        let b = &self.backend;
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP engram_store_{name} {help}");
-            let _ = writeln!(o, "# TYPE engram_store_{name} counter");
-            let _ = writeln!(o, "engram_store_{name}{{backend=\"{b}\"}} {v}");
-        };
-        counter(
+        prometheus_text(&[("", self)], &mut o);
+        o
+    }
+}
+
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+pub fn prometheus_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Appends the Prometheus text of several snapshots to `o`, each metric family once, one
+/// sample per snapshot. Each item's labels (`table="a",`, escaped, ending in a comma, or
+/// empty) come before its `backend` label.
+pub fn prometheus_text(items: &[(&str, &StatsSnapshot)], o: &mut String) {
+    type Field = fn(&StatsSnapshot) -> u64;
+    let counters: [(&str, &str, Field); 16] = [
+        (
             "batches_total",
             "Lookup and prefetch batches served.",
-            self.batches,
-        );
-        counter(
-            "rows_requested_total",
-            "Row ids requested.",
-            self.rows_requested,
-        );
-        counter(
+            |s| s.batches,
+        ),
+        ("rows_requested_total", "Row ids requested.", |s| {
+            s.rows_requested
+        }),
+        (
             "cache_hits_total",
             "Rows served from the hot-row cache.",
-            self.cache_hits,
-        );
-        counter(
+            |s| s.cache_hits,
+        ),
+        (
             "cache_misses_total",
             "Rows not in the hot-row cache.",
-            self.cache_misses,
-        );
-        counter(
-            "backend_rows_total",
-            "Rows asked of the backend.",
-            self.rows_backend,
-        );
-        counter(
+            |s| s.cache_misses,
+        ),
+        ("backend_rows_total", "Rows asked of the backend.", |s| {
+            s.rows_backend
+        }),
+        (
             "backend_unique_rows_total",
             "Distinct rows read by the backend.",
-            self.rows_unique,
-        );
-        counter(
-            "device_reads_total",
-            "Device read operations.",
-            self.device_reads,
-        );
-        counter(
+            |s| s.rows_unique,
+        ),
+        ("device_reads_total", "Device read operations.", |s| {
+            s.device_reads
+        }),
+        (
             "device_read_bytes_total",
             "Bytes read from the device or touched in memory.",
-            self.device_bytes,
-        );
-        counter(
+            |s| s.device_bytes,
+        ),
+        (
             "record_reads_total",
             "Device reads of n-gram records (each served several rows).",
-            self.record_reads,
-        );
-        counter(
+            |s| s.record_reads,
+        ),
+        (
             "record_rows_total",
             "Distinct rows served from n-gram records.",
-            self.record_rows,
-        );
-        counter(
+            |s| s.record_rows,
+        ),
+        (
             "hedged_reads_total",
             "Device reads issued again because the first copy was overdue.",
-            self.hedged_reads,
-        );
-        counter("errors_total", "Batches that failed.", self.errors);
-        counter(
+            |s| s.hedged_reads,
+        ),
+        ("errors_total", "Batches that failed.", |s| s.errors),
+        (
             "speculation_batches_total",
             "Speculative prefetches run.",
-            self.spec_batches,
-        );
-        counter(
+            |s| s.spec_batches,
+        ),
+        (
             "speculation_rows_read_total",
             "Rows speculative prefetches read into the cache.",
-            self.spec_rows_read,
-        );
-        counter(
+            |s| s.spec_rows_read,
+        ),
+        (
             "speculation_dropped_total",
             "Speculative prefetches not taken (too many pending).",
-            self.spec_dropped,
-        );
-        counter(
+            |s| s.spec_dropped,
+        ),
+        (
             "speculation_failed_total",
             "Speculative prefetches that failed or were cancelled.",
-            self.spec_failed,
-        );
-        let _ = writeln!(
-            o,
-            "# HELP engram_store_read_amplification Device bytes per useful row byte."
-        );
-        let _ = writeln!(o, "# TYPE engram_store_read_amplification gauge");
-        let _ = writeln!(
-            o,
-            "engram_store_read_amplification{{backend=\"{b}\"}} {}",
-            self.read_amplification
-        );
-        let _ = writeln!(
-            o,
-            "# HELP engram_store_cache_rows Rows held by the hot-row cache."
-        );
-        let _ = writeln!(o, "# TYPE engram_store_cache_rows gauge");
-        let _ = writeln!(
-            o,
-            "engram_store_cache_rows{{backend=\"{b}\"}} {}",
-            self.cache_rows
-        );
-        let mut latency = |metric: &str, label: &str, items: &[LatencySummary]| {
-            let _ = writeln!(o, "# HELP engram_store_{metric}_seconds Latency quantiles.");
-            let _ = writeln!(o, "# TYPE engram_store_{metric}_seconds summary");
-            for s in items {
-                for (q, v) in [("0.5", s.p50_us), ("0.99", s.p99_us), ("0.999", s.p999_us)] {
+            |s| s.spec_failed,
+        ),
+    ];
+    for (name, help, field) in counters {
+        let _ = writeln!(o, "# HELP engram_store_{name} {help}");
+        let _ = writeln!(o, "# TYPE engram_store_{name} counter");
+        for (labels, s) in items {
+            let b = prometheus_label(&s.backend);
+            let _ = writeln!(
+                o,
+                "engram_store_{name}{{{labels}backend=\"{b}\"}} {}",
+                field(s)
+            );
+        }
+    }
+    type Gauge = fn(&StatsSnapshot) -> f64;
+    let gauges: [(&str, &str, Gauge); 3] = [
+        (
+            "read_amplification",
+            "Device bytes per useful row byte.",
+            |s| s.read_amplification,
+        ),
+        ("cache_rows", "Rows held by the hot-row cache.", |s| {
+            s.cache_rows as f64
+        }),
+        (
+            "cache_hit_rate",
+            "Cache hits per row looked up in the cache.",
+            |s| s.cache_hit_rate,
+        ),
+    ];
+    for (name, help, field) in gauges {
+        let _ = writeln!(o, "# HELP engram_store_{name} {help}");
+        let _ = writeln!(o, "# TYPE engram_store_{name} gauge");
+        for (labels, s) in items {
+            let b = prometheus_label(&s.backend);
+            let _ = writeln!(
+                o,
+                "engram_store_{name}{{{labels}backend=\"{b}\"}} {}",
+                field(s)
+            );
+        }
+    }
+    type Summaries = fn(&StatsSnapshot) -> &[LatencySummary];
+    let latencies: [(&str, &str, Summaries); 4] = [
+        ("tier_latency", "tier", |s| &s.tiers),
+        ("stage_latency", "stage", |s| &s.stages),
+        ("batch_latency", "kind", |s| std::slice::from_ref(&s.batch)),
+        ("device_read_latency", "kind", |s| {
+            std::slice::from_ref(&s.device_read)
+        }),
+    ];
+    for (metric, label, field) in latencies {
+        let _ = writeln!(o, "# HELP engram_store_{metric}_seconds Latency quantiles.");
+        let _ = writeln!(o, "# TYPE engram_store_{metric}_seconds summary");
+        for (labels, s) in items {
+            let b = prometheus_label(&s.backend);
+            for l in field(s) {
+                for (q, v) in [("0.5", l.p50_us), ("0.99", l.p99_us), ("0.999", l.p999_us)] {
                     let _ = writeln!(
                         o,
-                        "engram_store_{metric}_seconds{{backend=\"{b}\",{label}=\"{}\",quantile=\"{q}\"}} {:e}",
-                        s.name,
+                        "engram_store_{metric}_seconds{{{labels}backend=\"{b}\",{label}=\"{}\",quantile=\"{q}\"}} {:e}",
+                        l.name,
                         v / 1e6
                     );
                 }
                 let _ = writeln!(
                     o,
-                    "engram_store_{metric}_seconds_count{{backend=\"{b}\",{label}=\"{}\"}} {}",
-                    s.name, s.count
+                    "engram_store_{metric}_seconds_sum{{{labels}backend=\"{b}\",{label}=\"{}\"}} {:e}",
+                    l.name,
+                    l.mean_us * l.count as f64 / 1e6
+                );
+                let _ = writeln!(
+                    o,
+                    "engram_store_{metric}_seconds_count{{{labels}backend=\"{b}\",{label}=\"{}\"}} {}",
+                    l.name, l.count
                 );
             }
-        };
-        latency("tier_latency", "tier", &self.tiers);
-        latency("stage_latency", "stage", &self.stages);
-        latency("batch_latency", "kind", std::slice::from_ref(&self.batch));
-        latency(
-            "device_read_latency",
-            "kind",
-            std::slice::from_ref(&self.device_read),
-        );
-        o
+        }
     }
 }

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::io::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs, Priority};
 use crate::metrics::{Metrics, StatsSnapshot};
 use crate::profile::Profile;
+use crate::source::{PendingRows, PendingSpeculation, RowSource};
 use crate::table::{OpenOptions, Table};
 
 /// Default bound on prefetches in flight per store.
@@ -736,11 +737,7 @@ impl Store {
     /// `max_in_flight` prefetches are outstanding. Errors surface in [`Ticket::wait`].
     pub fn prefetch(&self, layer: usize, ids: &[u64], mut out: AlignedBuf) -> Ticket {
         let sh = self.shared();
-        let early = |out: AlignedBuf, e: Error| Ticket {
-            handle: None,
-            slot: None,
-            ready: Some((out, Err(e))),
-        };
+        let early = |out: AlignedBuf, e: Error| Ticket::ready(out, Err(e));
         if let Err(e) = out.set_len(ids.len() * sh.table.row_bytes()) {
             return early(out, e);
         }
@@ -753,11 +750,7 @@ impl Store {
                 sh.put_ctx(ctx);
                 r
             });
-            return Ticket {
-                handle: None,
-                slot: None,
-                ready: Some((out, r)),
-            };
+            return Ticket::ready(out, r);
         }
         let Ok(slot) = sh.free_rx.recv() else {
             return early(out, Error::ShutDown("slot queue closed"));
@@ -785,6 +778,7 @@ impl Store {
                 handle: Some(Arc::clone(&self.handle)),
                 slot: Some(slot),
                 ready: None,
+                pending: None,
             },
             Err(Job::Fetch { out, .. }) => {
                 let _ = sh.free_tx.send(slot);
@@ -811,10 +805,7 @@ impl Store {
             if !ids.is_empty() && sh.cache.is_some() && !resident {
                 sh.metrics.record_speculation_dropped();
             }
-            return Ok(Speculation {
-                handle: None,
-                spec: 0,
-            });
+            return Ok(Speculation::not_taken());
         }
         let spec = sh.spec_next.fetch_add(1, Ordering::Relaxed) + 1;
         let mut buf = sh
@@ -837,16 +828,14 @@ impl Store {
             Ok(()) => Ok(Speculation {
                 handle: Some(Arc::clone(&self.handle)),
                 spec,
+                pending: None,
             }),
             Err(job) => {
                 if let Job::Warm { ids, .. } = job {
                     sh.spec_done(ids);
                 }
                 sh.metrics.record_speculation_dropped();
-                Ok(Speculation {
-                    handle: None,
-                    spec: 0,
-                })
+                Ok(Speculation::not_taken())
             }
         }
     }
@@ -894,23 +883,84 @@ impl Store {
     }
 }
 
+impl RowSource for Store {
+    fn manifest(&self) -> &crate::format::Manifest {
+        self.table().manifest()
+    }
+    fn layout(&self) -> &engram_kernels::EngramLayout {
+        self.table().layout()
+    }
+    fn row_bytes(&self) -> usize {
+        Store::row_bytes(self)
+    }
+    fn max_batch_rows(&self) -> usize {
+        Store::max_batch_rows(self)
+    }
+    fn backend_name(&self) -> String {
+        self.backend_kind().name().to_string()
+    }
+    fn lookup_into(&self, layer: usize, ids: &[u64], out: &mut [u8]) -> Result<()> {
+        Store::lookup_into(self, layer, ids, out)
+    }
+    fn alloc_rows(&self, rows: usize) -> Result<AlignedBuf> {
+        Store::alloc_rows(self, rows)
+    }
+    fn prefetch(&self, layer: usize, ids: &[u64], out: AlignedBuf) -> Ticket {
+        Store::prefetch(self, layer, ids, out)
+    }
+    fn speculate(&self, layer: usize, ids: &[u64]) -> Result<Speculation> {
+        Store::speculate(self, layer, ids)
+    }
+    fn stats(&self) -> Result<StatsSnapshot> {
+        Ok(Store::stats(self))
+    }
+    fn reset_stats(&self) -> Result<()> {
+        Store::reset_stats(self);
+        Ok(())
+    }
+}
+
 /// A speculative prefetch ([`Store::speculate`]).
 #[derive(Debug)]
 pub struct Speculation {
     handle: Option<Arc<Handle>>,
     spec: u64,
+    /// A speculation running outside this process's store.
+    pending: Option<Box<dyn PendingSpeculation>>,
 }
 
 impl Speculation {
-    /// Whether the store took the speculation (false: no cache, a resident backend, or
+    /// A speculation the source did not take.
+    pub fn not_taken() -> Self {
+        Self {
+            handle: None,
+            spec: 0,
+            pending: None,
+        }
+    }
+
+    /// A speculation running elsewhere (another [`crate::RowSource`]).
+    pub fn from_pending(pending: Box<dyn PendingSpeculation>) -> Self {
+        Self {
+            handle: None,
+            spec: 0,
+            pending: Some(pending),
+        }
+    }
+
+    /// Whether the source took the speculation (false: no cache, a resident backend, or
     /// too many pending).
     pub fn accepted(&self) -> bool {
-        self.handle.is_some()
+        self.handle.is_some() || self.pending.is_some()
     }
 
     /// Stops the speculation: reads not yet issued never are; rows already read still
     /// enter the cache.
     pub fn cancel(self) {
+        if let Some(p) = self.pending {
+            p.cancel();
+            return;
+        }
         if let Some(h) = &self.handle {
             let slot = (self.spec % MAX_SPECULATIONS as u64) as usize;
             h.shared.spec_cancelled[slot].store(self.spec, Ordering::Relaxed);
@@ -926,11 +976,36 @@ pub struct Ticket {
     handle: Option<Arc<Handle>>,
     slot: Option<usize>,
     ready: Option<(AlignedBuf, Result<()>)>,
+    /// Rows being read outside this process's store.
+    pending: Option<Box<dyn PendingRows>>,
 }
 
 impl Ticket {
+    /// A ticket whose outcome is already known.
+    pub fn ready(out: AlignedBuf, result: Result<()>) -> Self {
+        Self {
+            handle: None,
+            slot: None,
+            ready: Some((out, result)),
+            pending: None,
+        }
+    }
+
+    /// A ticket for rows being read elsewhere (another [`crate::RowSource`]).
+    pub fn from_pending(pending: Box<dyn PendingRows>) -> Self {
+        Self {
+            handle: None,
+            slot: None,
+            ready: None,
+            pending: Some(pending),
+        }
+    }
+
     /// Whether the rows are ready (`wait` would not block).
     pub fn is_ready(&self) -> bool {
+        if let Some(p) = &self.pending {
+            return p.is_ready();
+        }
         match (&self.handle, self.slot) {
             (Some(h), Some(slot)) => h.shared.slots[slot]
                 .state
@@ -949,6 +1024,9 @@ impl Ticket {
     fn wait_inner(&mut self) -> (AlignedBuf, Result<()>) {
         if let Some(r) = self.ready.take() {
             return r;
+        }
+        if let Some(p) = self.pending.take() {
+            return p.wait();
         }
         let (Some(h), Some(slot)) = (self.handle.take(), self.slot.take()) else {
             let empty = AlignedBuf::new(0, crate::buffer::IO_ALIGN);
@@ -980,7 +1058,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.slot.is_some() {
+        if self.slot.is_some() || self.pending.is_some() {
             let _ = self.wait_inner();
         }
     }

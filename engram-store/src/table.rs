@@ -534,16 +534,7 @@ impl Table {
 
     /// Errors if any id is beyond layer `layer`'s rows.
     pub fn check_ids(&self, layer: usize, ids: &[u64]) -> Result<()> {
-        let rows = self.rows(layer)?;
-        if let Some((index, &row)) = ids.iter().enumerate().find(|&(_, &r)| r >= rows) {
-            return Err(Error::RowOutOfRange {
-                layer,
-                index,
-                row,
-                rows,
-            });
-        }
-        Ok(())
+        check_row_ids(layer, ids, self.rows(layer)?)
     }
 
     /// File offset of `row` in any layer file (unchecked row).
@@ -815,4 +806,17 @@ fn open_layer(
         header,
         checksums,
     })
+}
+
+/// Errors if any of `ids` is not below `rows` (the rows of layer index `layer`).
+pub(crate) fn check_row_ids(layer: usize, ids: &[u64], rows: u64) -> Result<()> {
+    if let Some((index, &row)) = ids.iter().enumerate().find(|&(_, &r)| r >= rows) {
+        return Err(Error::RowOutOfRange {
+            layer,
+            index,
+            row,
+            rows,
+        });
+    }
+    Ok(())
 }

@@ -152,7 +152,8 @@ impl RowDist {
 pub struct RowSampler {
     rows: u64,
     zipf: Option<Zipf>,
-    perm: RankPermutation,
+    /// The popularity ranking (processes that share a table share one ranking).
+    pub perm: RankPermutation,
     rng: SplitMix64,
 }
 
@@ -311,9 +312,10 @@ pub struct BenchReport {
     pub stats: crate::metrics::StatsSnapshot,
 }
 
-/// Runs `spec` against `store`; stats are reset after the warm-up.
-pub fn run_bench(store: &crate::Store, spec: &BenchSpec) -> Result<BenchReport> {
-    let n_layers = store.table().n_layers();
+/// Runs `spec` against `store` (in-process or through a service); stats are reset after
+/// the warm-up.
+pub fn run_bench(store: &dyn crate::RowSource, spec: &BenchSpec) -> Result<BenchReport> {
+    let n_layers = store.n_layers();
     let layers: Vec<usize> = if spec.layers.is_empty() {
         (0..n_layers).collect()
     } else {
@@ -327,7 +329,7 @@ pub fn run_bench(store: &crate::Store, spec: &BenchSpec) -> Result<BenchReport> 
             .iter()
             .map(|&li| {
                 RowSampler::new(
-                    store.table().rows(li)?,
+                    store.rows(li)?,
                     spec.dist,
                     spec.seed ^ (li as u64) << 40 ^ (t as u64) << 20,
                 )
@@ -392,13 +394,13 @@ pub fn run_bench(store: &crate::Store, spec: &BenchSpec) -> Result<BenchReport> 
         })
     };
     run_phase(0..spec.warmup_batches)?;
-    store.reset_stats();
+    store.reset_stats()?;
     let cpu0 = process_cpu_seconds().unwrap_or(0.0);
     let t0 = std::time::Instant::now();
     run_phase(spec.warmup_batches..total)?;
     let seconds = t0.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds().unwrap_or(0.0) - cpu0;
-    let stats = store.stats();
+    let stats = store.stats()?;
     let rows = (spec.threads * spec.batches * spec.batch_rows) as f64;
     let rb = store.row_bytes() as f64;
     Ok(BenchReport {

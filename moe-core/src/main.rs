@@ -14,7 +14,7 @@ use engram_store::candidates::CANDIDATES_FILE;
 use engram_store::{BackendKind, Candidates, Profile, StoreOptions};
 use moe_core::ModelConfig;
 use moe_core::sampler::SamplerConfig;
-use moe_core::session::{EngramSource, Session};
+use moe_core::session::{EngramRows, EngramSource, Session};
 
 /// The committed model, relative to the repository root.
 const DEFAULT_MODEL: &str = "models/stdlib-moe-engram-b";
@@ -81,6 +81,10 @@ struct ModelArgs {
     /// Run a model's Engram blocks with their output zeroed, for comparison.
     #[arg(long)]
     no_engram: bool,
+    /// Read the rows through the storage service at this socket (`engram serve`); --engram
+    /// then names a table the service serves, by its path (or name).
+    #[arg(long, conflicts_with_all = ["no_engram", "engram_backend"])]
+    service: Option<PathBuf>,
     /// Accept a table whose rows were not imported from this model's engram.safetensors
     /// (experiments only: the output is not the model's).
     #[arg(long)]
@@ -238,6 +242,9 @@ fn engram_plan(a: &ModelArgs) -> Result<(EngramUse, Option<EngramSource>)> {
 }
 
 fn open(a: &ModelArgs) -> Result<(Session, EngramUse)> {
+    if let Some(socket) = &a.service {
+        return Ok((open_service(a, socket)?, EngramUse::On));
+    }
     let (using, source) = engram_plan(a)?;
     if let (Some(src), Some(Backend::Mooncake)) = (&source, a.engram_backend) {
         return Ok((open_mooncake(a, src)?, using));
@@ -265,14 +272,12 @@ fn open_mooncake(a: &ModelArgs, src: &EngramSource) -> Result<Session> {
 }
 
 /// Turns on speculative prefetch of `k` candidates from the table's candidate file.
-fn enable_speculation(s: &mut Session, k: usize) -> Result<()> {
-    let Some(table) = s
-        .memory
-        .as_ref()
-        .map(|m| m.store().table().dir().to_path_buf())
-    else {
+fn enable_speculation(s: &mut Session, a: &ModelArgs, k: usize) -> Result<()> {
+    if s.memory.is_none() {
         anyhow::bail!("--speculate needs the model's Engram table (drop --no-engram)");
-    };
+    }
+    // The table's directory: read in place, also when a service serves it on this host.
+    let table = table_dir(a)?;
     let path = table.join(CANDIDATES_FILE);
     if !path.exists() {
         anyhow::bail!(
@@ -294,6 +299,26 @@ fn open_mooncake(_a: &ModelArgs, _src: &EngramSource) -> Result<Session> {
     )
 }
 
+/// A session whose rows come from the storage service at `socket`, which serves the
+/// model's table (`--engram`, or the default table path, names it).
+fn open_service(a: &ModelArgs, socket: &Path) -> Result<Session> {
+    let table = table_dir(a)?;
+    let target = engram_service::Target {
+        socket: socket.to_path_buf(),
+        table: Some(table.display().to_string()),
+    };
+    let remote =
+        engram_service::RemoteStore::open(&target, &engram_service::ClientOptions::default())
+            .with_context(|| format!("attaching to the service at {}", socket.display()))?;
+    let rows = EngramRows {
+        table: &table,
+        rows: std::sync::Arc::new(remote),
+        allow_foreign_table: a.allow_foreign_table,
+    };
+    Session::load_with_rows(&a.model, a.tokenizer.as_deref(), Some(rows))
+        .with_context(|| format!("loading {}", a.model.display()))
+}
+
 fn generate(a: GenerateArgs) -> Result<()> {
     let sampler = SamplerConfig {
         temperature: a.temperature,
@@ -305,7 +330,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     sampler.validate()?;
     let (mut s, using) = open(&a.model)?;
     if a.speculate > 0 {
-        enable_speculation(&mut s, a.speculate)?;
+        enable_speculation(&mut s, &a.model, a.speculate)?;
     }
     if !a.json {
         print!("{}", a.prompt);
@@ -320,7 +345,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     })?;
     let decode_tps =
         stats.new_tokens.saturating_sub(1) as f64 / stats.decode.as_secs_f64().max(1e-9);
-    let store = s.memory.as_ref().map(|m| m.store().stats());
+    let store = s.memory.as_ref().and_then(|m| m.store().stats().ok());
     if a.json {
         println!(
             "{}",

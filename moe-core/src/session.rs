@@ -4,11 +4,12 @@
 //! table.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engram_kernels::file::{SHA256SUMS_FILE, Sha256Sums};
 use engram_kernels::{CompressionTable, tokenizer};
-use engram_store::{Candidates, Store, StoreOptions};
+use engram_store::{Candidates, RowSource, Store, StoreOptions};
 use tokenizers::Tokenizer;
 
 use crate::config::ModelConfig;
@@ -32,12 +33,16 @@ pub struct EngramSource {
     pub allow_foreign_table: bool,
 }
 
-/// How the Engram table's store comes to a session.
-enum Rows {
-    /// Open the table with the source's options.
-    Open,
-    /// A store already open on the table.
-    Opened(Store),
+/// Open rows for a model's Engram blocks: an in-process [`Store`] or a client of the
+/// storage service.
+#[derive(Debug, Clone)]
+pub struct EngramRows<'a> {
+    /// The table (its directory, or the path a service serves it by), named in messages.
+    pub table: &'a Path,
+    /// Where the rows are read.
+    pub rows: Arc<dyn RowSource>,
+    /// As [`EngramSource::allow_foreign_table`].
+    pub allow_foreign_table: bool,
 }
 
 /// A model ready to run.
@@ -112,7 +117,7 @@ fn check_table_source(
     manifest: &engram_store::Manifest,
     model_dir: &Path,
     table_file: &str,
-    src: &EngramSource,
+    src: &EngramRows<'_>,
 ) -> Result<()> {
     let sums = Sha256Sums::read(&model_dir.join(SHA256SUMS_FILE))?;
     let expected = sums.get(table_file);
@@ -148,7 +153,7 @@ fn check_table_source(
         return Ok(());
     }
     Err(Error::TableMismatch {
-        table: src.table.clone(),
+        table: src.table.to_path_buf(),
         reason: format!(
             "{reason}: rebuild it with engram-build --import {} --out {} --force, or pass \
              --allow-foreign-table to decode with foreign rows anyway",
@@ -170,11 +175,15 @@ impl Session {
         tokenizer_path: Option<&Path>,
         engram: Option<&EngramSource>,
     ) -> Result<Self> {
-        Self::load_from(
-            model_dir,
-            tokenizer_path,
-            engram.map(|src| (src, Rows::Open)),
-        )
+        let rows = match engram {
+            Some(src) => Some(EngramRows {
+                table: &src.table,
+                rows: Arc::new(Store::open(&src.table, &src.options)?),
+                allow_foreign_table: src.allow_foreign_table,
+            }),
+            None => None,
+        };
+        Self::load_with_rows(model_dir, tokenizer_path, rows)
     }
 
     /// [`Session::load`] with the Engram rows from a store already open on `src.table` (a
@@ -186,13 +195,20 @@ impl Session {
         src: &EngramSource,
         store: Store,
     ) -> Result<Self> {
-        Self::load_from(model_dir, tokenizer_path, Some((src, Rows::Opened(store))))
+        let rows = EngramRows {
+            table: &src.table,
+            rows: Arc::new(store),
+            allow_foreign_table: src.allow_foreign_table,
+        };
+        Self::load_with_rows(model_dir, tokenizer_path, Some(rows))
     }
 
-    fn load_from(
+    /// [`Session::load`] with rows from an open source: an in-process store, or a client
+    /// of the storage service (`engram serve`).
+    pub fn load_with_rows(
         model_dir: &Path,
         tokenizer_path: Option<&Path>,
-        engram: Option<(&EngramSource, Rows)>,
+        engram: Option<EngramRows<'_>>,
     ) -> Result<Self> {
         if !model_dir.is_dir() {
             return Err(Error::Input(format!(
@@ -214,32 +230,27 @@ impl Session {
         }
         let max_t = config.max_position_embeddings;
         let memory = match (engram, &config.engram) {
-            (Some((src, rows)), Some(e)) => {
-                let table = src.table.as_path();
+            (Some(src), Some(e)) => {
                 let compression = CompressionTable::from_tokenizer(&tok.tokenizer)?;
                 if compression.sha256_i32le() != e.compression_lookup_sha256_i32le {
                     return Err(Error::TableMismatch {
-                        table: table.to_path_buf(),
+                        table: src.table.to_path_buf(),
                         reason: "the tokenizer's compression table differs from the model's".into(),
                     });
                 }
-                let store = match rows {
-                    Rows::Open => Store::open(table, &src.options)?,
-                    Rows::Opened(store) => store,
-                };
-                check_table_source(store.table().manifest(), model_dir, &e.table_file, src)?;
+                check_table_source(src.rows.manifest(), model_dir, &e.table_file, &src)?;
                 Some(EngramMemory::new(
                     &config,
                     &weights,
                     compression,
-                    store,
-                    table,
+                    src.rows,
+                    src.table,
                     max_t,
                 )?)
             }
-            (Some((src, _)), None) => {
+            (Some(src), None) => {
                 return Err(Error::TableMismatch {
-                    table: src.table.clone(),
+                    table: src.table.to_path_buf(),
                     reason: "the model has no Engram layers".into(),
                 });
             }
@@ -266,11 +277,10 @@ impl Session {
         let m = self.memory.as_ref().ok_or_else(|| {
             Error::Input("speculative prefetch needs the model's Engram table".into())
         })?;
-        let table = m.store().table();
-        let id = table.manifest().table_id_u64().unwrap_or(0);
+        let id = m.store().manifest().table_id_u64().unwrap_or(0);
         if candidates.table_id != 0 && candidates.table_id != id {
             return Err(Error::TableMismatch {
-                table: table.dir().to_path_buf(),
+                table: m.table().to_path_buf(),
                 reason: format!(
                     "the candidate table was built for table_id {:016x}, this table is {id:016x}",
                     candidates.table_id

@@ -108,7 +108,7 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
                 model.display(),
                 s.memory
                     .as_ref()
-                    .map_or("-", |m| m.store().backend_kind().name())
+                    .map_or("-".to_string(), |m| m.store().backend_name())
             );
             for r in golden::check(&mut s, &golden_bytes).expect("runs") {
                 eprintln!("{label}: {r:?}");
@@ -117,7 +117,13 @@ fn corpus_build_store_decode_matches_pytorch_on_every_backend() {
             if speculate > 0 {
                 // Speculation ran: the same tokens came out while rows were read ahead.
                 let sp = s.speculation_stats().expect("enabled");
-                let st = s.memory.as_ref().expect("memory").store().stats();
+                let st = s
+                    .memory
+                    .as_ref()
+                    .expect("memory")
+                    .store()
+                    .stats()
+                    .expect("stats");
                 eprintln!("{label}: {sp:?}, {} speculations", st.spec_batches);
                 assert!(sp.positions > 0 && sp.rows_offered > 0, "{label}: {sp:?}");
                 assert!(sp.predicted > 0, "{label}: no position had a candidate");

@@ -56,9 +56,10 @@ pub enum engram_status {
     ENGRAM_ERR_UNAVAILABLE = 10,
     /// A size is above a named limit (batch rows, queue depth, I/O workers...).
     ENGRAM_ERR_LIMIT = 11,
-    /// The store's workers stopped after an earlier failure: close and reopen it.
+    /// The store's workers stopped after an earlier failure (close and reopen it), or the
+    /// service of a "unix:PATH" store went away (its next call reconnects).
     ENGRAM_ERR_SHUT_DOWN = 12,
-    /// Not supported by this build (e.g. a "unix:PATH" service address).
+    /// Not supported by this build.
     ENGRAM_ERR_UNSUPPORTED = 13,
     /// A bug inside the library was caught at the boundary (please report it).
     ENGRAM_ERR_PANIC = 14,
@@ -325,8 +326,10 @@ pub extern "C" fn engram_store_options_init(opts: *mut engram_store_options) -> 
     })
 }
 
-/// Opens the table directory `path` ("unix:PATH" service addresses are reserved and
-/// return `ENGRAM_ERR_UNSUPPORTED` in this version). `opts` may be NULL (defaults). On
+/// Opens the table directory `path`, or "unix:SOCKET" ("unix:SOCKET#TABLE" when the
+/// service serves several tables): a table served by `engram serve`, whose backend, cache
+/// and read options are the server's (setting them in `opts` is
+/// `ENGRAM_ERR_INVALID_ARGUMENT`). `opts` may be NULL (defaults). On
 /// success `*out` is a store to pass to `engram_store_close`; on failure `*out` is left
 /// unchanged. Thread-safe.
 #[unsafe(no_mangle)]
@@ -463,8 +466,9 @@ pub extern "C" fn engram_store_max_ngram(store: *const engram_store) -> usize {
     })
 }
 
-/// The backend in use after any fallback: "memory", "mmap", "pread" or "uring" (static
-/// storage; "" if `store` is NULL). Thread-safe.
+/// The backend in use after any fallback: "memory", "mmap", "pread" or "uring", or
+/// "service(...)" of one of them for a "unix:" store (static storage; "" if `store` is
+/// NULL). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn engram_store_backend(store: *const engram_store) -> *const c_char {
     let name: &'static str = guard_value("engram_store_backend", "\0", || {
@@ -473,6 +477,10 @@ pub extern "C" fn engram_store_backend(store: *const engram_store) -> *const c_c
             "mmap" => "mmap\0",
             "pread" => "pread\0",
             "uring" => "uring\0",
+            "service(memory)" => "service(memory)\0",
+            "service(mmap)" => "service(mmap)\0",
+            "service(pread)" => "service(pread)\0",
+            "service(uring)" => "service(uring)\0",
             _ => "\0",
         })
     });
@@ -688,10 +696,7 @@ pub extern "C" fn engram_store_stats_json(
 /// Resets the store's counters and histograms (e.g. after warm-up). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn engram_store_reset_stats(store: *const engram_store) -> c_int {
-    guard("engram_store_reset_stats", || {
-        handle(store)?.reset_stats();
-        Ok(())
-    })
+    guard("engram_store_reset_stats", || handle(store)?.reset_stats())
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub enum ErrorKind {
     Limit,
     /// The store's workers stopped after an earlier failure; reopen the store.
     ShutDown,
-    /// Something this build does not do yet (for example a `unix:` service address).
+    /// Something this build does not do.
     Unsupported,
     /// A bug inside the library was caught before it crossed the boundary.
     Panic,
@@ -222,6 +222,25 @@ fn store_kind(e: &engram_store::Error) -> ErrorKind {
         S::Invalid { .. } | S::Writer(_) | S::Exists { .. } => ErrorKind::InvalidArgument,
         S::NotCompiled { .. } | S::Unavailable { .. } => ErrorKind::Unavailable,
         S::ShutDown(_) => ErrorKind::ShutDown,
+        S::Remote(inner) => match inner.downcast_ref::<engram_service::ServiceError>() {
+            Some(e) => service_kind(e),
+            None => ErrorKind::Internal,
+        },
+        _ => ErrorKind::Internal,
+    }
+}
+
+fn service_kind(e: &engram_service::ServiceError) -> ErrorKind {
+    use engram_service::ServiceError as V;
+    match e {
+        V::Connect { .. } | V::Refused { .. } => ErrorKind::Unavailable,
+        // The next call reconnects (or says the table changed): as for a stopped store,
+        // the call failed and the handle may be used again.
+        V::Disconnected { .. } | V::TableChanged { .. } => ErrorKind::ShutDown,
+        V::Limit { .. } => ErrorKind::Limit,
+        V::Invalid { .. } => ErrorKind::InvalidArgument,
+        V::Io { .. } | V::Server { .. } => ErrorKind::Io,
+        V::Store(s) => store_kind(s),
         _ => ErrorKind::Internal,
     }
 }

@@ -1,9 +1,7 @@
-//! [`Handle`]: what a C `engram_store *` and a Python `engram.Store` hold. Today an
-//! in-process [`Store`]; the `unix:PATH` form (a shared-memory service, issue 11) is
-//! recognised and refused with [`ErrorKind::Unsupported`] until it exists, so callers can
-//! already write the address they will use.
-//!
-//! [`ErrorKind::Unsupported`]: crate::ErrorKind::Unsupported
+//! [`Handle`]: what a C `engram_store *` and a Python `engram.Store` hold: a row source,
+//! either an in-process [`Store`] (a table directory) or a client of the storage service
+//! (`unix:PATH`, or `unix:PATH#TABLE` when the service serves several tables; see
+//! `engram serve`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,14 +9,16 @@ use std::sync::Arc;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{CompressionTable, RowDtype, dequantize_rows};
 use engram_store::{
-    BackendKind, BackendOptions, Profile, RowLayout, StatsSnapshot, Store, StoreOptions,
+    BackendKind, BackendOptions, Profile, RowLayout, RowSource, StatsSnapshot, Store, StoreOptions,
 };
 
 use crate::error::{Error, Result};
 use crate::ticket::{BufPool, PendingRows};
 
-/// Prefix of a service address (not built yet).
+/// Prefix of a service address.
 pub const SERVICE_PREFIX: &str = "unix:";
+/// Requests a service client keeps in flight (its prefetch bound).
+pub const SERVICE_SLOTS: u32 = 16;
 /// Largest token sequence hashed in one call (`batch * seq_len`).
 pub const MAX_HASH_TOKENS: usize = 1 << 24;
 /// Largest I/O worker count accepted.
@@ -97,7 +97,9 @@ struct Addressing {
 /// An open table with everything the bindings need. Cheap to share (`Send + Sync`).
 #[derive(Debug)]
 pub struct Handle {
-    store: Store,
+    store: Arc<dyn RowSource>,
+    /// Why the backend asked for was not used (in-process stores only).
+    fallback: Option<String>,
     addressing: Addressing,
     rows: RowInfo,
     layer_ids: Vec<u64>,
@@ -110,17 +112,9 @@ pub fn parse_backend(name: &str) -> Result<Option<BackendKind>> {
 }
 
 impl Handle {
-    /// Opens `address`: a table directory (or, later, `unix:PATH`).
+    /// Opens `address`: a table directory, or `unix:PATH[#TABLE]`, a table served by
+    /// `engram serve` (whose backend, cache and read options are the server's).
     pub fn open(address: &str, config: &OpenConfig) -> Result<Self> {
-        if let Some(socket) = address.strip_prefix(SERVICE_PREFIX) {
-            return Err(Error::Unsupported {
-                what: "a service address",
-                reason: format!(
-                    "{socket:?}: the shared-memory service is not built yet; open the table \
-                     directory instead"
-                ),
-            });
-        }
         if address.is_empty() {
             return Err(Error::Invalid {
                 what: "table path",
@@ -128,10 +122,20 @@ impl Handle {
             });
         }
         let dir = Path::new(address);
-        let options = store_options(config)?;
-        let store = Store::open(dir, &options)?;
-        let table = store.table();
-        let manifest = table.manifest();
+        let (store, fallback, max_in_flight): (Arc<dyn RowSource>, _, _) =
+            if address.starts_with(SERVICE_PREFIX) {
+                (
+                    Arc::new(open_service(address, config)?),
+                    None,
+                    SERVICE_SLOTS as usize,
+                )
+            } else {
+                let options = store_options(config)?;
+                let store = Store::open(dir, &options)?;
+                let why = store.fallback_reason().map(str::to_owned);
+                (Arc::new(store), why, options.max_in_flight)
+            };
+        let manifest = store.manifest();
         let compression = match &config.tokenizer {
             Some(path) => Some(load_compression(path, dir, &manifest.tokenizer_sha256)?),
             None => None,
@@ -148,16 +152,17 @@ impl Handle {
                 ),
             });
         }
-        let hasher = NgramHasher::new(table.layout(), HashOptions::default())?;
+        let hasher = NgramHasher::new(store.layout(), HashOptions::default())?;
         let rows = RowInfo {
             layout: manifest.row_layout,
             dim: manifest.dim as usize,
             row_bytes: store.row_bytes(),
         };
         let layer_ids = manifest.layers.iter().map(|l| l.layer_id).collect();
-        let pool = Arc::new(BufPool::new(options.max_in_flight));
+        let pool = Arc::new(BufPool::new(max_in_flight));
         Ok(Self {
             store,
+            fallback,
             addressing: Addressing {
                 compression,
                 hasher,
@@ -168,8 +173,8 @@ impl Handle {
         })
     }
 
-    /// The underlying store (for Rust callers and benchmarks).
-    pub fn store(&self) -> &Store {
+    /// The underlying row source (for Rust callers and benchmarks).
+    pub fn store(&self) -> &Arc<dyn RowSource> {
         &self.store
     }
 
@@ -208,9 +213,21 @@ impl Handle {
         self.store.max_batch_rows()
     }
 
-    /// The backend in use (after any fallback).
+    /// The backend in use (after any fallback): `memory`, `mmap`, `pread`, `uring`, or
+    /// one of them as `service(...)` for a service client.
     pub fn backend_name(&self) -> &'static str {
-        self.store.backend_kind().name()
+        const NAMES: [&str; 8] = [
+            "memory",
+            "mmap",
+            "pread",
+            "uring",
+            "service(memory)",
+            "service(mmap)",
+            "service(pread)",
+            "service(uring)",
+        ];
+        let name = self.store.backend_name();
+        NAMES.into_iter().find(|n| *n == name).unwrap_or("unknown")
     }
 
     /// Index of `layer_id` in the table.
@@ -229,7 +246,7 @@ impl Handle {
     /// Rows of layer `layer_id`.
     pub fn layer_rows(&self, layer_id: u64) -> Result<u64> {
         let li = self.layer_index(layer_id)?;
-        Ok(self.store.table().rows(li)?)
+        Ok(self.store.rows(li)?)
     }
 
     /// Reads rows `ids` of layer `layer_id` into `out` (`ids.len() * row_bytes` bytes) on
@@ -337,23 +354,23 @@ impl Handle {
         )?)
     }
 
-    /// Counters and latencies.
-    pub fn stats(&self) -> StatsSnapshot {
-        self.store.stats()
+    /// Counters and latencies (a service client asks its server).
+    pub fn stats(&self) -> Result<StatsSnapshot> {
+        Ok(self.store.stats()?)
     }
 
     /// The stats as one JSON object, with the fallback reason when the backend asked for
     /// was not used.
     pub fn stats_json(&self) -> Result<String> {
-        let mut v = serde_json::to_value(self.store.stats()).map_err(|e| Error::Invalid {
+        let mut v = serde_json::to_value(self.stats()?).map_err(|e| Error::Invalid {
             what: "stats",
             reason: e.to_string(),
         })?;
         if let serde_json::Value::Object(m) = &mut v {
             m.insert(
                 "fallback_reason".into(),
-                self.store
-                    .fallback_reason()
+                self.fallback
+                    .as_deref()
                     .map_or(serde_json::Value::Null, |r| {
                         serde_json::Value::String(r.to_owned())
                     }),
@@ -363,9 +380,42 @@ impl Handle {
     }
 
     /// Resets counters and histograms (e.g. after warm-up).
-    pub fn reset_stats(&self) {
-        self.store.reset_stats();
+    pub fn reset_stats(&self) -> Result<()> {
+        Ok(self.store.reset_stats()?)
     }
+}
+
+/// A client of the service at `address`; the options that belong to the server (backend,
+/// cache, profile, read options) are refused rather than silently ignored.
+fn open_service(address: &str, c: &OpenConfig) -> Result<engram_service::RemoteStore> {
+    let set = [
+        ("backend", c.backend.is_some()),
+        ("cache_bytes", c.cache_bytes > 0),
+        ("profile", c.profile.is_some()),
+        ("queue_depth", c.queue_depth.is_some()),
+        ("io_workers", c.io_workers.is_some()),
+        ("verify", c.verify == Some(false)),
+    ];
+    if let Some((name, _)) = set.iter().find(|(_, on)| *on) {
+        return Err(Error::Invalid {
+            what: "option for a service address",
+            reason: format!(
+                "{name} is chosen by the server (engram serve flags); a client of {address} \
+                 cannot set it"
+            ),
+        });
+    }
+    let options = engram_service::ClientOptions {
+        slots: SERVICE_SLOTS,
+        slot_rows: c
+            .max_batch_rows
+            .map_or(engram_service::client::DEFAULT_SLOT_ROWS, |r| {
+                u32::try_from(r).unwrap_or(u32::MAX)
+            }),
+        ..engram_service::ClientOptions::default()
+    };
+    engram_service::RemoteStore::connect(address, &options)
+        .map_err(|e| Error::Store(engram_store::Error::from(e)))
 }
 
 fn store_options(c: &OpenConfig) -> Result<StoreOptions> {

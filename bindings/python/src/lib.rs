@@ -379,8 +379,7 @@ impl Store {
 
     /// Resets counters and histograms.
     fn reset_stats(&self, py: Python<'_>) -> PyResult<()> {
-        self.handle(py)?.reset_stats();
-        Ok(())
+        self.handle(py)?.reset_stats().map_err(|e| bind_err(py, e))
     }
 
     /// Closes the store (later calls raise EngramError); tickets still alive keep its

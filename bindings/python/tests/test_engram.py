@@ -98,7 +98,7 @@ def test_bad_input_raises_engram_error(synth_table, tmp_path):
         ("unknown_layer", lambda: s.row_ids(2, [1, 2, 3], canonical=True)),
         ("invalid_argument", lambda: s.row_ids(1, np.zeros((1, 2, 3), np.int64), canonical=True)),
         ("not_found", lambda: engram.Store(tmp_path / "missing")),
-        ("unsupported", lambda: engram.Store("unix:/run/engram.sock")),
+        ("unavailable", lambda: engram.Store("unix:/nonexistent/engram.sock")),
         ("invalid_argument", lambda: engram.Store(synth_table, backend="floppy")),
         ("limit", lambda: engram.Store(synth_table, io_workers=100000)),
         ("limit", lambda: s.lookup(1, np.zeros(s.max_batch_rows + 1, np.uint64))),

@@ -15,7 +15,9 @@ use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::module::{DecodeScratch, EngramModule, EngramModuleConfig};
 use engram_kernels::quant::RowDtype;
 use engram_kernels::{CompressionTable, EngramLayout};
-use engram_store::{AlignedBuf, Speculation, Store, Ticket};
+use std::sync::Arc;
+
+use engram_store::{AlignedBuf, RowSource, Speculation, Ticket};
 
 use crate::config::{EngramModelConfig, ModelConfig};
 use crate::error::{Error, Result};
@@ -47,7 +49,10 @@ pub struct StallStats {
 /// Engram memory for one sequence.
 #[derive(Debug)]
 pub struct EngramMemory {
-    store: Store,
+    /// The rows: an in-process store or a client of the storage service.
+    store: Arc<dyn RowSource>,
+    /// The table's directory (or the path a service serves it by), named in messages.
+    table: std::path::PathBuf,
     compression: CompressionTable,
     hasher: NgramHasher,
     dtype: RowDtype,
@@ -85,7 +90,7 @@ impl EngramMemory {
         config: &ModelConfig,
         weights: &Weights,
         compression: CompressionTable,
-        store: Store,
+        store: Arc<dyn RowSource>,
         table_dir: &Path,
         max_t: usize,
     ) -> Result<Self> {
@@ -93,7 +98,7 @@ impl EngramMemory {
             .engram
             .as_ref()
             .ok_or_else(|| mismatch(table_dir, "the model has no Engram layers".into()))?;
-        let manifest = store.table().manifest();
+        let manifest = store.manifest();
         if !manifest
             .tokenizer_sha256
             .eq_ignore_ascii_case(&config.tokenizer_sha256)
@@ -131,7 +136,7 @@ impl EngramMemory {
                 ),
             ));
         }
-        let layout: EngramLayout = store.table().layout().clone();
+        let layout: EngramLayout = store.layout().clone();
         let hasher = NgramHasher::new(&layout, HashOptions::default())?;
         let mut layers = Vec::new();
         for (block, lw) in weights.layers.iter().enumerate() {
@@ -156,6 +161,7 @@ impl EngramMemory {
             heads: e.n_hash_heads,
             max_ngram: e.max_ngram,
             store,
+            table: table_dir.to_path_buf(),
             compression,
             hasher,
             layers,
@@ -171,9 +177,14 @@ impl EngramMemory {
         })
     }
 
-    /// The store serving the rows.
-    pub fn store(&self) -> &Store {
+    /// The source serving the rows.
+    pub fn store(&self) -> &Arc<dyn RowSource> {
         &self.store
+    }
+
+    /// The table's directory (or the path a service serves it by).
+    pub fn table(&self) -> &Path {
+        &self.table
     }
 
     /// Time spent waiting for rows so far.

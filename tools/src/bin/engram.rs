@@ -46,6 +46,12 @@ enum Command {
     Unpublish(cmd::mooncake::UnpublishArgs),
     /// Write the local skeleton of a table published on Mooncake (no rows).
     Skeleton(cmd::mooncake::SkeletonArgs),
+    /// Serve tables to engine processes on this host (Unix socket + shared memory).
+    Serve(cmd::serve::Args),
+    /// Show a running service's tables and clients.
+    Stats(cmd::stats::Args),
+    /// Reopen a running service's tables.
+    Reload(cmd::reload::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +69,9 @@ fn main() -> ExitCode {
         Command::Publish(args) => cmd::mooncake::publish(args),
         Command::Unpublish(args) => cmd::mooncake::unpublish(args),
         Command::Skeleton(args) => cmd::mooncake::skeleton(args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Stats(args) => cmd::stats::run(args),
+        Command::Reload(args) => cmd::reload::run(args),
     };
     match result {
         Ok(code) => code,

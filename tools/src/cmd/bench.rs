@@ -14,7 +14,10 @@ use crate::{MAX_THREADS, json_line};
 #[derive(Debug, ClapArgs)]
 #[command(
     after_help = "Examples:\n  engram bench /data/v41 --backend uring --queue-depth 32 --batch-rows 4096\n  \
-    engram bench /data/v41 --dist zipf:1.0 --cache-bytes 2G --threads 2 --json\n\n\
+    engram bench /data/v41 --dist zipf:1.0 --cache-bytes 2G --threads 2 --json\n  \
+    engram bench /data/v41 --service /run/engram/engram.sock --batch-rows 48 --threads 4\n\n\
+    With --service the cache, backend and read options are the server's; --threads \
+    threads share one client.\n\n\
     Ids are drawn before the clock starts. Reports rows/s, useful MB/s (rows x row bytes), \
     device MB/s, IOPS, batch latency p50/p99/p999, cache hit rate and CPU seconds."
 )]
@@ -23,6 +26,8 @@ pub struct Args {
     pub table: PathBuf,
     #[command(flatten)]
     pub read: super::read_args::ReadArgs,
+    #[command(flatten)]
+    pub service: super::read_args::ServiceArgs,
     /// Rows per batch.
     #[arg(long, default_value_t = 1024)]
     pub batch_rows: usize,
@@ -129,10 +134,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         None
     };
-    let store = match &local {
-        Some((_, _, st)) => st.clone(),
-        None => args.read.open_store(&args.table, &opts)?,
-    };
+    let slots = (args.threads.max(1) * args.prefetch_depth.max(1)) as u32;
+    let (store, fallback): (std::sync::Arc<dyn engram_store::RowSource>, Option<String>) =
+        match &local {
+            Some((_, _, st)) => (
+                std::sync::Arc::new(st.clone()),
+                st.fallback_reason().map(str::to_string),
+            ),
+            None => args.service.open(&args.table, slots, args.batch_rows, || {
+                args.read.open_store(&args.table, &opts)
+            })?,
+        };
     let spec = BenchSpec {
         batch_rows: args.batch_rows,
         batches: args.batches,
@@ -143,8 +155,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         layers: args.layer_index.into_iter().collect(),
         prefetch_depth: args.prefetch_depth,
     };
-    let r = run_bench(&store, &spec)?;
-    let fallback = store.fallback_reason().map(str::to_owned);
+    let r = run_bench(store.as_ref(), &spec)?;
     if let Some((client, keys, st)) = local {
         drop((store, st));
         engram_mooncake::unpublish(&client, &keys, None)?;
@@ -155,6 +166,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             &serde_json::json!({
                 "table": crate::json_path(&args.table), "dist": args.dist, "queue_depth": args.read.queue_depth,
                 "cache_bytes": opts.cache_bytes, "fallback": fallback,
+                "service": args.service.service.as_deref().map(crate::json_path),
                 "report": r,
             }),
         );

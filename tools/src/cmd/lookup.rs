@@ -14,6 +14,7 @@ use crate::json_line;
 #[command(
     after_help = "Examples:\n  engram lookup /data/table --layer 1 --rows 0,17,17,384000000\n  \
     ENGRAM_IO_BACKEND=mmap engram lookup /data/table --layer 14 --rows 5 --json\n  \
+    engram lookup /data/table --service /run/engram/engram.sock --layer 1 --rows 0,17\n  \
     engram lookup /data/table --layer 1 --rows 0,1,2,3 --backend pread --no-verify --read-unit 512\n\n\
     --layer is the Engram layer id (as in the manifest), or the index with --layer-index."
 )]
@@ -31,6 +32,8 @@ pub struct Args {
     pub rows: Vec<u64>,
     #[command(flatten)]
     pub read: super::read_args::ReadArgs,
+    #[command(flatten)]
+    pub service: super::read_args::ServiceArgs,
     /// Print JSON Lines records instead of text.
     #[arg(long)]
     pub json: bool,
@@ -53,19 +56,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_batch_rows: args.rows.len().max(1),
         ..StoreOptions::default()
     };
-    let store = args.read.open_store(&args.table, &opts)?;
-    let layout = store.table().layout();
+    let (store, fallback) = args.service.open(&args.table, 1, opts.max_batch_rows, || {
+        args.read.open_store(&args.table, &opts)
+    })?;
+    let layout = store.layout();
     let layer = match (args.layer, args.layer_index) {
         (Some(id), _) => layout.layer_index(id)?,
         (None, Some(i)) => i,
         (None, None) => anyhow::bail!("give --layer or --layer-index"),
     };
-    let layer_id = store
-        .table()
-        .manifest()
-        .layers
-        .get(layer)
-        .map(|l| l.layer_id);
+    let layer_id = store.manifest().layers.get(layer).map(|l| l.layer_id);
     let rb = store.row_bytes();
     let mut out = vec![0u8; args.rows.len() * rb];
     store
@@ -79,8 +79,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     "layer_id": layer_id,
                     "layer_index": layer,
                     "row": row,
-                    "backend": store.backend_kind().name(),
-                    "row_layout": store.table().manifest().row_layout,
+                    "backend": store.backend_name(),
+                    "row_layout": store.manifest().row_layout,
                     "hex": hex(bytes),
                 }),
             );
@@ -88,7 +88,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             crate::outln!("{row}: {}", hex(bytes));
         }
     }
-    if let Some(why) = store.fallback_reason() {
+    if let Some(why) = fallback {
         tracing::info!("{why}");
     }
     Ok(ExitCode::SUCCESS)

@@ -129,3 +129,53 @@ impl ReadArgs {
         ))
     }
 }
+
+/// Reading through the storage service instead of opening the table (`lookup`, `bench`).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ServiceArgs {
+    /// Read through the storage service at this socket (`engram serve`); TABLE then names
+    /// a table the service serves, by its path (or its name).
+    #[arg(long)]
+    pub service: Option<std::path::PathBuf>,
+    /// Microseconds a service client polls for a completion before sleeping (0: sleep at
+    /// once; spinning trades a busy core for latency).
+    #[arg(long, default_value_t = 0, requires = "service")]
+    pub service_spin_us: u32,
+}
+
+impl ServiceArgs {
+    /// The rows of `table`: through the service when `--service` is given (with room for
+    /// `slots` requests of `max_rows` rows), else the store `open` opens. Returns the
+    /// fallback reason of an in-process store.
+    pub fn open(
+        &self,
+        table: &std::path::Path,
+        slots: u32,
+        max_rows: usize,
+        open: impl FnOnce() -> Result<engram_store::Store>,
+    ) -> Result<(std::sync::Arc<dyn engram_store::RowSource>, Option<String>)> {
+        use anyhow::Context;
+        match &self.service {
+            Some(socket) => {
+                let target = engram_service::Target {
+                    socket: socket.clone(),
+                    table: Some(table.display().to_string()),
+                };
+                let options = engram_service::ClientOptions {
+                    slots: slots.max(1).next_power_of_two(),
+                    slot_rows: u32::try_from(max_rows.max(1)).unwrap_or(u32::MAX),
+                    spin_us: self.service_spin_us,
+                    server_spin_us: self.service_spin_us,
+                };
+                let r = engram_service::RemoteStore::open(&target, &options)
+                    .with_context(|| format!("attaching to the service at {}", socket.display()))?;
+                Ok((std::sync::Arc::new(r), None))
+            }
+            None => {
+                let store = open()?;
+                let why = store.fallback_reason().map(str::to_string);
+                Ok((std::sync::Arc::new(store), why))
+            }
+        }
+    }
+}

@@ -29,8 +29,11 @@ class EngramError(Exception):
 class Store:
     """An Engram table opened for lookups. Thread-safe: share one store between threads.
 
-    ``path`` is the table directory (``"unix:PATH"`` service addresses are reserved for a
-    later version and raise ``EngramError`` with kind ``"unsupported"``).
+    ``path`` is the table directory, or ``"unix:SOCKET"`` (``"unix:SOCKET#TABLE"`` when the
+    service serves several tables): a table served by ``engram serve``, whose backend, cache
+    and read options are the server's (passing them raises kind ``"invalid_argument"``; a
+    service that is not there raises ``"unavailable"``; one that went away ``"shut_down"``,
+    and the next call reconnects).
     ``backend``: ``"memory"``, ``"mmap"``, ``"pread"``, ``"uring"`` or ``"auto"`` (default:
     ``$ENGRAM_IO_BACKEND``, then io_uring, falling back to pread). ``cache_bytes``: hot-row
     cache budget (0: none), seeded from ``profile`` (a ``profile.bin``) when given.

@@ -1,0 +1,340 @@
+//! The service's own metrics (per table and per client: requests, rows, errors, requests
+//! in flight, latency from the server's view), the stats a control client gets, and the
+//! Prometheus text of everything (`engram_service_*` plus each table's `engram_store_*`).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use engram_store::StatsSnapshot;
+use engram_store::metrics::{
+    LatencySummary, new_hist, prometheus_label, prometheus_text, record_ns, summary,
+};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+pub const LATENCY_BUCKETS_S: [f64; 14] = [
+    5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 1e-1, 1.0,
+];
+
+/// Requests served for one table or one client.
+#[derive(Debug)]
+pub struct Counters {
+    requests: AtomicU64,
+    rows: AtomicU64,
+    errors: AtomicU64,
+    in_flight: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            latency: Mutex::new(new_hist()),
+        }
+    }
+}
+
+impl Counters {
+    pub fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A started request whose client went away.
+    pub fn abandoned(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn finished(&self, rows: usize, ns: u64, ok: bool) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut h) = self.latency.lock() {
+            record_ns(&mut h, ns);
+        }
+    }
+
+    fn view(&self) -> RequestStats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (latency, buckets, sum_s) = match self.latency.lock() {
+            Ok(h) => (
+                summary("request", &h),
+                LATENCY_BUCKETS_S
+                    .iter()
+                    .map(|&le| h.count_between(0, (le * 1e9) as u64))
+                    .collect(),
+                h.mean() * h.len() as f64 / 1e9,
+            ),
+            Err(_) => (LatencySummary::default(), Vec::new(), 0.0),
+        };
+        RequestStats {
+            requests: g(&self.requests),
+            rows: g(&self.rows),
+            errors: g(&self.errors),
+            in_flight: g(&self.in_flight),
+            latency,
+            buckets,
+            latency_sum_s: sum_s,
+        }
+    }
+}
+
+/// One attached client.
+#[derive(Debug)]
+pub struct ClientMetrics {
+    pub id: u64,
+    pub uid: u32,
+    pub pid: i32,
+    pub table: String,
+    pub counters: Counters,
+}
+
+/// Everything the service counts.
+#[derive(Debug, Default)]
+pub struct ServiceMetrics {
+    pub connections: AtomicU64,
+    pub refused: AtomicU64,
+    pub violations: AtomicU64,
+    pub reloads: AtomicU64,
+    clients: Mutex<Vec<Arc<ClientMetrics>>>,
+}
+
+impl ServiceMetrics {
+    pub fn add_client(&self, c: Arc<ClientMetrics>) {
+        if let Ok(mut v) = self.clients.lock() {
+            v.push(c);
+        }
+    }
+
+    pub fn remove_client(&self, id: u64) {
+        if let Ok(mut v) = self.clients.lock() {
+            v.retain(|c| c.id != id);
+        }
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ClientMetrics>> {
+        self.clients.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// Requests, rows, errors and latency of a table or a client.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RequestStats {
+    pub requests: u64,
+    pub rows: u64,
+    pub errors: u64,
+    pub in_flight: u64,
+    /// From the server taking the request off the ring to posting its completion.
+    pub latency: LatencySummary,
+    /// Requests at most each of [`LATENCY_BUCKETS_S`] (cumulative).
+    pub buckets: Vec<u64>,
+    pub latency_sum_s: f64,
+}
+
+/// One served table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TableStats {
+    pub name: String,
+    pub path: String,
+    pub backend: String,
+    /// Bumped by every reload that changed the table's shape.
+    pub epoch: u64,
+    pub clients: u64,
+    pub requests: RequestStats,
+    /// The table's store (cache, I/O, tiers); counters restart at a reload.
+    pub store: StatsSnapshot,
+}
+
+/// One attached client.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientStats {
+    pub id: u64,
+    pub uid: u32,
+    pub pid: i32,
+    pub table: String,
+    pub requests: RequestStats,
+}
+
+/// What `engram stats --service` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServiceStats {
+    pub socket: String,
+    pub clients: u64,
+    pub connections_total: u64,
+    pub refused_total: u64,
+    pub protocol_violations_total: u64,
+    pub reloads_total: u64,
+    pub tables: Vec<TableStats>,
+    pub client_list: Vec<ClientStats>,
+}
+
+pub fn table_view(counters: &Counters) -> RequestStats {
+    counters.view()
+}
+
+pub fn client_view(c: &ClientMetrics) -> ClientStats {
+    ClientStats {
+        id: c.id,
+        uid: c.uid,
+        pid: c.pid,
+        table: c.table.clone(),
+        requests: c.counters.view(),
+    }
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP engram_service_{name} {help}");
+    let _ = writeln!(o, "# TYPE engram_service_{name} {kind}");
+}
+
+fn request_families(o: &mut String, prefix: &str, items: &[(String, &RequestStats)]) {
+    type Field = fn(&RequestStats) -> u64;
+    let plain: [(&str, &str, &str, Field); 4] = [
+        ("requests_total", "counter", "Requests served.", |r| {
+            r.requests
+        }),
+        ("rows_total", "counter", "Rows requested.", |r| r.rows),
+        ("errors_total", "counter", "Requests that failed.", |r| {
+            r.errors
+        }),
+        (
+            "in_flight_requests",
+            "gauge",
+            "Requests taken off the ring and not yet completed (the I/O queue depth the service adds).",
+            |r| r.in_flight,
+        ),
+    ];
+    for (name, kind, help, field) in plain {
+        family(o, &format!("{prefix}_{name}"), kind, help);
+        for (labels, r) in items {
+            let _ = writeln!(o, "engram_service_{prefix}_{name}{{{labels}}} {}", field(r));
+        }
+    }
+    let name = format!("{prefix}_request_duration_seconds");
+    family(
+        o,
+        &name,
+        "histogram",
+        "Request latency inside the server (ring to completion).",
+    );
+    for (labels, r) in items {
+        for (le, n) in LATENCY_BUCKETS_S.iter().zip(&r.buckets) {
+            let _ = writeln!(
+                o,
+                "engram_service_{name}_bucket{{{labels},le=\"{le:e}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "engram_service_{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+            r.latency.count
+        );
+        let _ = writeln!(
+            o,
+            "engram_service_{name}_sum{{{labels}}} {:e}",
+            r.latency_sum_s
+        );
+        let _ = writeln!(
+            o,
+            "engram_service_{name}_count{{{labels}}} {}",
+            r.latency.count
+        );
+    }
+}
+
+impl ServiceStats {
+    /// Prometheus text exposition (format 0.0.4).
+    pub fn prometheus(&self) -> String {
+        let mut o = String::new();
+        type Field = fn(&ServiceStats) -> u64;
+        let top: [(&str, &str, &str, Field); 5] = [
+            ("clients", "gauge", "Clients attached.", |s| s.clients),
+            (
+                "connections_total",
+                "counter",
+                "Connections accepted.",
+                |s| s.connections_total,
+            ),
+            (
+                "refused_total",
+                "counter",
+                "Connections refused (credentials, limits, unknown table).",
+                |s| s.refused_total,
+            ),
+            (
+                "protocol_violations_total",
+                "counter",
+                "Clients disconnected for breaking the protocol.",
+                |s| s.protocol_violations_total,
+            ),
+            (
+                "reloads_total",
+                "counter",
+                "Table reloads (SIGHUP or control command).",
+                |s| s.reloads_total,
+            ),
+        ];
+        for (name, kind, help, field) in top {
+            family(&mut o, name, kind, help);
+            let _ = writeln!(o, "engram_service_{name} {}", field(self));
+        }
+        let table_label = |t: &TableStats| format!("table=\"{}\"", prometheus_label(&t.name));
+        family(
+            &mut o,
+            "table_clients",
+            "gauge",
+            "Clients attached to the table.",
+        );
+        for t in &self.tables {
+            let _ = writeln!(
+                o,
+                "engram_service_table_clients{{{}}} {}",
+                table_label(t),
+                t.clients
+            );
+        }
+        let tables: Vec<_> = self
+            .tables
+            .iter()
+            .map(|t| (table_label(t), &t.requests))
+            .collect();
+        request_families(&mut o, "table", &tables);
+        let clients: Vec<_> = self
+            .client_list
+            .iter()
+            .map(|c| {
+                (
+                    format!(
+                        "client=\"{}\",uid=\"{}\",pid=\"{}\",table=\"{}\"",
+                        c.id,
+                        c.uid,
+                        c.pid,
+                        prometheus_label(&c.table)
+                    ),
+                    &c.requests,
+                )
+            })
+            .collect();
+        request_families(&mut o, "client", &clients);
+        let labels: Vec<String> = self
+            .tables
+            .iter()
+            .map(|t| format!("{},", table_label(t)))
+            .collect();
+        let items: Vec<(&str, &StatsSnapshot)> = labels
+            .iter()
+            .map(String::as_str)
+            .zip(self.tables.iter().map(|t| &t.store))
+            .collect();
+        prometheus_text(&items, &mut o);
+        o
+    }
+}

@@ -1,0 +1,145 @@
+//! `engram serve TABLE... --socket PATH`: the storage-tier service. One process owns the
+//! tables, the hot-row cache and the I/O; engines attach with `--service PATH` (Rust CLI,
+//! moe-core), `unix:PATH` (C ABI, Python) and read rows through shared memory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use engram_service::signals::{Signal, Signals};
+use engram_service::{AllowRule, Server, ServerOptions, TableSpec};
+use engram_store::workload::parse_bytes;
+use engram_store::{Profile, StoreOptions};
+
+/// Serve tables to engine processes on this host.
+#[derive(Debug, ClapArgs)]
+#[command(after_help = "Examples:\n  \
+    engram serve /data/v41 --socket /run/engram/engram.sock --cache-bytes 32G\n  \
+    engram serve v41=/data/v41 demo=/data/demo --socket /run/engram/engram.sock --group engram \\\n      \
+    --metrics-addr 127.0.0.1:9464\n\n\
+    Clients: engram lookup /data/v41 --service /run/engram/engram.sock ...; moe-core generate \
+    --service /run/engram/engram.sock --engram /data/v41; C: engram_store_open(\"unix:/run/engram/engram.sock\"); \
+    Python: engram.Store(\"unix:/run/engram/engram.sock\"). With several tables a client names one \
+    (unix:PATH#NAME, or the table's path).\n\n\
+    SIGHUP (or `engram reload --service PATH`) reopens every table: requests in flight finish on \
+    the old one. SIGINT / SIGTERM stop the server. Logs: RUST_LOG=engram_service=info.")]
+pub struct Args {
+    /// Tables to serve: PATH (named by its directory) or NAME=PATH.
+    #[arg(required = true)]
+    pub tables: Vec<String>,
+    /// The Unix socket to listen on (created with mode 0600; a stale socket is replaced).
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Let this group connect (socket mode 0660 and group GROUP; name or number).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Also allow this user id (repeatable; the socket's mode must let it connect too).
+    #[arg(long)]
+    pub allow_uid: Vec<u32>,
+    /// Serve Prometheus text at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Hot-row cache budget per table (e.g. 512M, 32G; 0 = none): one copy for all clients.
+    #[arg(long, default_value = "0")]
+    pub cache_bytes: String,
+    /// Seed every table's cache from its profile.bin when present.
+    #[arg(long)]
+    pub seed_cache: bool,
+    /// I/O worker threads per table.
+    #[arg(long, default_value_t = 2)]
+    pub io_workers: usize,
+    /// Reads in flight per table (store prefetch slots).
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// Largest request in rows.
+    #[arg(long, default_value_t = engram_store::store::DEFAULT_MAX_BATCH_ROWS)]
+    pub max_batch_rows: usize,
+    /// Most clients attached at once.
+    #[arg(long, default_value_t = engram_service::server::DEFAULT_MAX_CLIENTS)]
+    pub max_clients: usize,
+    /// Most requests in flight per client (slots; a power of two is granted).
+    #[arg(long, default_value_t = engram_service::server::DEFAULT_MAX_CLIENT_SLOTS)]
+    pub max_client_slots: u32,
+    /// Most shared-memory bytes per client (e.g. 256M).
+    #[arg(long, default_value = "1G")]
+    pub max_client_bytes: String,
+    /// Longest poll of a client's ring (microseconds) a client may ask of the server.
+    #[arg(long, default_value_t = engram_service::server::DEFAULT_MAX_SPIN_US)]
+    pub max_spin_us: u32,
+    #[command(flatten)]
+    pub read: super::read_args::ReadArgs,
+}
+
+/// A line on stderr; a closed stderr (a pipe whose reader went away) must not stop the
+/// server, so write errors are ignored.
+fn say(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "engram serve: {args}");
+}
+
+/// Runs the command until SIGINT or SIGTERM.
+pub fn run(args: Args) -> Result<ExitCode> {
+    // Before any thread starts, so every thread inherits the mask.
+    let signals = Signals::block().context("blocking signals")?;
+    let tables = args
+        .tables
+        .iter()
+        .map(|t| TableSpec::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut o = ServerOptions::new(args.socket.clone(), tables);
+    o.store = StoreOptions {
+        backend: args.read.backend_options()?,
+        io_workers: args.io_workers,
+        max_in_flight: args.max_in_flight,
+        max_batch_rows: args.max_batch_rows,
+        cache_bytes: parse_bytes(&args.cache_bytes)?,
+        ..StoreOptions::default()
+    };
+    if args.seed_cache && o.store.cache_bytes > 0 {
+        // One profile for all tables only when there is one table.
+        if let [t] = &o.tables[..] {
+            let p = t.path.join("profile.bin");
+            if p.exists() {
+                o.store.profile = Some(Profile::read(&p)?);
+            }
+        } else {
+            anyhow::bail!("--seed-cache serves one table at a time");
+        }
+    }
+    o.max_clients = args.max_clients;
+    o.max_client_slots = args.max_client_slots;
+    o.max_client_bytes = parse_bytes(&args.max_client_bytes)?;
+    o.max_spin_us = args.max_spin_us;
+    o.group = args
+        .group
+        .as_deref()
+        .map(engram_service::server::auth::parse_group)
+        .transpose()?;
+    o.allow = AllowRule {
+        uids: args.allow_uid.clone(),
+        gid: o.group,
+    };
+    o.metrics_addr = args.metrics_addr;
+    let server =
+        Server::start(o).with_context(|| format!("serving on {}", args.socket.display()))?;
+    say(format_args!(
+        "{} table(s) on {}{}",
+        args.tables.len(),
+        args.socket.display(),
+        server
+            .metrics_addr()
+            .map(|a| format!(", metrics at http://{a}/metrics"))
+            .unwrap_or_default()
+    ));
+    // Reload on SIGHUP until SIGINT or SIGTERM.
+    while let Signal::Reload = signals.wait()? {
+        for r in server.reload() {
+            say(format_args!("reload {}: {}", r.table, r.outcome));
+        }
+    }
+    say(format_args!("stopping"));
+    server.stop();
+    Ok(ExitCode::SUCCESS)
+}
