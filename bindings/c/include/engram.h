@@ -53,9 +53,10 @@ typedef enum engram_status {
   ENGRAM_ERR_UNAVAILABLE = 10,
   // A size is above a named limit (batch rows, queue depth, I/O workers...).
   ENGRAM_ERR_LIMIT = 11,
-  // The store's workers stopped after an earlier failure: close and reopen it.
+  // The store's workers stopped after an earlier failure (close and reopen it), or the
+  // service of a "unix:PATH" store went away (its next call reconnects).
   ENGRAM_ERR_SHUT_DOWN = 12,
-  // Not supported by this build (e.g. a "unix:PATH" service address).
+  // Not supported by this build.
   ENGRAM_ERR_UNSUPPORTED = 13,
   // A bug inside the library was caught at the boundary (please report it).
   ENGRAM_ERR_PANIC = 14,
@@ -161,8 +162,10 @@ const char *engram_status_name(int status);
 // no tokenizer, default queue depth, workers and batch size). Thread-safe.
 int engram_store_options_init(struct engram_store_options *opts);
 
-// Opens the table directory `path` ("unix:PATH" service addresses are reserved and
-// return `ENGRAM_ERR_UNSUPPORTED` in this version). `opts` may be NULL (defaults). On
+// Opens the table directory `path`, or "unix:SOCKET" ("unix:SOCKET#TABLE" when the
+// service serves several tables): a table served by `engram serve`, whose backend, cache
+// and read options are the server's (setting them in `opts` is
+// `ENGRAM_ERR_INVALID_ARGUMENT`). `opts` may be NULL (defaults). On
 // success `*out` is a store to pass to `engram_store_close`; on failure `*out` is left
 // unchanged. Thread-safe.
 int engram_store_open(const char *path,
@@ -199,8 +202,9 @@ size_t engram_store_n_hash_heads(const struct engram_store *store);
 // (0 if `store` is NULL). Thread-safe.
 size_t engram_store_max_ngram(const struct engram_store *store);
 
-// The backend in use after any fallback: "memory", "mmap", "pread" or "uring" (static
-// storage; "" if `store` is NULL). Thread-safe.
+// The backend in use after any fallback: "memory", "mmap", "pread" or "uring", or
+// "service(...)" of one of them for a "unix:" store (static storage; "" if `store` is
+// NULL). Thread-safe.
 const char *engram_store_backend(const struct engram_store *store);
 
 // Reads rows `ids[0..n)` of layer `layer_id` into `out`, on the calling thread, through
