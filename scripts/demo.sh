@@ -5,7 +5,7 @@
 # Python completion with moe-core, its Engram rows read from SSD through io_uring with
 # O_DIRECT (falling back to pread where io_uring is unavailable) behind a profile-seeded cache.
 #
-#   [MODEL=models/stdlib-moe-engram-c] scripts/demo.sh ['PROMPT']
+#   [MODEL=models/stdlib-moe-engram-mhc-c] scripts/demo.sh ['PROMPT']
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
