@@ -65,7 +65,7 @@ grep -q ENGRAM_ERR_UNKNOWN_LAYER "$work/err"
 sock="$work/engram.sock"
 "$engram" serve "$table" --socket "$sock" --backend pread --cache-bytes 1M 2>"$work/serve.log" &
 serve_pid=$!
-trap 'kill "$serve_pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill "$serve_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 got="$("${vg[@]}" "$work/lookup" "unix:$sock" 15 3 1 4)"
 [ "$got" = "$want" ] || { echo "example through the service differs from engram lookup" >&2; exit 1; }
