@@ -192,3 +192,24 @@ fn serve_lookup_bench_stats_reload_and_stop() {
     ]);
     assert!(!ok && err.contains("cannot connect"), "{err}");
 }
+
+/// A Mooncake-backed service is not built: asking for one is an error, never a service that
+/// quietly reads the local disk instead.
+#[test]
+fn serve_refuses_the_mooncake_backend() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sock = tmp.path().join("s.sock");
+    let (ok, _, err) = engram(&[
+        "serve",
+        tmp.path().to_str().expect("utf-8"),
+        "--socket",
+        sock.to_str().expect("utf-8"),
+        "--backend",
+        "mooncake",
+        "--mooncake",
+        "127.0.0.1:1",
+    ]);
+    assert!(!ok, "engram serve --backend mooncake started");
+    assert!(err.contains("does not read from Mooncake"), "{err}");
+    assert!(!sock.exists(), "a socket was created");
+}

@@ -88,6 +88,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .iter()
         .map(|t| TableSpec::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
+    // The service opens its tables locally; a Mooncake-backed service is not built yet, so
+    // asking for one is an error rather than a service reading the local disk instead.
+    anyhow::ensure!(
+        !args.read.is_mooncake() && args.read.mooncake.is_none(),
+        "engram serve does not read from Mooncake yet: serve a local copy of the \
+         table, or read Mooncake directly with engram lookup|bench --backend mooncake"
+    );
     let mut o = ServerOptions::new(args.socket.clone(), tables);
     o.store = StoreOptions {
         backend: args.read.backend_options()?,
