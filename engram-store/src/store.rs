@@ -840,6 +840,17 @@ impl Store {
         }
     }
 
+    /// Whether the hot-row cache holds row `row` of layer index `layer` now (false without
+    /// a cache). Counts nothing and changes no eviction state: for diagnostics and
+    /// simulators (`engram replay` classifies cold misses with it); under concurrent use the
+    /// answer may be stale by the time it returns.
+    pub fn cache_contains(&self, layer: usize, row: u64) -> bool {
+        self.shared()
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.contains(layer, row))
+    }
+
     /// Counters and latencies.
     pub fn stats(&self) -> StatsSnapshot {
         let sh = self.shared();

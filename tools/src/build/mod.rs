@@ -549,8 +549,11 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     let row_bytes = manifest.row_bytes as usize;
     let mut phase = Phase::start(mode, "write", "rows", est.rows);
     let mut done = 0u64;
-    let mut f32_buf = vec![0f32; values::CHUNK_ROWS as usize * dim];
-    let mut byte_buf = vec![0u8; values::CHUNK_ROWS as usize * row_bytes];
+    // One chunk per worker per round: rows are generated and encoded in parallel (each row
+    // is keyed on its own, so the bytes do not depend on the thread count), then written
+    // in order.
+    let group = pool.current_num_threads().max(1);
+    let mut byte_buf = vec![0u8; group * values::CHUNK_ROWS as usize * row_bytes];
     for (li, l) in layout.layers.iter().enumerate() {
         let source = values::RowValues::for_layer(
             &plan.init,
@@ -562,11 +565,9 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         )?;
         let mut first = 0u64;
         while first < l.total_rows {
-            let n = values::CHUNK_ROWS.min(l.total_rows - first) as usize;
-            let vals = &mut f32_buf[..n * dim];
-            source.fill(first, dim, vals)?;
+            let n = (group as u64 * values::CHUNK_ROWS).min(l.total_rows - first) as usize;
             let bytes = &mut byte_buf[..n * row_bytes];
-            values::encode(plan.row_layout, dim, vals, bytes)?;
+            pool.install(|| source.encode_rows(first, dim, plan.row_layout, bytes))?;
             writer.write_layer_rows(li, bytes)?;
             first += n as u64;
             done += n as u64;

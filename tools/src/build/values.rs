@@ -11,6 +11,7 @@ use engram_kernels::quant::quantize_rows;
 use engram_kernels::rng::SplitMix64;
 use engram_store::format::RowLayout;
 use half::{bf16, f16};
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 use engram_kernels::EngramConfig;
@@ -218,6 +219,34 @@ impl<'a> RowValues<'a> {
                 Ok(RowValues::Imported { view })
             }
         }
+    }
+
+    /// Encodes rows `first..` into `out` (whole rows of `layout`), `CHUNK_ROWS` rows per
+    /// task on the current rayon pool.
+    pub fn encode_rows(
+        &self,
+        first: u64,
+        dim: usize,
+        layout: RowLayout,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let row_bytes = usize::try_from(layout.row_bytes(u32::try_from(dim)?)?)?;
+        ensure!(
+            row_bytes > 0 && out.len() % row_bytes == 0,
+            "row buffer of {} bytes is not whole rows of {row_bytes}",
+            out.len()
+        );
+        out.par_chunks_mut(CHUNK_ROWS as usize * row_bytes)
+            .enumerate()
+            .try_for_each_init(
+                || vec![0f32; CHUNK_ROWS as usize * dim],
+                |vals, (i, bytes)| {
+                    let n = bytes.len() / row_bytes;
+                    let vals = &mut vals[..n * dim];
+                    self.fill(first + (i as u64) * CHUNK_ROWS, dim, vals)?;
+                    encode(layout, dim, vals, bytes)
+                },
+            )
     }
 
     /// Fills `out` (`count * dim` values) with rows `first..first + count`.
