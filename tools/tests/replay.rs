@@ -87,7 +87,7 @@ fn replay(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value,
     (code, v, err)
 }
 
-const FIELDS: [&str; 38] = [
+const FIELDS: [&str; 41] = [
     "/table",
     "/table_id",
     "/rows",
@@ -119,10 +119,13 @@ const FIELDS: [&str; 38] = [
     "/tokens_per_second_resident",
     "/hit_rate",
     "/compulsory_miss_floor",
+    "/cold_miss_share",
+    "/cold_steps_by_layer",
     "/profile_unseen_share",
     "/reads_per_token",
     "/iops",
     "/speculation/accuracy",
+    "/speculation/predictor",
     "/speculation/rows_read_per_token",
     "/late_us/mean",
     "/errors",
@@ -213,6 +216,48 @@ fn a_resident_table_never_stalls() {
         Some(true)
     );
     assert_eq!(d["profile_unseen_share"].as_f64(), Some(1.0));
+    // No cache: every first touch is a cold miss too, and some steps of each layer had one.
+    assert_eq!(d["cold_miss_share"], d["compulsory_miss_floor"], "{d}");
+    let steps = d["cold_steps_by_layer"].as_array().expect("per layer");
+    assert_eq!(steps.len(), 2, "{d}");
+    assert!(
+        steps
+            .iter()
+            .all(|x| x.as_f64().is_some_and(|x| x > 0.0 && x <= 1.0)),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_modelled_mtp_head_is_as_accurate_as_told() {
+    if tokenizer().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (table, held) = fixture(dir.path());
+    // Without candidates.bin only the modelled head guesses.
+    std::fs::remove_file(table.join("candidates.bin")).expect("rm");
+    let accuracy = |p: &str| {
+        let (code, v, err) = replay(
+            &table,
+            &held,
+            &["--speculate", "1", "--predictor", p, "--cache-bytes", "10%"],
+        );
+        assert_eq!(code, 0, "{p}: {err}");
+        let sp = &v["data"]["speculation"];
+        assert_eq!(sp["predictor"], p, "{sp}");
+        (
+            sp["accuracy"].as_f64().expect("accuracy"),
+            sp["rows_offered_per_token"].as_f64().expect("offered"),
+        )
+    };
+    let (always, offered) = accuracy("mtp:1");
+    // Only a sequence's first position has no guess before it.
+    assert!(always > 0.95, "mtp:1 accuracy {always}");
+    assert!(offered > 0.0, "mtp:1 offered nothing");
+    assert_eq!(accuracy("mtp:0"), (0.0, 0.0), "mtp:0 with no table guesses");
+    let (half, _) = accuracy("mtp:0.5");
+    assert!((0.2..0.8).contains(&half), "mtp:0.5 accuracy {half}");
 }
 
 #[test]
@@ -229,6 +274,9 @@ fn bad_input_is_a_clear_error() {
         (&["--model-layers", "10"][..], "--model-layers 10"),
         (&["--cache-bytes", "150%"][..], "--cache-bytes"),
         (&["--speculate", "65"][..], "--speculate 65"),
+        (&["--speculate", "1", "--predictor", "mtp:2"][..], "mtp:2"),
+        (&["--speculate", "1", "--predictor", "draft"][..], "draft"),
+        (&["--predictor", "mtp:0.5"][..], "--speculate K"),
     ] {
         let (code, _, err) = replay(&table, &held, extra);
         assert_eq!(code, 2, "{extra:?}: {err}");

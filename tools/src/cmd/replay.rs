@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args as ClapArgs;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
+use engram_kernels::rng::SplitMix64;
 use engram_kernels::{CompressionTable, tokenizer};
 use engram_store::candidates::{CANDIDATES_FILE, MAX_CANDIDATES_K};
 use engram_store::records::RECORDS_FILE;
@@ -74,7 +75,12 @@ pub const MAX_STREAM_TOKENS: usize = 1 << 28;
     --batch equal slices decoded side by side; each document starts a fresh n-gram history. \
     Each step prefetches the B tokens' rows per layer as one batch; with --speculate K, the \
     rows of the K next tokens that the table's candidates.bin ranks most likely are read \
-    into the cache at low priority one step ahead (cancelled when the next step starts).")]
+    into the cache at low priority one step ahead (cancelled when the next step starts); \
+    --predictor mtp:P models an MTP head instead of (or before) the table's candidates.\n\n\
+    Misses: cold_miss_share counts first touches of rows the cache did not hold (no policy \
+    avoids them at this size and seeding), compulsory_miss_floor those of rows the profile \
+    never saw (no cache avoids them); cold_steps_by_layer is the share of steps in which a \
+    layer needs such a row: with a device read slower than the layer's lead, each stalls.")]
 pub struct Args {
     /// Table directory (on the SSD tier: the reads go through the backend's device path).
     pub table: PathBuf,
@@ -114,9 +120,16 @@ pub struct Args {
     #[arg(long)]
     pub records: bool,
     /// Prefetch the rows of the K most likely next tokens one step ahead (0: off; needs
-    /// TABLE/candidates.bin).
+    /// TABLE/candidates.bin unless --predictor is mtp).
     #[arg(long, default_value_t = 0)]
     pub speculate: usize,
+    /// Who names the next tokens for --speculate: `table` (TABLE/candidates.bin) or
+    /// `mtp:P`, a modelled multi-token-prediction head whose first guess is the true next
+    /// token with probability P (seeded per position), the other K - 1 places from the
+    /// table's candidates when present. DeepSeek-V3 reports 85-90% acceptance of its MTP
+    /// head's second-token prediction (technical report, section 5.4.3).
+    #[arg(long, default_value = "table")]
+    pub predictor: String,
     /// Decode steps to replay (each sequence advances one token per step).
     #[arg(long, default_value_t = 2000)]
     pub max_steps: usize,
@@ -132,6 +145,41 @@ pub struct Args {
     /// Print one JSON Lines record (`{"type": "replay", "data": ...}`).
     #[arg(long)]
     pub json: bool,
+}
+
+/// Seed of the modelled MTP head's hits.
+const MTP_SEED: u64 = 0x6d74_705f_6865_6164;
+
+/// Who names the next tokens speculated on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Predictor {
+    /// The table's candidates.bin.
+    Table,
+    /// A modelled head whose first guess is the true next token with this probability.
+    Mtp(f64),
+}
+
+impl Predictor {
+    fn parse(spec: &str) -> Result<Self> {
+        if spec == "table" {
+            return Ok(Self::Table);
+        }
+        let p = spec
+            .strip_prefix("mtp:")
+            .and_then(|p| p.parse::<f64>().ok())
+            .filter(|p| (0.0..=1.0).contains(p))
+            .with_context(|| {
+                format!("--predictor {spec:?}: expected `table` or `mtp:P` with P in 0..=1")
+            })?;
+        Ok(Self::Mtp(p))
+    }
+
+    fn name(self) -> String {
+        match self {
+            Self::Table => "table".into(),
+            Self::Mtp(p) => format!("mtp:{p}"),
+        }
+    }
 }
 
 /// The held-out stream: canonical and raw ids of every document, back to back.
@@ -233,13 +281,19 @@ impl RowSet {
 }
 
 /// Lookups classified against the profile and the stream's own past.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Floor {
     lookups: u64,
     /// On rows the profile never saw.
     unseen: u64,
     /// First touches of rows the profile never saw: no cache policy avoids these misses.
     compulsory: u64,
+    /// First touches (in this run) of rows the cache did not hold at that moment: the
+    /// misses of this cache size and seeding that no admission or eviction policy avoids.
+    cold: u64,
+    /// (layers,) steps in which the layer had at least one cold lookup: each such step
+    /// waits for a device read unless its lead time covers one.
+    cold_steps: Vec<u64>,
 }
 
 /// One decoding sequence: a slice of the stream and its n-gram history.
@@ -368,6 +422,12 @@ fn check_args(args: &Args) -> Result<()> {
         args.speculate
     );
     ensure!(args.max_steps > 0, "--max-steps must be at least 1");
+    let predictor = Predictor::parse(&args.predictor)?;
+    ensure!(
+        predictor == Predictor::Table || args.speculate > 0,
+        "--predictor {}: speculation is off; give --speculate K",
+        args.predictor
+    );
     if args.records {
         let p = args.table.join(RECORDS_FILE);
         ensure!(
@@ -410,8 +470,12 @@ fn open_inputs(args: &Args, table: Arc<Table>) -> Result<Inputs> {
         Some(p) => Some(Profile::read(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
     };
-    let candidates = if args.speculate > 0 {
-        let p = args.table.join(CANDIDATES_FILE);
+    let predictor = Predictor::parse(&args.predictor)?;
+    let candidates_path = args.table.join(CANDIDATES_FILE);
+    let candidates = if args.speculate > 0
+        && (predictor == Predictor::Table || candidates_path.exists())
+    {
+        let p = candidates_path;
         ensure!(
             p.exists(),
             "--speculate {}: {} has no {CANDIDATES_FILE} (engram-build writes it when it counts \
@@ -481,8 +545,10 @@ struct Replayer<'a> {
     inputs: &'a Inputs,
     timing: &'a Timing,
     k: usize,
+    predictor: Predictor,
     profiled: RowSet,
-    seen: RowSet,
+    /// Rows looked up so far in this run.
+    touched: RowSet,
     seqs: Vec<Sequence>,
     /// (layers,) row buffers handed to and back from the tickets
     bufs: Vec<Option<AlignedBuf>>,
@@ -521,8 +587,9 @@ impl<'a> Replayer<'a> {
             inputs,
             timing,
             k: args.speculate,
+            predictor: Predictor::parse(&args.predictor)?,
             profiled: profiled_rows(&inputs.table, inputs.profile.as_ref())?,
-            seen: RowSet::new(&inputs.table)?,
+            touched: RowSet::new(&inputs.table)?,
             seqs,
             bufs,
             ids: vec![Vec::with_capacity(args.batch * heads); n_layers],
@@ -532,6 +599,10 @@ impl<'a> Replayer<'a> {
             order,
             tally: Tally {
                 layer_stall_us: vec![0.0; n_layers],
+                floor: Floor {
+                    cold_steps: vec![0; n_layers],
+                    ..Floor::default()
+                },
                 ..Tally::default()
             },
         })
@@ -551,6 +622,7 @@ impl<'a> Replayer<'a> {
         for v in &mut self.ids {
             v.clear();
         }
+        let mut cold_layers = vec![false; self.ids.len()];
         for seq in &mut self.seqs {
             let p = seq.next;
             seq.next += 1;
@@ -571,15 +643,21 @@ impl<'a> Replayer<'a> {
                 for &row in &self.hashed {
                     let f = &mut self.tally.floor;
                     f.lookups += 1;
+                    let first = !self.touched.insert(li, row);
+                    if first && !self.store.cache_contains(li, row) {
+                        f.cold += 1;
+                        cold_layers[li] = true;
+                    }
                     if !self.profiled.contains(li, row) {
                         f.unseen += 1;
-                        if !self.seen.insert(li, row) {
-                            f.compulsory += 1;
-                        }
+                        f.compulsory += u64::from(first);
                     }
                 }
                 v.extend_from_slice(&self.hashed);
             }
+        }
+        for (n, cold) in self.tally.floor.cold_steps.iter_mut().zip(cold_layers) {
+            *n += u64::from(cold);
         }
         Ok(())
     }
@@ -602,14 +680,34 @@ impl<'a> Replayer<'a> {
         for s in self.speculations.drain(..) {
             s.cancel();
         }
-        let Some(c) = &self.inputs.candidates else {
+        if self.k == 0 {
             return Ok(());
-        };
+        }
         for v in &mut self.spec_ids {
             v.clear();
         }
+        let stream = &self.inputs.stream;
         for seq in &mut self.seqs {
-            c.predict_into(&seq.window, self.k, &mut seq.predicted);
+            match &self.inputs.candidates {
+                Some(c) => c.predict_into(&seq.window, self.k, &mut seq.predicted),
+                None => seq.predicted.clear(),
+            }
+            if let Predictor::Mtp(p) = self.predictor {
+                let truth = (seq.next < seq.end && !stream.doc_start[seq.next])
+                    .then(|| stream.raw[seq.next]);
+                let hit = SplitMix64::keyed(&[MTP_SEED, seq.next as u64]).next_f64() < p;
+                // The head's guess: the truth when it hits, else the table's best other one.
+                let guess = if hit {
+                    truth
+                } else {
+                    seq.predicted.iter().copied().find(|&t| Some(t) != truth)
+                };
+                if let Some(g) = guess {
+                    seq.predicted.retain(|&t| t != g);
+                    seq.predicted.insert(0, g);
+                    seq.predicted.truncate(self.k);
+                }
+            }
             let base = seq.window.len();
             for &cand in &seq.predicted {
                 seq.window
@@ -727,6 +825,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     replayer.run(steps)?;
     let wall = t_run.elapsed().as_secs_f64();
     let st = store.stats();
+    let replayer_predictor = replayer.predictor.name();
     let mut tally = replayer.tally;
 
     let tokens = (steps * args.batch) as u64;
@@ -755,7 +854,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "profile": inputs.profile_path, "records": args.records, "speculate": args.speculate,
         "open_seconds": open_secs, "wall_seconds": wall,
     });
-    let f = tally.floor;
+    let f = &tally.floor;
     let results = serde_json::json!({
         "stall_us_per_token": quantiles(&mut tally.stall_us),
         "stall_us_per_token_by_layer": tally.layer_stall_us.iter().map(|s| s / steps as f64).collect::<Vec<_>>(),
@@ -766,6 +865,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "lookups": f.lookups,
         "profile_unseen_share": share(f.unseen, f.lookups),
         "compulsory_miss_floor": share(f.compulsory, f.lookups),
+        "cold_miss_share": share(f.cold, f.lookups),
+        "cold_steps_by_layer": f.cold_steps.iter().map(|&n| share(n, steps as u64)).collect::<Vec<_>>(),
         "reads_per_token": per_token(st.device_reads),
         "device_bytes_per_token": per_token(st.device_bytes),
         "rows_read_per_token": per_token(st.rows_unique),
@@ -778,6 +879,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     });
     let speculation = serde_json::json!({
         "k": args.speculate,
+        "predictor": replayer_predictor,
         "positions_scored": tally.scored,
         "accuracy": share(tally.spec_hits, tally.scored),
         "predicted_share": share(tally.predicted, tally.scored),
@@ -823,8 +925,9 @@ fn print_summary(d: &serde_json::Value) {
         f("/slowdown") * 100.0
     );
     crate::outln!(
-        "hit rate {:.1}%; compulsory-miss floor {:.1}% (rows the profile never saw: {:.1}% of lookups); {:.1} reads/token, {:.0} IOPS",
+        "hit rate {:.1}%; cold misses {:.1}% of lookups; compulsory-miss floor {:.1}% (rows the profile never saw: {:.1}% of lookups); {:.1} reads/token, {:.0} IOPS",
         f("/hit_rate") * 100.0,
+        f("/cold_miss_share") * 100.0,
         f("/compulsory_miss_floor") * 100.0,
         f("/profile_unseen_share") * 100.0,
         f("/reads_per_token"),
@@ -832,7 +935,8 @@ fn print_summary(d: &serde_json::Value) {
     );
     if f("/speculation/k") > 0.0 {
         crate::outln!(
-            "speculation: next token among the candidates {:.1}% of the time; {:.1} rows/token offered, {:.1} read ahead",
+            "speculation ({}): next token among the candidates {:.1}% of the time; {:.1} rows/token offered, {:.1} read ahead",
+            d["speculation"]["predictor"].as_str().unwrap_or_default(),
             f("/speculation/accuracy") * 100.0,
             f("/speculation/rows_offered_per_token"),
             f("/speculation/rows_read_per_token")
