@@ -438,7 +438,9 @@ impl RowCache {
         }
         let mut seeded = 0u64;
         let rb = self.row_bytes;
-        for (li, rows) in chosen.iter().enumerate() {
+        for (li, rows) in chosen.iter_mut().enumerate() {
+            // In file order: neighbouring rows share reads.
+            rows.sort_unstable();
             for chunk in rows.chunks(4096) {
                 let mut buf = vec![0u8; chunk.len() * rb];
                 read(li, chunk, &mut buf)?;

@@ -201,8 +201,26 @@ fn stat(v: &[f64], digits: usize) -> String {
     format!("{:.digits$} [{lo:.digits$}..{hi:.digits$}]", median(v))
 }
 
+const USAGE: &str = "engram-build's counting pipeline against the tokenizer alone, interleaved\n\n\
+Usage: build_throughput [DIR] [--threads 1,2] [--runs 3] [--chunks 24] [--shapes demo,v41] \
+[--strategy auto|direct]\n\n\
+DIR: a corpus of .py files (default: this Python's standard library, site-packages excluded).";
+
+/// Flags that take a value.
+const FLAGS: [&str; 5] = ["--threads", "--runs", "--chunks", "--shapes", "--strategy"];
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    for (i, a) in args.iter().enumerate() {
+        let is_value = i > 0 && FLAGS.contains(&args[i - 1].as_str());
+        if a.starts_with('-') && !is_value && !FLAGS.contains(&a.as_str()) {
+            bail!("unknown flag {a:?}\n\n{USAGE}");
+        }
+    }
     let threads: Vec<usize> = list(flag(&args, "--threads").unwrap_or("1,2"), "--threads")?;
     let runs: usize = parse(flag(&args, "--runs").unwrap_or("3"), "--runs")?;
     let n_chunks: usize = parse(flag(&args, "--chunks").unwrap_or("24"), "--chunks")?;

@@ -232,7 +232,7 @@ impl<'a> RowValues<'a> {
     ) -> Result<()> {
         let row_bytes = usize::try_from(layout.row_bytes(u32::try_from(dim)?)?)?;
         ensure!(
-            row_bytes > 0 && out.len() % row_bytes == 0,
+            row_bytes > 0 && out.len().is_multiple_of(row_bytes),
             "row buffer of {} bytes is not whole rows of {row_bytes}",
             out.len()
         );
