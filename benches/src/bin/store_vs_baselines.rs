@@ -564,12 +564,24 @@ fn cache(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+const USAGE: &str = "usage:
+  store_vs_baselines ssd   --table DIR [--qd 32,128] [--pairs 3] [--seconds 8] [--no-mmap]
+                           [--stream-batch-rows N --stream-depth D]
+  store_vs_baselines dram  --table DIR [--pairs 5]
+  store_vs_baselines cache [--text-dir DIR] [--tokenizer FILE]
+ssd needs fio (io_uring engine) on PATH; the table should be >= 1.5x RAM.
+Output: JSON Lines on stdout, progress on stderr (engram-store/BENCHMARKS.md has the runs).";
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ssd") => ssd(&args),
         Some("dram") => dram(&args),
         Some("cache") => cache(&args),
-        _ => bail!("usage: store-vs-baselines ssd|dram|cache [options] (see the module docs)"),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => bail!("{USAGE}"),
     }
 }
