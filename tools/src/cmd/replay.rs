@@ -408,9 +408,11 @@ struct Inputs {
     profile_path: Option<PathBuf>,
     profile: Option<Profile>,
     candidates: Option<Candidates>,
+    predictor: Predictor,
 }
 
-fn check_args(args: &Args) -> Result<()> {
+/// Checks the flags that need no file; returns the parsed `--predictor`.
+fn check_args(args: &Args) -> Result<Predictor> {
     ensure!(
         (1..=MAX_BATCH).contains(&args.batch),
         "--batch {}: expected 1..={MAX_BATCH}",
@@ -436,10 +438,10 @@ fn check_args(args: &Args) -> Result<()> {
             args.table.display()
         );
     }
-    Ok(())
+    Ok(predictor)
 }
 
-fn open_inputs(args: &Args, table: Arc<Table>) -> Result<Inputs> {
+fn open_inputs(args: &Args, table: Arc<Table>, predictor: Predictor) -> Result<Inputs> {
     let manifest = table.manifest();
     let tok_path = tokenizer::resolve_path(args.tokenizer.as_deref())?;
     let tok = tokenizer::load(&tok_path)?;
@@ -470,7 +472,6 @@ fn open_inputs(args: &Args, table: Arc<Table>) -> Result<Inputs> {
         Some(p) => Some(Profile::read(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
     };
-    let predictor = Predictor::parse(&args.predictor)?;
     let candidates_path = args.table.join(CANDIDATES_FILE);
     let candidates = if args.speculate > 0
         && (predictor == Predictor::Table || candidates_path.exists())
@@ -504,6 +505,7 @@ fn open_inputs(args: &Args, table: Arc<Table>) -> Result<Inputs> {
         profile_path,
         profile,
         candidates,
+        predictor,
     })
 }
 
@@ -587,7 +589,7 @@ impl<'a> Replayer<'a> {
             inputs,
             timing,
             k: args.speculate,
-            predictor: Predictor::parse(&args.predictor)?,
+            predictor: inputs.predictor,
             profiled: profiled_rows(&inputs.table, inputs.profile.as_ref())?,
             touched: RowSet::new(&inputs.table)?,
             seqs,
@@ -788,7 +790,7 @@ impl<'a> Replayer<'a> {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
-    check_args(&args)?;
+    let predictor = check_args(&args)?;
     let table = Arc::new(
         Table::open(&args.table).with_context(|| format!("opening {}", args.table.display()))?,
     );
@@ -799,7 +801,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .sum::<Result<_, _>>()?;
     let table_row_bytes = rows_total * table.manifest().row_bytes;
     let cache = cache_bytes(&args.cache_bytes, table_row_bytes)?;
-    let inputs = open_inputs(&args, Arc::clone(&table))?;
+    let inputs = open_inputs(&args, Arc::clone(&table), predictor)?;
     let heads = inputs.hasher.n_hash_heads();
     let opts = StoreOptions {
         backend: args.read.backend_options()?,
