@@ -17,7 +17,7 @@ use std::sync::Arc;
 use io_uring::{IoUring, opcode, register::Probe, types};
 
 use super::pread::{DeviceFiles, open_direct};
-use super::{Backend, BackendKind, BackendOptions, IoCounters, RowReader, UringFault};
+use super::{Backend, BackendKind, BackendOptions, IoCounters, UringFault};
 use crate::error::{Error, Result};
 use crate::io::{Completion, Driver, Engine, EngineError, Lease, ReadReq, Staging};
 use crate::metrics::SharedHist;
@@ -130,12 +130,12 @@ impl UringBackend {
         };
         // One real read through a reader (without injected read faults) proves setup,
         // registration and O_DIRECT.
-        let mut reader = match backend.new_reader(false) {
+        let mut reader = match backend.new_driver(None) {
             Ok(r) => r,
             Err(e) if backend.registered_buffers => {
                 tracing::warn!(target: "engram_store", "io_uring buffer registration failed ({e}); using unregistered buffers. Fix: raise RLIMIT_MEMLOCK (ulimit -l)");
                 backend.registered_buffers = false;
-                backend.new_reader(false)?
+                backend.new_driver(None)?
             }
             Err(e) => return Err(e),
         };
@@ -143,7 +143,7 @@ impl UringBackend {
             tracing::warn!(target: "engram_store", "io_uring buffer registration failed (injected fault); using unregistered buffers. Fix: raise RLIMIT_MEMLOCK (ulimit -l)");
         }
         let mut out = vec![0u8; table.row_bytes()];
-        reader.read_rows(0, &[0], &[], &mut out, &mut IoCounters::default())?;
+        reader.read_sync(0, &[0], &[], &mut out, &mut IoCounters::default())?;
         Ok(backend)
     }
 
@@ -152,17 +152,13 @@ impl UringBackend {
         self.registered_buffers
     }
 
-    fn new_reader(&self, with_faults: bool) -> Result<Driver> {
-        let no_faults;
-        let options = if with_faults || self.options.faults.is_none() {
-            &self.options
-        } else {
-            no_faults = BackendOptions {
-                faults: None,
-                ..self.options.clone()
-            };
-            &no_faults
+    /// A driver over a new ring, injecting `faults` (the probe read at open: none).
+    fn new_driver(&self, faults: Option<crate::io::FaultPlan>) -> Result<Driver> {
+        let options = BackendOptions {
+            faults,
+            ..self.options.clone()
         };
+        let options = &options;
         Driver::new(&self.table, options, self.latency.clone(), |staging| {
             Ok(Box::new(UringEngine::new(
                 staging,
@@ -178,8 +174,9 @@ impl Backend for UringBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Uring
     }
-    fn reader(&self) -> Result<Box<dyn RowReader>> {
-        Ok(Box::new(self.new_reader(true)?))
+    fn driver(&self, rebuilt: bool) -> Result<Driver> {
+        let faults = self.options.for_engine(rebuilt).faults.clone();
+        self.new_driver(faults)
     }
     fn device_latency(&self) -> Option<&SharedHist> {
         Some(&self.latency)
