@@ -442,34 +442,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn table() -> (tempfile::TempDir, Arc<Table>) {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let spec = crate::synth::SynthSpec {
-            config: engram_kernels::EngramConfig {
-                max_ngram: 3,
-                n_heads: 2,
-                base_sizes: vec![300, 307],
-                layer_ids: vec![1, 4],
-                seed: 3,
-                pad_id: 2,
-            },
-            row_layout: crate::format::RowLayout::Bf16,
-            dim: 64,
-            seed: 5,
-            block_bytes: None,
-        };
-        let dir = tmp.path().join("t");
-        crate::synth::write_synth(&dir, &spec, false, |_, _, _| {}).expect("table");
-        let t = Arc::new(Table::open(&dir).expect("open"));
-        (tmp, t)
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
         fn the_pipeline_keeps_its_invariants(seed in any::<u64>(), ops in proptest::collection::vec(any::<u8>(), 0..600)) {
-            let (_tmp, t) = table();
-            let report = run(&t, seed, &ops);
+            let report = run(crate::fuzz::sim_table(), seed, &ops);
             prop_assert!(report.is_ok(), "seed {seed}: {report:?}");
         }
     }
@@ -477,12 +454,12 @@ mod tests {
     /// Long seeded runs break engines many times.
     #[test]
     fn long_runs_break_and_rebuild_engines() {
-        let (_tmp, t) = table();
+        let t = crate::fuzz::sim_table();
         let mut breaks = 0;
         for seed in 0..8u64 {
             let mut rng = SplitMix64(seed);
             let ops: Vec<u8> = (0..2 * MAX_OPS).map(|_| rng.next_u64() as u8).collect();
-            let r = run(&t, seed, &ops).unwrap_or_else(|e| unreachable!("seed {seed}: {e}"));
+            let r = run(t, seed, &ops).unwrap_or_else(|e| unreachable!("seed {seed}: {e}"));
             assert!(r.fetched > 0, "seed {seed}: {r:?}");
             breaks += r.engine_failures;
         }

@@ -126,21 +126,28 @@ pub struct Store {
 }
 
 fn check_options(options: &StoreOptions) -> Result<()> {
-    if options.max_batch_rows == 0 || options.max_batch_rows > MAX_BATCH_ROWS_LIMIT {
-        return Err(Error::Limit {
-            what: "max_batch_rows",
-            name: "MAX_BATCH_ROWS_LIMIT",
-            limit: MAX_BATCH_ROWS_LIMIT,
-            found: options.max_batch_rows,
-        });
-    }
-    if options.io_workers == 0 || options.io_workers > MAX_IO_WORKERS {
-        return Err(Error::Limit {
-            what: "I/O threads (io_workers)",
-            name: "MAX_IO_WORKERS",
-            limit: MAX_IO_WORKERS,
-            found: options.io_workers,
-        });
+    for (what, name, limit, found) in [
+        (
+            "max_batch_rows",
+            "MAX_BATCH_ROWS_LIMIT",
+            MAX_BATCH_ROWS_LIMIT,
+            options.max_batch_rows,
+        ),
+        (
+            "I/O threads (io_workers)",
+            "MAX_IO_WORKERS",
+            MAX_IO_WORKERS,
+            options.io_workers,
+        ),
+    ] {
+        if found == 0 || found > limit {
+            return Err(Error::Limit {
+                what,
+                name,
+                limit,
+                found,
+            });
+        }
     }
     if options.max_in_flight == 0 {
         return Err(Error::Invalid {

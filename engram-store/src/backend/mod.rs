@@ -20,7 +20,7 @@ pub mod uring;
 /// Environment variable that forces a backend: `memory`, `mmap`, `pread`, `uring`, `auto`.
 pub const IO_BACKEND_ENV: &str = "ENGRAM_IO_BACKEND";
 /// Environment variable that makes the io_uring probe fail (testing the fallback):
-/// `setup`, `probe` or `register`; any other value is an error.
+/// `setup`, `probe`, `register` or `ext_arg`; any other value is an error.
 pub const URING_FAULT_ENV: &str = "ENGRAM_URING_FAULT";
 /// Environment variable that turns a fallback from io_uring into an error (`1`): set by
 /// the test script where io_uring works, so a regression cannot hide behind pread.
@@ -119,6 +119,9 @@ pub enum UringFault {
     Probe,
     /// Buffer registration fails (`RLIMIT_MEMLOCK`): uring runs with unregistered buffers.
     Register,
+    /// The kernel reports no `IORING_FEAT_EXT_ARG` (before Linux 5.11): hedged reads are
+    /// refused on io_uring.
+    NoExtArg,
 }
 
 impl UringFault {
@@ -130,10 +133,13 @@ impl UringFault {
             "setup" => Ok(Some(UringFault::Setup)),
             "probe" => Ok(Some(UringFault::Probe)),
             "register" => Ok(Some(UringFault::Register)),
+            "ext_arg" => Ok(Some(UringFault::NoExtArg)),
             "" => Ok(None),
             other => Err(Error::Invalid {
                 what: "io_uring fault",
-                reason: format!("{URING_FAULT_ENV}={other:?}: expected setup, probe or register"),
+                reason: format!(
+                    "{URING_FAULT_ENV}={other:?}: expected setup, probe, register or ext_arg"
+                ),
             }),
         }
     }

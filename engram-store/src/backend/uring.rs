@@ -60,6 +60,26 @@ pub(crate) fn setup_error(call: &str, e: &std::io::Error) -> Error {
     }
 }
 
+/// The running kernel's release (`uname -r`), for messages.
+fn kernel_release() -> String {
+    let mut u = std::mem::MaybeUninit::<libc::utsname>::zeroed();
+    // SAFETY: `uname` writes the whole `utsname` it is given, a valid, writable struct of
+    // the right size; the fields read below are NUL-terminated within their arrays.
+    let rc = unsafe { libc::uname(u.as_mut_ptr()) };
+    if rc != 0 {
+        return "unknown kernel".into();
+    }
+    // SAFETY: `uname` succeeded, so the struct is initialized.
+    let u = unsafe { u.assume_init() };
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    format!("Linux {}", String::from_utf8_lossy(&bytes))
+}
+
 /// Whether io_uring can be set up here with every opcode the store uses; the reason
 /// when not. For tests and tools that must say loudly which path they exercise.
 pub fn availability() -> std::result::Result<(), String> {
@@ -119,6 +139,19 @@ impl UringBackend {
                     ),
                 });
             }
+        }
+        let no_ext_arg = options.uring_fault == Some(UringFault::NoExtArg)
+            || !ring.params().is_feature_ext_arg();
+        if options.hedge_after_us > 0 && no_ext_arg {
+            return Err(Error::Unavailable {
+                what: "hedged reads on io_uring",
+                reason: format!(
+                    "this kernel ({}) lacks IORING_FEAT_EXT_ARG (Linux >= 5.11), so a wait \
+                     for completions cannot time out to issue the second copy; turn hedging \
+                     off (hedge_after_us 0) or use the pread backend",
+                    kernel_release()
+                ),
+            });
         }
         drop(ring);
         let mut backend = Self {
