@@ -380,3 +380,40 @@ fn engine_failures_parse_in_the_env_syntax() {
     assert_eq!(p.at, vec![(4, Fault::Submit), (2, Fault::Reap)]);
     assert!(FaultPlan::parse("submit=0.1").is_err());
 }
+
+/// The resident tiers are engines too: under a fault plan, memory and mmap reads go
+/// through the fault engine, so a failed read and a failed engine are the same typed
+/// errors as on a device, and the next lookup is right.
+#[test]
+fn faults_reach_the_resident_tiers() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Bf16, 64, 300, 25);
+    let (dir, _) = make_table(tmp.path(), "t", &s);
+    for kind in [BackendKind::Memory, BackendKind::Mmap] {
+        for (fault, name) in [(Fault::Eio, "read"), (Fault::Submit, "engine")] {
+            let o = StoreOptions {
+                backend: BackendOptions {
+                    kind: Some(kind),
+                    faults: Some(plan(fault, 0)),
+                    ..BackendOptions::default()
+                },
+                io_workers: 1,
+                max_in_flight: 4,
+                ..StoreOptions::default()
+            };
+            let st = Store::open(&dir, &o).expect("open");
+            let rb = st.row_bytes();
+            let ids = [3u64, 200, 9];
+            let mut out = vec![0u8; ids.len() * rb];
+            let e = st.lookup_into(0, &ids, &mut out).expect_err("the fault");
+            let typed = match (&e, name) {
+                (Error::IoAt { .. }, "read") => true,
+                (Error::Engine { engine, .. }, "engine") => *engine == kind.name(),
+                _ => false,
+            };
+            assert!(typed, "{kind} {fault:?}: {e:?}");
+            st.lookup_into(0, &ids, &mut out).expect("the next lookup");
+            assert_eq!(out, expected_rows(&s, 0, &ids, rb), "{kind} {fault:?}");
+        }
+    }
+}

@@ -95,8 +95,10 @@ impl Backend for MemoryBackend {
             self.resident_rows(),
         )
     }
+    /// None under a fault plan: every batch then goes through the fault engine.
     fn resident(&self) -> Option<&dyn ResidentRows> {
-        Some(&*self.rows)
+        let rows: &dyn ResidentRows = &*self.rows;
+        self.options.faults.is_none().then_some(rows)
     }
 }
 

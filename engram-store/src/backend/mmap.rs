@@ -86,8 +86,10 @@ impl Backend for MmapBackend {
         let options = self.options.for_engine(rebuilt);
         Driver::resident(&self.rows.table, &options, SharedHist::default(), rows)
     }
+    /// None under a fault plan: every batch then goes through the fault engine.
     fn resident(&self) -> Option<&dyn ResidentRows> {
-        Some(&*self.rows)
+        let rows: &dyn ResidentRows = &*self.rows;
+        self.options.faults.is_none().then_some(rows)
     }
 }
 

@@ -156,10 +156,14 @@ impl Shared {
     /// Whether DRAM alone holds every row: a resident backend (`mmap` too when
     /// `mmap_counts`), or every id in the cache.
     pub fn dram_serves(&self, layer: usize, ids: &[u64], mmap_counts: bool) -> bool {
-        match self.backend.kind() {
-            BackendKind::Memory => return true,
-            BackendKind::Mmap if mmap_counts => return true,
-            _ => {}
+        let resident = match self.backend.kind() {
+            BackendKind::Memory => true,
+            BackendKind::Mmap => mmap_counts,
+            _ => false,
+        };
+        // No resident rows under a fault plan: those batches go through the fault engine.
+        if resident && self.backend.resident().is_some() {
+            return true;
         }
         self.cache
             .as_ref()
