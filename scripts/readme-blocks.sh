@@ -62,6 +62,11 @@ run_block() { # LANG FILE
     echo "== README block $(basename "$file") ($lang)"
     case "$lang" in
         sh)
+            # The test command is CI's own step, run just before this script (.ci/run).
+            if [ "$(grep -v '^\s*$' "$file")" = "scripts/test.sh" ]; then
+                echo "(not run here: .ci/run runs scripts/test.sh itself, right before this)"
+                return 0
+            fi
             if grep -q 'mooncake-local.sh start' "$file" && [ "${ENGRAM_REQUIRE_MOONCAKE:-}" != 1 ] \
                 && [ ! -x "$(mooncake_python)" ]; then
                 skipped "README's Mooncake block: no Python 3.11 at $(mooncake_python) to embed"
