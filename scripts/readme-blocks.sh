@@ -14,7 +14,7 @@
 # caller's (CARGO_HOME, RUSTUP_HOME, ENGRAM_CACHE_DIR). The first run builds everything in
 # release (about 10 minutes on 2 cores); CARGO_TARGET_DIR, if set, is used as is.
 # The Mooncake block runs where Python 3.11 exists (or ENGRAM_REQUIRE_MOONCAKE=1);
-# elsewhere it is skipped and recorded. The whole transcript goes to stdout.
+# elsewhere, or with ENGRAM_README_MOONCAKE=0, it is skipped and recorded. The whole transcript goes to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -67,10 +67,14 @@ run_block() { # LANG FILE
                 echo "(not run here: .ci/run runs scripts/test.sh itself, right before this)"
                 return 0
             fi
-            if grep -q 'mooncake-local.sh start' "$file" && [ "${ENGRAM_REQUIRE_MOONCAKE:-}" != 1 ] \
-                && [ ! -x "$(mooncake_python)" ]; then
-                skipped "README's Mooncake block: no Python 3.11 at $(mooncake_python) to embed"
-                return 0
+            if grep -q 'mooncake-local.sh start' "$file" && [ "${ENGRAM_REQUIRE_MOONCAKE:-}" != 1 ]; then
+                if [ ! -x "$(mooncake_python)" ]; then
+                    skipped "README's Mooncake block: no Python 3.11 at $(mooncake_python) to embed"
+                    return 0
+                elif [ "${ENGRAM_README_MOONCAKE:-1}" = 0 ]; then
+                    skipped "README's Mooncake block: left out (ENGRAM_README_MOONCAKE=0)"
+                    return 0
+                fi
             fi
             bash -euo pipefail -v "$file"
             ;;
