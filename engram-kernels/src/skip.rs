@@ -68,10 +68,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_unset_requirement_records_the_skip() {
-        let var = "ENGRAM_REQUIRE_SKIP_TEST_NEVER_SET";
-        assert!(!required(var));
-        assert!(skip_unless_required(var, "nothing to run").is_ok());
+    fn only_1_makes_a_requirement() {
+        // (skip_unless_required itself would record a skip in the suite's real log.)
+        assert!(!required("ENGRAM_REQUIRE_SKIP_TEST_NEVER_SET"));
+        assert!(!required("PATH"));
     }
 
     #[test]
