@@ -14,6 +14,7 @@
 # where moe-core looks by default. Prints the table directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 model=${1:-models/stdlib-moe-engram-b}
 layout=${2:-fp8}
@@ -33,10 +34,11 @@ if [ "$layout" = fp8 ]; then
   layout=fp8:$(( dim < 32 ? dim : 32 ))
 fi
 scripts/fetch-tokenizer.sh >/dev/null
-cargo build --release --quiet -p engram-tools
+# Progress goes to stderr; stdout carries only the table's path.
+build_tools >&2
 stdlib=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
-echo "== engram-build: $model/engram.safetensors -> $table ($layout rows; profile: $stdlib)" >&2
-./target/release/engram-build "$stdlib" --include '**/*.py' \
+phase "engram-build: $model/engram.safetensors -> $table ($layout rows; profile: $stdlib)" \
+  "$(target_dir)/release/engram-build" "$stdlib" --include '**/*.py' \
   --exclude '**/test' --exclude '**/encodings' --exclude '**/pydoc_data' --exclude '**/site-packages' \
-  --import "$model/engram.safetensors" --row-layout "$layout" --out "$table" --quiet
+  --import "$model/engram.safetensors" --row-layout "$layout" --out "$table" >&2
 echo "$table"

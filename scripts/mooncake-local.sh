@@ -97,7 +97,7 @@ start() {
     wait_port "$node" "$(cat "$RUN/client.pid")" client
     echo "127.0.0.1:$rpc" >"$RUN/master.addr"
     say "master $(cat "$RUN/master.pid") on 127.0.0.1:$rpc, storage node $(cat "$RUN/client.pid") with $SEGMENT; logs in $RUN"
-    say "clients: export ENGRAM_MOONCAKE_VENV=$VENV MC_TCP_BIND_ADDRESS=127.0.0.1 ENGRAM_MOONCAKE_MASTER=127.0.0.1:$rpc"
+    say "clients built from this checkout find $VENV themselves; elsewhere: export ENGRAM_MOONCAKE_VENV=$VENV"
     echo "127.0.0.1:$rpc"
 }
 
@@ -105,6 +105,7 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     env)
+        # (Tools built from this checkout find the venv and bind as below without these.)
         echo "export ENGRAM_MOONCAKE_VENV=$VENV MC_TCP_BIND_ADDRESS=127.0.0.1"
         [ -f "$RUN/master.addr" ] && echo "export ENGRAM_MOONCAKE_MASTER=$(cat "$RUN/master.addr")"
         ;;

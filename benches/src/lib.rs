@@ -35,3 +35,18 @@ pub fn naive_head_indices(
         seq,
     )
 }
+
+/// `-h` or `--help` among `args`: prints `usage` on stdout and exits with status 0 (before
+/// any work starts).
+pub fn exit_on_help(args: &[String], usage: &str) {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{usage}");
+        std::process::exit(0);
+    }
+}
+
+/// Bad arguments: `why` and `usage` on stderr, exit status 2 (no error chain, no backtrace).
+pub fn exit_usage(why: &str, usage: &str) -> ! {
+    eprintln!("error: {why}\n\n{usage}");
+    std::process::exit(2);
+}

@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
-# The C ABI from C: installs libengram (dev profile) into a temporary prefix, compiles the
-# C test and the example with the system C compiler through pkg-config, and runs them on a
-# synthetic table against `engram lookup --json`, under valgrind (memcheck: catches invalid
-# reads/writes and leaks on both sides of the boundary, inside the Rust library too, which
-# AddressSanitizer would not instrument). Also links the static library once.
-# Needs the workspace tools built (target/debug/engram; scripts/test.sh builds them first).
+# The C ABI from C: installs libengram into a temporary prefix (the libraries scripts/test.sh's
+# `cargo test` built: `install.sh PREFIX test` compiles nothing more), compiles the C test
+# and the example with the system C compiler through pkg-config, and runs them, without
+# LD_LIBRARY_PATH (engram.pc's rpath), on a synthetic table against `engram lookup --json`,
+# under valgrind (memcheck: catches invalid reads/writes and leaks on both sides of the
+# boundary, inside the Rust library too, which AddressSanitizer would not instrument).
+# Also links the static library once.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-root="$(pwd)"
+source scripts/lib.sh
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-prefix="$(bindings/c/install.sh "$work/prefix" dev)"
+prefix="$(bindings/c/install.sh "$work/prefix" test)"
+# A second install of the same build rewrites nothing.
+stamp="$(stat -c %Y.%s "$prefix/lib/libengram.so")"
+sleep 1
+bindings/c/install.sh "$work/prefix" test >/dev/null 2>&1
+[ "$(stat -c %Y.%s "$prefix/lib/libengram.so")" = "$stamp" ] || { echo "a second install rewrote libengram.so" >&2; exit 1; }
+if readelf -S "$prefix/lib/libengram.so" | grep -q '\.debug_'; then
+  echo "libengram.so is installed with debug sections (not stripped)" >&2; exit 1
+fi
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 cflags="-std=c11 -Wall -Wextra -Werror -O1 -g"
 cc $cflags bindings/c/tests/c/test_engram.c $(pkg-config --cflags --libs engram) -o "$work/test_engram"
 cc $cflags bindings/c/examples/lookup.c $(pkg-config --cflags --libs engram) -o "$work/lookup"
 cc $cflags bindings/c/examples/lookup.c $(pkg-config --cflags engram) \
   "$prefix/lib/libengram.a" $(pkg-config --libs-only-l --static engram | sed 's/-lengram//') -o "$work/lookup-static"
-export LD_LIBRARY_PATH="$prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# No LD_LIBRARY_PATH: the programs find libengram.so through the rpath engram.pc gave them.
+unset LD_LIBRARY_PATH
 
-engram="${ENGRAM_BIN_DIR:-$root/target/debug}/engram"
+engram="${ENGRAM_BIN_DIR:-$(target_dir)/debug}/engram"
 table="$work/table"
 "$engram" synth "$table" --preset demo --base-size 2000 >/dev/null 2>&1
 # Expected rows: both layers, both ends of each table, a duplicate.
@@ -47,7 +57,7 @@ elif [ -n "${CI:-}" ]; then
   echo "valgrind is required in CI (apt-get install valgrind)" >&2
   exit 1
 else
-  echo "skipped: valgrind not installed; running the C test without it" >&2
+  skipped "valgrind is not installed: the C test ran without it"
 fi
 "${vg[@]}" "$work/test_engram" "$table" "$work/expected"
 

@@ -121,6 +121,7 @@ pub mod primes;
 pub mod quant;
 pub mod reference;
 pub mod rng;
+pub mod skip;
 pub mod tokenizer;
 
 pub use compress::CompressionTable;

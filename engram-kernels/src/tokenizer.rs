@@ -66,7 +66,7 @@ pub fn for_tests() -> Result<Option<PathBuf>> {
         Ok(p) => Ok(Some(p)),
         Err(e) if std::env::var_os(REQUIRE_TOKENIZER_ENV).is_some() => Err(e),
         Err(e) => {
-            eprintln!("skipped: {e}");
+            crate::skip::skipped(&e.to_string());
             Ok(None)
         }
     }

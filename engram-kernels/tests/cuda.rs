@@ -32,6 +32,7 @@ mod with_feature {
     use engram_kernels::cuda::{KERNEL_NAMES, compile_cubin, driver_available, nvrtc_available};
     use engram_kernels::gather::row_ids_from_i64;
     use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
+    use engram_kernels::skip::skipped;
     use engram_kernels::{
         EngramConfig, EngramLayout, EngramModule, RowDtype, dequantize_rows, gather_rows,
         quantize_rows,
@@ -50,7 +51,7 @@ mod with_feature {
                     !gpu_required(),
                     "ENGRAM_REQUIRE_GPU=1 but the CUDA engine did not start: {err}"
                 );
-                println!("skipped: no CUDA device: {err}");
+                skipped(&format!("no CUDA device: {err}"));
                 assert!(
                     matches!(err, Error::Unavailable { .. } | Error::Cuda { .. }),
                     "unexpected error kind {err:?}"
@@ -67,7 +68,7 @@ mod with_feature {
                 std::env::var("ENGRAM_REQUIRE_NVRTC").as_deref() != Ok("1"),
                 "ENGRAM_REQUIRE_NVRTC=1 but {err}"
             );
-            println!("skipped: {err}");
+            skipped(&err.to_string());
             return;
         }
         let report = compile_cubin("sm_90").unwrap_or_else(|e| panic!("{e}"));
@@ -107,7 +108,7 @@ mod with_feature {
     #[test]
     fn no_driver_is_a_typed_error() {
         if driver_available().is_ok() {
-            println!("skipped: a CUDA driver is present");
+            skipped("a CUDA driver is present (this test checks the error without one)");
             return;
         }
         assert!(
@@ -306,7 +307,7 @@ fn cuda_timing_table() {
                 std::env::var("ENGRAM_REQUIRE_GPU").as_deref() != Ok("1"),
                 "ENGRAM_REQUIRE_GPU=1 but the CUDA engine did not start: {err}"
             );
-            println!("skipped: no CUDA device: {err}");
+            engram_kernels::skip::skipped(&format!("no CUDA device: {err}"));
             return;
         }
     };

@@ -19,7 +19,7 @@ fn deepseek() -> Option<tokenizer::LoadedTokenizer> {
             path.display(),
             loaded.sha256
         );
-        eprintln!("skipped: {} is not the DeepSeek tokenizer", path.display());
+        engram_kernels::skip::skipped(&format!("{} is not the DeepSeek tokenizer", path.display()));
         return None;
     }
     Some(loaded)

@@ -83,7 +83,10 @@ fn fast_cpu_matches_vectors() {
     // rounding, so other tests running meanwhile are unaffected).
     for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
         if !cpu::supported(level) {
-            println!("skipped level {}: not supported here", level.name());
+            engram_kernels::skip::skipped(&format!(
+                "SIMD level {} is not supported by this CPU",
+                level.name()
+            ));
             continue;
         }
         cpu::set_level(Some(level)).unwrap();

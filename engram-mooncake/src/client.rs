@@ -83,6 +83,14 @@ mod imp {
         }
     }
 
+    /// glog's minimum level (0 INFO .. 3 FATAL), read from the environment when Mooncake's
+    /// library loads.
+    const GLOG_LEVEL_ENV: &str = "GLOG_minloglevel";
+    /// Mooncake's own log level unless GLOG_minloglevel says otherwise: fatal only.
+    const QUIET_GLOG_LEVEL: &str = "3";
+    /// The address Mooncake's TCP transport binds (default: this client's local hostname).
+    const TCP_BIND_ENV: &str = "MC_TCP_BIND_ADDRESS";
+
     /// Starts the interpreter once, adds the venv's site-packages, imports the module.
     fn module(config: &ClientConfig) -> Result<Py<PyAny>> {
         static MODULE: OnceLock<std::result::Result<Py<PyAny>, String>> = OnceLock::new();
@@ -93,6 +101,20 @@ mod imp {
         let r = MODULE.get_or_init(|| {
             Python::initialize();
             Python::attach(|py| -> std::result::Result<Py<PyAny>, String> {
+                // Mooncake logs through glog, which reads its level when the module's library
+                // loads: keep its INFO..ERROR lines (an ERROR even on success) off stderr
+                // unless asked for (GLOG_minloglevel=0 shows them all).
+                let mut defaults = vec![(GLOG_LEVEL_ENV, QUIET_GLOG_LEVEL.to_owned())];
+                // Its TCP transport binds where this client says other clients reach it.
+                if config.local_hostname.parse::<std::net::IpAddr>().is_ok() {
+                    defaults.push((TCP_BIND_ENV, config.local_hostname.clone()));
+                }
+                for (k, v) in defaults {
+                    py.import("os")
+                        .and_then(|os| os.getattr("environ"))
+                        .and_then(|env| env.call_method1("setdefault", (k, v)))
+                        .map_err(|e| format!("setting {k}: {e}"))?;
+                }
                 if let Some(venv) = &config.venv {
                     let site = py.import("site").and_then(|site| {
                         let lib = venv.join("lib");
@@ -115,8 +137,9 @@ mod imp {
                     .map_err(|e| {
                         format!(
                             "cannot import mooncake.store ({e}); install it with \
-                             scripts/mooncake-local.sh (or pip install \
-                             mooncake-transfer-engine-non-cuda) and set {}",
+                             `scripts/mooncake-local.sh start` (into {}), or pip install \
+                             mooncake-transfer-engine-non-cuda into a venv and set {}",
+                            crate::config::LOCAL_VENV,
                             crate::config::VENV_ENV
                         )
                     })

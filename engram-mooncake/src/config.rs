@@ -1,14 +1,25 @@
 //! How to reach a Mooncake cluster.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 
 /// Environment variable naming the virtual environment that holds the Mooncake wheel
 /// (`scripts/mooncake-local.sh` makes `target/mooncake/venv`); its site-packages join the
-/// embedded interpreter's path.
+/// embedded interpreter's path. Unset: [`default_venv`].
 pub const VENV_ENV: &str = "ENGRAM_MOONCAKE_VENV";
+/// Where `scripts/mooncake-local.sh` installs the wheel, relative to the repository root.
+pub const LOCAL_VENV: &str = "target/mooncake/venv";
+
+/// The venv `scripts/mooncake-local.sh` made: [`LOCAL_VENV`] under the current directory,
+/// else under the repository this crate was built from; `None` where neither exists.
+pub fn default_venv() -> Option<PathBuf> {
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    [PathBuf::from(LOCAL_VENV), built_from.join(LOCAL_VENV)]
+        .into_iter()
+        .find(|p| p.join("pyvenv.cfg").is_file())
+}
 /// Environment variable with the metadata server (default `P2PHANDSHAKE`: none).
 pub const METADATA_ENV: &str = "ENGRAM_MOONCAKE_METADATA";
 /// Environment variable with this host's address as other Mooncake clients reach it.
@@ -70,7 +81,7 @@ impl ClientConfig {
             rdma_devices: String::new(),
             segment_bytes: 0,
             local_buffer_bytes: 16 << 20,
-            venv: env(VENV_ENV).map(PathBuf::from),
+            venv: env(VENV_ENV).map(PathBuf::from).or_else(default_venv),
             timeout: DEFAULT_TIMEOUT,
         })
     }

@@ -46,12 +46,26 @@ impl MooncakeFactory {
             .get_bytes(&keys.descriptor(), MAX_DESCRIPTOR_BYTES)?
             .ok_or_else(|| Error::NotPublished {
                 prefix: keys.prefix.clone(),
-                reason: format!(
-                    "no descriptor {} (publish it with `engram publish {} --mooncake {}`)",
-                    keys.descriptor(),
-                    table.dir().display(),
-                    client.config().master
-                ),
+                reason: if crate::skeleton::is_skeleton(table.dir()) {
+                    // A skeleton has no rows to publish: the full table must be.
+                    format!(
+                        "no descriptor {}: {} is a skeleton of a table that is not published \
+                         on {} (unpublished since, or another cluster); publish the full table \
+                         from a host that has it (`engram publish FULL_TABLE --mooncake {}`), \
+                         then read this skeleton again",
+                        keys.descriptor(),
+                        table.dir().display(),
+                        client.config().master,
+                        client.config().master
+                    )
+                } else {
+                    format!(
+                        "no descriptor {} (publish it with `engram publish {} --mooncake {}`)",
+                        keys.descriptor(),
+                        table.dir().display(),
+                        client.config().master
+                    )
+                },
             })?;
         let descriptor = Descriptor::parse(&bytes, &keys)?;
         descriptor.check_manifest(table.manifest(), &keys)?;

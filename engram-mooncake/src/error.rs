@@ -9,8 +9,9 @@ use std::path::PathBuf;
 pub enum Error {
     /// The Mooncake client is not in this build.
     #[error(
-        "the Mooncake client is not compiled in: rebuild with `--features {feature}` \
-         (engram-tools, moe-core: `--features mooncake`)"
+        "the Mooncake client is not compiled in: rebuild the tools with it, \
+         `scripts/install.sh --mooncake` (cargo: `--features {feature}` of engram-mooncake, \
+         `--features mooncake` of engram-tools and moe-core)"
     )]
     NotCompiled { feature: &'static str },
     /// The cluster or the client library cannot be used from here (unreachable master,

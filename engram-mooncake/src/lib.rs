@@ -43,4 +43,4 @@ pub use error::{Error, Result};
 pub use keys::TableKeys;
 pub use open::{Opened, mooncake_store, open_store};
 pub use publish::{PublishOptions, PublishReport, publish, resolve, unpublish};
-pub use skeleton::{SKELETON_MARKER, fetch_skeleton, is_skeleton};
+pub use skeleton::{SKELETON_MARKER, fetch_skeleton, is_skeleton, local_read_refused};

@@ -28,6 +28,19 @@ pub fn is_skeleton(dir: &Path) -> bool {
     dir.join(SKELETON_MARKER).exists()
 }
 
+/// Why `dir` cannot be read by a local backend, when it is a skeleton (its row regions are
+/// holes: every block would fail its checksum): the flags that read it from the cluster.
+pub fn local_read_refused(dir: &Path) -> Option<String> {
+    is_skeleton(dir).then(|| {
+        format!(
+            "{} is a Mooncake skeleton ({SKELETON_MARKER}): its rows live only on the cluster; \
+             read it with --backend mooncake --mooncake HOST:PORT (moe-core: --engram-backend \
+             mooncake --mooncake HOST:PORT), or read a full copy of the table",
+            dir.display()
+        )
+    })
+}
+
 /// Writes the skeleton of the published version `keys` to `dir` (which must not exist),
 /// through a temporary directory renamed into place, and opens it to validate it.
 pub fn fetch_skeleton(client: &Client, keys: &TableKeys, dir: &Path) -> Result<Table> {

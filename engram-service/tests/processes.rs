@@ -169,8 +169,8 @@ fn run_as_nobody(exe: &Path, role: &str) -> String {
 #[test]
 fn a_client_of_another_user_is_refused() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!(
-            "SKIPPED: refusing another user's client needs root (to start a client as uid 65534); CI runs as root"
+        engram_kernels::skip::skipped(
+            "refusing another user's client needs root (to start a client as uid 65534); CI runs as root",
         );
         return;
     }

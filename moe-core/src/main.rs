@@ -11,7 +11,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use engram_kernels::file::{Limit, read_regular_string};
 use engram_store::candidates::CANDIDATES_FILE;
-use engram_store::{BackendKind, Candidates, Profile, StoreOptions};
+use engram_store::workload::parse_bytes;
+use engram_store::{BackendKind, Candidates, Profile, RowSource, StoreOptions};
 use moe_core::ModelConfig;
 use moe_core::sampler::SamplerConfig;
 use moe_core::session::{EngramRows, EngramSource, Session};
@@ -21,6 +22,9 @@ const DEFAULT_MODEL: &str = "models/stdlib-moe-engram-b";
 /// Where `scripts/build-table.sh MODEL_DIR` builds a model's table: one directory per model,
 /// named as the model's directory, relative to the repository root.
 const TABLES_DIR: &str = "target/engram-tables";
+/// The file that marks a Mooncake skeleton (`engram_mooncake::SKELETON_MARKER`; that crate
+/// is a dependency only with `--features mooncake`).
+const SKELETON_MARKER: &str = "mooncake.json";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,7 +35,7 @@ const TABLES_DIR: &str = "target/engram-tables";
       moe-core generate --prompt 'def fibonacci(n):'\n  \
       moe-core generate --prompt 'import os' --engram-backend uring --cache-bytes 0\n  \
       moe-core generate --prompt 'class Stack:' --no-engram\n  \
-      moe-core generate --engram-backend uring --cache-bytes 262144 --speculate 4\n  \
+      moe-core generate --engram-backend uring --cache-bytes 256K --speculate 4\n  \
       moe-core generate --model models/stdlib-moe-a\n  \
       moe-core eval $(python3 -c 'import os; print(os.__file__)')"
 )]
@@ -75,8 +79,9 @@ struct ModelArgs {
     /// Mooncake master, HOST:PORT (with --engram-backend mooncake).
     #[arg(long)]
     mooncake: Option<String>,
-    /// Hot-row cache budget in bytes (seeded from the table's profile.bin when present).
-    #[arg(long, default_value_t = 64 << 20)]
+    /// Hot-row cache budget: bytes or a size (256K, 64M, 1G; 0 = none), seeded from the
+    /// table's profile.bin when present.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
     cache_bytes: u64,
     /// Run a model's Engram blocks with their output zeroed, for comparison.
     #[arg(long)]
@@ -136,6 +141,11 @@ struct EvalArgs {
     seq_len: usize,
     #[arg(long)]
     json: bool,
+}
+
+/// `--cache-bytes`: the size syntax every engram command accepts.
+fn parse_size(s: &str) -> Result<u64, String> {
+    parse_bytes(s).map_err(|e| e.to_string())
 }
 
 fn store_options(a: &ModelArgs, table: &Path) -> Result<StoreOptions> {
@@ -230,6 +240,15 @@ fn engram_plan(a: &ModelArgs) -> Result<(EngramUse, Option<EngramSource>)> {
             model = a.model.display(),
         );
     }
+    if table.join(SKELETON_MARKER).exists() && !matches!(a.engram_backend, Some(Backend::Mooncake))
+    {
+        anyhow::bail!(
+            "{} is a Mooncake skeleton ({SKELETON_MARKER}): its rows live only on the cluster; \
+             read it with --engram-backend mooncake --mooncake HOST:PORT, or pass --engram with \
+             a full copy of the table",
+            table.display()
+        );
+    }
     let options = store_options(a, &table)?;
     Ok((
         EngramUse::On,
@@ -241,7 +260,25 @@ fn engram_plan(a: &ModelArgs) -> Result<(EngramUse, Option<EngramSource>)> {
     ))
 }
 
+/// Errors, naming the directory, when the model directory does not exist (before any file
+/// in it is looked for).
+fn check_model_dir(model: &Path) -> Result<()> {
+    if model.is_dir() {
+        return Ok(());
+    }
+    let relative = if model == Path::new(DEFAULT_MODEL) {
+        " (the default, relative to the repository root: run moe-core from there, or pass --model DIR)"
+    } else {
+        ""
+    };
+    anyhow::bail!(
+        "the model directory {} does not exist{relative}; the committed models are in the repository's models/",
+        model.display()
+    )
+}
+
 fn open(a: &ModelArgs) -> Result<(Session, EngramUse)> {
+    check_model_dir(&a.model)?;
     if let Some(socket) = &a.service {
         return Ok((open_service(a, socket)?, EngramUse::On));
     }
@@ -295,7 +332,8 @@ fn enable_speculation(s: &mut Session, a: &ModelArgs, k: usize) -> Result<()> {
 #[cfg(not(feature = "mooncake"))]
 fn open_mooncake(_a: &ModelArgs, _src: &EngramSource) -> Result<Session> {
     anyhow::bail!(
-        "moe-core was built without Mooncake: rebuild with `cargo build -p moe-core --features mooncake`"
+        "moe-core was built without Mooncake: rebuild it with `scripts/install.sh --mooncake` \
+         (cargo: `--features mooncake`)"
     )
 }
 
@@ -310,6 +348,9 @@ fn open_service(a: &ModelArgs, socket: &Path) -> Result<Session> {
     let remote =
         engram_service::RemoteStore::open(&target, &engram_service::ClientOptions::default())
             .with_context(|| format!("attaching to the service at {}", socket.display()))?;
+    // The table's counters count from here, so the totals printed at the end are this
+    // run's, not the server's since it started.
+    remote.reset_stats()?;
     let rows = EngramRows {
         table: &table,
         rows: std::sync::Arc::new(remote),
@@ -386,16 +427,26 @@ fn generate(a: GenerateArgs) -> Result<()> {
             stats.time_to_first_token.as_secs_f64() * 1e3,
             decode_tps
         );
-        match &store {
-            Some(st) => eprintln!(
-                "engram: {} backend, {} rows requested, {} read, cache hit rate {:.1}%, stall {:.1} us/token",
+        let stall_us = stats.stall.stall.as_secs_f64() * 1e6 / stats.new_tokens.max(1) as f64;
+        match (&store, &a.model.service) {
+            (Some(st), Some(socket)) => eprintln!(
+                "engram: through the service at {}: this client requested {} rows in {} batches, \
+                 stall {stall_us:.1} us/token; the table's server-side counters over this run \
+                 (all clients): {} rows read, cache hit rate {:.1}%",
+                socket.display(),
+                st.rows_requested,
+                st.batches,
+                st.rows_unique,
+                st.cache_hit_rate * 100.0,
+            ),
+            (Some(st), None) => eprintln!(
+                "engram: {} backend, {} rows requested, {} read, cache hit rate {:.1}%, stall {stall_us:.1} us/token",
                 st.backend,
                 st.rows_requested,
                 st.rows_unique,
                 st.cache_hit_rate * 100.0,
-                stats.stall.stall.as_secs_f64() * 1e6 / stats.new_tokens.max(1) as f64
             ),
-            None => eprintln!("engram: {}", using.label()),
+            (None, _) => eprintln!("engram: {}", using.label()),
         }
         if let (Some(sp), Some(st)) = (&stats.speculation, &store) {
             eprintln!(
@@ -470,6 +521,8 @@ fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: no escape codes in logs written to files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let cli = Cli::parse();
     let r = match cli.command {

@@ -34,3 +34,72 @@ fn bad_sampler_flags_fail_before_loading() {
         assert_eq!(err.trim().lines().count(), 1, "{flag} {value}: {err}");
     }
 }
+
+#[test]
+fn a_missing_model_directory_is_named_as_such() {
+    let (code, err) = moe_core(&["generate", "--model", "/nonexistent-model"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the model directory /nonexistent-model does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains("SHA256SUMS"), "{err}");
+    // The default is relative to the repository root: run elsewhere, the error says so.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_moe-core"))
+        .args(["generate", "--max-new-tokens", "1"])
+        .current_dir(tmp.path())
+        .output()
+        .expect("moe-core runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("models/stdlib-moe-engram-b does not exist")
+            && err.contains("relative to the repository root"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cache_bytes_takes_sizes_like_every_engram_command() {
+    // The size parses (the error is then about the missing model, not the flag) ...
+    for size in ["256K", "64M", "1G", "262144", "0"] {
+        let (code, err) = moe_core(&[
+            "generate",
+            "--model",
+            "/nonexistent-model",
+            "--cache-bytes",
+            size,
+        ]);
+        assert_eq!(code, 2, "{size}: {err}");
+        assert!(err.contains("model directory"), "{size}: {err}");
+    }
+    // ... and a bad one is a usage error naming the flag.
+    let (code, err) = moe_core(&["generate", "--cache-bytes", "12Q"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--cache-bytes"), "{err}");
+}
+
+#[test]
+fn a_mooncake_skeleton_is_not_read_from_local_disk() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let skeleton = tmp.path().join("skeleton");
+    std::fs::create_dir(&skeleton).expect("mkdir");
+    std::fs::write(skeleton.join("manifest.json"), "{}").expect("write");
+    std::fs::write(skeleton.join("mooncake.json"), "{}").expect("write");
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/stdlib-moe-engram-b");
+    let (code, err) = moe_core(&[
+        "generate",
+        "--model",
+        model,
+        "--engram",
+        skeleton.to_str().expect("utf-8"),
+        "--max-new-tokens",
+        "1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("is a Mooncake skeleton") && err.contains("--engram-backend mooncake"),
+        "{err}"
+    );
+}

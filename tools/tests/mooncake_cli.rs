@@ -9,7 +9,8 @@ use std::process::Command;
 fn engram(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_engram"))
         .args(args)
-        .env("GLOG_minloglevel", "2")
+        .env_remove("GLOG_minloglevel")
+        .env_remove("ENGRAM_MOONCAKE_VENV")
         .output()
         .expect("run engram");
     (
@@ -50,7 +51,9 @@ fn lookup_through_mooncake_returns_the_memory_bytes() {
     let (ok, got, err) = engram(&[&base[..], &down[..]].concat());
     if !engram_mooncake::CLIENT_COMPILED {
         assert!(!ok && err.contains("not compiled in"), "{err}");
-        eprintln!("SKIPPED the cluster part: engram is built without --features mooncake");
+        engram_kernels::skip::skipped(
+            "the cluster part: engram is built without --features mooncake",
+        );
         return;
     }
     assert!(ok, "fallback: {err}");
@@ -66,7 +69,9 @@ fn lookup_through_mooncake_returns_the_memory_bytes() {
             !required,
             "ENGRAM_REQUIRE_MOONCAKE=1 but ENGRAM_MOONCAKE_MASTER is unset"
         );
-        eprintln!("SKIPPED the cluster part: ENGRAM_MOONCAKE_MASTER is unset");
+        engram_kernels::skip::skipped(
+            "the cluster part: no Mooncake cluster (ENGRAM_MOONCAKE_MASTER unset)",
+        );
         return;
     };
     let m = master.as_str();
@@ -86,6 +91,14 @@ fn lookup_through_mooncake_returns_the_memory_bytes() {
     let (ok, got, err) = engram(&[&base[..], &up[..]].concat());
     assert!(ok, "lookup on mooncake: {err}");
     assert!(!err.contains("local table"), "no fallback: {err}");
+    // Mooncake's own glog lines ("I1207 12:00:00.000000 ...") stay off stderr by default.
+    assert!(
+        !err.lines().any(|l| {
+            let b = l.as_bytes();
+            b.len() > 5 && b"IWEF".contains(&b[0]) && b[1..5].iter().all(u8::is_ascii_digit)
+        }),
+        "Mooncake's log on stderr: {err}"
+    );
     assert!(got.contains("\"backend\":\"mooncake\""));
     assert_eq!(hexes(&got), want, "bytes through Mooncake");
 
@@ -93,6 +106,12 @@ fn lookup_through_mooncake_returns_the_memory_bytes() {
     let s = skel.to_str().expect("utf-8");
     let (ok, _, err) = engram(&["skeleton", "cli-test", s, "--mooncake", m]);
     assert!(ok, "skeleton: {err}");
+    // Read without --backend mooncake, the skeleton says how to read it.
+    let (ok, _, err) = engram(&sbase_local(s, &ids));
+    assert!(
+        !ok && err.contains("is a Mooncake skeleton") && err.contains("--backend mooncake"),
+        "a skeleton read locally: {err}"
+    );
     let sbase = ["lookup", s, "--layer-index", "1", "--rows", &ids, "--json"];
     let (ok, got, err) = engram(&[&sbase[..], &up[..]].concat());
     assert!(ok, "lookup through the skeleton: {err}");
@@ -105,4 +124,31 @@ fn lookup_through_mooncake_returns_the_memory_bytes() {
         !ok && err.contains("not published"),
         "a skeleton of an unpublished table: {err}"
     );
+    // The advice is to publish the full table, never the skeleton itself.
+    assert!(
+        err.contains("publish the full table") && !err.contains(&format!("engram publish {s}")),
+        "{err}"
+    );
+}
+
+fn sbase_local<'a>(s: &'a str, ids: &'a str) -> [&'a str; 7] {
+    ["lookup", s, "--layer-index", "1", "--rows", ids, "--json"]
+}
+
+/// A skeleton (rows only on the cluster) read with a local backend is refused with the
+/// flags that read it, not reported as a checksum mismatch.
+#[test]
+fn a_skeleton_is_not_read_from_local_disk() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let table = tmp.path().join("t");
+    let t = table.to_str().expect("utf-8");
+    let (ok, _, err) = engram(&["synth", t, "--preset", "demo", "--base-size", "500"]);
+    assert!(ok, "synth: {err}");
+    std::fs::write(table.join(engram_mooncake::SKELETON_MARKER), "{}").expect("marker");
+    let (ok, _, err) = engram(&["lookup", t, "--layer-index", "0", "--rows", "1"]);
+    assert!(
+        !ok && err.contains("is a Mooncake skeleton") && err.contains("--backend mooncake"),
+        "{err}"
+    );
+    assert!(!err.contains("checksum"), "{err}");
 }

@@ -137,12 +137,15 @@ fn serve_lookup_bench_stats_reload_and_stop() {
     assert!(ok, "synth: {err}");
     let sock = tmp.path().join("engram.sock");
     let s = sock.to_str().expect("utf-8");
+    let pid_file = tmp.path().join("engram.pid");
     let (mut server, metrics, log) = start_server(
         &[
             "serve",
             t,
             "--socket",
             s,
+            "--pid-file",
+            pid_file.to_str().expect("utf-8"),
             "--cache-bytes",
             "1M",
             "--metrics-addr",
@@ -153,6 +156,9 @@ fn serve_lookup_bench_stats_reload_and_stop() {
         None,
     );
     eventually("the socket", || Path::new(&sock).exists());
+    // The PID file names the server (written once it listens), for kill -HUP $(cat ...).
+    let pid = std::fs::read_to_string(&pid_file).expect("the PID file");
+    assert_eq!(pid.trim(), server.0.id().to_string());
 
     let want = lookup(t, &["--backend", "memory"]);
     assert_eq!(want.len(), 5);
@@ -205,7 +211,17 @@ fn serve_lookup_bench_stats_reload_and_stop() {
     assert_eq!(lookup(t, &["--service", s]), want, "not before a reload");
     let new = lookup(t, &["--backend", "memory"]);
     assert_ne!(new, want);
-    signal(&server.0, "-HUP");
+    // SIGHUP by the PID file, as the README does: never by process name.
+    let ok = Command::new("sh")
+        .args([
+            "-c",
+            "kill -HUP $(cat \"$0\")",
+            pid_file.to_str().expect("utf-8"),
+        ])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -HUP $(cat PIDFILE)");
     eventually("the reload", || lookup(t, &["--service", s]) == new);
     let (ok, out, err) = engram(&["reload", "--service", s]);
     assert!(ok && out.contains("t: reloaded"), "{out} {err}");
@@ -215,6 +231,7 @@ fn serve_lookup_bench_stats_reload_and_stop() {
     let log = log.join().expect("log");
     assert!(status.success(), "{status}: {log}");
     assert!(!Path::new(&sock).exists(), "socket left behind");
+    assert!(!pid_file.exists(), "PID file left behind");
     let (ok, _, err) = engram(&[
         "lookup",
         t,
@@ -396,5 +413,55 @@ fn bench_ends_under_engine_failures() {
                 "{backend} {fault}: {status}: {err}"
             );
         }
+
+/// Without --socket the server listens under $XDG_RUNTIME_DIR (or the current directory)
+/// where /run/engram does not exist; a socket directory that does not exist is an error
+/// that says what to create.
+#[test]
+fn serve_defaults_to_a_socket_the_user_can_create() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let table = tmp.path().join("t");
+    let t = table.to_str().expect("utf-8");
+    let (ok, _, err) = engram(&["synth", t, "--preset", "demo", "--base-size", "500"]);
+    assert!(ok, "synth: {err}");
+
+    let missing = tmp.path().join("no-such-dir/engram.sock");
+    let (ok, _, err) = engram(&["serve", t, "--socket", missing.to_str().expect("utf-8")]);
+    assert!(!ok, "served on a socket in a missing directory");
+    assert!(
+        err.contains("no-such-dir does not exist; create it") && err.contains("--socket PATH"),
+        "{err}"
+    );
+
+    if Path::new("/run/engram").is_dir() {
+        engram_kernels::skip::skipped("/run/engram exists here: the user default is not used");
+        return;
+    }
+    let xdg = tmp.path().join("xdg");
+    std::fs::create_dir(&xdg).expect("mkdir");
+    for (runtime_dir, want) in [
+        (Some(&xdg), xdg.join("engram.sock")),
+        (None, tmp.path().join("engram.sock")),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_engram"));
+        cmd.args(["serve", t, "--backend", "pread"])
+            .current_dir(tmp.path())
+            .stderr(Stdio::piped());
+        match runtime_dir {
+            Some(d) => cmd.env("XDG_RUNTIME_DIR", d),
+            None => cmd.env_remove("XDG_RUNTIME_DIR"),
+        };
+        let mut server = cmd.spawn().expect("start engram serve");
+        let mut err = BufReader::new(server.stderr.take().expect("stderr"));
+        let mut banner = String::new();
+        err.read_line(&mut banner).expect("banner");
+        eventually("the default socket", || want.exists());
+        assert!(
+            banner.contains(&format!("on {}", want.display())) || banner.contains("on engram.sock"),
+            "{banner}"
+        );
+        signal(&server, "-TERM");
+        assert!(server.wait().expect("wait").success());
+        assert!(!want.exists(), "socket left behind");
     }
 }

@@ -14,6 +14,15 @@ use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 
 const REPEATS: usize = 20;
 
+const USAGE: &str = "\
+Usage: hash_side_by_side
+
+Hashes the same token ids with the Rust fast path, the naive reference and numpy's
+formulation of the spec (an independent implementation), demo and V4.1 shapes, one core,
+best of 20 runs each; prints ids/s and checksums (equal checksums cross-check correctness).
+Needs python3 with numpy (ENGRAM_PYTHON names another interpreter): scripts/bench-hash.sh
+sets it up and builds this in release.";
+
 fn checksum(out: &[u64]) -> u64 {
     out.iter().enumerate().fold(0u64, |acc, (i, &x)| {
         acc.wrapping_add(x.wrapping_mul(i as u64 + 1))
@@ -31,6 +40,11 @@ fn best_of(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    engram_benches::exit_on_help(&args, USAGE);
+    if let Some(a) = args.first() {
+        engram_benches::exit_usage(&format!("unexpected argument {a:?}"), USAGE);
+    }
     let python = std::env::var("ENGRAM_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/hash_numpy.py");
     let output = Command::new(&python).arg(script).output()?;

@@ -12,10 +12,20 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use engram_store::{BackendKind, BackendOptions, Store, StoreOptions};
 
+const USAGE: &str = "\
+Usage: lookup_overhead TABLE BACKEND CACHE_BYTES LAYER_ID IDS_FILE ROWS CALLS
+
+Store::lookup_into through the Rust API, nanoseconds per call: CALLS lookups of ROWS row
+ids each from IDS_FILE (little-endian u64 row ids, consumed ROWS at a time, cyclically)
+in layer LAYER_ID of TABLE, on BACKEND (memory|mmap|pread|uring) with a CACHE_BYTES cache.
+Prints one JSON line: {\"ns_per_call\": ...}. benches/bindings/run.py runs it interleaved
+with the C and Python harnesses over the same ids.";
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    engram_benches::exit_on_help(&args, USAGE);
     let [table, backend, cache, layer_id, ids_file, rows, calls] = args.as_slice() else {
-        bail!("usage: lookup_overhead TABLE BACKEND CACHE_BYTES LAYER_ID IDS_FILE ROWS CALLS");
+        engram_benches::exit_usage(&format!("expected 7 arguments, got {}", args.len()), USAGE);
     };
     let rows: usize = rows.parse().context("ROWS")?;
     let calls: usize = calls.parse().context("CALLS")?;

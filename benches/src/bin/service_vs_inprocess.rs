@@ -412,15 +412,32 @@ fn decode(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+const USAGE: &str = "\
+Usage:
+  service_vs_inprocess latency    --table T [--iters N]
+  service_vs_inprocess throughput --table T [--cache-bytes 64M] [--procs 1,2,4,8] [--seconds 4]
+  service_vs_inprocess decode     --model M --model-table T --moe-core BIN [--procs 4]
+
+The storage service against in-process stores, side by side in one run:
+  latency     one lookup_into of 48 and 1,536 rows, in process and through a service
+              (sleeping on the doorbell, and spinning), from the cache and from the SSD
+              (pread, O_DIRECT, no cache); calls interleaved; p50 and p99
+  throughput  N client processes each with its own store and cache/N, against the same N
+              attached to one service holding the whole cache; zipf:1.0 ids, 48 rows per
+              lookup; rows/s, hit rate, total PSS
+  decode      N `moe-core generate` at once, own stores against one service: tokens/s,
+              stall per token, total PSS
+Prints one JSON line per measurement. A table: engram synth T --preset v41 --base-size 30000";
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    engram_benches::exit_on_help(&args, USAGE);
     match args.first().map(String::as_str) {
         Some("latency") => latency(&args),
         Some("throughput") => throughput(&args),
         Some("decode") => decode(&args),
         Some("child") => child(&args),
-        _ => bail!(
-            "usage: service_vs_inprocess latency|throughput|decode ... (see the source's header)"
-        ),
+        Some(other) => engram_benches::exit_usage(&format!("unknown mode {other:?}"), USAGE),
+        None => engram_benches::exit_usage("a mode is required", USAGE),
     }
 }

@@ -259,6 +259,7 @@ fn open_config(o: &engram_store_options) -> Result<OpenConfig> {
         verify: Some(verify),
         max_batch_rows: nonzero(o.max_batch_rows),
         tokenizer: ptr::opt_str(o.tokenizer_path, "tokenizer_path")?.map(PathBuf::from),
+        default_tokenizer: false,
     })
 }
 

@@ -4,7 +4,7 @@
 //! `engram serve`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{CompressionTable, RowDtype, dequantize_rows};
@@ -43,6 +43,9 @@ pub struct OpenConfig {
     pub max_batch_rows: Option<usize>,
     /// The `tokenizer.json` the table was built with: enables hashing of raw token ids.
     pub tokenizer: Option<PathBuf>,
+    /// Without `tokenizer`: find it as the CLIs do (`$ENGRAM_TOKENIZER`, then the cache
+    /// `scripts/fetch-tokenizer.sh` writes) the first time raw ids are hashed.
+    pub default_tokenizer: bool,
 }
 
 /// Token ids given to [`Handle::row_ids`].
@@ -91,7 +94,59 @@ impl RowInfo {
 #[derive(Debug)]
 struct Addressing {
     compression: Option<CompressionTable>,
+    /// Found and loaded on first use ([`OpenConfig::default_tokenizer`]).
+    default: Option<Box<DefaultTokenizer>>,
     hasher: NgramHasher,
+}
+
+impl Addressing {
+    /// The compression of raw ids: the tokenizer given at open, else the default one
+    /// (loaded once), else [`Error::NoTokenizer`].
+    fn compression(&self) -> Result<&CompressionTable> {
+        if let Some(c) = &self.compression {
+            return Ok(c);
+        }
+        let d = self.default.as_ref().ok_or(Error::NoTokenizer)?;
+        d.loaded
+            .get_or_init(|| {
+                let path = engram_kernels::tokenizer::resolve_path(None)?;
+                d.expected.load(&path)
+            })
+            .as_ref()
+            .map_err(Error::recorded)
+    }
+}
+
+/// What the table says its tokenizer is.
+#[derive(Debug)]
+struct TableTokenizer {
+    table: PathBuf,
+    sha256: String,
+    compressed_vocab_size: u64,
+}
+
+impl TableTokenizer {
+    /// The compression table of the tokenizer at `path`, which must be the table's.
+    fn load(&self, path: &Path) -> Result<CompressionTable> {
+        let c = load_compression(path, &self.table, &self.sha256)?;
+        if c.compressed_vocab_size() != self.compressed_vocab_size {
+            return Err(Error::Invalid {
+                what: "tokenizer",
+                reason: format!(
+                    "its compressed vocabulary has {} ids, the table's {}",
+                    c.compressed_vocab_size(),
+                    self.compressed_vocab_size
+                ),
+            });
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Debug)]
+struct DefaultTokenizer {
+    expected: TableTokenizer,
+    loaded: OnceLock<Result<CompressionTable>>,
 }
 
 /// An open table with everything the bindings need. Cheap to share (`Send + Sync`).
@@ -136,22 +191,21 @@ impl Handle {
                 (Arc::new(store), why, options.max_in_flight)
             };
         let manifest = store.manifest();
+        let expected = TableTokenizer {
+            table: dir.to_path_buf(),
+            sha256: manifest.tokenizer_sha256.clone(),
+            compressed_vocab_size: manifest.compressed_vocab_size,
+        };
         let compression = match &config.tokenizer {
-            Some(path) => Some(load_compression(path, dir, &manifest.tokenizer_sha256)?),
+            Some(path) => Some(expected.load(path)?),
             None => None,
         };
-        if let Some(c) = &compression
-            && c.compressed_vocab_size() != manifest.compressed_vocab_size
-        {
-            return Err(Error::Invalid {
-                what: "tokenizer",
-                reason: format!(
-                    "its compressed vocabulary has {} ids, the table's {}",
-                    c.compressed_vocab_size(),
-                    manifest.compressed_vocab_size
-                ),
-            });
-        }
+        let default = (config.tokenizer.is_none() && config.default_tokenizer).then(|| {
+            Box::new(DefaultTokenizer {
+                expected,
+                loaded: OnceLock::new(),
+            })
+        });
         let hasher = NgramHasher::new(store.layout(), HashOptions::default())?;
         let rows = RowInfo {
             layout: manifest.row_layout,
@@ -165,6 +219,7 @@ impl Handle {
             fallback,
             addressing: Addressing {
                 compression,
+                default,
                 hasher,
             },
             rows,
@@ -203,9 +258,10 @@ impl Handle {
         self.addressing.hasher.max_ngram()
     }
 
-    /// Whether raw token ids can be hashed (a tokenizer was given at open).
+    /// Whether raw token ids can be hashed (a tokenizer was given at open, or the default
+    /// one is looked for on first use).
     pub fn has_tokenizer(&self) -> bool {
-        self.addressing.compression.is_some()
+        self.addressing.compression.is_some() || self.addressing.default.is_some()
     }
 
     /// Largest batch (rows per lookup or prefetch).
@@ -304,11 +360,7 @@ impl Handle {
                 hasher.hash_into(li, ids, batch, seq_len, HashOutput::RowId, out)?;
             }
             TokenIds::Raw => {
-                let compression = self
-                    .addressing
-                    .compression
-                    .as_ref()
-                    .ok_or(Error::NoTokenizer)?;
+                let compression = self.addressing.compression()?;
                 if ids.len() != tokens {
                     return Err(Error::Buffer {
                         what: "token ids [batch][seq_len]",

@@ -153,6 +153,9 @@ impl Store {
             verify: Some(verify),
             max_batch_rows,
             tokenizer,
+            // As the CLIs: $ENGRAM_TOKENIZER, then scripts/fetch-tokenizer.sh's cache, on
+            // the first row_ids() of raw ids.
+            default_tokenizer: true,
         };
         let address = path.to_str().ok_or_else(|| {
             raise(
@@ -288,7 +291,8 @@ impl Store {
     }
 
     /// Row ids of token ids for layer `layer_id`: a 1-D sequence (T,) gives (T, H), a 2-D
-    /// batch (B, T) gives (B, T, H), uint64. Raw tokenizer ids need `tokenizer=` at open;
+    /// batch (B, T) gives (B, T, H), uint64. Raw tokenizer ids are compressed with the
+    /// table's tokenizer (`tokenizer=` at open, else the default one, found on first use);
     /// `canonical=True` takes already-compressed ids.
     #[pyo3(signature = (layer_id, token_ids, canonical=false))]
     fn row_ids<'py>(

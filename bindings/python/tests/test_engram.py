@@ -94,7 +94,6 @@ def test_bad_input_raises_engram_error(synth_table, tmp_path):
         ("invalid_argument", lambda: s.lookup(1, np.zeros(3, np.float64))),
         ("invalid_argument", lambda: s.lookup(1, ["a"])),
         ("buffer_size", lambda: s.dequantize(np.zeros(100, np.uint8))),
-        ("tokenizer", lambda: s.row_ids(1, [1, 2, 3])),
         ("unknown_layer", lambda: s.row_ids(2, [1, 2, 3], canonical=True)),
         ("invalid_argument", lambda: s.row_ids(1, np.zeros((1, 2, 3), np.int64), canonical=True)),
         ("not_found", lambda: engram.Store(tmp_path / "missing")),
@@ -188,6 +187,18 @@ def test_hashing_canonical_ids(synth_table):
     assert not np.array_equal(s.row_ids(15, seq, canonical=True), one)
 
 
+def test_raw_ids_without_a_tokenizer_say_how_to_get_one(synth_table, tmp_path, monkeypatch):
+    monkeypatch.delenv("ENGRAM_TOKENIZER", raising=False)
+    monkeypatch.setenv("ENGRAM_CACHE_DIR", str(tmp_path / "empty-cache"))
+    s = engram.Store(synth_table, backend="memory")
+    for _ in range(2):  # the failure is remembered, and reported the same way again
+        with pytest.raises(engram.EngramError) as e:
+            s.row_ids(1, [1, 2, 3])
+        assert e.value.kind == "tokenizer", str(e.value)
+        assert "scripts/fetch-tokenizer.sh" in str(e.value) and "ENGRAM_TOKENIZER" in str(e.value)
+    assert s.row_ids(1, [1, 2, 3], canonical=True).shape == (3, 16)
+
+
 def forward_cases():
     return sorted(CONFORMANCE.glob("engram-forward-v1-*.safetensors"))
 
@@ -232,6 +243,9 @@ def test_official_memory_vectors_through_the_package(path, tokenizer, tmp_path):
     input_ids = tensors["input.input_ids"]  # (B, T) raw ids, some negative
     row_ids = store.row_ids(layer_id, input_ids)
     assert np.array_equal(row_ids, tensors["input.row_ids"].astype(np.uint64))
+    # Without tokenizer= the package finds it as the CLIs do ($ENGRAM_TOKENIZER, then the
+    # cache scripts/fetch-tokenizer.sh writes): the same row ids.
+    assert np.array_equal(engram.Store(table).row_ids(layer_id, input_ids), row_ids)
     # The canonical path agrees with the raw one.
     assert np.array_equal(store.row_ids(layer_id, tensors["input.compressed_ids"], canonical=True), row_ids)
     b, t, h = row_ids.shape

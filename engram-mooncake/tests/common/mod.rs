@@ -31,16 +31,18 @@ pub fn cluster(test: &str) -> Option<ClientConfig> {
         if required {
             panic!("{REQUIRE_ENV}=1 but the Mooncake client is not compiled in (feature python)");
         }
-        eprintln!("SKIPPED {test}: the Mooncake client is not compiled in (--features python)");
+        engram_kernels::skip::skipped(&format!(
+            "{test}: the Mooncake client is not compiled in (--features python)"
+        ));
         return None;
     }
     let Some(master) = master else {
         if required {
             panic!("{REQUIRE_ENV}=1 but {MASTER_ENV} is not set (scripts/mooncake-local.sh start)");
         }
-        eprintln!(
-            "SKIPPED {test}: no Mooncake cluster ({MASTER_ENV} unset; scripts/mooncake-local.sh start)"
-        );
+        engram_kernels::skip::skipped(&format!(
+            "{test}: no Mooncake cluster ({MASTER_ENV} unset; scripts/mooncake-local.sh start)"
+        ));
         return None;
     };
     let mut c = ClientConfig::new(&master).expect("master address");

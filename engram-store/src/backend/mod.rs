@@ -165,7 +165,9 @@ pub fn runnable_here(kind: BackendKind) -> Result<bool> {
             reason: format!("{why} ({REQUIRE_URING_ENV} is set)"),
         }),
         Err(why) => {
-            eprintln!("SKIPPED: the io_uring backend cannot run on this machine: {why}");
+            engram_kernels::skip::skipped(&format!(
+                "the io_uring backend cannot run on this machine: {why}"
+            ));
             Ok(false)
         }
     }

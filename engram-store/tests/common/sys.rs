@@ -75,10 +75,11 @@ pub fn strace_can_kill(exe: &Path, args: &[&str]) -> Result<(), String> {
 }
 
 /// Says loudly that `what` is skipped and why, or fails when `require_env` is set to 1.
+#[allow(clippy::panic)]
 pub fn skip_unless_required(require_env: &str, what: &str, why: &str) {
-    assert!(
-        std::env::var_os(require_env).is_none_or(|v| v != "1"),
-        "{require_env}=1 but {what} cannot run: {why}"
-    );
-    eprintln!("skipped {what}: {why}");
+    if let Err(e) =
+        engram_kernels::skip::skip_unless_required(require_env, &format!("{what}: {why}"))
+    {
+        panic!("{e}");
+    }
 }

@@ -112,6 +112,9 @@ impl ReadArgs {
             if self.mooncake.is_some() {
                 anyhow::bail!("--mooncake is used with --backend mooncake");
             }
+            if let Some(why) = engram_mooncake::local_read_refused(dir) {
+                anyhow::bail!(why);
+            }
             return Store::open(dir, options)
                 .with_context(|| format!("opening table {}", dir.display()));
         }

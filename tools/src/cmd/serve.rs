@@ -3,7 +3,7 @@
 //! moe-core), `unix:PATH` (C ABI, Python) and read rows through shared memory.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -16,6 +16,7 @@ use engram_store::{Profile, StoreOptions};
 /// Serve tables to engine processes on this host.
 #[derive(Debug, ClapArgs)]
 #[command(after_help = "Examples:\n  \
+    engram serve target/engram-tables/stdlib-moe-engram-b --socket engram.sock --pid-file engram.pid\n  \
     engram serve /data/v41 --socket /run/engram/engram.sock --cache-bytes 32G\n  \
     engram serve v41=/data/v41 demo=/data/demo --socket /run/engram/engram.sock --group engram \\\n      \
     --metrics-addr 127.0.0.1:9464\n\n\
@@ -23,15 +24,24 @@ use engram_store::{Profile, StoreOptions};
     --service /run/engram/engram.sock --engram /data/v41; C: engram_store_open(\"unix:/run/engram/engram.sock\"); \
     Python: engram.Store(\"unix:/run/engram/engram.sock\"). With several tables a client names one \
     (unix:PATH#NAME, or the table's path).\n\n\
-    SIGHUP (or `engram reload --service PATH`) reopens every table: requests in flight finish on \
-    the old one. SIGINT / SIGTERM stop the server. Logs: RUST_LOG=engram_service=info.")]
+    Without --socket: /run/engram/engram.sock where /run/engram exists, else \
+    $XDG_RUNTIME_DIR/engram.sock, else ./engram.sock (printed at start).\n\n\
+    `engram reload --service PATH` (or SIGHUP: kill -HUP $(cat PIDFILE) with --pid-file) reopens \
+    every table: requests in flight finish on the old one. SIGINT / SIGTERM stop the server. \
+    Logs: RUST_LOG=engram_service=info.")]
 pub struct Args {
     /// Tables to serve: PATH (named by its directory) or NAME=PATH.
     #[arg(required = true)]
     pub tables: Vec<String>,
-    /// The Unix socket to listen on (created with mode 0600; a stale socket is replaced).
+    /// The Unix socket to listen on (created with mode 0600; a stale socket is replaced)
+    /// [default: /run/engram/engram.sock where /run/engram exists, else
+    /// $XDG_RUNTIME_DIR/engram.sock, else ./engram.sock].
     #[arg(long)]
-    pub socket: PathBuf,
+    pub socket: Option<PathBuf>,
+    /// Write the server's process id here once it listens (removed when it stops), for
+    /// `kill -HUP $(cat PATH)` (reload) and `kill $(cat PATH)` (stop).
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
     /// Let this group connect (socket mode 0660 and group GROUP; name or number).
     #[arg(long)]
     pub group: Option<String>,
@@ -79,6 +89,51 @@ fn say(args: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "engram serve: {args}");
 }
 
+/// The directory a system-wide service's socket lives in (systemd's RuntimeDirectory).
+const SYSTEM_SOCKET_DIR: &str = "/run/engram";
+/// The socket's file name in the default directories.
+const SOCKET_NAME: &str = "engram.sock";
+
+/// `--socket`'s default: [`SYSTEM_SOCKET_DIR`] where it exists, else `$XDG_RUNTIME_DIR`,
+/// else the current directory.
+pub fn default_socket() -> PathBuf {
+    let system = Path::new(SYSTEM_SOCKET_DIR);
+    if system.is_dir() {
+        return system.join(SOCKET_NAME);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_dir() => dir.join(SOCKET_NAME),
+        _ => PathBuf::from(SOCKET_NAME),
+    }
+}
+
+/// Errors, with what to create, when the socket's directory does not exist.
+fn check_socket_dir(socket: &Path) -> Result<()> {
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => return Ok(()),
+    };
+    anyhow::ensure!(
+        dir.is_dir(),
+        "cannot listen on {}: the directory {} does not exist; create it (for a system service: \
+         `sudo install -d -m 0755 -o $(id -un) {}`, or systemd's RuntimeDirectory=engram) or \
+         pass --socket PATH in a directory you can write (without --socket: {})",
+        socket.display(),
+        dir.display(),
+        dir.display(),
+        default_socket().display()
+    );
+    Ok(())
+}
+
+/// Writes this process's id to `path` atomically (a temporary file renamed over it).
+fn write_pid_file(path: &Path) -> Result<()> {
+    let tmp = path.with_extension("pid.tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing the PID file {}", path.display()))
+}
+
 /// Runs the command until SIGINT or SIGTERM.
 pub fn run(args: Args) -> Result<ExitCode> {
     // Before any thread starts, so every thread inherits the mask.
@@ -88,7 +143,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .iter()
         .map(|t| TableSpec::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut o = ServerOptions::new(args.socket.clone(), tables);
+    let socket = args.socket.clone().unwrap_or_else(default_socket);
+    check_socket_dir(&socket)?;
+    let mut o = ServerOptions::new(socket.clone(), tables);
     o.store = StoreOptions {
         backend: serve_backend(&args.read)?,
         io_workers: args.io_workers,
@@ -124,12 +181,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         gid: o.group,
     };
     o.metrics_addr = args.metrics_addr;
-    let server =
-        Server::start(o).with_context(|| format!("serving on {}", args.socket.display()))?;
+    let server = Server::start(o)?;
+    if let Some(p) = &args.pid_file {
+        write_pid_file(p)?;
+    }
     say(format_args!(
         "{} table(s) on {}{}",
         args.tables.len(),
-        args.socket.display(),
+        socket.display(),
         server
             .metrics_addr()
             .map(|a| format!(", metrics at http://{a}/metrics"))
@@ -143,6 +202,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     say(format_args!("stopping"));
     server.stop();
+    if let Some(p) = &args.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -71,16 +71,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let t0 = Instant::now();
     let mut last = 0u64;
     let n_layers = m.layers.len();
+    // On a terminal one line rewritten in place every 5%; in a log a line every 25%.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let step = if tty { 5 } else { 25 };
     let m = write_synth(&args.out, &spec, args.force, |li, done, total| {
         let pct = done * 100 / total.max(1);
-        if pct / 5 != last / 5 || done == total {
+        if pct / step != last / step || done == total {
             last = pct;
-            eprint!("\r  layer {}/{}: {pct:>3}%", li + 1, n_layers);
-            let _ = std::io::stderr().flush();
+            if tty {
+                eprint!("\r  layer {}/{}: {pct:>3}%", li + 1, n_layers);
+                let _ = std::io::stderr().flush();
+            } else {
+                eprintln!("  layer {}/{}: {pct:>3}%", li + 1, n_layers);
+            }
         }
     })
     .with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!();
+    if tty {
+        eprintln!();
+    }
     let secs = t0.elapsed().as_secs_f64();
     let file_bytes: u64 = m.layers.iter().map(|l| l.file_bytes).sum();
     if args.json {

@@ -37,8 +37,9 @@ class Store:
     ``backend``: ``"memory"``, ``"mmap"``, ``"pread"``, ``"uring"`` or ``"auto"`` (default:
     ``$ENGRAM_IO_BACKEND``, then io_uring, falling back to pread). ``cache_bytes``: hot-row
     cache budget (0: none), seeded from ``profile`` (a ``profile.bin``) when given.
-    ``tokenizer``: the ``tokenizer.json`` the table was built with; needed to hash raw token
-    ids. ``queue_depth``, ``io_workers``, ``max_batch_rows``: store tuning (``None``:
+    ``tokenizer``: the ``tokenizer.json`` the table was built with, to hash raw token ids;
+    by default found as the CLIs find it (``$ENGRAM_TOKENIZER``, then the cache
+    ``scripts/fetch-tokenizer.sh`` writes) on the first ``row_ids`` of raw ids. ``queue_depth``, ``io_workers``, ``max_batch_rows``: store tuning (``None``:
     defaults 32, 2, 65536). ``verify``: check every device read against its checksum.
     """
 
@@ -91,8 +92,8 @@ class Store:
         """Row ids of ``token_ids`` for ``layer_id``: shape ``(T,)`` gives ``(T, H)``,
         ``(B, T)`` gives ``(B, T, H)``, H = ``n_hash_heads``, heads order-major. Position t
         hashes the n-grams ending at t within its own sequence (earlier positions read as
-        padding). Raw tokenizer ids need ``tokenizer=`` at open; ``canonical=True`` takes
-        already-compressed ids."""
+        padding). Raw tokenizer ids are compressed with the table's tokenizer (``tokenizer=``
+        at open, else the default one); ``canonical=True`` takes already-compressed ids."""
     def dequantize(self, rows: Any) -> npt.NDArray[np.float32]:
         """Whole rows (a uint8 buffer, a multiple of ``row_bytes``) to ``(n, dim)`` float32."""
     def stats(self) -> dict[str, Any]:
