@@ -413,6 +413,8 @@ fn bench_ends_under_engine_failures() {
                 "{backend} {fault}: {status}: {err}"
             );
         }
+    }
+}
 
 /// Without --socket the server listens under $XDG_RUNTIME_DIR (or the current directory)
 /// where /run/engram does not exist; a socket directory that does not exist is an error
