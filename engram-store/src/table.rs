@@ -202,6 +202,17 @@ impl TableWriter {
         &self.manifest
     }
 
+    /// Records the SHA-256 of the checkpoint files the rows came from
+    /// (`build.checkpoint_sha256`), for an importer that hashes them while it streams the
+    /// rows and so knows them only at the end. Not part of the table id.
+    pub fn set_checkpoint_sha256(&mut self, sha256: Vec<String>) -> Result<()> {
+        if self.finished {
+            return Err(Error::Writer("set_checkpoint_sha256 after finish".into()));
+        }
+        self.manifest.build.checkpoint_sha256 = sha256;
+        Ok(())
+    }
+
     fn open_layer(&self, index: usize) -> Result<LayerSink> {
         let lm = &self.manifest.layers[index];
         let header = LayerHeader::expected(&self.manifest, index as u32, lm.layer_id, lm.rows)?;
