@@ -339,7 +339,7 @@ impl ImportPlan {
     pub fn sample_read_rate(&self, mode: ReadMode) -> Result<(f64, ReadMode)> {
         let l = &self.layers[0];
         let r = SeqReader::open(&self.ckpt.dir.join(&l.values_shard), mode)?;
-        let mut buf = AlignedBuf::new(VALUES_READ_BYTES + 2 * ALIGN as usize)?;
+        let mut buf = AlignedBuf::new(VALUES_READ_BYTES + 2 * ALIGN as usize, ALIGN as usize)?;
         let end = l.values.end.min(l.values.begin + (256 << 20));
         let t0 = Instant::now();
         let mut at = l.values.begin;
@@ -499,7 +499,7 @@ impl Progress {
 /// Reads and hashes `h`'s file from its cursor to the end.
 fn hash_rest(h: &mut ShardHash, read_mode: ReadMode) -> Result<u64> {
     let r = SeqReader::open(&h.path, read_mode)?;
-    let mut buf = AlignedBuf::new(VALUES_READ_BYTES + 2 * ALIGN as usize)?;
+    let mut buf = AlignedBuf::new(VALUES_READ_BYTES + 2 * ALIGN as usize, ALIGN as usize)?;
     let start = h.cursor;
     while h.cursor < h.file_bytes {
         let b = (h.cursor + VALUES_READ_BYTES as u64).min(h.file_bytes);

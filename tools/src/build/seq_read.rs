@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use anyhow::{Context, Result, bail};
+pub use engram_store::AlignedBuf;
 
 /// Alignment of `O_DIRECT` offsets, lengths and buffers.
 pub const ALIGN: u64 = 4096;
@@ -27,43 +28,6 @@ pub enum ReadMode {
     Fadvise,
 }
 
-/// A byte buffer whose usable part starts on a 4 KiB boundary (over-allocated `Vec`: no
-/// unsafe code).
-#[derive(Debug, Default)]
-pub struct AlignedBuf {
-    bytes: Vec<u8>,
-    cap: usize,
-}
-
-impl AlignedBuf {
-    /// A buffer of `cap` usable bytes (rounded up to [`ALIGN`]).
-    pub fn new(cap: usize) -> Result<Self> {
-        let cap = cap.div_ceil(ALIGN as usize) * ALIGN as usize;
-        let bytes = engram_kernels::alloc::try_vec(cap + ALIGN as usize, 0u8, "read buffer")?;
-        Ok(Self { bytes, cap })
-    }
-
-    fn start(&self) -> usize {
-        self.bytes.as_ptr().align_offset(ALIGN as usize)
-    }
-
-    /// The usable bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        let s = self.start();
-        &self.bytes[s..s + self.cap]
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        let s = self.start();
-        &mut self.bytes[s..s + self.cap]
-    }
-
-    /// Usable bytes.
-    pub fn capacity(&self) -> usize {
-        self.cap
-    }
-}
-
 /// Buffers that return to their pool when the last [`Piece`] holding one is dropped.
 #[derive(Debug)]
 pub struct Pool {
@@ -76,7 +40,7 @@ impl Pool {
     pub fn new(n: usize, cap: usize) -> Result<Self> {
         let (back, free) = sync_channel(n);
         for _ in 0..n {
-            back.send(AlignedBuf::new(cap)?)
+            back.send(AlignedBuf::new(cap, ALIGN as usize)?)
                 .context("filling the read-buffer pool")?;
         }
         Ok(Self { free, back })
@@ -91,7 +55,7 @@ impl Pool {
     /// A piece of `buf` (valid bytes `range`) that returns `buf` here when dropped.
     pub fn piece(&self, buf: AlignedBuf, range: Range<usize>, file_offset: u64) -> Piece {
         Piece {
-            buf,
+            buf: Some(buf),
             range,
             file_offset,
             back: self.back.clone(),
@@ -102,7 +66,7 @@ impl Pool {
 /// Bytes read from a file: `file_offset` is the offset of `bytes()[0]`.
 #[derive(Debug)]
 pub struct Piece {
-    buf: AlignedBuf,
+    buf: Option<AlignedBuf>,
     range: Range<usize>,
     pub file_offset: u64,
     back: SyncSender<AlignedBuf>,
@@ -111,14 +75,18 @@ pub struct Piece {
 impl Piece {
     /// The bytes read.
     pub fn bytes(&self) -> &[u8] {
-        &self.buf.as_slice()[self.range.clone()]
+        self.buf
+            .as_ref()
+            .map_or(&[][..], |b| &b.as_slice()[self.range.clone()])
     }
 }
 
 impl Drop for Piece {
     fn drop(&mut self) {
         // A full or closed pool only means the importer is finishing.
-        let _ = self.back.try_send(std::mem::take(&mut self.buf));
+        if let Some(buf) = self.buf.take() {
+            let _ = self.back.try_send(buf);
+        }
     }
 }
 
@@ -168,7 +136,7 @@ impl SeqReader {
         self.mode
     }
 
-    /// Reads exactly `range` of the file into `buf` (at most `buf.capacity() - 2 * ALIGN`
+    /// Reads exactly `range` of the file into `buf` (at most `buf.len() - 2 * ALIGN`
     /// bytes); returns where in `buf` the bytes are. `what` names the tensor for errors.
     pub fn read(
         &self,
@@ -236,7 +204,7 @@ mod tests {
         std::fs::write(&path, &data).expect("write");
         for mode in [ReadMode::Direct, ReadMode::Fadvise] {
             let r = SeqReader::open(&path, mode).expect("open");
-            let mut buf = AlignedBuf::new(1 << 16).expect("alloc");
+            let mut buf = AlignedBuf::new(1 << 16, ALIGN as usize).expect("alloc");
             for range in [0..10u64, 4095..4097, 1234..49_999, 40_000..50_000] {
                 let at = r.read(range.clone(), &mut buf, "t").expect("read");
                 let want = &data[range.start as usize..range.end as usize];
