@@ -213,7 +213,7 @@ fn patch_header(file: &Path, from: &str, to: &str) {
     let at = b[..n]
         .windows(from.len())
         .position(|w| w == from.as_bytes())
-        .unwrap_or_else(|| panic!("{from:?} not in the header of {}", file.display()));
+        .expect("the text to patch is in the header");
     b[at..at + to.len()].copy_from_slice(to.as_bytes());
     std::fs::write(file, b).expect("writes");
 }

@@ -43,6 +43,16 @@ const POOL_BUFFERS: usize = 4;
 /// Rows packed per table write.
 const OUT_ROWS: usize = 16 * 1024;
 
+/// Memory the import's buffers take, whatever the checkpoint's size: each stream's pool,
+/// the hash-only reader's buffer and the packed rows (at most 1 KiB of values per row).
+pub fn buffer_bytes() -> u64 {
+    let slack = 2 * ALIGN as usize;
+    (POOL_BUFFERS * (VALUES_READ_BYTES + SCALES_READ_BYTES + 2 * slack)
+        + VALUES_READ_BYTES
+        + slack
+        + OUT_ROWS * 1024) as u64
+}
+
 /// One layer's two tensors.
 #[derive(Debug, Clone)]
 pub struct LayerSource {

@@ -407,7 +407,12 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         0 => rayon::current_num_threads(),
         n => n,
     };
-    let est = estimate(&manifest, &layout, threads, plan.records_bytes > 0)?;
+    let mut est = estimate(&manifest, &layout, threads, plan.records_bytes > 0)?;
+    if import_plan.is_some() && args.paths.is_empty() {
+        // No corpus: nothing is counted; the import's buffers are fixed.
+        est.counter_bytes = 0;
+        est.ram_bytes = FIXED_RAM_BYTES + fp8_import::buffer_bytes();
+    }
     // The records' shape and how many records per layer the budget buys, checked before
     // any work.
     let record_plan = if plan.records_bytes > 0 {

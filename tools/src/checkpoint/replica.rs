@@ -184,7 +184,7 @@ pub fn tensor_bytes(seed: u64, name: &str, dtype: &str, offset: u64, out: &mut [
         "F8_E8M0" => out.iter_mut().for_each(|b| *b = 119 + (*b & 15)),
         "BF16" => {
             // The high byte of each little-endian pair: sign, exponent near 1.0.
-            let first_high = usize::from(offset % 2 == 0);
+            let first_high = usize::from(offset.is_multiple_of(2));
             out.iter_mut()
                 .skip(first_high)
                 .step_by(2)

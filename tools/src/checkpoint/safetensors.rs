@@ -196,13 +196,16 @@ impl TensorSpec {
     }
 }
 
+/// An encoded header and each tensor's absolute `(begin, end)` in the file.
+pub type EncodedHeader = (Vec<u8>, Vec<(u64, u64)>);
+
 /// The header of a file holding `tensors` in this order, back to back: the 8-byte length,
 /// the JSON (padded with spaces to a multiple of 8 bytes, as the reference writer does)
 /// and, for each tensor, its absolute `(begin, end)` in the file.
 pub fn encode_header(
     tensors: &[TensorSpec],
     metadata: &BTreeMap<String, String>,
-) -> Result<(Vec<u8>, Vec<(u64, u64)>)> {
+) -> Result<EncodedHeader> {
     let mut obj = serde_json::Map::new();
     if !metadata.is_empty() {
         obj.insert("__metadata__".into(), serde_json::to_value(metadata)?);
