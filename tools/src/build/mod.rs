@@ -88,9 +88,10 @@ pub struct BuildArgs {
     /// layers.{layer}.engram.embed.scale.
     #[arg(long)]
     pub import_scale_pattern: Option<String>,
-    /// How a checkpoint directory's shards are read: direct (O_DIRECT, the measured
-    /// faster; falls back to fadvise where the file system refuses it) or fadvise
-    /// (page cache, sequential advice, dropped once read).
+    /// How a checkpoint directory's shards are read: direct (O_DIRECT: measured as fast
+    /// as fadvise with less system CPU, and it leaves the page cache alone; falls back to
+    /// fadvise where the file system refuses it) or fadvise (page cache, sequential
+    /// advice, each range dropped once read).
     #[arg(long, value_enum, default_value = "direct")]
     pub import_read: seq_read::ReadMode,
     /// tokenizer.json (default: $ENGRAM_TOKENIZER, then the cached DeepSeek tokenizer).
