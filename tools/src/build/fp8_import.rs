@@ -40,17 +40,15 @@ pub const VALUES_READ_BYTES: usize = 8 << 20;
 pub const SCALES_READ_BYTES: usize = 2 << 20;
 /// Buffers per stream: reads in flight ahead of the packer.
 const POOL_BUFFERS: usize = 4;
-/// Rows packed per table write.
-const OUT_ROWS: usize = 16 * 1024;
 
 /// Memory the import's buffers take, whatever the checkpoint's size: each stream's pool,
-/// the hash-only reader's buffer and the packed rows (at most 1 KiB of values per row).
+/// the hash-only reader's buffer and the table writer's batch (rows are packed into it).
 pub fn buffer_bytes() -> u64 {
     let slack = 2 * ALIGN as usize;
     (POOL_BUFFERS * (VALUES_READ_BYTES + SCALES_READ_BYTES + 2 * slack)
         + VALUES_READ_BYTES
         + slack
-        + OUT_ROWS * 1024) as u64
+        + engram_store::table::WRITE_BATCH_BYTES) as u64
 }
 
 /// One layer's two tensors.
@@ -695,8 +693,6 @@ fn stream_layer(
             let (rx_v, rx_s) = (rx_v, rx_s);
             let mut v = Cursor::default();
             let mut sc_cur = Cursor::default();
-            let mut out = engram_kernels::alloc::try_vec(OUT_ROWS * rb, 0u8, "packed rows")?;
-            let mut fill = 0usize;
             let mut done = 0u64;
             while done < rows {
                 let Some(vb) = v.next(&rx_v) else {
@@ -707,47 +703,47 @@ fn stream_layer(
                     bail!("the scales stream of {:?} ended early", l.scales_name)
                 };
                 let srows = sb.len() / sc;
-                let n = vrows.min(srows).min(OUT_ROWS - fill);
+                let n = vrows.min(srows);
                 let (vb, sb) = (&vb[..n * dim], &sb[..n * sc]);
-                if let Some(i) = first_nan(vb, |b| b & 0x7f == 0x7f) {
-                    bail!(
-                        "tensor {:?} in {}: row {} column {} is an FP8 E4M3 NaN (0x{:02x}); a \
-                         table row must be finite (corrupted shard?)",
-                        l.values_name,
-                        values_file.display(),
-                        done + (i / dim) as u64,
-                        i % dim,
-                        vb[i]
-                    );
-                }
-                if let Some(i) = first_nan(sb, |b| b == 0xff) {
-                    bail!(
-                        "tensor {:?} in {}: row {} scale {} is the E8M0 NaN (0xff) \
-                         (corrupted shard?)",
-                        l.scales_name,
-                        scales_file.display(),
-                        done + (i / sc) as u64,
-                        i % sc
-                    );
-                }
-                for ((o, vr), sr) in out[fill * rb..(fill + n) * rb]
-                    .chunks_exact_mut(rb)
-                    .zip(vb.chunks_exact(dim))
-                    .zip(sb.chunks_exact(sc))
-                {
-                    o[..dim].copy_from_slice(vr);
-                    o[dim..].copy_from_slice(sr);
+                // NaN checks on each run as it is packed (in cache), located after.
+                let (mut vat, mut sat, mut nan) = (0, 0, false);
+                writer.write_layer_rows_with(li, n as u64, |dst| {
+                    let k = dst.len() / rb;
+                    let (vr, sr) = (&vb[vat..vat + k * dim], &sb[sat..sat + k * sc]);
+                    nan |= any(vr, e4m3_nan) | any(sr, e8m0_nan);
+                    pack_rows(dst, vr, sr, dim, sc);
+                    vat += k * dim;
+                    sat += k * sc;
+                })?;
+                if nan {
+                    if let Some(i) = first_nan(vb, e4m3_nan) {
+                        bail!(
+                            "tensor {:?} in {}: row {} column {} is an FP8 E4M3 NaN (0x{:02x}); a \
+                             table row must be finite (corrupted shard?)",
+                            l.values_name,
+                            values_file.display(),
+                            done + (i / dim) as u64,
+                            i % dim,
+                            vb[i]
+                        );
+                    }
+                    if let Some(i) = first_nan(sb, e8m0_nan) {
+                        bail!(
+                            "tensor {:?} in {}: row {} scale {} is the E8M0 NaN (0xff) \
+                             (corrupted shard?)",
+                            l.scales_name,
+                            scales_file.display(),
+                            done + (i / sc) as u64,
+                            i % sc
+                        );
+                    }
+                    bail!("internal: a NaN flagged in rows {done}.. was not found again");
                 }
                 v.pos += n * dim;
                 sc_cur.pos += n * sc;
-                fill += n;
                 done += n as u64;
-                if fill == OUT_ROWS || done == rows {
-                    writer.write_layer_rows(li, &out[..fill * rb])?;
-                    progress.done += (fill * rb) as u64;
-                    phase.update(progress.done, &progress.message(l.layer_id));
-                    fill = 0;
-                }
+                progress.done += (n * rb) as u64;
+                phase.update(progress.done, &progress.message(l.layer_id));
             }
             Ok(())
         })();
@@ -765,6 +761,53 @@ fn stream_layer(
     let scaled = scaled.map_err(|_| panicked("scales reader"))??;
     packed?;
     Ok((walked + scaled, mode_used))
+}
+
+/// FP8 E4M3 NaN: exponent and mantissa all ones.
+fn e4m3_nan(b: u8) -> bool {
+    b & 0x7f == 0x7f
+}
+
+/// The E8M0 NaN.
+fn e8m0_nan(b: u8) -> bool {
+    b == 0xff
+}
+
+/// Whether any byte of `bytes` is flagged by `is_nan` (no early exit: vectorises).
+fn any(bytes: &[u8], is_nan: impl Fn(u8) -> bool) -> bool {
+    bytes.iter().fold(false, |a, &b| a | is_nan(b))
+}
+
+/// Packs `dst.len() / (dim + sc)` rows: each row's `dim` value bytes from `values`, then its
+/// `sc` scale bytes from `scales`. The common widths are fixed at compile time, so each row
+/// is two inline copies rather than two `memcpy` calls.
+fn pack_rows(dst: &mut [u8], values: &[u8], scales: &[u8], dim: usize, sc: usize) {
+    match (dim, sc) {
+        (256, 8) => pack_fixed::<256, 8>(dst, values, scales),
+        (512, 16) => pack_fixed::<512, 16>(dst, values, scales),
+        (1024, 32) => pack_fixed::<1024, 32>(dst, values, scales),
+        _ => {
+            for ((o, vr), sr) in dst
+                .chunks_exact_mut(dim + sc)
+                .zip(values.chunks_exact(dim))
+                .zip(scales.chunks_exact(sc))
+            {
+                o[..dim].copy_from_slice(vr);
+                o[dim..].copy_from_slice(sr);
+            }
+        }
+    }
+}
+
+fn pack_fixed<const D: usize, const S: usize>(dst: &mut [u8], values: &[u8], scales: &[u8]) {
+    for ((o, vr), sr) in dst
+        .chunks_exact_mut(D + S)
+        .zip(values.chunks_exact(D))
+        .zip(scales.chunks_exact(S))
+    {
+        o[..D].copy_from_slice(vr);
+        o[D..].copy_from_slice(sr);
+    }
 }
 
 /// Index of the first byte of `bytes` that `is_nan` flags (checked 64 bytes at a time, so
@@ -785,9 +828,11 @@ mod tests {
     #[test]
     fn first_nan_finds_the_first() {
         let mut v = vec![0u8; 300];
-        assert_eq!(first_nan(&v, |b| b & 0x7f == 0x7f), None);
+        assert_eq!(first_nan(&v, e4m3_nan), None);
+        assert!(!any(&v, e4m3_nan));
         v[200] = 0xff;
         v[250] = 0x7f;
-        assert_eq!(first_nan(&v, |b| b & 0x7f == 0x7f), Some(200));
+        assert_eq!(first_nan(&v, e4m3_nan), Some(200));
+        assert!(any(&v, e8m0_nan));
     }
 }
