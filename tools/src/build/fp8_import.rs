@@ -779,34 +779,26 @@ fn any(bytes: &[u8], is_nan: impl Fn(u8) -> bool) -> bool {
 }
 
 /// Packs `dst.len() / (dim + sc)` rows: each row's `dim` value bytes from `values`, then its
-/// `sc` scale bytes from `scales`. The common widths are fixed at compile time, so each row
-/// is two inline copies rather than two `memcpy` calls.
+/// `sc` scale bytes from `scales`. The common widths are constants where [`pack_with`] is
+/// inlined, so each row is two inline copies rather than two `memcpy` calls.
 fn pack_rows(dst: &mut [u8], values: &[u8], scales: &[u8], dim: usize, sc: usize) {
     match (dim, sc) {
-        (256, 8) => pack_fixed::<256, 8>(dst, values, scales),
-        (512, 16) => pack_fixed::<512, 16>(dst, values, scales),
-        (1024, 32) => pack_fixed::<1024, 32>(dst, values, scales),
-        _ => {
-            for ((o, vr), sr) in dst
-                .chunks_exact_mut(dim + sc)
-                .zip(values.chunks_exact(dim))
-                .zip(scales.chunks_exact(sc))
-            {
-                o[..dim].copy_from_slice(vr);
-                o[dim..].copy_from_slice(sr);
-            }
-        }
+        (256, 8) => pack_with(dst, values, scales, 256, 8),
+        (512, 16) => pack_with(dst, values, scales, 512, 16),
+        (1024, 32) => pack_with(dst, values, scales, 1024, 32),
+        _ => pack_with(dst, values, scales, dim, sc),
     }
 }
 
-fn pack_fixed<const D: usize, const S: usize>(dst: &mut [u8], values: &[u8], scales: &[u8]) {
+#[inline(always)]
+fn pack_with(dst: &mut [u8], values: &[u8], scales: &[u8], dim: usize, sc: usize) {
     for ((o, vr), sr) in dst
-        .chunks_exact_mut(D + S)
-        .zip(values.chunks_exact(D))
-        .zip(scales.chunks_exact(S))
+        .chunks_exact_mut(dim + sc)
+        .zip(values.chunks_exact(dim))
+        .zip(scales.chunks_exact(sc))
     {
-        o[..D].copy_from_slice(vr);
-        o[D..].copy_from_slice(sr);
+        o[..dim].copy_from_slice(vr);
+        o[dim..].copy_from_slice(sr);
     }
 }
 
