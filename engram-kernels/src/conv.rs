@@ -22,18 +22,21 @@ pub struct ConvState {
 
 impl ConvState {
     /// An empty state (sequence start) for `channels` channels and a kernel of `kernel` taps
-    /// with `dilation`.
+    /// with `dilation`. `kernel` 0 (a module without the convolution) keeps no history.
     pub fn new(channels: usize, kernel: usize, dilation: usize) -> Result<Self> {
-        if channels == 0 || kernel == 0 || dilation == 0 {
+        if channels == 0 || dilation == 0 {
             return Err(Error::InvalidConfig {
                 field: "conv state",
                 value: format!("channels {channels}, kernel {kernel}, dilation {dilation}"),
-                reason: "all must be at least 1",
+                reason: "channels and dilation must be at least 1",
             });
         }
-        let history = (kernel - 1).checked_mul(dilation).ok_or(Error::Overflow {
-            what: "conv history",
-        })?;
+        let history = kernel
+            .saturating_sub(1)
+            .checked_mul(dilation)
+            .ok_or(Error::Overflow {
+                what: "conv history",
+            })?;
         let len = history.checked_mul(channels).ok_or(Error::Overflow {
             what: "conv state size",
         })?;

@@ -32,7 +32,8 @@ pub struct EngramModuleConfig {
     pub hc_mult: usize,
     /// Memory vector width `d_mem = (N - 1) * K * D_h`.
     pub d_mem: usize,
-    /// Convolution taps `w` (4 in every published configuration).
+    /// Convolution taps `w` (4 in the paper's configurations); 0: no short convolution
+    /// (DeepSeek-V4.1 removed it), so `y = alpha v` and the conv weights are empty.
     pub kernel_size: usize,
     /// Convolution dilation (the largest n-gram order `N`).
     pub dilation: usize,
@@ -58,11 +59,17 @@ impl EngramModuleConfig {
 
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
+        if self.kernel_size > MAX_DIM {
+            return Err(Error::InvalidConfig {
+                field: "kernel_size",
+                value: self.kernel_size.to_string(),
+                reason: "must be in 0..=2^20 (0: no short convolution)",
+            });
+        }
         let dims = [
             ("hidden_size", self.hidden_size),
             ("hc_mult", self.hc_mult),
             ("d_mem", self.d_mem),
-            ("kernel_size", self.kernel_size),
             ("dilation", self.dilation),
         ];
         for (field, v) in dims {
@@ -93,6 +100,17 @@ impl EngramModuleConfig {
     pub fn channels(&self) -> usize {
         self.hc_mult * self.hidden_size
     }
+
+    /// Whether the module has its short convolution (`kernel_size > 0`).
+    pub fn has_conv(&self) -> bool {
+        self.kernel_size > 0
+    }
+
+    /// Positions of history a decode state keeps: `(w - 1) * dilation` (0 without a
+    /// convolution).
+    pub fn conv_history(&self) -> usize {
+        self.kernel_size.saturating_sub(1) * self.dilation
+    }
 }
 
 /// The module's parameters, named and laid out as in the reference (`[out, in]` weights).
@@ -111,7 +129,7 @@ pub struct EngramModuleWeights {
     pub norm1: Vec<Vec<f32>>,
     /// `norm2.{m}.weight` (query RMSNorm gain), M x `(d)`.
     pub norm2: Vec<Vec<f32>>,
-    /// `short_conv.norms.{m}.weight`, M x `(d)`.
+    /// `short_conv.norms.{m}.weight`, M x `(d)`; empty without a convolution.
     pub conv_norm: Vec<Vec<f32>>,
     /// `short_conv.conv.weight`, `(M * d, w)`: channel `c = m * d + i`, tap `j`.
     pub conv_w: Vec<f32>,
@@ -154,14 +172,19 @@ impl EngramModuleWeights {
             check_len("value_proj.bias (d)", d, self.value_proj_b.len())?;
             check_finite("value_proj.bias", &self.value_proj_b)?;
         }
-        for (what, v) in [
-            ("key_projs.weight (one per branch)", &self.key_proj_w),
-            ("key_projs.bias (one per branch)", &self.key_proj_b),
-            ("norm1 (one per branch)", &self.norm1),
-            ("norm2 (one per branch)", &self.norm2),
-            ("short_conv.norms (one per branch)", &self.conv_norm),
+        let conv_branches = if config.has_conv() { m } else { 0 };
+        for (what, v, want) in [
+            ("key_projs.weight (one per branch)", &self.key_proj_w, m),
+            ("key_projs.bias (one per branch)", &self.key_proj_b, m),
+            ("norm1 (one per branch)", &self.norm1, m),
+            ("norm2 (one per branch)", &self.norm2, m),
+            (
+                "short_conv.norms (one per branch; none when kernel_size is 0)",
+                &self.conv_norm,
+                conv_branches,
+            ),
         ] {
-            check_len(what, m, v.len())?;
+            check_len(what, want, v.len())?;
         }
         for b in 0..m {
             check_len(
@@ -174,17 +197,20 @@ impl EngramModuleWeights {
                 check_len("key_projs.bias (d)", d, self.key_proj_b[b].len())?;
                 check_finite("key_projs.bias", &self.key_proj_b[b])?;
             }
+            let conv_norm = self.conv_norm.get(b).into_iter();
             for (what, v) in [
                 ("norm1.weight (d)", &self.norm1[b]),
                 ("norm2.weight (d)", &self.norm2[b]),
-                ("short_conv.norms.weight (d)", &self.conv_norm[b]),
-            ] {
+            ]
+            .into_iter()
+            .chain(conv_norm.map(|v| ("short_conv.norms.weight (d)", v)))
+            {
                 check_len(what, d, v.len())?;
                 check_finite(what, v)?;
             }
         }
         check_len(
-            "short_conv.conv.weight (M * d * w)",
+            "short_conv.conv.weight (M * d * w; empty when kernel_size is 0)",
             m * d * config.kernel_size,
             self.conv_w.len(),
         )?;
@@ -569,7 +595,7 @@ impl EngramModule {
 
     fn check_states(&self, states: &[ConvState], batch: usize) -> Result<()> {
         check_len("conv states (one per sequence)", batch, states.len())?;
-        let want = (self.config.kernel_size - 1) * self.config.dilation;
+        let want = self.config.conv_history();
         for st in states {
             if st.channels() != self.config.channels() {
                 return Err(Error::WidthMismatch {
@@ -739,6 +765,10 @@ impl EngramModule {
             let al = sigmoid(gate_logit(score));
             s[b] = score;
             a[b] = al;
+            if !self.config.has_conv() {
+                // No convolution: x is unused (y = alpha v).
+                continue;
+            }
             // RMSNorm(alpha v) with mean((alpha v)^2) = alpha^2 mean(v^2).
             let ru = rms_inv(al * al * v_sumsq, d, self.config.conv_norm_eps);
             let scale = al * ru;

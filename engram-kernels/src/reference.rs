@@ -126,7 +126,11 @@ pub fn engram_forward(
             };
             let alpha = (1.0 / (1.0 + (-f64::from(logit)).exp())) as f32;
             let u: Vec<f32> = v.iter().map(|&x| alpha * x).collect();
-            let x = rmsnorm(&u, &w.conv_norm[b], config.conv_norm_eps);
+            // Without the convolution (kernel_size 0, V4.1) nothing is normalised: y = u.
+            let x = match w.conv_norm.get(b) {
+                Some(g) if kw > 0 => rmsnorm(&u, g, config.conv_norm_eps),
+                _ => vec![0.0; d],
+            };
             tr.k.extend_from_slice(&k);
             tr.k_normed.extend_from_slice(&kn);
             tr.q_normed.extend_from_slice(&qn);

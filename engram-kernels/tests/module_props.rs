@@ -35,7 +35,11 @@ fn random_module(cfg: &EngramModuleConfig, rng: &mut Lcg, bias: bool) -> EngramM
             .collect(),
         norm1: (0..m).map(|_| rng.vec(d, 1.0, 1.0)).collect(),
         norm2: (0..m).map(|_| rng.vec(d, 1.0, 1.0)).collect(),
-        conv_norm: (0..m).map(|_| rng.vec(d, 1.0, 1.0)).collect(),
+        // No convolution (kernel 0, DeepSeek-V4.1): no conv norms either.
+        conv_norm: (0..m)
+            .filter(|_| cfg.has_conv())
+            .map(|_| rng.vec(d, 1.0, 1.0))
+            .collect(),
         conv_w: rng.vec(m * d * cfg.kernel_size, 1.0, 0.0),
     }
 }
@@ -48,7 +52,7 @@ proptest! {
         m in 1usize..4,
         dm in 1usize..50,
         n in 2usize..5,
-        kernel in 1usize..5,
+        kernel in 0usize..5,
         batch in 1usize..3,
         seq in 1usize..20,
         bias in any::<bool>(),
@@ -91,6 +95,44 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn without_the_convolution_y_is_the_gated_value() {
+    // DeepSeek-V4.1 removed the short convolution: kernel_size 0, y = alpha v exactly, and
+    // decode (which keeps no history) equals prefill.
+    let mut cfg = EngramModuleConfig::new(8, 2, 16, 4);
+    cfg.kernel_size = 0;
+    let mut rng = Lcg(11);
+    let w = random_module(&cfg, &mut rng, true);
+    assert!(w.conv_w.is_empty() && w.conv_norm.is_empty());
+    let (batch, seq) = (2, 5);
+    let e = rng.vec(batch * seq * 16, 4.0, 0.0);
+    let hidden = rng.vec(batch * seq * 2 * 8, 4.0, 0.0);
+    let module = EngramModule::new(cfg, w.clone()).unwrap();
+    let tr = module
+        .forward_prefill_traced(&e, &hidden, batch, seq)
+        .unwrap();
+    assert_eq!(tr.y, tr.u);
+    assert!(tr.conv_out.iter().all(|&c| c == 0.0));
+    let exp = reference::engram_forward(&cfg, &w, &e, &hidden, batch, seq);
+    assert_eq!(exp.y, exp.u);
+    assert_close("no-conv y vs reference", &tr.y, &exp.y, 1e-4);
+    let state = module.new_state().unwrap();
+    assert_eq!(state.history(), 0);
+    // Conv weights given to a module without a convolution are a shape error.
+    let mut with_conv = w.clone();
+    with_conv.conv_norm = vec![vec![1.0; 8]; 2];
+    assert!(matches!(
+        EngramModule::new(cfg, with_conv),
+        Err(Error::Shape { .. })
+    ));
+    let mut with_taps = w;
+    with_taps.conv_w = vec![0.5; 2 * 8 * 4];
+    assert!(matches!(
+        EngramModule::new(cfg, with_taps),
+        Err(Error::Shape { .. })
+    ));
 }
 
 #[test]

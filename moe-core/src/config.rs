@@ -109,7 +109,11 @@ pub struct EngramModelConfig {
     pub d_mem: usize,
     pub base_sizes: Vec<u64>,
     pub hc_mult: usize,
+    /// Short-convolution taps: 4, or 0 / absent for a module without it (DeepSeek-V4.1).
+    #[serde(default)]
     pub kernel_size: usize,
+    /// Its dilation (`max_ngram`); 0 / absent without the convolution.
+    #[serde(default)]
     pub conv_dilation: usize,
     pub seed: u64,
     pub pad_id: i64,
@@ -119,6 +123,7 @@ pub struct EngramModelConfig {
     pub compression_lookup_sha256_i32le: String,
     pub key_norm_eps: f64,
     pub query_norm_eps: f64,
+    #[serde(default = "default_conv_norm_eps")]
     pub conv_norm_eps: f64,
     pub score_clamp_min: f64,
     pub gate: String,
@@ -128,7 +133,14 @@ pub struct EngramModelConfig {
     pub multipliers: BTreeMap<String, Vec<i64>>,
     pub table_file: String,
     pub table_dtype: String,
+    #[serde(default)]
     pub conv_zero_init_in_training: bool,
+}
+
+/// The convolution RMSNorm's eps (the reference module's), when a config without the
+/// convolution leaves it out.
+fn default_conv_norm_eps() -> f64 {
+    1e-5
 }
 
 impl EngramModelConfig {
@@ -335,9 +347,16 @@ impl ModelConfig {
                 self.streams()
             )
         })?;
-        ensure(p, e.kernel_size == 4 && e.conv_dilation == n, || {
-            "engram: conv kernel must be 4 and dilation max_ngram".into()
-        })?;
+        let no_conv = e.kernel_size == 0 && (e.conv_dilation == 0 || e.conv_dilation == n);
+        ensure(
+            p,
+            (e.kernel_size == 4 && e.conv_dilation == n) || no_conv,
+            || {
+                "engram: conv kernel must be 4 with dilation max_ngram, or 0 / absent (no short \
+             convolution, as in DeepSeek-V4.1)"
+                    .into()
+            },
+        )?;
         ensure(
             p,
             e.key_norm_eps == F32_EPS

@@ -185,6 +185,16 @@ impl Weights {
                     let key_proj_b = (0..m)
                         .map(|s| l.get(&format!("{q}.key_projs.{s}.bias"), &[d]))
                         .collect::<Result<Vec<_>>>()?;
+                    // Without the short convolution (kernel 0, V4.1) there are no
+                    // short_conv tensors (any present are unexplained: an error).
+                    let (conv_norm, conv_w) = if w == 0 {
+                        (Vec::new(), Vec::new())
+                    } else {
+                        (
+                            per_stream(&mut l, "short_conv.norms", &[d])?,
+                            l.get(&format!("{q}.short_conv.conv.weight"), &[m * d, 1, w])?,
+                        )
+                    };
                     Some(EngramModuleWeights {
                         value_proj_w: l.get(&format!("{q}.value_proj.weight"), &[d, e.d_mem])?,
                         value_proj_b: l.get(&format!("{q}.value_proj.bias"), &[d])?,
@@ -192,8 +202,8 @@ impl Weights {
                         key_proj_b,
                         norm1: per_stream(&mut l, "norm1", &[d])?,
                         norm2: per_stream(&mut l, "norm2", &[d])?,
-                        conv_norm: per_stream(&mut l, "short_conv.norms", &[d])?,
-                        conv_w: l.get(&format!("{q}.short_conv.conv.weight"), &[m * d, 1, w])?,
+                        conv_norm,
+                        conv_w,
                     })
                 }
                 _ => None,

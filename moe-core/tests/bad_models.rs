@@ -337,20 +337,25 @@ fn broken_hyper_connection_models_are_errors() {
     check_cases(dir.path(), HC_MODEL, cases);
 }
 
-#[test]
-fn tables_built_for_something_else_are_refused() {
-    if !tokenizer_available() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let right = EngramConfig {
+/// The addressing of `MODEL`'s table (its config.json's engram block).
+fn model_addressing() -> EngramConfig {
+    EngramConfig {
         max_ngram: 3,
         n_heads: 4,
         base_sizes: vec![4967, 4967],
         layer_ids: vec![1],
         seed: 0,
         pad_id: 2,
-    };
+    }
+}
+
+#[test]
+fn tables_built_for_something_else_are_refused() {
+    if !tokenizer_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let right = model_addressing();
     let deepseek = engram_kernels::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
     let cases = [
         (
@@ -446,4 +451,59 @@ fn tables_built_for_something_else_are_refused() {
         allow_foreign_table: false,
     };
     Session::load(&model_dir(), None, Some(&source)).expect("the matching table is accepted");
+}
+
+/// A model whose Engram module has no short convolution (DeepSeek-V4.1): `kernel_size` and
+/// `conv_dilation` absent from config.json and no `short_conv` tensors. It loads and
+/// decodes, and its output differs from the same model with the convolution.
+#[test]
+fn a_module_without_the_short_convolution_loads_and_decodes() {
+    if !tokenizer_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = model_addressing();
+    let sums = engram_kernels::file::Sha256Sums::read(&model_dir().join(SHA256SUMS_FILE))
+        .expect("the committed model has SHA256SUMS");
+    let own = sums.get("engram.safetensors").expect("listed");
+    let table = dir.path().join("table");
+    let deepseek = engram_kernels::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
+    write_zero_table(&table, &config, deepseek, 8, &[own]);
+    // Zero rows, so not the model's own: allowed explicitly (the copy's SHA256SUMS does
+    // not list engram.safetensors either).
+    let source = EngramSource {
+        table,
+        options: StoreOptions::default(),
+        allow_foreign_table: true,
+    };
+    let no_conv = copy_model(&dir.path().join("no-conv"), MODEL);
+    edit_config(&no_conv, |c| {
+        let e = c["engram"].as_object_mut().expect("engram block");
+        e.remove("kernel_size");
+        e.remove("conv_dilation");
+    });
+    rewrite_weights(&no_conv, |t| {
+        t.retain(|(n, _, _)| !n.contains("short_conv"))
+    });
+    reseal(&no_conv);
+    let prompt = [0u32, 1000, 2000, 3000];
+    let mut logits = Vec::new();
+    for m in [model_dir(), no_conv.clone()] {
+        let mut s = Session::load(&m, None, Some(&source)).expect("loads");
+        let raw: Vec<u32> = prompt.to_vec();
+        let l = s.prefill(&raw).expect("prefill").to_vec();
+        assert!(l.iter().all(|x| x.is_finite()));
+        s.step(5).expect("decode step");
+        logits.push(l);
+    }
+    assert_ne!(logits[0], logits[1], "the convolution made no difference");
+    // The no-conv config with conv tensors left in is an error naming them.
+    let stray = copy_model(&dir.path().join("stray"), MODEL);
+    edit_config(&stray, |c| c["engram"]["kernel_size"] = 0.into());
+    reseal(&stray);
+    let err = load_err(&stray);
+    assert!(
+        err.contains("short_conv") || err.contains("unexplained"),
+        "{err}"
+    );
 }

@@ -3,6 +3,7 @@
 
 pub mod addressing;
 pub mod build;
+pub mod checkpoint;
 pub mod cmd;
 #[doc(hidden)]
 pub mod fuzz;

@@ -44,9 +44,14 @@ struct ForwardConfig {
     pad_id: i64,
     compressed_pad_id: i64,
     compressed_vocab_size: u64,
+    /// 0 or absent: a module without the short convolution (DeepSeek-V4.1): no
+    /// `short_conv.*` tensors, and the expected `y` is `u`.
+    #[serde(default)]
     kernel_size: usize,
+    #[serde(default)]
     conv_dilation: usize,
     key_norm_eps: f64,
+    #[serde(default)]
     conv_norm_eps: f64,
     batch: usize,
     seq_len: usize,
@@ -254,14 +259,23 @@ pub fn check_forward_file(path: &Path) -> Result<VectorReport> {
         key_proj_b: per("key_projs.{m}.bias")?,
         norm1: per("norm1.{m}.weight")?,
         norm2: per("norm2.{m}.weight")?,
-        conv_norm: per("short_conv.norms.{m}.weight")?,
-        conv_w: t
-            .f32s("short_conv.conv.weight", m * d * cfg.kernel_size)?
-            .to_vec(),
+        conv_norm: if cfg.kernel_size == 0 {
+            Vec::new()
+        } else {
+            per("short_conv.norms.{m}.weight")?
+        },
+        conv_w: if cfg.kernel_size == 0 {
+            Vec::new()
+        } else {
+            t.f32s("short_conv.conv.weight", m * d * cfg.kernel_size)?
+                .to_vec()
+        },
     };
     let mut mcfg = EngramModuleConfig::new(d, m, dm, cfg.max_ngram);
     mcfg.kernel_size = cfg.kernel_size;
-    mcfg.dilation = cfg.conv_dilation;
+    if cfg.kernel_size > 0 {
+        mcfg.dilation = cfg.conv_dilation;
+    }
     mcfg.key_norm_eps = cfg.key_norm_eps as f32;
     mcfg.conv_norm_eps = cfg.conv_norm_eps as f32;
     let module = EngramModule::new(mcfg, weights).with_context(|| format!("{case}: module"))?;
@@ -304,6 +318,67 @@ mod tests {
             assert!(report.checked > 1000);
             assert!(report.summary().ends_with("all match"));
         }
+    }
+
+    /// A case without the short convolution, derived from committed case a: its config
+    /// without `kernel_size` / `conv_dilation`, no `short_conv.*` tensors, and the module's
+    /// definition for the expectations (conv intermediates zero, `y = u`). The fast
+    /// module must reproduce it; a `y` that still carries the convolution must not pass.
+    #[test]
+    fn a_case_without_the_short_convolution_matches() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/conformance");
+        let bytes = std::fs::read(dir.join("engram-forward-v1-a.safetensors")).expect("reads");
+        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("safetensors");
+        let mut meta = meta.metadata().clone().expect("metadata");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&meta["config"]).expect("config json");
+        let c = config.as_object_mut().expect("object");
+        c.remove("kernel_size");
+        c.remove("conv_dilation");
+        meta.insert("config".into(), config.to_string());
+        let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+        let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
+        let u = st.tensor("expected.u").expect("u").data().to_vec();
+        for (name, view) in st.tensors() {
+            if name.starts_with("short_conv.") {
+                continue;
+            }
+            let data = match name.as_str() {
+                "expected.y" => u.clone(),
+                "expected.conv_in_normed" | "expected.conv_pre_act" | "expected.conv_out" => {
+                    vec![0u8; view.data().len()]
+                }
+                _ => view.data().to_vec(),
+            };
+            tensors.push((name, view.shape().to_vec(), view.dtype(), data));
+        }
+        let write = |path: &Path, tensors: &[(String, Vec<usize>, Dtype, Vec<u8>)]| {
+            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+                .iter()
+                .map(|(n, s, d, b)| {
+                    let v = safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("view");
+                    (n.clone(), v)
+                })
+                .collect();
+            safetensors::serialize_to_file(views, Some(meta.clone()), path).expect("writes");
+        };
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let p = tmp.path().join("no-conv.safetensors");
+        write(&p, &tensors);
+        let report = check_forward_file(&p).expect("readable");
+        assert_eq!(report.mismatch_count, 0, "{:?}", report.mismatches);
+        assert!(report.checked > 1000);
+        // The original y (with the convolution's term) is a mismatch here.
+        let y = st.tensor("expected.y").expect("y").data().to_vec();
+        for t in tensors.iter_mut().filter(|t| t.0 == "expected.y") {
+            t.3 = y.clone();
+        }
+        write(&p, &tensors);
+        let report = check_forward_file(&p).expect("readable");
+        assert!(
+            report.mismatch_count > 0,
+            "the convolution's term went unnoticed"
+        );
     }
 
     #[test]

@@ -764,6 +764,14 @@ impl CudaEngine {
     /// Uploads a module's weights once.
     pub fn upload_module(&self, module: &EngramModule) -> Result<CudaModuleWeights> {
         let c = module.config();
+        if !c.has_conv() {
+            return Err(Error::InvalidConfig {
+                field: "kernel_size",
+                value: "0".into(),
+                reason: "the CUDA module kernels need the short convolution; a module \
+                         without it (V4.1) runs on the CPU backend",
+            });
+        }
         let (w_all, b_all, g_kq, g_conv, conv_w) = module.fused();
         Ok(CudaModuleWeights {
             d: c.hidden_size,
@@ -874,7 +882,7 @@ impl CudaEngine {
     /// A fresh (sequence-start) decode state for `batch` sequences of `module`.
     pub fn new_decode_state(&self, module: &EngramModule, batch: usize) -> Result<CudaDecodeState> {
         let c = module.config();
-        let history = (c.kernel_size - 1) * c.dilation;
+        let history = c.conv_history();
         let channels = c.channels();
         if batch == 0 {
             return Err(Error::EmptyBatch {
@@ -934,7 +942,7 @@ impl CudaEngine {
         let batch = state.batch;
         let tokens = module.check_prefill(e, hidden, batch, 1, out_y)?;
         let c = module.config();
-        if state.channels != c.channels() || state.history != (c.kernel_size - 1) * c.dilation {
+        if state.channels != c.channels() || state.history != c.conv_history() {
             return Err(Error::WidthMismatch {
                 what: "device decode state vs the module's M * d",
                 left: state.channels,

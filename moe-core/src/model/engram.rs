@@ -142,7 +142,9 @@ impl EngramMemory {
         for (block, lw) in weights.layers.iter().enumerate() {
             let Some(w) = &lw.engram else { continue };
             let table_layer = layout.layer_index(block as u64)?;
-            let mcfg = EngramModuleConfig::new(config.hidden_size, e.hc_mult, e.d_mem, e.max_ngram);
+            let mut mcfg =
+                EngramModuleConfig::new(config.hidden_size, e.hc_mult, e.d_mem, e.max_ngram);
+            mcfg.kernel_size = e.kernel_size;
             let module = EngramModule::new(mcfg, w.clone())?;
             layers.push(LayerRt {
                 block,

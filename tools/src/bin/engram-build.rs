@@ -15,7 +15,11 @@ use engram_tools::build::{BuildArgs, run};
     after_help = "Examples:\n  \
       engram-build ./src --include '**/*.py' --out table --preset demo --base-size 10000\n  \
       engram-build corpus.jsonl --jsonl-field text --out table --preset v41 --dry-run\n  \
-      engram-build ./train --import model/engram.safetensors --out table --config build.toml\n\n\
+      engram-build ./train --import model/engram.safetensors --out table --config build.toml\n  \
+      engram-build --import /models/DeepSeek-V4.1-Flash --out /data/v41 --dry-run\n\n\
+      A checkpoint directory (or its model.safetensors.index.json) with FP8 Engram tensors \
+      (DeepSeek-V4.1) is streamed shard by shard and copied bit-exact, its addressing taken \
+      from its config.json: docs/deepseek-v41.md.\n\n\
       The table directory holds manifest.json, one data file per layer and profile.bin \
       (rows ranked by hits in the corpus; `engram bench --profile` and the decoder use it \
       to seed the hot-row cache). Publication is atomic: an interrupted build leaves no \

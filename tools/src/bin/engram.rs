@@ -40,6 +40,8 @@ enum Command {
     Synth(cmd::synth::Args),
     /// Replay held-out text as decode traffic: stall, slowdown vs DRAM, hit rates, IOPS.
     Replay(cmd::replay::Args),
+    /// Write a synthetic checkpoint in DeepSeek-V4.1-Flash's layout (import tests).
+    ReplicaCheckpoint(cmd::replica::Args),
     /// Upload a table to a Mooncake Store cluster (resumable, verified).
     Publish(cmd::mooncake::PublishArgs),
     /// Remove a published table version from Mooncake Store.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Probe(args) => cmd::probe::run(args),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Replay(args) => cmd::replay::run(args),
+        Command::ReplicaCheckpoint(args) => cmd::replica::run(args),
         Command::Publish(args) => cmd::mooncake::publish(args),
         Command::Unpublish(args) => cmd::mooncake::unpublish(args),
         Command::Skeleton(args) => cmd::mooncake::skeleton(args),

@@ -41,6 +41,8 @@ pub struct FileConfig {
     pub jsonl_field: Option<String>,
     pub threads: Option<usize>,
     pub import_pattern: Option<String>,
+    /// Scales tensor of each layer in a checkpoint directory (`{layer}` = layer id).
+    pub import_scale_pattern: Option<String>,
     /// Byte budget of `records.bin` (`--records-bytes`), e.g. "64M"; absent or 0: none.
     pub records_bytes: Option<String>,
     /// Skip records of n-grams a hot-row cache of this many bytes would hold
@@ -85,6 +87,7 @@ impl FileConfig {
             jsonl_field,
             threads,
             import_pattern,
+            import_scale_pattern,
             records_bytes,
             records_skip_cached
         );
@@ -111,6 +114,13 @@ pub enum Init {
         files: Vec<PathBuf>,
         pattern: String,
     },
+    /// FP8 rows streamed from a checkpoint directory (or its index file), copied bit-exact
+    /// (`build::fp8_import`): each layer's values and scales tensors.
+    Checkpoint {
+        path: PathBuf,
+        values_pattern: String,
+        scales_pattern: String,
+    },
 }
 
 impl Init {
@@ -130,6 +140,32 @@ impl Init {
         }
         bail!("--init {s:?}: expected normal:STD or zeros")
     }
+}
+
+/// The addressing a checkpoint directory's `config.json` declares, over the V4.1 preset:
+/// keys it does not name (orders and heads, in the reports of V4.1's config) keep V4.1's
+/// values (orders 2-4, 8 heads, seed 0, pad id 2).
+pub fn from_checkpoint_json(c: Option<&crate::checkpoint::EngramJson>) -> FileConfig {
+    let mut f = FileConfig {
+        preset: Some(Preset::V41),
+        ..FileConfig::default()
+    };
+    let Some(c) = c else { return f };
+    f.layers = c.layer_ids.as_ref().map(|k| k.value.clone());
+    match c.vocab_sizes.as_ref().map(|k| k.value.as_slice()) {
+        Some([one]) => f.base_size = Some(*one),
+        Some(list) => f.base_sizes = Some(list.to_vec()),
+        None => {}
+    }
+    f.max_ngram = c.max_ngram.as_ref().map(|k| k.value);
+    f.heads = c.heads.as_ref().map(|k| k.value);
+    f.pad_id = c.pad_id.as_ref().map(|k| k.value);
+    f.seed = c.seed.as_ref().map(|k| k.value);
+    f.dim = c
+        .head_dim
+        .as_ref()
+        .and_then(|k| u32::try_from(k.value).ok());
+    f
 }
 
 /// Default checkpoint tensor name, `{layer}` replaced by the layer id.
@@ -195,9 +231,48 @@ impl FileConfig {
         row_layout.row_bytes(dim)?;
         let init = if imports.is_empty() {
             Init::parse(self.init.as_deref().unwrap_or("normal:1"))?
+        } else if imports
+            .iter()
+            .any(|p| crate::checkpoint::is_checkpoint_dir(p))
+        {
+            if self.init.is_some() {
+                bail!("--init and --import are exclusive: imported rows are the values");
+            }
+            let [path] = imports else {
+                bail!(
+                    "--import takes one checkpoint directory (or index file), or safetensors \
+                     files, not both or several directories"
+                );
+            };
+            let values_pattern = self
+                .import_pattern
+                .clone()
+                .unwrap_or_else(|| super::fp8_import::DEFAULT_VALUES_PATTERN.into());
+            let scales_pattern = self
+                .import_scale_pattern
+                .clone()
+                .unwrap_or_else(|| super::fp8_import::DEFAULT_SCALES_PATTERN.into());
+            for (flag, p) in [
+                ("--import-pattern", &values_pattern),
+                ("--import-scale-pattern", &scales_pattern),
+            ] {
+                if !p.contains("{layer}") {
+                    bail!("{flag} {p:?} must contain {{layer}}");
+                }
+            }
+            Init::Checkpoint {
+                path: path.clone(),
+                values_pattern,
+                scales_pattern,
+            }
         } else {
             if self.init.is_some() {
                 bail!("--init and --import are exclusive: imported rows are the values");
+            }
+            if self.import_scale_pattern.is_some() {
+                bail!(
+                    "--import-scale-pattern applies to a checkpoint directory (FP8 values + scales)"
+                );
             }
             let pattern = self
                 .import_pattern
@@ -264,7 +339,7 @@ impl BuildPlan {
             init: match &self.init {
                 Init::Normal { std } => Some(format!("normal:{std}")),
                 Init::Zeros => Some("zeros".into()),
-                Init::Import { .. } => None,
+                Init::Import { .. } | Init::Checkpoint { .. } => None,
             },
             include: Some(self.corpus.include.clone()),
             exclude: Some(self.corpus.exclude.clone()),
@@ -272,6 +347,11 @@ impl BuildPlan {
             threads: (self.threads > 0).then_some(self.threads),
             import_pattern: match &self.init {
                 Init::Import { pattern, .. } => Some(pattern.clone()),
+                Init::Checkpoint { values_pattern, .. } => Some(values_pattern.clone()),
+                _ => None,
+            },
+            import_scale_pattern: match &self.init {
+                Init::Checkpoint { scales_pattern, .. } => Some(scales_pattern.clone()),
                 _ => None,
             },
             records_bytes: (self.records_bytes > 0).then(|| self.records_bytes.to_string()),

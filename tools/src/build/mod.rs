@@ -10,8 +10,10 @@ pub mod candidates;
 pub mod config;
 pub mod corpus;
 pub mod count;
+pub mod fp8_import;
 pub mod records;
 pub mod report;
+pub mod seq_read;
 pub mod values;
 
 use std::path::{Path, PathBuf};
@@ -71,12 +73,27 @@ pub struct BuildArgs {
     /// Row values: normal:STD (deterministic per row) or zeros. Default normal:1.
     #[arg(long)]
     pub init: Option<String>,
-    /// Import rows from safetensors checkpoint files instead of --init.
+    /// Import rows instead of --init: a checkpoint directory (or its
+    /// model.safetensors.index.json) with FP8 E4M3 values + E8M0 scales (DeepSeek-V4.1:
+    /// streamed, copied bit-exact, addressing from its config.json), or safetensors files
+    /// with F32/BF16/F16 tables (read whole, re-quantised).
     #[arg(long, num_args = 1..)]
     pub import: Vec<PathBuf>,
-    /// Tensor name of each layer's table in the checkpoint; {layer} is the layer id.
+    /// Tensor name of each layer's table (values) in the checkpoint; {layer} is the layer
+    /// id. Default: layers.{layer}.engram.embed.weight for a checkpoint directory,
+    /// layers.{layer}.engram.embedding.weight for safetensors files.
     #[arg(long)]
     pub import_pattern: Option<String>,
+    /// Tensor name of each layer's E8M0 scales in a checkpoint directory. Default:
+    /// layers.{layer}.engram.embed.scale.
+    #[arg(long)]
+    pub import_scale_pattern: Option<String>,
+    /// How a checkpoint directory's shards are read: direct (O_DIRECT: measured as fast
+    /// as fadvise with less system CPU, and it leaves the page cache alone; falls back to
+    /// fadvise where the file system refuses it) or fadvise (page cache, sequential
+    /// advice, each range dropped once read).
+    #[arg(long, value_enum, default_value = "direct")]
+    pub import_read: seq_read::ReadMode,
     /// tokenizer.json (default: $ENGRAM_TOKENIZER, then the cached DeepSeek tokenizer).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -149,6 +166,7 @@ impl BuildArgs {
             jsonl_field: self.jsonl_field.clone(),
             threads: self.threads,
             import_pattern: self.import_pattern.clone(),
+            import_scale_pattern: self.import_scale_pattern.clone(),
             records_bytes: self.records_bytes.clone(),
             records_skip_cached: self.records_skip_cached.clone(),
         }
@@ -260,23 +278,79 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     };
     // An imported checkpoint's declared addressing sits between the file and the flags;
     // anything that contradicts it is an error below.
-    let checkpoints = if args.import.is_empty() {
+    // A checkpoint directory (FP8, streamed) declares its addressing in config.json;
+    // flags override it (the keys are third-party reports), and the row counts are then
+    // checked against the tensors.
+    let ckpt_dir = match args.import.as_slice() {
+        [p] if crate::checkpoint::is_checkpoint_dir(p) => {
+            Some(crate::checkpoint::CheckpointDir::open(p)?)
+        }
+        _ => None,
+    };
+    let checkpoints = if args.import.is_empty() || ckpt_dir.is_some() {
         None
+    } else if args
+        .import
+        .iter()
+        .any(|p| crate::checkpoint::is_checkpoint_dir(p))
+    {
+        bail!("--import takes one checkpoint directory (or index file), or safetensors files");
     } else {
         Some(values::Checkpoints::open(&args.import)?)
     };
-    let declared = match &checkpoints {
-        Some(c) => values::declared_config(c)?,
-        None => None,
+    let declared = match (&checkpoints, &ckpt_dir) {
+        (Some(c), _) => values::declared_config(c)?,
+        (None, Some(d)) => Some(config::from_checkpoint_json(d.config.as_ref())),
+        _ => None,
     };
     let base = match &declared {
         Some(d) => file.overlay(d.clone()),
         None => file,
     };
     let mut plan = base.overlay(args.flag_config()).resolve(&args.import)?;
-    if let Some(d) = &declared {
+    if let (Some(d), None) = (&declared, &ckpt_dir) {
         values::check_checkpoint_config(d, &plan.engram, plan.dim)?;
     }
+    let import_plan = match (&plan.init, ckpt_dir) {
+        (
+            Init::Checkpoint {
+                values_pattern,
+                scales_pattern,
+                ..
+            },
+            Some(dir),
+        ) => {
+            let ip = fp8_import::ImportPlan::locate(
+                dir,
+                &plan.engram.layer_ids,
+                values_pattern,
+                scales_pattern,
+            )?;
+            let layout_flag = args.row_layout.is_some() || args.dim.is_some();
+            if layout_flag && (plan.row_layout != ip.row_layout() || plan.dim != ip.dim) {
+                bail!(
+                    "--row-layout / --dim give {} x {}, but the checkpoint's tensors are {} \
+                     values with one E8M0 scale per {} (fp8:{}): imported rows are copied, \
+                     not converted",
+                    config::row_layout_name(plan.row_layout),
+                    plan.dim,
+                    ip.dim,
+                    ip.scale_block,
+                    ip.scale_block
+                );
+            }
+            plan.row_layout = ip.row_layout();
+            plan.dim = ip.dim;
+            if plan.records_bytes > 0 {
+                bail!(
+                    "--records-bytes is not supported with a checkpoint directory yet: records \
+                     copy rows at random, and the importer reads the shards sequentially"
+                );
+            }
+            Some(ip)
+        }
+        _ => None,
+    };
     plan.corpus.stdin_jsonl = args.stdin_jsonl;
     if args.print_config {
         crate::out_line(format_args!("{}", plan.to_toml()?.trim_end()));
@@ -302,7 +376,11 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         .with_context(|| format!("building the compression table from {}", tok_path.display()))?;
     let pad = table.compress_id(plan.engram.pad_id)?;
     let layout = EngramLayout::new(&plan.engram, table.compressed_vocab_size(), pad)?;
+    if let Some(ip) = &import_plan {
+        ip.check_rows(&layout)?;
+    }
     let source = match &plan.init {
+        Init::Checkpoint { path, .. } => format!("import {}", path.display()),
         Init::Import { files, .. } => format!(
             "import {}",
             files
@@ -330,7 +408,12 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         0 => rayon::current_num_threads(),
         n => n,
     };
-    let est = estimate(&manifest, &layout, threads, plan.records_bytes > 0)?;
+    let mut est = estimate(&manifest, &layout, threads, plan.records_bytes > 0)?;
+    if import_plan.is_some() && args.paths.is_empty() {
+        // No corpus: nothing is counted; the import's buffers are fixed.
+        est.counter_bytes = 0;
+        est.ram_bytes = FIXED_RAM_BYTES + fp8_import::buffer_bytes();
+    }
     // The records' shape and how many records per layer the budget buys, checked before
     // any work.
     let record_plan = if plan.records_bytes > 0 {
@@ -365,7 +448,10 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     };
 
     if args.dry_run {
-        let summary = serde_json::json!({ "dry_run": true, "out": crate::json_path(&args.out), "estimate": est });
+        let mut summary = serde_json::json!({ "dry_run": true, "out": crate::json_path(&args.out), "estimate": est });
+        if let Some(ip) = &import_plan {
+            summary["import"] = import_dry_run(ip, &est, &args.out, args.import_read, mode)?;
+        }
         if mode == Mode::Json {
             json_line("summary", &summary);
         } else {
@@ -423,7 +509,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     if let Some(c) = &checkpoints {
         values::check_checkpoint_tokenizer(c, &tok.sha256)?;
     }
-    if args.paths.is_empty() && checkpoints.is_none() {
+    if args.paths.is_empty() && checkpoints.is_none() && import_plan.is_none() {
         bail!("no corpus given: pass files or directories (or - for stdin) to profile");
     }
     if mode == Mode::Json {
@@ -547,14 +633,36 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     // Write the table.
     let dim = plan.dim as usize;
     let row_bytes = manifest.row_bytes as usize;
-    let mut phase = Phase::start(mode, "write", "rows", est.rows);
+    let mut phase = Phase::start(
+        if import_plan.is_some() {
+            Mode::Quiet
+        } else {
+            mode
+        },
+        "write",
+        "rows",
+        est.rows,
+    );
     let mut done = 0u64;
     // One chunk per worker per round: rows are generated and encoded in parallel (each row
     // is keyed on its own, so the bytes do not depend on the thread count), then written
     // in order.
     let group = pool.current_num_threads().max(1);
-    let mut byte_buf = vec![0u8; group * values::CHUNK_ROWS as usize * row_bytes];
-    for (li, l) in layout.layers.iter().enumerate() {
+    let mut import_summary = None;
+    if let Some(ip) = &import_plan {
+        let s = fp8_import::stream(ip, &mut writer, args.import_read, mode)?;
+        writer.set_checkpoint_sha256(s.shards.iter().map(|(_, h)| h.clone()).collect())?;
+        done = s.rows;
+        import_summary = Some(s);
+    }
+    let rows_to_encode = if import_plan.is_some() { 0 } else { group };
+    let mut byte_buf = vec![0u8; rows_to_encode * values::CHUNK_ROWS as usize * row_bytes];
+    for (li, l) in layout
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|_| import_plan.is_none())
+    {
         let source = values::RowValues::for_layer(
             &plan.init,
             checkpoints.as_ref(),
@@ -693,6 +801,11 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     if let Some(r) = records_summary {
         summary["records"] = r;
     }
+    if let Some(s) = &import_summary {
+        summary["import"] = serde_json::to_value(s)?;
+        summary["import"]["mb_per_second"] =
+            serde_json::json!(est.table_bytes as f64 / s.seconds.max(1e-9) / 1e6);
+    }
     if let Some(s) = candidates {
         summary["candidates"] = serde_json::to_value(&s)?;
     }
@@ -703,6 +816,41 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         Mode::Bars | Mode::Log => print_summary(&summary),
     }
     Ok(summary)
+}
+
+/// The import part of `--dry-run`: the tensors, shards and offsets found, the bytes to
+/// read and write, and a time estimate from a sample read of the first values tensor.
+fn import_dry_run(
+    ip: &fp8_import::ImportPlan,
+    est: &Estimate,
+    out: &Path,
+    read_mode: seq_read::ReadMode,
+    mode: Mode,
+) -> Result<serde_json::Value> {
+    let (rate, used) = ip.sample_read_rate(read_mode)?;
+    let free = free_bytes(out)?;
+    // Reads and writes share the disk when the checkpoint and the table are on one.
+    let seconds = (ip.read_bytes() + est.table_bytes) as f64 / rate.max(1.0);
+    let mut j = ip.to_json();
+    j["sample_read_bytes_per_second"] = serde_json::json!(rate);
+    j["read_mode"] = serde_json::to_value(used)?;
+    j["free_bytes"] = serde_json::json!(free);
+    j["estimate_seconds"] = serde_json::json!(seconds);
+    if mode != Mode::Json {
+        ip.print();
+        crate::outln!(
+            "  read {} ({:?} reads, sampled {:.0} MB/s); write {} to {} ({} free); about {:.0} s \
+             if reads and writes share that rate",
+            human(ip.read_bytes()),
+            used,
+            rate / 1e6,
+            human(est.table_bytes),
+            out.display(),
+            human(free),
+            seconds
+        );
+    }
+    Ok(j)
 }
 
 fn print_summary(s: &serde_json::Value) {
@@ -759,6 +907,16 @@ fn print_summary(s: &serde_json::Value) {
             human(r["bytes"].as_u64().unwrap_or(0)),
             human(r["budget_bytes"].as_u64().unwrap_or(0)),
             r["recurring_ngrams"]
+        );
+    }
+    if let Some(i) = s.get("import") {
+        crate::outln!(
+            "import: {} bytes read ({} reads) in {:.1} s, {:.0} MB/s of table written; shards {}",
+            i["bytes_read"],
+            i["read_mode"].as_str().unwrap_or_default(),
+            i["seconds"].as_f64().unwrap_or(0.0),
+            i["mb_per_second"].as_f64().unwrap_or(0.0),
+            i["shards"]
         );
     }
     if let Some(c) = s.get("candidates") {

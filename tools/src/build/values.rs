@@ -191,6 +191,11 @@ impl<'a> RowValues<'a> {
                 std: *std,
             }),
             Init::Zeros => Ok(RowValues::Zeros),
+            Init::Checkpoint { path, .. } => bail!(
+                "rows of checkpoint directory {} are streamed by the FP8 importer, not \
+                 produced one by one (records and re-quantisation do not apply to them)",
+                path.display()
+            ),
             Init::Import { pattern, .. } => {
                 let Some(ckpt) = checkpoints else {
                     bail!("import requested but no checkpoint is open")

@@ -9,6 +9,7 @@ pub mod probe;
 pub mod read_args;
 pub mod reload;
 pub mod replay;
+pub mod replica;
 pub mod serve;
 pub mod stats;
 pub mod synth;
