@@ -182,8 +182,6 @@ impl Conn {
                 _ => e.to_string(),
             },
         })?;
-        let _ = sock.set_read_timeout(Some(CONTROL_TIMEOUT));
-        let _ = sock.set_write_timeout(Some(CONTROL_TIMEOUT));
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
             table: target.table.as_deref().map(table_key),
@@ -193,8 +191,9 @@ impl Conn {
         };
         // A server that refuses a peer says why and closes at once, perhaps before the
         // hello is sent: read its answer even when sending failed.
-        let sent = wire::send(&sock, &socket, &hello, &[]);
-        let (reply, fds) = match (wire::recv::<Reply>(&sock, &socket, "server"), sent) {
+        let bound = wire::Bound::within(CONTROL_TIMEOUT);
+        let sent = wire::send(&sock, &socket, &hello, &[], bound);
+        let (reply, fds) = match (wire::recv::<Reply>(&sock, &socket, "server", bound), sent) {
             (Ok(r), _) => r,
             (Err(_), Err(e)) => return Err(e),
             (Err(ServiceError::Disconnected { socket, reason }), Ok(())) => {
@@ -281,8 +280,8 @@ impl Conn {
             control: Mutex::new(()),
             region,
             layout,
-            sq_bell: Doorbell::from_fd(s),
-            cq_bell: Doorbell::from_fd(c),
+            sq_bell: Doorbell::from_fd(s, "server")?,
+            cq_bell: Doorbell::from_fd(c, "server")?,
             spin: Duration::from_micros(u64::from(options.spin_us.min(MAX_SPIN_US))),
             state: Mutex::new(State {
                 free: (0..slots).rev().collect(),
@@ -527,8 +526,9 @@ impl Conn {
     /// A control request on the connection.
     fn control(&self, req: &Request) -> Result<Reply> {
         let _g = lock(&self.control);
-        wire::send(&self.sock, &self.socket, req, &[])?;
-        let (reply, _) = wire::recv::<Reply>(&self.sock, &self.socket, "server")?;
+        let bound = wire::Bound::within(CONTROL_TIMEOUT);
+        wire::send(&self.sock, &self.socket, req, &[], bound)?;
+        let (reply, _) = wire::recv::<Reply>(&self.sock, &self.socket, "server", bound)?;
         Ok(reply)
     }
 }
@@ -923,10 +923,9 @@ pub fn request(socket: &Path, req: &Request) -> Result<Reply> {
         socket: socket.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let _ = sock.set_read_timeout(Some(CONTROL_TIMEOUT));
-    let _ = sock.set_write_timeout(Some(CONTROL_TIMEOUT));
-    let sent = wire::send(&sock, socket, req, &[]);
-    match (wire::recv::<Reply>(&sock, socket, "server"), sent) {
+    let bound = wire::Bound::within(CONTROL_TIMEOUT);
+    let sent = wire::send(&sock, socket, req, &[], bound);
+    match (wire::recv::<Reply>(&sock, socket, "server", bound), sent) {
         (Ok((Reply::Refused { reason }, _)), _) => Err(ServiceError::Refused {
             socket: socket.to_path_buf(),
             reason,

@@ -227,8 +227,9 @@ fn raw_client(sock_path: &std::path::Path) -> RawClient {
         slot_rows: 8,
         server_spin_us: 0,
     };
-    wire::send(&sock, sock_path, &hello, &[]).expect("hello");
-    let (reply, fds) = wire::recv::<Reply>(&sock, sock_path, "server").expect("welcome");
+    let bound = wire::Bound::within(std::time::Duration::from_secs(10));
+    wire::send(&sock, sock_path, &hello, &[], bound).expect("hello");
+    let (reply, fds) = wire::recv::<Reply>(&sock, sock_path, "server", bound).expect("welcome");
     let Reply::Welcome {
         slots, slot_rows, ..
     } = reply
@@ -238,7 +239,8 @@ fn raw_client(sock_path: &std::path::Path) -> RawClient {
     let layout = RegionLayout::new(slots, slot_rows, 264).expect("layout");
     let mut fds = fds.into_iter();
     let region = Region::attach(fds.next().expect("memfd"), layout.bytes).expect("attach");
-    let bell = engram_service::bell::Doorbell::from_fd(fds.next().expect("bell"));
+    let bell = engram_service::bell::Doorbell::from_fd(fds.next().expect("bell"), "server")
+        .expect("a doorbell");
     RawClient {
         _sock: sock,
         region,
@@ -759,4 +761,36 @@ fn clients_with_deep_queues_share_few_store_slots() {
         }
     });
     assert_eq!(server.stats().tables[0].requests.requests, 4 * 5 * 8);
+}
+
+#[test]
+fn connections_that_never_say_hello_are_counted_and_limited() {
+    use engram_service::server::MAX_HANDSHAKES;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(100, 5);
+    let table = make_table(tmp.path(), "t", &s);
+    let server = serve(
+        tmp.path(),
+        &[("t", &table)],
+        store_options(BackendKind::Memory, 0),
+    );
+    let silent: Vec<_> = (0..MAX_HANDSHAKES)
+        .map(|_| std::os::unix::net::UnixStream::connect(server.socket()).expect("connect"))
+        .collect();
+    // The accept loop takes them in order; one more is refused at once, with the reason.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let e = RemoteStore::connect(
+        &format!("unix:{}", server.socket().display()),
+        &ClientOptions::default(),
+    )
+    .expect_err("refused while the handshakes are full");
+    assert!(e.to_string().contains("MAX_HANDSHAKES"), "{e}");
+    drop(silent);
+    eventually("a client attaches once the silent ones left", || {
+        RemoteStore::connect(
+            &format!("unix:{}", server.socket().display()),
+            &ClientOptions::default(),
+        )
+        .is_ok()
+    });
 }
