@@ -126,6 +126,11 @@ struct State {
     tags: Vec<u64>,
     /// (slots,) whether the slot carries a speculation (freed when it completes)
     spec: Vec<bool>,
+    /// (slots,) whether the slot belongs to a prefetch ticket (freed when the ticket is
+    /// waited on or dropped: only its holder can free it)
+    ticket: Vec<bool>,
+    /// Slots held by tickets.
+    tickets: usize,
     done: Vec<Option<Cqe>>,
     sq_tail: u32,
     cq_head: u32,
@@ -287,6 +292,8 @@ impl Conn {
                 free: (0..slots).rev().collect(),
                 tags: vec![0; n],
                 spec: vec![false; n],
+                ticket: vec![false; n],
+                tickets: 0,
                 done: vec![None; n],
                 sq_tail: 0,
                 cq_head: 0,
@@ -455,10 +462,30 @@ impl Conn {
         }
     }
 
-    /// Takes a free slot (waiting for one when `wait`), writes `ids` and submits.
-    fn start(&self, op: u32, layer: usize, ids: &[u64], wait: bool) -> Result<Option<(u32, u64)>> {
+    /// Takes a free slot (waiting for one when `wait`), writes `ids` and submits; a
+    /// `ticket` keeps its slot until [`Conn::finish`]. Waiting for a slot while every slot
+    /// is held by a ticket would wait for ever (only their holders free them): that is a
+    /// [`ServiceError::Limit`] instead.
+    fn start(
+        &self,
+        op: u32,
+        layer: usize,
+        ids: &[u64],
+        wait: bool,
+        ticket: bool,
+    ) -> Result<Option<(u32, u64)>> {
         let slot = if wait {
-            self.wait_for(|st| st.free.pop())?
+            let slots = self.layout.slots as usize;
+            self.wait_for(|st| match st.free.pop() {
+                Some(s) => Some(Ok(s)),
+                None if st.tickets >= slots => Some(Err(ServiceError::Limit {
+                    what: "prefetch tickets held at once (wait on or free one first)",
+                    name: "ClientOptions::slots, ENGRAM_SERVICE_MAX_TICKETS",
+                    limit: slots as u64,
+                    found: slots as u64 + 1,
+                })),
+                None => None,
+            })??
         } else {
             let mut st = lock(&self.state);
             if st.broken.is_none() {
@@ -486,6 +513,10 @@ impl Conn {
                 st.spec[slot as usize] = op == OP_SPECULATE;
                 self.submit(&mut st, sqe)
             });
+        if r.is_ok() && ticket {
+            st.ticket[slot as usize] = true;
+            st.tickets += 1;
+        }
         if let Err(e) = r {
             st.tags[slot as usize] = 0;
             st.free.push(slot);
@@ -518,6 +549,9 @@ impl Conn {
         };
         let mut st = lock(&self.state);
         st.tags[slot as usize] = 0;
+        if std::mem::take(&mut st.ticket[slot as usize]) {
+            st.tickets -= 1;
+        }
         st.free.push(slot);
         self.cond.notify_all();
         r
@@ -768,7 +802,7 @@ impl RowSource for RemoteStore {
         let t0 = Instant::now();
         let conn = self.conn()?;
         let r = conn
-            .start(OP_LOOKUP, layer, ids, true)
+            .start(OP_LOOKUP, layer, ids, true, false)
             .and_then(|s| s.ok_or_else(|| conn.gone("no slot")))
             .and_then(|(slot, _)| conn.finish(slot, &self.inner.table, out));
         self.record(ids.len(), t0, r.is_ok());
@@ -790,9 +824,10 @@ impl RowSource for RemoteStore {
             return Ticket::ready(out, Ok(()));
         }
         let t0 = Instant::now();
-        let started = self
-            .conn()
-            .and_then(|conn| conn.start(OP_LOOKUP, layer, ids, true).map(|s| (conn, s)));
+        let started = self.conn().and_then(|conn| {
+            conn.start(OP_LOOKUP, layer, ids, true, true)
+                .map(|s| (conn, s))
+        });
         match started {
             Ok((conn, Some((slot, _)))) => Ticket::from_pending(Box::new(RemoteRows {
                 store: self.clone(),
@@ -816,7 +851,7 @@ impl RowSource for RemoteStore {
             return Ok(Speculation::not_taken());
         }
         let conn = self.conn()?;
-        Ok(match conn.start(OP_SPECULATE, layer, ids, false)? {
+        Ok(match conn.start(OP_SPECULATE, layer, ids, false, false)? {
             Some((_, tag)) => Speculation::from_pending(Box::new(RemoteSpeculation { conn, tag })),
             None => Speculation::not_taken(),
         })

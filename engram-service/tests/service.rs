@@ -794,3 +794,55 @@ fn connections_that_never_say_hello_are_counted_and_limited() {
         .is_ok()
     });
 }
+
+#[test]
+fn a_caller_holding_every_slot_gets_a_limit_error_not_a_hang() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(100, 5);
+    let table = make_table(tmp.path(), "t", &s);
+    let server = serve(
+        tmp.path(),
+        &[("t", &table)],
+        store_options(BackendKind::Memory, 0),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sock = server.socket().to_path_buf();
+    // On a thread of its own: a hang fails the test at the timeout instead of blocking it.
+    std::thread::spawn(move || {
+        let remote = client(&sock, None);
+        let rb = remote.row_bytes();
+        let slots = 4; // `client` asks for 4 slots
+        let mut held = Vec::new();
+        let mut limits = 0;
+        for k in 0..300u64 {
+            let t = remote.prefetch(0, &[k % 100], remote.alloc_rows(1).expect("buf"));
+            if held.len() == slots {
+                let (_, r) = t.wait();
+                let e = r.expect_err("a limit error");
+                assert!(
+                    matches!(&e, engram_store::Error::Remote(_))
+                        && e.to_string().contains("ENGRAM_SERVICE_MAX_TICKETS"),
+                    "{e}"
+                );
+                limits += 1;
+            } else {
+                held.push(t);
+            }
+        }
+        let mut out = vec![0u8; rb];
+        let e = remote
+            .lookup_into(0, &[1], &mut out)
+            .expect_err("a lookup while every slot is held");
+        assert!(e.to_string().contains("prefetch tickets held"), "{e}");
+        let n = held.len();
+        for t in held {
+            t.wait().1.expect("held rows");
+        }
+        remote.lookup_into(0, &[1], &mut out).expect("served again");
+        let _ = tx.send((n, limits));
+    });
+    let (held, limits) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("300 prefetches with held tickets finish (no hang)");
+    assert_eq!((held, limits), (4, 296));
+}

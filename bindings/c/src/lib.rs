@@ -27,6 +27,13 @@ use engram_bindings::{
     BackendKind, Error, Handle, OpenConfig, PendingRows, Result, RowLayout, TokenIds,
 };
 
+/// Prefetch tickets a "unix:PATH" store (a client of `engram serve`) may hold unfreed:
+/// with this many held, the next `engram_store_prefetch` or `engram_store_lookup_into` on
+/// it fails with `ENGRAM_ERR_LIMIT` instead of waiting for a slot only the caller can free.
+pub const ENGRAM_SERVICE_MAX_TICKETS: usize = 16;
+/// The same for a store opened from a table directory (its prefetch slots).
+pub const ENGRAM_LOCAL_MAX_TICKETS: usize = 64;
+
 /// Return codes. Every function that returns `int` returns `ENGRAM_OK` (0) on success and
 /// one of these on failure; `engram_last_error()` then holds the message.
 #[repr(C)]
@@ -489,7 +496,9 @@ pub extern "C" fn engram_store_backend(store: *const engram_store) -> *const c_c
 
 /// Reads rows `ids[0..n)` of layer `layer_id` into `out`, on the calling thread, through
 /// the hot-row cache. `out_len` must be exactly `n * engram_store_row_bytes(store)`;
-/// anything else is `ENGRAM_ERR_BUFFER_SIZE` and nothing is written. A row id beyond the
+/// anything else is `ENGRAM_ERR_BUFFER_SIZE` and nothing is written. `ids` and `out` that
+/// share a byte are `ENGRAM_ERR_INVALID_ARGUMENT` (as for every call that reads one
+/// buffer and writes another). A row id beyond the
 /// layer is `ENGRAM_ERR_OUT_OF_RANGE`. `ids` and `out` may be NULL only when `n` is 0.
 /// Thread-safe (concurrent lookups on one store are fine; their `out` must not overlap).
 #[unsafe(no_mangle)]
@@ -503,7 +512,6 @@ pub extern "C" fn engram_store_lookup_into(
 ) -> c_int {
     guard("engram_store_lookup_into", || {
         let h = handle(store)?;
-        let ids = ptr::slice(ids, n, "ids")?;
         let need = n.saturating_mul(h.row_bytes());
         if out_len != need {
             return Err(Error::Buffer {
@@ -513,14 +521,16 @@ pub extern "C" fn engram_store_lookup_into(
                 found: out_len,
             });
         }
-        let out = ptr::slice_mut(out, out_len, "out")?;
+        let (ids, out) = ptr::in_out(ids, n, "ids", out, out_len, "out")?;
         h.lookup_into(u64::from(layer_id), ids, out)
     })
 }
 
 /// Starts reading rows `ids[0..n)` of layer `layer_id` on the store's I/O workers and
 /// returns at once with a ticket in `*out` (the ids are copied: `ids` may be reused on
-/// return). Blocks only while the store's in-flight limit is reached. An unknown layer
+/// return). Waits only for a slot another call will free: when the caller holds
+/// `ENGRAM_LOCAL_MAX_TICKETS` (`ENGRAM_SERVICE_MAX_TICKETS` for "unix:PATH") unfreed
+/// tickets, it fails with `ENGRAM_ERR_LIMIT` (wait on or free one first). An unknown layer
 /// fails here; a bad row id fails in `engram_ticket_wait`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn engram_store_prefetch(
@@ -562,9 +572,15 @@ pub extern "C" fn engram_ticket_wait(
 ) -> c_int {
     guard("engram_ticket_wait", || {
         let t = &mut ptr::obj_mut(ticket, "ticket")?.inner;
+        let rows = t.wait()?;
         if out.is_null() && out_len == 0 {
-            return t.wait().map(|_| ());
+            return Ok(());
         }
+        // `out` may not be the ticket's own rows (from engram_ticket_rows).
+        engram_bindings::disjoint(
+            engram_bindings::Extent::of(rows.as_ptr(), rows.len(), "the ticket's rows"),
+            engram_bindings::Extent::of(out.cast_const(), out_len, "out"),
+        )?;
         t.wait_into(ptr::slice_mut(out, out_len, "out")?)
     })
 }
@@ -628,7 +644,6 @@ pub extern "C" fn engram_store_row_ids(
                 });
             }
         };
-        let tokens = ptr::slice(tokens, n_tokens, "tokens")?;
         let need = n_tokens.saturating_mul(h.n_hash_heads());
         if out_len != need {
             return Err(Error::Buffer {
@@ -638,7 +653,7 @@ pub extern "C" fn engram_store_row_ids(
                 found: out_len,
             });
         }
-        let out = ptr::slice_mut(out, out_len, "out")?;
+        let (tokens, out) = ptr::in_out(tokens, n_tokens, "tokens", out, out_len, "out")?;
         h.row_ids(u64::from(layer_id), tokens, 1, n_tokens, kind, out)
     })
 }
@@ -655,8 +670,7 @@ pub extern "C" fn engram_store_dequantize(
 ) -> c_int {
     guard("engram_store_dequantize", || {
         let h = handle(store)?;
-        let rows = ptr::slice(rows, rows_len, "rows")?;
-        let out = ptr::slice_mut(out, out_len, "out")?;
+        let (rows, out) = ptr::in_out(rows, rows_len, "rows", out, out_len, "out")?;
         h.dequantize(rows, out)
     })
 }

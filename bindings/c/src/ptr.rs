@@ -57,6 +57,24 @@ pub(crate) fn slice_mut<'a, T>(p: *mut T, len: usize, what: &'static str) -> Res
     Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
 }
 
+/// An input of `n` elements at `src` and an output of `m` elements at `dst` for one call:
+/// refused when they share a byte (checked on the addresses, before either reference
+/// exists), then as [`slice`] and [`slice_mut`].
+pub(crate) fn in_out<'a, S, D>(
+    src: *const S,
+    n: usize,
+    src_what: &'static str,
+    dst: *mut D,
+    m: usize,
+    dst_what: &'static str,
+) -> Result<(&'a [S], &'a mut [D])> {
+    engram_bindings::disjoint(
+        engram_bindings::Extent::of(src, n, src_what),
+        engram_bindings::Extent::of(dst.cast_const(), m, dst_what),
+    )?;
+    Ok((slice(src, n, src_what)?, slice_mut(dst, m, dst_what)?))
+}
+
 /// A reference to one object the caller owns (NULL is an error).
 pub(crate) fn obj<'a, T>(p: *const T, what: &'static str) -> Result<&'a T> {
     check(p, 1, what)?;
