@@ -169,6 +169,12 @@ fn run_as_nobody(exe: &Path, role: &str) -> String {
 #[test]
 fn a_client_of_another_user_is_refused() {
     if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("ENGRAM_REQUIRE_ROOT").is_none(),
+            "ENGRAM_REQUIRE_ROOT is set but this test runs as uid {}: refusing another \
+             user's client needs root",
+            rustix::process::geteuid().as_raw()
+        );
         eprintln!(
             "SKIPPED: refusing another user's client needs root (to start a client as uid 65534); CI runs as root"
         );

@@ -218,3 +218,72 @@ fn a_hello_dribbled_one_byte_a_second_does_not_hold_sigterm() {
     eprintln!("stopped {took:?} after SIGTERM with a hello half sent");
     drop(dribbler);
 }
+
+/// `engram serve` with arguments, to its exit: (status, stderr).
+fn serve_fails(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(bin("engram"))
+        .arg("serve")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("engram serve");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_failed_start_removes_its_socket_file_and_never_a_live_servers() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let table = table(tmp.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("addr").to_string();
+    let sock = tmp.path().join("other.sock");
+    let (code, err) = serve_fails(&[
+        table.as_os_str(),
+        "--socket".as_ref(),
+        sock.as_os_str(),
+        "--metrics-addr".as_ref(),
+        port.as_ref(),
+    ]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        !sock.exists(),
+        "the failed start left {}: {err}",
+        sock.display()
+    );
+    // A second server on a live server's socket fails and leaves that socket alone.
+    let (mut live, live_sock) = serve(tmp.path(), &table);
+    let (code, err) = serve_fails(&[
+        table.as_os_str(),
+        "--socket".as_ref(),
+        live_sock.as_os_str(),
+        "--metrics-addr".as_ref(),
+        port.as_ref(),
+    ]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("another server is listening"), "{err}");
+    good_client_is_served(&live_sock, &table);
+    stop_within(&mut live, Duration::from_secs(5));
+}
+
+#[test]
+fn max_clients_0_says_why() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let table = table(tmp.path());
+    let sock = tmp.path().join("s.sock");
+    let (code, err) = serve_fails(&[
+        table.as_os_str(),
+        "--socket".as_ref(),
+        sock.as_os_str(),
+        "--max-clients".as_ref(),
+        "0".as_ref(),
+    ]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("0 would refuse every client") && !err.contains("above the limit"),
+        "{err}"
+    );
+    assert!(!sock.exists());
+}

@@ -124,7 +124,8 @@ pub struct engram_store_options {
     pub struct_size: usize,
     /// An `engram_backend` value (default `ENGRAM_BACKEND_AUTO`).
     pub backend: i32,
-    /// Check every device read against its block checksum: 1 (default) or 0.
+    /// Check every device read against its block checksum: 1 (default) or 0 (a corrupted
+    /// block on the medium then comes back as wrong rows, silently, instead of an error).
     pub verify: i32,
     /// Hot-row cache budget in bytes (default 0: no cache).
     pub cache_bytes: u64,

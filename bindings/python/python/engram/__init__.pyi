@@ -46,7 +46,8 @@ class Store:
     cache budget (0: none), seeded from ``profile`` (a ``profile.bin``) when given.
     ``tokenizer``: the ``tokenizer.json`` the table was built with; needed to hash raw token
     ids. ``queue_depth``, ``io_workers``, ``max_batch_rows``: store tuning (``None``:
-    defaults 32, 2, 65536). ``verify``: check every device read against its checksum.
+    defaults 32, 2, 65536). ``verify``: check every device read against its checksum
+    (``False`` turns media corruption into wrong rows, silently).
     """
 
     def __init__(
