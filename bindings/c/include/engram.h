@@ -122,7 +122,8 @@ typedef struct engram_store_options {
   size_t struct_size;
   // An `engram_backend` value (default `ENGRAM_BACKEND_AUTO`).
   int32_t backend;
-  // Check every device read against its block checksum: 1 (default) or 0.
+  // Check every device read against its block checksum: 1 (default) or 0 (a corrupted
+  // block on the medium then comes back as wrong rows, silently, instead of an error).
   int32_t verify;
   // Hot-row cache budget in bytes (default 0: no cache).
   uint64_t cache_bytes;
