@@ -40,6 +40,9 @@ use crate::wire;
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a waiting client checks that the server is still there.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
+/// Longest a prefetch waits for a slot while prefetch tickets, some of other threads,
+/// hold every slot; then it is a `Limit` error.
+pub const HELD_TICKET_WAIT: Duration = Duration::from_secs(10);
 /// Default slots (requests in flight).
 pub const DEFAULT_SLOTS: u32 = 16;
 /// Default rows per request.
@@ -126,9 +129,9 @@ struct State {
     tags: Vec<u64>,
     /// (slots,) whether the slot carries a speculation (freed when it completes)
     spec: Vec<bool>,
-    /// (slots,) whether the slot belongs to a prefetch ticket (freed when the ticket is
-    /// waited on or dropped: only its holder can free it)
-    ticket: Vec<bool>,
+    /// (slots,) the thread that started the prefetch ticket holding the slot (freed when
+    /// the ticket is waited on or dropped: only its holder can free it)
+    ticket: Vec<Option<std::thread::ThreadId>>,
     /// Slots held by tickets.
     tickets: usize,
     done: Vec<Option<Cqe>>,
@@ -292,7 +295,7 @@ impl Conn {
                 free: (0..slots).rev().collect(),
                 tags: vec![0; n],
                 spec: vec![false; n],
-                ticket: vec![false; n],
+                ticket: vec![None; n],
                 tickets: 0,
                 done: vec![None; n],
                 sq_tail: 0,
@@ -416,9 +419,10 @@ impl Conn {
                 }
             }
             if st.reaping {
-                st = match self.cond.wait(st) {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
+                // Bounded, so that `take` sees its own deadlines.
+                st = match self.cond.wait_timeout(st, WAIT_SLICE) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
                 };
                 continue;
             }
@@ -438,8 +442,8 @@ impl Conn {
         }
     }
 
-    /// Waits for a completion to be posted: spins if asked, then sleeps on the doorbell
-    /// while watching the socket for the server going away.
+    /// Waits for a completion to be posted, at most one [`WAIT_SLICE`]: spins if asked,
+    /// then sleeps on the doorbell while watching the socket for the server going away.
     fn block(&self) -> Result<()> {
         let r = &self.region;
         let ready = || {
@@ -449,23 +453,20 @@ impl Conn {
         if spin_then(self.spin, r.atomic_u32(H_CLIENT_FLAGS), ready) {
             return Ok(());
         }
-        loop {
-            match wait_client(&self.cq_bell, self.sock.as_fd(), WAIT_SLICE)? {
-                Woke::Bell => return Ok(()),
-                Woke::HangUp => return Err(self.gone("the server closed the connection")),
-                Woke::Timeout | Woke::Message => {
-                    if ready() {
-                        return Ok(());
-                    }
-                }
-            }
+        // Back to the caller's `take` after a slice without a bell too (it may have a
+        // deadline, and it reaps whatever came).
+        match wait_client(&self.cq_bell, self.sock.as_fd(), WAIT_SLICE)? {
+            Woke::HangUp => Err(self.gone("the server closed the connection")),
+            Woke::Bell | Woke::Timeout | Woke::Message => Ok(()),
         }
     }
 
     /// Takes a free slot (waiting for one when `wait`), writes `ids` and submits; a
-    /// `ticket` keeps its slot until [`Conn::finish`]. Waiting for a slot while every slot
-    /// is held by a ticket would wait for ever (only their holders free them): that is a
-    /// [`ServiceError::Limit`] instead.
+    /// `ticket` keeps its slot until [`Conn::finish`]. When tickets hold every slot, only
+    /// their holders can free one: if this thread started them all, waiting would never
+    /// end, so it is a [`ServiceError::Limit`] at once; if other threads hold some, it
+    /// waits for one of them at most [`HELD_TICKET_WAIT`] (two threads that each hold
+    /// tickets and each want one more would otherwise wait for each other for ever).
     fn start(
         &self,
         op: u32,
@@ -476,14 +477,20 @@ impl Conn {
     ) -> Result<Option<(u32, u64)>> {
         let slot = if wait {
             let slots = self.layout.slots as usize;
+            let me = std::thread::current().id();
+            let deadline = Instant::now() + HELD_TICKET_WAIT;
             self.wait_for(|st| match st.free.pop() {
                 Some(s) => Some(Ok(s)),
-                None if st.tickets >= slots => Some(Err(ServiceError::Limit {
-                    what: "prefetch tickets held at once (wait on or free one first)",
-                    name: "ClientOptions::slots, ENGRAM_SERVICE_MAX_TICKETS",
-                    limit: slots as u64,
-                    found: slots as u64 + 1,
-                })),
+                None if st.tickets >= slots
+                    && (st.ticket.iter().all(|t| *t == Some(me)) || Instant::now() >= deadline) =>
+                {
+                    Some(Err(ServiceError::Limit {
+                        what: "prefetch tickets held at once (wait on or free one first)",
+                        name: "ClientOptions::slots, ENGRAM_SERVICE_MAX_TICKETS",
+                        limit: slots as u64,
+                        found: slots as u64 + 1,
+                    }))
+                }
                 None => None,
             })??
         } else {
@@ -514,7 +521,7 @@ impl Conn {
                 self.submit(&mut st, sqe)
             });
         if r.is_ok() && ticket {
-            st.ticket[slot as usize] = true;
+            st.ticket[slot as usize] = Some(std::thread::current().id());
             st.tickets += 1;
         }
         if let Err(e) = r {
@@ -549,7 +556,7 @@ impl Conn {
         };
         let mut st = lock(&self.state);
         st.tags[slot as usize] = 0;
-        if std::mem::take(&mut st.ticket[slot as usize]) {
+        if st.ticket[slot as usize].take().is_some() {
             st.tickets -= 1;
         }
         st.free.push(slot);
