@@ -32,6 +32,8 @@
 pub mod bell;
 pub mod client;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod protocol;
 pub mod server;
 pub mod shm;
