@@ -508,3 +508,30 @@ fn load_compression(path: &Path, table: &Path, table_sha: &str) -> Result<Compre
     }
     Ok(CompressionTable::from_tokenizer(&tok.tokenizer)?)
 }
+
+#[cfg(test)]
+mod properties {
+    use super::check_canonical;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Canonical ids pass exactly when each is negative (padding) or below the
+        /// vocabulary; the error names the first one that is not, as OUT_OF_RANGE.
+        #[test]
+        fn canonical_ids_are_checked_against_the_vocabulary(
+            ids in proptest::collection::vec(any::<i64>(), 0..40),
+            vocab in 1u64..200_000,
+        ) {
+            let first_bad = ids.iter().position(|&t| t >= 0 && t as u64 >= vocab);
+            match check_canonical(&ids, vocab) {
+                Ok(()) => prop_assert!(first_bad.is_none()),
+                Err(e) => {
+                    prop_assert_eq!(e.kind(), crate::ErrorKind::OutOfRange);
+                    let i = first_bad.expect("an id out of range");
+                    let want = format!("at index {i} ");
+                    prop_assert!(e.to_string().contains(&want), "{}", e);
+                }
+            }
+        }
+    }
+}
