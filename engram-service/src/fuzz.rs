@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use engram_store::RowSource;
 
-use crate::protocol::{H_CQ_TAIL, H_SQ_TAIL, RegionLayout, Reply, Request, SQE_BYTES};
-use crate::shm::Region;
-use crate::{ClientOptions, RemoteStore, Server, ServerOptions, TableSpec, wire};
+use crate::protocol::{H_CQ_TAIL, H_SQ_TAIL, SQE_BYTES};
+use crate::raw::RawClient;
+use crate::{ClientOptions, RemoteStore, Server, ServerOptions, TableSpec};
 
 struct Fixture {
     _server: Server,
@@ -88,34 +88,10 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn bound() -> wire::Bound<'static> {
-    wire::Bound::within(Duration::from_secs(5))
-}
-
-/// A client attached by hand (2 slots of 4 rows).
-fn attach(f: &Fixture) -> Option<(UnixStream, Region, RegionLayout, crate::bell::Doorbell)> {
-    let sock = UnixStream::connect(&f.socket).expect("connect");
-    let hello = Request::Hello {
-        version: crate::protocol::PROTOCOL_VERSION,
-        table: None,
-        slots: 2,
-        slot_rows: 4,
-        server_spin_us: 0,
-    };
-    wire::send(&sock, &f.socket, &hello, &[], bound()).ok()?;
-    let (reply, fds) = wire::recv::<Reply>(&sock, &f.socket, "server", bound()).ok()?;
-    let Reply::Welcome {
-        slots, slot_rows, ..
-    } = reply
-    else {
-        // Refused (too many clients still detaching): nothing to fuzz this time.
-        return None;
-    };
-    let layout = RegionLayout::new(slots, slot_rows, f.good.row_bytes() as u32).expect("layout");
-    let mut fds = fds.into_iter();
-    let region = Region::attach(fds.next()?, layout.bytes).expect("region");
-    let bell = crate::bell::Doorbell::from_fd(fds.next()?, "server").expect("bell");
-    Some((sock, region, layout, bell))
+/// A client attached by hand (2 slots of 4 rows); `None` when refused (too many clients
+/// still detaching).
+fn attach(f: &Fixture) -> Option<RawClient> {
+    RawClient::attach(&f.socket, 2, 4, f.good.row_bytes() as u32).ok()
 }
 
 /// Writes `bytes` and waits a little for whatever the server answers.
@@ -128,9 +104,10 @@ fn poke(sock: &mut UnixStream, bytes: &[u8]) {
 }
 
 fn ring(f: &Fixture, data: &[u8]) {
-    let Some((_sock, region, layout, bell)) = attach(f) else {
+    let Some(c) = attach(f) else {
         return;
     };
+    let (region, layout) = (&c.region, c.layout);
     let Some((&tail_pick, rest)) = data.split_first() else {
         return;
     };
@@ -157,7 +134,7 @@ fn ring(f: &Fixture, data: &[u8]) {
         n as u32
     };
     region.atomic_u32(H_SQ_TAIL).store(tail, Ordering::Release);
-    bell.ring();
+    c.sq_bell.ring();
     let t0 = Instant::now();
     while region.atomic_u32(H_CQ_TAIL).load(Ordering::Acquire) == 0
         && t0.elapsed() < Duration::from_millis(20)
@@ -179,8 +156,8 @@ pub fn protocol(data: &[u8]) {
         }
         1 => ring(f, rest),
         _ => {
-            if let Some((mut sock, _region, _layout, _bell)) = attach(f) {
-                poke(&mut sock, rest);
+            if let Some(mut c) = attach(f) {
+                poke(&mut c.sock, rest);
             }
         }
     }

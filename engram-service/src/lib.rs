@@ -35,6 +35,8 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod protocol;
+#[doc(hidden)]
+pub mod raw;
 pub mod server;
 pub mod shm;
 pub mod signals;

@@ -7,11 +7,9 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use engram_service::protocol::{
-    H_CQ_TAIL, H_SQ_TAIL, OP_LOOKUP, PROTOCOL_VERSION, RegionLayout, Reply, Request, Sqe,
-};
-use engram_service::shm::Region;
-use engram_service::{ClientOptions, RemoteStore, ServiceError, Target, wire};
+use engram_service::protocol::{H_CQ_TAIL, H_SQ_TAIL, OP_LOOKUP, Sqe};
+use engram_service::raw::RawClient;
+use engram_service::{ClientOptions, RemoteStore, ServiceError, Target};
 use engram_store::{BackendKind, RowSource, Store};
 
 fn client(sock: &std::path::Path, table: Option<&str>) -> RemoteStore {
@@ -210,55 +208,8 @@ fn bad_requests_get_the_stores_errors() {
 }
 
 /// A hand-made client that skips the client library's checks.
-struct RawClient {
-    _sock: std::os::unix::net::UnixStream,
-    region: Region,
-    layout: RegionLayout,
-    bell: engram_service::bell::Doorbell,
-}
-
-#[allow(clippy::panic)] // a test helper: no welcome fails the test
 fn raw_client(sock_path: &std::path::Path) -> RawClient {
-    let sock = std::os::unix::net::UnixStream::connect(sock_path).expect("connect");
-    let hello = Request::Hello {
-        version: PROTOCOL_VERSION,
-        table: None,
-        slots: 2,
-        slot_rows: 8,
-        server_spin_us: 0,
-    };
-    let bound = wire::Bound::within(std::time::Duration::from_secs(10));
-    wire::send(&sock, sock_path, &hello, &[], bound).expect("hello");
-    let (reply, fds) = wire::recv::<Reply>(&sock, sock_path, "server", bound).expect("welcome");
-    let Reply::Welcome {
-        slots, slot_rows, ..
-    } = reply
-    else {
-        panic!("no welcome: {reply:?}")
-    };
-    let layout = RegionLayout::new(slots, slot_rows, 264).expect("layout");
-    let mut fds = fds.into_iter();
-    let region = Region::attach(fds.next().expect("memfd"), layout.bytes).expect("attach");
-    let bell = engram_service::bell::Doorbell::from_fd(fds.next().expect("bell"), "server")
-        .expect("a doorbell");
-    RawClient {
-        _sock: sock,
-        region,
-        layout,
-        bell,
-    }
-}
-
-impl RawClient {
-    fn submit(&self, index: u32, sqe: Sqe) {
-        self.region
-            .write(self.layout.sqe(index), &sqe.encode())
-            .expect("sqe");
-        self.region
-            .atomic_u32(H_SQ_TAIL)
-            .store(index + 1, std::sync::atomic::Ordering::Release);
-        self.bell.ring();
-    }
+    RawClient::attach(sock_path, 2, 8, 264).expect("attached by hand")
 }
 
 #[test]
@@ -289,7 +240,8 @@ fn a_client_that_breaks_the_protocol_is_cut_off_alone() {
             rows: 1,
             tag: 9,
         },
-    );
+    )
+    .expect("submit");
     eventually("an error completion", || {
         raw.region
             .atomic_u32(H_CQ_TAIL)
@@ -323,7 +275,8 @@ fn a_client_that_breaks_the_protocol_is_cut_off_alone() {
             rows: 1,
             tag: 10,
         },
-    );
+    )
+    .expect("submit");
     eventually("the violation", || {
         server.stats().protocol_violations_total == 1
     });
@@ -352,7 +305,7 @@ fn a_client_that_breaks_the_protocol_is_cut_off_alone() {
     .enumerate()
     {
         let raw = raw_client(server.socket());
-        raw.submit(0, bad);
+        raw.submit(0, bad).expect("submit");
         eventually("the violation", || {
             server.stats().protocol_violations_total == 2 + k as u64
         });
@@ -362,7 +315,7 @@ fn a_client_that_breaks_the_protocol_is_cut_off_alone() {
     raw.region
         .atomic_u32(H_SQ_TAIL)
         .store(1 << 30, std::sync::atomic::Ordering::Release);
-    raw.bell.ring();
+    raw.sq_bell.ring();
     eventually("the fourth violation", || {
         server.stats().protocol_violations_total == 4
     });

@@ -5,34 +5,21 @@
 //! the server within a few seconds: no attack holds a thread, a client slot or the stop.
 #![allow(clippy::panic)] // tests fail by panicking
 
+mod common;
+
+use common::bin;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use engram_kernels::EngramConfig;
-use engram_service::protocol::{
-    H_SQ_TAIL, OP_LOOKUP, PROTOCOL_VERSION, RegionLayout, Reply, Request, Sqe,
-};
-use engram_service::shm::Region;
-use engram_service::{ClientOptions, RemoteStore, wire};
+use engram_service::protocol::{OP_LOOKUP, PROTOCOL_VERSION, Request, Sqe};
+use engram_service::raw::RawClient;
+use engram_service::{ClientOptions, RemoteStore};
 use engram_store::synth::{SynthSpec, write_synth};
 use engram_store::{RowLayout, RowSource, Store, StoreOptions};
-
-/// A workspace binary (built by `cargo test --workspace` beside this test's binary).
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace's binaries (cargo build -p engram-tools)",
-        p.display()
-    );
-    p
-}
 
 fn table(dir: &Path) -> PathBuf {
     let spec = SynthSpec {
@@ -119,33 +106,14 @@ fn stop_within(server: &mut Served, limit: Duration) -> Duration {
 /// 0xfffffffffffffffe (an eventfd's largest count) and submit a lookup, so that the
 /// server's ring of that doorbell would block; then go away.
 fn doorbell_attack(sock_path: &Path) {
-    let sock = UnixStream::connect(sock_path).expect("connect");
-    let bound = wire::Bound::within(Duration::from_secs(10));
-    let hello = Request::Hello {
-        version: PROTOCOL_VERSION,
-        table: None,
-        slots: 2,
-        slot_rows: 8,
-        server_spin_us: 0,
-    };
-    wire::send(&sock, sock_path, &hello, &[], bound).expect("hello");
-    let (reply, fds) = wire::recv::<Reply>(&sock, sock_path, "server", bound).expect("reply");
-    let Reply::Welcome {
-        slots, slot_rows, ..
-    } = reply
-    else {
-        panic!("attacker not attached: {reply:?}")
-    };
-    let layout = RegionLayout::new(slots, slot_rows, 128).expect("layout");
-    let mut fds = fds.into_iter();
-    let (Some(r), Some(sq), Some(cq)) = (fds.next(), fds.next(), fds.next()) else {
-        panic!("three descriptors with the welcome")
-    };
-    let region = Region::attach(r, layout.bytes).expect("attach");
+    let c = RawClient::attach(sock_path, 2, 8, 128).expect("the attacker attaches");
     // O_NONBLOCK off on the description the server was given, then the counter full.
-    rustix::fs::fcntl_setfl(&cq, rustix::fs::OFlags::empty()).expect("F_SETFL");
-    let _ = rustix::io::write(&cq, &0xffff_ffff_ffff_fffeu64.to_ne_bytes());
-    region.write_u64s(layout.ids(0), &[1, 2, 3]).expect("ids");
+    let cq = c.cq_bell.fd();
+    rustix::fs::fcntl_setfl(cq, rustix::fs::OFlags::empty()).expect("F_SETFL");
+    let _ = rustix::io::write(cq, &0xffff_ffff_ffff_fffeu64.to_ne_bytes());
+    c.region
+        .write_u64s(c.layout.ids(0), &[1, 2, 3])
+        .expect("ids");
     let sqe = Sqe {
         op: OP_LOOKUP,
         slot: 0,
@@ -153,9 +121,7 @@ fn doorbell_attack(sock_path: &Path) {
         rows: 3,
         tag: 1,
     };
-    region.write(layout.sqe(0), &sqe.encode()).expect("sqe");
-    region.atomic_u32(H_SQ_TAIL).store(1, Ordering::Release);
-    let _ = rustix::io::write(&sq, &1u64.to_ne_bytes());
+    c.submit(0, sqe).expect("submit");
     // Long enough for the server to serve the lookup and ring the doorbell.
     std::thread::sleep(Duration::from_millis(300));
 }

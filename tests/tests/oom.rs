@@ -4,23 +4,13 @@
 //! --threads 64 --backend uring` at 200 MB aborted).
 #![allow(clippy::panic)] // tests fail by panicking
 
+mod common;
+
+use common::bin;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A workspace binary (built by `cargo test --workspace` beside this test's binary).
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace's binaries (cargo build -p engram-tools -p moe-core)",
-        p.display()
-    );
-    p
-}
 
 /// `argv` under `ulimit -v MB` (through sh, so the limit holds from exec on).
 fn limited(mb: u64, argv: &[&str]) -> Child {
