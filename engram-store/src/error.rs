@@ -279,6 +279,19 @@ pub enum Error {
         /// The first failure, in words.
         reason: String,
     },
+    /// An I/O engine (a ring, the pread pool, a remote store's client) failed: every
+    /// request in flight on it ended with this error, and the store rebuilt the engine, so
+    /// the next request may succeed. Counted in `StatsSnapshot::engine_failures`.
+    #[error(
+        "I/O engine {engine} failed ({cause}); the requests in flight on it were failed and \
+         the engine rebuilt: retry"
+    )]
+    Engine {
+        /// The engine's name (`uring`, `pread`, `mooncake`, `memory`).
+        engine: &'static str,
+        /// What failed, in words (`io_uring_enter: ...`, an injected `reap@N`).
+        cause: String,
+    },
     /// The batch was cancelled before it finished (speculative prefetch).
     #[error("cancelled")]
     Cancelled,

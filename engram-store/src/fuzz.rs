@@ -124,3 +124,46 @@ fn check_candidates(data: &[u8]) {
         assert!(out.len() <= c.k());
     }
 }
+
+/// The request pipeline's simulation ([`crate::sim`]): the first 8 bytes seed the faults
+/// and store shape, the rest are operations. A broken invariant (a wrong row, a request
+/// that never completes, a staging slot not free at rest, counters that do not add up)
+/// panics with what broke.
+pub fn pipeline_sim(data: &[u8]) {
+    let table = sim_table();
+    let (seed, ops) = match data.split_first_chunk::<8>() {
+        Some((s, rest)) => (u64::from_le_bytes(*s), rest),
+        None => (0, data),
+    };
+    if let Err(e) = crate::sim::run(table, seed, ops) {
+        panic!("pipeline simulation, seed {seed}: {e}");
+    }
+}
+
+/// A small synthetic table for the simulation, written once per process into a temporary
+/// directory that is removed again at once (the open table keeps its files open).
+pub(crate) fn sim_table() -> &'static std::sync::Arc<crate::table::Table> {
+    static TABLE: std::sync::OnceLock<std::sync::Arc<crate::table::Table>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("engram-sim-{}", std::process::id()));
+        let spec = crate::synth::SynthSpec {
+            config: engram_kernels::EngramConfig {
+                max_ngram: 3,
+                n_heads: 2,
+                base_sizes: vec![300, 307],
+                layer_ids: vec![1, 4],
+                seed: 3,
+                pad_id: 2,
+            },
+            row_layout: crate::format::RowLayout::Bf16,
+            dim: 64,
+            seed: 5,
+            block_bytes: None,
+        };
+        crate::synth::write_synth(&dir, &spec, true, |_, _, _| {}).expect("simulation table");
+        let table = crate::table::Table::open(&dir).expect("simulation table opens");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::sync::Arc::new(table)
+    })
+}

@@ -53,13 +53,15 @@
 //!
 //! # Prefetch tickets
 //!
-//! [`Store::prefetch`] hands a batch to an I/O worker and returns at once with a
+//! [`Store::prefetch`] hands a batch to a reactor (an I/O thread) and returns at once with a
 //! [`Ticket`]; the rows land in an [`AlignedBuf`] from [`Store::alloc_rows`] (page-aligned,
 //! page-locked when the process may lock memory), and [`Ticket::wait`] gives the buffer
 //! back with the outcome. This is how a decoder overlaps the table read with the layers
 //! computed before the Engram layer. At most [`StoreOptions::max_in_flight`] tickets are
-//! outstanding; one more blocks the caller (back-pressure) instead of growing a queue.
-//! Dropping a ticket waits for its batch. Small batches that DRAM alone can serve complete
+//! outstanding; one more waits (back-pressure) instead of growing a queue, at most
+//! [`StoreOptions::slot_wait`], after which its ticket holds [`Error::Limit`] (a caller
+//! holding every ticket itself would otherwise wait forever). Dropping a ticket waits for
+//! its batch. Small batches that DRAM alone can serve complete
 //! on the caller's thread ([`store::INLINE_MAX_ROWS`]).
 //!
 //! ```no_run
@@ -90,7 +92,7 @@
 //! frequency [`Profile`] (written by `engram-build` as [`profile::PROFILE_FILE`], bound to
 //! the table by its `table_id`) seeds it at open, pinning the hottest rows
 //! ([`cache::SeedOptions`]); on the device backends the seeding rows are read in file order
-//! through a second reader whose reads merge across gaps up to
+//! through a second backend whose reads merge across gaps up to
 //! [`store::SEED_COALESCE_GAP_BYTES`] (a 1% cache of a 34 GiB table: 263 s of 4 KiB random
 //! reads became 99 s on the same disk). N-gram records (`records.bin`, [`records`]) let one device read
 //! serve the rows that the hash heads of one n-gram order hit together, on cache misses.
@@ -173,16 +175,20 @@
 //! Each variant names what was expected, what was found and where (path, layer, byte
 //! offset), so a message says what to fix: a corrupt block is an [`Error::Checksum`] with
 //! its file, offset and both checksums; a size from input above a named limit is an
-//! [`Error::Limit`] naming the constant. [`Error::ShutDown`] and [`Error::Broken`] mean
-//! the store cannot continue: reopen it. Bad input never panics.
+//! [`Error::Limit`] naming the constant. [`Error::Engine`] means an I/O engine failed: the
+//! requests in flight on it ended with it, the store rebuilt the engine, the next request
+//! may succeed ([`StatsSnapshot::engine_failures`] counts them). [`Error::ShutDown`] and
+//! [`Error::Broken`] mean the store cannot continue: reopen it. Bad input never panics.
 //!
 //! # Threading
 //!
 //! [`Store`] is a cheap `Clone` handle and `Send + Sync`; [`Table`] is `Send + Sync`. Any
-//! number of threads may call [`Store::lookup_into`] at once; each call borrows a reader
-//! (its own staging buffers and, for io_uring, its own ring) from a pool. Prefetches run on
-//! [`StoreOptions::io_workers`] worker threads, each owning one reader. Dropping the store
-//! stops the workers after the jobs already queued; the last clone of a store drops it.
+//! number of threads may call [`Store::lookup_into`] at once. Every request takes one
+//! path (`pipeline`): a cache probe, then, unless DRAM serves the whole batch on the
+//! caller's thread, a bounded queue to [`StoreOptions::io_workers`] reactors (at most
+//! [`store::MAX_IO_WORKERS`]), each an I/O thread owning one engine (its own staging
+//! buffers and, for io_uring, its own ring). Dropping the store stops the reactors after
+//! the requests already queued, whatever is in flight; the last clone of a store drops it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![deny(
@@ -203,13 +209,16 @@ pub mod format;
 pub mod fuzz;
 pub mod io;
 pub mod metrics;
+pub(crate) mod pipeline;
 pub mod profile;
 pub mod publish;
 pub mod records;
+pub mod sim;
 pub mod source;
 pub mod store;
 pub mod synth;
 pub mod table;
+mod ticket;
 pub mod workload;
 
 pub use backend::external::EngineFactory;

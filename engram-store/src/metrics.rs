@@ -94,6 +94,9 @@ pub(crate) struct Metrics {
     spec_rows_read: AtomicU64,
     spec_dropped: AtomicU64,
     spec_failed: AtomicU64,
+    // Not reset by `reset`: an engine failure is never hidden by a warm-up reset.
+    engine_failures: AtomicU64,
+    engine_rebuilds: AtomicU64,
     hists: Mutex<Hists>,
 }
 
@@ -114,6 +117,8 @@ impl Default for Metrics {
             spec_rows_read: AtomicU64::new(0),
             spec_dropped: AtomicU64::new(0),
             spec_failed: AtomicU64::new(0),
+            engine_failures: AtomicU64::new(0),
+            engine_rebuilds: AtomicU64::new(0),
             hists: Mutex::new(Hists {
                 tier: [new_hist(), new_hist(), new_hist(), new_hist()],
                 stage: [new_hist(), new_hist(), new_hist(), new_hist()],
@@ -210,6 +215,13 @@ pub struct StatsSnapshot {
     pub spec_dropped: u64,
     /// Speculations that failed or were cancelled.
     pub spec_failed: u64,
+    /// I/O engine failures (a failed submit or reap): each failed every request in
+    /// flight on its reactor. Not cleared by a stats reset.
+    #[serde(default)]
+    pub engine_failures: u64,
+    /// Engines rebuilt after a failure. Not cleared by a stats reset.
+    #[serde(default)]
+    pub engine_rebuilds: u64,
     /// Device bytes / (distinct rows read x row bytes).
     pub read_amplification: f64,
     /// `cache_hits / (cache_hits + cache_misses)`, in `[0, 1]` (0 with no lookups).
@@ -246,6 +258,16 @@ impl Metrics {
                 .fetch_add(rows as u64, Ordering::Relaxed),
             Err(_) => self.spec_failed.fetch_add(1, Ordering::Relaxed),
         };
+    }
+
+    /// An engine failed (every request in flight on it was failed).
+    pub(crate) fn record_engine_failure(&self) {
+        self.engine_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An engine was rebuilt after a failure.
+    pub(crate) fn record_engine_rebuild(&self) {
+        self.engine_rebuilds.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A speculation was not taken (too many pending).
@@ -326,6 +348,8 @@ impl Metrics {
             spec_rows_read: g(&self.spec_rows_read),
             spec_dropped: g(&self.spec_dropped),
             spec_failed: g(&self.spec_failed),
+            engine_failures: g(&self.engine_failures),
+            engine_rebuilds: g(&self.engine_rebuilds),
             row_bytes,
             ..Default::default()
         };
@@ -372,7 +396,7 @@ pub fn prometheus_label(v: &str) -> String {
 /// empty) come before its `backend` label.
 pub fn prometheus_text(items: &[(&str, &StatsSnapshot)], o: &mut String) {
     type Field = fn(&StatsSnapshot) -> u64;
-    let counters: [(&str, &str, Field); 16] = [
+    let counters: [(&str, &str, Field); 18] = [
         (
             "batches_total",
             "Lookup and prefetch batches served.",
@@ -442,6 +466,16 @@ pub fn prometheus_text(items: &[(&str, &StatsSnapshot)], o: &mut String) {
             "speculation_failed_total",
             "Speculative prefetches that failed or were cancelled.",
             |s| s.spec_failed,
+        ),
+        (
+            "engine_failures_total",
+            "I/O engine failures (a failed submit or reap); each failed the requests in flight on it.",
+            |s| s.engine_failures,
+        ),
+        (
+            "engine_rebuilds_total",
+            "I/O engines rebuilt after a failure.",
+            |s| s.engine_rebuilds,
         ),
     ];
     for (name, help, field) in counters {

@@ -5,98 +5,12 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
+use common::file_engine::FileFactory;
 use common::*;
-use engram_store::io::{Completion, Engine, EngineError, Lease, ReadReq, Staging};
-use engram_store::{
-    BackendKind, BackendOptions, EngineFactory, Error, RowLayout, Store, StoreOptions, Table,
-};
-
-/// Reads layer-file ranges with plain `pread` when reaped; flips one byte of read number
-/// `corrupt_read` (counted across the factory's engines) when set.
-#[derive(Debug)]
-struct FileEngine {
-    files: Vec<std::fs::File>,
-    queued: Vec<(ReadReq, Lease)>,
-    reads: Arc<AtomicU64>,
-    corrupt_read: Option<u64>,
-}
-
-impl Engine for FileEngine {
-    fn name(&self) -> &'static str {
-        "file"
-    }
-
-    fn submit(&mut self, req: ReadReq, lease: Lease) -> Result<(), (Lease, EngineError)> {
-        self.queued.push((req, lease));
-        Ok(())
-    }
-
-    fn reap(
-        &mut self,
-        _min_complete: usize,
-        _timeout: Option<std::time::Duration>,
-        out: &mut Vec<Completion>,
-    ) -> Result<(), EngineError> {
-        for (req, mut lease) in self.queued.drain(..) {
-            let n = self.reads.fetch_add(1, Ordering::Relaxed);
-            let result = match self.files.get(req.file as usize) {
-                Some(f) => f
-                    .read_exact_at(lease.bytes_mut(), req.offset)
-                    .map(|()| lease.len()),
-                None => Err(std::io::Error::other("no such file")),
-            };
-            if self.corrupt_read == Some(n) {
-                lease.bytes_mut()[0] ^= 0x40;
-            }
-            out.push(Completion {
-                tag: req.tag,
-                lease,
-                result,
-            });
-        }
-        Ok(())
-    }
-
-    fn in_flight(&self) -> usize {
-        self.queued.len()
-    }
-}
-
-#[derive(Debug, Default)]
-struct FileFactory {
-    reads: Arc<AtomicU64>,
-    staging_bytes: AtomicU64,
-    corrupt_read: Option<u64>,
-}
-
-impl EngineFactory for FileFactory {
-    fn name(&self) -> &'static str {
-        "test-files"
-    }
-
-    fn engine(
-        &self,
-        table: &Arc<Table>,
-        staging: &Staging,
-    ) -> engram_store::Result<Box<dyn Engine>> {
-        self.staging_bytes
-            .store(staging.iovec().iov_len as u64, Ordering::Relaxed);
-        let mut files = Vec::new();
-        for l in 0..table.n_layers() {
-            files.push(std::fs::File::open(&table.layer(l)?.path).expect("layer file"));
-        }
-        Ok(Box::new(FileEngine {
-            files,
-            queued: Vec::new(),
-            reads: Arc::clone(&self.reads),
-            corrupt_read: self.corrupt_read,
-        }))
-    }
-}
+use engram_store::{BackendKind, BackendOptions, Error, RowLayout, Store, StoreOptions};
 
 fn open(dir: &std::path::Path, factory: Arc<FileFactory>, cache_bytes: u64) -> Store {
     Store::open(

@@ -283,3 +283,44 @@ fn sqpoll_and_unverified_512_byte_reads_return_the_same_rows() {
         }
     }
 }
+
+/// Hedged reads need a wait that times out (`IORING_FEAT_EXT_ARG`, Linux 5.11): on a
+/// kernel without it (injected here) io_uring with hedging is refused with an error naming
+/// the kernel, never a hedge that silently waits forever; pread hedges without it.
+#[test]
+fn hedging_on_uring_without_ext_arg_is_refused() {
+    if skip_uring(BackendKind::Uring) {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Bf16, 64, 100, 2);
+    let (dir, _) = make_table(tmp.path(), "t", &s);
+    let open = |kind| {
+        Store::open(
+            &dir,
+            &StoreOptions {
+                backend: BackendOptions {
+                    kind: Some(kind),
+                    uring_fault: Some(UringFault::NoExtArg),
+                    hedge_after_us: 500,
+                    pread_threads: 2,
+                    ..Default::default()
+                },
+                io_workers: 1,
+                ..Default::default()
+            },
+        )
+    };
+    let e = open(BackendKind::Uring).expect_err("hedging without EXT_ARG");
+    let msg = e.to_string();
+    assert!(
+        matches!(e, engram_store::Error::Unavailable { .. })
+            && msg.contains("IORING_FEAT_EXT_ARG")
+            && msg.contains("Linux "),
+        "{msg}"
+    );
+    let st = open(BackendKind::Pread).expect("pread hedges without it");
+    let mut out = vec![0u8; st.row_bytes()];
+    st.lookup_into(0, &[7], &mut out).expect("lookup");
+    assert_eq!(out, expected_rows(&s, 0, &[7], st.row_bytes()));
+}

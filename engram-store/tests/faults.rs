@@ -9,17 +9,6 @@ use engram_store::{
     BackendKind, BackendOptions, Error, Fault, FaultPlan, RowLayout, Store, StoreOptions,
 };
 
-fn open(
-    dir: &std::path::Path,
-    kind: BackendKind,
-    verify: bool,
-    read_unit: u64,
-    qd: usize,
-    faults: FaultPlan,
-) -> Store {
-    open_hedged(dir, kind, verify, read_unit, qd, faults, 0)
-}
-
 fn open_hedged(
     dir: &std::path::Path,
     kind: BackendKind,
@@ -28,6 +17,20 @@ fn open_hedged(
     qd: usize,
     faults: FaultPlan,
     hedge_after_us: u64,
+) -> Store {
+    open_workers(dir, kind, verify, read_unit, qd, faults, hedge_after_us, 2)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn open_workers(
+    dir: &std::path::Path,
+    kind: BackendKind,
+    verify: bool,
+    read_unit: u64,
+    qd: usize,
+    faults: FaultPlan,
+    hedge_after_us: u64,
+    io_workers: usize,
 ) -> Store {
     Store::open(
         dir,
@@ -44,7 +47,7 @@ fn open_hedged(
                 hedge_after_us,
                 ..Default::default()
             },
-            io_workers: 2,
+            io_workers,
             max_in_flight: 4,
             ..Default::default()
         },
@@ -159,7 +162,8 @@ fn each_fault_kind_has_its_own_error() {
                 at: vec![(0, fault)],
                 ..FaultPlan::default()
             };
-            let st = open(&dir, kind, true, 4096, 4, plan);
+            // One reactor: the fault plan counts reads per reactor (per engine).
+            let st = open_workers(&dir, kind, true, 4096, 4, plan, 0, 1);
             let ids = [3u64, 700, 150];
             let mut out = vec![0u8; ids.len() * 128];
             let e = st
@@ -169,7 +173,7 @@ fn each_fault_kind_has_its_own_error() {
             assert!(msg.contains(needle), "{kind} {fault:?}: {msg}");
             assert!(msg.contains(&layer_file.display().to_string()), "{msg}");
             assert_located(&e, &dir);
-            // The next batch on the same reader is unaffected.
+            // The next batch on the same reactor is unaffected.
             st.lookup_into(0, &ids, &mut out).expect("after the fault");
             assert_eq!(out, expected_rows(&s, 0, &ids, 128));
         }

@@ -13,6 +13,7 @@ const TARGETS: &[(&str, FuzzFn)] = &[
     ("layer_header", engram_store::fuzz::layer_header),
     ("profile", engram_store::fuzz::profile),
     ("records", engram_store::fuzz::records),
+    ("pipeline_sim", engram_store::fuzz::pipeline_sim),
     ("safetensors_import", engram_tools::fuzz::safetensors_import),
     ("build_config", engram_tools::fuzz::build_config),
     ("vectors_hash", engram_tools::fuzz::vectors_hash),

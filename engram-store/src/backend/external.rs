@@ -1,7 +1,7 @@
 //! Backends whose read engine lives outside this crate: a distributed store such as
 //! Mooncake (the `engram-mooncake` crate) plugs in here without forking the driver.
 //!
-//! The caller puts an [`EngineFactory`] in [`BackendOptions::engine`]; every reader of the
+//! The caller puts an [`EngineFactory`] in [`BackendOptions::engine`]; every reactor of the
 //! store is then the one batch driver (the crate-internal `io::Driver`) over an engine the
 //! factory builds, so read planning, verification of every block against the table's checksums,
 //! scatter, hedged reads, fault injection and latency accounting are exactly those of the
@@ -12,7 +12,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::{Backend, BackendKind, BackendOptions, RowReader};
+use super::{Backend, BackendKind, BackendOptions};
 use crate::error::Result;
 use crate::io::{Driver, Engine, Staging};
 use crate::metrics::SharedHist;
@@ -23,7 +23,8 @@ pub trait EngineFactory: Send + Sync + fmt::Debug {
     /// The backend's name in stats, logs and [`BackendKind::External`] (`mooncake`).
     fn name(&self) -> &'static str;
 
-    /// An engine for one reader of `table`, reading into `staging`: its memory is one
+    /// An engine for one reactor of `table`, reading into `staging` (called again to
+    /// replace an engine that failed): its memory is one
     /// allocation, [`Staging::iovec`] (register it with the transport here). Engine file
     /// index `l < table.n_layers()` is layer file `l` (offsets are file offsets); index
     /// `n_layers` is the records file, read only when `BackendOptions::records` is set.
@@ -60,14 +61,13 @@ impl Backend for ExternalBackend {
         BackendKind::External(self.factory.name())
     }
 
-    fn reader(&self) -> Result<Box<dyn RowReader>> {
-        let driver = Driver::new(
+    fn driver(&self, rebuilt: bool) -> Result<Driver> {
+        Driver::new(
             &self.table,
-            &self.options,
+            &self.options.for_engine(rebuilt),
             self.latency.clone(),
             |staging| self.factory.engine(&self.table, staging),
-        )?;
-        Ok(Box::new(driver))
+        )
     }
 
     fn device_latency(&self) -> Option<&SharedHist> {

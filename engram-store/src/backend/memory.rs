@@ -2,25 +2,46 @@
 //! load. The reference for every other backend.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use super::{Backend, BackendKind, IoCounters, RowReader};
+use super::{Backend, BackendKind, BackendOptions, IoCounters};
 use crate::buffer::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::Geometry;
+use crate::io::{Driver, ResidentRows, gather_rows};
+use crate::metrics::SharedHist;
 use crate::table::Table;
 
 /// Resident rows.
 #[derive(Debug)]
 pub struct MemoryBackend {
+    table: Arc<Table>,
+    options: BackendOptions,
+    rows: Arc<MemoryRows>,
+}
+
+/// The resident row regions, shared by the backend and its drivers.
+#[derive(Debug)]
+struct MemoryRows {
     geo: Geometry,
+    data_offset: u64,
     // one (data_bytes,) buffer per layer
-    layers: Arc<Vec<AlignedBuf>>,
+    layers: Vec<AlignedBuf>,
 }
 
 impl MemoryBackend {
     /// Reads (and, with `verify`, checks) every layer into RAM.
     pub fn load(table: &Arc<Table>, verify: bool) -> Result<Self> {
+        Self::load_with(
+            table,
+            &BackendOptions {
+                verify,
+                ..BackendOptions::default()
+            },
+        )
+    }
+
+    /// [`MemoryBackend::load`] with the store's backend options (verification, faults).
+    pub fn load_with(table: &Arc<Table>, options: &BackendOptions) -> Result<Self> {
         let mut layers = Vec::with_capacity(table.n_layers());
         for li in 0..table.n_layers() {
             let lf = table.layer(li)?;
@@ -33,21 +54,31 @@ impl MemoryBackend {
             for (b, chunk) in buf.as_mut_slice().chunks_mut(bb).enumerate() {
                 let (off, _) = table.block_range(li, b as u64)?;
                 super::pread_exact(&lf.file, &lf.path, chunk, off)?;
-                if verify {
+                if options.verify {
                     table.verify_block(li, b as u64, chunk)?;
                 }
             }
             layers.push(buf);
         }
         Ok(Self {
-            geo: table.geometry(),
-            layers: Arc::new(layers),
+            table: Arc::clone(table),
+            options: options.clone(),
+            rows: Arc::new(MemoryRows {
+                geo: table.geometry(),
+                data_offset: table.manifest().data_offset,
+                layers,
+            }),
         })
+    }
+
+    /// The rows as the driver's resident source.
+    pub(crate) fn resident_rows(&self) -> Arc<dyn ResidentRows> {
+        self.rows.clone()
     }
 
     /// The resident row region of layer `layer` (for DRAM-tier baselines).
     pub fn layer_bytes(&self, layer: usize) -> Option<&[u8]> {
-        self.layers.get(layer).map(|b| b.as_slice())
+        self.rows.layers.get(layer).map(|b| b.as_slice())
     }
 }
 
@@ -55,52 +86,49 @@ impl Backend for MemoryBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Memory
     }
-    fn reader(&self) -> Result<Box<dyn RowReader>> {
-        Ok(Box::new(MemoryReader {
-            geo: self.geo,
-            layers: Arc::clone(&self.layers),
-        }))
+    fn driver(&self, rebuilt: bool) -> Result<Driver> {
+        let options = self.options.for_engine(rebuilt);
+        Driver::resident(
+            &self.table,
+            &options,
+            SharedHist::default(),
+            self.resident_rows(),
+        )
+    }
+    /// None under a fault plan: every batch then goes through the fault engine.
+    fn resident(&self) -> Option<&dyn ResidentRows> {
+        let rows: &dyn ResidentRows = &*self.rows;
+        self.options.faults.is_none().then_some(rows)
     }
 }
 
-#[derive(Debug)]
-struct MemoryReader {
-    geo: Geometry,
-    layers: Arc<Vec<AlignedBuf>>,
-}
-
-/// Copies rows from a resident region: the plain gather loop.
-pub(crate) fn gather(geo: &Geometry, data: &[u8], ids: &[u64], slots: &[u32], out: &mut [u8]) {
-    let rb = geo.row_bytes as usize;
-    for (k, &row) in ids.iter().enumerate() {
-        let src = geo.row_offset(row) as usize;
-        let dst = if slots.is_empty() {
-            k
-        } else {
-            slots[k] as usize
-        } * rb;
-        out[dst..dst + rb].copy_from_slice(&data[src..src + rb]);
+impl ResidentRows for MemoryRows {
+    fn name(&self) -> &'static str {
+        "memory"
     }
-}
 
-impl RowReader for MemoryReader {
-    fn read_rows(
-        &mut self,
+    fn gather(
+        &self,
         layer: usize,
         ids: &[u64],
         slots: &[u32],
         out: &mut [u8],
         counters: &mut IoCounters,
     ) -> Result<()> {
-        let t = Instant::now();
         let data = self.layers.get(layer).ok_or(Error::LayerOutOfRange {
             layer,
             n_layers: self.layers.len(),
         })?;
-        gather(&self.geo, data, ids, slots, out);
+        gather_rows(&self.geo, data, ids, slots, out)?;
         counters.rows_unique += ids.len() as u64;
         counters.device_bytes += ids.len() as u64 * self.geo.row_bytes;
-        counters.scatter_ns += t.elapsed().as_nanos() as u64;
         Ok(())
+    }
+
+    fn file_range(&self, file: usize, offset: u64, len: usize) -> Option<&[u8]> {
+        let data = self.layers.get(file)?;
+        let at = usize::try_from(offset.checked_sub(self.data_offset)?).ok()?;
+        let bytes = data.get(at..)?;
+        Some(&bytes[..len.min(bytes.len())])
     }
 }

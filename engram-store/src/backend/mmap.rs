@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use memmap2::{Advice, Mmap, MmapOptions};
 
-use super::{Backend, BackendKind, IoCounters, RowReader};
+use super::{Backend, BackendKind, BackendOptions, IoCounters};
 use crate::error::{Error, Result, io};
+use crate::io::{Driver, ResidentRows, gather_rows};
+use crate::metrics::SharedHist;
 use crate::table::Table;
 
 #[derive(Debug)]
@@ -26,14 +27,32 @@ struct MappedLayer {
 /// Memory-mapped layers.
 #[derive(Debug)]
 pub struct MmapBackend {
+    options: BackendOptions,
+    rows: Arc<MappedRows>,
+}
+
+/// The mappings, shared by the backend and its drivers.
+#[derive(Debug)]
+struct MappedRows {
     table: Arc<Table>,
     verify: bool,
-    layers: Arc<Vec<MappedLayer>>,
+    layers: Vec<MappedLayer>,
 }
 
 impl MmapBackend {
     /// Maps every layer file of `table`; with `verify`, each checksum block is checked on first use.
     pub fn open(table: &Arc<Table>, verify: bool) -> Result<Self> {
+        Self::open_with(
+            table,
+            &BackendOptions {
+                verify,
+                ..BackendOptions::default()
+            },
+        )
+    }
+
+    /// [`MmapBackend::open`] with the store's backend options (verification, faults).
+    pub fn open_with(table: &Arc<Table>, options: &BackendOptions) -> Result<Self> {
         let mut layers = Vec::with_capacity(table.n_layers());
         for li in 0..table.n_layers() {
             let lf = table.layer(li)?;
@@ -48,9 +67,12 @@ impl MmapBackend {
             layers.push(MappedLayer { map, verified });
         }
         Ok(Self {
-            table: Arc::clone(table),
-            verify,
-            layers: Arc::new(layers),
+            options: options.clone(),
+            rows: Arc::new(MappedRows {
+                table: Arc::clone(table),
+                verify: options.verify,
+                layers,
+            }),
         })
     }
 }
@@ -59,58 +81,90 @@ impl Backend for MmapBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Mmap
     }
-    fn reader(&self) -> Result<Box<dyn RowReader>> {
-        Ok(Box::new(MmapReader {
-            table: Arc::clone(&self.table),
-            verify: self.verify,
-            layers: Arc::clone(&self.layers),
-        }))
+    fn driver(&self, rebuilt: bool) -> Result<Driver> {
+        let rows: Arc<dyn ResidentRows> = self.rows.clone();
+        let options = self.options.for_engine(rebuilt);
+        Driver::resident(&self.rows.table, &options, SharedHist::default(), rows)
+    }
+    /// None under a fault plan: every batch then goes through the fault engine.
+    fn resident(&self) -> Option<&dyn ResidentRows> {
+        let rows: &dyn ResidentRows = &*self.rows;
+        self.options.faults.is_none().then_some(rows)
     }
 }
 
-#[derive(Debug)]
-struct MmapReader {
-    table: Arc<Table>,
-    verify: bool,
-    layers: Arc<Vec<MappedLayer>>,
+impl MappedRows {
+    /// Verifies the checksum block of each row not verified yet.
+    fn verify_rows(
+        &self,
+        layer: usize,
+        ml: &MappedLayer,
+        ids: &[u64],
+        counters: &mut IoCounters,
+    ) -> Result<()> {
+        let m = self.table.manifest();
+        let geo = m.geometry();
+        let bb = m.block_bytes;
+        for &row in ids {
+            let b = geo.row_offset(row) / bb;
+            let (w, bit) = ((b / 64) as usize, 1u64 << (b % 64));
+            let word = ml.verified.get(w).ok_or_else(|| Error::Invalid {
+                what: "row",
+                reason: format!("row {row} of layer {layer} is past the last checksum block"),
+            })?;
+            if word.load(Ordering::Relaxed) & bit == 0 {
+                let (off, len) = self.table.block_range(layer, b)?;
+                let bytes = ml
+                    .map
+                    .get(off as usize..(off + len) as usize)
+                    .ok_or_else(|| Error::Invalid {
+                        what: "mapped block",
+                        reason: format!("block {b} of layer {layer} is outside the mapping"),
+                    })?;
+                self.table.verify_block(layer, b, bytes)?;
+                word.fetch_or(bit, Ordering::Relaxed);
+                counters.device_bytes += len;
+            }
+        }
+        Ok(())
+    }
 }
 
-impl RowReader for MmapReader {
-    fn read_rows(
-        &mut self,
+impl ResidentRows for MappedRows {
+    fn name(&self) -> &'static str {
+        "mmap"
+    }
+
+    fn gather(
+        &self,
         layer: usize,
         ids: &[u64],
         slots: &[u32],
         out: &mut [u8],
         counters: &mut IoCounters,
     ) -> Result<()> {
-        let t = Instant::now();
         let ml = self.layers.get(layer).ok_or(Error::LayerOutOfRange {
             layer,
             n_layers: self.layers.len(),
         })?;
+        if self.verify {
+            self.verify_rows(layer, ml, ids, counters)?;
+        }
         let m = self.table.manifest();
         let geo = m.geometry();
-        let data_offset = m.data_offset as usize;
-        let data = &ml.map[data_offset..];
-        if self.verify {
-            let bb = m.block_bytes;
-            for &row in ids {
-                let b = geo.row_offset(row) / bb;
-                let (w, bit) = ((b / 64) as usize, 1u64 << (b % 64));
-                if ml.verified[w].load(Ordering::Relaxed) & bit == 0 {
-                    let (off, len) = self.table.block_range(layer, b)?;
-                    let bytes = &ml.map[off as usize..(off + len) as usize];
-                    self.table.verify_block(layer, b, bytes)?;
-                    ml.verified[w].fetch_or(bit, Ordering::Relaxed);
-                    counters.device_bytes += len;
-                }
-            }
-        }
-        super::memory::gather(&geo, data, ids, slots, out);
+        let data = ml.map.get(m.data_offset as usize..).unwrap_or_default();
+        gather_rows(&geo, data, ids, slots, out)?;
         counters.rows_unique += ids.len() as u64;
         counters.device_bytes += ids.len() as u64 * geo.row_bytes;
-        counters.scatter_ns += t.elapsed().as_nanos() as u64;
         Ok(())
+    }
+
+    fn file_range(&self, file: usize, offset: u64, len: usize) -> Option<&[u8]> {
+        let bytes = self
+            .layers
+            .get(file)?
+            .map
+            .get(usize::try_from(offset).ok()?..)?;
+        Some(&bytes[..len.min(bytes.len())])
     }
 }

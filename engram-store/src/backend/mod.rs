@@ -1,7 +1,8 @@
 //! Row backends behind one trait; all return the memory tier's bytes for the same ids.
 //!
-//! A [`Backend`] is shared by every thread; each thread that reads gets its own
-//! [`RowReader`] (a ring, staging buffers) from [`Backend::reader`].
+//! A backend is shared by every thread; each of the store's reactors (one per I/O thread)
+//! owns a driver over its own engine (a ring, staging buffers) from the backend, and gets
+//! a new one from it when that engine fails.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ pub mod uring;
 /// Environment variable that forces a backend: `memory`, `mmap`, `pread`, `uring`, `auto`.
 pub const IO_BACKEND_ENV: &str = "ENGRAM_IO_BACKEND";
 /// Environment variable that makes the io_uring probe fail (testing the fallback):
-/// `setup`, `probe` or `register`; any other value is an error.
+/// `setup`, `probe`, `register` or `ext_arg`; any other value is an error.
 pub const URING_FAULT_ENV: &str = "ENGRAM_URING_FAULT";
 /// Environment variable that turns a fallback from io_uring into an error (`1`): set by
 /// the test script where io_uring works, so a regression cannot hide behind pread.
@@ -118,6 +119,9 @@ pub enum UringFault {
     Probe,
     /// Buffer registration fails (`RLIMIT_MEMLOCK`): uring runs with unregistered buffers.
     Register,
+    /// The kernel reports no `IORING_FEAT_EXT_ARG` (before Linux 5.11): hedged reads are
+    /// refused on io_uring.
+    NoExtArg,
 }
 
 impl UringFault {
@@ -129,10 +133,13 @@ impl UringFault {
             "setup" => Ok(Some(UringFault::Setup)),
             "probe" => Ok(Some(UringFault::Probe)),
             "register" => Ok(Some(UringFault::Register)),
+            "ext_arg" => Ok(Some(UringFault::NoExtArg)),
             "" => Ok(None),
             other => Err(Error::Invalid {
                 what: "io_uring fault",
-                reason: format!("{URING_FAULT_ENV}={other:?}: expected setup, probe or register"),
+                reason: format!(
+                    "{URING_FAULT_ENV}={other:?}: expected setup, probe, register or ext_arg"
+                ),
             }),
         }
     }
@@ -320,41 +327,44 @@ pub struct IoCounters {
     pub scatter_ns: u64,
 }
 
-/// Per-thread reader state.
-pub trait RowReader: Send + fmt::Debug {
-    /// Reads rows `ids` of layer `layer` into `out`, row `k` at slot `slots[k]` (or `k` when
-    /// `slots` is empty). Ids are in range (checked by the caller); duplicates allowed.
-    fn read_rows(
-        &mut self,
-        layer: usize,
-        ids: &[u64],
-        slots: &[u32],
-        out: &mut [u8],
-        counters: &mut IoCounters,
-    ) -> Result<()>;
-
-    /// The batch driver behind this reader, for backends that issue device reads: the
-    /// store's I/O workers stream many batches through it at once.
-    fn driver(&mut self) -> Option<&mut crate::io::Driver> {
-        None
-    }
-}
-
 /// A backend shared by all threads.
-pub trait Backend: Send + Sync + fmt::Debug {
+pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
-    /// A new per-thread reader.
-    fn reader(&self) -> Result<Box<dyn RowReader>>;
+    /// A driver over a new engine, for one reactor. `rebuilt`: it replaces an engine that
+    /// failed, so the fault plan's engine failures (which fire once per reader) are left
+    /// out.
+    fn driver(&self, rebuilt: bool) -> Result<crate::io::Driver>;
+    /// The rows, when this process holds them all (memory, mmap): the store serves such
+    /// batches on the caller's thread.
+    fn resident(&self) -> Option<&dyn crate::io::ResidentRows> {
+        None
+    }
     /// Per-read device latency (submit to completion), for backends that issue reads.
     fn device_latency(&self) -> Option<&crate::metrics::SharedHist> {
         None
     }
 }
 
+impl BackendOptions {
+    /// These options for a driver's engine: without the engine failures of the fault plan
+    /// when the engine replaces one that failed.
+    pub(crate) fn for_engine(&self, rebuilt: bool) -> std::borrow::Cow<'_, BackendOptions> {
+        match &self.faults {
+            Some(plan) if rebuilt && plan.breaks_engine() => {
+                std::borrow::Cow::Owned(BackendOptions {
+                    faults: Some(plan.for_rebuilt_engine()),
+                    ..self.clone()
+                })
+            }
+            _ => std::borrow::Cow::Borrowed(self),
+        }
+    }
+}
+
 /// A backend with the reason it was chosen.
 #[derive(Debug, Clone)]
-pub struct Opened {
+pub(crate) struct Opened {
     /// The opened backend, shared by the store's threads.
     pub backend: Arc<dyn Backend>,
     /// Why a fallback was taken, if one was.
@@ -365,7 +375,7 @@ pub struct Opened {
 /// pread taken when it is unavailable, logging why and how to fix it; an explicit
 /// `uring` (option or `ENGRAM_IO_BACKEND`), or `ENGRAM_REQUIRE_URING=1`, makes that an
 /// error instead.
-pub fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Result<Opened> {
+pub(crate) fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Result<Opened> {
     options.validate()?;
     if let Some(factory) = &options.engine {
         let mut options = options.clone();
@@ -397,11 +407,11 @@ pub fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Result<Open
     }
     match kind {
         Some(BackendKind::Memory) => Ok(Opened {
-            backend: Arc::new(memory::MemoryBackend::load(table, options.verify)?),
+            backend: Arc::new(memory::MemoryBackend::load_with(table, &options)?),
             fallback: None,
         }),
         Some(BackendKind::Mmap) => Ok(Opened {
-            backend: Arc::new(mmap::MmapBackend::open(table, options.verify)?),
+            backend: Arc::new(mmap::MmapBackend::open_with(table, &options)?),
             fallback: None,
         }),
         Some(BackendKind::Pread) => Ok(Opened {

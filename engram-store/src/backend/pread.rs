@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use super::{Backend, BackendKind, BackendOptions, RowReader};
+use super::{Backend, BackendKind, BackendOptions};
 use crate::error::{Error, Result, io};
 use crate::io::{Completion, Driver, Engine, EngineError, Lease, ReadReq, Staging};
 use crate::metrics::SharedHist;
@@ -167,15 +167,14 @@ impl Backend for PreadBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Pread
     }
-    fn reader(&self) -> Result<Box<dyn RowReader>> {
+    fn driver(&self, rebuilt: bool) -> Result<Driver> {
         let tasks = self.tasks.clone();
-        let driver = Driver::new(
+        Driver::new(
             &self.table,
-            &self.options,
+            &self.options.for_engine(rebuilt),
             self.latency.clone(),
             |staging| Ok(Box::new(PreadEngine::new(tasks, staging))),
-        )?;
-        Ok(Box::new(driver))
+        )
     }
     fn device_latency(&self) -> Option<&SharedHist> {
         Some(&self.latency)

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use io_uring::{IoUring, opcode, register::Probe, types};
 
 use super::pread::{DeviceFiles, open_direct};
-use super::{Backend, BackendKind, BackendOptions, IoCounters, RowReader, UringFault};
+use super::{Backend, BackendKind, BackendOptions, IoCounters, UringFault};
 use crate::error::{Error, Result};
 use crate::io::{Completion, Driver, Engine, EngineError, Lease, ReadReq, Staging};
 use crate::metrics::SharedHist;
@@ -58,6 +58,26 @@ pub(crate) fn setup_error(call: &str, e: &std::io::Error) -> Error {
         what: "io_uring",
         reason: format!("{call} failed: {e}; {hint}"),
     }
+}
+
+/// The running kernel's release (`uname -r`), for messages.
+fn kernel_release() -> String {
+    let mut u = std::mem::MaybeUninit::<libc::utsname>::zeroed();
+    // SAFETY: `uname` writes the whole `utsname` it is given, a valid, writable struct of
+    // the right size; the fields read below are NUL-terminated within their arrays.
+    let rc = unsafe { libc::uname(u.as_mut_ptr()) };
+    if rc != 0 {
+        return "unknown kernel".into();
+    }
+    // SAFETY: `uname` succeeded, so the struct is initialized.
+    let u = unsafe { u.assume_init() };
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    format!("Linux {}", String::from_utf8_lossy(&bytes))
 }
 
 /// Whether io_uring can be set up here with every opcode the store uses; the reason
@@ -120,6 +140,19 @@ impl UringBackend {
                 });
             }
         }
+        let no_ext_arg = options.uring_fault == Some(UringFault::NoExtArg)
+            || !ring.params().is_feature_ext_arg();
+        if options.hedge_after_us > 0 && no_ext_arg {
+            return Err(Error::Unavailable {
+                what: "hedged reads on io_uring",
+                reason: format!(
+                    "this kernel ({}) lacks IORING_FEAT_EXT_ARG (Linux >= 5.11), so a wait \
+                     for completions cannot time out to issue the second copy; turn hedging \
+                     off (hedge_after_us 0) or use the pread backend",
+                    kernel_release()
+                ),
+            });
+        }
         drop(ring);
         let mut backend = Self {
             table: Arc::clone(table),
@@ -130,12 +163,12 @@ impl UringBackend {
         };
         // One real read through a reader (without injected read faults) proves setup,
         // registration and O_DIRECT.
-        let mut reader = match backend.new_reader(false) {
+        let mut reader = match backend.new_driver(None) {
             Ok(r) => r,
             Err(e) if backend.registered_buffers => {
                 tracing::warn!(target: "engram_store", "io_uring buffer registration failed ({e}); using unregistered buffers. Fix: raise RLIMIT_MEMLOCK (ulimit -l)");
                 backend.registered_buffers = false;
-                backend.new_reader(false)?
+                backend.new_driver(None)?
             }
             Err(e) => return Err(e),
         };
@@ -143,7 +176,7 @@ impl UringBackend {
             tracing::warn!(target: "engram_store", "io_uring buffer registration failed (injected fault); using unregistered buffers. Fix: raise RLIMIT_MEMLOCK (ulimit -l)");
         }
         let mut out = vec![0u8; table.row_bytes()];
-        reader.read_rows(0, &[0], &[], &mut out, &mut IoCounters::default())?;
+        reader.read_sync(0, &[0], &[], &mut out, &mut IoCounters::default())?;
         Ok(backend)
     }
 
@@ -152,17 +185,13 @@ impl UringBackend {
         self.registered_buffers
     }
 
-    fn new_reader(&self, with_faults: bool) -> Result<Driver> {
-        let no_faults;
-        let options = if with_faults || self.options.faults.is_none() {
-            &self.options
-        } else {
-            no_faults = BackendOptions {
-                faults: None,
-                ..self.options.clone()
-            };
-            &no_faults
+    /// A driver over a new ring, injecting `faults` (the probe read at open: none).
+    fn new_driver(&self, faults: Option<crate::io::FaultPlan>) -> Result<Driver> {
+        let options = BackendOptions {
+            faults,
+            ..self.options.clone()
         };
+        let options = &options;
         Driver::new(&self.table, options, self.latency.clone(), |staging| {
             Ok(Box::new(UringEngine::new(
                 staging,
@@ -178,8 +207,9 @@ impl Backend for UringBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Uring
     }
-    fn reader(&self) -> Result<Box<dyn RowReader>> {
-        Ok(Box::new(self.new_reader(true)?))
+    fn driver(&self, rebuilt: bool) -> Result<Driver> {
+        let faults = self.options.for_engine(rebuilt).faults.clone();
+        self.new_driver(faults)
     }
     fn device_latency(&self) -> Option<&SharedHist> {
         Some(&self.latency)

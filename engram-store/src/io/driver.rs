@@ -2,20 +2,25 @@
 //! and "bytes from an engine": the read plan of each batch, the staging slots, submission
 //! order, completion handling (length check, checksum verification, scatter into the
 //! caller's output) and per-read latency. Engines ([`super::engine::Engine`]: pread on a
-//! pool, io_uring, the fault injector) only move bytes from a file range into a lease.
+//! pool, io_uring, an external engine, resident memory, the fault injector) only move
+//! bytes from a file range into a lease. Rows resident in this process (the memory and
+//! mmap tiers) take the gather fast path instead: copied straight into the output, no
+//! staging copy, through the same batches, counters and completion order.
 //!
 //! Several batches may be active at once; their reads share one stream into the engine,
 //! oldest batch first, so the device queue refills from the next batch as soon as the
 //! previous one's reads complete. A read error fails its batch only; an engine failure
-//! fails every active batch and the driver, which then refuses new work (reopen).
+//! (a failed submit or reap) fails every active batch with [`Error::Engine`] and the
+//! driver, which then refuses new work: its owner (a reactor) drops it and builds another.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::engine::{Completion, Engine, EngineError, ReadReq};
+use super::resident::{ResidentEngine, ResidentRows};
 use super::staging::Staging;
-use crate::backend::{BackendOptions, IoCounters, RowReader, verify_read};
+use crate::backend::{BackendOptions, IoCounters, verify_read};
 use crate::batch::{Plan, PlanParams, Source};
 use crate::error::{Error, Result, io_at};
 use crate::format::Geometry;
@@ -106,13 +111,17 @@ struct BatchIo {
     submitted_at: Vec<Instant>,
     error: Option<Error>,
     counters: IoCounters,
+    /// Resident tiers: the rows still to gather (empty slots: the identity).
+    gather: Option<(Vec<u64>, Vec<u32>)>,
+    /// Capacity kept across batches for `gather`.
+    gather_spare: (Vec<u64>, Vec<u32>),
 }
 
 impl BatchIo {
     /// A failed batch is done at once: the copies of its reads still in flight carry its
     /// generation and are dropped when they complete.
     fn done(&self) -> bool {
-        self.error.is_some() || self.done_reads == self.plan.reads.len()
+        self.error.is_some() || (self.gather.is_none() && self.done_reads == self.plan.reads.len())
     }
 }
 
@@ -126,6 +135,8 @@ pub struct Driver {
     verify: bool,
     /// Dropped before `staging` (field order): engines reap or leak in-flight leases.
     engine: Box<dyn Engine>,
+    /// Rows resident in this process: batches gather from here, not through `engine`.
+    resident: Option<Arc<dyn ResidentRows>>,
     staging: Staging,
     /// (MAX_ACTIVE_BATCHES,) batch slots; plans keep their capacity across batches
     batches: Vec<BatchIo>,
@@ -196,6 +207,7 @@ impl Driver {
             params,
             verify: options.verify,
             engine,
+            resident: None,
             staging,
             batches: (0..MAX_ACTIVE_BATCHES)
                 .map(|_| BatchIo::default())
@@ -216,7 +228,35 @@ impl Driver {
         })
     }
 
-    /// The engine's name (`uring`, `pread`, `faulty(uring)`).
+    /// A driver over rows resident in this process (`rows`): batches gather straight into
+    /// their outputs. With a fault plan in `options`, reads go through a
+    /// [`ResidentEngine`] wrapped by the fault injector instead, so injected faults reach
+    /// the resident tiers too.
+    pub fn resident(
+        table: &Arc<Table>,
+        options: &BackendOptions,
+        latency: SharedHist,
+        rows: Arc<dyn ResidentRows>,
+    ) -> Result<Self> {
+        let mut o = options.clone();
+        // Resident tiers hold the layer files only, never the records file.
+        o.records = None;
+        let faulted = o.faults.is_some();
+        if !faulted {
+            // Staging is never read into on the gather path: one slot.
+            o.queue_depth = 1;
+        }
+        let engine_rows = Arc::clone(&rows);
+        let mut driver = Self::new(table, &o, latency, move |_| {
+            Ok(Box::new(ResidentEngine::new(engine_rows)))
+        })?;
+        if !faulted {
+            driver.resident = Some(rows);
+        }
+        Ok(driver)
+    }
+
+    /// The engine's name (`uring`, `pread`, `memory`, an external engine's name).
     pub fn engine_name(&self) -> &'static str {
         self.engine.name()
     }
@@ -226,15 +266,36 @@ impl Driver {
         self.broken.is_none() && self.order.len() < MAX_ACTIVE_BATCHES
     }
 
+    /// Why the engine failed, once it has: the driver takes no more batches.
+    pub fn failure(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
     /// Active batches.
     pub fn active(&self) -> usize {
         self.order.len()
     }
 
-    fn broken_error(why: &str) -> Error {
-        Error::Broken {
-            what: "I/O engine",
-            reason: why.to_string(),
+    /// Reads in the engine, those of batches already finished (a failed batch, the
+    /// slower copy of a hedged read) included: the driver is at rest only at zero.
+    pub fn in_flight(&self) -> usize {
+        self.engine.in_flight()
+    }
+
+    /// Staging slots not leased (all of them when the driver is at rest).
+    pub fn free_staging(&self) -> usize {
+        self.staging.free_slots()
+    }
+
+    /// Staging slots in all.
+    pub fn staging_depth(&self) -> usize {
+        self.staging.depth()
+    }
+
+    fn broken_error(&self, why: &str) -> Error {
+        Error::Engine {
+            engine: self.engine.name(),
+            cause: why.to_string(),
         }
     }
 
@@ -248,7 +309,7 @@ impl Driver {
         priority: Priority,
     ) -> Result<BatchId> {
         if let Some(why) = &self.broken {
-            return Err(Self::broken_error(why));
+            return Err(self.broken_error(why));
         }
         let params = *self.params.get(layer).ok_or(Error::LayerOutOfRange {
             layer,
@@ -266,6 +327,15 @@ impl Driver {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
         let b = &mut self.batches[id];
+        if self.resident.is_some() {
+            let (mut rows, mut out_slots) = std::mem::take(&mut b.gather_spare);
+            rows.clear();
+            rows.extend_from_slice(ids);
+            out_slots.clear();
+            out_slots.extend_from_slice(slots);
+            b.gather = Some((rows, out_slots));
+            b.plan.reads.clear();
+        }
         let records = self.records.as_deref().and_then(|r| {
             let layer_records = r.layers.get(layer)?.as_ref()?;
             Some(crate::batch::RecordPlan {
@@ -274,8 +344,10 @@ impl Driver {
                 max_read_bytes: params.max_read_bytes,
             })
         });
-        b.plan
-            .build(ids, slots, &self.geo, &params, records.as_ref());
+        if b.gather.is_none() {
+            b.plan
+                .build(ids, slots, &self.geo, &params, records.as_ref());
+        }
         if b.plan.reads.len() > MAX_READS_PER_BATCH {
             return Err(Error::Limit {
                 what: "reads in one batch",
@@ -327,6 +399,7 @@ impl Driver {
 
     /// [`Driver::pump`] leaving finished batches in `self.finished`.
     fn round(&mut self, wait: bool, outs: &mut dyn Outputs) {
+        self.gather_resident(outs);
         self.submit_ready();
         let timeout = self.hedge();
         if self.engine.in_flight() > 0 {
@@ -346,6 +419,28 @@ impl Driver {
         }
         self.collect_finished();
         self.latency.merge(&mut self.local);
+    }
+
+    /// Resident tiers: copies the rows of every batch still to gather into its output.
+    fn gather_resident(&mut self, outs: &mut dyn Outputs) {
+        let Some(rows) = &self.resident else {
+            return;
+        };
+        for &id in &self.order {
+            let b = &mut self.batches[id as usize];
+            let Some((ids, slots)) = b.gather.take() else {
+                continue;
+            };
+            if b.error.is_none() {
+                let t = Instant::now();
+                let r = rows.gather(b.layer, &ids, &slots, outs.out(id), &mut b.counters);
+                b.counters.scatter_ns += t.elapsed().as_nanos() as u64;
+                if let Err(e) = r {
+                    b.error = Some(e);
+                }
+            }
+            b.gather_spare = (ids, slots);
+        }
     }
 
     /// Submits reads into free slots: every demand batch first, oldest first; then, only
@@ -398,7 +493,7 @@ impl Driver {
                     tag: tag(b.generation, class == Priority::Speculative, id, b.next),
                 };
                 if let Err((_lease, e)) = self.engine.submit(req, lease) {
-                    self.broken = Some(e.to_string());
+                    self.break_all(e);
                     return false;
                 }
                 let now = Instant::now();
@@ -459,7 +554,7 @@ impl Driver {
                     tag: tag(b.generation, false, id, ri),
                 };
                 if let Err((_lease, e)) = self.engine.submit(req, lease) {
-                    self.broken = Some(e.to_string());
+                    self.break_all(e);
                     return None;
                 }
                 self.started[slot] = now;
@@ -561,12 +656,18 @@ impl Driver {
         self.completions = completions;
     }
 
+    /// The failure transition of the driver: every active batch fails with
+    /// [`Error::Engine`], the driver takes no more (its owner rebuilds the engine).
     fn break_all(&mut self, e: EngineError) {
         let why = e.to_string();
         tracing::error!(target: "engram_store", engine = self.engine.name(), "I/O engine failed: {why}");
+        let engine = self.engine.name();
         for &id in &self.order {
             let b = &mut self.batches[id as usize];
-            b.error.get_or_insert_with(|| Self::broken_error(&why));
+            b.error.get_or_insert_with(|| Error::Engine {
+                engine,
+                cause: why.clone(),
+            });
         }
         self.spec_in_flight = 0;
         self.broken = Some(why);
@@ -579,6 +680,9 @@ impl Driver {
             let b = &mut self.batches[id as usize];
             if b.done() {
                 b.active = false;
+                if let Some(g) = b.gather.take() {
+                    b.gather_spare = g;
+                }
                 let result = match b.error.take() {
                     Some(e) => Err(e),
                     None => Ok(()),
@@ -605,12 +709,11 @@ impl Outputs for OneOut<'_> {
     }
 }
 
-impl RowReader for Driver {
-    fn driver(&mut self) -> Option<&mut Driver> {
-        Some(self)
-    }
-
-    fn read_rows(
+impl Driver {
+    /// Reads rows `ids` of layer `layer` into `out` (row `k` at slot `slots[k]`, or `k`)
+    /// and waits for them, on this thread, with no other batch active: the read that
+    /// proves a backend at open, and cache seeding.
+    pub fn read_sync(
         &mut self,
         layer: usize,
         ids: &[u64],
@@ -621,7 +724,7 @@ impl RowReader for Driver {
         if !self.order.is_empty() {
             return Err(Error::Invalid {
                 what: "synchronous read",
-                reason: "other batches are active on this reader".into(),
+                reason: "other batches are active on this driver".into(),
             });
         }
         let id = self.start(layer, ids, slots, Priority::Demand)?;
@@ -632,9 +735,6 @@ impl RowReader for Driver {
                 debug_assert_eq!(f.batch, id);
                 add_counters(counters, &f.counters);
                 return f.result;
-            }
-            if let Some(why) = &self.broken {
-                return Err(Self::broken_error(why));
             }
             if self.engine.in_flight() == 0 {
                 // Nothing in flight and nothing finished: no slot could be leased.

@@ -6,6 +6,10 @@
 //! Configured with [`FaultPlan`] (`BackendOptions::faults`) or the environment variable
 //! `ENGRAM_IO_FAULTS`, e.g. `seed=7,eio=0.01,short=0.01,corrupt=0.01,delay=0.2,reorder`
 //! or `eio@3,short@10` (the 4th and 11th read of each reader).
+//!
+//! It also fails the engine itself: `submit@N` makes the reader's (N+1)-th submit fail as
+//! broken, `reap@N` its (N+1)-th reap. Each fires once per reader: the engine the store
+//! rebuilds after the failure runs without them ([`FaultPlan::for_rebuilt_engine`]).
 
 use std::fmt;
 
@@ -28,6 +32,11 @@ pub enum Fault {
     Corrupt,
     /// The completion is held back for a few reaps (later than reads submitted after it).
     Delay,
+    /// The engine fails the submit as broken (an `io_uring_enter` error, a stopped pool);
+    /// its index counts submits.
+    Submit,
+    /// The engine fails the reap as broken; its index counts reaps.
+    Reap,
 }
 
 impl Fault {
@@ -37,6 +46,8 @@ impl Fault {
             Fault::Short => "short",
             Fault::Corrupt => "corrupt",
             Fault::Delay => "delay",
+            Fault::Submit => "submit",
+            Fault::Reap => "reap",
         }
     }
 
@@ -46,6 +57,8 @@ impl Fault {
             "short" => Fault::Short,
             "corrupt" => Fault::Corrupt,
             "delay" => Fault::Delay,
+            "submit" => Fault::Submit,
+            "reap" => Fault::Reap,
             _ => return None,
         })
     }
@@ -66,7 +79,8 @@ pub struct FaultPlan {
     pub delay: f64,
     /// Release completions in a shuffled order.
     pub reorder: bool,
-    /// Faults at chosen reads: (index of the read on this reader, fault).
+    /// Faults at chosen reads: (index of the read on this reader, fault); for
+    /// [`Fault::Submit`] the index counts submits, for [`Fault::Reap`] reaps.
     pub at: Vec<(u64, Fault)>,
 }
 
@@ -78,7 +92,7 @@ impl FaultPlan {
             what: "fault plan",
             reason: format!(
                 "{item:?}: {why} (expected e.g. seed=7,eio=0.01,short=0.01,corrupt=0.01,\
-                 delay=0.2,reorder,eio@3)"
+                 delay=0.2,reorder,eio@3,submit@5,reap@2)"
             ),
         };
         let mut plan = FaultPlan::default();
@@ -105,6 +119,9 @@ impl FaultPlan {
                     Some(Fault::Short) => plan.short = p,
                     Some(Fault::Corrupt) => plan.corrupt = p,
                     Some(Fault::Delay) => plan.delay = p,
+                    Some(Fault::Submit | Fault::Reap) => {
+                        return Err(bad(item, "engine failures are given as submit@N or reap@N"));
+                    }
                     None => return Err(bad(item, "unknown key")),
                 }
             } else {
@@ -126,8 +143,34 @@ impl FaultPlan {
         }
     }
 
+    /// The plan for an engine rebuilt after a failure: the same read faults, no engine
+    /// failures (each fires once per reader).
+    pub fn for_rebuilt_engine(&self) -> Self {
+        let mut plan = self.clone();
+        plan.at
+            .retain(|(_, f)| !matches!(f, Fault::Submit | Fault::Reap));
+        plan
+    }
+
+    /// Whether the plan fails the engine itself (`submit@N`, `reap@N`).
+    pub fn breaks_engine(&self) -> bool {
+        self.at
+            .iter()
+            .any(|(_, f)| matches!(f, Fault::Submit | Fault::Reap))
+    }
+
+    /// Whether engine failure `kind` is planned at `index`.
+    fn engine_fault(&self, kind: Fault, index: u64) -> bool {
+        self.at.iter().any(|&(i, f)| f == kind && i == index)
+    }
+
     fn choose(&self, index: u64, rng: &mut SplitMix64) -> Option<Fault> {
-        if let Some(&(_, f)) = self.at.iter().find(|(i, _)| *i == index) {
+        let is_read_fault = |f: &Fault| !matches!(f, Fault::Submit | Fault::Reap);
+        if let Some(&(_, f)) = self
+            .at
+            .iter()
+            .find(|(i, f)| *i == index && is_read_fault(f))
+        {
             return Some(f);
         }
         for (p, f) in [
@@ -167,8 +210,10 @@ pub struct FaultyEngine {
     inner: Box<dyn Engine>,
     plan: FaultPlan,
     rng: SplitMix64,
-    /// Reads submitted so far.
+    /// Reads submitted so far (submit calls, failed ones included).
     submitted: u64,
+    /// Reap calls so far.
+    reaped: u64,
     /// Faults to apply when the inner engine completes these tags.
     marks: Vec<(u64, Fault)>,
     /// Completions held back: (completion, reaps left before release).
@@ -186,6 +231,7 @@ impl FaultyEngine {
             plan,
             rng,
             submitted: 0,
+            reaped: 0,
             marks: Vec::with_capacity(64),
             held: Vec::with_capacity(64),
             scratch: Vec::with_capacity(64),
@@ -213,7 +259,7 @@ impl FaultyEngine {
                     }
                 }
                 Fault::Delay => ticks = 1 + self.rng.below(3) as u32,
-                Fault::Eio => {}
+                Fault::Eio | Fault::Submit | Fault::Reap => {}
             }
         }
         self.held.push((c, ticks));
@@ -240,13 +286,18 @@ impl FaultyEngine {
 }
 
 impl Engine for FaultyEngine {
+    /// The wrapped engine's name: errors name the engine that was failed.
     fn name(&self) -> &'static str {
-        "faulty"
+        self.inner.name()
     }
 
     fn submit(&mut self, req: ReadReq, lease: Lease) -> Result<(), (Lease, EngineError)> {
         let index = self.submitted;
         self.submitted += 1;
+        if self.plan.engine_fault(Fault::Submit, index) {
+            let why = format!("injected failure of submit {index} (submit@{index})");
+            return Err((lease, EngineError::Broken(why)));
+        }
         match self.plan.choose(index, &mut self.rng) {
             Some(Fault::Eio) => {
                 self.held.push((
@@ -275,6 +326,12 @@ impl Engine for FaultyEngine {
         timeout: Option<std::time::Duration>,
         out: &mut Vec<Completion>,
     ) -> Result<(), EngineError> {
+        let index = self.reaped;
+        self.reaped += 1;
+        if self.plan.engine_fault(Fault::Reap, index) {
+            let why = format!("injected failure of reap {index} (reap@{index})");
+            return Err(EngineError::Broken(why));
+        }
         let start = out.len();
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
@@ -311,12 +368,20 @@ mod tests {
 
     #[test]
     fn plans_parse_strictly() {
-        let p = FaultPlan::parse("seed=7,eio=0.5,reorder,short@3,delay=0.25").expect("valid");
+        let p = FaultPlan::parse("seed=7,eio=0.5,reorder,short@3,delay=0.25,submit@2,reap@9")
+            .expect("valid");
         assert_eq!(p.seed, 7);
         assert_eq!(p.eio, 0.5);
         assert!(p.reorder);
-        assert_eq!(p.at, vec![(3, Fault::Short)]);
+        assert_eq!(
+            p.at,
+            vec![(3, Fault::Short), (2, Fault::Submit), (9, Fault::Reap)]
+        );
+        assert!(p.breaks_engine());
         assert_eq!(FaultPlan::parse(&p.to_string()).expect("round trip"), p);
+        let rebuilt = p.for_rebuilt_engine();
+        assert_eq!(rebuilt.at, vec![(3, Fault::Short)]);
+        assert!(!rebuilt.breaks_engine());
         for bad in [
             "eio=2",
             "bogus=0.1",
@@ -324,6 +389,8 @@ mod tests {
             "nope@1",
             "reorderx",
             "seed=-1",
+            "submit=0.5",
+            "reap@",
         ] {
             assert!(FaultPlan::parse(bad).is_err(), "{bad}");
         }

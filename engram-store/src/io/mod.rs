@@ -2,8 +2,8 @@
 //! pread pool and io_uring implement, and the fault-injecting engine for tests.
 //!
 //! ```text
-//! Store -> RowReader (one per thread) = Driver { plans, Staging, Box<dyn Engine> }
-//!                                            Engine: PreadEngine | UringEngine | FaultyEngine(inner)
+//! Store -> Reactor (one per I/O thread) -> Driver { plans, Staging, Box<dyn Engine> | resident rows }
+//!            Engine: PreadEngine | UringEngine | external | ResidentEngine | FaultyEngine(inner)
 //! ```
 //!
 //! The buffer-extent contract (where the device may write) lives in `staging.rs` alone;
@@ -12,9 +12,11 @@
 pub(crate) mod driver;
 pub mod engine;
 pub mod faulty;
+pub(crate) mod resident;
 pub mod staging;
 
 pub(crate) use driver::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs, Priority};
 pub use engine::{Completion, Engine, EngineError, ReadReq};
 pub use faulty::{Fault, FaultPlan, IO_FAULTS_ENV};
+pub(crate) use resident::{ResidentRows, gather_rows};
 pub use staging::{Lease, MAX_STAGING_BYTES, Staging};

@@ -7,6 +7,7 @@ use engram_kernels::EngramConfig;
 use engram_store::synth::{SynthSpec, synth_row, write_synth};
 use engram_store::{BackendKind, BackendOptions, Manifest, RowLayout, Store, StoreOptions};
 
+pub mod file_engine;
 pub mod sys;
 
 pub const ALL_BACKENDS: [BackendKind; 4] = [

@@ -88,20 +88,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .iter()
         .map(|t| TableSpec::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
-    // The service opens its tables locally; a Mooncake-backed service is not built yet, so
-    // asking for one is an error rather than a service reading the local disk instead.
-    anyhow::ensure!(
-        !args.read.is_mooncake() && args.read.mooncake.is_none(),
-        "engram serve does not read from Mooncake yet: serve a local copy of the \
-         table, or read Mooncake directly with engram lookup|bench --backend mooncake"
-    );
     let mut o = ServerOptions::new(args.socket.clone(), tables);
     o.store = StoreOptions {
-        backend: args.read.backend_options()?,
+        backend: serve_backend(&args.read)?,
         io_workers: args.io_workers,
         max_in_flight: args.max_in_flight,
         max_batch_rows: args.max_batch_rows,
         cache_bytes: parse_bytes(&args.cache_bytes)?,
+        // Mooncake serves the layer files only (as engram lookup|bench --backend mooncake).
+        records: !args.read.is_mooncake(),
         ..StoreOptions::default()
     };
     if args.seed_cache && o.store.cache_bytes > 0 {
@@ -149,4 +144,68 @@ pub fn run(args: Args) -> Result<ExitCode> {
     say(format_args!("stopping"));
     server.stop();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The backend options of the served stores: with `--backend mooncake`, every table (and
+/// every reload of it) reads through engines on the Mooncake cluster `--mooncake` names,
+/// the table's published version checked when its store opens; the cluster unreachable or
+/// the table not published is an error, never the local disk instead.
+fn serve_backend(read: &super::read_args::ReadArgs) -> Result<engram_store::BackendOptions> {
+    let mut backend = read.backend_options()?;
+    if read.is_mooncake() {
+        let client = read.mooncake_client()?;
+        backend.engine = Some(std::sync::Arc::new(MooncakeTables {
+            client,
+            tables: std::sync::Mutex::new(Vec::new()),
+        }));
+    } else if read.mooncake.is_some() {
+        anyhow::bail!("--mooncake is used with --backend mooncake");
+    }
+    Ok(backend)
+}
+
+/// Mooncake engines for the tables a server opens: one factory per table version (its
+/// descriptor checked once), made when the first engine of that version is built.
+#[derive(Debug)]
+struct MooncakeTables {
+    client: std::sync::Arc<engram_mooncake::Client>,
+    /// (table id, factory) of every table version opened so far (a few: tables x reloads).
+    tables: std::sync::Mutex<Vec<(String, std::sync::Arc<engram_mooncake::MooncakeFactory>)>>,
+}
+
+impl MooncakeTables {
+    fn factory(
+        &self,
+        table: &engram_store::Table,
+    ) -> engram_store::Result<std::sync::Arc<engram_mooncake::MooncakeFactory>> {
+        use engram_store::EngineFactory as _;
+        let id = table.manifest().table_id.clone();
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, f)) = tables.iter().find(|(t, _)| *t == id) {
+            return Ok(std::sync::Arc::clone(f));
+        }
+        let f = engram_mooncake::MooncakeFactory::new(std::sync::Arc::clone(&self.client), table)
+            .map_err(|e| engram_store::Error::Unavailable {
+            what: "Mooncake",
+            reason: e.to_string(),
+        })?;
+        debug_assert_eq!(f.name(), engram_mooncake::BACKEND_NAME);
+        let f = std::sync::Arc::new(f);
+        tables.push((id, std::sync::Arc::clone(&f)));
+        Ok(f)
+    }
+}
+
+impl engram_store::EngineFactory for MooncakeTables {
+    fn name(&self) -> &'static str {
+        engram_mooncake::BACKEND_NAME
+    }
+
+    fn engine(
+        &self,
+        table: &std::sync::Arc<engram_store::Table>,
+        staging: &engram_store::io::Staging,
+    ) -> engram_store::Result<Box<dyn engram_store::io::Engine>> {
+        self.factory(table)?.engine(table, staging)
+    }
 }

@@ -1,0 +1,154 @@
+//! Completion slots: `max_in_flight` cells allocated at open, each carrying one request
+//! from the caller that submitted it to the reactor that completes it and back. A caller
+//! takes a free slot before submitting (back-pressure), waiting at most the store's
+//! `slot_wait`: a caller that holds every slot itself (tickets it never waits) gets
+//! [`Error::Limit`] instead of a hang.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::buffer::AlignedBuf;
+use crate::error::{Error, Result};
+
+/// A finished request: its buffer, outcome and id vector (kept for the slot's next use).
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub out: AlignedBuf,
+    pub result: Result<()>,
+    pub ids: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    /// The slot's id vector while it is free.
+    spare_ids: Option<Vec<u64>>,
+    /// The slot's lookup buffer while it is free (lookups read into it, then copy).
+    spare_buf: Option<AlignedBuf>,
+    done: Option<Done>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+/// The store's completion slots.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    cells: Vec<Slot>,
+    free_tx: Sender<usize>,
+    free_rx: Receiver<usize>,
+    wait: Duration,
+}
+
+fn lock(s: &Slot) -> MutexGuard<'_, SlotState> {
+    s.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Slots {
+    /// `n` free slots whose id vectors hold `ids_capacity` ids without growing; a free
+    /// slot is waited for at most `wait`.
+    pub fn new(n: usize, ids_capacity: usize, wait: Duration) -> Self {
+        let (free_tx, free_rx) = bounded(n);
+        let mut cells = Vec::with_capacity(n);
+        for i in 0..n {
+            cells.push(Slot {
+                state: Mutex::new(SlotState {
+                    spare_ids: Some(Vec::with_capacity(ids_capacity)),
+                    ..SlotState::default()
+                }),
+                ready: Condvar::new(),
+            });
+            let _ = free_tx.send(i);
+        }
+        Self {
+            cells,
+            free_tx,
+            free_rx,
+            wait,
+        }
+    }
+
+    /// Slots in all.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Slots free now.
+    pub fn free(&self) -> usize {
+        self.free_rx.len()
+    }
+
+    /// A free slot, waiting for one at most the store's `slot_wait`.
+    pub fn take(&self) -> Result<usize> {
+        self.free_rx
+            .recv_timeout(self.wait)
+            .map_err(|_| Error::Limit {
+                what: "requests in flight (prefetch tickets held, lookups and slot requests \
+                       running) at once; wait for a ticket before starting more",
+                name: "StoreOptions::max_in_flight",
+                limit: self.cells.len(),
+                found: self.cells.len() + 1,
+            })
+    }
+
+    /// The id vector of slot `slot`, holding `ids`.
+    pub fn ids(&self, slot: usize, ids: &[u64]) -> Vec<u64> {
+        let mut v = self
+            .cells
+            .get(slot)
+            .and_then(|s| lock(s).spare_ids.take())
+            .unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(ids);
+        v
+    }
+
+    /// The lookup buffer of slot `slot`, if it has one.
+    pub fn take_buf(&self, slot: usize) -> Option<AlignedBuf> {
+        self.cells.get(slot).and_then(|s| lock(s).spare_buf.take())
+    }
+
+    /// Keeps `buf` as the lookup buffer of slot `slot`.
+    pub fn keep_buf(&self, slot: usize, buf: AlignedBuf) {
+        if let Some(s) = self.cells.get(slot) {
+            lock(s).spare_buf = Some(buf);
+        }
+    }
+
+    /// Completes slot `slot`: wakes its waiter.
+    pub fn deliver(&self, slot: usize, done: Done) {
+        if let Some(s) = self.cells.get(slot) {
+            lock(s).done = Some(done);
+            s.ready.notify_all();
+        }
+    }
+
+    /// Whether slot `slot` is complete.
+    pub fn is_done(&self, slot: usize) -> bool {
+        self.cells.get(slot).is_none_or(|s| lock(s).done.is_some())
+    }
+
+    /// Waits for slot `slot` to complete; returns its buffer and outcome, keeps its id
+    /// vector. The slot stays taken until [`Slots::release`].
+    pub fn wait(&self, slot: usize) -> (AlignedBuf, Result<()>) {
+        // `slot` came from `take`: always one of ours.
+        let s = &self.cells[slot];
+        let mut st = lock(s);
+        loop {
+            if let Some(d) = st.done.take() {
+                st.spare_ids = Some(d.ids);
+                return (d.out, d.result);
+            }
+            st = s.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Frees slot `slot` for the next request.
+    pub fn release(&self, slot: usize) {
+        let _ = self.free_tx.send(slot);
+    }
+}
