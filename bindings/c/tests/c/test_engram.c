@@ -290,7 +290,7 @@ static void check_held_tickets(engram_store *s, uint32_t layer, size_t max) {
 }
 
 int main(int argc, char **argv) {
-  alarm(600);
+  alarm(300);
   if (argc == 3 && strcmp(argv[1], "--held-tickets") == 0) {
     engram_store *s = NULL;
     EXPECT_STATUS(engram_store_open(argv[2], NULL, &s), ENGRAM_OK);
