@@ -79,6 +79,8 @@ trap 'kill "$serve_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 got="$("${vg[@]}" "$work/lookup" "unix:$sock" 15 3 1 4)"
 [ "$got" = "$want" ] || { echo "example through the service differs from engram lookup" >&2; exit 1; }
+# A caller holding every ticket of a service client gets ENGRAM_ERR_LIMIT, not a hang.
+"${vg[@]}" "$work/test_engram" --held-tickets "unix:$sock"
 kill "$serve_pid"
 wait "$serve_pid" || { echo "engram serve did not stop cleanly:" >&2; cat "$work/serve.log" >&2; exit 1; }
 echo "C ABI: test and example passed under ${vg[0]:-no valgrind}"

@@ -13,7 +13,12 @@ pub(crate) struct Registered<'a> {
 impl<'a> Registered<'a> {
     pub(crate) fn new(client: &'a Client, len: usize) -> Result<Self> {
         let mut buf = vec![0u8; len];
-        client.register(buf.as_mut_ptr() as usize, len)?;
+        // SAFETY: `buf` is this struct's own allocation of `len` bytes; it is unregistered
+        // in `Drop` before it is freed and never reallocated (no push, no resize).
+        #[allow(unsafe_code)]
+        unsafe {
+            client.register(buf.as_mut_ptr() as usize, len)?;
+        }
         Ok(Self { client, buf })
     }
 

@@ -8,7 +8,12 @@
 //! Memory contract for callers of [`Client::register`] and the ranged calls: an address
 //! range handed to the client is owned by the caller, stays allocated and untouched by
 //! anything else until the call returns, and a registered allocation is unregistered
-//! before it is freed (see `engine.rs` and `publish.rs`).
+//! before it is freed (see `engine.rs` and `publish.rs`). The compiler cannot check any of
+//! it (the addresses are `usize`, and the transfer engine writes through them from its own
+//! threads), so the three functions that take addresses are `unsafe fn`, each with its
+//! `# Safety` section, and every caller states in a `SAFETY:` comment why its range
+//! qualifies. This module says so for the crate's `deny(unsafe_code)`.
+#![allow(unsafe_code)]
 
 use crate::config::ClientConfig;
 use crate::error::Result;
@@ -211,7 +216,12 @@ mod imp {
         }
 
         /// Registers `[ptr, ptr + len)` for transfers (see the module's memory contract).
-        pub fn register(&self, ptr: usize, len: usize) -> Result<()> {
+        ///
+        /// # Safety
+        /// `[ptr, ptr + len)` is one live allocation the caller owns, which stays allocated
+        /// until [`Client::unregister`] is called with `ptr`; the transfer engine may write
+        /// it during any later ranged call on this client.
+        pub unsafe fn register(&self, ptr: usize, len: usize) -> Result<()> {
             let rc = Python::attach(|py| self.call_i64(py, "register_buffer", (ptr, len)))?;
             if rc != 0 {
                 return Err(Error::Unavailable {
@@ -264,7 +274,12 @@ mod imp {
 
         /// Writes (insert or replace) objects `keys[i]` from registered memory
         /// `[ptrs[i], ptrs[i] + sizes[i])`; one status per key (0: done).
-        pub fn upsert_from(
+        ///
+        /// # Safety
+        /// Every `[ptrs[i], ptrs[i] + sizes[i])` lies inside one allocation registered with
+        /// this client ([`Client::register`]) and initialised, and nothing writes it until
+        /// this call returns (the engine reads it from other threads meanwhile).
+        pub unsafe fn upsert_from(
             &self,
             keys: &[String],
             ptrs: &[usize],
@@ -354,7 +369,13 @@ mod imp {
 
         /// One `get_into_ranges` into the registered buffer at `base`: per key, per range,
         /// the bytes read or a negative error code.
-        pub fn get_ranges(&self, base: usize, g: &RangedGet) -> Result<Vec<Vec<i64>>> {
+        ///
+        /// # Safety
+        /// `base` is the start of an allocation registered with this client
+        /// ([`Client::register`]), every `base + g.dst[k][j] .. + g.len[k][j]` lies inside
+        /// it, and nothing reads or writes those bytes until this call returns (the engine
+        /// writes them from other threads).
+        pub unsafe fn get_ranges(&self, base: usize, g: &RangedGet) -> Result<Vec<Vec<i64>>> {
             Python::attach(|py| {
                 let mut r: Vec<Vec<Vec<i64>>> = self
                     .store
@@ -434,13 +455,17 @@ mod imp {
         pub fn hostname(&self) -> Result<String> {
             match self.never {}
         }
-        pub fn register(&self, _ptr: usize, _len: usize) -> Result<()> {
+        /// # Safety
+        /// As the `python` build's.
+        pub unsafe fn register(&self, _ptr: usize, _len: usize) -> Result<()> {
             match self.never {}
         }
         pub fn unregister(&self, _ptr: usize) -> Result<()> {
             match self.never {}
         }
-        pub fn upsert_from(
+        /// # Safety
+        /// As the `python` build's.
+        pub unsafe fn upsert_from(
             &self,
             _keys: &[String],
             _ptrs: &[usize],
@@ -458,7 +483,9 @@ mod imp {
         pub fn get_bytes(&self, _key: &str, _limit: u64) -> Result<Option<Vec<u8>>> {
             match self.never {}
         }
-        pub fn get_ranges(&self, _base: usize, _g: &RangedGet) -> Result<Vec<Vec<i64>>> {
+        /// # Safety
+        /// As the `python` build's.
+        pub unsafe fn get_ranges(&self, _base: usize, _g: &RangedGet) -> Result<Vec<Vec<i64>>> {
             match self.never {}
         }
         pub fn remove_prefix(&self, _prefix: &str) -> Result<i64> {

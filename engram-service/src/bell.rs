@@ -1,9 +1,15 @@
-//! Doorbells: eventfds that wake the other side when a ring gains entries, and the waits
-//! on them. A side that polls its ring (spinning) says so in the region's flags and the
-//! other side skips the doorbell.
+//! Doorbells: one Unix stream socket pair per direction that wakes the other side when a
+//! ring gains entries, and the waits on them. A side that polls its ring (spinning) says
+//! so in the region's flags and the other side skips the doorbell.
 //!
-//! The server never reads a doorbell's counter: it waits for the edge (`EPOLLET`), so a
-//! client that drains or reconfigures the shared eventfd can delay only itself.
+//! Why sockets and not eventfds: file status flags (`O_NONBLOCK`) belong to the open file
+//! description, and a descriptor passed with `SCM_RIGHTS` shares it. An eventfd the server
+//! hands a client can be switched to blocking and filled to `0xfffffffffffffffe` by that
+//! client, and the server's next `write(2)` on it blocks forever. The two ends of a socket
+//! pair are two descriptions: the peer holds only its own end, and every send and receive
+//! here passes `MSG_DONTWAIT`, which holds per call whatever any description says. A full
+//! buffer means the doorbell already rang. So no wait on a doorbell is longer than the
+//! caller's timeout, whatever the peer does.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -11,37 +17,59 @@ use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
-use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
-use crate::error::{Result, io};
+use crate::error::{Result, io, violation};
 use crate::protocol::FLAG_SPINNING;
 
-/// One eventfd.
+/// Receives drained per wake-up (each up to [`DRAIN_BYTES`]): a peer that floods its
+/// doorbell keeps its own thread busy, never one call longer than this.
+const DRAIN_READS: usize = 64;
+const DRAIN_BYTES: usize = 256;
+
+/// This side's end of one doorbell.
 #[derive(Debug)]
 pub struct Doorbell {
     fd: OwnedFd,
 }
 
 impl Doorbell {
-    /// A new, silent doorbell (non-blocking).
-    pub fn new() -> Result<Self> {
-        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| io("eventfd", Path::new("doorbell"), e.into()))?;
-        Ok(Self { fd })
+    /// A new doorbell: this side's end, and the peer's end to pass it.
+    pub fn pair() -> Result<(Self, OwnedFd)> {
+        let (mine, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .map_err(|e| io("socketpair", Path::new("doorbell"), e.into()))?;
+        Ok((Self { fd: mine }, theirs))
     }
 
-    /// A doorbell received from the peer.
-    pub fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd }
+    /// This side's end of a doorbell received from the peer: it must be a stream socket
+    /// (the peer's end of a [`Doorbell::pair`]).
+    pub fn from_fd(fd: OwnedFd, peer: &'static str) -> Result<Self> {
+        match rustix::net::sockopt::socket_type(&fd) {
+            Ok(SocketType::STREAM) => Ok(Self { fd }),
+            Ok(t) => Err(violation(
+                peer,
+                "doorbell",
+                "a stream socket",
+                format!("{t:?}"),
+            )),
+            Err(e) => Err(violation(peer, "doorbell", "a stream socket", e)),
+        }
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
-    /// Rings (a full counter means it already rang: nothing to do).
+    /// Rings. Never blocks: a full buffer means it already rang, a closed peer end means
+    /// nobody listens (the socket shows the hang-up).
     pub fn ring(&self) {
-        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+        let _ = rustix::net::send(&self.fd, &[1u8], SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
     }
 
     /// Rings unless the other side says it is spinning. `flags` is the other side's
@@ -54,10 +82,15 @@ impl Doorbell {
         }
     }
 
-    /// Consumes rings so far (non-blocking).
+    /// Consumes rings so far (never blocks; at most `DRAIN_READS` receives).
     pub fn clear(&self) {
-        let mut b = [0u8; 8];
-        let _ = rustix::io::read(&self.fd, &mut b);
+        let mut b = [0u8; DRAIN_BYTES];
+        for _ in 0..DRAIN_READS {
+            match rustix::net::recv(&self.fd, &mut b, RecvFlags::DONTWAIT) {
+                Ok((n, _)) if n == DRAIN_BYTES => continue,
+                _ => return,
+            }
+        }
     }
 }
 
@@ -120,7 +153,7 @@ pub fn wait_client(bell: &Doorbell, sock: BorrowedFd<'_>, timeout: Duration) -> 
         Err(e) => return Err(io("poll", Path::new("doorbell"), e.into())),
     }
     let hang = PollFlags::HUP | PollFlags::ERR | PollFlags::RDHUP | PollFlags::NVAL;
-    if fds[1].revents().intersects(hang) {
+    if fds[1].revents().intersects(hang) || fds[0].revents().intersects(hang) {
         return Ok(Woke::HangUp);
     }
     if fds[0].revents().contains(PollFlags::IN) {
@@ -133,8 +166,8 @@ pub fn wait_client(bell: &Doorbell, sock: BorrowedFd<'_>, timeout: Duration) -> 
 const EV_BELL: u64 = 1;
 const EV_SOCK: u64 = 2;
 
-/// The server's wait for one client: its submission doorbell (edge-triggered, never read)
-/// and its socket.
+/// The server's wait for one client: its submission doorbell (level-triggered; drained
+/// with [`Doorbell::clear`], which never blocks) and its socket.
 pub struct ServerWait {
     epoll: OwnedFd,
     events: Vec<epoll::Event>,
@@ -156,7 +189,7 @@ impl ServerWait {
             &epoll,
             &bell.fd,
             epoll::EventData::new_u64(EV_BELL),
-            epoll::EventFlags::IN | epoll::EventFlags::ET,
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
         )
         .map_err(e)?;
         epoll::add(
@@ -185,15 +218,16 @@ impl ServerWait {
             Err(e) => return Err(io("epoll_wait", Path::new("client"), e.into())),
         }
         let mut woke = Woke::Timeout;
+        let hang = epoll::EventFlags::HUP | epoll::EventFlags::ERR | epoll::EventFlags::RDHUP;
         for ev in &self.events {
             let flags = ev.flags;
             let data = ev.data.u64();
+            // A closed doorbell end is a hang-up too (level-triggered, it would wake the
+            // thread for ever).
+            if flags.intersects(hang) {
+                return Ok(Woke::HangUp);
+            }
             if data == EV_SOCK {
-                if flags.intersects(
-                    epoll::EventFlags::HUP | epoll::EventFlags::ERR | epoll::EventFlags::RDHUP,
-                ) {
-                    return Ok(Woke::HangUp);
-                }
                 woke = Woke::Message;
             } else if woke == Woke::Timeout {
                 woke = Woke::Bell;

@@ -40,6 +40,9 @@ use crate::wire;
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a waiting client checks that the server is still there.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
+/// Longest a prefetch waits for a slot while prefetch tickets, some of other threads,
+/// hold every slot; then it is a `Limit` error.
+pub const HELD_TICKET_WAIT: Duration = Duration::from_secs(10);
 /// Default slots (requests in flight).
 pub const DEFAULT_SLOTS: u32 = 16;
 /// Default rows per request.
@@ -126,6 +129,11 @@ struct State {
     tags: Vec<u64>,
     /// (slots,) whether the slot carries a speculation (freed when it completes)
     spec: Vec<bool>,
+    /// (slots,) the thread that started the prefetch ticket holding the slot (freed when
+    /// the ticket is waited on or dropped: only its holder can free it)
+    ticket: Vec<Option<std::thread::ThreadId>>,
+    /// Slots held by tickets.
+    tickets: usize,
     done: Vec<Option<Cqe>>,
     sq_tail: u32,
     cq_head: u32,
@@ -182,8 +190,6 @@ impl Conn {
                 _ => e.to_string(),
             },
         })?;
-        let _ = sock.set_read_timeout(Some(CONTROL_TIMEOUT));
-        let _ = sock.set_write_timeout(Some(CONTROL_TIMEOUT));
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
             table: target.table.as_deref().map(table_key),
@@ -193,8 +199,9 @@ impl Conn {
         };
         // A server that refuses a peer says why and closes at once, perhaps before the
         // hello is sent: read its answer even when sending failed.
-        let sent = wire::send(&sock, &socket, &hello, &[]);
-        let (reply, fds) = match (wire::recv::<Reply>(&sock, &socket, "server"), sent) {
+        let bound = wire::Bound::within(CONTROL_TIMEOUT);
+        let sent = wire::send(&sock, &socket, &hello, &[], bound);
+        let (reply, fds) = match (wire::recv::<Reply>(&sock, &socket, "server", bound), sent) {
             (Ok(r), _) => r,
             (Err(_), Err(e)) => return Err(e),
             (Err(ServiceError::Disconnected { socket, reason }), Ok(())) => {
@@ -281,13 +288,15 @@ impl Conn {
             control: Mutex::new(()),
             region,
             layout,
-            sq_bell: Doorbell::from_fd(s),
-            cq_bell: Doorbell::from_fd(c),
+            sq_bell: Doorbell::from_fd(s, "server")?,
+            cq_bell: Doorbell::from_fd(c, "server")?,
             spin: Duration::from_micros(u64::from(options.spin_us.min(MAX_SPIN_US))),
             state: Mutex::new(State {
                 free: (0..slots).rev().collect(),
                 tags: vec![0; n],
                 spec: vec![false; n],
+                ticket: vec![None; n],
+                tickets: 0,
                 done: vec![None; n],
                 sq_tail: 0,
                 cq_head: 0,
@@ -410,9 +419,10 @@ impl Conn {
                 }
             }
             if st.reaping {
-                st = match self.cond.wait(st) {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
+                // Bounded, so that `take` sees its own deadlines.
+                st = match self.cond.wait_timeout(st, WAIT_SLICE) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
                 };
                 continue;
             }
@@ -432,8 +442,8 @@ impl Conn {
         }
     }
 
-    /// Waits for a completion to be posted: spins if asked, then sleeps on the doorbell
-    /// while watching the socket for the server going away.
+    /// Waits for a completion to be posted, at most one [`WAIT_SLICE`]: spins if asked,
+    /// then sleeps on the doorbell while watching the socket for the server going away.
     fn block(&self) -> Result<()> {
         let r = &self.region;
         let ready = || {
@@ -443,23 +453,46 @@ impl Conn {
         if spin_then(self.spin, r.atomic_u32(H_CLIENT_FLAGS), ready) {
             return Ok(());
         }
-        loop {
-            match wait_client(&self.cq_bell, self.sock.as_fd(), WAIT_SLICE)? {
-                Woke::Bell => return Ok(()),
-                Woke::HangUp => return Err(self.gone("the server closed the connection")),
-                Woke::Timeout | Woke::Message => {
-                    if ready() {
-                        return Ok(());
-                    }
-                }
-            }
+        // Back to the caller's `take` after a slice without a bell too (it may have a
+        // deadline, and it reaps whatever came).
+        match wait_client(&self.cq_bell, self.sock.as_fd(), WAIT_SLICE)? {
+            Woke::HangUp => Err(self.gone("the server closed the connection")),
+            Woke::Bell | Woke::Timeout | Woke::Message => Ok(()),
         }
     }
 
-    /// Takes a free slot (waiting for one when `wait`), writes `ids` and submits.
-    fn start(&self, op: u32, layer: usize, ids: &[u64], wait: bool) -> Result<Option<(u32, u64)>> {
+    /// Takes a free slot (waiting for one when `wait`), writes `ids` and submits; a
+    /// `ticket` keeps its slot until [`Conn::finish`]. When tickets hold every slot, only
+    /// their holders can free one: if this thread started them all, waiting would never
+    /// end, so it is a [`ServiceError::Limit`] at once; if other threads hold some, it
+    /// waits for one of them at most [`HELD_TICKET_WAIT`] (two threads that each hold
+    /// tickets and each want one more would otherwise wait for each other for ever).
+    fn start(
+        &self,
+        op: u32,
+        layer: usize,
+        ids: &[u64],
+        wait: bool,
+        ticket: bool,
+    ) -> Result<Option<(u32, u64)>> {
         let slot = if wait {
-            self.wait_for(|st| st.free.pop())?
+            let slots = self.layout.slots as usize;
+            let me = std::thread::current().id();
+            let deadline = Instant::now() + HELD_TICKET_WAIT;
+            self.wait_for(|st| match st.free.pop() {
+                Some(s) => Some(Ok(s)),
+                None if st.tickets >= slots
+                    && (st.ticket.iter().all(|t| *t == Some(me)) || Instant::now() >= deadline) =>
+                {
+                    Some(Err(ServiceError::Limit {
+                        what: "prefetch tickets held at once (wait on or free one first)",
+                        name: "ClientOptions::slots, ENGRAM_SERVICE_MAX_TICKETS",
+                        limit: slots as u64,
+                        found: slots as u64 + 1,
+                    }))
+                }
+                None => None,
+            })??
         } else {
             let mut st = lock(&self.state);
             if st.broken.is_none() {
@@ -487,6 +520,10 @@ impl Conn {
                 st.spec[slot as usize] = op == OP_SPECULATE;
                 self.submit(&mut st, sqe)
             });
+        if r.is_ok() && ticket {
+            st.ticket[slot as usize] = Some(std::thread::current().id());
+            st.tickets += 1;
+        }
         if let Err(e) = r {
             st.tags[slot as usize] = 0;
             st.free.push(slot);
@@ -519,6 +556,9 @@ impl Conn {
         };
         let mut st = lock(&self.state);
         st.tags[slot as usize] = 0;
+        if st.ticket[slot as usize].take().is_some() {
+            st.tickets -= 1;
+        }
         st.free.push(slot);
         self.cond.notify_all();
         r
@@ -527,8 +567,9 @@ impl Conn {
     /// A control request on the connection.
     fn control(&self, req: &Request) -> Result<Reply> {
         let _g = lock(&self.control);
-        wire::send(&self.sock, &self.socket, req, &[])?;
-        let (reply, _) = wire::recv::<Reply>(&self.sock, &self.socket, "server")?;
+        let bound = wire::Bound::within(CONTROL_TIMEOUT);
+        wire::send(&self.sock, &self.socket, req, &[], bound)?;
+        let (reply, _) = wire::recv::<Reply>(&self.sock, &self.socket, "server", bound)?;
         Ok(reply)
     }
 }
@@ -768,7 +809,7 @@ impl RowSource for RemoteStore {
         let t0 = Instant::now();
         let conn = self.conn()?;
         let r = conn
-            .start(OP_LOOKUP, layer, ids, true)
+            .start(OP_LOOKUP, layer, ids, true, false)
             .and_then(|s| s.ok_or_else(|| conn.gone("no slot")))
             .and_then(|(slot, _)| conn.finish(slot, &self.inner.table, out));
         self.record(ids.len(), t0, r.is_ok());
@@ -790,9 +831,10 @@ impl RowSource for RemoteStore {
             return Ticket::ready(out, Ok(()));
         }
         let t0 = Instant::now();
-        let started = self
-            .conn()
-            .and_then(|conn| conn.start(OP_LOOKUP, layer, ids, true).map(|s| (conn, s)));
+        let started = self.conn().and_then(|conn| {
+            conn.start(OP_LOOKUP, layer, ids, true, true)
+                .map(|s| (conn, s))
+        });
         match started {
             Ok((conn, Some((slot, _)))) => Ticket::from_pending(Box::new(RemoteRows {
                 store: self.clone(),
@@ -816,7 +858,7 @@ impl RowSource for RemoteStore {
             return Ok(Speculation::not_taken());
         }
         let conn = self.conn()?;
-        Ok(match conn.start(OP_SPECULATE, layer, ids, false)? {
+        Ok(match conn.start(OP_SPECULATE, layer, ids, false, false)? {
             Some((_, tag)) => Speculation::from_pending(Box::new(RemoteSpeculation { conn, tag })),
             None => Speculation::not_taken(),
         })
@@ -923,10 +965,9 @@ pub fn request(socket: &Path, req: &Request) -> Result<Reply> {
         socket: socket.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let _ = sock.set_read_timeout(Some(CONTROL_TIMEOUT));
-    let _ = sock.set_write_timeout(Some(CONTROL_TIMEOUT));
-    let sent = wire::send(&sock, socket, req, &[]);
-    match (wire::recv::<Reply>(&sock, socket, "server"), sent) {
+    let bound = wire::Bound::within(CONTROL_TIMEOUT);
+    let sent = wire::send(&sock, socket, req, &[], bound);
+    match (wire::recv::<Reply>(&sock, socket, "server", bound), sent) {
         (Ok((Reply::Refused { reason }, _)), _) => Err(ServiceError::Refused {
             socket: socket.to_path_buf(),
             reason,

@@ -32,7 +32,11 @@
 pub mod bell;
 pub mod client;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod protocol;
+#[doc(hidden)]
+pub mod raw;
 pub mod server;
 pub mod shm;
 pub mod signals;

@@ -4,7 +4,10 @@
 //! and that many bytes of JSON ([`Request`], [`Reply`]), at most [`MAX_FRAME_BYTES`]. A
 //! data client sends [`Request::Hello`]; the server answers [`Reply::Welcome`] with three
 //! file descriptors attached (`SCM_RIGHTS`): the shared region (a sealed memfd), the
-//! submission doorbell and the completion doorbell (eventfds). A control client (`engram
+//! client's end of the submission doorbell and of the completion doorbell (Unix stream
+//! socket pairs: a ring is one byte sent with `MSG_DONTWAIT`; see [`crate::bell`]). A
+//! hello must arrive whole within the server's handshake timeout, and at most
+//! [`MAX_REQUEST_BYTES`] long. A control client (`engram
 //! stats`, `engram reload`) sends [`Request::Stats`] or [`Request::Reload`] first.
 //!
 //! **Data** (the shared region, one per client; [`RegionLayout`]): a header page with the
@@ -20,12 +23,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServiceError, violation};
 
-/// Protocol version; a server refuses a client of another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version; a server refuses a client of another version. Version 2: the
+/// doorbells are socket pairs (version 1 shared eventfds, which a client could make
+/// blocking).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// First bytes of every region.
 pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"ENGRAMSV");
 /// Largest control frame (a welcome carries the table manifest, at most 16 MiB).
 pub const MAX_FRAME_BYTES: usize = (16 << 20) + (1 << 20);
+/// Largest control frame a client sends (a request; a hello names a table of at most
+/// [`MAX_TABLE_NAME_BYTES`]).
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
 /// Most slots (requests in flight) one client may have.
 pub const MAX_SLOTS: u32 = 256;
 /// Most rows one slot (one request) may carry.

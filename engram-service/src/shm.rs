@@ -1,16 +1,20 @@
 //! The shared region: a sealed memfd mapped by the server and by one client.
 //!
-//! Contract (the only `unsafe` in the crate besides `signals.rs`):
+//! Contract (the only `unsafe` in the crate besides `signals.rs`, which says why it needs
+//! it):
 //! - The mapping is `len` bytes, `MAP_SHARED`, readable and writable, alive from
 //!   [`Region::create`] / [`Region::attach`] until drop. The memfd is sealed against
 //!   shrinking and growing before it is shared, and `attach` refuses a memfd without
 //!   those seals, so the peer can never make part of the mapping disappear (which would
 //!   turn an access into `SIGBUS`).
 //! - The peer writes the same bytes at any time. No Rust reference to the mapping's bytes
-//!   is ever formed: bytes move in and out only through raw-pointer copies into and out
-//!   of private memory ([`Region::read`], [`Region::write`]), and the shared ring indices
-//!   and flags are atomics ([`Region::atomic_u32`]), whose every bit pattern is a valid
-//!   value. Whatever the peer writes is therefore only data: it is copied, then validated.
+//!   is ever formed, and no plain load or store touches them: a plain copy racing the
+//!   peer's writes would be a data race (undefined behaviour by the language's rules, not
+//!   only a torn value). Bytes move in and out of private memory through relaxed atomic
+//!   loads and stores ([`Region::read`], [`Region::write`]: `AtomicU64` for the aligned
+//!   middle, `AtomicU8` at the edges), and the ring indices and flags are atomics
+//!   ([`Region::atomic_u32`]). Every bit pattern is a valid value of each, so whatever
+//!   the peer writes is only data: it is copied, then validated.
 //! - Every offset and length is checked against `len` before the copy (offsets come from
 //!   [`crate::protocol::RegionLayout`], never from the region).
 #![allow(unsafe_code)]
@@ -18,7 +22,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -146,27 +150,63 @@ impl Region {
         unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU32>() }
     }
 
-    /// Copies `dst.len()` bytes at `off` out of the region.
+    /// The byte at `off` as an atomic (`off` checked by the caller).
+    fn byte(&self, off: usize) -> &AtomicU8 {
+        // SAFETY: the callers checked `off < len`; the mapping outlives `&self`; AtomicU8
+        // has the size and alignment of u8, every bit pattern is valid, and every access
+        // to these bytes from this process is atomic (module contract).
+        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU8>() }
+    }
+
+    /// The 8 bytes at `off` (8-aligned, checked by the caller) as an atomic.
+    fn word(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off.is_multiple_of(8));
+        // SAFETY: as in `byte`; `off` is 8-aligned and the mapping page-aligned, so the
+        // AtomicU64 is aligned, and `off + 8 <= len` (checked by the caller).
+        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU64>() }
+    }
+
+    /// Copies `dst.len()` bytes at `off` out of the region (relaxed atomic loads: the
+    /// bytes may change under the copy, which then holds some mix of old and new bytes,
+    /// validated by the caller like any input).
     pub fn read(&self, off: usize, dst: &mut [u8]) -> Result<()> {
         self.check(off, dst.len())?;
-        // SAFETY: `off..off + dst.len()` is inside the mapping (checked above), which is
-        // alive for `&self`; `dst` is private memory, so the ranges do not overlap. The
-        // source bytes may change under the copy (the peer): the copy then holds some mix
-        // of old and new bytes, which the caller validates like any input.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), dst.as_mut_ptr(), dst.len());
+        let mut i = 0;
+        while i < dst.len() && !(off + i).is_multiple_of(8) {
+            dst[i] = self.byte(off + i).load(Ordering::Relaxed);
+            i += 1;
+        }
+        while i + 8 <= dst.len() {
+            let v = self.word(off + i).load(Ordering::Relaxed);
+            dst[i..i + 8].copy_from_slice(&v.to_ne_bytes());
+            i += 8;
+        }
+        while i < dst.len() {
+            dst[i] = self.byte(off + i).load(Ordering::Relaxed);
+            i += 1;
         }
         Ok(())
     }
 
-    /// Copies `src` into the region at `off`.
+    /// Copies `src` into the region at `off` (relaxed atomic stores; the ring index
+    /// published after it, with `Release`, orders them for the peer).
     pub fn write(&self, off: usize, src: &[u8]) -> Result<()> {
         self.check(off, src.len())?;
-        // SAFETY: `off..off + src.len()` is inside the mapping (checked above), alive for
-        // `&self` and writable; `src` is private memory, so the ranges do not overlap. No
-        // reference to the destination exists (module contract).
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(off), src.len());
+        let mut i = 0;
+        while i < src.len() && !(off + i).is_multiple_of(8) {
+            self.byte(off + i).store(src[i], Ordering::Relaxed);
+            i += 1;
+        }
+        while i + 8 <= src.len() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&src[i..i + 8]);
+            self.word(off + i)
+                .store(u64::from_ne_bytes(w), Ordering::Relaxed);
+            i += 8;
+        }
+        while i < src.len() {
+            self.byte(off + i).store(src[i], Ordering::Relaxed);
+            i += 1;
         }
         Ok(())
     }

@@ -169,9 +169,12 @@ fn run_as_nobody(exe: &Path, role: &str) -> String {
 #[test]
 fn a_client_of_another_user_is_refused() {
     if !rustix::process::geteuid().is_root() {
-        engram_kernels::skip::skipped(
+        if let Err(e) = engram_kernels::skip::skip_unless_required(
+            "ENGRAM_REQUIRE_ROOT",
             "refusing another user's client needs root (to start a client as uid 65534); CI runs as root",
-        );
+        ) {
+            panic!("{e} (this test runs as uid {})", rustix::process::geteuid().as_raw());
+        }
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");

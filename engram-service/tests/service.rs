@@ -7,11 +7,9 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use engram_service::protocol::{
-    H_CQ_TAIL, H_SQ_TAIL, OP_LOOKUP, PROTOCOL_VERSION, RegionLayout, Reply, Request, Sqe,
-};
-use engram_service::shm::Region;
-use engram_service::{ClientOptions, RemoteStore, ServiceError, Target, wire};
+use engram_service::protocol::{H_CQ_TAIL, H_SQ_TAIL, OP_LOOKUP, Sqe};
+use engram_service::raw::RawClient;
+use engram_service::{ClientOptions, RemoteStore, ServiceError, Target};
 use engram_store::{BackendKind, RowSource, Store};
 
 fn client(sock: &std::path::Path, table: Option<&str>) -> RemoteStore {
@@ -210,53 +208,8 @@ fn bad_requests_get_the_stores_errors() {
 }
 
 /// A hand-made client that skips the client library's checks.
-struct RawClient {
-    _sock: std::os::unix::net::UnixStream,
-    region: Region,
-    layout: RegionLayout,
-    bell: engram_service::bell::Doorbell,
-}
-
-#[allow(clippy::panic)] // a test helper: no welcome fails the test
 fn raw_client(sock_path: &std::path::Path) -> RawClient {
-    let sock = std::os::unix::net::UnixStream::connect(sock_path).expect("connect");
-    let hello = Request::Hello {
-        version: PROTOCOL_VERSION,
-        table: None,
-        slots: 2,
-        slot_rows: 8,
-        server_spin_us: 0,
-    };
-    wire::send(&sock, sock_path, &hello, &[]).expect("hello");
-    let (reply, fds) = wire::recv::<Reply>(&sock, sock_path, "server").expect("welcome");
-    let Reply::Welcome {
-        slots, slot_rows, ..
-    } = reply
-    else {
-        panic!("no welcome: {reply:?}")
-    };
-    let layout = RegionLayout::new(slots, slot_rows, 264).expect("layout");
-    let mut fds = fds.into_iter();
-    let region = Region::attach(fds.next().expect("memfd"), layout.bytes).expect("attach");
-    let bell = engram_service::bell::Doorbell::from_fd(fds.next().expect("bell"));
-    RawClient {
-        _sock: sock,
-        region,
-        layout,
-        bell,
-    }
-}
-
-impl RawClient {
-    fn submit(&self, index: u32, sqe: Sqe) {
-        self.region
-            .write(self.layout.sqe(index), &sqe.encode())
-            .expect("sqe");
-        self.region
-            .atomic_u32(H_SQ_TAIL)
-            .store(index + 1, std::sync::atomic::Ordering::Release);
-        self.bell.ring();
-    }
+    RawClient::attach(sock_path, 2, 8, 264).expect("attached by hand")
 }
 
 #[test]
@@ -287,7 +240,8 @@ fn a_client_that_breaks_the_protocol_is_cut_off_alone() {
             rows: 1,
             tag: 9,
         },
-    );
+    )
+    .expect("submit");
     eventually("an error completion", || {
         raw.region
             .atomic_u32(H_CQ_TAIL)
@@ -321,7 +275,8 @@ fn a_client_that_breaks_the_protocol_is_cut_off_alone() {
             rows: 1,
             tag: 10,
         },
-    );
+    )
+    .expect("submit");
     eventually("the violation", || {
         server.stats().protocol_violations_total == 1
     });
@@ -350,7 +305,7 @@ fn a_client_that_breaks_the_protocol_is_cut_off_alone() {
     .enumerate()
     {
         let raw = raw_client(server.socket());
-        raw.submit(0, bad);
+        raw.submit(0, bad).expect("submit");
         eventually("the violation", || {
             server.stats().protocol_violations_total == 2 + k as u64
         });
@@ -360,7 +315,7 @@ fn a_client_that_breaks_the_protocol_is_cut_off_alone() {
     raw.region
         .atomic_u32(H_SQ_TAIL)
         .store(1 << 30, std::sync::atomic::Ordering::Release);
-    raw.bell.ring();
+    raw.sq_bell.ring();
     eventually("the fourth violation", || {
         server.stats().protocol_violations_total == 4
     });
@@ -759,4 +714,88 @@ fn clients_with_deep_queues_share_few_store_slots() {
         }
     });
     assert_eq!(server.stats().tables[0].requests.requests, 4 * 5 * 8);
+}
+
+#[test]
+fn connections_that_never_say_hello_are_counted_and_limited() {
+    use engram_service::server::MAX_HANDSHAKES;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(100, 5);
+    let table = make_table(tmp.path(), "t", &s);
+    let server = serve(
+        tmp.path(),
+        &[("t", &table)],
+        store_options(BackendKind::Memory, 0),
+    );
+    let silent: Vec<_> = (0..MAX_HANDSHAKES)
+        .map(|_| std::os::unix::net::UnixStream::connect(server.socket()).expect("connect"))
+        .collect();
+    // The accept loop takes them in order; one more is refused at once, with the reason.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let e = RemoteStore::connect(
+        &format!("unix:{}", server.socket().display()),
+        &ClientOptions::default(),
+    )
+    .expect_err("refused while the handshakes are full");
+    assert!(e.to_string().contains("MAX_HANDSHAKES"), "{e}");
+    drop(silent);
+    eventually("a client attaches once the silent ones left", || {
+        RemoteStore::connect(
+            &format!("unix:{}", server.socket().display()),
+            &ClientOptions::default(),
+        )
+        .is_ok()
+    });
+}
+
+#[test]
+fn a_caller_holding_every_slot_gets_a_limit_error_not_a_hang() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(100, 5);
+    let table = make_table(tmp.path(), "t", &s);
+    let server = serve(
+        tmp.path(),
+        &[("t", &table)],
+        store_options(BackendKind::Memory, 0),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sock = server.socket().to_path_buf();
+    // On a thread of its own: a hang fails the test at the timeout instead of blocking it.
+    std::thread::spawn(move || {
+        let remote = client(&sock, None);
+        let rb = remote.row_bytes();
+        let slots = 4; // `client` asks for 4 slots
+        let mut held = Vec::new();
+        let mut limits = 0;
+        for k in 0..300u64 {
+            let t = remote.prefetch(0, &[k % 100], remote.alloc_rows(1).expect("buf"));
+            if held.len() == slots {
+                let (_, r) = t.wait();
+                let e = r.expect_err("a limit error");
+                assert!(
+                    matches!(&e, engram_store::Error::Remote(_))
+                        && e.to_string().contains("ENGRAM_SERVICE_MAX_TICKETS"),
+                    "{e}"
+                );
+                limits += 1;
+            } else {
+                held.push(t);
+            }
+        }
+        let mut out = vec![0u8; rb];
+        let e = remote
+            .lookup_into(0, &[1], &mut out)
+            .expect_err("a lookup while every slot is held");
+        assert!(e.to_string().contains("prefetch tickets held"), "{e}");
+        let n = held.len();
+        for t in held {
+            t.wait().1.expect("held rows");
+        }
+        remote.lookup_into(0, &[1], &mut out).expect("served again");
+        let _ = tx.send((n, limits));
+    });
+    let (held, limits) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("300 prefetches with held tickets finish (no hang)");
+    assert_eq!((held, limits), (4, 296));
 }

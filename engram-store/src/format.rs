@@ -161,6 +161,7 @@ impl Geometry {
 /// imported rows to the checkpoint files they came from, so a decoder can refuse a table
 /// built from other weights.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BuildInfo {
     /// Program and version, e.g. `engram-build 0.1.0`.
     pub tool: String,
@@ -884,6 +885,15 @@ pub fn preset_config(name: &str) -> Option<EngramConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_object_rejects_unknown_keys() {
+        let ok = r#"{"tool":"t","created_unix":1,"source":"s","notes":""}"#;
+        assert!(serde_json::from_str::<BuildInfo>(ok).is_ok());
+        let extra = r#"{"tool":"t","created_unix":1,"source":"s","notes":"","speed":"fast"}"#;
+        let e = serde_json::from_str::<BuildInfo>(extra).expect_err("unknown key");
+        assert!(e.to_string().contains("speed"), "{e}");
+    }
 
     #[test]
     fn row_bytes_of_published_layouts() {

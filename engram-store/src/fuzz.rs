@@ -98,6 +98,33 @@ pub fn records(data: &[u8]) {
     }
 }
 
+/// `candidates.bin`: parse and validate (and a copy with its trailing checksum made
+/// right); a parsed file serializes back to the same bytes, and predicting from it never
+/// panics.
+pub fn candidates(data: &[u8]) {
+    check_candidates(data);
+    if data.len() >= 8 {
+        let mut fixed = data.to_vec();
+        let n = fixed.len() - 8;
+        let sum = xxh3_64(&fixed[..n]);
+        fixed[n..].copy_from_slice(&sum.to_le_bytes());
+        check_candidates(&fixed);
+    }
+}
+
+fn check_candidates(data: &[u8]) {
+    let Ok(c) = crate::candidates::Candidates::from_bytes(data, Path::new("fuzz/candidates.bin"))
+    else {
+        return;
+    };
+    assert_eq!(c.to_bytes(), data, "candidates round trip");
+    let mut out = Vec::new();
+    for context in [&[][..], &[5][..], &[1, 2][..], &[-1, 7, 9][..]] {
+        c.predict_into(context, c.k(), &mut out);
+        assert!(out.len() <= c.k());
+    }
+}
+
 /// The request pipeline's simulation ([`crate::sim`]): the first 8 bytes seed the faults
 /// and store shape, the rest are operations. A broken invariant (a wrong row, a request
 /// that never completes, a staging slot not free at rest, counters that do not add up)

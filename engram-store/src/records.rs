@@ -611,6 +611,32 @@ impl Records {
         })
     }
 
+    /// Checks that unit `u` of layer index `layer` (its bytes: `unit`) is zero after its
+    /// last record, as the format says (`engram inspect --verify`; the unit checksum alone
+    /// would also accept a writer's nonzero padding).
+    pub fn verify_unit_padding(&self, layer: usize, u: u64, unit: &[u8]) -> Result<()> {
+        let Some(Some(l)) = self.layers.get(layer) else {
+            return Err(Error::Invalid {
+                what: "records",
+                reason: format!("layer index {layer} has no records"),
+            });
+        };
+        let rpu = u64::from(self.shape.records_per_unit);
+        let used = l.n_records.saturating_sub(u * rpu).min(rpu);
+        let from = (used * self.shape.record_bytes()).min(unit.len() as u64) as usize;
+        match unit[from..].iter().position(|&b| b != 0) {
+            None => Ok(()),
+            Some(i) => Err(Error::Records {
+                path: self.path.clone(),
+                offset: l.data_offset + u * u64::from(self.shape.unit_bytes) + (from + i) as u64,
+                reason: format!(
+                    "nonzero padding after the {used} records of unit {u} of layer {}",
+                    l.layer_id
+                ),
+            }),
+        }
+    }
+
     /// Checks every unit inside a read of `buf` at file `offset` (unit-aligned) of layer
     /// index `layer`'s records.
     pub fn verify_read(&self, layer: usize, offset: u64, buf: &[u8]) -> Result<()> {

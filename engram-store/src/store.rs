@@ -63,9 +63,10 @@ pub struct StoreOptions {
     pub io_workers: usize,
     /// Requests in flight at once: prefetch tickets held, lookups running.
     pub max_in_flight: usize,
-    /// How long a prefetch or lookup waits for one of the `max_in_flight` slots before it
-    /// fails with [`Error::Limit`] (a caller holding every ticket itself would otherwise
-    /// wait forever). Default [`DEFAULT_SLOT_WAIT`].
+    /// How long a prefetch or lookup waits for one of the `max_in_flight` slots that other
+    /// threads hold before it fails with [`Error::Limit`]. A thread that holds every slot
+    /// itself (all the tickets are its own: nobody else can free one) gets `Limit` at
+    /// once. Default [`DEFAULT_SLOT_WAIT`].
     pub slot_wait: Duration,
     /// Rows per batch.
     pub max_batch_rows: usize,

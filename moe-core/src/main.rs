@@ -148,6 +148,20 @@ fn parse_size(s: &str) -> Result<u64, String> {
     parse_bytes(s).map_err(|e| e.to_string())
 }
 
+/// `print!` through [`out`].
+macro_rules! out {
+    ($($arg:tt)*) => { out(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`out`].
+macro_rules! outln {
+    () => { out(format_args!("\n")) };
+    ($($arg:tt)*) => {{
+        out(format_args!($($arg)*));
+        out(format_args!("\n"));
+    }};
+}
+
 fn store_options(a: &ModelArgs, table: &Path) -> Result<StoreOptions> {
     let mut o = StoreOptions::default();
     o.backend.kind = a.engram_backend.and_then(|b| match b {
@@ -374,21 +388,20 @@ fn generate(a: GenerateArgs) -> Result<()> {
         enable_speculation(&mut s, &a.model, a.speculate)?;
     }
     if !a.json {
-        print!("{}", a.prompt);
+        out!("{}", a.prompt);
     }
     let mut text = String::new();
     let stats = s.generate(&a.prompt, a.max_new_tokens, sampler, |piece| {
         text.push_str(piece);
         if !a.json {
-            print!("{piece}");
-            let _ = std::io::stdout().flush();
+            out!("{piece}");
         }
     })?;
     let decode_tps =
         stats.new_tokens.saturating_sub(1) as f64 / stats.decode.as_secs_f64().max(1e-9);
     let store = s.memory.as_ref().and_then(|m| m.store().stats().ok());
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"type": "generate", "data": {
                 "prompt": a.prompt, "completion": text, "ids": stats.ids, "raw_ids": stats.raw_ids,
@@ -418,7 +431,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             }})
         );
     } else {
-        println!();
+        outln!();
         eprintln!(
             "\n{} prompt tokens, {} new; prefill {:.1} ms, first token {:.1} ms, decode {:.1} tokens/s",
             stats.prompt_tokens,
@@ -499,14 +512,14 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     for (using, loss, n) in &results {
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"type": "eval", "data": {
                     "engram": *using == EngramUse::On, "engram_use": using.name(),
                     "loss_nats_per_token": loss, "tokens": n, "seq_len": a.seq_len}})
             );
         } else {
-            println!(
+            outln!(
                 "{:<31}: {loss:.4} nats/token over {n} tokens",
                 using.label()
             );
@@ -515,7 +528,21 @@ fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Writes to stdout and flushes; a closed pipe (`moe-core generate | head`) ends the
+/// process quietly with status 0, any other write error with a message and status 2.
+fn out(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
 fn main() -> ExitCode {
+    let _ = engram_oom::install("moe-core");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()

@@ -102,4 +102,42 @@ fn a_mooncake_skeleton_is_not_read_from_local_disk() {
         err.contains("is a Mooncake skeleton") && err.contains("--engram-backend mooncake"),
         "{err}"
     );
+
+/// `moe-core generate | head -c 1`: the reader goes away mid-stream; the writer ends
+/// quietly with status 0 (it panicked on the broken pipe, exit 101).
+#[test]
+fn a_closed_stdout_ends_generate_quietly() {
+    use std::io::Read;
+    if engram_kernels::tokenizer::for_tests()
+        .expect("ENGRAM_REQUIRE_TOKENIZER is set")
+        .is_none()
+    {
+        return;
+    }
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stdlib-moe-a");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moe-core"))
+        .args([
+            "generate",
+            "--no-engram",
+            "--max-new-tokens",
+            "200",
+            "--model",
+        ])
+        .arg(&model)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("moe-core runs");
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("a first byte");
+    // The pipe's read end is closed here (dropped above).
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

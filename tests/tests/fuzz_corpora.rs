@@ -19,6 +19,8 @@ const TARGETS: &[(&str, FuzzFn)] = &[
     ("vectors_hash", engram_tools::fuzz::vectors_hash),
     ("model_config", moe_core::fuzz::model_config),
     ("sha256sums", engram_kernels::fuzz::sha256sums),
+    ("candidates", engram_store::fuzz::candidates),
+    ("service_protocol", engram_service::fuzz::protocol),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -910,6 +910,50 @@ fn build_with_records(root: &Path, out: &Path, budget: &str, extra: &[&str]) -> 
     summary["data"].clone()
 }
 
+/// Writes nonzero padding into the last unit of the first layer with records (checksums
+/// made right) in a copy of the table at `out`, and expects `inspect --verify` to fail.
+fn padded_unit_is_corruption(out: &Path, recs: &engram_store::records::Records) {
+    use engram_store::records::{RECORDS_FILE, fix_checksums};
+    let Some(l) = recs.layers.iter().flatten().next() else {
+        return;
+    };
+    let (ub, rpu) = (
+        u64::from(recs.shape.unit_bytes),
+        u64::from(recs.shape.records_per_unit),
+    );
+    let last = l.data_bytes / ub - 1;
+    let used = l.n_records - last * rpu;
+    let pad_at = used * recs.shape.record_bytes();
+    if pad_at >= ub {
+        eprintln!("SKIPPED: the last records unit has no padding");
+        return;
+    }
+    let copy = out.with_extension("padded");
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    for e in std::fs::read_dir(out).expect("ls") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), copy.join(e.file_name())).expect("copy");
+    }
+    let path = copy.join(RECORDS_FILE);
+    let mut file = std::fs::read(&path).expect("records.bin");
+    let unit_at = (l.data_offset + last * ub) as usize;
+    file[unit_at + pad_at as usize] = 0x5a;
+    let sum = engram_store::format::block_checksum(last, &file[unit_at..unit_at + ub as usize]);
+    let sums_at = (l.data_offset + l.data_bytes + 8 * last) as usize;
+    file[sums_at..sums_at + 8].copy_from_slice(&sum.to_le_bytes());
+    fix_checksums(&mut file);
+    std::fs::write(&path, &file).expect("write");
+    let st = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["inspect", s(&copy), "--verify"])
+        .output()
+        .expect("engram inspect runs");
+    let text =
+        String::from_utf8_lossy(&st.stdout).to_string() + &String::from_utf8_lossy(&st.stderr);
+    assert_eq!(st.status.code(), Some(1), "{text}");
+    assert!(text.contains("nonzero padding"), "{text}");
+}
+
 #[test]
 fn records_verify_and_serve_the_table_bytes() {
     use engram_store::records::{RECORDS_FILE, Records};
@@ -980,6 +1024,9 @@ fn records_verify_and_serve_the_table_bytes() {
             assert!(got == want, "layer index {li}: bytes differ");
         }
     }
+    // Nonzero padding after a unit's last record, with every checksum made right, is
+    // still corruption to `inspect --verify` (issue 20).
+    padded_unit_is_corruption(&out, &recs);
     let (sw, so) = (with.stats(), without.stats());
     assert!(sw.record_reads > 0, "records were read: {sw:?}");
     assert_eq!(so.record_reads, 0);

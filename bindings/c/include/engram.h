@@ -26,6 +26,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Prefetch tickets a "unix:PATH" store (a client of `engram serve`) may hold unfreed:
+// with this many held, the next `engram_store_prefetch` or `engram_store_lookup_into` on
+// it fails with `ENGRAM_ERR_LIMIT` instead of waiting for a slot only the caller can free.
+#define ENGRAM_SERVICE_MAX_TICKETS 16
+
+// The same for a store opened from a table directory (its prefetch slots).
+#define ENGRAM_LOCAL_MAX_TICKETS 64
+
 // Return codes. Every function that returns `int` returns `ENGRAM_OK` (0) on success and
 // one of these on failure; `engram_last_error()` then holds the message.
 typedef enum engram_status {
@@ -114,7 +122,8 @@ typedef struct engram_store_options {
   size_t struct_size;
   // An `engram_backend` value (default `ENGRAM_BACKEND_AUTO`).
   int32_t backend;
-  // Check every device read against its block checksum: 1 (default) or 0.
+  // Check every device read against its block checksum: 1 (default) or 0 (a corrupted
+  // block on the medium then comes back as wrong rows, silently, instead of an error).
   int32_t verify;
   // Hot-row cache budget in bytes (default 0: no cache).
   uint64_t cache_bytes;
@@ -209,7 +218,9 @@ const char *engram_store_backend(const struct engram_store *store);
 
 // Reads rows `ids[0..n)` of layer `layer_id` into `out`, on the calling thread, through
 // the hot-row cache. `out_len` must be exactly `n * engram_store_row_bytes(store)`;
-// anything else is `ENGRAM_ERR_BUFFER_SIZE` and nothing is written. A row id beyond the
+// anything else is `ENGRAM_ERR_BUFFER_SIZE` and nothing is written. `ids` and `out` that
+// share a byte are `ENGRAM_ERR_INVALID_ARGUMENT` (as for every call that reads one
+// buffer and writes another). A row id beyond the
 // layer is `ENGRAM_ERR_OUT_OF_RANGE`. `ids` and `out` may be NULL only when `n` is 0.
 // Thread-safe (concurrent lookups on one store are fine; their `out` must not overlap).
 int engram_store_lookup_into(const struct engram_store *store,
@@ -221,7 +232,9 @@ int engram_store_lookup_into(const struct engram_store *store,
 
 // Starts reading rows `ids[0..n)` of layer `layer_id` on the store's I/O workers and
 // returns at once with a ticket in `*out` (the ids are copied: `ids` may be reused on
-// return). Blocks only while the store's in-flight limit is reached. An unknown layer
+// return). Waits only for a slot another call will free: when the caller holds
+// `ENGRAM_LOCAL_MAX_TICKETS` (`ENGRAM_SERVICE_MAX_TICKETS` for "unix:PATH") unfreed
+// tickets, it fails with `ENGRAM_ERR_LIMIT` (wait on or free one first). An unknown layer
 // fails here; a bad row id fails in `engram_ticket_wait`. Thread-safe.
 int engram_store_prefetch(const struct engram_store *store,
                           uint32_t layer_id,

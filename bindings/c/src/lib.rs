@@ -12,8 +12,12 @@
     clippy::unimplemented
 )]
 #![allow(non_camel_case_types)]
-// The exported functions are `#[unsafe(no_mangle)]` and take raw pointers by design; every
-// dereference goes through `ptr.rs`, which states its contract.
+// The exported functions take raw pointers by design, so every one that takes a pointer is
+// an `unsafe extern "C" fn` (`#[unsafe(no_mangle)]`): its safety contract is the header's
+// Conventions plus its own documentation. Every dereference goes through the `unsafe fn`s
+// of `ptr.rs`, which state that contract; each `unsafe { ptr::...(...) }` (and
+// `unsafe { handle(store) }`) inside an export applies the export's contract to that one
+// argument, for the export's duration only.
 #![allow(unsafe_code, clippy::missing_safety_doc)]
 
 mod ptr;
@@ -26,6 +30,13 @@ use std::path::PathBuf;
 use engram_bindings::{
     BackendKind, Error, Handle, OpenConfig, PendingRows, Result, RowLayout, TokenIds,
 };
+
+/// Prefetch tickets a "unix:PATH" store (a client of `engram serve`) may hold unfreed:
+/// with this many held, the next `engram_store_prefetch` or `engram_store_lookup_into` on
+/// it fails with `ENGRAM_ERR_LIMIT` instead of waiting for a slot only the caller can free.
+pub const ENGRAM_SERVICE_MAX_TICKETS: usize = 16;
+/// The same for a store opened from a table directory (its prefetch slots).
+pub const ENGRAM_LOCAL_MAX_TICKETS: usize = 64;
 
 /// Return codes. Every function that returns `int` returns `ENGRAM_OK` (0) on success and
 /// one of these on failure; `engram_last_error()` then holds the message.
@@ -117,7 +128,8 @@ pub struct engram_store_options {
     pub struct_size: usize,
     /// An `engram_backend` value (default `ENGRAM_BACKEND_AUTO`).
     pub backend: i32,
-    /// Check every device read against its block checksum: 1 (default) or 0.
+    /// Check every device read against its block checksum: 1 (default) or 0 (a corrupted
+    /// block on the medium then comes back as wrong rows, silently, instead of an error).
     pub verify: i32,
     /// Hot-row cache budget in bytes (default 0: no cache).
     pub cache_bytes: u64,
@@ -253,12 +265,12 @@ fn open_config(o: &engram_store_options) -> Result<OpenConfig> {
     Ok(OpenConfig {
         backend: backend_of(o.backend)?,
         cache_bytes: o.cache_bytes,
-        profile: ptr::opt_str(o.profile_path, "profile_path")?.map(PathBuf::from),
+        profile: unsafe { ptr::opt_str(o.profile_path, "profile_path") }?.map(PathBuf::from),
         queue_depth: nonzero(o.queue_depth),
         io_workers: nonzero(o.io_workers),
         verify: Some(verify),
         max_batch_rows: nonzero(o.max_batch_rows),
-        tokenizer: ptr::opt_str(o.tokenizer_path, "tokenizer_path")?.map(PathBuf::from),
+        tokenizer: unsafe { ptr::opt_str(o.tokenizer_path, "tokenizer_path") }?.map(PathBuf::from),
         default_tokenizer: false,
     })
 }
@@ -320,9 +332,9 @@ pub extern "C" fn engram_status_name(status: c_int) -> *const c_char {
 /// Fills `*opts` with the defaults (auto backend, verification on, no cache, no profile,
 /// no tokenizer, default queue depth, workers and batch size). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_options_init(opts: *mut engram_store_options) -> c_int {
+pub unsafe extern "C" fn engram_store_options_init(opts: *mut engram_store_options) -> c_int {
     guard("engram_store_options_init", || {
-        *ptr::obj_mut(opts, "opts")? = defaults();
+        *unsafe { ptr::obj_mut(opts, "opts") }? = defaults();
         Ok(())
     })
 }
@@ -334,22 +346,22 @@ pub extern "C" fn engram_store_options_init(opts: *mut engram_store_options) -> 
 /// success `*out` is a store to pass to `engram_store_close`; on failure `*out` is left
 /// unchanged. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_open(
+pub unsafe extern "C" fn engram_store_open(
     path: *const c_char,
     opts: *const engram_store_options,
     out: *mut *mut engram_store,
 ) -> c_int {
     guard("engram_store_open", || {
-        let path = ptr::str_arg(path, "path")?;
+        let path = unsafe { ptr::str_arg(path, "path") }?;
         let config = if opts.is_null() {
             open_config(&defaults())?
         } else {
-            open_config(ptr::obj(opts, "opts")?)?
+            open_config(unsafe { ptr::obj(opts, "opts") }?)?
         };
         // Check `out` before the (slow) open.
-        ptr::obj_mut(out, "out")?;
+        unsafe { ptr::obj_mut(out, "out") }?;
         let inner = Handle::open(path, &config)?;
-        ptr::give(out, engram_store { inner })
+        unsafe { ptr::give(out, engram_store { inner }) }
     })
 }
 
@@ -365,36 +377,41 @@ pub unsafe extern "C" fn engram_store_close(store: *mut engram_store) {
     }));
 }
 
-fn handle<'a>(store: *const engram_store) -> Result<&'a Handle> {
-    Ok(&ptr::obj(store, "store")?.inner)
+/// The handle behind `store`.
+///
+/// # Safety
+/// As [`ptr::obj`]: `store` came from `engram_store_open` and is not closed, and the
+/// reference is used only during the calling export.
+unsafe fn handle<'a>(store: *const engram_store) -> Result<&'a Handle> {
+    Ok(&unsafe { ptr::obj(store, "store") }?.inner)
 }
 
 /// Bytes per row (0 if `store` is NULL). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_row_bytes(store: *const engram_store) -> usize {
+pub unsafe extern "C" fn engram_store_row_bytes(store: *const engram_store) -> usize {
     guard_value("engram_store_row_bytes", 0, || {
-        Ok(handle(store)?.row_bytes())
+        Ok(unsafe { handle(store) }?.row_bytes())
     })
 }
 
 /// Number of Engram layers in the table (0 if `store` is NULL). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_n_layers(store: *const engram_store) -> usize {
+pub unsafe extern "C" fn engram_store_n_layers(store: *const engram_store) -> usize {
     guard_value("engram_store_n_layers", 0, || {
-        Ok(handle(store)?.layer_ids().len())
+        Ok(unsafe { handle(store) }?.layer_ids().len())
     })
 }
 
 /// Writes the table's layer ids (in table order) to `out[0..n_layers)`; `out_len` must be
 /// at least `engram_store_n_layers(store)`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_layer_ids(
+pub unsafe extern "C" fn engram_store_layer_ids(
     store: *const engram_store,
     out: *mut u64,
     out_len: usize,
 ) -> c_int {
     guard("engram_store_layer_ids", || {
-        let ids = handle(store)?.layer_ids();
+        let ids = unsafe { handle(store) }?.layer_ids();
         if out_len < ids.len() {
             return Err(Error::Buffer {
                 what: "layer ids output",
@@ -403,40 +420,40 @@ pub extern "C" fn engram_store_layer_ids(
                 found: out_len,
             });
         }
-        ptr::slice_mut(out, ids.len(), "out")?.copy_from_slice(ids);
+        unsafe { ptr::slice_mut(out, ids.len(), "out") }?.copy_from_slice(ids);
         Ok(())
     })
 }
 
 /// Rows of layer `layer_id` into `*rows`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_layer_rows(
+pub unsafe extern "C" fn engram_store_layer_rows(
     store: *const engram_store,
     layer_id: u32,
     rows: *mut u64,
 ) -> c_int {
     guard("engram_store_layer_rows", || {
-        let n = handle(store)?.layer_rows(u64::from(layer_id))?;
-        *ptr::obj_mut(rows, "rows")? = n;
+        let n = unsafe { handle(store) }?.layer_rows(u64::from(layer_id))?;
+        *unsafe { ptr::obj_mut(rows, "rows") }? = n;
         Ok(())
     })
 }
 
 /// The row layout into `*out`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_row_layout(
+pub unsafe extern "C" fn engram_store_row_layout(
     store: *const engram_store,
     out: *mut engram_row_layout,
 ) -> c_int {
     guard("engram_store_row_layout", || {
-        let info = handle(store)?.row_info();
+        let info = unsafe { handle(store) }?.row_info();
         let kind = match info.layout {
             RowLayout::Bf16 => engram_row_kind::ENGRAM_ROW_BF16,
             RowLayout::F16 => engram_row_kind::ENGRAM_ROW_F16,
             RowLayout::F32 => engram_row_kind::ENGRAM_ROW_F32,
             _ => engram_row_kind::ENGRAM_ROW_FP8_E4M3_E8M0,
         };
-        *ptr::obj_mut(out, "out")? = engram_row_layout {
+        *unsafe { ptr::obj_mut(out, "out") }? = engram_row_layout {
             kind: kind as i32,
             dim: u32::try_from(info.dim).map_err(|_| Error::Invalid {
                 what: "dim",
@@ -452,18 +469,18 @@ pub extern "C" fn engram_store_row_layout(
 /// Row ids per token per layer, `(max_ngram - 1) * heads` (0 if `store` is NULL).
 /// Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_n_hash_heads(store: *const engram_store) -> usize {
+pub unsafe extern "C" fn engram_store_n_hash_heads(store: *const engram_store) -> usize {
     guard_value("engram_store_n_hash_heads", 0, || {
-        Ok(handle(store)?.n_hash_heads())
+        Ok(unsafe { handle(store) }?.n_hash_heads())
     })
 }
 
 /// Largest n-gram order N: a token's row ids depend on it and the N - 1 tokens before it
 /// (0 if `store` is NULL). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_max_ngram(store: *const engram_store) -> usize {
+pub unsafe extern "C" fn engram_store_max_ngram(store: *const engram_store) -> usize {
     guard_value("engram_store_max_ngram", 0, || {
-        Ok(handle(store)?.max_ngram())
+        Ok(unsafe { handle(store) }?.max_ngram())
     })
 }
 
@@ -471,9 +488,9 @@ pub extern "C" fn engram_store_max_ngram(store: *const engram_store) -> usize {
 /// "service(...)" of one of them for a "unix:" store (static storage; "" if `store` is
 /// NULL). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_backend(store: *const engram_store) -> *const c_char {
+pub unsafe extern "C" fn engram_store_backend(store: *const engram_store) -> *const c_char {
     let name: &'static str = guard_value("engram_store_backend", "\0", || {
-        Ok(match handle(store)?.backend_name() {
+        Ok(match unsafe { handle(store) }?.backend_name() {
             "memory" => "memory\0",
             "mmap" => "mmap\0",
             "pread" => "pread\0",
@@ -490,11 +507,13 @@ pub extern "C" fn engram_store_backend(store: *const engram_store) -> *const c_c
 
 /// Reads rows `ids[0..n)` of layer `layer_id` into `out`, on the calling thread, through
 /// the hot-row cache. `out_len` must be exactly `n * engram_store_row_bytes(store)`;
-/// anything else is `ENGRAM_ERR_BUFFER_SIZE` and nothing is written. A row id beyond the
+/// anything else is `ENGRAM_ERR_BUFFER_SIZE` and nothing is written. `ids` and `out` that
+/// share a byte are `ENGRAM_ERR_INVALID_ARGUMENT` (as for every call that reads one
+/// buffer and writes another). A row id beyond the
 /// layer is `ENGRAM_ERR_OUT_OF_RANGE`. `ids` and `out` may be NULL only when `n` is 0.
 /// Thread-safe (concurrent lookups on one store are fine; their `out` must not overlap).
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_lookup_into(
+pub unsafe extern "C" fn engram_store_lookup_into(
     store: *const engram_store,
     layer_id: u32,
     ids: *const u64,
@@ -503,8 +522,7 @@ pub extern "C" fn engram_store_lookup_into(
     out_len: usize,
 ) -> c_int {
     guard("engram_store_lookup_into", || {
-        let h = handle(store)?;
-        let ids = ptr::slice(ids, n, "ids")?;
+        let h = unsafe { handle(store) }?;
         let need = n.saturating_mul(h.row_bytes());
         if out_len != need {
             return Err(Error::Buffer {
@@ -514,17 +532,19 @@ pub extern "C" fn engram_store_lookup_into(
                 found: out_len,
             });
         }
-        let out = ptr::slice_mut(out, out_len, "out")?;
+        let (ids, out) = unsafe { ptr::in_out(ids, n, "ids", out, out_len, "out") }?;
         h.lookup_into(u64::from(layer_id), ids, out)
     })
 }
 
 /// Starts reading rows `ids[0..n)` of layer `layer_id` on the store's I/O workers and
 /// returns at once with a ticket in `*out` (the ids are copied: `ids` may be reused on
-/// return). Blocks only while the store's in-flight limit is reached. An unknown layer
+/// return). Waits only for a slot another call will free: when the caller holds
+/// `ENGRAM_LOCAL_MAX_TICKETS` (`ENGRAM_SERVICE_MAX_TICKETS` for "unix:PATH") unfreed
+/// tickets, it fails with `ENGRAM_ERR_LIMIT` (wait on or free one first). An unknown layer
 /// fails here; a bad row id fails in `engram_ticket_wait`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_prefetch(
+pub unsafe extern "C" fn engram_store_prefetch(
     store: *const engram_store,
     layer_id: u32,
     ids: *const u64,
@@ -532,21 +552,24 @@ pub extern "C" fn engram_store_prefetch(
     out: *mut *mut engram_ticket,
 ) -> c_int {
     guard("engram_store_prefetch", || {
-        let h = handle(store)?;
-        let ids = ptr::slice(ids, n, "ids")?;
-        ptr::obj_mut(out, "out")?;
+        let h = unsafe { handle(store) }?;
+        let ids = unsafe { ptr::slice(ids, n, "ids") }?;
+        unsafe { ptr::obj_mut(out, "out") }?;
         let inner = h.prefetch(u64::from(layer_id), ids)?;
-        ptr::give(out, engram_ticket { inner })
+        unsafe { ptr::give(out, engram_ticket { inner }) }
     })
 }
 
 /// Sets `*ready` to 1 if `engram_ticket_wait` would return without blocking, else 0.
 /// Never blocks.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_ticket_poll(ticket: *const engram_ticket, ready: *mut c_int) -> c_int {
+pub unsafe extern "C" fn engram_ticket_poll(
+    ticket: *const engram_ticket,
+    ready: *mut c_int,
+) -> c_int {
     guard("engram_ticket_poll", || {
-        let t = &ptr::obj(ticket, "ticket")?.inner;
-        *ptr::obj_mut(ready, "ready")? = c_int::from(t.is_ready());
+        let t = &unsafe { ptr::obj(ticket, "ticket") }?.inner;
+        *unsafe { ptr::obj_mut(ready, "ready") }? = c_int::from(t.is_ready());
         Ok(())
     })
 }
@@ -556,17 +579,23 @@ pub extern "C" fn engram_ticket_poll(ticket: *const engram_ticket, ready: *mut c
 /// in place with `engram_ticket_rows`). Returns the prefetch's own status (e.g.
 /// `ENGRAM_ERR_OUT_OF_RANGE`); may be called again and returns the same rows or status.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_ticket_wait(
+pub unsafe extern "C" fn engram_ticket_wait(
     ticket: *mut engram_ticket,
     out: *mut u8,
     out_len: usize,
 ) -> c_int {
     guard("engram_ticket_wait", || {
-        let t = &mut ptr::obj_mut(ticket, "ticket")?.inner;
+        let t = &mut unsafe { ptr::obj_mut(ticket, "ticket") }?.inner;
+        let rows = t.wait()?;
         if out.is_null() && out_len == 0 {
-            return t.wait().map(|_| ());
+            return Ok(());
         }
-        t.wait_into(ptr::slice_mut(out, out_len, "out")?)
+        // `out` may not be the ticket's own rows (from engram_ticket_rows).
+        engram_bindings::disjoint(
+            engram_bindings::Extent::of(rows.as_ptr(), rows.len(), "the ticket's rows"),
+            engram_bindings::Extent::of(out.cast_const(), out_len, "out"),
+        )?;
+        t.wait_into(unsafe { ptr::slice_mut(out, out_len, "out") }?)
     })
 }
 
@@ -574,15 +603,15 @@ pub extern "C" fn engram_ticket_wait(
 /// buffer (page-aligned and, when `RLIMIT_MEMLOCK` allows, page-locked: a DMA source) and
 /// sets `*len` to `n * row_bytes`. The rows stay valid until `engram_ticket_free`.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_ticket_rows(
+pub unsafe extern "C" fn engram_ticket_rows(
     ticket: *mut engram_ticket,
     rows: *mut *const u8,
     len: *mut usize,
 ) -> c_int {
     guard("engram_ticket_rows", || {
-        let t = &mut ptr::obj_mut(ticket, "ticket")?.inner;
-        let rows = ptr::obj_mut(rows, "rows")?;
-        let len = ptr::obj_mut(len, "len")?;
+        let t = &mut unsafe { ptr::obj_mut(ticket, "ticket") }?.inner;
+        let rows = unsafe { ptr::obj_mut(rows, "rows") }?;
+        let len = unsafe { ptr::obj_mut(len, "len") }?;
         let data = t.wait()?;
         *rows = data.as_ptr();
         *len = data.len();
@@ -608,7 +637,7 @@ pub unsafe extern "C" fn engram_ticket_free(ticket: *mut engram_ticket) {
 /// `ENGRAM_TOKENS_RAW` needs the store opened with `tokenizer_path`
 /// (`ENGRAM_ERR_TOKENIZER` otherwise). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_row_ids(
+pub unsafe extern "C" fn engram_store_row_ids(
     store: *const engram_store,
     layer_id: u32,
     tokens: *const i64,
@@ -618,7 +647,7 @@ pub extern "C" fn engram_store_row_ids(
     out_len: usize,
 ) -> c_int {
     guard("engram_store_row_ids", || {
-        let h = handle(store)?;
+        let h = unsafe { handle(store) }?;
         let kind = match kind {
             x if x == engram_tokens::ENGRAM_TOKENS_RAW as i32 => TokenIds::Raw,
             x if x == engram_tokens::ENGRAM_TOKENS_CANONICAL as i32 => TokenIds::Canonical,
@@ -629,7 +658,6 @@ pub extern "C" fn engram_store_row_ids(
                 });
             }
         };
-        let tokens = ptr::slice(tokens, n_tokens, "tokens")?;
         let need = n_tokens.saturating_mul(h.n_hash_heads());
         if out_len != need {
             return Err(Error::Buffer {
@@ -639,7 +667,8 @@ pub extern "C" fn engram_store_row_ids(
                 found: out_len,
             });
         }
-        let out = ptr::slice_mut(out, out_len, "out")?;
+        let (tokens, out) =
+            unsafe { ptr::in_out(tokens, n_tokens, "tokens", out, out_len, "out") }?;
         h.row_ids(u64::from(layer_id), tokens, 1, n_tokens, kind, out)
     })
 }
@@ -647,7 +676,7 @@ pub extern "C" fn engram_store_row_ids(
 /// Decodes whole rows (`rows_len` a multiple of `row_bytes`) to float32 values in `out`
 /// (`out_len` exactly `rows_len / row_bytes * dim` floats). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_dequantize(
+pub unsafe extern "C" fn engram_store_dequantize(
     store: *const engram_store,
     rows: *const u8,
     rows_len: usize,
@@ -655,9 +684,8 @@ pub extern "C" fn engram_store_dequantize(
     out_len: usize,
 ) -> c_int {
     guard("engram_store_dequantize", || {
-        let h = handle(store)?;
-        let rows = ptr::slice(rows, rows_len, "rows")?;
-        let out = ptr::slice_mut(out, out_len, "out")?;
+        let h = unsafe { handle(store) }?;
+        let (rows, out) = unsafe { ptr::in_out(rows, rows_len, "rows", out, out_len, "out") }?;
         h.dequantize(rows, out)
     })
 }
@@ -667,17 +695,17 @@ pub extern "C" fn engram_store_dequantize(
 /// when `buf_len` is smaller, returns `ENGRAM_ERR_BUFFER_SIZE` and writes nothing (call
 /// with `buf` NULL and `buf_len` 0 to size the buffer). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_stats_json(
+pub unsafe extern "C" fn engram_store_stats_json(
     store: *const engram_store,
     buf: *mut c_char,
     buf_len: usize,
     needed: *mut usize,
 ) -> c_int {
     guard("engram_store_stats_json", || {
-        let json = handle(store)?.stats_json()?;
+        let json = unsafe { handle(store) }?.stats_json()?;
         let need = json.len() + 1;
         if !needed.is_null() {
-            *ptr::obj_mut(needed, "needed")? = need;
+            *unsafe { ptr::obj_mut(needed, "needed") }? = need;
         }
         if buf_len < need {
             return Err(Error::Buffer {
@@ -687,7 +715,7 @@ pub extern "C" fn engram_store_stats_json(
                 found: buf_len,
             });
         }
-        let out = ptr::slice_mut(buf.cast::<u8>(), need, "buf")?;
+        let out = unsafe { ptr::slice_mut(buf.cast::<u8>(), need, "buf") }?;
         out[..json.len()].copy_from_slice(json.as_bytes());
         out[json.len()] = 0;
         Ok(())
@@ -696,8 +724,10 @@ pub extern "C" fn engram_store_stats_json(
 
 /// Resets the store's counters and histograms (e.g. after warm-up). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn engram_store_reset_stats(store: *const engram_store) -> c_int {
-    guard("engram_store_reset_stats", || handle(store)?.reset_stats())
+pub unsafe extern "C" fn engram_store_reset_stats(store: *const engram_store) -> c_int {
+    guard("engram_store_reset_stats", || {
+        unsafe { handle(store) }?.reset_stats()
+    })
 }
 
 #[cfg(test)]

@@ -5,6 +5,11 @@
 //! pointer passed with a length `n` points to `n` initialised elements that stay valid
 //! and are not written by anyone else for the duration of the call, and an output pointer
 //! to `n` writable elements that nothing else reads or writes during the call.
+//!
+//! So every function here that turns a pointer into a reference is an `unsafe fn`: its
+//! `# Safety` is that contract, and the lifetime `'a` it returns is the caller's promise
+//! too: the reference lives no longer than the exported call that received the pointer
+//! (the exports use the results only inside their body).
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char};
@@ -35,7 +40,11 @@ fn check<T>(p: *const T, len: usize, what: &'static str) -> Result<()> {
 }
 
 /// `len` elements at `p` (any pointer, even NULL, when `len` is 0).
-pub(crate) fn slice<'a, T>(p: *const T, len: usize, what: &'static str) -> Result<&'a [T]> {
+///
+/// # Safety
+/// A non-NULL `p` points to `len` initialised elements that stay valid and unwritten for
+/// `'a`, which ends with the exported call.
+pub(crate) unsafe fn slice<'a, T>(p: *const T, len: usize, what: &'static str) -> Result<&'a [T]> {
     if len == 0 {
         return Ok(&[]);
     }
@@ -47,7 +56,15 @@ pub(crate) fn slice<'a, T>(p: *const T, len: usize, what: &'static str) -> Resul
 }
 
 /// `len` writable elements at `p` (any pointer, even NULL, when `len` is 0).
-pub(crate) fn slice_mut<'a, T>(p: *mut T, len: usize, what: &'static str) -> Result<&'a mut [T]> {
+///
+/// # Safety
+/// A non-NULL `p` points to `len` elements that nothing else reads or writes for `'a`,
+/// which ends with the exported call.
+pub(crate) unsafe fn slice_mut<'a, T>(
+    p: *mut T,
+    len: usize,
+    what: &'static str,
+) -> Result<&'a mut [T]> {
     if len == 0 {
         return Ok(&mut []);
     }
@@ -57,8 +74,34 @@ pub(crate) fn slice_mut<'a, T>(p: *mut T, len: usize, what: &'static str) -> Res
     Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
 }
 
+/// An input of `n` elements at `src` and an output of `m` elements at `dst` for one call:
+/// refused when they share a byte (checked on the addresses, before either reference
+/// exists), then as [`slice`] and [`slice_mut`].
+///
+/// # Safety
+/// As [`slice`] for `src` and [`slice_mut`] for `dst`.
+pub(crate) unsafe fn in_out<'a, S, D>(
+    src: *const S,
+    n: usize,
+    src_what: &'static str,
+    dst: *mut D,
+    m: usize,
+    dst_what: &'static str,
+) -> Result<(&'a [S], &'a mut [D])> {
+    engram_bindings::disjoint(
+        engram_bindings::Extent::of(src, n, src_what),
+        engram_bindings::Extent::of(dst.cast_const(), m, dst_what),
+    )?;
+    // SAFETY: the caller's contract (this function's), and the extents are disjoint.
+    unsafe { Ok((slice(src, n, src_what)?, slice_mut(dst, m, dst_what)?)) }
+}
+
 /// A reference to one object the caller owns (NULL is an error).
-pub(crate) fn obj<'a, T>(p: *const T, what: &'static str) -> Result<&'a T> {
+///
+/// # Safety
+/// A non-NULL `p` points to a live `T` (made by this library, or an options struct the
+/// caller initialised) that nothing writes for `'a`, which ends with the exported call.
+pub(crate) unsafe fn obj<'a, T>(p: *const T, what: &'static str) -> Result<&'a T> {
     check(p, 1, what)?;
     // SAFETY: non-NULL and aligned (checked); the caller guarantees it points to a live T
     // created by this library (or, for option structs, initialised by the caller).
@@ -66,14 +109,21 @@ pub(crate) fn obj<'a, T>(p: *const T, what: &'static str) -> Result<&'a T> {
 }
 
 /// A mutable reference to one object the caller owns (NULL is an error).
-pub(crate) fn obj_mut<'a, T>(p: *mut T, what: &'static str) -> Result<&'a mut T> {
+///
+/// # Safety
+/// As [`obj`], and nothing else reads or writes `*p` for `'a`.
+pub(crate) unsafe fn obj_mut<'a, T>(p: *mut T, what: &'static str) -> Result<&'a mut T> {
     check(p.cast_const(), 1, what)?;
     // SAFETY: as in `obj`, plus exclusive access during the call (documented per function).
     Ok(unsafe { &mut *p })
 }
 
 /// A NUL-terminated UTF-8 string (NULL is an error).
-pub(crate) fn str_arg<'a>(p: *const c_char, what: &'static str) -> Result<&'a str> {
+///
+/// # Safety
+/// A non-NULL `p` points to a NUL-terminated string that stays valid and unwritten for
+/// `'a`, which ends with the exported call.
+pub(crate) unsafe fn str_arg<'a>(p: *const c_char, what: &'static str) -> Result<&'a str> {
     if p.is_null() {
         return Err(Error::Null { what });
     }
@@ -87,17 +137,25 @@ pub(crate) fn str_arg<'a>(p: *const c_char, what: &'static str) -> Result<&'a st
 }
 
 /// Like [`str_arg`], but NULL or "" is `None`.
-pub(crate) fn opt_str<'a>(p: *const c_char, what: &'static str) -> Result<Option<&'a str>> {
+///
+/// # Safety
+/// As [`str_arg`].
+pub(crate) unsafe fn opt_str<'a>(p: *const c_char, what: &'static str) -> Result<Option<&'a str>> {
     if p.is_null() {
         return Ok(None);
     }
-    let s = str_arg(p, what)?;
+    // SAFETY: this function's contract.
+    let s = unsafe { str_arg(p, what)? };
     Ok((!s.is_empty()).then_some(s))
 }
 
 /// Moves `value` to the heap and stores the pointer in `*out`.
-pub(crate) fn give<T>(out: *mut *mut T, value: T) -> Result<()> {
-    let slot = obj_mut(out, "out")?;
+///
+/// # Safety
+/// As [`obj_mut`] for `out`.
+pub(crate) unsafe fn give<T>(out: *mut *mut T, value: T) -> Result<()> {
+    // SAFETY: this function's contract.
+    let slot = unsafe { obj_mut(out, "out")? };
     *slot = Box::into_raw(Box::new(value));
     Ok(())
 }

@@ -19,6 +19,13 @@ use crate::ticket::{BufPool, PendingRows};
 pub const SERVICE_PREFIX: &str = "unix:";
 /// Requests a service client keeps in flight (its prefetch bound).
 pub const SERVICE_SLOTS: u32 = 16;
+/// Prefetch tickets one service client may hold before waiting on or freeing one: the
+/// next prefetch (or lookup) is then a `Limit` error, never a hang (`engram.h`:
+/// `ENGRAM_SERVICE_MAX_TICKETS`; Python: `engram.SERVICE_MAX_TICKETS`).
+pub const SERVICE_MAX_TICKETS: usize = SERVICE_SLOTS as usize;
+/// The same for an in-process store (its prefetch slots, `StoreOptions::max_in_flight`;
+/// `ENGRAM_LOCAL_MAX_TICKETS`, `engram.LOCAL_MAX_TICKETS`).
+pub const LOCAL_MAX_TICKETS: usize = engram_store::store::DEFAULT_MAX_IN_FLIGHT;
 /// Largest token sequence hashed in one call (`batch * seq_len`).
 pub const MAX_HASH_TOKENS: usize = 1 << 24;
 /// Largest I/O worker count accepted.
@@ -96,6 +103,8 @@ struct Addressing {
     compression: Option<CompressionTable>,
     /// Found and loaded on first use ([`OpenConfig::default_tokenizer`]).
     default: Option<Box<DefaultTokenizer>>,
+    /// Canonical (compressed) ids are below this.
+    compressed_vocab: u64,
     hasher: NgramHasher,
 }
 
@@ -213,6 +222,7 @@ impl Handle {
             row_bytes: store.row_bytes(),
         };
         let layer_ids = manifest.layers.iter().map(|l| l.layer_id).collect();
+        let compressed_vocab = manifest.compressed_vocab_size;
         let pool = Arc::new(BufPool::new(max_in_flight));
         Ok(Self {
             store,
@@ -220,6 +230,7 @@ impl Handle {
             addressing: Addressing {
                 compression,
                 default,
+                compressed_vocab,
                 hasher,
             },
             rows,
@@ -314,7 +325,9 @@ impl Handle {
 
     /// Starts reading rows `ids` of layer `layer_id` into a pinned buffer the returned
     /// [`PendingRows`] owns (from a pool, returned when it is dropped). Row-id errors
-    /// surface when it is waited on; an unknown layer is an error now.
+    /// surface when it is waited on; an unknown layer is an error now, and so is a
+    /// `Limit` error when the caller holds every ticket the store has
+    /// ([`SERVICE_MAX_TICKETS`], [`LOCAL_MAX_TICKETS`]).
     pub fn prefetch(&self, layer_id: u64, ids: &[u64]) -> Result<PendingRows> {
         let li = self.layer_index(layer_id)?;
         let need = ids
@@ -326,7 +339,20 @@ impl Handle {
             })?;
         let buf = self.pool.take(need)?;
         let ticket = self.store.prefetch(li, ids, buf);
-        Ok(PendingRows::new(ticket, ids.len(), Arc::clone(&self.pool)))
+        let pool = Arc::clone(&self.pool);
+        if !ticket.is_ready() {
+            return Ok(PendingRows::new(ticket, ids.len(), pool));
+        }
+        // A prefetch refused for want of a slot (the caller holds every ticket) fails
+        // now, not at its wait: the caller is about to ask for more.
+        let (buf, result) = ticket.wait();
+        match result.map_err(Error::from) {
+            Err(e) if e.kind() == crate::ErrorKind::Limit => {
+                pool.put(buf);
+                Err(e)
+            }
+            result => Ok(PendingRows::settled(buf, result, ids.len(), pool)),
+        }
     }
 
     /// Row ids of `batch` sequences of `seq_len` token ids each (`ids`, row-major) for
@@ -357,6 +383,7 @@ impl Handle {
         let hasher = &self.addressing.hasher;
         match kind {
             TokenIds::Canonical => {
+                check_canonical(ids, self.addressing.compressed_vocab)?;
                 hasher.hash_into(li, ids, batch, seq_len, HashOutput::RowId, out)?;
             }
             TokenIds::Raw => {
@@ -434,6 +461,22 @@ impl Handle {
     /// Resets counters and histograms (e.g. after warm-up).
     pub fn reset_stats(&self) -> Result<()> {
         Ok(self.store.reset_stats()?)
+    }
+}
+
+/// Canonical ids are compressed ids: below the table's compressed vocabulary (negative ids
+/// are padding and pass, as they do through compression).
+fn check_canonical(ids: &[i64], vocab: u64) -> Result<()> {
+    match ids
+        .iter()
+        .position(|&t| u64::try_from(t).is_ok_and(|t| t >= vocab))
+    {
+        None => Ok(()),
+        Some(index) => Err(Error::Kernels(engram_kernels::Error::IdOutOfRange {
+            id: ids[index],
+            index,
+            vocab_size: usize::try_from(vocab).unwrap_or(usize::MAX),
+        })),
     }
 }
 
@@ -516,4 +559,31 @@ fn load_compression(path: &Path, table: &Path, table_sha: &str) -> Result<Compre
         });
     }
     Ok(CompressionTable::from_tokenizer(&tok.tokenizer)?)
+}
+
+#[cfg(test)]
+mod properties {
+    use super::check_canonical;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Canonical ids pass exactly when each is negative (padding) or below the
+        /// vocabulary; the error names the first one that is not, as OUT_OF_RANGE.
+        #[test]
+        fn canonical_ids_are_checked_against_the_vocabulary(
+            ids in proptest::collection::vec(any::<i64>(), 0..40),
+            vocab in 1u64..200_000,
+        ) {
+            let first_bad = ids.iter().position(|&t| t >= 0 && t as u64 >= vocab);
+            match check_canonical(&ids, vocab) {
+                Ok(()) => prop_assert!(first_bad.is_none()),
+                Err(e) => {
+                    prop_assert_eq!(e.kind(), crate::ErrorKind::OutOfRange);
+                    let i = first_bad.expect("an id out of range");
+                    let want = format!("at index {i} ");
+                    prop_assert!(e.to_string().contains(&want), "{}", e);
+                }
+            }
+        }
+    }
 }

@@ -12,10 +12,12 @@
 )]
 
 pub mod error;
+pub mod extent;
 pub mod handle;
 pub mod ticket;
 
 pub use engram_store::{BackendKind, RowLayout};
 pub use error::{Error, ErrorKind, Result};
+pub use extent::{Extent, disjoint};
 pub use handle::{Handle, OpenConfig, RowInfo, TokenIds, parse_backend};
 pub use ticket::PendingRows;

@@ -83,6 +83,20 @@ impl PendingRows {
         }
     }
 
+    /// A prefetch whose outcome is already known.
+    pub(crate) fn settled(
+        buf: AlignedBuf,
+        result: Result<()>,
+        rows: usize,
+        pool: Arc<BufPool>,
+    ) -> Self {
+        Self {
+            state: State::Done { buf, result },
+            rows,
+            pool,
+        }
+    }
+
     /// Rows requested.
     pub fn rows(&self) -> usize {
         self.rows

@@ -170,6 +170,15 @@ impl View {
         usize::try_from(self.raw.len).unwrap_or(0)
     }
 
+    /// Where the exported bytes are (compared with another buffer's, never read).
+    pub fn extent(&self, what: &'static str) -> engram_bindings::Extent {
+        engram_bindings::Extent {
+            what,
+            addr: self.raw.buf as usize,
+            bytes: self.byte_len(),
+        }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.byte_len() / self.elem.map_or(1, Elem::size)

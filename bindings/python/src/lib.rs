@@ -93,12 +93,54 @@ impl Ids {
         })
     }
 
+    /// Where the ids are when they are the caller's memory (a copy overlaps nothing).
+    fn extent(&self) -> Option<engram_bindings::Extent> {
+        match self {
+            Ids::Borrowed(v) => Some(v.extent("ids")),
+            Ids::Owned(_) => None,
+        }
+    }
+
     fn as_slice(&self) -> PyResult<&[u64]> {
         match self {
             Ids::Borrowed(v) => v.as_slice(Elem::U64),
             Ids::Owned(v) => Ok(v),
         }
     }
+}
+
+/// Token ids that are not an int64 buffer, as a new int64 array: integers only (any
+/// integer dtype or Python ints, within int64). Floats are refused, not truncated (5.9
+/// would hash as 5, NaN as whatever the cast makes of it), and so are booleans and objects.
+fn integer_ids<'py>(py: Python<'py>, token_ids: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let np = PyModule::import(py, "numpy")?;
+    let arr = np
+        .call_method1("asarray", (token_ids,))
+        .map_err(|e| arg_err(py, "token_ids must be integers", e))?;
+    let size: usize = arr.getattr("size")?.extract()?;
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    if size > 0 && kind != "i" && kind != "u" {
+        let dtype = arr.getattr("dtype")?.str()?.to_string();
+        return Err(raise(
+            py,
+            ErrorKind::InvalidArgument,
+            format!(
+                "token_ids must be integers, found dtype {dtype} (floats are not truncated:                  convert them explicitly)"
+            ),
+        ));
+    }
+    if kind == "u" && size > 0 {
+        let max: u64 = arr.call_method0("max")?.extract()?;
+        if max > i64::MAX as u64 {
+            return Err(raise(
+                py,
+                ErrorKind::OutOfRange,
+                format!("token id {max} is beyond int64"),
+            ));
+        }
+    }
+    np.call_method1("ascontiguousarray", (arr, "int64"))
+        .map_err(|e| arg_err(py, "token_ids must be integers", e))
 }
 
 /// `numpy.empty(shape, dtype)`.
@@ -239,6 +281,7 @@ impl Store {
     ) -> PyResult<()> {
         let h = self.handle(py)?;
         let ids = Ids::new(ids)?;
+        let ids_at = ids.extent();
         let ids = ids.as_slice()?;
         let mut view = View::new(out, Elem::U8, true).map_err(|e| {
             arg_err(
@@ -257,6 +300,9 @@ impl Store {
                 view.byte_len(),
                 "bytes",
             ));
+        }
+        if let Some(at) = ids_at {
+            engram_bindings::disjoint(at, view.extent("out")).map_err(|e| bind_err(py, e))?;
         }
         let out = view.as_mut_slice::<u8>(Elem::U8)?;
         py.detach(|| h.lookup_into(layer_id, ids, out))
@@ -282,7 +328,9 @@ impl Store {
         let h = self.handle(py)?;
         let ids = Ids::new(ids)?;
         let ids = ids.as_slice()?;
-        let pending = h.prefetch(layer_id, ids).map_err(|e| bind_err(py, e))?;
+        let pending = py
+            .detach(|| h.prefetch(layer_id, ids))
+            .map_err(|e| bind_err(py, e))?;
         Ok(Ticket {
             inner: std::sync::Mutex::new(Some(pending)),
             rows: ids.len(),
@@ -306,10 +354,7 @@ impl Store {
         let view = match View::new(token_ids, Elem::I64, false) {
             Ok(v) => v,
             Err(_) => {
-                let np = PyModule::import(py, "numpy")?;
-                let arr = np
-                    .call_method1("ascontiguousarray", (token_ids, "int64"))
-                    .map_err(|e| arg_err(py, "token_ids must be integers", e))?;
+                let arr = integer_ids(py, token_ids)?;
                 // The export holds a reference to `arr`, which keeps it alive.
                 View::new(&arr, Elem::I64, false)
                     .map_err(|e| arg_err(py, "token_ids must be integers", e))?
@@ -440,6 +485,54 @@ fn released() -> engram_bindings::Error {
     }
 }
 
+/// How long a wait runs with the GIL released before it checks for signals (Ctrl-C).
+const SIGNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(20);
+/// Readiness checks spun (yielding) before a wait starts to sleep between checks.
+const SPIN_CHECKS: u32 = 256;
+/// Sleep between readiness checks after that.
+const POLL_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
+
+impl Ticket {
+    /// Whether the rows are in (or the ticket was released: `wait` then says so);
+    /// `false` while another thread holds the ticket.
+    fn settled(&self) -> bool {
+        match self.inner.try_lock() {
+            Ok(g) => g.as_ref().is_none_or(PendingRows::is_ready),
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until [`Ticket::settled`] with the GIL released, in slices of
+    /// [`SIGNAL_CHECK`] between which pending signals run their handlers: Ctrl-C raises
+    /// `KeyboardInterrupt` from a wait that would otherwise not return.
+    fn wait_settled(&self, py: Python<'_>) -> PyResult<()> {
+        let mut checks = 0u32;
+        loop {
+            let settled = py.detach(|| {
+                let t0 = std::time::Instant::now();
+                loop {
+                    if self.settled() {
+                        return true;
+                    }
+                    if t0.elapsed() >= SIGNAL_CHECK {
+                        return false;
+                    }
+                    checks = checks.saturating_add(1);
+                    if checks < SPIN_CHECKS {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(POLL_SLEEP);
+                    }
+                }
+            });
+            if settled {
+                return Ok(());
+            }
+            py.check_signals()?;
+        }
+    }
+}
+
 #[pymethods]
 impl Ticket {
     /// Rows requested.
@@ -459,7 +552,7 @@ impl Ticket {
         }
     }
 
-    /// Blocks (GIL released) until the rows are in. With `out` (a writable C-contiguous
+    /// Blocks (GIL released, Ctrl-C interrupts) until the rows are in. With `out` (a writable C-contiguous
     /// uint8 buffer of rows x row_bytes bytes) copies them there and returns `out`; without,
     /// returns a new numpy uint8 array (rows, row_bytes).
     #[pyo3(signature = (out=None))]
@@ -491,6 +584,7 @@ impl Ticket {
             ));
         }
         let dst = view.as_mut_slice::<u8>(Elem::U8)?;
+        self.wait_settled(py)?;
         py.detach(|| {
             let mut g = self.inner.lock().map_err(|_| released())?;
             g.as_mut().ok_or_else(released)?.wait_into(dst)
@@ -530,5 +624,13 @@ fn _engram(m: &Bound<'_, PyModule>) -> PyResult<()> {
         kinds.append(k.name())?;
     }
     m.add("ERROR_KINDS", kinds)?;
+    m.add(
+        "SERVICE_MAX_TICKETS",
+        engram_bindings::handle::SERVICE_MAX_TICKETS,
+    )?;
+    m.add(
+        "LOCAL_MAX_TICKETS",
+        engram_bindings::handle::LOCAL_MAX_TICKETS,
+    )?;
     Ok(())
 }

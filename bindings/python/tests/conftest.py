@@ -102,3 +102,44 @@ def pytest_runtest_logreport(report):
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     with open(log, "a") as f:
         f.write(f"pytest {report.nodeid}\t{' '.join(reason.split())}\n")
+
+
+def hold_tickets(store, layer_id: int, tries: int = 300, timeout: float = 60.0) -> tuple[int, int]:
+    """`tries` prefetches holding every ticket, on a daemon thread so that a hang fails
+    the test at `timeout` instead of blocking it. Each prefetch returns a ticket or raises
+    EngramError kind "limit"; afterwards every held ticket yields its rows. Returns
+    (held, limit errors)."""
+    import threading
+
+    import engram
+
+    result: list = []
+
+    def body() -> None:
+        try:
+            held, limits = [], 0
+            for _ in range(tries):
+                try:
+                    held.append(store.prefetch(layer_id, [1]))
+                except engram.EngramError as e:
+                    assert e.kind == "limit" and e.code == 11, (e.kind, str(e))
+                    limits += 1
+            want = store.lookup(layer_id, [1]) if limits == 0 else None
+            for t in held:
+                got = t.wait()
+                if want is not None:
+                    assert np.array_equal(got, want)
+            n = len(held)
+            held.clear()
+            store.lookup(layer_id, [1])  # served again once the tickets are gone
+            result.append((n, limits))
+        except BaseException as e:  # noqa: BLE001 - reported by the caller
+            result.append(e)
+
+    th = threading.Thread(target=body, daemon=True)
+    th.start()
+    th.join(timeout)
+    assert not th.is_alive(), f"{tries} prefetches holding their tickets hung for {timeout} s"
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import engram
-from conftest import CONFORMANCE, read_safetensors, run, tool, write_safetensors
+from conftest import CONFORMANCE, hold_tickets, read_safetensors, run, tool, write_safetensors
 
 BACKENDS = ["memory", "mmap", "pread", "uring"]
 
@@ -254,3 +254,54 @@ def test_official_memory_vectors_through_the_package(path, tokenizer, tmp_path):
     assert np.array_equal(ticket.wait(), rows)
     e = store.dequantize(rows).reshape(b, t, h * cfg["head_dim"])
     assert np.array_equal(e, tensors["expected.e"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_held_tickets_raise_limit_not_hang(synth_table, backend):
+    """300 prefetches whose tickets are all held (issue 20, H2): kind "limit" once the
+    store's LOCAL_MAX_TICKETS slots are held, never a hang. Needs the store's own limit
+    error (engram-store); before it the 65th prefetch hangs and this fails at its timeout."""
+    store = engram.Store(synth_table, backend=backend)
+    held, limits = hold_tickets(store, 1)
+    assert held + limits == 300 and held >= 1
+    assert engram.LOCAL_MAX_TICKETS == 64
+
+
+def test_token_ids_are_integers_within_the_vocabulary(synth_table):
+    """Issue 20, M2: floats, NaN and inf are refused (5.9 used to hash as 5), and canonical
+    ids beyond the compressed vocabulary are out of range, as from C."""
+    s = engram.Store(synth_table)
+    good = s.row_ids(1, [5, 17, 3], canonical=True)
+    for bad in ([5.9, 17, 3], [5.0, 17.0, 3.0], [float("nan"), 1, 2], [float("inf"), 1, 2],
+                np.array([5.9, 17, 3]), np.array([1, 2], np.float32), [True, False], ["5", "6"]):
+        with pytest.raises(engram.EngramError) as e:
+            s.row_ids(1, bad, canonical=True)
+        assert e.value.kind == "invalid_argument", (bad, str(e.value))
+    for bad in ([5, 2**40, 3], np.array([2**63 - 1], np.int64), np.array([2**64 - 1], np.uint64)):
+        with pytest.raises(engram.EngramError) as e:
+            s.row_ids(1, bad, canonical=True)
+        assert e.value.kind == "out_of_range", (bad, str(e.value))
+    # Integers of any dtype, and negative padding ids, still hash.
+    assert np.array_equal(s.row_ids(1, np.array([5, 17, 3], np.int32), canonical=True), good)
+    assert np.array_equal(s.row_ids(1, np.array([5, 17, 3], np.uint16), canonical=True), good)
+    assert s.row_ids(1, [-1, 5, 3], canonical=True).shape == (3, s.n_hash_heads)
+
+
+def test_ids_and_out_that_overlap_are_refused(synth_table):
+    """Issue 20: ids that are a view of out (`buf[:8*n].view(np.uint64)` as ids, buf as
+    out) would be overwritten by rows while being read; refused, nothing written."""
+    s = engram.Store(synth_table, cache_bytes=1 << 20)
+    n = 3
+    buf = np.zeros(n * s.row_bytes, np.uint8)
+    ids = buf[: 8 * n].view(np.uint64)
+    ids[:] = [0, 1, 2]
+    with pytest.raises(engram.EngramError) as e:
+        s.lookup_into(1, ids, buf)
+    assert e.value.kind == "invalid_argument" and "overlap" in str(e.value)
+    assert list(ids) == [0, 1, 2]
+    tail = buf[s.row_bytes : s.row_bytes + 8 * n].view(np.uint64)
+    with pytest.raises(engram.EngramError):
+        s.lookup_into(1, tail, buf)
+    # Separate buffers (a copy of the ids) work.
+    s.lookup_into(1, ids.copy(), buf)
+    assert np.array_equal(buf.reshape(n, -1), s.lookup(1, [0, 1, 2]))

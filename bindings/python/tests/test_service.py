@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import engram
-from conftest import ROOT, run, tool
+from conftest import ROOT, hold_tickets, run, tool
 from test_engram import cli_rows, some_ids
 
 
@@ -151,3 +151,36 @@ def test_three_clients_at_once_one_killed(tmp_path, tokenizer):
         assert stats["protocol_violations_total"] == 0
     finally:
         stop_server(server)
+
+
+def test_held_tickets_through_the_service_raise_limit(service):
+    store = engram.Store(f"unix:{service}")
+    held, limits = hold_tickets(store, 15)
+    assert held + limits == 300 and limits > 0 and held >= 1, (held, limits)
+    assert engram.SERVICE_MAX_TICKETS == 16
+
+
+def test_ctrl_c_interrupts_a_ticket_wait(synth_table, tmp_path):
+    """A wait on a server that stopped answering (SIGSTOP) raises KeyboardInterrupt at
+    Ctrl-C (SIGINT) instead of blocking until the server wakes."""
+    import threading
+
+    sock = tmp_path / "engram.sock"
+    p = start_server(synth_table, sock, "--backend", "pread")
+    try:
+        store = engram.Store(f"unix:{sock}")
+        store.lookup(1, [1])
+        p.send_signal(signal.SIGSTOP)
+        ticket = store.prefetch(1, [2])
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        # Wakes the server in any case, so that a wait that ignores Ctrl-C ends (and fails).
+        threading.Timer(10, lambda: p.send_signal(signal.SIGCONT)).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            ticket.wait()
+        assert time.monotonic() - t0 < 5
+        p.send_signal(signal.SIGCONT)
+        assert ticket.wait().shape == (1, 128)
+    finally:
+        p.send_signal(signal.SIGCONT)
+        stop_server(p)

@@ -139,7 +139,8 @@ impl<'a> Conn<'a> {
             match self.wait.wait(IDLE_WAIT)? {
                 Woke::HangUp => return Ok(End::HangUp),
                 Woke::Message => self.control()?,
-                Woke::Bell | Woke::Timeout => {}
+                Woke::Bell => self.sq_bell.clear(),
+                Woke::Timeout => {}
             }
         }
     }
@@ -333,7 +334,7 @@ impl<'a> Conn<'a> {
     /// Answers a control request on the data connection.
     fn control(&mut self) -> Result<()> {
         let path = self.shared.options.socket.clone();
-        let (req, _fds) = wire::recv::<Request>(&self.sock, &path, "client")?;
+        let (req, _fds) = wire::recv::<Request>(&self.sock, &path, "client", self.shared.bound())?;
         let reply = match req {
             Request::Stats => {
                 let mut s = self.shared.stats();
@@ -346,7 +347,7 @@ impl<'a> Conn<'a> {
                 reason: "already attached".into(),
             },
         };
-        wire::send(&self.sock, &path, &reply, &[])
+        wire::send(&self.sock, &path, &reply, &[], self.shared.bound())
     }
 }
 

@@ -9,13 +9,14 @@ pub mod metrics;
 pub mod table;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engram_store::StoreOptions;
 
@@ -42,8 +43,15 @@ pub const DEFAULT_MAX_CLIENT_SLOTS: u32 = 64;
 pub const DEFAULT_MAX_CLIENT_BYTES: u64 = 1 << 30;
 /// Default longest server-side spin a client may ask for, in microseconds.
 pub const DEFAULT_MAX_SPIN_US: u32 = 200;
-/// How long a connecting peer has to say hello, and a control request to arrive whole.
+/// How long a connecting peer has to say hello (the whole frame, however it is sent), and
+/// a control request or reply to cross whole.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections that have not said hello yet (or wait for a stats or reload answer);
+/// more are refused at once. Each holds a thread for at most [`HANDSHAKE_TIMEOUT`].
+pub const MAX_HANDSHAKES: usize = 64;
+/// How long stopping waits for client threads to end before leaving them behind (each
+/// one notices the stop within its idle wait; only a read stuck in the store is slower).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How often the accept loop checks for shutdown.
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
 
@@ -94,6 +102,8 @@ pub struct Shared {
     pub metrics: ServiceMetrics,
     pub stop: AtomicBool,
     clients: AtomicUsize,
+    /// Connections between accept and the end of their handshake.
+    handshakes: AtomicUsize,
     next_client: AtomicU64,
     owner: u32,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -135,7 +145,15 @@ impl Server {
                 reason: "serve at least one table".into(),
             });
         }
-        if options.max_clients == 0 || options.max_clients > MAX_CLIENTS_LIMIT {
+        if options.max_clients == 0 {
+            return Err(ServiceError::Invalid {
+                what: "max clients",
+                reason: format!(
+                    "0 would refuse every client: give 1 to {MAX_CLIENTS_LIMIT} (--max-clients)"
+                ),
+            });
+        }
+        if options.max_clients > MAX_CLIENTS_LIMIT {
             return Err(ServiceError::Limit {
                 what: "max clients",
                 name: "MAX_CLIENTS_LIMIT",
@@ -177,6 +195,22 @@ impl Server {
         let path = options.socket.clone();
         prepare_socket(&path)?;
         let listener = UnixListener::bind(&path).map_err(|e| io("bind", &path, e))?;
+        let bound = BoundSocket::new(&path);
+        let server = Self::listen(options, tables, listener, &path);
+        if server.is_err() {
+            bound.remove();
+        }
+        server
+    }
+
+    /// Everything after the bind: permissions, metrics, the accept thread.
+    fn listen(
+        options: ServerOptions,
+        tables: Vec<Served>,
+        listener: UnixListener,
+        path: &Path,
+    ) -> Result<Self> {
+        let path = path.to_path_buf();
         let mode = if options.group.is_some() {
             0o660
         } else {
@@ -200,6 +234,7 @@ impl Server {
             metrics: ServiceMetrics::default(),
             stop: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
+            handshakes: AtomicUsize::new(0),
             next_client: AtomicU64::new(1),
             owner: rustix::process::geteuid().as_raw(),
             threads: Mutex::new(Vec::new()),
@@ -264,9 +299,7 @@ impl Server {
             .lock()
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default();
-        for t in threads {
-            let _ = t.join();
-        }
+        join_by(threads, Instant::now() + SHUTDOWN_GRACE);
         if let Some(h) = self.http.take() {
             h.stop();
         }
@@ -277,6 +310,69 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_inner();
+    }
+}
+
+/// Joins `threads` that end before `deadline`; the others are left running (detached) and
+/// named in the log: no client can hold the server's stop past the deadline.
+fn join_by(threads: Vec<JoinHandle<()>>, deadline: Instant) {
+    let mut left = threads;
+    while !left.is_empty() && Instant::now() < deadline {
+        let (done, running): (Vec<_>, Vec<_>) = left.into_iter().partition(|t| t.is_finished());
+        for t in done {
+            let _ = t.join();
+        }
+        left = running;
+        if !left.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    if !left.is_empty() {
+        tracing::warn!(target: "engram_service", threads = left.len(), "client threads still running at the shutdown deadline; leaving them");
+    }
+}
+
+/// The socket file this server bound (device and inode), to remove it on a failed start
+/// but never a file another server put at the same path since.
+struct BoundSocket<'a> {
+    path: &'a Path,
+    id: Option<(u64, u64)>,
+}
+
+impl<'a> BoundSocket<'a> {
+    fn new(path: &'a Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let id = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Self { path, id }
+    }
+
+    fn remove(self) {
+        use std::os::unix::fs::MetadataExt;
+        let now = std::fs::symlink_metadata(self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if now.is_some() && now == self.id {
+            let _ = std::fs::remove_file(self.path);
+        }
+    }
+}
+
+/// Counts a connection as in its handshake until dropped.
+struct HandshakeGuard<'a>(&'a Shared);
+
+impl Drop for HandshakeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// A bound for one control frame of a client: [`HANDSHAKE_TIMEOUT`], or the server
+    /// stopping.
+    fn bound(&self) -> wire::Bound<'_> {
+        wire::Bound::within(HANDSHAKE_TIMEOUT).or_stop(&self.stop)
     }
 }
 
@@ -302,6 +398,23 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
             }
         };
         shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        if shared.handshakes.fetch_add(1, Ordering::Relaxed) >= MAX_HANDSHAKES {
+            shared.handshakes.fetch_sub(1, Ordering::Relaxed);
+            let reason = format!(
+                "{MAX_HANDSHAKES} connections are still in their handshake (MAX_HANDSHAKES); \
+                 try again"
+            );
+            shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "engram_service", %reason, "refused");
+            let _ = wire::send(
+                &sock,
+                &path,
+                &Reply::Refused { reason },
+                &[],
+                wire::Bound::within(Duration::ZERO),
+            );
+            continue;
+        }
         let sh = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
             .name("engram-client".into())
@@ -314,6 +427,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
                 }
             }
             Err(e) => {
+                shared.handshakes.fetch_sub(1, Ordering::Relaxed);
                 tracing::warn!(target: "engram_service", socket = %path.display(), error = %e, "cannot start a client thread")
             }
         }
@@ -328,11 +442,13 @@ fn refuse(shared: &Shared, sock: &UnixStream, peer: Option<&Peer>, reason: Strin
         &shared.options.socket,
         &Reply::Refused { reason },
         &[],
+        shared.bound(),
     );
 }
 
 /// One connection, from credentials to goodbye.
 fn handle(shared: &Arc<Shared>, sock: UnixStream) {
+    let handshake = HandshakeGuard(shared);
     let path = &shared.options.socket;
     let peer = match auth::peer(&sock, path) {
         Ok(p) => p,
@@ -341,9 +457,7 @@ fn handle(shared: &Arc<Shared>, sock: UnixStream) {
     if let Some(why) = shared.options.allow.refuses(shared.owner, &peer) {
         return refuse(shared, &sock, Some(&peer), why);
     }
-    let _ = sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let _ = sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
-    let req = match wire::recv::<Request>(&sock, path, "client") {
+    let req = match wire::recv::<Request>(&sock, path, "client", shared.bound()) {
         Ok((r, _)) => r,
         Err(e) => {
             tracing::debug!(target: "engram_service", pid = peer.pid, error = %e, "no request");
@@ -362,6 +476,7 @@ fn handle(shared: &Arc<Shared>, sock: UnixStream) {
         } => {
             if let Err(reason) = attach(
                 shared,
+                handshake,
                 sock,
                 peer,
                 version,
@@ -376,7 +491,7 @@ fn handle(shared: &Arc<Shared>, sock: UnixStream) {
             return;
         }
     };
-    let _ = wire::send(&sock, path, &reply, &[]);
+    let _ = wire::send(&sock, path, &reply, &[], shared.bound());
 }
 
 /// Decrements the attached-client count however the client's thread ends.
@@ -394,6 +509,7 @@ impl Drop for ClientGuard<'_> {
 #[allow(clippy::too_many_arguments)]
 fn attach(
     shared: &Arc<Shared>,
+    handshake: HandshakeGuard<'_>,
     sock: UnixStream,
     peer: Peer,
     version: u32,
@@ -411,6 +527,7 @@ fn attach(
                 reason: reason.clone(),
             },
             &[],
+            shared.bound(),
         );
         Err(reason)
     };
@@ -479,16 +596,17 @@ fn attach(
             layout.bytes, shared.options.max_client_bytes
         ));
     }
-    let made = (|| -> Result<(Region, Doorbell, Doorbell)> {
+    type Bells = ((Doorbell, OwnedFd), (Doorbell, OwnedFd));
+    let made = (|| -> Result<(Region, Bells)> {
         let region = Region::create(&format!("engram-client-{id}"), layout.bytes)?;
         region.write(H_MAGIC, &REGION_MAGIC.to_le_bytes())?;
         region.write(H_VERSION, &PROTOCOL_VERSION.to_le_bytes())?;
         region.write(H_SLOTS, &slots.to_le_bytes())?;
         region.write(H_SLOT_ROWS, &slot_rows.to_le_bytes())?;
         region.write(H_ROW_BYTES, &row_bytes.to_le_bytes())?;
-        Ok((region, Doorbell::new()?, Doorbell::new()?))
+        Ok((region, (Doorbell::pair()?, Doorbell::pair()?)))
     })();
-    let (region, sq_bell, cq_bell) = match made {
+    let (region, ((sq_bell, sq_theirs), (cq_bell, cq_theirs))) = match made {
         Ok(m) => m,
         Err(e) => return no(e.to_string()),
     };
@@ -505,7 +623,8 @@ fn attach(
         &sock,
         path,
         &welcome,
-        &[region.fd(), sq_bell.fd(), cq_bell.fd()],
+        &[region.fd(), sq_theirs.as_fd(), cq_theirs.as_fd()],
+        shared.bound(),
     ) {
         tracing::debug!(target: "engram_service", client = id, error = %e, "welcome not delivered");
         return Ok(());
@@ -526,6 +645,9 @@ fn attach(
     ));
     let epoch = state.epoch;
     drop(state);
+    // The client's ends live in the client only: its closing them is a hang-up here.
+    drop((sq_theirs, cq_theirs));
+    drop(handshake);
     let mut conn = match Conn::new(
         shared, served, epoch, sock, region, layout, sq_bell, cq_bell, spin, metrics,
     ) {

@@ -4,6 +4,7 @@
 //! `slot_wait`: a caller that holds every slot itself (tickets it never waits) gets
 //! [`Error::Limit`] instead of a hang.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -39,9 +40,21 @@ struct Slot {
 #[derive(Debug)]
 pub(crate) struct Slots {
     cells: Vec<Slot>,
+    /// (cells,) the [`thread_token`] of the thread that took each slot; 0 while free.
+    owners: Vec<AtomicU64>,
     free_tx: Sender<usize>,
     free_rx: Receiver<usize>,
     wait: Duration,
+}
+
+/// A number naming the calling thread (never 0), for [`Slots::take`]'s "this thread holds
+/// every slot" test.
+fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TOKEN.with(|t| *t)
 }
 
 fn lock(s: &Slot) -> MutexGuard<'_, SlotState> {
@@ -65,6 +78,7 @@ impl Slots {
             let _ = free_tx.send(i);
         }
         Self {
+            owners: (0..cells.len()).map(|_| AtomicU64::new(0)).collect(),
             cells,
             free_tx,
             free_rx,
@@ -82,17 +96,31 @@ impl Slots {
         self.free_rx.len()
     }
 
-    /// A free slot, waiting for one at most the store's `slot_wait`.
+    /// A free slot. When none is free and the calling thread took every slot itself (it
+    /// holds all the tickets: nobody else can free one), `Limit` at once; otherwise it
+    /// waits for another thread's ticket at most the store's `slot_wait`.
     pub fn take(&self) -> Result<usize> {
-        self.free_rx
-            .recv_timeout(self.wait)
-            .map_err(|_| Error::Limit {
+        let me = thread_token();
+        let slot = match self.free_rx.try_recv() {
+            Ok(slot) => Ok(slot),
+            Err(_) if self.owners.iter().all(|o| o.load(Ordering::Acquire) == me) => Err(()),
+            Err(_) => self.free_rx.recv_timeout(self.wait).map_err(|_| ()),
+        };
+        match slot {
+            Ok(slot) => {
+                if let Some(o) = self.owners.get(slot) {
+                    o.store(me, Ordering::Release);
+                }
+                Ok(slot)
+            }
+            Err(()) => Err(Error::Limit {
                 what: "requests in flight (prefetch tickets held, lookups and slot requests \
                        running) at once; wait for a ticket before starting more",
                 name: "StoreOptions::max_in_flight",
                 limit: self.cells.len(),
                 found: self.cells.len() + 1,
-            })
+            }),
+        }
     }
 
     /// The id vector of slot `slot`, holding `ids`.
@@ -149,6 +177,9 @@ impl Slots {
 
     /// Frees slot `slot` for the next request.
     pub fn release(&self, slot: usize) {
+        if let Some(o) = self.owners.get(slot) {
+            o.store(0, Ordering::Release);
+        }
         let _ = self.free_tx.send(slot);
     }
 }

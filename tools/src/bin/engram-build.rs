@@ -31,6 +31,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // An allocation failure exits with a message and status 2, not SIGABRT.
+    let _ = engram_oom::install("engram-build");
     engram_tools::init_logging();
     let cli = Cli::parse();
     match run(&cli.args) {

@@ -57,6 +57,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // An allocation failure exits with a message and status 2, not SIGABRT.
+    let _ = engram_oom::install("engram");
     engram_tools::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -106,6 +106,7 @@ fn check_records(table: &Table, path: &Path) -> Result<RecordsReport> {
                 .read_exact_at(&mut unit, at)
                 .with_context(|| format!("reading {} at offset {at}", path.display()))?;
             recs.verify_read(li, at, &unit)?;
+            recs.verify_unit_padding(li, u, &unit)?;
         }
         let mut entries: Vec<(u64, (u32, u8))> = l.entries().collect();
         entries.sort_unstable();

@@ -35,7 +35,8 @@ pub struct ReadArgs {
     /// Reads in flight per reader (1..=4096).
     #[arg(long, default_value_t = engram_store::backend::DEFAULT_QUEUE_DEPTH)]
     pub queue_depth: usize,
-    /// Do not check block checksums on reads (reads then use --read-unit).
+    /// Do not check block checksums on reads (reads then use --read-unit). A corrupted block
+    /// on the medium then comes back as wrong rows, silently, instead of an error.
     #[arg(long)]
     pub no_verify: bool,
     /// Read unit for unverified reads: a power of two, 512 B to 1 MiB.

@@ -15,6 +15,22 @@ Every failure raises ``EngramError`` with the message of the underlying error, a
 (e.g. ``"buffer_size"``) and the ``code`` the C ABI returns for it.
 """
 
-from ._engram import ERROR_KINDS, EngramError, Store, Ticket, __version__
+from ._engram import (
+    ERROR_KINDS,
+    LOCAL_MAX_TICKETS,
+    SERVICE_MAX_TICKETS,
+    EngramError,
+    Store,
+    Ticket,
+    __version__,
+)
 
-__all__ = ["ERROR_KINDS", "EngramError", "Store", "Ticket", "__version__"]
+__all__ = [
+    "ERROR_KINDS",
+    "LOCAL_MAX_TICKETS",
+    "SERVICE_MAX_TICKETS",
+    "EngramError",
+    "Store",
+    "Ticket",
+    "__version__",
+]

@@ -11,6 +11,13 @@ import numpy.typing as npt
 __version__: str
 ERROR_KINDS: list[str]
 """Every value ``EngramError.kind`` can take, in ``code`` order (1, 2, ...)."""
+SERVICE_MAX_TICKETS: int
+"""Tickets a ``"unix:..."`` store may hold unreleased: with this many held, the next
+``prefetch`` (or ``lookup``) raises ``EngramError`` kind ``"limit"`` instead of waiting for
+a slot only the caller can free (16; C: ``ENGRAM_SERVICE_MAX_TICKETS``)."""
+LOCAL_MAX_TICKETS: int
+"""The same for a store opened from a table directory (its prefetch slots, 64; C:
+``ENGRAM_LOCAL_MAX_TICKETS``)."""
 
 _Path = Union[str, PathLike[str]]
 _Ids = Union[npt.NDArray[np.uint64], npt.NDArray[np.int64], Sequence[int], Any]
@@ -40,7 +47,8 @@ class Store:
     ``tokenizer``: the ``tokenizer.json`` the table was built with, to hash raw token ids;
     by default found as the CLIs find it (``$ENGRAM_TOKENIZER``, then the cache
     ``scripts/fetch-tokenizer.sh`` writes) on the first ``row_ids`` of raw ids. ``queue_depth``, ``io_workers``, ``max_batch_rows``: store tuning (``None``:
-    defaults 32, 2, 65536). ``verify``: check every device read against its checksum.
+    defaults 32, 2, 65536). ``verify``: check every device read against its checksum
+    (``False`` turns media corruption into wrong rows, silently).
     """
 
     def __init__(
@@ -82,10 +90,14 @@ class Store:
         """Rows ``ids`` of layer ``layer_id`` as a new ``(len(ids), row_bytes)`` uint8 array."""
     def lookup_into(self, layer_id: int, ids: _Ids, out: _OutBuffer) -> None:
         """Reads rows ``ids`` into ``out`` (exactly ``len(ids) * row_bytes`` bytes, uint8,
-        C-contiguous, writable; zero-copy). The GIL is released during the read."""
+        C-contiguous, writable; zero-copy). The GIL is released during the read. ``ids``
+        and ``out`` that share memory (ids a view of out) raise kind ``"invalid_argument"``."""
     def prefetch(self, layer_id: int, ids: _Ids) -> Ticket:
-        """Starts reading rows on the store's I/O workers and returns at once. An unknown
-        layer raises now; a bad row id raises from ``Ticket.wait``."""
+        """Starts reading rows on the store's I/O workers and returns without waiting for
+        them. It waits only for a slot another call will free: holding ``LOCAL_MAX_TICKETS``
+        (``SERVICE_MAX_TICKETS`` for a service) unreleased tickets, it raises
+        ``EngramError`` kind ``"limit"``: wait on or release one first. An unknown layer
+        raises now; a bad row id raises from ``Ticket.wait``."""
     def row_ids(
         self, layer_id: int, token_ids: Any, canonical: bool = False
     ) -> npt.NDArray[np.uint64]:
@@ -93,7 +105,11 @@ class Store:
         ``(B, T)`` gives ``(B, T, H)``, H = ``n_hash_heads``, heads order-major. Position t
         hashes the n-grams ending at t within its own sequence (earlier positions read as
         padding). Raw tokenizer ids are compressed with the table's tokenizer (``tokenizer=``
-        at open, else the default one); ``canonical=True`` takes already-compressed ids."""
+        at open, else the default one); ``canonical=True`` takes already-compressed ids.
+        Ids are integers (any integer dtype or Python ints; floats, NaN and booleans raise
+        kind ``"invalid_argument"``, never truncated); a raw id beyond the tokenizer's
+        vocabulary or a canonical id beyond the table's compressed vocabulary raises
+        ``"out_of_range"`` (negative ids are padding)."""
     def dequantize(self, rows: Any) -> npt.NDArray[np.float32]:
         """Whole rows (a uint8 buffer, a multiple of ``row_bytes``) to ``(n, dim)`` float32."""
     def stats(self) -> dict[str, Any]:
@@ -115,7 +131,8 @@ class Ticket:
     def ready(self) -> bool:
         """Whether ``wait()`` would return without blocking."""
     def wait(self, out: Optional[_OutBuffer] = None) -> Any:
-        """Blocks, with the GIL released, until the rows are in. With ``out`` (a writable
+        """Blocks, with the GIL released, until the rows are in (Ctrl-C raises
+        ``KeyboardInterrupt`` from the wait). With ``out`` (a writable
         C-contiguous uint8 buffer of ``rows * row_bytes`` bytes) copies them there and
         returns ``out``; otherwise returns a new ``(rows, row_bytes)`` uint8 array. May be
         called again; raises ``EngramError`` with the prefetch's failure."""
