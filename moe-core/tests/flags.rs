@@ -102,6 +102,7 @@ fn a_mooncake_skeleton_is_not_read_from_local_disk() {
         err.contains("is a Mooncake skeleton") && err.contains("--engram-backend mooncake"),
         "{err}"
     );
+}
 
 /// `moe-core generate | head -c 1`: the reader goes away mid-stream; the writer ends
 /// quietly with status 0 (it panicked on the broken pipe, exit 101).
