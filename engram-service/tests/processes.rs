@@ -173,7 +173,10 @@ fn a_client_of_another_user_is_refused() {
             "ENGRAM_REQUIRE_ROOT",
             "refusing another user's client needs root (to start a client as uid 65534); CI runs as root",
         ) {
-            panic!("{e} (this test runs as uid {})", rustix::process::geteuid().as_raw());
+            panic!(
+                "{e} (this test runs as uid {})",
+                rustix::process::geteuid().as_raw()
+            );
         }
         return;
     }
