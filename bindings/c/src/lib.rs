@@ -265,11 +265,13 @@ fn open_config(o: &engram_store_options) -> Result<OpenConfig> {
     Ok(OpenConfig {
         backend: backend_of(o.backend)?,
         cache_bytes: o.cache_bytes,
+        // SAFETY: this export's # Safety contract makes `o.profile_path` NULL or valid for the call; `opt_str` checks NULL, alignment and extent.
         profile: unsafe { ptr::opt_str(o.profile_path, "profile_path") }?.map(PathBuf::from),
         queue_depth: nonzero(o.queue_depth),
         io_workers: nonzero(o.io_workers),
         verify: Some(verify),
         max_batch_rows: nonzero(o.max_batch_rows),
+        // SAFETY: this export's # Safety contract makes `o.tokenizer_path` NULL or valid for the call; `opt_str` checks NULL, alignment and extent.
         tokenizer: unsafe { ptr::opt_str(o.tokenizer_path, "tokenizer_path") }?.map(PathBuf::from),
         default_tokenizer: false,
     })
@@ -334,6 +336,7 @@ pub extern "C" fn engram_status_name(status: c_int) -> *const c_char {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn engram_store_options_init(opts: *mut engram_store_options) -> c_int {
     guard("engram_store_options_init", || {
+        // SAFETY: this export's # Safety contract makes `opts` NULL or valid for the call; `obj_mut` checks NULL, alignment and extent.
         *unsafe { ptr::obj_mut(opts, "opts") }? = defaults();
         Ok(())
     })
@@ -352,15 +355,18 @@ pub unsafe extern "C" fn engram_store_open(
     out: *mut *mut engram_store,
 ) -> c_int {
     guard("engram_store_open", || {
+        // SAFETY: this export's # Safety contract makes `path` NULL or valid for the call; `str_arg` checks NULL, alignment and extent.
         let path = unsafe { ptr::str_arg(path, "path") }?;
         let config = if opts.is_null() {
             open_config(&defaults())?
         } else {
+            // SAFETY: this export's # Safety contract makes `opts` NULL or valid for the call; `obj` checks NULL, alignment and extent.
             open_config(unsafe { ptr::obj(opts, "opts") }?)?
         };
         // Check `out` before the (slow) open.
         unsafe { ptr::obj_mut(out, "out") }?;
         let inner = Handle::open(path, &config)?;
+        // SAFETY: this export's # Safety contract makes `out` NULL or valid for the call; `give` checks NULL, alignment and extent.
         unsafe { ptr::give(out, engram_store { inner }) }
     })
 }
@@ -383,6 +389,7 @@ pub unsafe extern "C" fn engram_store_close(store: *mut engram_store) {
 /// As [`ptr::obj`]: `store` came from `engram_store_open` and is not closed, and the
 /// reference is used only during the calling export.
 unsafe fn handle<'a>(store: *const engram_store) -> Result<&'a Handle> {
+    // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `obj` checks NULL, alignment and extent.
     Ok(&unsafe { ptr::obj(store, "store") }?.inner)
 }
 
@@ -390,6 +397,7 @@ unsafe fn handle<'a>(store: *const engram_store) -> Result<&'a Handle> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn engram_store_row_bytes(store: *const engram_store) -> usize {
     guard_value("engram_store_row_bytes", 0, || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         Ok(unsafe { handle(store) }?.row_bytes())
     })
 }
@@ -398,6 +406,7 @@ pub unsafe extern "C" fn engram_store_row_bytes(store: *const engram_store) -> u
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn engram_store_n_layers(store: *const engram_store) -> usize {
     guard_value("engram_store_n_layers", 0, || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         Ok(unsafe { handle(store) }?.layer_ids().len())
     })
 }
@@ -411,6 +420,7 @@ pub unsafe extern "C" fn engram_store_layer_ids(
     out_len: usize,
 ) -> c_int {
     guard("engram_store_layer_ids", || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         let ids = unsafe { handle(store) }?.layer_ids();
         if out_len < ids.len() {
             return Err(Error::Buffer {
@@ -420,6 +430,7 @@ pub unsafe extern "C" fn engram_store_layer_ids(
                 found: out_len,
             });
         }
+        // SAFETY: this export's # Safety contract makes `out` NULL or valid for the call; `slice_mut` checks NULL, alignment and extent.
         unsafe { ptr::slice_mut(out, ids.len(), "out") }?.copy_from_slice(ids);
         Ok(())
     })
@@ -433,7 +444,9 @@ pub unsafe extern "C" fn engram_store_layer_rows(
     rows: *mut u64,
 ) -> c_int {
     guard("engram_store_layer_rows", || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         let n = unsafe { handle(store) }?.layer_rows(u64::from(layer_id))?;
+        // SAFETY: this export's # Safety contract makes `rows` NULL or valid for the call; `obj_mut` checks NULL, alignment and extent.
         *unsafe { ptr::obj_mut(rows, "rows") }? = n;
         Ok(())
     })
@@ -446,6 +459,7 @@ pub unsafe extern "C" fn engram_store_row_layout(
     out: *mut engram_row_layout,
 ) -> c_int {
     guard("engram_store_row_layout", || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         let info = unsafe { handle(store) }?.row_info();
         let kind = match info.layout {
             RowLayout::Bf16 => engram_row_kind::ENGRAM_ROW_BF16,
@@ -453,6 +467,7 @@ pub unsafe extern "C" fn engram_store_row_layout(
             RowLayout::F32 => engram_row_kind::ENGRAM_ROW_F32,
             _ => engram_row_kind::ENGRAM_ROW_FP8_E4M3_E8M0,
         };
+        // SAFETY: this export's # Safety contract makes `out` NULL or valid for the call; `obj_mut` checks NULL, alignment and extent.
         *unsafe { ptr::obj_mut(out, "out") }? = engram_row_layout {
             kind: kind as i32,
             dim: u32::try_from(info.dim).map_err(|_| Error::Invalid {
@@ -471,6 +486,7 @@ pub unsafe extern "C" fn engram_store_row_layout(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn engram_store_n_hash_heads(store: *const engram_store) -> usize {
     guard_value("engram_store_n_hash_heads", 0, || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         Ok(unsafe { handle(store) }?.n_hash_heads())
     })
 }
@@ -480,6 +496,7 @@ pub unsafe extern "C" fn engram_store_n_hash_heads(store: *const engram_store) -
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn engram_store_max_ngram(store: *const engram_store) -> usize {
     guard_value("engram_store_max_ngram", 0, || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         Ok(unsafe { handle(store) }?.max_ngram())
     })
 }
@@ -490,6 +507,7 @@ pub unsafe extern "C" fn engram_store_max_ngram(store: *const engram_store) -> u
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn engram_store_backend(store: *const engram_store) -> *const c_char {
     let name: &'static str = guard_value("engram_store_backend", "\0", || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         Ok(match unsafe { handle(store) }?.backend_name() {
             "memory" => "memory\0",
             "mmap" => "mmap\0",
@@ -522,6 +540,7 @@ pub unsafe extern "C" fn engram_store_lookup_into(
     out_len: usize,
 ) -> c_int {
     guard("engram_store_lookup_into", || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         let h = unsafe { handle(store) }?;
         let need = n.saturating_mul(h.row_bytes());
         if out_len != need {
@@ -532,6 +551,7 @@ pub unsafe extern "C" fn engram_store_lookup_into(
                 found: out_len,
             });
         }
+        // SAFETY: this export's # Safety contract makes `ids` NULL or valid for the call; `in_out` checks NULL, alignment and extent.
         let (ids, out) = unsafe { ptr::in_out(ids, n, "ids", out, out_len, "out") }?;
         h.lookup_into(u64::from(layer_id), ids, out)
     })
@@ -552,10 +572,14 @@ pub unsafe extern "C" fn engram_store_prefetch(
     out: *mut *mut engram_ticket,
 ) -> c_int {
     guard("engram_store_prefetch", || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         let h = unsafe { handle(store) }?;
+        // SAFETY: this export's # Safety contract makes `ids` NULL or valid for the call; `slice` checks NULL, alignment and extent.
         let ids = unsafe { ptr::slice(ids, n, "ids") }?;
+        // SAFETY: this export's # Safety contract makes `out` NULL or valid for the call; `obj_mut` checks NULL, alignment and extent.
         unsafe { ptr::obj_mut(out, "out") }?;
         let inner = h.prefetch(u64::from(layer_id), ids)?;
+        // SAFETY: this export's # Safety contract makes `out` NULL or valid for the call; `give` checks NULL, alignment and extent.
         unsafe { ptr::give(out, engram_ticket { inner }) }
     })
 }
@@ -568,7 +592,9 @@ pub unsafe extern "C" fn engram_ticket_poll(
     ready: *mut c_int,
 ) -> c_int {
     guard("engram_ticket_poll", || {
+        // SAFETY: this export's # Safety contract makes `ticket` NULL or valid for the call; `obj` checks NULL, alignment and extent.
         let t = &unsafe { ptr::obj(ticket, "ticket") }?.inner;
+        // SAFETY: this export's # Safety contract makes `ready` NULL or valid for the call; `obj_mut` checks NULL, alignment and extent.
         *unsafe { ptr::obj_mut(ready, "ready") }? = c_int::from(t.is_ready());
         Ok(())
     })
@@ -585,6 +611,7 @@ pub unsafe extern "C" fn engram_ticket_wait(
     out_len: usize,
 ) -> c_int {
     guard("engram_ticket_wait", || {
+        // SAFETY: this export's # Safety contract makes `ticket` NULL or valid for the call; `obj_mut` checks NULL, alignment and extent.
         let t = &mut unsafe { ptr::obj_mut(ticket, "ticket") }?.inner;
         let rows = t.wait()?;
         if out.is_null() && out_len == 0 {
@@ -595,6 +622,7 @@ pub unsafe extern "C" fn engram_ticket_wait(
             engram_bindings::Extent::of(rows.as_ptr(), rows.len(), "the ticket's rows"),
             engram_bindings::Extent::of(out.cast_const(), out_len, "out"),
         )?;
+        // SAFETY: this export's # Safety contract makes `out` NULL or valid for the call; `slice_mut` checks NULL, alignment and extent.
         t.wait_into(unsafe { ptr::slice_mut(out, out_len, "out") }?)
     })
 }
@@ -609,8 +637,11 @@ pub unsafe extern "C" fn engram_ticket_rows(
     len: *mut usize,
 ) -> c_int {
     guard("engram_ticket_rows", || {
+        // SAFETY: this export's # Safety contract makes `ticket` NULL or valid for the call; `obj_mut` checks NULL, alignment and extent.
         let t = &mut unsafe { ptr::obj_mut(ticket, "ticket") }?.inner;
+        // SAFETY: this export's # Safety contract makes `rows` NULL or valid for the call; `obj_mut` checks NULL, alignment and extent.
         let rows = unsafe { ptr::obj_mut(rows, "rows") }?;
+        // SAFETY: this export's # Safety contract makes `len` NULL or valid for the call; `obj_mut` checks NULL, alignment and extent.
         let len = unsafe { ptr::obj_mut(len, "len") }?;
         let data = t.wait()?;
         *rows = data.as_ptr();
@@ -647,6 +678,7 @@ pub unsafe extern "C" fn engram_store_row_ids(
     out_len: usize,
 ) -> c_int {
     guard("engram_store_row_ids", || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         let h = unsafe { handle(store) }?;
         let kind = match kind {
             x if x == engram_tokens::ENGRAM_TOKENS_RAW as i32 => TokenIds::Raw,
@@ -668,6 +700,7 @@ pub unsafe extern "C" fn engram_store_row_ids(
             });
         }
         let (tokens, out) =
+            // SAFETY: this export's # Safety contract makes `tokens` NULL or valid for the call; `in_out` checks NULL, alignment and extent.
             unsafe { ptr::in_out(tokens, n_tokens, "tokens", out, out_len, "out") }?;
         h.row_ids(u64::from(layer_id), tokens, 1, n_tokens, kind, out)
     })
@@ -684,7 +717,9 @@ pub unsafe extern "C" fn engram_store_dequantize(
     out_len: usize,
 ) -> c_int {
     guard("engram_store_dequantize", || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         let h = unsafe { handle(store) }?;
+        // SAFETY: this export's # Safety contract makes `rows` NULL or valid for the call; `in_out` checks NULL, alignment and extent.
         let (rows, out) = unsafe { ptr::in_out(rows, rows_len, "rows", out, out_len, "out") }?;
         h.dequantize(rows, out)
     })
@@ -702,9 +737,11 @@ pub unsafe extern "C" fn engram_store_stats_json(
     needed: *mut usize,
 ) -> c_int {
     guard("engram_store_stats_json", || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         let json = unsafe { handle(store) }?.stats_json()?;
         let need = json.len() + 1;
         if !needed.is_null() {
+            // SAFETY: this export's # Safety contract makes `needed` NULL or valid for the call; `obj_mut` checks NULL, alignment and extent.
             *unsafe { ptr::obj_mut(needed, "needed") }? = need;
         }
         if buf_len < need {
@@ -715,6 +752,7 @@ pub unsafe extern "C" fn engram_store_stats_json(
                 found: buf_len,
             });
         }
+        // SAFETY: this export's # Safety contract makes `buf.cast` NULL or valid for the call; `slice_mut` checks NULL, alignment and extent.
         let out = unsafe { ptr::slice_mut(buf.cast::<u8>(), need, "buf") }?;
         out[..json.len()].copy_from_slice(json.as_bytes());
         out[json.len()] = 0;
@@ -726,6 +764,7 @@ pub unsafe extern "C" fn engram_store_stats_json(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn engram_store_reset_stats(store: *const engram_store) -> c_int {
     guard("engram_store_reset_stats", || {
+        // SAFETY: this export's # Safety contract makes `store` NULL or valid for the call; `handle` checks NULL, alignment and extent.
         unsafe { handle(store) }?.reset_stats()
     })
 }
