@@ -36,7 +36,11 @@ impl<'a> Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.client.unregister(self.buf.as_mut_ptr() as usize) {
+        // SAFETY: the buffer was registered when this guard was made, and the guard's
+        // borrow ends every transfer into it before it drops.
+        #[allow(unsafe_code)]
+        let r = unsafe { self.client.unregister(self.buf.as_mut_ptr() as usize) };
+        if let Err(e) = r {
             tracing::debug!(target: "engram_mooncake", "unregister: {e}");
         }
     }

@@ -233,7 +233,11 @@ mod imp {
         }
 
         /// Unregisters the allocation starting at `ptr`.
-        pub fn unregister(&self, ptr: usize) -> Result<()> {
+        ///
+        /// # Safety
+        /// `ptr` was registered with [`Client::register`] and no transfer into or out of it
+        /// is running (the transfer engine would otherwise touch memory it no longer owns).
+        pub unsafe fn unregister(&self, ptr: usize) -> Result<()> {
             let rc = Python::attach(|py| self.call_i64(py, "unregister_buffer", (ptr,)))?;
             if rc != 0 {
                 tracing::warn!(target: "engram_mooncake", "unregister_buffer returned {rc}");
@@ -460,7 +464,9 @@ mod imp {
         pub unsafe fn register(&self, _ptr: usize, _len: usize) -> Result<()> {
             match self.never {}
         }
-        pub fn unregister(&self, _ptr: usize) -> Result<()> {
+        /// # Safety
+        /// As the `python` build's.
+        pub unsafe fn unregister(&self, _ptr: usize) -> Result<()> {
             match self.never {}
         }
         /// # Safety

@@ -133,7 +133,9 @@ impl EngineFactory for MooncakeFactory {
             Ok(h) => h,
             Err(e) => {
                 // Nothing was read into the staging memory: unregister it now.
-                let _ = self.client.unregister(base);
+                // SAFETY: `base` was registered above and no transfer into it was started.
+                #[allow(unsafe_code)]
+                let _ = unsafe { self.client.unregister(base) };
                 return Err(e);
             }
         };
@@ -305,7 +307,10 @@ impl Worker {
             }
         }
         // No call into the staging memory is running now.
-        if let Err(e) = self.client.unregister(self.base) {
+        // SAFETY: `self.base` was registered when the engine was made; no transfer runs.
+        #[allow(unsafe_code)]
+        let r = unsafe { self.client.unregister(self.base) };
+        if let Err(e) = r {
             tracing::debug!(target: "engram_mooncake", "unregister: {e}");
         }
         drop(orphans);
