@@ -220,6 +220,7 @@ pub mod synth;
 pub mod table;
 mod ticket;
 pub mod workload;
+pub mod write_behind;
 
 pub use backend::external::EngineFactory;
 pub use backend::{BackendKind, BackendOptions, IO_BACKEND_ENV, REQUIRE_URING_ENV, UringFault};

@@ -16,6 +16,7 @@ use crate::format::{
     checksums_checksum, header_offsets, hex64, parse_checksum_field,
 };
 use crate::publish::{Target, open_dir, replaced_since};
+use crate::write_behind::WriteBehind;
 
 /// Largest `manifest.json` accepted (one of a 1000-layer, 64-head table is under 4 MiB).
 pub const MAX_MANIFEST_BYTES: Limit = Limit {
@@ -36,21 +37,22 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Bytes a layer file's rows are gathered into before one write: whole checksum blocks, at
 /// least one. Large writes keep the system time per GB low (one 4 KiB `pwrite` per block
-/// cost a third of a checkpoint import's CPU).
+/// cost a third of a checkpoint import's CPU). A layer being written holds
+/// [`crate::write_behind::WRITE_BATCHES`] of them.
 pub const WRITE_BATCH_BYTES: usize = 8 << 20;
 
 /// One layer file being written: rows are packed into units, units into checksum blocks,
-/// whole blocks into a batch that is written at once. The data region goes through a
-/// second, `O_DIRECT` descriptor where the file system takes one (no page-cache copy, no
-/// dirty pages for the final fsync to wait on); the header and the checksum table through
-/// the ordinary one.
+/// whole blocks into a batch that is handed at once to the layer's writer thread
+/// ([`WriteBehind`]), which writes it while the next batch is filled. The data region goes
+/// through a second, `O_DIRECT` descriptor where the file system takes one (no page-cache
+/// copy, no dirty pages for the final fsync to wait on); the header and the checksum table
+/// through the ordinary one.
 #[derive(Debug)]
 struct LayerSink {
     path: PathBuf,
     file: File,
-    // The data region's descriptor: `O_DIRECT`, or a clone of `file`.
-    data: File,
-    direct: bool,
+    // Writes the data region's batches behind the filling.
+    behind: WriteBehind,
     header: LayerHeader,
     geo: Geometry,
     block_bytes: usize,
@@ -113,26 +115,15 @@ impl LayerSink {
         self.block_start = self.fill;
     }
 
-    /// Writes the closed blocks of the batch.
+    /// Hands the closed blocks of the batch to the writer thread.
     fn write_batch(&mut self) -> Result<()> {
-        let bytes = &self.batch.as_slice()[..self.block_start];
-        if bytes.is_empty() {
+        let len = self.block_start;
+        if len == 0 {
             return Ok(());
         }
         let at = self.batch_offset;
-        let mut r = self.data.write_all_at(bytes, at);
-        if self.direct && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
-            // O_DIRECT refused for this write (alignment the device wants larger than a
-            // page): the rest goes through the page cache.
-            self.direct = false;
-            self.data = self
-                .file
-                .try_clone()
-                .map_err(|e| io("dup", &self.path, e))?;
-            r = self.data.write_all_at(bytes, at);
-        }
-        r.map_err(|e| io_at("write", &self.path, at, e))?;
-        self.batch_offset += bytes.len() as u64;
+        self.behind.submit(&mut self.batch, len, at)?;
+        self.batch_offset += len as u64;
         self.fill -= self.block_start;
         debug_assert_eq!(self.fill, 0, "a batch is written at block boundaries");
         self.block_start = 0;
@@ -151,6 +142,8 @@ impl LayerSink {
         }
         self.close_block();
         self.write_batch()?;
+        // Every batch on disk before the checksum table, the header and the fsync.
+        self.behind.finish()?;
         if self.checksums.len() as u64 != self.header.n_blocks
             || self.batch_offset != self.header.checksums_offset
         {
@@ -213,7 +206,8 @@ fn parse_u64_le(b: &[u8]) -> u64 {
 /// finished or dropped, so a second writer to the same path fails at once.
 ///
 /// Layers are written in index order; within a layer rows arrive in row-id order, in chunks
-/// of any number of whole rows. Memory use is one checksum block plus 8 bytes per block.
+/// of any number of whole rows. Memory use is [`crate::write_behind::WRITE_BATCHES`]
+/// batches of [`WRITE_BATCH_BYTES`] plus 8 bytes per checksum block.
 /// Files such as the traffic profile join the table with [`TableWriter::add_file`] before
 /// [`TableWriter::finish`] publishes everything at once.
 #[derive(Debug)]
@@ -296,16 +290,18 @@ impl TableWriter {
                 what: "block_bytes",
                 reason: "does not fit usize".into(),
             })?;
-        let batch = AlignedBuf::new(
-            (WRITE_BATCH_BYTES / block_bytes).max(1) * block_bytes,
-            crate::format::PAGE_BYTES as usize,
-        )?;
         let (data, direct) = data_descriptor(&path, &file, header.data_offset)?;
+        let (behind, batch) = WriteBehind::start(
+            &path,
+            &file,
+            data,
+            direct,
+            (WRITE_BATCH_BYTES / block_bytes).max(1) * block_bytes,
+        )?;
         Ok(LayerSink {
             path,
             file,
-            data,
-            direct,
+            behind,
             geo: self.manifest.geometry(),
             block_bytes,
             batch,

@@ -42,13 +42,15 @@ pub const SCALES_READ_BYTES: usize = 2 << 20;
 const POOL_BUFFERS: usize = 4;
 
 /// Memory the import's buffers take, whatever the checkpoint's size: each stream's pool,
-/// the hash-only reader's buffer and the table writer's batch (rows are packed into it).
+/// the hash-only reader's buffer and the table writer's batches (rows are packed into one
+/// while the other is written).
 pub fn buffer_bytes() -> u64 {
     let slack = 2 * ALIGN as usize;
     (POOL_BUFFERS * (VALUES_READ_BYTES + SCALES_READ_BYTES + 2 * slack)
         + VALUES_READ_BYTES
         + slack
-        + engram_store::table::WRITE_BATCH_BYTES) as u64
+        + engram_store::write_behind::WRITE_BATCHES * engram_store::table::WRITE_BATCH_BYTES)
+        as u64
 }
 
 /// One layer's two tensors.
