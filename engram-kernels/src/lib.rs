@@ -96,7 +96,7 @@
 //! what was expected, what was found and where (a field, an index, a layer id). Bad input
 //! is an `Err`, never a panic.
 #![deny(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod alloc;
 pub mod compress;

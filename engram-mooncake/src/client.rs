@@ -48,12 +48,16 @@ pub struct RangedGet {
     /// Distinct keys (a key may appear once per call).
     pub keys: Vec<String>,
     /// (keys, ranges) offsets into the buffer, offsets into the object, lengths
+    /// Per key: offsets into the registered buffer, one per range (bytes).
     pub dst: Vec<Vec<u64>>,
+    /// Per key: offsets into the object, one per range (bytes).
     pub src: Vec<Vec<u64>>,
+    /// Per key: lengths of the ranges (bytes).
     pub len: Vec<Vec<u64>>,
 }
 
 impl RangedGet {
+    /// Empties every list, keeping their capacity for the next call.
     pub fn clear(&mut self) {
         self.keys.clear();
         self.dst.clear();
@@ -200,6 +204,7 @@ mod imp {
             })
         }
 
+        /// The configuration this client connected with.
         pub fn config(&self) -> &ClientConfig {
             &self.config
         }
@@ -453,9 +458,11 @@ mod imp {
             config.validate()?;
             Err(Error::NotCompiled { feature: "python" })
         }
+        /// Unreachable: no client exists without the `python` feature.
         pub fn config(&self) -> &ClientConfig {
             match self.never {}
         }
+        /// Unreachable: no client exists without the `python` feature.
         pub fn hostname(&self) -> Result<String> {
             match self.never {}
         }
@@ -480,12 +487,15 @@ mod imp {
         ) -> Result<Vec<i64>> {
             match self.never {}
         }
+        /// Unreachable: no client exists without the `python` feature.
         pub fn upsert_bytes(&self, _key: &str, _bytes: &[u8], _r: &Replication) -> Result<i64> {
             match self.never {}
         }
+        /// Unreachable: no client exists without the `python` feature.
         pub fn exist(&self, _keys: &[String]) -> Result<Vec<i64>> {
             match self.never {}
         }
+        /// Unreachable: no client exists without the `python` feature.
         pub fn get_bytes(&self, _key: &str, _limit: u64) -> Result<Option<Vec<u8>>> {
             match self.never {}
         }
@@ -494,9 +504,11 @@ mod imp {
         pub unsafe fn get_ranges(&self, _base: usize, _g: &RangedGet) -> Result<Vec<Vec<i64>>> {
             match self.never {}
         }
+        /// Unreachable: no client exists without the `python` feature.
         pub fn remove_prefix(&self, _prefix: &str) -> Result<i64> {
             match self.never {}
         }
+        /// Unreachable: no client exists without the `python` feature.
         pub fn remove(&self, _key: &str) -> Result<i64> {
             match self.never {}
         }

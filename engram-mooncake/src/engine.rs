@@ -78,10 +78,12 @@ impl MooncakeFactory {
         })
     }
 
+    /// The object keys of the publication this factory's engines read.
     pub fn keys(&self) -> &TableKeys {
         &self.keys
     }
 
+    /// The publication descriptor read when the factory was made (chunking, files).
     pub fn descriptor(&self) -> &Descriptor {
         &self.descriptor
     }

@@ -13,49 +13,87 @@ pub enum Error {
          `scripts/install.sh --mooncake` (cargo: `--features {feature}` of engram-mooncake, \
          `--features mooncake` of engram-tools and moe-core)"
     )]
-    NotCompiled { feature: &'static str },
+    NotCompiled {
+        /// The cargo feature that builds it in.
+        feature: &'static str,
+    },
     /// The cluster or the client library cannot be used from here (unreachable master,
     /// missing wheel, failed setup).
     #[error("Mooncake at {master} is not available: {reason}")]
-    Unavailable { master: String, reason: String },
+    Unavailable {
+        /// The master's address (`host:port`).
+        master: String,
+        /// Why, with what to do.
+        reason: String,
+    },
     /// A Mooncake call returned an error code for an object.
     #[error("Mooncake {op} of {key} failed with error {code} ({name})")]
     Object {
+        /// The client call (`upsert`, `get_into_ranges`, ...).
         op: &'static str,
+        /// The object key.
         key: String,
+        /// Mooncake's error code (negative).
         code: i64,
+        /// The code's name in Mooncake's list.
         name: &'static str,
     },
     /// The table (this exact version) has no complete publication on the cluster.
     #[error("table {prefix} is not published on Mooncake: {reason}")]
-    NotPublished { prefix: String, reason: String },
+    NotPublished {
+        /// The version's key prefix (`engram/{table_id}/{version}`) or name key.
+        prefix: String,
+        /// What is missing.
+        reason: String,
+    },
     /// What the cluster holds disagrees with the local table.
     #[error("published {what} at {key}: expected {expected}, found {found}")]
     Mismatch {
+        /// What was compared (descriptor field, chunk, manifest).
         what: &'static str,
+        /// The object key.
         key: String,
+        /// The local table's value.
         expected: String,
+        /// The cluster's.
         found: String,
     },
     /// An argument or option value is invalid.
     #[error("invalid {what}: {reason}")]
-    Invalid { what: &'static str, reason: String },
+    Invalid {
+        /// The argument or value.
+        what: &'static str,
+        /// Why, and what is accepted.
+        reason: String,
+    },
     /// A size above a named limit.
     #[error("{what} is {found}, above the limit {limit} ({name})")]
     Limit {
+        /// What was too large.
         what: &'static str,
+        /// The limit's constant.
         name: &'static str,
+        /// The limit, in the unit of `found` (bytes unless said otherwise).
         limit: u64,
+        /// The size asked for.
         found: u64,
     },
     /// An unexpected Python exception inside the client library.
     #[error("Mooncake client ({op}): {reason}")]
-    Python { op: &'static str, reason: String },
+    Python {
+        /// The client call.
+        op: &'static str,
+        /// The exception.
+        reason: String,
+    },
     /// A local file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
+        /// The operation (`read`, `open`, ...).
         op: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

@@ -67,6 +67,7 @@ impl TableKeys {
         Ok(Self::from_ids(id, table_version(m)?))
     }
 
+    /// The keys of table `table_id` at `version` ([`table_version`]).
     pub fn from_ids(table_id: u64, version: u64) -> Self {
         Self {
             prefix: format!("engram/{table_id:016x}/{version:016x}"),
@@ -96,10 +97,12 @@ impl TableKeys {
         self.prefix.strip_prefix("engram/").unwrap_or(&self.prefix)
     }
 
+    /// Key of the table's `manifest.json` object.
     pub fn manifest(&self) -> String {
         format!("{}/manifest", self.prefix)
     }
 
+    /// Key of the publication descriptor ([`Descriptor`]), written last.
     pub fn descriptor(&self) -> String {
         format!("{}/publication", self.prefix)
     }
@@ -132,6 +135,7 @@ pub fn name_key(name: &str) -> Result<String> {
 pub struct FileDesc {
     /// File name inside the table directory.
     pub name: String,
+    /// File size in bytes.
     pub bytes: u64,
 }
 
@@ -144,12 +148,15 @@ pub struct Descriptor {
     pub format: String,
     /// Always [`DESCRIPTOR_VERSION`].
     pub format_version: u32,
+    /// The table id (16 hex digits, the manifest's `table_id`).
     pub table_id: String,
     /// 16 hex digits: [`table_version`].
     pub table_version: String,
+    /// Bytes per chunk object.
     pub chunk_bytes: u64,
     /// Replicas asked for each object, and whether they are hard-pinned.
     pub replicas: u32,
+    /// Whether the objects are hard-pinned (never evicted).
     pub hard_pin: bool,
     /// Layer files in manifest order (file index = position).
     pub files: Vec<FileDesc>,
@@ -227,11 +234,13 @@ pub fn check_chunk_bytes(b: u64) -> Result<()> {
 /// One piece of a byte range that falls in one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
+    /// Index of the chunk holding these bytes.
     pub chunk: u64,
     /// Offset inside the chunk object.
     pub src: u64,
     /// Offset inside the range.
     pub at: u64,
+    /// Bytes in this piece.
     pub len: u64,
 }
 

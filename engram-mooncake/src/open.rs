@@ -15,7 +15,9 @@ use crate::skeleton::is_skeleton;
 /// A store and, when the cluster was not used, why.
 #[derive(Debug)]
 pub struct Opened {
+    /// The store: on the Mooncake engine, or on the local table when `fallback` is set.
     pub store: Store,
+    /// Why the cluster was not used (`None` when the store reads from Mooncake).
     pub fallback: Option<String>,
 }
 

@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use engram_store::Table;
+use engram_store::{Manifest, Table};
 use serde::Serialize;
 
 use crate::buffer::Registered;
@@ -30,7 +30,9 @@ pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
 pub struct PublishOptions {
     /// Point this name at the published version (`engram/names/{name}`).
     pub name: Option<String>,
+    /// Bytes per chunk object (the last chunk of a file is shorter).
     pub chunk_bytes: u64,
+    /// Replicas and pinning asked for every object.
     pub replication: Replication,
     /// Bytes uploaded per call.
     pub batch_bytes: u64,
@@ -54,15 +56,20 @@ impl Default for PublishOptions {
 /// Where a publication is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Phase {
+    /// Writing chunks (skipping those an earlier run left intact).
     Upload,
+    /// Reading every chunk back and comparing it with the file.
     Verify,
 }
 
 /// Progress of a publication, in bytes of layer files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Progress {
+    /// The phase the counts are for.
     pub phase: Phase,
+    /// Bytes of layer files done in this phase.
     pub done_bytes: u64,
+    /// Bytes of layer files in all.
     pub total_bytes: u64,
 }
 
@@ -71,15 +78,21 @@ pub struct Progress {
 pub struct PublishReport {
     /// `engram/{table_id}/{version}`.
     pub prefix: String,
+    /// The name pointed at the version, if one was asked for.
     pub name: Option<String>,
+    /// Files published (layer files, in manifest order).
     pub files: usize,
+    /// Chunk objects in the publication.
     pub chunks: u64,
+    /// Bytes of the published files.
     pub bytes: u64,
-    /// Chunks written now, and chunks found from an earlier run.
+    /// Chunks written now.
     pub uploaded_chunks: u64,
+    /// Chunks found intact from an earlier, interrupted run.
     pub resumed_chunks: u64,
     /// Chunks that read back different and were written again.
     pub rewritten_chunks: u64,
+    /// Bytes read back and compared.
     pub verified_bytes: u64,
 }
 
@@ -146,48 +159,9 @@ pub fn publish(
     let m = table.manifest();
     let keys = TableKeys::of(m)?;
     let cb = options.chunk_bytes;
-    let mut r = options.replication.clone();
-    if options.local_segment {
-        if client.config().segment_bytes == 0 {
-            return Err(Error::Invalid {
-                what: "local segment",
-                reason: "this client contributes no segment (segment bytes 0)".into(),
-            });
-        }
-        r.preferred_segment = Some(client.hostname()?);
-    }
-    let r = &r;
-    let mut chunks = Vec::new();
-    let mut files = Vec::with_capacity(table.n_layers());
-    for li in 0..table.n_layers() {
-        let lm = &m.layers[li];
-        files.push(FileDesc {
-            name: lm.file.clone(),
-            bytes: lm.file_bytes,
-        });
-        for c in 0..chunk_count(lm.file_bytes, cb) {
-            let offset = c * cb;
-            chunks.push(Chunk {
-                file: li as u32,
-                index: c,
-                offset,
-                len: cb.min(lm.file_bytes - offset),
-            });
-        }
-    }
-    // A complete publication of this version fixes its chunking: a rerun keeps it.
-    if let Some(bytes) = client.get_bytes(&keys.descriptor(), crate::keys::MAX_DESCRIPTOR_BYTES)? {
-        let d = Descriptor::parse(&bytes, &keys)?;
-        if d.chunk_bytes != cb {
-            return Err(Error::Invalid {
-                what: "chunk bytes",
-                reason: format!(
-                    "{} is published with {}-byte chunks, not {cb}: unpublish it first",
-                    keys.prefix, d.chunk_bytes
-                ),
-            });
-        }
-    }
+    let r = &replication(client, options)?;
+    let (files, chunks) = plan_chunks(table, cb);
+    check_published_chunking(client, &keys, cb)?;
     let total: u64 = files.iter().map(|f| f.bytes).sum();
     let mut report = PublishReport {
         prefix: keys.prefix.clone(),
@@ -206,44 +180,18 @@ pub fn publish(
 
     let per_batch = (options.batch_bytes / cb).max(1) as usize;
     let half = per_batch * cb as usize;
-    let mut buf = Registered::new(client, 2 * half)?;
-    let read_local = |buf: &mut [u8], c: &Chunk| -> Result<()> {
-        let lf = table.layer(c.file as usize)?;
-        lf.file
-            .read_exact_at(buf, c.offset)
-            .map_err(|e| io("read", &lf.path, e))
+    let mut up = Uploader {
+        client,
+        keys: &keys,
+        table,
+        replication: r,
+        buf: Registered::new(client, 2 * half)?,
+        half,
     };
-
-    // Upload what is missing.
+    // Upload what is missing, then read every chunk back and compare.
     let mut done = 0u64;
     for batch in chunks.chunks(per_batch) {
-        let names: Vec<String> = batch.iter().map(|c| keys.chunk(c.file, c.index)).collect();
-        let exist = client.exist(&names)?;
-        let mut up_keys = Vec::new();
-        let mut up_ptrs = Vec::new();
-        let mut up_sizes = Vec::new();
-        let base = buf.base();
-        let mut at = 0usize;
-        for ((c, k), &e) in batch.iter().zip(&names).zip(&exist) {
-            if e == 1 {
-                report.resumed_chunks += 1;
-                continue;
-            }
-            let len = c.len as usize;
-            read_local(&mut buf.bytes_mut()[at..at + len], c)?;
-            up_keys.push(k.clone());
-            up_ptrs.push(base + at);
-            up_sizes.push(len);
-            at += len;
-        }
-        if !up_keys.is_empty() {
-            // SAFETY: every pointer is `base + at` inside the registered `buf`, filled
-            // just above, and `buf` is not touched again until the call returns.
-            #[allow(unsafe_code)]
-            let codes = unsafe { client.upsert_from(&up_keys, &up_ptrs, &up_sizes, r)? };
-            check_codes("upsert_from", &up_keys, &codes)?;
-            report.uploaded_chunks += up_keys.len() as u64;
-        }
+        up.upload_missing(batch, &mut report)?;
         done += batch.iter().map(|c| c.len).sum::<u64>();
         progress(Progress {
             phase: Phase::Upload,
@@ -251,13 +199,145 @@ pub fn publish(
             total_bytes: total,
         });
     }
-
-    // Read every chunk back and compare.
     let mut done = 0u64;
     let mut get = RangedGet::default();
     for batch in chunks.chunks(per_batch) {
+        up.verify(batch, &mut get, &mut report)?;
+        done += batch.iter().map(|c| c.len).sum::<u64>();
+        progress(Progress {
+            phase: Phase::Verify,
+            done_bytes: done,
+            total_bytes: total,
+        });
+    }
+    drop(up);
+    write_descriptor(client, &keys, m, files, cb, r, options.name.as_deref())?;
+    tracing::info!(target: "engram_mooncake", prefix = %keys.prefix, chunks = report.chunks, bytes = report.bytes, "published");
+    Ok(report)
+}
+
+/// The replication asked for, placed in this client's own segment with `local_segment`.
+fn replication(client: &Client, options: &PublishOptions) -> Result<Replication> {
+    let mut r = options.replication.clone();
+    if options.local_segment {
+        if client.config().segment_bytes == 0 {
+            return Err(Error::Invalid {
+                what: "local segment",
+                reason: "this client contributes no segment (segment bytes 0)".into(),
+            });
+        }
+        r.preferred_segment = Some(client.hostname()?);
+    }
+    Ok(r)
+}
+
+/// The layer files and their chunks of `cb` bytes, in manifest order.
+fn plan_chunks(table: &Table, cb: u64) -> (Vec<FileDesc>, Vec<Chunk>) {
+    let m = table.manifest();
+    let mut chunks = Vec::new();
+    let mut files = Vec::with_capacity(table.n_layers());
+    for (li, lm) in m.layers.iter().enumerate().take(table.n_layers()) {
+        files.push(FileDesc {
+            name: lm.file.clone(),
+            bytes: lm.file_bytes,
+        });
+        for c in 0..chunk_count(lm.file_bytes, cb) {
+            let offset = c * cb;
+            chunks.push(Chunk {
+                file: li as u32,
+                index: c,
+                offset,
+                len: cb.min(lm.file_bytes - offset),
+            });
+        }
+    }
+    (files, chunks)
+}
+
+/// A complete publication of this version fixes its chunking: a rerun must keep it.
+fn check_published_chunking(client: &Client, keys: &TableKeys, cb: u64) -> Result<()> {
+    if let Some(bytes) = client.get_bytes(&keys.descriptor(), crate::keys::MAX_DESCRIPTOR_BYTES)? {
+        let d = Descriptor::parse(&bytes, keys)?;
+        if d.chunk_bytes != cb {
+            return Err(Error::Invalid {
+                what: "chunk bytes",
+                reason: format!(
+                    "{} is published with {}-byte chunks, not {cb}: unpublish it first",
+                    keys.prefix, d.chunk_bytes
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The upload and verification of one publication through one registered buffer: the
+/// lower half holds local bytes, the upper half what is read back.
+struct Uploader<'a> {
+    client: &'a Client,
+    keys: &'a TableKeys,
+    table: &'a Table,
+    replication: &'a Replication,
+    buf: Registered<'a>,
+    half: usize,
+}
+
+impl Uploader<'_> {
+    /// Uploads the chunks of `batch` that the cluster does not hold yet.
+    fn upload_missing(&mut self, batch: &[Chunk], report: &mut PublishReport) -> Result<()> {
+        let names: Vec<String> = batch
+            .iter()
+            .map(|c| self.keys.chunk(c.file, c.index))
+            .collect();
+        let exist = self.client.exist(&names)?;
+        let missing: Vec<Chunk> = batch
+            .iter()
+            .zip(&exist)
+            .filter(|&(_, &e)| e != 1)
+            .map(|(c, _)| *c)
+            .collect();
+        report.resumed_chunks += (batch.len() - missing.len()) as u64;
+        report.uploaded_chunks += self.upload(&missing)?;
+        Ok(())
+    }
+
+    /// Reads `chunks` from the local files into the lower half of the buffer and writes
+    /// them to the cluster; returns how many.
+    fn upload(&mut self, chunks: &[Chunk]) -> Result<u64> {
+        if chunks.is_empty() {
+            return Ok(0);
+        }
+        let base = self.buf.base();
+        let (mut ks, mut ps, mut ss, mut at) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
+        for c in chunks {
+            let len = c.len as usize;
+            read_local(self.table, &mut self.buf.bytes_mut()[at..at + len], c)?;
+            ks.push(self.keys.chunk(c.file, c.index));
+            ps.push(base + at);
+            ss.push(len);
+            at += len;
+        }
+        // SAFETY: every pointer is `base + at` inside the registered `buf` (the chunks of
+        // one batch fit its lower half), filled just above, and `buf` is not touched
+        // again until the call returns.
+        #[allow(unsafe_code)]
+        let codes = unsafe { self.client.upsert_from(&ks, &ps, &ss, self.replication)? };
+        check_codes("upsert_from", &ks, &codes)?;
+        Ok(ks.len() as u64)
+    }
+
+    /// Reads `batch` back and compares it; chunks that differ are written again and the
+    /// batch checked once more, after which a difference is an error.
+    fn verify(
+        &mut self,
+        batch: &[Chunk],
+        get: &mut RangedGet,
+        report: &mut PublishReport,
+    ) -> Result<()> {
         for attempt in 0..2 {
-            let bad = verify_batch(client, &keys, batch, &mut buf, half, &mut get, &read_local)?;
+            let (client, keys, table, half) = (self.client, self.keys, self.table, self.half);
+            let read = |buf: &mut [u8], c: &Chunk| read_local(table, buf, c);
+            let bad = verify_batch(client, keys, batch, &mut self.buf, half, get, &read)?;
             if bad.is_empty() {
                 break;
             }
@@ -270,35 +350,35 @@ pub fn publish(
                     found: why.clone(),
                 });
             }
-            // Write the bad chunks again, then check the batch once more.
-            let base = buf.base();
-            let (mut ks, mut ps, mut ss, mut at) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
             for (c, why) in &bad {
                 tracing::warn!(target: "engram_mooncake", key = %keys.chunk(c.file, c.index), "chunk read back wrong ({why}); writing it again");
-                let len = c.len as usize;
-                read_local(&mut buf.bytes_mut()[at..at + len], c)?;
-                ks.push(keys.chunk(c.file, c.index));
-                ps.push(base + at);
-                ss.push(len);
-                at += len;
             }
-            // SAFETY: as for the first upload: ranges of the registered `buf`, filled above.
-            #[allow(unsafe_code)]
-            let codes = unsafe { client.upsert_from(&ks, &ps, &ss, r)? };
-            check_codes("upsert_from", &ks, &codes)?;
-            report.rewritten_chunks += ks.len() as u64;
+            let again: Vec<Chunk> = bad.iter().map(|(c, _)| *c).collect();
+            report.rewritten_chunks += self.upload(&again)?;
         }
-        let n: u64 = batch.iter().map(|c| c.len).sum();
-        done += n;
-        report.verified_bytes += n;
-        progress(Progress {
-            phase: Phase::Verify,
-            done_bytes: done,
-            total_bytes: total,
-        });
+        report.verified_bytes += batch.iter().map(|c| c.len).sum::<u64>();
+        Ok(())
     }
-    drop(buf);
+}
 
+/// Chunk `c` of the local table, read into `buf` (`c.len` bytes).
+fn read_local(table: &Table, buf: &mut [u8], c: &Chunk) -> Result<()> {
+    let lf = table.layer(c.file as usize)?;
+    lf.file
+        .read_exact_at(buf, c.offset)
+        .map_err(|e| io("read", &lf.path, e))
+}
+
+/// Writes the descriptor (the version is then readable) and points `name` at it.
+fn write_descriptor(
+    client: &Client,
+    keys: &TableKeys,
+    m: &Manifest,
+    files: Vec<FileDesc>,
+    cb: u64,
+    r: &Replication,
+    name: Option<&str>,
+) -> Result<()> {
     let d = Descriptor {
         format: DESCRIPTOR_FORMAT.into(),
         format_version: DESCRIPTOR_VERSION,
@@ -319,13 +399,12 @@ pub fn publish(
     })?;
     let code = client.upsert_bytes(&keys.descriptor(), &bytes, r)?;
     check_codes("upsert", &[keys.descriptor()], &[code])?;
-    if let Some(name) = &options.name {
+    if let Some(name) = name {
         let nk = name_key(name)?;
         let code = client.upsert_bytes(&nk, keys.pointer().as_bytes(), r)?;
         check_codes("upsert", &[nk], &[code])?;
     }
-    tracing::info!(target: "engram_mooncake", prefix = %keys.prefix, chunks = report.chunks, bytes = report.bytes, "published");
-    Ok(report)
+    Ok(())
 }
 
 /// Reads `batch` back into the upper half of `buf` and compares it with the local files

@@ -15,6 +15,7 @@
 //! The one module with `unsafe` in this crate: `sigaction(2)` and an async-signal-safe
 //! handler (`write(2)` of bytes prepared before, then `_exit(2)`).
 #![allow(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::sync::OnceLock;
 

@@ -395,6 +395,33 @@ pub fn prometheus_label(v: &str) -> String {
 /// sample per snapshot. Each item's labels (`table="a",`, escaped, ending in a comma, or
 /// empty) come before its `backend` label.
 pub fn prometheus_text(items: &[(&str, &StatsSnapshot)], o: &mut String) {
+    prometheus_counters(items, o);
+    prometheus_gauges(items, o);
+    prometheus_latencies(items, o);
+}
+
+/// One family of one-value samples (a counter or a gauge): its help, its type and one
+/// sample per item.
+fn prometheus_family(
+    o: &mut String,
+    items: &[(&str, &StatsSnapshot)],
+    (name, help, kind): (&str, &str, &str),
+    value: impl Fn(&StatsSnapshot) -> String,
+) {
+    let _ = writeln!(o, "# HELP engram_store_{name} {help}");
+    let _ = writeln!(o, "# TYPE engram_store_{name} {kind}");
+    for (labels, s) in items {
+        let b = prometheus_label(&s.backend);
+        let _ = writeln!(
+            o,
+            "engram_store_{name}{{{labels}backend=\"{b}\"}} {}",
+            value(s)
+        );
+    }
+}
+
+/// The counters (`*_total`).
+fn prometheus_counters(items: &[(&str, &StatsSnapshot)], o: &mut String) {
     type Field = fn(&StatsSnapshot) -> u64;
     let counters: [(&str, &str, Field); 18] = [
         (
@@ -479,17 +506,12 @@ pub fn prometheus_text(items: &[(&str, &StatsSnapshot)], o: &mut String) {
         ),
     ];
     for (name, help, field) in counters {
-        let _ = writeln!(o, "# HELP engram_store_{name} {help}");
-        let _ = writeln!(o, "# TYPE engram_store_{name} counter");
-        for (labels, s) in items {
-            let b = prometheus_label(&s.backend);
-            let _ = writeln!(
-                o,
-                "engram_store_{name}{{{labels}backend=\"{b}\"}} {}",
-                field(s)
-            );
-        }
+        prometheus_family(o, items, (name, help, "counter"), |s| field(s).to_string());
     }
+}
+
+/// The gauges (ratios and sizes).
+fn prometheus_gauges(items: &[(&str, &StatsSnapshot)], o: &mut String) {
     type Gauge = fn(&StatsSnapshot) -> f64;
     let gauges: [(&str, &str, Gauge); 3] = [
         (
@@ -507,17 +529,12 @@ pub fn prometheus_text(items: &[(&str, &StatsSnapshot)], o: &mut String) {
         ),
     ];
     for (name, help, field) in gauges {
-        let _ = writeln!(o, "# HELP engram_store_{name} {help}");
-        let _ = writeln!(o, "# TYPE engram_store_{name} gauge");
-        for (labels, s) in items {
-            let b = prometheus_label(&s.backend);
-            let _ = writeln!(
-                o,
-                "engram_store_{name}{{{labels}backend=\"{b}\"}} {}",
-                field(s)
-            );
-        }
+        prometheus_family(o, items, (name, help, "gauge"), |s| field(s).to_string());
     }
+}
+
+/// The latency summaries (p50, p99, p999, sum and count per tier, stage or kind).
+fn prometheus_latencies(items: &[(&str, &StatsSnapshot)], o: &mut String) {
     type Summaries = fn(&StatsSnapshot) -> &[LatencySummary];
     let latencies: [(&str, &str, Summaries); 4] = [
         ("tier_latency", "tier", |s| &s.tiers),

@@ -780,6 +780,44 @@ fn open_layer(
         .map_err(|e| io_at("read header", &path, 0, e))?;
     let (header, header_sum) = LayerHeader::decode(&hdr, &path, lm.layer_id)?;
     let expected = LayerHeader::expected(m, index as u32, lm.layer_id, lm.rows)?;
+    check_header_fields(&path, lm.layer_id, &expected, &header)?;
+    let manifest_sum = parse_checksum_field(&lm.header_xxh3);
+    if manifest_sum != Some(header_sum) {
+        return Err(Error::Checksum {
+            path,
+            layer_id: lm.layer_id,
+            what: "layer header (vs manifest header_xxh3)",
+            offset: crate::format::HEADER_CHECKSUM_OFFSET as u64,
+            len: 8,
+            stored: manifest_sum.unwrap_or(0),
+            computed: header_sum,
+        });
+    }
+    if lm.file_bytes != expected.file_bytes || size != expected.file_bytes {
+        return Err(Error::FileSize {
+            path,
+            layer_id: lm.layer_id,
+            expected: expected.file_bytes,
+            found: size,
+        });
+    }
+    let checksums = read_checksum_table(&file, &path, lm, &header)?;
+    Ok(LayerFile {
+        path,
+        file,
+        header,
+        checksums,
+    })
+}
+
+/// Every field of a layer file's `header` must equal the one `expected` from the manifest:
+/// the first that differs is an error naming it and its offset.
+fn check_header_fields(
+    path: &Path,
+    layer_id: u64,
+    expected: &LayerHeader,
+    header: &LayerHeader,
+) -> Result<()> {
     use header_offsets as o;
     let fields: [(&'static str, usize, u64, u64); 15] = [
         (
@@ -856,8 +894,8 @@ fn open_layer(
     for (field, offset, want, got) in fields {
         if want != got {
             return Err(Error::Header {
-                path,
-                layer_id: lm.layer_id,
+                path: path.to_path_buf(),
+                layer_id,
                 field,
                 offset: offset as u64,
                 expected: want.to_string(),
@@ -865,39 +903,30 @@ fn open_layer(
             });
         }
     }
-    let manifest_sum = parse_checksum_field(&lm.header_xxh3);
-    if manifest_sum != Some(header_sum) {
-        return Err(Error::Checksum {
-            path,
-            layer_id: lm.layer_id,
-            what: "layer header (vs manifest header_xxh3)",
-            offset: crate::format::HEADER_CHECKSUM_OFFSET as u64,
-            len: 8,
-            stored: manifest_sum.unwrap_or(0),
-            computed: header_sum,
-        });
-    }
-    if lm.file_bytes != expected.file_bytes || size != expected.file_bytes {
-        return Err(Error::FileSize {
-            path,
-            layer_id: lm.layer_id,
-            expected: expected.file_bytes,
-            found: size,
-        });
-    }
+    Ok(())
+}
+
+/// Reads a layer file's checksum table (8 bytes per block) and checks it against its own
+/// checksum in the header and the manifest's `checksums_xxh3`.
+fn read_checksum_table(
+    file: &File,
+    path: &Path,
+    lm: &crate::format::LayerManifest,
+    header: &LayerHeader,
+) -> Result<Vec<u64>> {
     let n = usize::try_from(header.n_blocks).map_err(|_| Error::Invalid {
         what: "n_blocks",
         reason: "does not fit usize".into(),
     })?;
     let mut raw = vec![0u8; n * 8];
     file.read_exact_at(&mut raw, header.checksums_offset)
-        .map_err(|e| io_at("read checksum table", &path, header.checksums_offset, e))?;
+        .map_err(|e| io_at("read checksum table", path, header.checksums_offset, e))?;
     let checksums: Vec<u64> = raw.chunks_exact(8).map(parse_u64_le).collect();
     let computed = checksums_checksum(&checksums);
     let manifest_sums = parse_checksum_field(&lm.checksums_xxh3);
     if computed != header.checksums_xxh3 || manifest_sums != Some(computed) {
         return Err(Error::Checksum {
-            path,
+            path: path.to_path_buf(),
             layer_id: lm.layer_id,
             what: "checksum table",
             offset: header.checksums_offset,
@@ -906,12 +935,7 @@ fn open_layer(
             computed,
         });
     }
-    Ok(LayerFile {
-        path,
-        file,
-        header,
-        checksums,
-    })
+    Ok(checksums)
 }
 
 /// Errors if any of `ids` is not below `rows` (the rows of layer index `layer`).

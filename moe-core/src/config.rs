@@ -36,9 +36,13 @@ pub const F32_EPS: f64 = f32::EPSILON as f64;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// [`CONFIG_FORMAT`] (one residual stream) or [`CONFIG_FORMAT_HC`] (hyper-connections).
     pub format: String,
+    /// Always `"engram_moe"`.
     pub model_type: String,
+    /// The training code's class names (informational; not checked).
     pub architectures: Vec<String>,
+    /// Dtype of the weights file: `"bfloat16"` or `"float32"` (computed in f32 either way).
     pub torch_dtype: String,
     /// Reduced vocabulary size, including the unknown id.
     pub vocab_size: usize,
@@ -48,29 +52,53 @@ pub struct ModelConfig {
     pub bos_token_id: usize,
     /// The tokenizer's full vocabulary size (Engram hashes raw ids).
     pub raw_vocab_size: usize,
+    /// The tokenizer's (raw) id of the beginning-of-sequence token.
     pub raw_bos_token_id: u32,
+    /// File in the model directory mapping reduced ids to raw tokenizer ids.
     pub vocab_file: String,
+    /// SHA-256 (hex) of the `tokenizer.json` the model was trained with.
     pub tokenizer_sha256: String,
+    /// Model width `d` (> 0; `head_dim * num_attention_heads`).
     pub hidden_size: usize,
+    /// Decoder layers (> 0).
     pub num_hidden_layers: usize,
+    /// Attention heads (> 0).
     pub num_attention_heads: usize,
+    /// Key/value heads: must equal `num_attention_heads` (plain multi-head attention).
     pub num_key_value_heads: usize,
+    /// Values per attention head (even, for RoPE).
     pub head_dim: usize,
+    /// Must be false (no projection biases).
     pub attention_bias: bool,
+    /// RoPE base (> 0).
     pub rope_theta: f64,
+    /// Must be `"rotate_half"`.
     pub rope_style: String,
+    /// Longest context in tokens (1..=[`MAX_POSITIONS`]).
     pub max_position_embeddings: usize,
+    /// Eps of every RMSNorm in the decoder, in (0, 1).
     pub rms_norm_eps: f64,
+    /// Must be `"silu"` (SwiGLU experts).
     pub hidden_act: String,
+    /// Routed experts per MoE layer (1..=64).
     pub n_routed_experts: usize,
+    /// Experts every token goes through, beside the routed ones.
     pub n_shared_experts: usize,
+    /// Routed experts per token `k` (1..=`n_routed_experts`).
     pub num_experts_per_tok: usize,
+    /// Hidden width of each expert (> 0).
     pub moe_intermediate_size: usize,
+    /// Must be `"softmax"` (router scores).
     pub scoring_func: String,
+    /// Whether the top-k router weights are renormalised to sum to 1.
     pub norm_topk_prob: bool,
+    /// Must be 1.0.
     pub routed_scaling_factor: f64,
+    /// Must be 0 (every layer is MoE).
     pub first_k_dense_replace: usize,
+    /// Must be false (separate `lm_head`).
     pub tie_word_embeddings: bool,
+    /// The Engram module, for a model with one.
     pub engram: Option<EngramModelConfig>,
     /// Residual streams `M` (format v2 only; v1 is one stream, a plain residual).
     #[serde(default)]
@@ -100,14 +128,23 @@ pub struct HyperConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngramModelConfig {
+    /// Decoder layers (0-based, each < `num_hidden_layers`) with an Engram block.
     pub layer_ids: Vec<u64>,
+    /// Largest n-gram order `N` (orders 2..=N).
     pub max_ngram: usize,
+    /// Hash heads per order `K`.
     pub n_head_per_ngram: usize,
+    /// Memory width per order (`K * head_dim`).
     pub n_embed_per_ngram: usize,
+    /// Values per table row (`n_embed_per_ngram / n_head_per_ngram`).
     pub head_dim: usize,
+    /// Hash heads in all, `(N - 1) * K`.
     pub n_hash_heads: usize,
+    /// Width of the gathered memory, `(N - 1) * n_embed_per_ngram`.
     pub d_mem: usize,
+    /// The prime rule's base per order (rows per head start at the next prime above it).
     pub base_sizes: Vec<u64>,
+    /// Residual streams; must equal the model's (1 for format v1).
     pub hc_mult: usize,
     /// Short-convolution taps: 4, or 0 / absent for a module without it (DeepSeek-V4.1).
     #[serde(default)]
@@ -115,24 +152,42 @@ pub struct EngramModelConfig {
     /// Its dilation (`max_ngram`); 0 / absent without the convolution.
     #[serde(default)]
     pub conv_dilation: usize,
+    /// Seed of the hash multipliers.
     pub seed: u64,
+    /// Raw tokenizer id used as padding before the first token.
     pub pad_id: i64,
+    /// `pad_id` after tokenizer compression.
     pub compressed_pad_id: i64,
+    /// Size of the compressed vocabulary `V'` (the multipliers depend on it).
     pub compressed_vocab_size: u64,
+    /// File of the compression lookup (raw id -> compressed id).
     pub compression_table: String,
+    /// SHA-256 (hex) of the lookup as little-endian i32s; checked against the tokenizer's.
     pub compression_lookup_sha256_i32le: String,
+    /// Eps of the key RMSNorm: must be [`F32_EPS`].
     pub key_norm_eps: f64,
+    /// Eps of the query RMSNorm: must be [`F32_EPS`].
     pub query_norm_eps: f64,
+    /// Eps of the convolution's RMSNorm: must be 1e-5.
     #[serde(default = "default_conv_norm_eps")]
     pub conv_norm_eps: f64,
+    /// Lower clamp of the gate score: must be 1e-6.
     pub score_clamp_min: f64,
+    /// The gate's name as the training code wrote it (informational).
     pub gate: String,
+    /// Per layer id: the primes (rows) of each order's heads; must equal the prime rule's.
     pub primes: BTreeMap<String, Vec<Vec<u64>>>,
+    /// Per layer id: first row of each head in the layer's table.
     pub offsets: BTreeMap<String, Vec<u64>>,
+    /// Per layer id: rows in the layer's table.
     pub total_rows: BTreeMap<String, u64>,
+    /// Per layer id: the hash multipliers (from `seed` and `V'`).
     pub multipliers: BTreeMap<String, Vec<i64>>,
+    /// The training checkpoint's table file (its SHA-256 ties an imported table to the model).
     pub table_file: String,
+    /// Dtype the table was trained in (informational; rows come from the Engram table).
     pub table_dtype: String,
+    /// Whether training started the convolution at zero (informational).
     #[serde(default)]
     pub conv_zero_init_in_training: bool,
 }

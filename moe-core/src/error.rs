@@ -15,34 +15,66 @@ pub enum Error {
     Alloc(#[from] engram_kernels::alloc::AllocError),
     /// `config.json` or `vocab.json` is malformed or inconsistent.
     #[error("invalid {path}: {reason}")]
-    Config { path: PathBuf, reason: String },
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A tensor is missing from the weights file.
     #[error("{path}: tensor {name:?} is missing")]
-    MissingTensor { path: PathBuf, name: String },
+    MissingTensor {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+    },
     /// A tensor has the wrong shape or dtype.
     #[error("{path}: tensor {name:?} has {found}, expected {expected}")]
     BadTensor {
+        /// The weights file.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// The shape and dtype the config implies.
         expected: String,
+        /// The tensor's.
         found: String,
     },
     /// The weights file is not valid safetensors.
     #[error("{path} is not a valid safetensors file: {reason}")]
-    Safetensors { path: PathBuf, reason: String },
+    Safetensors {
+        /// The weights file.
+        path: PathBuf,
+        /// The parser's error.
+        reason: String,
+    },
     /// The Engram table does not belong to this model (tokenizer, layers or addressing).
     #[error("the Engram table {table} does not match the model: {reason}")]
-    TableMismatch { table: PathBuf, reason: String },
+    TableMismatch {
+        /// The table directory.
+        table: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// The tokenizer is not the one the model was trained with.
     #[error("tokenizer {path} has sha256 {found}, the model expects {expected}")]
     TokenizerMismatch {
+        /// The tokenizer file.
         path: PathBuf,
+        /// The SHA-256 the model's config records.
         expected: String,
+        /// The file's SHA-256.
         found: String,
     },
     /// The prompt or generation exceeds the model's context.
     #[error("sequence of {len} tokens exceeds the model's context of {max}")]
-    ContextFull { len: usize, max: usize },
+    ContextFull {
+        /// Tokens the sequence would hold.
+        len: usize,
+        /// The model's context (`max_position_embeddings`).
+        max: usize,
+    },
     /// Bad input at run time (empty prompt, bad sampler settings).
     #[error("invalid input: {0}")]
     Input(String),

@@ -32,6 +32,7 @@ struct GoldenPrompt {
 /// How one prompt compared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptReport {
+    /// The prompt's name in the golden file.
     pub name: String,
     /// Max |logit error| over every recorded position.
     pub max_logit_error: f32,

@@ -3,6 +3,7 @@
 //! in the order data flows. Engram rows come from `engram-store`; the gate and short conv
 //! from `engram-kernels`.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod config;
 pub mod error;
@@ -11,6 +12,9 @@ pub mod fuzz;
 pub mod golden;
 pub mod model;
 pub mod sampler;
+// The prefill path (`session`) is documented by its owner's branch (issue 24); until it
+// merges, its items are let off `missing_docs`.
+#[allow(missing_docs)]
 pub mod session;
 pub mod vocab;
 pub mod weights;

@@ -14,6 +14,7 @@ pub struct SamplerConfig {
     pub top_k: usize,
     /// Keep the smallest set whose probability reaches `top_p` (1.0: all).
     pub top_p: f32,
+    /// Seed of the sampling RNG (unused when greedy).
     pub seed: u64,
 }
 

@@ -22,22 +22,34 @@ pub const MAX_WEIGHTS_BYTES: engram_kernels::file::Limit = engram_kernels::file:
 /// One SwiGLU expert: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub struct ExpertWeights {
+    /// SwiGLU gate projection.
     pub gate: Vec<f32>, // (inter, d)
-    pub up: Vec<f32>,   // (inter, d)
+    /// SwiGLU up projection.
+    pub up: Vec<f32>, // (inter, d)
+    /// Down projection back to the model width.
     pub down: Vec<f32>, // (d, inter)
 }
 
 /// One decoder block.
 #[derive(Debug, Clone)]
 pub struct LayerWeights {
+    /// RMSNorm weight before attention.
     pub input_norm: Vec<f32>, // (d,)
-    pub wq: Vec<f32>,         // (d, d)
-    pub wk: Vec<f32>,         // (d, d)
-    pub wv: Vec<f32>,         // (d, d)
-    pub wo: Vec<f32>,         // (d, d)
-    pub post_norm: Vec<f32>,  // (d,)
-    pub router: Vec<f32>,     // (experts, d)
+    /// Query projection.
+    pub wq: Vec<f32>, // (d, d)
+    /// Key projection.
+    pub wk: Vec<f32>, // (d, d)
+    /// Value projection.
+    pub wv: Vec<f32>, // (d, d)
+    /// Attention output projection.
+    pub wo: Vec<f32>, // (d, d)
+    /// RMSNorm weight before the MoE block.
+    pub post_norm: Vec<f32>, // (d,)
+    /// Router logits projection.
+    pub router: Vec<f32>, // (experts, d)
+    /// Routed experts, by index.
     pub experts: Vec<ExpertWeights>,
+    /// Shared experts (every token).
     pub shared: Vec<ExpertWeights>,
     /// The Engram module's gate and conv parameters (its table lives in the store).
     pub engram: Option<EngramModuleWeights>,
@@ -50,17 +62,24 @@ pub struct LayerWeights {
 /// `rows = (2 + M) M` around a sublayer and `M` at the head.
 #[derive(Debug, Clone)]
 pub struct HyperWeights {
+    /// `(rows, M d)`: the flattened, normalised streams to the mapping's logits.
     pub fn_: Vec<f32>,
+    /// `(rows,)`: bias of those logits.
     pub base: Vec<f32>,
+    /// Scale of each group of logits: 3 around a sublayer (`pre`, `post`, `comb`), 1 at the head.
     pub scale: Vec<f32>,
 }
 
 /// All weights, f32.
 #[derive(Debug, Clone)]
 pub struct Weights {
+    /// Token embeddings (reduced vocabulary).
     pub embed: Vec<f32>, // (vocab, d)
+    /// Decoder layers in order.
     pub layers: Vec<LayerWeights>,
-    pub norm: Vec<f32>,    // (d,)
+    /// Final RMSNorm weight.
+    pub norm: Vec<f32>, // (d,)
+    /// Output projection to logits.
     pub lm_head: Vec<f32>, // (vocab, d)
     /// The stream weights before the final norm (with more than one stream).
     pub hc_head: Option<HyperWeights>,

@@ -1,7 +1,11 @@
 //! Shared code of the `engram` and `engram-build` command-line tools. Each subcommand of
 //! `engram` lives in `cmd/<name>.rs` with an `Args` (clap) and a `run(Args)`.
+#![deny(missing_docs)]
 
 pub mod addressing;
+// `build/mod.rs` is documented by its owner's branch (issue 24: `build::run` split into
+// phases); until it merges, it is let off `missing_docs` and its submodules deny it again.
+#[allow(missing_docs)]
 pub mod build;
 pub mod checkpoint;
 pub mod cmd;

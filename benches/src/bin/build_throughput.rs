@@ -209,23 +209,28 @@ DIR: a corpus of .py files (default: this Python's standard library, site-packag
 /// Flags that take a value.
 const FLAGS: [&str; 5] = ["--threads", "--runs", "--chunks", "--shapes", "--strategy"];
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
+/// The flags, parsed and checked.
+struct Options {
+    threads: Vec<usize>,
+    runs: usize,
+    n_chunks: usize,
+    shape_names: Vec<String>,
+    force_direct: bool,
+    dir: PathBuf,
+}
+
+fn parse_options(args: &[String]) -> Result<Options> {
     for (i, a) in args.iter().enumerate() {
         let is_value = i > 0 && FLAGS.contains(&args[i - 1].as_str());
         if a.starts_with('-') && !is_value && !FLAGS.contains(&a.as_str()) {
             bail!("unknown flag {a:?}\n\n{USAGE}");
         }
     }
-    let threads: Vec<usize> = list(flag(&args, "--threads").unwrap_or("1,2"), "--threads")?;
-    let runs: usize = parse(flag(&args, "--runs").unwrap_or("3"), "--runs")?;
-    let n_chunks: usize = parse(flag(&args, "--chunks").unwrap_or("24"), "--chunks")?;
-    let shape_names: Vec<String> = list(flag(&args, "--shapes").unwrap_or("demo,v41"), "--shapes")?;
-    let force_direct = match flag(&args, "--strategy").unwrap_or("auto") {
+    let threads: Vec<usize> = list(flag(args, "--threads").unwrap_or("1,2"), "--threads")?;
+    let runs: usize = parse(flag(args, "--runs").unwrap_or("3"), "--runs")?;
+    let n_chunks: usize = parse(flag(args, "--chunks").unwrap_or("24"), "--chunks")?;
+    let shape_names: Vec<String> = list(flag(args, "--shapes").unwrap_or("demo,v41"), "--shapes")?;
+    let force_direct = match flag(args, "--strategy").unwrap_or("auto") {
         "auto" => false,
         "direct" => true,
         other => bail!("--strategy: expected auto or direct, found {other:?}"),
@@ -237,16 +242,19 @@ fn main() -> Result<()> {
         Some(d) => PathBuf::from(d),
         None => stdlib()?,
     };
-    let options = CorpusOptions {
-        include: vec!["**/*.py".into()],
-        exclude: vec!["**/site-packages".into()],
-        ..CorpusOptions::default()
-    };
-    let sources = corpus::discover(std::slice::from_ref(&dir), &options)?;
-    let chunks = slices(&sources, n_chunks);
-    let tok = tokenizer::load(&tokenizer::resolve_path(None)?)?;
-    let table = CompressionTable::from_tokenizer(&tok.tokenizer)?;
-    let shapes = shape_names
+    Ok(Options {
+        threads,
+        runs,
+        n_chunks,
+        shape_names,
+        force_direct,
+        dir,
+    })
+}
+
+/// The shapes to count for, each with its layout, hasher and counting strategy.
+fn make_shapes(opts: &Options, table: &CompressionTable) -> Result<Vec<Shape>> {
+    opts.shape_names
         .iter()
         .map(|name| {
             let config = match name.as_str() {
@@ -257,7 +265,7 @@ fn main() -> Result<()> {
             let pad = table.compress_id(config.pad_id)?;
             let layout = EngramLayout::new(&config, table.compressed_vocab_size(), pad)?;
             let hasher = NgramHasher::new(&layout, HashOptions::default())?;
-            let strategy = if force_direct {
+            let strategy = if opts.force_direct {
                 Strategy::Direct
             } else {
                 Strategy::for_layout(&layout)
@@ -269,86 +277,84 @@ fn main() -> Result<()> {
                 strategy,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
-    let pools = threads
-        .iter()
-        .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build())
-        .collect::<Result<Vec<_>, _>>()?;
-    let inputs = Inputs {
-        options: &options,
-        tokenizer: &tok.tokenizer,
-        table: &table,
-    };
-    println!(
-        "corpus: {} ({} .py files in {} slices); threads {threads:?}; {runs} runs",
-        dir.display(),
-        sources.len(),
-        chunks.len()
-    );
+        .collect()
+}
 
-    // Warm the page cache so every run reads from memory.
-    let _ = pools[0].install(|| count::tokenize_only(&sources, &options, &tok.tokenizer))?;
-    // [threads] -> tokenizer-only per run; [threads][shape] -> pipeline per run
-    let mut tok_runs = vec![Vec::new(); threads.len()];
-    let mut shape_runs = vec![vec![Vec::new(); shapes.len()]; threads.len()];
-    for run in 0..runs {
-        for (ti, pool) in pools.iter().enumerate() {
-            let mut alone = Spent::default();
-            let mut spent = vec![Spent::default(); shapes.len()];
-            // Allocating is part of a build's cost (the pages are zeroed on first touch,
-            // inside the slices).
-            let mut counters = Vec::new();
-            for (shape, s) in shapes.iter().zip(&mut spent) {
-                let mut c = None;
-                s.time(|| {
-                    c = Some(Counters::new(&shape.layout)?);
-                    Ok(0)
-                })?;
-                counters.push(c.context("allocated")?);
-            }
-            for (ci, chunk) in chunks.iter().enumerate() {
-                let sides = shapes.len() + 1;
-                for k in 0..sides {
-                    match (ci + k) % sides {
-                        0 => alone.time(|| {
-                            pool.install(|| count::tokenize_only(chunk, &options, &tok.tokenizer))
-                        })?,
-                        i => spent[i - 1].time(|| {
-                            pipeline(&inputs, chunk, &shapes[i - 1], &counters[i - 1], pool)
-                        })?,
-                    }
-                }
-            }
-            let mut line = format!(
-                "run {run} threads {}: tokenizer only {:.0} tokens/s ({:.0} per CPU s)",
-                threads[ti],
-                alone.wall_rate(),
-                alone.cpu_rate()
-            );
-            for (shape, s) in shapes.iter().zip(&spent) {
-                anyhow::ensure!(s.tokens == alone.tokens, "token counts differ");
-                line += &format!(
-                    "; {} {:.0} tokens/s = {:.2}x ({:.2}x per CPU s)",
-                    shape.name,
-                    s.wall_rate(),
-                    s.wall_rate() / alone.wall_rate(),
-                    s.cpu_rate() / alone.cpu_rate()
-                );
-            }
-            println!("{line}");
-            tok_runs[ti].push(alone);
-            for (si, s) in spent.into_iter().enumerate() {
-                shape_runs[ti][si].push((s, tok_runs[ti][run]));
-            }
-            if run == 0 && ti == 0 {
-                for (shape, c) in shapes.iter().zip(&counters) {
-                    print_profile(shape, c);
-                }
+/// One run on one pool: every slice tokenized alone and through every shape's pipeline,
+/// rotating who goes first. Returns the tokenizer's time and each shape's, and the
+/// counters (for the profile).
+fn run_once(
+    inputs: &Inputs<'_>,
+    chunks: &[&[Source]],
+    shapes: &[Shape],
+    pool: &rayon::ThreadPool,
+) -> Result<(Spent, Vec<Spent>, Vec<Counters>)> {
+    let mut alone = Spent::default();
+    let mut spent = vec![Spent::default(); shapes.len()];
+    // Allocating is part of a build's cost (the pages are zeroed on first touch,
+    // inside the slices).
+    let mut counters = Vec::new();
+    for (shape, s) in shapes.iter().zip(&mut spent) {
+        let mut c = None;
+        s.time(|| {
+            c = Some(Counters::new(&shape.layout)?);
+            Ok(0)
+        })?;
+        counters.push(c.context("allocated")?);
+    }
+    for (ci, chunk) in chunks.iter().enumerate() {
+        let sides = shapes.len() + 1;
+        for k in 0..sides {
+            match (ci + k) % sides {
+                0 => alone.time(|| {
+                    pool.install(|| count::tokenize_only(chunk, inputs.options, inputs.tokenizer))
+                })?,
+                i => spent[i - 1]
+                    .time(|| pipeline(inputs, chunk, &shapes[i - 1], &counters[i - 1], pool))?,
             }
         }
     }
-    println!("summary, median [min..max] of {runs} runs; ratios to the same run's tokenizer-only:");
-    for (ti, &n) in threads.iter().enumerate() {
+    Ok((alone, spent, counters))
+}
+
+/// The line a run prints: its rates and ratios.
+fn run_line(
+    run: usize,
+    threads: usize,
+    alone: &Spent,
+    shapes: &[Shape],
+    spent: &[Spent],
+) -> Result<String> {
+    let mut line = format!(
+        "run {run} threads {threads}: tokenizer only {:.0} tokens/s ({:.0} per CPU s)",
+        alone.wall_rate(),
+        alone.cpu_rate()
+    );
+    for (shape, s) in shapes.iter().zip(spent) {
+        anyhow::ensure!(s.tokens == alone.tokens, "token counts differ");
+        line += &format!(
+            "; {} {:.0} tokens/s = {:.2}x ({:.2}x per CPU s)",
+            shape.name,
+            s.wall_rate(),
+            s.wall_rate() / alone.wall_rate(),
+            s.cpu_rate() / alone.cpu_rate()
+        );
+    }
+    Ok(line)
+}
+
+/// Median and range over runs, per thread count and shape.
+fn print_summary(
+    opts: &Options,
+    shapes: &[Shape],
+    tok_runs: &[Vec<Spent>],
+    shape_runs: &[Vec<Vec<(Spent, Spent)>>],
+) {
+    println!(
+        "summary, median [min..max] of {} runs; ratios to the same run's tokenizer-only:",
+        opts.runs
+    );
+    for (ti, &n) in opts.threads.iter().enumerate() {
         let t = &tok_runs[ti];
         println!(
             "  {n} thread(s): tokenizer only {} tokens/s, {} per CPU s",
@@ -376,5 +382,67 @@ fn main() -> Result<()> {
             );
         }
     }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let opts = parse_options(&args)?;
+    let options = CorpusOptions {
+        include: vec!["**/*.py".into()],
+        exclude: vec!["**/site-packages".into()],
+        ..CorpusOptions::default()
+    };
+    let sources = corpus::discover(std::slice::from_ref(&opts.dir), &options)?;
+    let chunks = slices(&sources, opts.n_chunks);
+    let tok = tokenizer::load(&tokenizer::resolve_path(None)?)?;
+    let table = CompressionTable::from_tokenizer(&tok.tokenizer)?;
+    let shapes = make_shapes(&opts, &table)?;
+    let pools = opts
+        .threads
+        .iter()
+        .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build())
+        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = Inputs {
+        options: &options,
+        tokenizer: &tok.tokenizer,
+        table: &table,
+    };
+    println!(
+        "corpus: {} ({} .py files in {} slices); threads {:?}; {} runs",
+        opts.dir.display(),
+        sources.len(),
+        chunks.len(),
+        opts.threads,
+        opts.runs
+    );
+
+    // Warm the page cache so every run reads from memory.
+    let _ = pools[0].install(|| count::tokenize_only(&sources, &options, &tok.tokenizer))?;
+    // [threads] -> tokenizer-only per run; [threads][shape] -> pipeline per run
+    let mut tok_runs = vec![Vec::new(); opts.threads.len()];
+    let mut shape_runs = vec![vec![Vec::new(); shapes.len()]; opts.threads.len()];
+    for run in 0..opts.runs {
+        for (ti, pool) in pools.iter().enumerate() {
+            let (alone, spent, counters) = run_once(&inputs, &chunks, &shapes, pool)?;
+            println!(
+                "{}",
+                run_line(run, opts.threads[ti], &alone, &shapes, &spent)?
+            );
+            tok_runs[ti].push(alone);
+            for (si, s) in spent.into_iter().enumerate() {
+                shape_runs[ti][si].push((s, tok_runs[ti][run]));
+            }
+            if run == 0 && ti == 0 {
+                for (shape, c) in shapes.iter().zip(&counters) {
+                    print_profile(shape, c);
+                }
+            }
+        }
+    }
+    print_summary(&opts, &shapes, &tok_runs, &shape_runs);
     Ok(())
 }

@@ -116,18 +116,30 @@ pub enum Error {
     Kernels(#[from] engram_kernels::Error),
     /// A required argument is missing.
     #[error("{what} is NULL")]
-    Null { what: &'static str },
+    Null {
+        /// The argument's name.
+        what: &'static str,
+    },
     /// A buffer of the wrong length.
     #[error("{what}: expected {expected} {unit}, found {found}")]
     Buffer {
+        /// The argument's name.
         what: &'static str,
+        /// The unit of the lengths (`bytes`, `ids`, ...).
         unit: &'static str,
+        /// The length the call needs.
         expected: usize,
+        /// The length given.
         found: usize,
     },
     /// An argument value is invalid.
     #[error("invalid {what}: {reason}")]
-    Invalid { what: &'static str, reason: String },
+    Invalid {
+        /// The argument or value.
+        what: &'static str,
+        /// Why, and what is accepted.
+        reason: String,
+    },
     /// Raw token ids were given but the store was opened without a tokenizer.
     #[error(
         "hashing raw token ids needs the tokenizer the table was built with: open the store \
@@ -140,23 +152,39 @@ pub enum Error {
          row ids would address the wrong rows"
     )]
     TokenizerMismatch {
+        /// The tokenizer file given.
         path: String,
+        /// The table directory.
         table: String,
+        /// The SHA-256 the table records.
         expected: String,
+        /// The given tokenizer's SHA-256.
         found: String,
     },
     /// Something this build does not do.
     #[error("{what} is not supported by this build: {reason}")]
-    Unsupported { what: &'static str, reason: String },
+    Unsupported {
+        /// The feature asked for.
+        what: &'static str,
+        /// Why not, and what would enable it.
+        reason: String,
+    },
     /// A panic caught at the boundary (a bug: please report it).
     #[error("internal error (caught panic in {function}): {message}")]
     Panic {
+        /// The exported function that panicked.
         function: &'static str,
+        /// The panic's message.
         message: String,
     },
     /// A failure recorded earlier and reported again (a ticket waited on twice).
     #[error("{message}")]
-    Recorded { kind: ErrorKind, message: String },
+    Recorded {
+        /// The recorded error's kind.
+        kind: ErrorKind,
+        /// Its message.
+        message: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -11,8 +11,11 @@ use crate::error::{Error, Result};
 /// `bytes` bytes at address `addr`, named for the error message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
+    /// What the range is (for errors): an argument name such as `"out"`.
     pub what: &'static str,
+    /// First byte's address.
     pub addr: usize,
+    /// Length in bytes.
     pub bytes: usize,
 }
 

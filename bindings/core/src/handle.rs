@@ -67,6 +67,7 @@ pub enum TokenIds {
 /// How a row's values are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowInfo {
+    /// How each row's bytes encode its values.
     pub layout: RowLayout,
     /// Values per row.
     pub dim: usize,

@@ -8,18 +8,25 @@ use crate::weights::LayerWeights;
 /// Scratch for one attention call over `t` new positions.
 #[derive(Debug)]
 pub struct AttnScratch {
-    pub q: Vec<f32>,      // (max_t, d)
-    pub k: Vec<f32>,      // (max_t, d)
-    pub v: Vec<f32>,      // (max_t, d)
-    pub o: Vec<f32>,      // (max_t, d)
+    /// Queries.
+    pub q: Vec<f32>, // (max_t, d)
+    /// Keys of the new tokens.
+    pub k: Vec<f32>, // (max_t, d)
+    /// Values of the new tokens.
+    pub v: Vec<f32>, // (max_t, d)
+    /// Attention outputs before the output projection.
+    pub o: Vec<f32>, // (max_t, d)
+    /// Attention scores over the cached positions.
     pub scores: Vec<f32>, // (max_t, max_pos)
-    qh: Vec<f32>,         // (max_t, head_dim) one head's queries, contiguous
-    kh: Vec<f32>,         // (max_pos, head_dim) one head's keys
-    vt: Vec<f32>,         // (head_dim, max_pos) one head's values, transposed
-    oh: Vec<f32>,         // (max_t, head_dim)
+    qh: Vec<f32>, // (max_t, head_dim) one head's queries, contiguous
+    kh: Vec<f32>, // (max_pos, head_dim) one head's keys
+    vt: Vec<f32>, // (head_dim, max_pos) one head's values, transposed
+    oh: Vec<f32>, // (max_t, head_dim)
 }
 
 impl AttnScratch {
+    /// Buffers for `max_t` new tokens over up to `max_pos` positions, width `d` in heads
+    /// of `head_dim` (allocated once; an error if they do not fit in memory).
     pub fn new(max_t: usize, max_pos: usize, d: usize, head_dim: usize) -> Result<Self> {
         Ok(Self {
             q: zeros(&[max_t, d], "attention queries")?,

@@ -42,7 +42,9 @@ struct LayerRt {
 /// Wall time the decoder spent blocked on the store.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StallStats {
+    /// Lookups that had to wait for their rows.
     pub waits: u64,
+    /// Time spent waiting for rows.
     pub stall: Duration,
 }
 

@@ -42,7 +42,9 @@ pub enum Logits {
 /// A loaded model.
 #[derive(Debug)]
 pub struct Model {
+    /// The validated config.
     pub config: ModelConfig,
+    /// The weights, in f32.
     pub weights: Weights,
     rope: Rope,
 }
@@ -50,6 +52,7 @@ pub struct Model {
 /// Per-sequence state: KV cache, position, and every scratch buffer.
 #[derive(Debug)]
 pub struct DecodeState {
+    /// Tokens in the KV cache (the next token's position).
     pub pos: usize,
     max_t: usize,
     k_cache: Vec<f32>, // (layers, max_pos, d)

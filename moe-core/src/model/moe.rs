@@ -11,16 +11,25 @@ use crate::weights::{ExpertWeights, LayerWeights};
 /// Scratch for one MoE call over up to `max_t` tokens.
 #[derive(Debug)]
 pub struct MoeScratch {
-    pub probs: Vec<f32>,         // (max_t, experts)
+    /// Router probabilities.
+    pub probs: Vec<f32>, // (max_t, experts)
+    /// Chosen experts and their weights, `k` per token.
     pub topk: Vec<(usize, f32)>, // (max_t * k)
-    pub rows: Vec<usize>,        // token indices routed to one expert
-    pub xe: Vec<f32>,            // (max_t, d)
-    pub gate: Vec<f32>,          // (max_t, inter)
-    pub up: Vec<f32>,            // (max_t, inter)
-    pub ye: Vec<f32>,            // (max_t, d)
+    /// Tokens routed to the expert being computed.
+    pub rows: Vec<usize>, // token indices routed to one expert
+    /// Those tokens' inputs, gathered.
+    pub xe: Vec<f32>, // (max_t, d)
+    /// Gate projections.
+    pub gate: Vec<f32>, // (max_t, inter)
+    /// Up projections.
+    pub up: Vec<f32>, // (max_t, inter)
+    /// The expert's outputs.
+    pub ye: Vec<f32>, // (max_t, d)
 }
 
 impl MoeScratch {
+    /// Buffers for up to `max_t` tokens of width `d`, `experts` experts of width `inter`,
+    /// `k` per token (allocated once; an error if they do not fit in memory).
     pub fn new(max_t: usize, d: usize, inter: usize, experts: usize, k: usize) -> Result<Self> {
         let mut rows = Vec::new();
         try_reserve(&mut rows, max_t, "expert token rows")?;

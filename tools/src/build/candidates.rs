@@ -6,6 +6,7 @@
 //! Counting is exact while the distinct (context, next token) pairs stay below
 //! [`MAX_PAIRS`]; past it, each shard drops its rarest pairs (see [`CandidateCounter`]) and
 //! the summary says so.
+#![deny(missing_docs)]
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -92,11 +93,17 @@ pub struct DocScratch {
 /// What the candidate table holds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CandidateSummary {
+    /// The table file holding the candidates.
     pub file: &'static str,
+    /// Candidates kept per context.
     pub k: usize,
+    /// Corpus positions counted.
     pub positions: u64,
+    /// Distinct contexts seen.
     pub contexts_seen: u64,
+    /// Contexts whose candidates fit the byte budget.
     pub contexts_kept: u64,
+    /// Size of the file in bytes.
     pub bytes: u64,
     /// Corpus positions whose next token is among its context's kept candidates (the
     /// order-2 context if kept, else the order-1 context): the in-sample accuracy.

@@ -1,5 +1,6 @@
 //! `engram-build` configuration: a TOML file and flags (flags win), resolved into one
 //! validated [`BuildPlan`]. Unknown TOML keys are errors.
+#![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
@@ -24,22 +25,39 @@ pub const MAX_BUILD_CONFIG_BYTES: Limit = Limit {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// `tokenizer.json` (default: as every CLI finds it).
     pub tokenizer: Option<PathBuf>,
+    /// Addressing preset (`demo`, `v41`) the other keys override.
     pub preset: Option<Preset>,
+    /// Largest n-gram order (orders 2..=N).
     pub max_ngram: Option<usize>,
+    /// Hash heads per order.
     pub heads: Option<usize>,
+    /// The prime rule's base for every order.
     pub base_size: Option<u64>,
+    /// The prime rule's base per order (2, 3, ...).
     pub base_sizes: Option<Vec<u64>>,
+    /// Engram layer ids.
     pub layers: Option<Vec<u64>>,
+    /// Seed of the hash multipliers.
     pub seed: Option<u64>,
+    /// Raw tokenizer id used as padding before the first token.
     pub pad_id: Option<i64>,
+    /// Row format (`bf16`, `f32`, `fp8:B`, ...), as `--row-layout` takes it.
     pub row_layout: Option<String>,
+    /// Values per row.
     pub dim: Option<u32>,
+    /// Row values: `zeros`, `normal:STD`, or an import, as `--init` takes it.
     pub init: Option<String>,
+    /// Corpus globs to read (`**/*.py`).
     pub include: Option<Vec<String>>,
+    /// Corpus globs to skip.
     pub exclude: Option<Vec<String>>,
+    /// Field of each JSON Lines record that holds its text.
     pub jsonl_field: Option<String>,
+    /// Worker threads (0: one per core).
     pub threads: Option<usize>,
+    /// Values tensor of each layer in a checkpoint (`{layer}` = layer id).
     pub import_pattern: Option<String>,
     /// Scales tensor of each layer in a checkpoint directory (`{layer}` = layer id).
     pub import_scale_pattern: Option<String>,
@@ -105,20 +123,28 @@ impl FileConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Init {
     /// N(0, std^2), deterministic per (seed, layer id, row): any row can be regenerated.
-    Normal { std: f32 },
+    Normal {
+        /// Standard deviation (> 0).
+        std: f32,
+    },
     /// All zeros.
     Zeros,
     /// Rows from safetensors checkpoints; `pattern` names each layer's tensor with
     /// `{layer}` standing for the layer id.
     Import {
+        /// The `.safetensors` files.
         files: Vec<PathBuf>,
+        /// Tensor name pattern.
         pattern: String,
     },
     /// FP8 rows streamed from a checkpoint directory (or its index file), copied bit-exact
     /// (`build::fp8_import`): each layer's values and scales tensors.
     Checkpoint {
+        /// The directory or its `model.safetensors.index.json`.
         path: PathBuf,
+        /// Values tensor name pattern (`{layer}` = layer id).
         values_pattern: String,
+        /// Scales tensor name pattern.
         scales_pattern: String,
     },
 }
@@ -174,13 +200,21 @@ pub const DEFAULT_IMPORT_PATTERN: &str = "layers.{layer}.engram.embedding.weight
 /// Everything a build needs, validated.
 #[derive(Debug, Clone)]
 pub struct BuildPlan {
+    /// The addressing (layers, orders, heads, bases, seed, pad id).
     pub engram: EngramConfig,
+    /// The preset the addressing started from.
     pub preset: Preset,
+    /// `tokenizer.json`, when given (else as every CLI finds it).
     pub tokenizer: Option<PathBuf>,
+    /// Row format of the table.
     pub row_layout: RowLayout,
+    /// Values per row.
     pub dim: u32,
+    /// Where the row values come from.
     pub init: Init,
+    /// Which corpus files and records are read.
     pub corpus: CorpusOptions,
+    /// Worker threads (0: one per core).
     pub threads: usize,
     /// Byte budget of the n-gram records (0: none).
     pub records_bytes: u64,

@@ -5,6 +5,7 @@
 //! never waited on. A path given explicitly must be a regular file or a directory (a FIFO
 //! is refused: pipe it to `-` instead). Paths are visited in sorted order so builds are
 //! deterministic.
+#![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
@@ -166,8 +167,11 @@ impl std::fmt::Display for Skip {
 /// The documents of one source, plus what was skipped inside it.
 #[derive(Debug, Default)]
 pub struct Documents {
+    /// The documents' texts, in source order.
     pub texts: Vec<String>,
+    /// Bytes read from the source.
     pub bytes: u64,
+    /// Records or files left out, with the reason.
     pub skipped: Vec<(String, Skip)>,
 }
 

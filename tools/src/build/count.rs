@@ -22,6 +22,7 @@
 //! Every update adds a positive count with saturation, so a row ends at
 //! `min(u32::MAX, hits)` whatever the order and grouping of its updates: the counters are
 //! the same whatever the thread count, the window or the strategy.
+#![deny(missing_docs)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -169,18 +170,26 @@ impl Strategy {
 /// Live totals, readable while the pipeline runs (for progress).
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Sources (files, stdin) finished.
     pub sources_done: AtomicU64,
+    /// Bytes of text read.
     pub bytes: AtomicU64,
+    /// Documents tokenized.
     pub documents: AtomicU64,
+    /// Tokens counted.
     pub tokens: AtomicU64,
 }
 
 /// What the pipeline saw.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CountSummary {
+    /// Sources (files, stdin) read.
     pub sources: u64,
+    /// Documents tokenized.
     pub documents: u64,
+    /// Bytes of text read.
     pub bytes: u64,
+    /// Tokens counted.
     pub tokens: u64,
     /// Skipped files or records, with the reason.
     pub skipped: Vec<(String, String)>,
@@ -357,8 +366,11 @@ pub fn curve(profile: &LayerProfile, total_rows: u64, fractions: &[f64]) -> Vec<
 /// One point of the cache-size curve.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct CurvePoint {
+    /// Cache size as a fraction of the table's rows (one of [`CURVE_FRACTIONS`]).
     pub fraction_of_rows: f64,
+    /// That size in rows.
     pub rows: u64,
+    /// Share of the profiled lookups the hottest `rows` rows serve, in [0, 1].
     pub hit_share: f64,
 }
 

@@ -10,6 +10,7 @@
 //! does not cover, such as the scales region after the values, are read once more for the
 //! hash: 3% of a V4.1 shard). Memory is a fixed set of buffers whatever the checkpoint's
 //! size.
+#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -56,20 +57,30 @@ pub fn buffer_bytes() -> u64 {
 /// One layer's two tensors.
 #[derive(Debug, Clone)]
 pub struct LayerSource {
+    /// The model's layer id (`{layer}` in the tensor names).
     pub layer_id: u64,
+    /// Name of the values tensor (F8_E4M3 `[rows, dim]`).
     pub values_name: String,
+    /// Shard file holding it (relative to the checkpoint directory).
     pub values_shard: String,
+    /// Where it lies in that shard.
     pub values: TensorInfo,
+    /// Name of the scales tensor (F8_E8M0 `[rows, dim / B]`).
     pub scales_name: String,
+    /// Shard file holding it.
     pub scales_shard: String,
+    /// Where it lies in that shard.
     pub scales: TensorInfo,
 }
 
 /// What an import will read, found and checked before anything is written.
 #[derive(Debug, Clone)]
 pub struct ImportPlan {
+    /// The checkpoint directory (index, `config.json`).
     pub ckpt: CheckpointDir,
+    /// Each layer's tensors, in `engram_layer_ids` order.
     pub layers: Vec<LayerSource>,
+    /// The headers of the shards read, by file name.
     pub headers: BTreeMap<String, ShardHeader>,
     /// Values per row.
     pub dim: u32,
@@ -368,9 +379,13 @@ impl ImportPlan {
 pub struct StreamSummary {
     /// `(shard file, SHA-256)` in import order.
     pub shards: Vec<(String, String)>,
+    /// Rows written, all layers.
     pub rows: u64,
+    /// Bytes read from the shards (the scales twice: once for the rows, once for the hash).
     pub bytes_read: u64,
+    /// Wall time of the streaming, in seconds.
     pub seconds: f64,
+    /// How the shards were read (after any fallback from `O_DIRECT`).
     pub read_mode: ReadMode,
     /// Shards whose SHA-256 matched a `SHA256SUMS` beside them.
     pub verified_against_sha256sums: usize,

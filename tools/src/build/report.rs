@@ -1,6 +1,7 @@
 //! How `engram-build` talks to its user: progress bars on a terminal, plain log lines
 //! otherwise, JSON Lines under `--json` (`begin` / `progress` / `warning` / `summary`), and
 //! nothing but errors under `--quiet`.
+#![deny(missing_docs)]
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -12,9 +13,13 @@ use crate::json_line;
 /// Output mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Progress bars (a terminal).
     Bars,
+    /// Plain log lines (not a terminal).
     Log,
+    /// JSON Lines (`--json`).
     Json,
+    /// Errors only (`--quiet`).
     Quiet,
 }
 

@@ -4,6 +4,7 @@
 //! when asked, `posix_fadvise(SEQUENTIAL)` + large `pread`s, dropping each range from the
 //! cache once read (`DONTNEED`). Buffers cycle through a fixed pool ([`Pool`]), so memory
 //! does not grow with the checkpoint.
+#![deny(missing_docs)]
 
 use std::fs::File;
 use std::num::NonZeroU64;
@@ -68,6 +69,7 @@ impl Pool {
 pub struct Piece {
     buf: Option<AlignedBuf>,
     range: Range<usize>,
+    /// File offset of `bytes()[0]`.
     pub file_offset: u64,
     back: SyncSender<AlignedBuf>,
 }

@@ -1,6 +1,7 @@
 //! Row values: deterministic normal initialisation, zeros, or rows imported from a
 //! safetensors checkpoint; encoded to the table's row layout in chunks, so a table of any
 //! size streams through a fixed buffer.
+#![deny(missing_docs)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -163,13 +164,20 @@ impl Checkpoints {
 /// Produces the f32 values of rows `first..first + count` of one layer.
 #[derive(Debug)]
 pub enum RowValues<'a> {
+    /// N(0, std^2) per row, keyed on (seed, layer id, row).
     Normal {
+        /// The build's seed.
         seed: u64,
+        /// The layer's id.
         layer_id: u64,
+        /// Standard deviation.
         std: f32,
     },
+    /// All zeros.
     Zeros,
+    /// Rows of a checkpoint tensor, converted to f32.
     Imported {
+        /// The layer's tensor (`[rows, dim]`).
         view: safetensors::tensor::TensorView<'a>,
     },
 }

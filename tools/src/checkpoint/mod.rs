@@ -32,6 +32,7 @@ pub const MAX_CHECKPOINT_JSON_BYTES: Limit = Limit {
 /// file) and its `config.json`.
 #[derive(Debug, Clone)]
 pub struct CheckpointDir {
+    /// The directory.
     pub dir: PathBuf,
     /// The index file, when the checkpoint is sharded.
     pub index: Option<PathBuf>,
@@ -166,7 +167,9 @@ fn single_shard_map(dir: &Path) -> Result<BTreeMap<String, String>> {
 /// A value of `config.json` and the key it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Keyed<T> {
+    /// The key, as spelled in `config.json`.
     pub key: &'static str,
+    /// Its value.
     pub value: T,
 }
 
@@ -174,16 +177,23 @@ pub struct Keyed<T> {
 /// are third-party reports, so several spellings are accepted for the orders and heads).
 #[derive(Debug, Clone, Default)]
 pub struct EngramJson {
+    /// The `config.json` read.
     pub path: PathBuf,
+    /// Engram layer ids (`engram_layer_ids`).
     pub layer_ids: Option<Keyed<Vec<u64>>>,
     /// Rows of each layer's table, in `layer_ids` order.
     pub num_embeddings: Option<Keyed<Vec<u64>>>,
     /// The prime rule's base: one number for every order, or one per order.
     pub vocab_sizes: Option<Keyed<Vec<u64>>>,
+    /// Values per row (`engram_head_dim`).
     pub head_dim: Option<Keyed<u64>>,
+    /// Largest n-gram order.
     pub max_ngram: Option<Keyed<usize>>,
+    /// Hash heads per order.
     pub heads: Option<Keyed<usize>>,
+    /// Raw tokenizer id used as padding.
     pub pad_id: Option<Keyed<i64>>,
+    /// Seed of the hash multipliers.
     pub seed: Option<Keyed<u64>>,
     /// Short-convolution kernel size (0 or absent: none, as in V4.1).
     pub kernel_size: Option<Keyed<usize>>,

@@ -30,15 +30,19 @@ const CHUNK_BYTES: usize = 8 << 20;
 /// What to write.
 #[derive(Debug, Clone)]
 pub struct ReplicaSpec {
+    /// Engram layer ids (`engram_layer_ids`), one shard each.
     pub layer_ids: Vec<u64>,
     /// `engram_vocab_size`: the prime rule's base for every order.
     pub vocab_size: u64,
+    /// Largest n-gram order (orders 2..=N).
     pub max_ngram: usize,
+    /// Hash heads per order.
     pub heads: usize,
     /// Values per row (`engram_head_dim`).
     pub head_dim: u64,
     /// Values per E8M0 scale.
     pub scale_block: u64,
+    /// Seed of the bytes ([`tensor_bytes`]).
     pub seed: u64,
     /// Leave the orders and heads out of `config.json` (the importer then assumes V4.1's).
     pub omit_orders_heads: bool,
@@ -197,11 +201,17 @@ pub fn tensor_bytes(seed: u64, name: &str, dtype: &str, offset: u64, out: &mut [
 /// What was written.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReplicaSummary {
+    /// The checkpoint directory written.
     pub dir: PathBuf,
+    /// Shard file names, in order.
     pub shards: Vec<String>,
+    /// Rows of each layer, in `layer_ids` order.
     pub rows: Vec<u64>,
+    /// Bytes written, all shards.
     pub bytes: u64,
+    /// SHA-256 (hex) of each shard, by file name.
     pub sha256: BTreeMap<String, String>,
+    /// Wall time in seconds.
     pub seconds: f64,
 }
 

@@ -17,7 +17,9 @@ pub const MAX_HEADER_BYTES: u64 = 100 << 20;
 /// One tensor of a shard, located by absolute byte offsets in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
+    /// Safetensors dtype name (`F8_E4M3`, `BF16`, ...).
     pub dtype: String,
+    /// Dimensions, outermost first.
     pub shape: Vec<u64>,
     /// First byte of the tensor in the file.
     pub begin: u64,
@@ -35,10 +37,13 @@ impl TensorInfo {
 /// A shard's header.
 #[derive(Debug, Clone)]
 pub struct ShardHeader {
+    /// The shard file.
     pub path: PathBuf,
+    /// Its size in bytes.
     pub file_bytes: u64,
     /// First byte of the data region (8 + header length).
     pub data_start: u64,
+    /// Its tensors by name.
     pub tensors: BTreeMap<String, TensorInfo>,
 }
 
@@ -180,8 +185,11 @@ impl ShardHeader {
 /// A tensor to be written: name, dtype, shape (its bytes follow from them).
 #[derive(Debug, Clone)]
 pub struct TensorSpec {
+    /// Tensor name.
     pub name: String,
+    /// Safetensors dtype name.
     pub dtype: &'static str,
+    /// Dimensions, outermost first.
     pub shape: Vec<u64>,
 }
 

@@ -18,6 +18,7 @@ use crate::json_line;
     engram hash --preset v41 --text 'x = 1'\n\n\
     The tokenizer defaults to $ENGRAM_TOKENIZER, then the DeepSeek tokenizer cached by \
     scripts/fetch-tokenizer.sh.")]
+/// Tokenize a text and print its canonical ids and the row ids of every Engram layer.
 pub struct Args {
     /// Text to tokenize.
     #[arg(long)]
@@ -25,6 +26,7 @@ pub struct Args {
     /// tokenizer.json to use (default: $ENGRAM_TOKENIZER, then the cached DeepSeek file).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// The addressing (preset, layers, orders, heads, bases).
     #[command(flatten)]
     pub addressing: AddressingArgs,
     /// Prepend this raw id (e.g. 0, the DeepSeek BOS) before the text's ids.

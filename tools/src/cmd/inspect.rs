@@ -20,6 +20,7 @@ use crate::{EXIT_MISMATCH, json_line};
     Exit codes: 0 valid; 1 --verify found a corrupted block, profile or records file; 2 the table does \
     not open (the error names the file and offset; a manifest edited after the table was \
     written fails its manifest_xxh3).")]
+/// Show a table's manifest, sizes and checksums (--verify checks every block).
 pub struct Args {
     /// Table directory.
     pub table: PathBuf,

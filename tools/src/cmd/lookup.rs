@@ -18,6 +18,7 @@ use crate::json_line;
     engram lookup /data/table --layer 1 --rows 0,1,2,3 --backend pread --no-verify --read-unit 512\n\n\
     --layer is the Engram layer id (as in the manifest), or the index with --layer-index."
 )]
+/// Print rows of a table as hex or JSON.
 pub struct Args {
     /// Table directory.
     pub table: PathBuf,
@@ -30,8 +31,10 @@ pub struct Args {
     /// Row ids, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub rows: Vec<u64>,
+    /// How the table is read (backend, cache, verification).
     #[command(flatten)]
     pub read: super::read_args::ReadArgs,
+    /// Read through a running service instead.
     #[command(flatten)]
     pub service: super::read_args::ServiceArgs,
     /// Print JSON Lines records instead of text.

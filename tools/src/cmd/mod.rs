@@ -1,5 +1,8 @@
 //! One module per `engram` subcommand.
 
+// `bench` and `replay` are documented by their owners' branches (issue 24); until those
+// merge, their items are let off `missing_docs`.
+#[allow(missing_docs)]
 pub mod bench;
 pub mod hash;
 pub mod inspect;
@@ -8,6 +11,7 @@ pub mod mooncake;
 pub mod probe;
 pub mod read_args;
 pub mod reload;
+#[allow(missing_docs)]
 pub mod replay;
 pub mod replica;
 pub mod serve;

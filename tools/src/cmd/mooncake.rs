@@ -41,9 +41,11 @@ impl ClusterArgs {
     immutable and a rebuilt table is a new version; --name points a name at it atomically. \
     A rerun resumes (chunks already there are kept); every chunk is read back and compared \
     before the version becomes readable.")]
+/// Upload a table to a Mooncake Store cluster (resumable, verified).
 pub struct PublishArgs {
     /// Table directory.
     pub table: PathBuf,
+    /// The cluster to connect to.
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Copies of every object, on distinct segments.
@@ -66,6 +68,7 @@ pub struct PublishArgs {
     pub quiet: bool,
 }
 
+/// Runs `engram publish`.
 pub fn publish(args: PublishArgs) -> Result<ExitCode> {
     let mode = Mode::choose(args.json, args.quiet);
     let table = Table::open(&args.table)
@@ -130,6 +133,7 @@ pub fn publish(args: PublishArgs) -> Result<ExitCode> {
     engram unpublish /data/v41 --mooncake 10.0.0.5:50051\n  \
     engram unpublish --name v41-flash --mooncake 10.0.0.5:50051\n\n\
     The descriptor goes first, so readers see the version unpublished, never partial.")]
+/// Remove a published table version from Mooncake Store.
 pub struct UnpublishArgs {
     /// Table directory (full or skeleton) whose version to remove.
     #[arg(required_unless_present = "name")]
@@ -137,12 +141,15 @@ pub struct UnpublishArgs {
     /// The version this name points to (the name is removed too).
     #[arg(long)]
     pub name: Option<String>,
+    /// The cluster to connect to.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// JSON Lines summary.
     #[arg(long)]
     pub json: bool,
 }
 
+/// Runs `engram unpublish`.
 pub fn unpublish(args: UnpublishArgs) -> Result<ExitCode> {
     let client = args.cluster.client()?;
     let keys = match (&args.table, &args.name) {
@@ -172,15 +179,18 @@ pub fn unpublish(args: UnpublishArgs) -> Result<ExitCode> {
     engram lookup /data/v41-skeleton --backend mooncake --mooncake 10.0.0.5:50051 --layer 1 --rows 7\n\n\
     A skeleton is what a host needs to read a table whose rows live on Mooncake: about \
     0.2% of its bytes (8 per 4 KiB block); the row region of each layer file is a hole.")]
+/// Write the local skeleton of a table published on Mooncake (no rows).
 pub struct SkeletonArgs {
     /// The published name.
     pub name: String,
     /// Directory to create.
     pub out: PathBuf,
+    /// The cluster to connect to.
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
 
+/// Runs `engram skeleton`.
 pub fn skeleton(args: SkeletonArgs) -> Result<ExitCode> {
     let client = args.cluster.client()?;
     let keys = engram_mooncake::resolve(&client, &args.name)?;

@@ -25,6 +25,7 @@ use crate::json_line;
     Without --file a scratch file of --size bytes is written in the current directory and \
     removed afterwards. Use a file larger than RAM (or a fresh one) so the page cache \
     cannot help; O_DIRECT bypasses it anyway.")]
+/// Measure this disk's O_DIRECT random-read limits and the DRAM gather rate.
 pub struct Args {
     /// File to read (default: a scratch file in the current directory).
     #[arg(long)]

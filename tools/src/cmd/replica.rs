@@ -35,6 +35,7 @@ Examples:\n  \
   engram replica-checkpoint /data/v41-q --vocab-size 4000000 --layers 1   # ~25 GB\n  \
   engram-build --import /data/v41-q --out /data/v41-q-table"
 )]
+/// Write a synthetic checkpoint in DeepSeek-V4.1-Flash's layout (import tests).
 pub struct Args {
     /// Output directory (created; must not exist or be empty).
     pub dir: PathBuf,

@@ -29,6 +29,7 @@ use engram_store::{Profile, StoreOptions};
     `engram reload --service PATH` (or SIGHUP: kill -HUP $(cat PIDFILE) with --pid-file) reopens \
     every table: requests in flight finish on the old one. SIGINT / SIGTERM stop the server. \
     Logs: RUST_LOG=engram_service=info.")]
+/// Serve tables to engine processes on this host (Unix socket + shared memory).
 pub struct Args {
     /// Tables to serve: PATH (named by its directory) or NAME=PATH.
     #[arg(required = true)]
@@ -78,6 +79,7 @@ pub struct Args {
     /// Longest poll of a client's ring (microseconds) a client may ask of the server.
     #[arg(long, default_value_t = engram_service::server::DEFAULT_MAX_SPIN_US)]
     pub max_spin_us: u32,
+    /// How the tables are read (backend, cache, verification).
     #[command(flatten)]
     pub read: super::read_args::ReadArgs,
 }

@@ -19,6 +19,7 @@ use crate::json_line;
     Rows are a pure function of (seed, layer index, row id) \
     (engram_store::synth::synth_row); sizes scale with --base-size."
 )]
+/// Write a synthetic table of a published shape.
 pub struct Args {
     /// Output table directory.
     pub out: PathBuf,

@@ -18,6 +18,7 @@ use crate::{EXIT_MISMATCH, json_line};
     (case, layer, position, head) and exits 1. Unreadable or malformed files, and files \
     with no cases, exit 2."
 )]
+/// Check conformance vector files (engram-hash-v1 JSON, engram-forward-v1 safetensors).
 pub struct Args {
     /// engram-hash-v1 JSON or engram-forward-v1 safetensors files (recognised by content).
     #[arg(required = true)]
