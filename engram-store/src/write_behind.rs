@@ -5,8 +5,8 @@
 //! A fixed set of [`WRITE_BATCHES`] page-aligned buffers cycles between the filler and the
 //! thread: the filler hands a full batch over and takes back a free one, waiting while the
 //! thread still writes every other one. A failed write stops the thread; the error is
-//! returned by the next hand-over or by [`WriteBehind::finish`], so nothing is published
-//! after it. Dropping a [`WriteBehind`] waits for the write in flight (at most one batch),
+//! returned by the next hand-over or by `WriteBehind::finish`, so nothing is published
+//! after it. Dropping a `WriteBehind` waits for the write in flight (at most one batch),
 //! so no write lands after the writer that owns the file is gone.
 
 use std::fs::File;

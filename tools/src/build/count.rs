@@ -69,10 +69,10 @@ pub const WORKER_BYTES: u64 = (WINDOW_TOKENS * (16 + 4) + MAX_PENDING_UPDATES * 
 const _: () = assert!(WINDOW_TOKENS <= u32::MAX as usize);
 
 /// Hit counters of every row of every layer, in shards of [`SHARD_ROWS`] contiguous rows
-/// (a byte per row while the row's count fits, see [`shard`]).
+/// (a byte per row while the row's count fits, see `shard`).
 ///
 /// Workers never increment one counter per hit: they buffer updates per shard
-/// ([`pending`]) and apply a whole bucket under the shard's lock with plain increments.
+/// (`pending`) and apply a whole bucket under the shard's lock with plain increments.
 #[derive(Debug)]
 pub struct Counters {
     // (shards,); global row g = layer_base + row

@@ -138,7 +138,7 @@ pub fn cached_rows(
     out
 }
 
-/// What [`choose`] picked.
+/// What `choose` picked.
 #[derive(Debug, Default)]
 pub struct Chosen {
     /// (layers,) `K` row ids per record, head order, best record first.

@@ -96,7 +96,7 @@ const SYSTEM_SOCKET_DIR: &str = "/run/engram";
 /// The socket's file name in the default directories.
 const SOCKET_NAME: &str = "engram.sock";
 
-/// `--socket`'s default: [`SYSTEM_SOCKET_DIR`] where it exists, else `$XDG_RUNTIME_DIR`,
+/// `--socket`'s default: `SYSTEM_SOCKET_DIR` where it exists, else `$XDG_RUNTIME_DIR`,
 /// else the current directory.
 pub fn default_socket() -> PathBuf {
     let system = Path::new(SYSTEM_SOCKET_DIR);
