@@ -1,6 +1,7 @@
 //! One module per `engram` subcommand.
 
 pub mod bench;
+pub mod bench_pattern;
 pub mod hash;
 pub mod inspect;
 pub mod lookup;
