@@ -164,6 +164,7 @@ fn ssd(args: &[String]) -> Result<()> {
         .transpose()?
         .unwrap_or(8.0);
     let with_mmap = !args.iter().any(|a| a == "--no-mmap");
+    let with_pread = !args.iter().any(|a| a == "--no-pread");
     let stream_rows: usize = arg(args, "--stream-batch-rows")
         .map(|s| s.parse())
         .transpose()?
@@ -184,7 +185,7 @@ fn ssd(args: &[String]) -> Result<()> {
     for &qd in &qds {
         let (mut r_iops, mut r_p99, mut r_cpu, mut p_iops, mut m_iops) =
             (vec![], vec![], vec![], vec![], vec![]);
-        let mut r_raw = vec![];
+        let (mut r_raw, mut raw_fio) = (vec![], vec![]);
         let (mut st_iops, mut st_cpu) = (vec![], vec![]);
         for pair in 0..pairs {
             let store_first = pair % 2 == 1;
@@ -229,16 +230,21 @@ fn ssd(args: &[String]) -> Result<()> {
             eprintln!("qd {qd} pair {pair}: raw io_uring loop (no store)");
             let raw = probe_random_reads(&file, offset, size, 4096, qd, seconds, pair as u64)?;
             r_raw.push(s.iops / raw.iops);
-            eprintln!("qd {qd} pair {pair}: store pread");
-            let p = store_side(
-                &dir,
-                BackendKind::Pread,
-                qd,
-                1,
-                vec![0],
-                seconds,
-                Shape::Lookup,
-            )?;
+            raw_fio.push(raw.iops / f.iops);
+            let p = if with_pread {
+                eprintln!("qd {qd} pair {pair}: store pread");
+                Some(store_side(
+                    &dir,
+                    BackendKind::Pread,
+                    qd,
+                    1,
+                    vec![0],
+                    seconds,
+                    Shape::Lookup,
+                )?)
+            } else {
+                None
+            };
             let m = if with_mmap && qd <= 32 {
                 drop_page_cache();
                 eprintln!("qd {qd} pair {pair}: store mmap x{qd} threads");
@@ -261,7 +267,9 @@ fn ssd(args: &[String]) -> Result<()> {
             let s_cpu = s.cpu_cores / (s.iops / 1e5);
             let f_cpu = f.cpu_cores / (f.iops / 1e5);
             r_cpu.push(s_cpu / f_cpu);
-            p_iops.push(p.iops / f.iops);
+            if let Some(p) = &p {
+                p_iops.push(p.iops / f.iops);
+            }
             let st_cpu_per = st.cpu_cores / (st.iops / 1e5);
             st_iops.push(st.iops / f.iops);
             st_cpu.push(st_cpu_per / f_cpu);
@@ -274,13 +282,14 @@ fn ssd(args: &[String]) -> Result<()> {
                     "qd": qd, "pair": pair, "store_first": store_first,
                     "raw_uring_loop": {"iops": raw.iops, "p50_us": raw.p50_us, "p99_us": raw.p99_us},
                     "uring_over_raw_loop_iops": s.iops / raw.iops,
+                    "raw_loop_over_fio_iops": raw.iops / f.iops,
                     "fio": {"iops": f.iops, "p50_us": f.p50_us, "p99_us": f.p99_us, "cpu_cores": f.cpu_cores,
                             "cpu_cores_per_100k_iops": f_cpu},
                     "uring": {"iops": s.iops, "rows_per_s": s.rows_per_s, "read_p50_us": s.read_p50_us,
                               "read_p99_us": s.read_p99_us, "batch_p99_us": s.batch_p99_us,
                               "cpu_cores": s.cpu_cores, "cpu_cores_per_100k_iops": s_cpu,
                               "read_amplification": s.read_amplification},
-                    "pread": {"iops": p.iops, "read_p99_us": p.read_p99_us, "cpu_cores": p.cpu_cores},
+                    "pread": p.as_ref().map(|p| json!({"iops": p.iops, "read_p99_us": p.read_p99_us, "cpu_cores": p.cpu_cores})),
                     "uring_stream": {"iops": st.iops, "batch_rows": stream_rows, "tickets": stream_depth,
                               "read_p50_us": st.read_p50_us, "read_p99_us": st.read_p99_us,
                               "batch_p50_us": st.batch_p50_us, "batch_p99_us": st.batch_p99_us,
@@ -288,7 +297,7 @@ fn ssd(args: &[String]) -> Result<()> {
                     "uring_stream_over_fio_iops": st.iops / f.iops,
                     "mmap": m.as_ref().map(|m| json!({"rows_per_s": m.rows_per_s, "threads": qd, "cpu_cores": m.cpu_cores})),
                     "uring_over_fio_iops": ratio, "uring_over_fio_p99": s.read_p99_us / f.p99_us,
-                    "pread_over_fio_iops": p.iops / f.iops,
+                    "pread_over_fio_iops": p.as_ref().map(|p| p.iops / f.iops),
                 }),
             );
         }
@@ -298,9 +307,10 @@ fn ssd(args: &[String]) -> Result<()> {
                 "qd": qd, "pairs": pairs,
                 "median_uring_over_fio_iops": median(r_iops),
                 "median_uring_over_fio_p99": median(r_p99),
-            "median_uring_over_raw_loop_iops": median(r_raw),
+                "median_uring_over_raw_loop_iops": median(r_raw),
+                "median_raw_loop_over_fio_iops": median(raw_fio),
                 "median_cpu_per_100k_iops_uring_over_fio": median(r_cpu),
-                "median_pread_over_fio_iops": median(p_iops),
+                "median_pread_over_fio_iops": if p_iops.is_empty() { None } else { Some(median(p_iops)) },
                 "median_uring_stream_over_fio_iops": median(st_iops),
                 "median_cpu_per_100k_iops_uring_stream_over_fio": median(st_cpu),
                 "median_mmap_rows_over_fio_iops": if m_iops.is_empty() { None } else { Some(median(m_iops)) },
@@ -565,7 +575,7 @@ fn cache(args: &[String]) -> Result<()> {
 }
 
 const USAGE: &str = "usage:
-  store_vs_baselines ssd   --table DIR [--qd 32,128] [--pairs 3] [--seconds 8] [--no-mmap]
+  store_vs_baselines ssd   --table DIR [--qd 32,128] [--pairs 3] [--seconds 8] [--no-mmap] [--no-pread]
                            [--stream-batch-rows N --stream-depth D]
   store_vs_baselines dram  --table DIR [--pairs 5]
   store_vs_baselines cache [--text-dir DIR] [--tokenizer FILE]

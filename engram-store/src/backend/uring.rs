@@ -107,6 +107,32 @@ fn build_ring(entries: u32, sqpoll: bool) -> std::io::Result<IoUring> {
     b.build(entries)
 }
 
+/// A reader's ring, set up like fio's (`IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN |
+/// COOP_TASKRUN`, Linux >= 6.1): completions are posted by the waiting thread itself in
+/// one pass when it enters the kernel, instead of a task-work wake-up (an interrupt of the
+/// thread, or a wake from its wait) per completion. The ring starts disabled
+/// (`IORING_SETUP_R_DISABLED`) so that it can be registered on the thread that opens the
+/// store and then owned by the thread that first submits (the reactor): see
+/// [`UringEngine::own`]. `Ok((ring, true))` with those flags; a kernel that refuses them
+/// (EINVAL) or SQPOLL gets the plain ring, `Ok((ring, false))`. BENCHMARKS.md has the
+/// measurements.
+fn build_reader_ring(entries: u32, sqpoll: bool) -> std::io::Result<(IoUring, bool)> {
+    if !sqpoll && std::env::var_os("ENGRAM_URING_PLAIN").is_none() {
+        let mut b = IoUring::builder();
+        b.setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_r_disabled();
+        match b.build(entries) {
+            Ok(ring) => return Ok((ring, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    build_ring(entries, sqpoll).map(|ring| (ring, false))
+}
+
 impl UringBackend {
     /// Probes io_uring and every opcode used; reads the first row of the first layer
     /// through a reader to prove the whole path works.
@@ -223,6 +249,8 @@ pub(crate) struct UringEngine {
     /// Keeps the registered files open.
     _files: Arc<DeviceFiles>,
     registered: bool,
+    /// A single-issuer ring not yet enabled: the first thread to submit or reap owns it.
+    disabled: bool,
     /// (staging depth,) the tag and lease of the read in flight in each slot
     in_flight: Vec<Option<(u64, Lease)>>,
     n_in_flight: usize,
@@ -250,7 +278,7 @@ impl UringEngine {
             what: "queue depth",
             reason: format!("{depth} is too large for a ring"),
         })?;
-        let ring = build_ring(entries, sqpoll)
+        let (ring, single_issuer) = build_reader_ring(entries, sqpoll)
             .map_err(|e| setup_error(&format!("io_uring_setup({entries})"), &e))?;
         let fds: Vec<i32> = files.files.iter().map(|(f, _)| f.as_raw_fd()).collect();
         ring.submitter()
@@ -273,9 +301,24 @@ impl UringEngine {
             ring,
             _files: Arc::clone(files),
             registered,
+            disabled: single_issuer,
             in_flight: (0..depth).map(|_| None).collect(),
             n_in_flight: 0,
         })
+    }
+
+    /// Makes the calling thread the ring's only issuer, once (a single-issuer ring is
+    /// created disabled, so the store can build it on the opening thread and hand it to a
+    /// reactor); every later submit and wait must come from this thread (the kernel
+    /// answers EEXIST otherwise, which fails the engine, never the memory rule).
+    fn own(&mut self) -> Result<(), EngineError> {
+        if self.disabled {
+            self.ring.submitter().register_enable_rings().map_err(|e| {
+                EngineError::Broken(format!("IORING_REGISTER_ENABLE_RINGS: {e}"))
+            })?;
+            self.disabled = false;
+        }
+        Ok(())
     }
 
     /// Waits for completions until nothing is in flight; false if the ring failed.
@@ -337,6 +380,9 @@ impl Engine for UringEngine {
                 break;
             }
             // The submission queue is full of queued entries: hand them to the kernel.
+            if let Err(e) = self.own() {
+                return Err((lease, e));
+            }
             if let Err(e) = self.ring.submit()
                 && e.raw_os_error() != Some(libc::EINTR)
             {
@@ -355,6 +401,7 @@ impl Engine for UringEngine {
         out: &mut Vec<Completion>,
     ) -> Result<(), EngineError> {
         let want = min_complete.min(self.n_in_flight);
+        self.own()?;
         loop {
             let entered = match timeout {
                 Some(t) if want > 0 => {

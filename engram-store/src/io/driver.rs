@@ -24,7 +24,7 @@ use crate::backend::{BackendOptions, IoCounters, verify_read};
 use crate::batch::{Plan, PlanParams, Source};
 use crate::error::{Error, Result, io_at};
 use crate::format::Geometry;
-use crate::metrics::{SharedHist, new_hist, record_ns};
+use crate::metrics::SharedHist;
 use crate::table::Table;
 
 /// Batches one driver keeps active at once (a named bound on its plan memory).
@@ -146,7 +146,8 @@ pub struct Driver {
     finished: Vec<Finished>,
     /// (staging depth,) submit time of the read in each slot
     started: Vec<Instant>,
-    local: hdrhistogram::Histogram<u64>,
+    /// Device-read latencies (ns) since the last round, recorded into `latency` at its end.
+    local: Vec<u64>,
     latency: SharedHist,
     broken: Option<String>,
     /// Speculative reads in flight, and the most allowed.
@@ -157,6 +158,8 @@ pub struct Driver {
     /// Re-issue a demand read still in flight after this long (hedged reads; off: None).
     hedge_after: Option<Duration>,
     next_generation: u32,
+    /// Experiment (ENGRAM_REAP_WHOLE=1): see [`Driver::reap_target`].
+    reap_whole: bool,
 }
 
 /// The read shape of every layer of `table` under `options`, and the staging slot size
@@ -216,7 +219,7 @@ impl Driver {
             completions: Vec::with_capacity(depth),
             finished: Vec::with_capacity(MAX_ACTIVE_BATCHES),
             started: vec![Instant::now(); depth],
-            local: new_hist(),
+            local: Vec::with_capacity(depth),
             latency,
             broken: None,
             spec_in_flight: 0,
@@ -225,6 +228,7 @@ impl Driver {
             hedge_after: (options.hedge_after_us > 0)
                 .then(|| Duration::from_micros(options.hedge_after_us)),
             next_generation: 0,
+            reap_whole: std::env::var_os("ENGRAM_REAP_WHOLE").is_some(),
         })
     }
 
@@ -404,9 +408,8 @@ impl Driver {
         let timeout = self.hedge();
         if self.engine.in_flight() > 0 {
             let tc = Instant::now();
-            let reaped = self
-                .engine
-                .reap(usize::from(wait), timeout, &mut self.completions);
+            let want = if wait { self.reap_target() } else { 0 };
+            let reaped = self.engine.reap(want, timeout, &mut self.completions);
             let wait_ns = tc.elapsed().as_nanos() as u64;
             if let Some(&oldest) = self.order.front() {
                 self.batches[oldest as usize].counters.complete_ns += wait_ns;
@@ -418,7 +421,29 @@ impl Driver {
             self.submit_ready();
         }
         self.collect_finished();
-        self.latency.merge(&mut self.local);
+        self.latency.record_all(&self.local);
+        self.local.clear();
+    }
+
+    /// How many completions a blocking reap waits for: one, unless `reap_whole` is on, no
+    /// read waits for a slot and hedging is off; then the oldest batch's reads still in
+    /// flight (one wake-up per burst, as fio's `iodepth_batch_complete_min`).
+    fn reap_target(&self) -> usize {
+        if !self.reap_whole || self.hedge_after.is_some() {
+            return 1;
+        }
+        let mut oldest = None;
+        for &id in &self.order {
+            let b = &self.batches[id as usize];
+            if b.error.is_some() || b.gather.is_some() {
+                continue;
+            }
+            if b.next < b.plan.reads.len() {
+                return 1;
+            }
+            oldest.get_or_insert(b.next - b.done_reads);
+        }
+        oldest.unwrap_or(1).clamp(1, self.engine.in_flight().max(1))
     }
 
     /// Resident tiers: copies the rows of every batch still to gather into its output.
@@ -576,10 +601,8 @@ impl Driver {
             }
             let tsc = Instant::now();
             let slot = c.lease.slot() as usize;
-            record_ns(
-                &mut self.local,
-                tsc.duration_since(self.started[slot]).as_nanos() as u64,
-            );
+            self.local
+                .push(tsc.duration_since(self.started[slot]).as_nanos() as u64);
             // A copy of a read of a batch that has finished (or of an earlier batch in
             // this slot), or the slower copy of a hedged read: nothing to do.
             let Some(b) = self
