@@ -8,6 +8,7 @@
 # ratio store / fio. Every measurement holds the shared disk lock (/tmp/engram-disk.lock).
 # SIDES="store store_plain fio" adds the store on a plain ring (ENGRAM_URING_PLAIN=1: no
 # single-issuer / deferred task running), for the ring set-up A/B in BENCHMARKS.md.
+# RESULTS=FILE keeps the JSON Lines of every run.
 #
 #   benches/scripts/burst-vs-fio.sh TABLE [ROUNDS] [BURST] [IDLE_US] [BURSTS] [-- EXTRA ENGRAM BENCH FLAGS]
 #   benches/scripts/burst-vs-fio.sh /work/bench-data/v41-4g 6 16 4700 400
@@ -25,8 +26,8 @@ engram=${ENGRAM:-target/release/engram}
 [[ -x $engram ]] || { echo "build first: cargo build --release -p engram-tools --bin engram" >&2; exit 2; }
 layer=$(ls "$table"/layer-000-*.bin | head -1)
 lock=/tmp/engram-disk.lock
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+out=${RESULTS:-$(mktemp)}
+[[ -n ${RESULTS:-} ]] || trap 'rm -f "$out"' EXIT
 run_store() {
   flock "$lock" env ${plain:+ENGRAM_URING_PLAIN=1} "$engram" bench "$table" --backend uring --queue-depth "$burst" \
     --pattern "burst:$burst,idle:${idle}us" --batches "$bursts" --warmup-batches 10 \
@@ -40,9 +41,11 @@ run_fio() {
     --fixedbufs --registerfiles --rw=randread --bs=4k --norandommap --randrepeat=0 \
     --iodepth="$burst" --iodepth_batch_submit="$burst" --iodepth_batch_complete_min="$burst" \
     --thinktime="$idle" --thinktime_blocks="$burst" --number_ios=$((burst * bursts)) \
-    --thread --output-format=json \
+    --lat_percentiles=1 --thread --output-format=json \
     | jq -c --arg r "$1" '.jobs[0].read | {round: ($r|tonumber), side: "fio",
-        p50: (.clat_ns.percentile["50.000000"] / 1000), p99: (.clat_ns.percentile["99.000000"] / 1000),
+        p50: (.lat_ns.percentile["50.000000"] / 1000), p99: (.lat_ns.percentile["99.000000"] / 1000),
+        clat_p50: (.clat_ns.percentile["50.000000"] / 1000), clat_p99: (.clat_ns.percentile["99.000000"] / 1000),
+        slat_mean: (.slat_ns.mean / 1000),
         reads: .total_ios, iops: .iops}' >>"$out"
 }
 read -r -a sides <<<"${SIDES:-store fio}"

@@ -158,8 +158,6 @@ pub struct Driver {
     /// Re-issue a demand read still in flight after this long (hedged reads; off: None).
     hedge_after: Option<Duration>,
     next_generation: u32,
-    /// Experiment (ENGRAM_REAP_WHOLE=1): see [`Driver::reap_target`].
-    reap_whole: bool,
 }
 
 /// The read shape of every layer of `table` under `options`, and the staging slot size
@@ -228,7 +226,6 @@ impl Driver {
             hedge_after: (options.hedge_after_us > 0)
                 .then(|| Duration::from_micros(options.hedge_after_us)),
             next_generation: 0,
-            reap_whole: std::env::var_os("ENGRAM_REAP_WHOLE").is_some(),
         })
     }
 
@@ -408,8 +405,9 @@ impl Driver {
         let timeout = self.hedge();
         if self.engine.in_flight() > 0 {
             let tc = Instant::now();
-            let want = if wait { self.reap_target() } else { 0 };
-            let reaped = self.engine.reap(want, timeout, &mut self.completions);
+            let reaped = self
+                .engine
+                .reap(usize::from(wait), timeout, &mut self.completions);
             let wait_ns = tc.elapsed().as_nanos() as u64;
             if let Some(&oldest) = self.order.front() {
                 self.batches[oldest as usize].counters.complete_ns += wait_ns;
@@ -423,27 +421,6 @@ impl Driver {
         self.collect_finished();
         self.latency.record_all(&self.local);
         self.local.clear();
-    }
-
-    /// How many completions a blocking reap waits for: one, unless `reap_whole` is on, no
-    /// read waits for a slot and hedging is off; then the oldest batch's reads still in
-    /// flight (one wake-up per burst, as fio's `iodepth_batch_complete_min`).
-    fn reap_target(&self) -> usize {
-        if !self.reap_whole || self.hedge_after.is_some() {
-            return 1;
-        }
-        let mut oldest = None;
-        for &id in &self.order {
-            let b = &self.batches[id as usize];
-            if b.error.is_some() || b.gather.is_some() {
-                continue;
-            }
-            if b.next < b.plan.reads.len() {
-                return 1;
-            }
-            oldest.get_or_insert(b.next - b.done_reads);
-        }
-        oldest.unwrap_or(1).clamp(1, self.engine.in_flight().max(1))
     }
 
     /// Resident tiers: copies the rows of every batch still to gather into its output.
