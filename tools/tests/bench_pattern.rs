@@ -79,7 +79,11 @@ fn bad_patterns_are_clear_errors() {
         ("burst:16,idle:soon", &[], "expected a number"),
         ("burst:99999,idle:1ms", &[], "MAX_BURST_ROWS"),
         ("burst:4,idle:1ms", &["--threads", "2"][..], "one thread"),
-        ("burst:4,idle:1ms", &["--prefetch-depth", "2"][..], "one thread"),
+        (
+            "burst:4,idle:1ms",
+            &["--prefetch-depth", "2"][..],
+            "one thread",
+        ),
     ] {
         let (ok, _, err) = engram(
             &[

@@ -313,9 +313,10 @@ impl UringEngine {
     /// answers EEXIST otherwise, which fails the engine, never the memory rule).
     fn own(&mut self) -> Result<(), EngineError> {
         if self.disabled {
-            self.ring.submitter().register_enable_rings().map_err(|e| {
-                EngineError::Broken(format!("IORING_REGISTER_ENABLE_RINGS: {e}"))
-            })?;
+            self.ring
+                .submitter()
+                .register_enable_rings()
+                .map_err(|e| EngineError::Broken(format!("IORING_REGISTER_ENABLE_RINGS: {e}")))?;
             self.disabled = false;
         }
         Ok(())

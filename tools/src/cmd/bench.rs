@@ -123,7 +123,11 @@ fn validate(args: &Args) -> Result<()> {
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
     validate(&args)?;
-    let pattern = args.pattern.as_deref().map(BurstPattern::parse).transpose()?;
+    let pattern = args
+        .pattern
+        .as_deref()
+        .map(BurstPattern::parse)
+        .transpose()?;
     let profile = match &args.profile {
         Some(p) => Some(Profile::read(p)?),
         None => None,

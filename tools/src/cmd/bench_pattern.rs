@@ -77,7 +77,8 @@ impl BurstPattern {
                 "idle" => {
                     ensure!(idle.is_none(), "--pattern {s:?}: idle given twice");
                     idle = Some(
-                        parse_duration(value).map_err(|e| anyhow::anyhow!("--pattern {s:?}: {e}"))?,
+                        parse_duration(value)
+                            .map_err(|e| anyhow::anyhow!("--pattern {s:?}: {e}"))?,
                     );
                 }
                 other => bail!(
@@ -87,7 +88,9 @@ impl BurstPattern {
         }
         match (burst, idle) {
             (Some(burst), Some(idle)) => Ok(Self { burst, idle }),
-            _ => bail!("--pattern {s:?}: needs both burst:B and idle:US (e.g. burst:16,idle:4700us)"),
+            _ => {
+                bail!("--pattern {s:?}: needs both burst:B and idle:US (e.g. burst:16,idle:4700us)")
+            }
         }
     }
 }
