@@ -25,11 +25,12 @@ use crate::{MAX_THREADS, json_line};
     --pattern burst:B,idle:US replays decode traffic instead of a closed loop: --batches \
     bursts of B random rows (each in its own 4 KiB unit: one device read per row), one \
     lookup each, then US of idle (us, ms or s). read_p50_us / read_p99_us are the device \
-    reads (submit to completion); compare with fio on the same file:\n  \
+    reads (queued to reaped, the submitting syscall included: compare with fio's lat, not its \
+    clat, which starts after the submit returns), on the same file:\n  \
     engram bench /data/v41 --backend uring --queue-depth 16 --pattern burst:16,idle:4700us --json\n  \
     fio --name=b --filename=/data/v41/layer-000-id1.bin --direct=1 --ioengine=io_uring --rw=randread \
     --bs=4k --iodepth=16 --iodepth_batch_submit=16 --iodepth_batch_complete_min=16 \
-    --thinktime=4700 --thinktime_blocks=16 --number_ios=3200\n\
+    --thinktime=4700 --thinktime_blocks=16 --number_ios=3200 --lat_percentiles=1\n\
     (benches/scripts/burst-vs-fio.sh runs both, interleaved.)"
 )]
 pub struct Args {
