@@ -108,6 +108,11 @@ fn validate(args: &Args) -> Result<()> {
             args.threads == 1 && args.prefetch_depth == 0,
             "--pattern runs one thread of synchronous lookups: drop --threads and --prefetch-depth"
         );
+        ensure!(
+            args.dist == "uniform",
+            "--pattern draws uniform rows, one per 4 KiB unit: drop --dist {}",
+            args.dist
+        );
     }
     let ids = (args.threads as u64)
         .checked_mul((args.batches as u64).saturating_add(args.warmup_batches as u64))
