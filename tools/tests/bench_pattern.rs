@@ -84,6 +84,11 @@ fn bad_patterns_are_clear_errors() {
             &["--prefetch-depth", "2"][..],
             "one thread",
         ),
+        (
+            "burst:4,idle:1ms",
+            &["--dist", "zipf:1.0"][..],
+            "drop --dist",
+        ),
     ] {
         let (ok, _, err) = engram(
             &[
