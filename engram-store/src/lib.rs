@@ -231,5 +231,5 @@ pub use io::{Fault, FaultPlan, IO_FAULTS_ENV};
 pub use metrics::StatsSnapshot;
 pub use profile::{LayerProfile, Profile};
 pub use source::{PendingRows, PendingSpeculation, RowSource};
-pub use store::{Speculation, Store, StoreOptions, Ticket};
+pub use store::{Completion, Completions, Speculation, Store, StoreOptions, Ticket};
 pub use table::{OpenOptions, Table, TableWriter};

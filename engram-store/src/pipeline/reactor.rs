@@ -50,7 +50,7 @@ impl Outputs for RunningOuts<'_> {
     fn out(&mut self, batch: BatchId) -> &mut [u8] {
         match self.0.get_mut(batch as usize).and_then(Option::as_mut) {
             Some(Running {
-                req: Request::Fetch { out, .. },
+                req: Request::Fetch { out, .. } | Request::Slot { out, .. },
                 ..
             }) => out.as_mut_slice(),
             Some(Running {
@@ -159,6 +159,9 @@ impl Reactor {
         let mut scratch = None;
         let (layer, priority) = match &mut req {
             Request::Fetch {
+                layer, ids, out, ..
+            }
+            | Request::Slot {
                 layer, ids, out, ..
             } => {
                 sh.probe(
@@ -371,6 +374,23 @@ impl Reactor {
                 let ns = r.t0.elapsed().as_nanos() as u64;
                 sh.metrics.record_batch(ids.len(), ns, result.is_ok());
                 sh.slots.deliver(slot, Done { out, result, ids });
+            }
+            Request::Slot {
+                slot,
+                tag,
+                layer,
+                ids,
+                out,
+                reply,
+            } => {
+                if result.is_ok() {
+                    sh.admit(layer, &r.miss_ids, &r.miss_slots, &out);
+                }
+                let ns = r.t0.elapsed().as_nanos() as u64;
+                sh.metrics.record_batch(ids.len(), ns, result.is_ok());
+                // The slot first: the caller may start its next request on this completion.
+                sh.slots.finish(slot, ids);
+                let _ = reply.send(super::Completion { tag, out, result });
             }
             Request::Warm { layer, ids, .. } => {
                 sh.metrics.record_speculation(misses, &result);
