@@ -65,7 +65,7 @@ pub trait ResidentRows: Send + Sync + fmt::Debug {
 
 /// Copies rows from a resident row region: the plain gather loop. Returns an error
 /// instead of panicking when a row or slot falls outside `data` or `out`.
-pub(crate) fn gather_rows(
+fn gather_rows(
     geo: &Geometry,
     data: &[u8],
     ids: &[u64],
