@@ -18,7 +18,7 @@
 //! [`Error::RowOutOfRange`] naming it.
 //!
 //! ```
-//! use engram_store::synth::{SynthSpec, write_synth};
+//! use engram_testbed::synth::{SynthSpec, write_synth};
 //! use engram_store::{BackendKind, BackendOptions, Store, StoreOptions};
 //! # fn main() -> engram_store::Result<()> {
 //! // A tiny synthetic table (demo shape, 101 rows per hash head) in a temporary directory.
@@ -45,7 +45,7 @@
 //! // Every row is the same whichever way it is read.
 //! let rb = store.row_bytes();
 //! let mut row = vec![0u8; rb];
-//! engram_store::synth::synth_row(7, 0, 2, &mut row);
+//! engram_testbed::synth::synth_row(7, 0, 2, &mut row);
 //! assert_eq!(&out[rb..2 * rb], &row[..]);
 //! assert_eq!(&out[3 * rb..], &row[..]);
 //! # Ok(()) }
@@ -131,8 +131,8 @@
 //! Publication is atomic ([`publish`]): the table is built in a temporary sibling and
 //! swapped into place with one rename, so the path always holds a complete table, the old
 //! one or the new one, whatever is killed when; a second writer to the same path fails at
-//! once with [`Error::Locked`]. [`synth`] writes tables of pseudo-random rows for tests
-//! and benchmarks.
+//! once with [`Error::Locked`]. `engram_testbed::synth` writes tables of pseudo-random rows
+//! for tests and benchmarks.
 //!
 //! ```
 //! use engram_kernels::{EngramConfig, EngramLayout};
@@ -213,13 +213,12 @@ pub(crate) mod pipeline;
 pub mod profile;
 pub mod publish;
 pub mod records;
-pub mod sim;
+pub(crate) mod sim;
+pub mod size;
 pub mod source;
 pub mod store;
-pub mod synth;
 pub mod table;
 mod ticket;
-pub mod workload;
 
 pub use backend::external::EngineFactory;
 pub use backend::{BackendKind, BackendOptions, IO_BACKEND_ENV, REQUIRE_URING_ENV, UringFault};

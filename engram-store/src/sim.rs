@@ -30,7 +30,7 @@ use crate::metrics::{Metrics, SharedHist};
 use crate::pipeline::reactor::Reactor;
 use crate::pipeline::{Completion, Completions, Request, Shared, Slots, Speculations};
 use crate::table::Table;
-use crate::workload::SplitMix64;
+use engram_kernels::rng::SplitMix64;
 
 /// A request not completed within this many pumps of the reactor is a wedge.
 pub const MAX_PUMPS: u32 = 256;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use engram_kernels::file::{Limit, read_regular_string};
 use engram_store::candidates::CANDIDATES_FILE;
-use engram_store::workload::parse_bytes;
+use engram_store::size::parse_bytes;
 use engram_store::{BackendKind, Candidates, Profile, RowSource, StoreOptions};
 use moe_core::ModelConfig;
 use moe_core::sampler::SamplerConfig;

@@ -17,12 +17,12 @@ use anyhow::{Context, Result, bail};
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{CompressionTable, EngramConfig, EngramLayout, tokenizer};
 use engram_store::backend::memory::MemoryBackend;
-use engram_store::backend::uring::probe_random_reads;
 use engram_store::cache::{RowCache, SeedOptions};
-use engram_store::workload::{BenchSpec, RowDist, RowSampler, Zipf, run_bench};
 use engram_store::{
     BackendKind, BackendOptions, LayerProfile, Profile, Store, StoreOptions, Table,
 };
+use engram_testbed::probe::probe_random_reads;
+use engram_testbed::workload::{BenchSpec, RowDist, RowSampler, Zipf, run_bench};
 use serde_json::json;
 
 fn emit(kind: &str, data: serde_json::Value) {
@@ -112,7 +112,7 @@ fn store_side(
     layers: Vec<usize>,
     seconds: f64,
     shape: Shape,
-) -> Result<engram_store::workload::BenchReport> {
+) -> Result<engram_testbed::workload::BenchReport> {
     let (batch_rows, prefetch_depth) = match shape {
         Shape::Lookup => ((qd * 64).clamp(1024, 8192), 0),
         Shape::Stream { batch_rows, depth } => (batch_rows, depth),
@@ -490,8 +490,8 @@ fn cache(args: &[String]) -> Result<()> {
     // Zipf(1.0) over a V4.1 layer (384,006,168 rows), ranks scattered.
     let rows = 384_006_168u64;
     let z = Zipf::new(rows, 1.0)?;
-    let perm = engram_store::workload::RankPermutation::new(rows, 5);
-    let mut rng = engram_store::workload::SplitMix64(11);
+    let perm = engram_testbed::workload::RankPermutation::new(rows, 5);
+    let mut rng = engram_kernels::rng::SplitMix64(11);
     let mut draw = |k: usize| -> (Vec<u64>, Vec<u64>) {
         (0..k)
             .map(|_| {

@@ -19,7 +19,7 @@ use engram_kernels::rng::SplitMix64;
 use engram_kernels::{CompressionTable, tokenizer};
 use engram_store::candidates::{CANDIDATES_FILE, MAX_CANDIDATES_K};
 use engram_store::records::RECORDS_FILE;
-use engram_store::workload::parse_bytes;
+use engram_store::size::parse_bytes;
 use engram_store::{
     AlignedBuf, Candidates, Profile, Speculation, Store, StoreOptions, Table, Ticket,
 };
