@@ -174,7 +174,12 @@ impl<'a> Conn<'a> {
                 continue;
             };
             self.n_pending -= 1;
+            // Counted before the completion is posted: a client that sees it and asks for
+            // the stats sees it counted.
+            let ns = p.t0.elapsed().as_nanos() as u64;
             let ok = c.result.is_ok();
+            self.metrics.counters.finished(p.rows, ns, ok);
+            self.table.counters.finished(p.rows, ns, ok);
             match c.result {
                 Ok(()) => {
                     let bytes = &c.out[..p.rows * self.layout.row_bytes as usize];
@@ -184,9 +189,6 @@ impl<'a> Conn<'a> {
                 Err(e) => self.post(slot, p.tag, ST_ERROR, &e.to_string())?,
             }
             self.spare_bufs.push(c.out);
-            let ns = p.t0.elapsed().as_nanos() as u64;
-            self.metrics.counters.finished(p.rows, ns, ok);
-            self.table.counters.finished(p.rows, ns, ok);
         }
     }
 
