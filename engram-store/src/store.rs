@@ -443,11 +443,9 @@ impl Store {
             out,
             reply: queue.sender(),
         };
-        if let Err(req) = self.submit(req) {
-            if let Request::Slot { ids, out, .. } = req {
-                sh.slots.finish(slot, ids);
-                refused(out, Error::ShutDown("the I/O threads have stopped"));
-            }
+        if let Err(Request::Slot { ids, out, .. }) = self.submit(req) {
+            sh.slots.finish(slot, ids);
+            refused(out, Error::ShutDown("the I/O threads have stopped"));
         }
     }
 
