@@ -6,9 +6,13 @@
 //! stderr. Needs a cluster for the first part (`scripts/mooncake-local.sh start`,
 //! ENGRAM_MOONCAKE_MASTER).
 
+mod common;
+
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::Running;
 
 fn engram(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_engram"))
@@ -149,18 +153,6 @@ fn assert_no_glog(stderr: &str, what: &str) {
         }),
         "{what}: Mooncake's log on stderr: {stderr}"
     );
-}
-
-/// A server process, killed if the test fails before stopping it.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// `engram serve T --backend mooncake` on a socket in `dir`, rows `ids` of layer index 1

@@ -361,6 +361,14 @@ impl Reactor {
                 .record_tier(sh.backend.kind().tier(), r.t_io.elapsed().as_nanos() as u64);
             sh.metrics.record_io(misses, &counters);
         }
+        // A fetch's rows (a ticket's, a lookup's, a slot request's): admitted, counted.
+        let fetched = |layer: usize, ids: &[u64], out: &[u8]| {
+            if result.is_ok() {
+                sh.admit(layer, &r.miss_ids, &r.miss_slots, out);
+            }
+            let ns = r.t0.elapsed().as_nanos() as u64;
+            sh.metrics.record_batch(ids.len(), ns, result.is_ok());
+        };
         match r.req {
             Request::Fetch {
                 slot,
@@ -368,11 +376,7 @@ impl Reactor {
                 ids,
                 out,
             } => {
-                if result.is_ok() {
-                    sh.admit(layer, &r.miss_ids, &r.miss_slots, &out);
-                }
-                let ns = r.t0.elapsed().as_nanos() as u64;
-                sh.metrics.record_batch(ids.len(), ns, result.is_ok());
+                fetched(layer, &ids, &out);
                 sh.slots.deliver(slot, Done { out, result, ids });
             }
             Request::Slot {
@@ -383,11 +387,7 @@ impl Reactor {
                 out,
                 reply,
             } => {
-                if result.is_ok() {
-                    sh.admit(layer, &r.miss_ids, &r.miss_slots, &out);
-                }
-                let ns = r.t0.elapsed().as_nanos() as u64;
-                sh.metrics.record_batch(ids.len(), ns, result.is_ok());
+                fetched(layer, &ids, &out);
                 // The slot first: the caller may start its next request on this completion.
                 sh.slots.finish(slot, ids);
                 let _ = reply.send(super::Completion { tag, out, result });
