@@ -125,7 +125,7 @@ fn check_candidates(data: &[u8]) {
     }
 }
 
-/// The request pipeline's simulation ([`crate::sim`]): the first 8 bytes seed the faults
+/// The request pipeline's simulation (the crate's `sim` module): the first 8 bytes seed the faults
 /// and store shape, the rest are operations. A broken invariant (a wrong row, a request
 /// that never completes, a staging slot not free at rest, counters that do not add up)
 /// panics with what broke.

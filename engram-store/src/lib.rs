@@ -64,6 +64,10 @@
 //! its batch. Small batches that DRAM alone can serve complete
 //! on the caller's thread ([`store::INLINE_MAX_ROWS`]).
 //!
+//! A caller with many requests in flight that takes them as they finish, in any order (the
+//! storage service: one queue per client), starts them with [`Store::start`] instead: each
+//! completes, rows or error, into the caller's [`Completions`] queue with its tag.
+//!
 //! ```no_run
 //! # use engram_store::{Store, StoreOptions};
 //! # fn main() -> engram_store::Result<()> {

@@ -1,5 +1,5 @@
 //! The store: a table, a backend, the hot-row cache, and the request pipeline
-//! ([`crate::pipeline`]): one reactor per I/O thread, each owning one engine.
+//! (the crate's `pipeline` module): one reactor per I/O thread, each owning one engine.
 //!
 //! `lookup_into` and `prefetch` submit a request to the reactors (the caller waits for a
 //! lookup; a prefetch returns a [`Ticket`]); a batch DRAM serves entirely (the memory
