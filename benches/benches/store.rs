@@ -3,9 +3,9 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use engram_kernels::EngramConfig;
-use engram_store::batch::{Plan, PlanParams};
 use engram_store::cache::RowCache;
 use engram_store::format::Geometry;
+use engram_store::planner::{Plan, PlanParams};
 use engram_store::{BackendKind, BackendOptions, RowLayout, Store, StoreOptions};
 use engram_testbed::synth::{SynthSpec, write_synth};
 use engram_testbed::workload::{RowDist, RowSampler};

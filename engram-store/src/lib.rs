@@ -203,7 +203,6 @@
 )]
 
 pub mod backend;
-pub mod batch;
 pub mod buffer;
 pub mod cache;
 pub mod candidates;
@@ -214,6 +213,7 @@ pub mod fuzz;
 pub mod io;
 pub mod metrics;
 pub(crate) mod pipeline;
+pub mod planner;
 pub mod profile;
 pub mod publish;
 pub mod records;
