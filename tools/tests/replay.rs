@@ -63,7 +63,13 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
     (table, held)
 }
 
-fn replay(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+/// `engram replay TABLE --text HELD --include '**/*.py' --json` with `base` then `extra`.
+fn replay_with(
+    table: &Path,
+    held: &Path,
+    base: &[&str],
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
     let mut args = vec![
         "replay",
         s(table),
@@ -71,12 +77,9 @@ fn replay(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value,
         s(held),
         "--include",
         "**/*.py",
-        "--step-us",
-        "300",
-        "--max-steps",
-        "40",
         "--json",
     ];
+    args.extend_from_slice(base);
     args.extend_from_slice(extra);
     let (code, out, err) = run(env!("CARGO_BIN_EXE_engram"), &args);
     let v = out
@@ -85,6 +88,21 @@ fn replay(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value,
         .map(|l| serde_json::from_str(l).expect("one JSON line"))
         .unwrap_or(serde_json::Value::Null);
     (code, v, err)
+}
+
+/// A short decode replay.
+fn replay(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    replay_with(
+        table,
+        held,
+        &["--step-us", "300", "--max-steps", "40"],
+        extra,
+    )
+}
+
+/// A prefill replay.
+fn prefill(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    replay_with(table, held, &[], extra)
 }
 
 const FIELDS: [&str; 46] = [
@@ -291,27 +309,6 @@ fn bad_input_is_a_clear_error() {
     let (code, _, err) = replay(&table, &held, &["--speculate", "2"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("candidates.bin"), "{err}");
-}
-
-/// `engram replay --prefill` with the given flags (JSON).
-fn prefill(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
-    let mut args = vec![
-        "replay",
-        s(table),
-        "--text",
-        s(held),
-        "--include",
-        "**/*.py",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let (code, out, err) = run(env!("CARGO_BIN_EXE_engram"), &args);
-    let v = out
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null);
-    (code, v, err)
 }
 
 fn u(v: &serde_json::Value) -> u64 {

@@ -417,11 +417,7 @@ pub fn run(
 
 /// Prints the decode report.
 pub fn print_summary(d: &serde_json::Value) {
-    let f = |p: &str| {
-        d.pointer(p)
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(0.0)
-    };
+    let f = |p: &str| super::number(d, p);
     crate::outln!(
         "{} tokens ({} steps x batch {}) over {}, {} backend, cache {:.1}% of the table, speculate {}",
         d["tokens"],

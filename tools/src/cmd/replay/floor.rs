@@ -8,7 +8,7 @@
 //! - Decode, the IOPS floor: a step's reads at fio's IOPS at the same queue depth, layer by
 //!   layer in deadline order, less each layer's deadline (what matters at batch 32).
 //!   The decode floor is the larger of the two.
-//! - Prefill: each chunk's misses read at fio's IOPS in request order (one device, FIFO),
+//! - Prefill: each chunk's misses (x the run's device reads per miss) read at fio's IOPS in request order (one device, FIFO),
 //!   each layer's rows needed `layer id / model layers` into its chunk; the floor is the
 //!   TTFT this gives less the resident TTFT (the first chunk included, which nothing
 //!   precedes).

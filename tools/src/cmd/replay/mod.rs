@@ -100,9 +100,9 @@ pub const MAX_STREAM_TOKENS: usize = 1 << 28;
     the floor can be recomputed from any fio figure.\n\n\
     Floor (--fio-baseline): decode: the larger of (share of steps with a cold row x how far \
     fio's burst-after-idle p50 exceeds each layer's deadline) and (a step's reads at fio's \
-    IOPS, layer by layer, less the deadlines); prefill: the chunks' misses read at fio's \
-    IOPS at the same queue depth in request order, the TTFT this gives less the resident \
-    one. Both are what an I/O path with no overhead would lose on this disk; \
+    IOPS, layer by layer, less the deadlines); prefill: the chunks' misses (x the run's \
+    device reads per miss) read at fio's IOPS at the same queue depth in request order, the \
+    TTFT this gives less the resident one. Both are what an I/O path with no overhead would lose on this disk; \
     measured_over_floor is the measured slowdown over it.")]
 pub struct Args {
     /// Table directory (on the SSD tier: the reads go through the backend's device path).
@@ -548,6 +548,13 @@ fn profiled_rows(table: &Table, profile: Option<&Profile>) -> Result<RowSet> {
         }
     }
     Ok(set)
+}
+
+/// The number at JSON pointer `p` of `v`, 0 when absent (for the text reports).
+fn number(v: &serde_json::Value, p: &str) -> f64 {
+    v.pointer(p)
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0)
 }
 
 /// Runs the command.

@@ -401,6 +401,9 @@ pub fn run(args: &Args, store: &Store, inputs: &Inputs, plan: Plan) -> Result<se
     let lookups: u64 = p.chunks.iter().map(|c| c.lookups).sum();
     let unique: u64 = p.chunks.iter().flat_map(|c| &c.unique).sum();
     let misses: u64 = p.chunks.iter().flat_map(|c| &c.misses).sum();
+    // Device reads per miss (rows sharing a 4 KiB block share a read): each chunk's misses
+    // are turned into reads at the run's ratio.
+    let reads_per_miss = st.device_reads as f64 / misses.max(1) as f64;
     let floor = fio.iops().map(|iops| {
         let per_prompt: Vec<f64> = (0..plan.prompts)
             .map(|i| {
@@ -409,7 +412,11 @@ pub fn run(args: &Args, store: &Store, inputs: &Inputs, plan: Plan) -> Result<se
                     .iter()
                     .filter(|c| c.prompt == i)
                     .map(|c| floor::ChunkLoad {
-                        reads: c.misses.iter().map(|&m| m as f64).collect(),
+                        reads: c
+                            .misses
+                            .iter()
+                            .map(|&m| m as f64 * reads_per_miss)
+                            .collect(),
                         compute_us: c.compute_us,
                     })
                     .collect();
@@ -453,6 +460,7 @@ pub fn run(args: &Args, store: &Store, inputs: &Inputs, plan: Plan) -> Result<se
         "unique_rows_per_token": unique as f64 / tokens,
         "by_order": orders,
         "misses": misses,
+        "reads_per_miss": reads_per_miss,
         "rows_requested": st.rows_requested,
         "hit_rate": st.cache_hit_rate,
         "device_reads": st.device_reads, "device_bytes": st.device_bytes,
@@ -476,11 +484,7 @@ pub fn run(args: &Args, store: &Store, inputs: &Inputs, plan: Plan) -> Result<se
 /// Prints the prefill report.
 pub fn print_summary(d: &serde_json::Value) {
     let p = &d["prefill"];
-    let f = |q: &str| {
-        p.pointer(q)
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(0.0)
-    };
+    let f = |q: &str| super::number(p, q);
     crate::outln!(
         "prefill: {} prompt(s) of {} tokens in chunks of {} at {:.0} tokens/s ({}), {} backend, cache {:.1}% of the table, QD {}",
         p["prompts"],
@@ -493,10 +497,7 @@ pub fn print_summary(d: &serde_json::Value) {
             "no pipeline"
         },
         d["backend"].as_str().unwrap_or_default(),
-        d.pointer("/cache_fraction")
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(0.0)
-            * 100.0,
+        super::number(d, "/cache_fraction") * 100.0,
         p["queue_depth"],
     );
     crate::outln!(
@@ -530,7 +531,8 @@ pub fn print_summary(d: &serde_json::Value) {
         .and_then(serde_json::Value::as_f64)
     {
         Some(floor) => crate::outln!(
-            "floor (chunk misses at fio's {:.0} IOPS, QD {}): +{:.1} ms; measured +{:.1} ms = {:.2}x the floor; store IOPS {:.2}x fio's",
+            "floor (chunk misses x {:.2} reads each at fio's {:.0} IOPS, QD {}): +{:.1} ms; measured +{:.1} ms = {:.2}x the floor; store IOPS {:.2}x fio's",
+            f("/reads_per_miss"),
             f("/floor/iops"),
             p["queue_depth"],
             floor / 1e3,
