@@ -312,11 +312,11 @@ fn bad_input_is_a_clear_error() {
 }
 
 fn u(v: &serde_json::Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+    v.as_u64().expect("a count")
 }
 
 fn f(v: &serde_json::Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+    v.as_f64().expect("a number")
 }
 
 #[test]
