@@ -31,6 +31,15 @@ const CODE: &str = "import os\n\n\ndef walk(root):\n    for name in os.listdir(r
                     path = os.path.join(root, name)\n        if os.path.isdir(path):\n            \
                     yield from walk(path)\n        else:\n            yield path\n";
 
+/// A temp dir holding [`fixture`]'s table and held-out text; `None` (the test skips)
+/// without the tokenizer.
+fn setup() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
+    tokenizer()?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (table, held) = fixture(dir.path());
+    Some((dir, table, held))
+}
+
 /// A table built from a small corpus (with profile and candidates) and held-out text.
 fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
     let corpus = dir.join("corpus");
@@ -156,11 +165,9 @@ const FIELDS: [&str; 46] = [
 
 #[test]
 fn replay_reports_every_field() {
-    if tokenizer().is_none() {
+    let Some((_dir, table, held)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    };
     let (code, v, err) = replay(
         &table,
         &held,
@@ -222,11 +229,9 @@ fn replay_reports_every_field() {
 
 #[test]
 fn a_resident_table_never_stalls() {
-    if tokenizer().is_none() {
+    let Some((_dir, table, held)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    };
     let (code, v, err) = replay(&table, &held, &["--backend", "memory", "--no-profile"]);
     assert_eq!(code, 0, "{err}");
     let d = &v["data"];
@@ -253,11 +258,9 @@ fn a_resident_table_never_stalls() {
 
 #[test]
 fn a_modelled_mtp_head_is_as_accurate_as_told() {
-    if tokenizer().is_none() {
+    let Some((_dir, table, held)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    };
     // Without candidates.bin only the modelled head guesses.
     std::fs::remove_file(table.join("candidates.bin")).expect("rm");
     let accuracy = |p: &str| {
@@ -285,11 +288,9 @@ fn a_modelled_mtp_head_is_as_accurate_as_told() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    if tokenizer().is_none() {
+    let Some((_dir, table, held)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    };
     for (extra, says) in [
         (&["--records"][..], "records.bin"),
         (&["--batch", "0"][..], "--batch 0"),
@@ -321,11 +322,9 @@ fn f(v: &serde_json::Value) -> f64 {
 
 #[test]
 fn prefill_reports_chunks_that_add_up() {
-    if tokenizer().is_none() {
+    let Some((_dir, table, held)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    };
     let (code, v, err) = prefill(
         &table,
         &held,
@@ -431,11 +430,9 @@ fn prefill_reports_chunks_that_add_up() {
 
 #[test]
 fn prefill_flags_reject_bad_values() {
-    if tokenizer().is_none() {
+    let Some((_dir, table, held)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    };
     for (extra, says) in [
         (&["--prefill", "0"][..], "--prefill 0"),
         (&["--prefill", "10", "--chunk", "0"][..], "--chunk 0"),
@@ -484,11 +481,12 @@ fn have_fio() -> bool {
 
 #[test]
 fn fio_baseline_puts_a_floor_next_to_each_slowdown() {
-    if tokenizer().is_none() || !have_fio() {
+    if !have_fio() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    let Some((_dir, table, held)) = setup() else {
+        return;
+    };
     let fio = [
         "--fio-baseline",
         "--fio-seconds",

@@ -319,10 +319,7 @@ pub fn run(
 ) -> Result<serde_json::Value> {
     let span = floor::layer_span(&inputs.table)?;
     let qd = args.read.queue_depth;
-    let fio_before = args
-        .fio_baseline
-        .then(|| floor::fio_random(&span, qd, args.fio_seconds))
-        .transpose()?;
+    let fio_before = floor::fio_random_if(args, &span)?;
     store.reset_stats();
     let mut replayer = Replayer::new(args, store, inputs, timing)?;
     let steps = args.max_steps.min(replayer.steps_available());
@@ -359,10 +356,7 @@ pub fn run(
             .map(|&n| share(n, steps as u64))
             .collect(),
     };
-    let fio_after = args
-        .fio_baseline
-        .then(|| floor::fio_random(&span, qd, args.fio_seconds))
-        .transpose()?;
+    let fio_after = floor::fio_random_if(args, &span)?;
     let burst = if args.fio_baseline {
         let n = load.burst(qd);
         Some((

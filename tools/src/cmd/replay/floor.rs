@@ -47,6 +47,13 @@ pub fn fio_random(span: &Span, qd: usize, seconds: f64) -> Result<FioResult> {
     fio::random_read(&span.path, span.offset, span.size, qd, seconds)
 }
 
+/// [`fio_random`] when `--fio-baseline` asks for it.
+pub fn fio_random_if(args: &super::Args, span: &Span) -> Result<Option<FioResult>> {
+    args.fio_baseline
+        .then(|| fio_random(span, args.read.queue_depth, args.fio_seconds))
+        .transpose()
+}
+
 /// Bursts of `burst` reads, each after `idle_us` without I/O.
 pub fn fio_burst(span: &Span, burst: usize, idle_us: u64, seconds: f64) -> Result<FioResult> {
     eprintln!(

@@ -374,10 +374,7 @@ pub fn run(args: &Args, store: &Store, inputs: &Inputs, plan: Plan) -> Result<se
     );
     let span = floor::layer_span(&inputs.table)?;
     let qd = args.read.queue_depth;
-    let fio_before = args
-        .fio_baseline
-        .then(|| floor::fio_random(&span, qd, args.fio_seconds))
-        .transpose()?;
+    let fio_before = floor::fio_random_if(args, &span)?;
     let mut p = Prefiller::new(args, store, inputs, plan)?;
     store.reset_stats();
     let t_run = Instant::now();
@@ -390,10 +387,7 @@ pub fn run(args: &Args, store: &Store, inputs: &Inputs, plan: Plan) -> Result<se
     }
     let wall = t_run.elapsed().as_secs_f64();
     let st = store.stats();
-    let fio_after = args
-        .fio_baseline
-        .then(|| floor::fio_random(&span, qd, args.fio_seconds))
-        .transpose()?;
+    let fio_after = floor::fio_random_if(args, &span)?;
     let fio = FioRuns::new(fio_before, fio_after);
     let busy = union_len(std::mem::take(&mut p.busy)).as_secs_f64();
     let tokens = (plan.tokens * plan.prompts) as f64;
