@@ -36,6 +36,7 @@ const SKELETON_MARKER: &str = "mooncake.json";
       moe-core generate --prompt 'import os' --engram-backend uring --cache-bytes 0\n  \
       moe-core generate --prompt 'class Stack:' --no-engram\n  \
       moe-core generate --engram-backend uring --cache-bytes 256K --speculate 4\n  \
+      moe-core generate --engram-backend uring --cache-bytes 256K --prefill-chunk 64 --json\n  \
       moe-core generate --model models/stdlib-moe-a\n  \
       moe-core eval $(python3 -c 'import os; print(os.__file__)')"
 )]

@@ -56,7 +56,9 @@ pub const MAX_STREAM_TOKENS: usize = 1 << 28;
 #[command(after_help = "Examples:\n  \
     engram replay /data/v41 --text ~/.local/lib/python3.12/site-packages/numpy --include '**/*.py' \\\n    \
       --batch 1 --cache-bytes 10% --speculate 4 --json\n  \
-    engram replay /data/v41 --text held-out.txt --batch 32 --step-us 20000 --cache-bytes 2G\n\n\
+    engram replay /data/v41 --text held-out.txt --batch 32 --step-us 20000 --cache-bytes 2G\n  \
+    engram replay /data/v41 --text ./repo --include '**/*.py' --prefill 32768 --chunk 16384 \\\n    \
+      --cache-bytes 10% --fio-baseline --json\n\n\
     The model: each decode step takes --step-us of compute; a token is sampled at the end of \
     a step; Engram layer j (the table's layer ids) needs that token's rows at \
     lead + (j - first layer id) x step / --model-layers into the next step, where lead is \
