@@ -10,7 +10,6 @@
 //! Output: JSON Lines (`{"type": ..., "data": ...}`) on stdout, progress on stderr.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -23,6 +22,7 @@ use engram_store::{
 };
 use engram_testbed::probe::probe_random_reads;
 use engram_testbed::workload::{BenchSpec, RowDist, RowSampler, Zipf, run_bench};
+use engram_tools::fio::random_read as fio;
 use serde_json::json;
 
 fn emit(kind: &str, data: serde_json::Value) {
@@ -43,54 +43,6 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 fn drop_page_cache() {
     // Best effort (needs root); O_DIRECT sides do not depend on it.
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
-}
-
-struct FioResult {
-    iops: f64,
-    p50_us: f64,
-    p99_us: f64,
-    cpu_cores: f64,
-}
-
-fn fio(file: &Path, offset: u64, size: u64, qd: usize, seconds: f64) -> Result<FioResult> {
-    let out = Command::new("fio")
-        .args([
-            "--name=rr",
-            &format!("--filename={}", file.display()),
-            "--direct=1",
-            "--rw=randread",
-            "--bs=4k",
-            &format!("--iodepth={qd}"),
-            "--ioengine=io_uring",
-            "--fixedbufs",
-            "--registerfiles",
-            &format!("--runtime={seconds}"),
-            "--time_based",
-            &format!("--offset={offset}"),
-            &format!("--size={size}"),
-            "--norandommap",
-            "--randrepeat=0",
-            "--numjobs=1",
-            "--thread",
-            "--output-format=json",
-        ])
-        .output()
-        .context("running fio (apt-get install fio)")?;
-    if !out.status.success() {
-        bail!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("fio json")?;
-    let job = &v["jobs"][0];
-    let read = &job["read"];
-    let pct = |p: &str| read["clat_ns"]["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;
-    Ok(FioResult {
-        iops: read["iops"].as_f64().unwrap_or(0.0),
-        p50_us: pct("50.000000"),
-        p99_us: pct("99.000000"),
-        cpu_cores: (job["usr_cpu"].as_f64().unwrap_or(0.0)
-            + job["sys_cpu"].as_f64().unwrap_or(0.0))
-            / 100.0,
-    })
 }
 
 /// How the store side issues its rows.
