@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
 use engram_store::RowSource;
-use engram_store::workload::{BenchReport, SplitMix64, process_cpu_seconds};
+use engram_testbed::workload::{BenchReport, SplitMix64, process_cpu_seconds};
 
 /// Most rows in one burst.
 pub const MAX_BURST_ROWS: usize = 4096;
