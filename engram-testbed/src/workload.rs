@@ -365,28 +365,50 @@ pub fn run_bench(store: &dyn engram_store::RowSource, spec: &BenchSpec) -> Resul
     let seconds = t0.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds().unwrap_or(0.0) - cpu0;
     let stats = store.stats()?;
-    let rows = (spec.threads * spec.batches * spec.batch_rows) as f64;
-    let rb = store.row_bytes() as f64;
-    Ok(BenchReport {
-        backend: stats.backend.clone(),
-        threads: spec.threads,
-        batch_rows: spec.batch_rows,
-        batches: spec.batches,
-        seconds,
-        rows_per_s: rows / seconds,
-        useful_mb_per_s: rows * rb / seconds / 1e6,
-        device_mb_per_s: stats.device_bytes as f64 / seconds / 1e6,
-        iops: stats.device_reads as f64 / seconds,
-        read_amplification: stats.read_amplification,
-        cache_hit_rate: stats.cache_hit_rate,
-        batch_p50_us: stats.batch.p50_us,
-        batch_p99_us: stats.batch.p99_us,
-        batch_p999_us: stats.batch.p999_us,
-        read_p50_us: stats.device_read.p50_us,
-        read_p99_us: stats.device_read.p99_us,
-        read_p999_us: stats.device_read.p999_us,
-        cpu_seconds,
-        cpu_cores: cpu_seconds / seconds,
+    Ok(BenchReport::from_stats(
         stats,
-    })
+        (spec.threads, spec.batches, spec.batch_rows),
+        store.row_bytes(),
+        seconds,
+        cpu_seconds,
+    ))
+}
+
+impl BenchReport {
+    /// The report of a measured phase: `shape` is (threads, batches per thread, rows per
+    /// batch), `stats` the store's statistics since the reset before the phase, `seconds`
+    /// its wall-clock time and `cpu_seconds` the process's CPU time in it.
+    pub fn from_stats(
+        stats: engram_store::StatsSnapshot,
+        shape: (usize, usize, usize),
+        row_bytes: usize,
+        seconds: f64,
+        cpu_seconds: f64,
+    ) -> Self {
+        let (threads, batches, batch_rows) = shape;
+        let rows = (threads * batches * batch_rows) as f64;
+        let rb = row_bytes as f64;
+        Self {
+            backend: stats.backend.clone(),
+            threads,
+            batch_rows,
+            batches,
+            seconds,
+            rows_per_s: rows / seconds,
+            useful_mb_per_s: rows * rb / seconds / 1e6,
+            device_mb_per_s: stats.device_bytes as f64 / seconds / 1e6,
+            iops: stats.device_reads as f64 / seconds,
+            read_amplification: stats.read_amplification,
+            cache_hit_rate: stats.cache_hit_rate,
+            batch_p50_us: stats.batch.p50_us,
+            batch_p99_us: stats.batch.p99_us,
+            batch_p999_us: stats.batch.p999_us,
+            read_p50_us: stats.device_read.p50_us,
+            read_p99_us: stats.device_read.p99_us,
+            read_p999_us: stats.device_read.p999_us,
+            cpu_seconds,
+            cpu_cores: cpu_seconds / seconds,
+            stats,
+        }
+    }
 }

@@ -188,31 +188,13 @@ pub fn run_bursts(store: &dyn RowSource, spec: &BurstSpec) -> Result<BenchReport
     }
     let seconds = t0.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds().unwrap_or(0.0) - cpu0;
-    let stats = store.stats()?;
-    let rows = (spec.bursts * b) as f64;
-    let rb = store.row_bytes() as f64;
-    Ok(BenchReport {
-        backend: stats.backend.clone(),
-        threads: 1,
-        batch_rows: b,
-        batches: spec.bursts,
+    Ok(BenchReport::from_stats(
+        store.stats()?,
+        (1, spec.bursts, b),
+        store.row_bytes(),
         seconds,
-        rows_per_s: rows / seconds,
-        useful_mb_per_s: rows * rb / seconds / 1e6,
-        device_mb_per_s: stats.device_bytes as f64 / seconds / 1e6,
-        iops: stats.device_reads as f64 / seconds,
-        read_amplification: stats.read_amplification,
-        cache_hit_rate: stats.cache_hit_rate,
-        batch_p50_us: stats.batch.p50_us,
-        batch_p99_us: stats.batch.p99_us,
-        batch_p999_us: stats.batch.p999_us,
-        read_p50_us: stats.device_read.p50_us,
-        read_p99_us: stats.device_read.p99_us,
-        read_p999_us: stats.device_read.p999_us,
         cpu_seconds,
-        cpu_cores: cpu_seconds / seconds,
-        stats,
-    })
+    ))
 }
 
 #[cfg(test)]
