@@ -9,6 +9,7 @@ pub mod addressing;
 pub mod build;
 pub mod checkpoint;
 pub mod cmd;
+pub mod fio;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod vectors;

@@ -2,6 +2,9 @@
 //! `engram lookup --json` with unverified reads of any read unit, coalescing and queue
 //! depth, on pread and io_uring, over dense, sparse and duplicate ids of V4.1-shaped rows
 //! (264 B rows that straddle 512 B units: the shape that once overflowed a staging slot).
+//! Also `engram bench --pattern burst:B,idle:US`: its JSON's read count and latencies come
+//! from the store's own counters (one device read per row of every burst), and bad
+//! patterns are clear errors.
 
 use std::process::Command;
 
@@ -131,6 +134,93 @@ fn out_of_bounds_read_options_are_clear_errors() {
         .concat();
         let (ok, _, err) = engram(&args);
         assert!(!ok && err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn burst_json_counts_one_device_read_per_row() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let table = tmp.path().join("v41");
+    let t = table.to_str().expect("utf-8");
+    let (ok, _, err) = engram(&["synth", t, "--preset", "v41", "--base-size", "3000"]);
+    assert!(ok, "synth: {err}");
+    for backend in ["pread", "uring"] {
+        if backend == "uring"
+            && !engram_store::backend::runnable_here(engram_store::BackendKind::Uring)
+                .expect("required backend")
+        {
+            eprintln!("SKIPPED: io_uring is not available here (uring side of the burst test)");
+            continue;
+        }
+        let (ok, out, err) = engram(&[
+            "bench",
+            t,
+            "--backend",
+            backend,
+            "--queue-depth",
+            "8",
+            "--pattern",
+            "burst:8,idle:200us",
+            "--batches",
+            "12",
+            "--warmup-batches",
+            "2",
+            "--json",
+        ]);
+        assert!(ok, "{backend}: {err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one json line");
+        let d = &v["data"];
+        assert_eq!(d["pattern"]["burst"], 8, "{d}");
+        assert_eq!(d["pattern"]["idle_us"].as_f64(), Some(200.0), "{d}");
+        // 12 measured bursts of 8 rows in distinct, non-adjacent units: 96 reads, counted
+        // by the store (the warm-up's 16 were reset away).
+        assert_eq!(d["device_reads"], 96, "{backend}: {d}");
+        assert_eq!(d["report"]["stats"]["device_reads"], 96, "{backend}: {d}");
+        assert_eq!(d["report"]["stats"]["batches"], 12, "{backend}: {d}");
+        assert_eq!(d["report"]["stats"]["rows_requested"], 96, "{backend}: {d}");
+        let p50 = d["read_p50_us"].as_f64().expect("read_p50_us");
+        let p99 = d["read_p99_us"].as_f64().expect("read_p99_us");
+        let batch = d["report"]["batch_p50_us"].as_f64().expect("batch p50");
+        assert!(p50 > 0.0 && p99 >= p50, "{backend}: p50 {p50} p99 {p99}");
+        // A read is part of its burst: no read's median exceeds the bursts' p99.
+        let batch99 = d["report"]["batch_p99_us"].as_f64().expect("batch p99");
+        assert!(p50 <= batch99 && batch > 0.0, "{backend}: {d}");
+    }
+}
+
+#[test]
+fn bad_patterns_are_clear_errors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let table = tmp.path().join("v41");
+    let t = table.to_str().expect("utf-8");
+    let (ok, _, err) = engram(&["synth", t, "--preset", "v41", "--base-size", "3000"]);
+    assert!(ok, "synth: {err}");
+    for (pattern, extra, says) in [
+        ("burst:16", &[][..], "needs both"),
+        ("burst:16,idle:soon", &[], "expected a number"),
+        ("burst:99999,idle:1ms", &[], "MAX_BURST_ROWS"),
+        ("burst:4,idle:1ms", &["--threads", "2"][..], "one thread"),
+        (
+            "burst:4,idle:1ms",
+            &["--prefetch-depth", "2"][..],
+            "one thread",
+        ),
+        (
+            "burst:4,idle:1ms",
+            &["--dist", "zipf:1.0"][..],
+            "drop --dist",
+        ),
+    ] {
+        let (ok, _, err) = engram(
+            &[
+                &["bench", t, "--backend", "pread", "--pattern", pattern][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(!ok, "{pattern} {extra:?} succeeded");
+        assert!(err.contains(says), "{pattern} {extra:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
 }

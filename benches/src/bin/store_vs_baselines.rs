@@ -10,19 +10,19 @@
 //! Output: JSON Lines (`{"type": ..., "data": ...}`) on stdout, progress on stderr.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{CompressionTable, EngramConfig, EngramLayout, tokenizer};
 use engram_store::backend::memory::MemoryBackend;
-use engram_store::backend::uring::probe_random_reads;
 use engram_store::cache::{RowCache, SeedOptions};
-use engram_store::workload::{BenchSpec, RowDist, RowSampler, Zipf, run_bench};
 use engram_store::{
     BackendKind, BackendOptions, LayerProfile, Profile, Store, StoreOptions, Table,
 };
+use engram_testbed::probe::probe_random_reads;
+use engram_testbed::workload::{BenchSpec, RowDist, RowSampler, Zipf, run_bench};
+use engram_tools::fio::random_read as fio;
 use serde_json::json;
 
 fn emit(kind: &str, data: serde_json::Value) {
@@ -45,54 +45,6 @@ fn drop_page_cache() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
 }
 
-struct FioResult {
-    iops: f64,
-    p50_us: f64,
-    p99_us: f64,
-    cpu_cores: f64,
-}
-
-fn fio(file: &Path, offset: u64, size: u64, qd: usize, seconds: f64) -> Result<FioResult> {
-    let out = Command::new("fio")
-        .args([
-            "--name=rr",
-            &format!("--filename={}", file.display()),
-            "--direct=1",
-            "--rw=randread",
-            "--bs=4k",
-            &format!("--iodepth={qd}"),
-            "--ioengine=io_uring",
-            "--fixedbufs",
-            "--registerfiles",
-            &format!("--runtime={seconds}"),
-            "--time_based",
-            &format!("--offset={offset}"),
-            &format!("--size={size}"),
-            "--norandommap",
-            "--randrepeat=0",
-            "--numjobs=1",
-            "--thread",
-            "--output-format=json",
-        ])
-        .output()
-        .context("running fio (apt-get install fio)")?;
-    if !out.status.success() {
-        bail!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("fio json")?;
-    let job = &v["jobs"][0];
-    let read = &job["read"];
-    let pct = |p: &str| read["clat_ns"]["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;
-    Ok(FioResult {
-        iops: read["iops"].as_f64().unwrap_or(0.0),
-        p50_us: pct("50.000000"),
-        p99_us: pct("99.000000"),
-        cpu_cores: (job["usr_cpu"].as_f64().unwrap_or(0.0)
-            + job["sys_cpu"].as_f64().unwrap_or(0.0))
-            / 100.0,
-    })
-}
-
 /// How the store side issues its rows.
 #[derive(Debug, Clone, Copy)]
 enum Shape {
@@ -112,7 +64,7 @@ fn store_side(
     layers: Vec<usize>,
     seconds: f64,
     shape: Shape,
-) -> Result<engram_store::workload::BenchReport> {
+) -> Result<engram_testbed::workload::BenchReport> {
     let (batch_rows, prefetch_depth) = match shape {
         Shape::Lookup => ((qd * 64).clamp(1024, 8192), 0),
         Shape::Stream { batch_rows, depth } => (batch_rows, depth),
@@ -148,17 +100,8 @@ fn store_side(
     run_bench(&store, &spec).map_err(Into::into)
 }
 
-/// The `ssd` flags.
-struct SsdOptions {
-    qds: Vec<usize>,
-    pairs: usize,
-    seconds: f64,
-    with_mmap: bool,
-    stream_rows: usize,
-    stream_depth: usize,
-}
-
-fn ssd_options(args: &[String]) -> Result<SsdOptions> {
+fn ssd(args: &[String]) -> Result<()> {
+    let dir = PathBuf::from(arg(args, "--table").context("--table DIR")?);
     let qds: Vec<usize> = arg(args, "--qd")
         .unwrap_or_else(|| "32,128".into())
         .split(',')
@@ -173,6 +116,7 @@ fn ssd_options(args: &[String]) -> Result<SsdOptions> {
         .transpose()?
         .unwrap_or(8.0);
     let with_mmap = !args.iter().any(|a| a == "--no-mmap");
+    let with_pread = !args.iter().any(|a| a == "--no-pread");
     let stream_rows: usize = arg(args, "--stream-batch-rows")
         .map(|s| s.parse())
         .transpose()?
@@ -181,182 +125,151 @@ fn ssd_options(args: &[String]) -> Result<SsdOptions> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(4);
-    Ok(SsdOptions {
-        qds,
-        pairs,
-        seconds,
-        with_mmap,
-        stream_rows,
-        stream_depth,
-    })
-}
-
-/// One pair's ratios against fio (and the raw io_uring loop), for the summary.
-struct SsdRatios {
-    iops: f64,
-    p99: f64,
-    cpu: f64,
-    raw: f64,
-    pread_iops: f64,
-    stream_iops: f64,
-    stream_cpu: f64,
-    mmap_iops: Option<f64>,
-}
-
-fn ssd(args: &[String]) -> Result<()> {
-    let dir = PathBuf::from(arg(args, "--table").context("--table DIR")?);
-    let o = ssd_options(args)?;
     let table = Table::open(&dir)?;
     let lf = table.layer(0)?;
     let (file, offset, size) = (lf.path.clone(), lf.header.data_offset, lf.header.data_bytes);
     let total: u64 = table.manifest().layers.iter().map(|l| l.file_bytes).sum();
     emit(
         "ssd_setup",
-        json!({"table": dir, "table_bytes": total, "layer0_file": file, "seconds_per_side": o.seconds, "pairs": o.pairs}),
+        json!({"table": dir, "table_bytes": total, "layer0_file": file, "seconds_per_side": seconds, "pairs": pairs}),
     );
     drop(table);
-    for &qd in &o.qds {
-        let rs = (0..o.pairs)
-            .map(|pair| ssd_pair(&dir, (&file, offset, size), qd, pair, &o))
-            .collect::<Result<Vec<_>>>()?;
-        let med = |f: fn(&SsdRatios) -> f64| median(rs.iter().map(f).collect());
-        let mmap: Vec<f64> = rs.iter().filter_map(|r| r.mmap_iops).collect();
+    for &qd in &qds {
+        let (mut r_iops, mut r_p99, mut r_cpu, mut p_iops, mut m_iops) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut r_raw, mut raw_fio) = (vec![], vec![]);
+        let (mut st_iops, mut st_cpu) = (vec![], vec![]);
+        for pair in 0..pairs {
+            let store_first = pair % 2 == 1;
+            let mut f = None;
+            let mut s = None;
+            let mut st = None;
+            for side in 0..2 {
+                if (side == 0) == store_first {
+                    eprintln!("qd {qd} pair {pair}: store (uring)");
+                    s = Some(store_side(
+                        &dir,
+                        BackendKind::Uring,
+                        qd,
+                        1,
+                        vec![0],
+                        seconds,
+                        Shape::Lookup,
+                    )?);
+                    eprintln!(
+                        "qd {qd} pair {pair}: store (uring, {stream_depth} tickets of {stream_rows} rows)"
+                    );
+                    st = Some(store_side(
+                        &dir,
+                        BackendKind::Uring,
+                        qd,
+                        1,
+                        vec![0],
+                        seconds,
+                        Shape::Stream {
+                            batch_rows: stream_rows,
+                            depth: stream_depth,
+                        },
+                    )?);
+                } else {
+                    eprintln!("qd {qd} pair {pair}: fio");
+                    f = Some(fio(&file, offset, size, qd, seconds)?);
+                }
+            }
+            let (Some(f), Some(s), Some(st)) = (f, s, st) else {
+                bail!("missing side")
+            };
+            eprintln!("qd {qd} pair {pair}: raw io_uring loop (no store)");
+            let raw = probe_random_reads(&file, offset, size, 4096, qd, seconds, pair as u64)?;
+            r_raw.push(s.iops / raw.iops);
+            raw_fio.push(raw.iops / f.iops);
+            let p = if with_pread {
+                eprintln!("qd {qd} pair {pair}: store pread");
+                Some(store_side(
+                    &dir,
+                    BackendKind::Pread,
+                    qd,
+                    1,
+                    vec![0],
+                    seconds,
+                    Shape::Lookup,
+                )?)
+            } else {
+                None
+            };
+            let m = if with_mmap && qd <= 32 {
+                drop_page_cache();
+                eprintln!("qd {qd} pair {pair}: store mmap x{qd} threads");
+                Some(store_side(
+                    &dir,
+                    BackendKind::Mmap,
+                    qd,
+                    qd,
+                    vec![],
+                    seconds,
+                    Shape::Lookup,
+                )?)
+            } else {
+                None
+            };
+            let ratio = s.iops / f.iops;
+            r_iops.push(ratio);
+            r_p99.push(s.read_p99_us / f.p99_us);
+            // CPU cores per 100k IOPS, store / fio.
+            let s_cpu = s.cpu_cores / (s.iops / 1e5);
+            let f_cpu = f.cpu_cores / (f.iops / 1e5);
+            r_cpu.push(s_cpu / f_cpu);
+            if let Some(p) = &p {
+                p_iops.push(p.iops / f.iops);
+            }
+            let st_cpu_per = st.cpu_cores / (st.iops / 1e5);
+            st_iops.push(st.iops / f.iops);
+            st_cpu.push(st_cpu_per / f_cpu);
+            if let Some(m) = &m {
+                m_iops.push(m.stats.rows_unique as f64 / m.seconds / f.iops);
+            }
+            emit(
+                "ssd_pair",
+                json!({
+                    "qd": qd, "pair": pair, "store_first": store_first,
+                    "raw_uring_loop": {"iops": raw.iops, "p50_us": raw.p50_us, "p99_us": raw.p99_us},
+                    "uring_over_raw_loop_iops": s.iops / raw.iops,
+                    "raw_loop_over_fio_iops": raw.iops / f.iops,
+                    "fio": {"iops": f.iops, "p50_us": f.p50_us, "p99_us": f.p99_us, "cpu_cores": f.cpu_cores,
+                            "cpu_cores_per_100k_iops": f_cpu},
+                    "uring": {"iops": s.iops, "rows_per_s": s.rows_per_s, "read_p50_us": s.read_p50_us,
+                              "read_p99_us": s.read_p99_us, "batch_p99_us": s.batch_p99_us,
+                              "cpu_cores": s.cpu_cores, "cpu_cores_per_100k_iops": s_cpu,
+                              "read_amplification": s.read_amplification},
+                    "pread": p.as_ref().map(|p| json!({"iops": p.iops, "read_p99_us": p.read_p99_us, "cpu_cores": p.cpu_cores})),
+                    "uring_stream": {"iops": st.iops, "batch_rows": stream_rows, "tickets": stream_depth,
+                              "read_p50_us": st.read_p50_us, "read_p99_us": st.read_p99_us,
+                              "batch_p50_us": st.batch_p50_us, "batch_p99_us": st.batch_p99_us,
+                              "cpu_cores": st.cpu_cores, "cpu_cores_per_100k_iops": st_cpu_per},
+                    "uring_stream_over_fio_iops": st.iops / f.iops,
+                    "mmap": m.as_ref().map(|m| json!({"rows_per_s": m.rows_per_s, "threads": qd, "cpu_cores": m.cpu_cores})),
+                    "uring_over_fio_iops": ratio, "uring_over_fio_p99": s.read_p99_us / f.p99_us,
+                    "pread_over_fio_iops": p.as_ref().map(|p| p.iops / f.iops),
+                }),
+            );
+        }
         emit(
             "ssd_summary",
             json!({
-                "qd": qd, "pairs": o.pairs,
-                "median_uring_over_fio_iops": med(|r| r.iops),
-                "median_uring_over_fio_p99": med(|r| r.p99),
-                "median_uring_over_raw_loop_iops": med(|r| r.raw),
-                "median_cpu_per_100k_iops_uring_over_fio": med(|r| r.cpu),
-                "median_pread_over_fio_iops": med(|r| r.pread_iops),
-                "median_uring_stream_over_fio_iops": med(|r| r.stream_iops),
-                "median_cpu_per_100k_iops_uring_stream_over_fio": med(|r| r.stream_cpu),
-                "median_mmap_rows_over_fio_iops": if mmap.is_empty() { None } else { Some(median(mmap)) },
+                "qd": qd, "pairs": pairs,
+                "median_uring_over_fio_iops": median(r_iops),
+                "median_uring_over_fio_p99": median(r_p99),
+                "median_uring_over_raw_loop_iops": median(r_raw),
+                "median_raw_loop_over_fio_iops": median(raw_fio),
+                "median_cpu_per_100k_iops_uring_over_fio": median(r_cpu),
+                "median_pread_over_fio_iops": if p_iops.is_empty() { None } else { Some(median(p_iops)) },
+                "median_uring_stream_over_fio_iops": median(st_iops),
+                "median_cpu_per_100k_iops_uring_stream_over_fio": median(st_cpu),
+                "median_mmap_rows_over_fio_iops": if m_iops.is_empty() { None } else { Some(median(m_iops)) },
             }),
         );
     }
     Ok(())
-}
-
-/// One interleaved pair at queue depth `qd`: fio and the store (uring, per batch and
-/// streaming) in alternating order, then the raw io_uring loop, pread and mmap; emits the
-/// pair's figures.
-fn ssd_pair(
-    dir: &Path,
-    (file, offset, size): (&Path, u64, u64),
-    qd: usize,
-    pair: usize,
-    o: &SsdOptions,
-) -> Result<SsdRatios> {
-    let store_first = pair % 2 == 1;
-    let mut f = None;
-    let mut s = None;
-    let mut st = None;
-    for side in 0..2 {
-        if (side == 0) == store_first {
-            eprintln!("qd {qd} pair {pair}: store (uring)");
-            s = Some(store_side(
-                dir,
-                BackendKind::Uring,
-                qd,
-                1,
-                vec![0],
-                o.seconds,
-                Shape::Lookup,
-            )?);
-            eprintln!(
-                "qd {qd} pair {pair}: store (uring, {} tickets of {} rows)",
-                o.stream_depth, o.stream_rows
-            );
-            st = Some(store_side(
-                dir,
-                BackendKind::Uring,
-                qd,
-                1,
-                vec![0],
-                o.seconds,
-                Shape::Stream {
-                    batch_rows: o.stream_rows,
-                    depth: o.stream_depth,
-                },
-            )?);
-        } else {
-            eprintln!("qd {qd} pair {pair}: fio");
-            f = Some(fio(file, offset, size, qd, o.seconds)?);
-        }
-    }
-    let (Some(f), Some(s), Some(st)) = (f, s, st) else {
-        bail!("missing side")
-    };
-    eprintln!("qd {qd} pair {pair}: raw io_uring loop (no store)");
-    let raw = probe_random_reads(file, offset, size, 4096, qd, o.seconds, pair as u64)?;
-    eprintln!("qd {qd} pair {pair}: store pread");
-    let p = store_side(
-        dir,
-        BackendKind::Pread,
-        qd,
-        1,
-        vec![0],
-        o.seconds,
-        Shape::Lookup,
-    )?;
-    let m = if o.with_mmap && qd <= 32 {
-        drop_page_cache();
-        eprintln!("qd {qd} pair {pair}: store mmap x{qd} threads");
-        Some(store_side(
-            dir,
-            BackendKind::Mmap,
-            qd,
-            qd,
-            vec![],
-            o.seconds,
-            Shape::Lookup,
-        )?)
-    } else {
-        None
-    };
-    let ratio = s.iops / f.iops;
-    // CPU cores per 100k IOPS, store / fio.
-    let s_cpu = s.cpu_cores / (s.iops / 1e5);
-    let f_cpu = f.cpu_cores / (f.iops / 1e5);
-    let st_cpu_per = st.cpu_cores / (st.iops / 1e5);
-    let ratios = SsdRatios {
-        iops: ratio,
-        p99: s.read_p99_us / f.p99_us,
-        cpu: s_cpu / f_cpu,
-        raw: s.iops / raw.iops,
-        pread_iops: p.iops / f.iops,
-        stream_iops: st.iops / f.iops,
-        stream_cpu: st_cpu_per / f_cpu,
-        mmap_iops: m
-            .as_ref()
-            .map(|m| m.stats.rows_unique as f64 / m.seconds / f.iops),
-    };
-    emit(
-        "ssd_pair",
-        json!({
-            "qd": qd, "pair": pair, "store_first": store_first,
-            "raw_uring_loop": {"iops": raw.iops, "p50_us": raw.p50_us, "p99_us": raw.p99_us},
-            "uring_over_raw_loop_iops": s.iops / raw.iops,
-            "fio": {"iops": f.iops, "p50_us": f.p50_us, "p99_us": f.p99_us, "cpu_cores": f.cpu_cores,
-                    "cpu_cores_per_100k_iops": f_cpu},
-            "uring": {"iops": s.iops, "rows_per_s": s.rows_per_s, "read_p50_us": s.read_p50_us,
-                      "read_p99_us": s.read_p99_us, "batch_p99_us": s.batch_p99_us,
-                      "cpu_cores": s.cpu_cores, "cpu_cores_per_100k_iops": s_cpu,
-                      "read_amplification": s.read_amplification},
-            "pread": {"iops": p.iops, "read_p99_us": p.read_p99_us, "cpu_cores": p.cpu_cores},
-            "uring_stream": {"iops": st.iops, "batch_rows": o.stream_rows, "tickets": o.stream_depth,
-                      "read_p50_us": st.read_p50_us, "read_p99_us": st.read_p99_us,
-                      "batch_p50_us": st.batch_p50_us, "batch_p99_us": st.batch_p99_us,
-                      "cpu_cores": st.cpu_cores, "cpu_cores_per_100k_iops": st_cpu_per},
-            "uring_stream_over_fio_iops": st.iops / f.iops,
-            "mmap": m.as_ref().map(|m| json!({"rows_per_s": m.rows_per_s, "threads": qd, "cpu_cores": m.cpu_cores})),
-            "uring_over_fio_iops": ratio, "uring_over_fio_p99": s.read_p99_us / f.p99_us,
-            "pread_over_fio_iops": p.iops / f.iops,
-        }),
-    );
-    Ok(ratios)
 }
 
 fn dram(args: &[String]) -> Result<()> {
@@ -539,8 +452,8 @@ fn cache(args: &[String]) -> Result<()> {
     // Zipf(1.0) over a V4.1 layer (384,006,168 rows), ranks scattered.
     let rows = 384_006_168u64;
     let z = Zipf::new(rows, 1.0)?;
-    let perm = engram_store::workload::RankPermutation::new(rows, 5);
-    let mut rng = engram_store::workload::SplitMix64(11);
+    let perm = engram_testbed::workload::RankPermutation::new(rows, 5);
+    let mut rng = engram_kernels::rng::SplitMix64(11);
     let mut draw = |k: usize| -> (Vec<u64>, Vec<u64>) {
         (0..k)
             .map(|_| {
@@ -614,7 +527,7 @@ fn cache(args: &[String]) -> Result<()> {
 }
 
 const USAGE: &str = "usage:
-  store_vs_baselines ssd   --table DIR [--qd 32,128] [--pairs 3] [--seconds 8] [--no-mmap]
+  store_vs_baselines ssd   --table DIR [--qd 32,128] [--pairs 3] [--seconds 8] [--no-mmap] [--no-pread]
                            [--stream-batch-rows N --stream-depth D]
   store_vs_baselines dram  --table DIR [--pairs 5]
   store_vs_baselines cache [--text-dir DIR] [--tokenizer FILE]

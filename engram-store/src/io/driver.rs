@@ -21,10 +21,10 @@ use super::engine::{Completion, Engine, EngineError, ReadReq};
 use super::resident::{ResidentEngine, ResidentRows};
 use super::staging::Staging;
 use crate::backend::{BackendOptions, IoCounters, verify_read};
-use crate::batch::{Plan, PlanParams, Source};
 use crate::error::{Error, Result, io_at};
 use crate::format::Geometry;
-use crate::metrics::{SharedHist, new_hist, record_ns};
+use crate::metrics::SharedHist;
+use crate::planner::{Plan, PlanParams, Source};
 use crate::table::Table;
 
 /// Batches one driver keeps active at once (a named bound on its plan memory).
@@ -146,7 +146,8 @@ pub struct Driver {
     finished: Vec<Finished>,
     /// (staging depth,) submit time of the read in each slot
     started: Vec<Instant>,
-    local: hdrhistogram::Histogram<u64>,
+    /// Device-read latencies (ns) since the last round, recorded into `latency` at its end.
+    local: Vec<u64>,
     latency: SharedHist,
     broken: Option<String>,
     /// Speculative reads in flight, and the most allowed.
@@ -216,7 +217,7 @@ impl Driver {
             completions: Vec::with_capacity(depth),
             finished: Vec::with_capacity(MAX_ACTIVE_BATCHES),
             started: vec![Instant::now(); depth],
-            local: new_hist(),
+            local: Vec::with_capacity(depth),
             latency,
             broken: None,
             spec_in_flight: 0,
@@ -338,7 +339,7 @@ impl Driver {
         }
         let records = self.records.as_deref().and_then(|r| {
             let layer_records = r.layers.get(layer)?.as_ref()?;
-            Some(crate::batch::RecordPlan {
+            Some(crate::planner::RecordPlan {
                 records: layer_records,
                 shape: r.shape,
                 max_read_bytes: params.max_read_bytes,
@@ -418,7 +419,8 @@ impl Driver {
             self.submit_ready();
         }
         self.collect_finished();
-        self.latency.merge(&mut self.local);
+        self.latency.record_all(&self.local);
+        self.local.clear();
     }
 
     /// Resident tiers: copies the rows of every batch still to gather into its output.
@@ -576,10 +578,8 @@ impl Driver {
             }
             let tsc = Instant::now();
             let slot = c.lease.slot() as usize;
-            record_ns(
-                &mut self.local,
-                tsc.duration_since(self.started[slot]).as_nanos() as u64,
-            );
+            self.local
+                .push(tsc.duration_since(self.started[slot]).as_nanos() as u64);
             // A copy of a read of a batch that has finished (or of an earlier batch in
             // this slot), or the slower copy of a hedged read: nothing to do.
             let Some(b) = self

@@ -225,7 +225,7 @@ pub struct BuildPlan {
 /// Parses a `--records-*` size (`64M`, `1G`, ...) of at most [`MAX_RECORDS_BYTES`].
 fn records_size(flag: &str, value: Option<&str>) -> Result<u64> {
     let Some(v) = value else { return Ok(0) };
-    let bytes = engram_store::workload::parse_bytes(v).with_context(|| format!("{flag} {v:?}"))?;
+    let bytes = engram_store::size::parse_bytes(v).with_context(|| format!("{flag} {v:?}"))?;
     if bytes > MAX_RECORDS_BYTES {
         bail!("{flag} {v:?}: at most {MAX_RECORDS_BYTES} bytes (MAX_RECORDS_BYTES)");
     }
@@ -235,7 +235,7 @@ fn records_size(flag: &str, value: Option<&str>) -> Result<u64> {
 /// Row layout and width of a preset: demo 64 x bf16 (128 B), Engram-27B 80 x bf16 (160 B),
 /// V4.1 256 x FP8 E4M3 + 8 E8M0 scales (264 B) (the store's table of published shapes).
 pub fn preset_rows(preset: Preset) -> (RowLayout, u32) {
-    match engram_store::synth::preset_row_format(preset.name()) {
+    match engram_testbed::synth::preset_row_format(preset.name()) {
         Some(rows) => rows,
         None => unreachable!("every Preset has a row format in engram-store"),
     }

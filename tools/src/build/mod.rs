@@ -361,8 +361,8 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     }
     let mode = Mode::choose(args.json, args.quiet);
     let started = Instant::now();
-    let candidates_bytes = engram_store::workload::parse_bytes(&args.candidates_bytes)
-        .context("--candidates-bytes")?;
+    let candidates_bytes =
+        engram_store::size::parse_bytes(&args.candidates_bytes).context("--candidates-bytes")?;
     anyhow::ensure!(
         (1..=engram_store::candidates::MAX_CANDIDATES_K).contains(&args.candidates_k),
         "--candidates-k {}: expected 1..={}",

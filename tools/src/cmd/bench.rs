@@ -5,8 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
-use engram_store::workload::{BenchSpec, RowDist, parse_bytes, run_bench};
+use engram_store::size::parse_bytes;
 use engram_store::{Profile, StoreOptions};
+use engram_testbed::workload::{BenchSpec, RowDist, run_bench};
+
+use super::bench_pattern::{BurstPattern, BurstSpec, run_bursts};
 
 use crate::{MAX_THREADS, json_line};
 
@@ -19,7 +22,17 @@ use crate::{MAX_THREADS, json_line};
     With --service the cache, backend and read options are the server's; --threads \
     threads share one client.\n\n\
     Ids are drawn before the clock starts. Reports rows/s, useful MB/s (rows x row bytes), \
-    device MB/s, IOPS, batch latency p50/p99/p999, cache hit rate and CPU seconds."
+    device MB/s, IOPS, batch latency p50/p99/p999, cache hit rate and CPU seconds.\n\n\
+    --pattern burst:B,idle:US replays decode traffic instead of a closed loop: --batches \
+    bursts of B random rows (each in its own 4 KiB unit: one device read per row), one \
+    lookup each, then US of idle (us, ms or s). read_p50_us / read_p99_us are the device \
+    reads (queued to reaped, the submitting syscall included: compare with fio's lat, not its \
+    clat, which starts after the submit returns), on the same file:\n  \
+    engram bench /data/v41 --backend uring --queue-depth 16 --pattern burst:16,idle:4700us --json\n  \
+    fio --name=b --filename=/data/v41/layer-000-id1.bin --direct=1 --ioengine=io_uring --rw=randread \
+    --bs=4k --iodepth=16 --iodepth_batch_submit=16 --iodepth_batch_complete_min=16 \
+    --thinktime=4700 --thinktime_blocks=16 --number_ios=3200 --lat_percentiles=1\n\
+    (benches/scripts/burst-vs-fio.sh runs both, interleaved.)"
 )]
 pub struct Args {
     /// Table directory.
@@ -58,6 +71,11 @@ pub struct Args {
     /// Seed of the id stream.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Decode-like traffic instead of a closed loop: `burst:B,idle:US` (e.g.
+    /// `burst:16,idle:4700us`): --batches bursts of B rows on one thread, each followed by
+    /// US of idle (us, ms or s; a bare number is us).
+    #[arg(long)]
+    pub pattern: Option<String>,
     /// Print one JSON Lines record.
     #[arg(long)]
     pub json: bool,
@@ -86,6 +104,17 @@ fn validate(args: &Args) -> Result<()> {
         args.prefetch_depth
     );
     ensure!(args.batches > 0, "--batches must be at least 1");
+    if args.pattern.is_some() {
+        ensure!(
+            args.threads == 1 && args.prefetch_depth == 0,
+            "--pattern runs one thread of synchronous lookups: drop --threads and --prefetch-depth"
+        );
+        ensure!(
+            args.dist == "uniform",
+            "--pattern draws uniform rows, one per 4 KiB unit: drop --dist {}",
+            args.dist
+        );
+    }
     let ids = (args.threads as u64)
         .checked_mul((args.batches as u64).saturating_add(args.warmup_batches as u64))
         .and_then(|n| n.checked_mul(args.batch_rows as u64))
@@ -101,6 +130,11 @@ fn validate(args: &Args) -> Result<()> {
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
     validate(&args)?;
+    let pattern = args
+        .pattern
+        .as_deref()
+        .map(BurstPattern::parse)
+        .transpose()?;
     let profile = match &args.profile {
         Some(p) => Some(Profile::read(p)?),
         None => None,
@@ -109,7 +143,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         backend: args.read.backend_options()?,
         io_workers: args.threads,
         max_in_flight: (args.threads * args.prefetch_depth).max(4),
-        max_batch_rows: args.batch_rows,
+        max_batch_rows: args.batch_rows.max(pattern.map_or(0, |p| p.burst)),
         cache_bytes: parse_bytes(&args.cache_bytes)?,
         profile,
         ..StoreOptions::default()
@@ -155,7 +189,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         layers: args.layer_index.into_iter().collect(),
         prefetch_depth: args.prefetch_depth,
     };
-    let r = run_bench(store.as_ref(), &spec)?;
+    let r = match pattern {
+        Some(pattern) => run_bursts(
+            store.as_ref(),
+            &BurstSpec {
+                pattern,
+                bursts: args.batches,
+                warmup_bursts: args.warmup_batches,
+                layers: spec.layers.clone(),
+                seed: args.seed,
+            },
+        )?,
+        None => run_bench(store.as_ref(), &spec)?,
+    };
     if let Some((client, keys, st)) = local {
         drop((store, st));
         engram_mooncake::unpublish(&client, &keys, None)?;
@@ -167,8 +213,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 "table": crate::json_path(&args.table), "dist": args.dist, "queue_depth": args.read.queue_depth,
                 "cache_bytes": opts.cache_bytes, "fallback": fallback,
                 "service": args.service.service.as_deref().map(crate::json_path),
+                "pattern": pattern.map(|p| serde_json::json!({
+                    "burst": p.burst, "idle_us": p.idle.as_secs_f64() * 1e6,
+                })),
+                "read_p50_us": r.read_p50_us, "read_p99_us": r.read_p99_us,
+                "device_reads": r.stats.device_reads,
                 "report": r,
             }),
+        );
+    } else if let Some(p) = pattern {
+        crate::outln!(
+            "{} bursts of {} rows, idle {:.0} us, qd {}: device read p50 {:.0} us p99 {:.0} us \
+             ({} reads), burst p50 {:.0} us p99 {:.0} us, CPU {:.2} s",
+            r.batches,
+            p.burst,
+            p.idle.as_secs_f64() * 1e6,
+            args.read.queue_depth,
+            r.read_p50_us,
+            r.read_p99_us,
+            r.stats.device_reads,
+            r.batch_p50_us,
+            r.batch_p99_us,
+            r.cpu_seconds
         );
     } else {
         crate::outln!(

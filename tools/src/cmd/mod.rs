@@ -4,6 +4,7 @@
 // merge, their items are let off `missing_docs`.
 #[allow(missing_docs)]
 pub mod bench;
+pub mod bench_pattern;
 pub mod hash;
 pub mod inspect;
 pub mod lookup;

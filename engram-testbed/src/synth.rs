@@ -5,9 +5,9 @@ use std::path::Path;
 
 use engram_kernels::{EngramConfig, EngramLayout};
 
-use crate::error::{Error, Result};
-use crate::format::{BuildInfo, Manifest, RowLayout};
-use crate::table::TableWriter;
+use engram_kernels::rng::SplitMix64;
+use engram_store::format::{BuildInfo, Manifest, RowLayout};
+use engram_store::{Error, Result, TableWriter};
 
 /// SHA-256 recorded by synthetic tables built for the DeepSeek tokenizer shape.
 pub const SYNTH_TOKENIZER_SHA256: &str = engram_kernels::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
@@ -26,12 +26,10 @@ pub fn preset_row_format(preset: &str) -> Option<(RowLayout, u32)> {
     }
 }
 
+/// One SplitMix64 step from state `z`.
 #[inline]
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+fn splitmix(z: u64) -> u64 {
+    SplitMix64(z).next_u64()
 }
 
 /// The bytes of synthetic row `row` of layer index `layer` (deterministic in all inputs).
@@ -62,10 +60,11 @@ pub struct SynthSpec {
 impl SynthSpec {
     /// A published shape with every base size replaced by `base_size` (if given).
     pub fn preset(name: &str, base_size: Option<u64>, seed: u64) -> Result<Self> {
-        let mut config = crate::format::preset_config(name).ok_or_else(|| Error::Invalid {
-            what: "preset",
-            reason: format!("{name:?}: expected demo, engram27b or v41"),
-        })?;
+        let mut config =
+            engram_store::format::preset_config(name).ok_or_else(|| Error::Invalid {
+                what: "preset",
+                reason: format!("{name:?}: expected demo, engram27b or v41"),
+            })?;
         if let Some(s) = base_size {
             config.base_sizes = vec![s; config.base_sizes.len()];
         }
