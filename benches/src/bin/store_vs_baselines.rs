@@ -100,8 +100,18 @@ fn store_side(
     run_bench(&store, &spec).map_err(Into::into)
 }
 
-fn ssd(args: &[String]) -> Result<()> {
-    let dir = PathBuf::from(arg(args, "--table").context("--table DIR")?);
+/// The `ssd` flags.
+struct SsdOptions {
+    qds: Vec<usize>,
+    pairs: usize,
+    seconds: f64,
+    with_mmap: bool,
+    with_pread: bool,
+    stream_rows: usize,
+    stream_depth: usize,
+}
+
+fn ssd_options(args: &[String]) -> Result<SsdOptions> {
     let qds: Vec<usize> = arg(args, "--qd")
         .unwrap_or_else(|| "32,128".into())
         .split(',')
@@ -115,8 +125,6 @@ fn ssd(args: &[String]) -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(8.0);
-    let with_mmap = !args.iter().any(|a| a == "--no-mmap");
-    let with_pread = !args.iter().any(|a| a == "--no-pread");
     let stream_rows: usize = arg(args, "--stream-batch-rows")
         .map(|s| s.parse())
         .transpose()?
@@ -125,15 +133,43 @@ fn ssd(args: &[String]) -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(4);
-    let table = Table::open(&dir)?;
+    Ok(SsdOptions {
+        qds,
+        pairs,
+        seconds,
+        with_mmap: !args.iter().any(|a| a == "--no-mmap"),
+        with_pread: !args.iter().any(|a| a == "--no-pread"),
+        stream_rows,
+        stream_depth,
+    })
+}
+
+/// Layer 0's data region (file, offset, bytes), after emitting the setup record.
+fn ssd_setup(dir: &Path, o: &SsdOptions) -> Result<(PathBuf, u64, u64)> {
+    let table = Table::open(dir)?;
     let lf = table.layer(0)?;
     let (file, offset, size) = (lf.path.clone(), lf.header.data_offset, lf.header.data_bytes);
     let total: u64 = table.manifest().layers.iter().map(|l| l.file_bytes).sum();
     emit(
         "ssd_setup",
-        json!({"table": dir, "table_bytes": total, "layer0_file": file, "seconds_per_side": seconds, "pairs": pairs}),
+        json!({"table": dir, "table_bytes": total, "layer0_file": file, "seconds_per_side": o.seconds, "pairs": o.pairs}),
     );
-    drop(table);
+    Ok((file, offset, size))
+}
+
+fn ssd(args: &[String]) -> Result<()> {
+    let dir = PathBuf::from(arg(args, "--table").context("--table DIR")?);
+    let o = ssd_options(args)?;
+    let (file, offset, size) = ssd_setup(&dir, &o)?;
+    let SsdOptions {
+        qds,
+        pairs,
+        seconds,
+        with_mmap,
+        with_pread,
+        stream_rows,
+        stream_depth,
+    } = o;
     for &qd in &qds {
         let (mut r_iops, mut r_p99, mut r_cpu, mut p_iops, mut m_iops) =
             (vec![], vec![], vec![], vec![], vec![]);
