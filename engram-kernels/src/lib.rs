@@ -1,6 +1,7 @@
 //! Engram's compute kernels: bit-exact addressing (tokenizer compression, the numpy
 //! multiplier chain, prime table sizes, multi-head n-gram hashing) and the module's
-//! numeric kernels. Pure compute over slices; no I/O beyond reading a tokenizer file.
+//! numeric kernels. Pure compute over slices; no I/O (finding and reading `tokenizer.json`
+//! and other input files is `engram-files`').
 //!
 //! The semantics are `ENGRAM-SPEC.md`'s; [`reference`](mod@reference) states them naively, and every fast
 //! routine here is property-tested against it.
@@ -10,7 +11,7 @@
 //! 1. **Compression** ([`CompressionTable`]): raw tokenizer ids map to canonical ids, so
 //!    that tokens differing only in case or surrounding whitespace share rows.
 //!    [`CompressionTable::from_tokenizer`] derives the table from a `tokenizer.json`
-//!    ([`tokenizer::load`]); [`CompressionTable::identity`] and
+//!    (loaded by `engram_files::tokenizer::load`); [`CompressionTable::identity`] and
 //!    [`CompressionTable::from_lookup`] build one from data.
 //! 2. **Layout** ([`EngramLayout`]): an [`EngramConfig`] (orders `2..=N`, `K` heads per
 //!    order, base sizes, layer ids, seed) and the compressed vocabulary size give every
@@ -109,9 +110,6 @@ pub mod cuda;
 pub mod cuda;
 pub mod error;
 pub mod fastmod;
-pub mod file;
-#[doc(hidden)]
-pub mod fuzz;
 pub mod gate;
 pub mod gather;
 pub mod hash;
@@ -122,7 +120,6 @@ pub mod quant;
 pub mod reference;
 pub mod rng;
 pub mod skip;
-pub mod tokenizer;
 
 pub use compress::CompressionTable;
 pub use conv::ConvState;

@@ -17,7 +17,7 @@ pub const FORMAT_NAME: &str = "engram-table";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Largest manifest accepted (a V4.1 manifest is ~10 KB; the limit only stops a symlink to
 /// `/dev/zero` or a runaway file from being read into memory).
-pub const MAX_MANIFEST_BYTES: engram_kernels::file::Limit = engram_kernels::file::Limit {
+pub const MAX_MANIFEST_BYTES: engram_files::file::Limit = engram_files::file::Limit {
     what: "manifest",
     name: "MAX_MANIFEST_BYTES",
     bytes: 64 << 20,

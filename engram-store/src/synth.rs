@@ -10,7 +10,7 @@ use crate::format::{BuildInfo, Manifest, RowLayout};
 use crate::table::TableWriter;
 
 /// SHA-256 recorded by synthetic tables built for the DeepSeek tokenizer shape.
-pub const SYNTH_TOKENIZER_SHA256: &str = engram_kernels::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
+pub const SYNTH_TOKENIZER_SHA256: &str = engram_files::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
 /// `V'` of the DeepSeek tokenizer, used by synthetic tables.
 pub const SYNTH_COMPRESSED_VOCAB: u64 = 99_092;
 /// Rows generated per write call.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use engram_kernels::file::{Limit, read_regular_string};
+use engram_files::file::{Limit, read_regular_string};
 use engram_store::candidates::CANDIDATES_FILE;
 use engram_store::workload::parse_bytes;
 use engram_store::{BackendKind, Candidates, Profile, RowSource, StoreOptions};

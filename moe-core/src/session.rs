@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_kernels::file::{SHA256SUMS_FILE, Sha256Sums};
-use engram_kernels::{CompressionTable, tokenizer};
+use engram_files::file::{SHA256SUMS_FILE, Sha256Sums};
+use engram_files::tokenizer;
+use engram_kernels::CompressionTable;
 use engram_store::{Candidates, RowSource, Store, StoreOptions};
 use tokenizers::Tokenizer;
 

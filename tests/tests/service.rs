@@ -29,7 +29,7 @@ fn repo() -> PathBuf {
 const MODEL: &str = "models/stdlib-moe-engram-b";
 
 fn tokenizer_available() -> bool {
-    engram_kernels::tokenizer::for_tests()
+    engram_files::tokenizer::for_tests()
         .expect("ENGRAM_REQUIRE_TOKENIZER is set")
         .is_some()
 }

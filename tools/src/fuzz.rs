@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use engram_kernels::file::sha256_hex;
+use engram_files::file::sha256_hex;
 use engram_store::format::RowLayout;
 use safetensors::SafeTensors;
 

@@ -22,7 +22,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::vectors::{MAX_VECTOR_FILE_BYTES, VectorReport};
-use engram_kernels::file::read_regular;
+use engram_files::file::read_regular;
 
 /// Absolute and relative tolerance of float tensors.
 pub const FORWARD_TOLERANCE: f64 = 1e-5;

@@ -21,7 +21,7 @@ mod sys;
 use sys::listing;
 
 fn tokenizer() -> Option<PathBuf> {
-    engram_kernels::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
+    engram_files::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
 }
 
 fn build(args: &[&str]) -> (i32, String, String) {
@@ -149,7 +149,7 @@ fn corpus_to_verified_table_with_profile() {
     assert_eq!(c.positions, cs["positions"].as_u64().expect("positions"));
     // "return a + b" follows "def add(a, b):" in the corpus: after ":\n    " (the last two
     // ids before "return"), the table lists some continuation.
-    let tok = engram_kernels::tokenizer::load(&tokenizer().expect("tokenizer")).expect("loads");
+    let tok = engram_files::tokenizer::load(&tokenizer().expect("tokenizer")).expect("loads");
     let table_c =
         engram_kernels::CompressionTable::from_tokenizer(&tok.tokenizer).expect("compression");
     let enc = tok
@@ -254,7 +254,7 @@ fn write_checkpoint(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], met
 #[test]
 fn import_round_trips_exactly_and_within_fp8_error() {
     let Some(tok) = tokenizer() else { return };
-    let sha = engram_kernels::tokenizer::load(&tok).expect("loads").sha256;
+    let sha = engram_files::tokenizer::load(&tok).expect("loads").sha256;
     let dir = tempfile::tempdir().expect("tempdir");
     let root = corpus(dir.path());
     // Layout: orders 2-3, 2 heads, base 50, layers [1] -> 4 primes.

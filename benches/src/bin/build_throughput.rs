@@ -18,8 +18,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use engram_files::tokenizer;
 use engram_kernels::hash::{HashOptions, NgramHasher};
-use engram_kernels::{CompressionTable, EngramConfig, EngramLayout, tokenizer};
+use engram_kernels::{CompressionTable, EngramConfig, EngramLayout};
 use engram_tools::build::corpus::{self, CorpusOptions, Source};
 use engram_tools::build::count::{self, Counters, Progress, Strategy};
 use tokenizers::Tokenizer;

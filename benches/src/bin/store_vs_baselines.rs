@@ -14,8 +14,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use engram_files::tokenizer;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
-use engram_kernels::{CompressionTable, EngramConfig, EngramLayout, tokenizer};
+use engram_kernels::{CompressionTable, EngramConfig, EngramLayout};
 use engram_store::backend::memory::MemoryBackend;
 use engram_store::backend::uring::probe_random_reads;
 use engram_store::cache::{RowCache, SeedOptions};

@@ -118,7 +118,7 @@ impl Addressing {
         let d = self.default.as_ref().ok_or(Error::NoTokenizer)?;
         d.loaded
             .get_or_init(|| {
-                let path = engram_kernels::tokenizer::resolve_path(None)?;
+                let path = engram_files::tokenizer::resolve_path(None)?;
                 d.expected.load(&path)
             })
             .as_ref()
@@ -549,7 +549,7 @@ fn store_options(c: &OpenConfig) -> Result<StoreOptions> {
 }
 
 fn load_compression(path: &Path, table: &Path, table_sha: &str) -> Result<CompressionTable> {
-    let tok = engram_kernels::tokenizer::load(path)?;
+    let tok = engram_files::tokenizer::load(path)?;
     if !tok.sha256.eq_ignore_ascii_case(table_sha) {
         return Err(Error::TokenizerMismatch {
             path: path.display().to_string(),

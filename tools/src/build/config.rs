@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use engram_files::file::{Limit, read_regular_string};
 use engram_kernels::EngramConfig;
-use engram_kernels::file::{Limit, read_regular_string};
 use engram_store::format::RowLayout;
 use serde::{Deserialize, Serialize};
 

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use engram_kernels::file::{FileError, Limit, read_regular, read_stream};
+use engram_files::file::{FileError, Limit, read_regular, read_stream};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 /// Largest corpus file (or standard input) read: each is read whole and tokenized as one

@@ -18,8 +18,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
+use engram_files::file::{FileError, Sha256Sums};
 use engram_kernels::EngramLayout;
-use engram_kernels::file::{FileError, Sha256Sums};
 use engram_store::format::RowLayout;
 use engram_store::table::TableWriter;
 use sha2::{Digest, Sha256};

@@ -22,8 +22,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use engram_files::tokenizer;
 use engram_kernels::hash::{HashOptions, NgramHasher};
-use engram_kernels::{CompressionTable, EngramLayout, tokenizer};
+use engram_kernels::{CompressionTable, EngramLayout};
 use engram_store::candidates::CANDIDATES_FILE;
 use engram_store::format::{BuildInfo, LayerHeader, Manifest};
 use engram_store::profile::{LayerProfile, Profile};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
-use engram_kernels::file::{FileError, Limit, Sha256Sums, read_regular, sha256_hex};
+use engram_files::file::{FileError, Limit, Sha256Sums, read_regular, sha256_hex};
 use engram_kernels::quant::quantize_rows;
 use engram_kernels::rng::SplitMix64;
 use engram_store::format::RowLayout;

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args as ClapArgs;
+use engram_files::tokenizer;
+use engram_kernels::CompressionTable;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::rng::SplitMix64;
-use engram_kernels::{CompressionTable, tokenizer};
 use engram_store::candidates::{CANDIDATES_FILE, MAX_CANDIDATES_K};
 use engram_store::records::RECORDS_FILE;
 use engram_store::workload::parse_bytes;

