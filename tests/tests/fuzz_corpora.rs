@@ -20,7 +20,7 @@ const TARGETS: &[(&str, FuzzFn)] = &[
     ("model_config", moe_core::fuzz::model_config),
     ("sha256sums", engram_files::fuzz::sha256sums),
     ("candidates", engram_store::fuzz::candidates),
-    ("service_protocol", engram_service::fuzz::protocol),
+    ("service_protocol", engram_server::fuzz::protocol),
 ];
 
 fn fuzz_dir() -> PathBuf {

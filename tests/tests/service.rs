@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use engram_service::{ClientOptions, RemoteStore, Server, ServerOptions, TableSpec};
+use engram_client::{ClientOptions, RemoteStore};
+use engram_server::{Server, ServerOptions, TableSpec};
 use engram_store::{BackendKind, RowSource, StoreOptions};
 use engram_tools::build::{BuildArgs, run};
 use moe_core::golden::{self, LOGIT_TOLERANCE};

@@ -482,7 +482,7 @@ fn check_canonical(ids: &[i64], vocab: u64) -> Result<()> {
 
 /// A client of the service at `address`; the options that belong to the server (backend,
 /// cache, profile, read options) are refused rather than silently ignored.
-fn open_service(address: &str, c: &OpenConfig) -> Result<engram_service::RemoteStore> {
+fn open_service(address: &str, c: &OpenConfig) -> Result<engram_client::RemoteStore> {
     let set = [
         ("backend", c.backend.is_some()),
         ("cache_bytes", c.cache_bytes > 0),
@@ -500,16 +500,16 @@ fn open_service(address: &str, c: &OpenConfig) -> Result<engram_service::RemoteS
             ),
         });
     }
-    let options = engram_service::ClientOptions {
+    let options = engram_client::ClientOptions {
         slots: SERVICE_SLOTS,
         slot_rows: c
             .max_batch_rows
-            .map_or(engram_service::client::DEFAULT_SLOT_ROWS, |r| {
+            .map_or(engram_client::client::DEFAULT_SLOT_ROWS, |r| {
                 u32::try_from(r).unwrap_or(u32::MAX)
             }),
-        ..engram_service::ClientOptions::default()
+        ..engram_client::ClientOptions::default()
     };
-    engram_service::RemoteStore::connect(address, &options)
+    engram_client::RemoteStore::connect(address, &options)
         .map_err(|e| Error::Store(engram_store::Error::from(e)))
 }
 

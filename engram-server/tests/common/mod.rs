@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use engram_kernels::EngramConfig;
-use engram_service::{Server, ServerOptions, TableSpec};
+use engram_server::{Server, ServerOptions, TableSpec};
 use engram_store::synth::{SynthSpec, synth_row, write_synth};
 use engram_store::{BackendKind, BackendOptions, RowLayout, StoreOptions};
 

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::error::{Result, io};
+use engram_client::error::{Result, io};
 
 /// A signal the server acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

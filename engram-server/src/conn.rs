@@ -15,18 +15,18 @@ use std::time::{Duration, Instant};
 
 use engram_store::{AlignedBuf, Speculation, Ticket};
 
-use crate::bell::{Doorbell, ServerWait, Woke, spin_then};
-use crate::error::{Result, violation};
-use crate::protocol::{
+use crate::Shared;
+use crate::metrics::ClientMetrics;
+use crate::table::Served;
+use engram_client::bell::{Doorbell, ServerWait, Woke, spin_then};
+use engram_client::error::{Result, violation};
+use engram_client::protocol::{
     Cqe, H_CLIENT_FLAGS, H_CQ_HEAD, H_CQ_TAIL, H_SERVER_FLAGS, H_SQ_HEAD, H_SQ_TAIL,
     MAX_ERROR_BYTES, NO_SLOT, OP_CANCEL, OP_LOOKUP, OP_SPECULATE, RegionLayout, Reply, Request,
     SQE_BYTES, ST_ERROR, ST_NOT_TAKEN, ST_OK, ST_TABLE_CHANGED, Sqe, ring_used,
 };
-use crate::server::Shared;
-use crate::server::metrics::ClientMetrics;
-use crate::server::table::Served;
-use crate::shm::Region;
-use crate::wire;
+use engram_client::shm::Region;
+use engram_client::wire;
 
 /// Speculations one client may have running (older ones are let go: they finish, they
 /// just cannot be cancelled any more).
@@ -74,7 +74,7 @@ pub struct Conn<'a> {
 pub enum End {
     HangUp,
     Shutdown,
-    Violation(crate::error::ServiceError),
+    Violation(engram_client::error::ServiceError),
 }
 
 impl<'a> Conn<'a> {

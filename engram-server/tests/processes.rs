@@ -13,7 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
-use engram_service::{AllowRule, ClientOptions, RemoteStore, Server, ServerOptions, TableSpec};
+use engram_client::{ClientOptions, RemoteStore};
+use engram_server::{AllowRule, Server, ServerOptions, TableSpec};
 use engram_store::{BackendKind, RowSource};
 
 const CHILD_ENV: &str = "ENGRAM_SERVICE_TEST_CHILD";

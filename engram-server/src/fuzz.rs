@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use engram_store::RowSource;
 
-use crate::protocol::{H_CQ_TAIL, H_SQ_TAIL, SQE_BYTES};
-use crate::raw::RawClient;
-use crate::{ClientOptions, RemoteStore, Server, ServerOptions, TableSpec};
+use crate::{Server, ServerOptions, TableSpec};
+use engram_client::protocol::{H_CQ_TAIL, H_SQ_TAIL, SQE_BYTES};
+use engram_client::raw::RawClient;
+use engram_client::{ClientOptions, RemoteStore};
 
 struct Fixture {
     _server: Server,

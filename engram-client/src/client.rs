@@ -32,8 +32,8 @@ use crate::protocol::{
     OP_CANCEL, OP_LOOKUP, OP_SPECULATE, PROTOCOL_VERSION, REGION_MAGIC, RegionLayout, Reply,
     Request, ST_ERROR, ST_OK, ST_TABLE_CHANGED, Sqe, incompatible, ring_used,
 };
-use crate::server::metrics::ServiceStats;
 use crate::shm::Region;
+use crate::stats::ServiceStats;
 use crate::wire;
 
 /// How long connecting and each control request may take.

@@ -7,9 +7,9 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use engram_service::protocol::{H_CQ_TAIL, H_SQ_TAIL, OP_LOOKUP, Sqe};
-use engram_service::raw::RawClient;
-use engram_service::{ClientOptions, RemoteStore, ServiceError, Target};
+use engram_client::protocol::{H_CQ_TAIL, H_SQ_TAIL, OP_LOOKUP, Sqe};
+use engram_client::raw::RawClient;
+use engram_client::{ClientOptions, RemoteStore, ServiceError, Target};
 use engram_store::{BackendKind, RowSource, Store};
 
 fn client(sock: &std::path::Path, table: Option<&str>) -> RemoteStore {
@@ -250,10 +250,10 @@ fn a_client_that_breaks_the_protocol_is_cut_off_alone() {
     });
     let mut b = [0u8; 32];
     raw.region.read(raw.layout.cqe(0), &mut b).expect("cqe");
-    let c = engram_service::protocol::Cqe::decode(&b);
+    let c = engram_client::protocol::Cqe::decode(&b);
     assert_eq!(
         (c.slot, c.status, c.tag),
-        (0, engram_service::protocol::ST_ERROR, 9)
+        (0, engram_client::protocol::ST_ERROR, 9)
     );
     let mut text = vec![0u8; c.detail as usize];
     raw.region
@@ -478,9 +478,9 @@ fn prometheus_text_parses() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(100, 5);
     let table = make_table(tmp.path(), "t\"q", &s);
-    let mut o = engram_service::ServerOptions::new(
+    let mut o = engram_server::ServerOptions::new(
         tmp.path().join("m.sock"),
-        vec![engram_service::TableSpec {
+        vec![engram_server::TableSpec {
             name: "t\"q".into(),
             path: table,
         }],
@@ -488,7 +488,7 @@ fn prometheus_text_parses() {
     o.store = store_options(BackendKind::Pread, 16 << 10);
     o.metrics_addr = Some("127.0.0.1:0".parse().expect("addr"));
     o.max_clients = 8;
-    let server = engram_service::Server::start(o).expect("server");
+    let server = engram_server::Server::start(o).expect("server");
     let remote = client(server.socket(), None);
     let mut out = vec![0u8; 4 * remote.row_bytes()];
     remote
@@ -667,9 +667,9 @@ fn clients_with_deep_queues_share_few_store_slots() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(300, 13);
     let table = make_table(tmp.path(), "t", &s);
-    let mut o = engram_service::ServerOptions::new(
+    let mut o = engram_server::ServerOptions::new(
         tmp.path().join("q.sock"),
-        vec![engram_service::TableSpec {
+        vec![engram_server::TableSpec {
             name: "t".into(),
             path: table,
         }],
@@ -677,7 +677,7 @@ fn clients_with_deep_queues_share_few_store_slots() {
     o.store = store_options(BackendKind::Pread, 0);
     o.store.max_in_flight = 8;
     o.max_clients = 4;
-    let server = engram_service::Server::start(o).expect("server");
+    let server = engram_server::Server::start(o).expect("server");
     std::thread::scope(|scope| {
         for c in 0..4u64 {
             let sock = server.socket().to_path_buf();
@@ -718,7 +718,7 @@ fn clients_with_deep_queues_share_few_store_slots() {
 
 #[test]
 fn connections_that_never_say_hello_are_counted_and_limited() {
-    use engram_service::server::MAX_HANDSHAKES;
+    use engram_server::MAX_HANDSHAKES;
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(100, 5);
     let table = make_table(tmp.path(), "t", &s);

@@ -322,7 +322,7 @@ pub enum Reply {
     Refused {
         reason: String,
     },
-    Stats(crate::server::metrics::ServiceStats),
+    Stats(crate::stats::ServiceStats),
     Reloaded {
         tables: Vec<ReloadOutcome>,
     },

@@ -6,7 +6,7 @@
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use crate::error::{Result, ServiceError, io};
+use engram_client::error::{Result, ServiceError, io};
 
 /// Most groups read from `/proc/PID/status` for one peer.
 pub const MAX_PEER_GROUPS: usize = 65_536;

@@ -1,16 +1,17 @@
-//! The Engram storage-tier service: one process owns the tables, the hot-row cache and the
-//! I/O; every engine on the host attaches to it.
+//! The client side of the Engram storage-tier service, and the protocol both sides speak.
+//! One process (`engram serve`, the `engram-server` crate) owns the tables, the hot-row
+//! cache and the I/O; every engine on the host attaches to it with this crate, which links
+//! no server.
 //!
-//! - [`Server`] (behind `engram serve`): opens tables read-only, listens on a Unix socket
-//!   (mode 0600, or 0660 with a group), checks each peer's credentials, and gives each
-//!   client its own shared region (submission and completion rings, per-slot id and row
-//!   areas) and its own serving thread. Rows are written once, by the server, into memory
-//!   the client reads; nothing row-sized crosses the socket.
 //! - [`RemoteStore`]: the client, implementing [`engram_store::RowSource`] like the
 //!   in-process `Store`, so the decoder, the CLIs and the bindings take either.
+//! - The protocol both sides speak, in one place: messages and the shared region's layout
+//!   ([`protocol`]), socket framing with descriptor passing ([`wire`]), the shared-memory
+//!   region ([`shm`]), the doorbells that wake a waiting peer ([`bell`]), and what a
+//!   control client gets back from the server ([`stats`]).
 //!
 //! ```no_run
-//! use engram_service::{ClientOptions, RemoteStore};
+//! use engram_client::{ClientOptions, RemoteStore};
 //! use engram_store::RowSource;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = RemoteStore::connect("unix:/run/engram/engram.sock", &ClientOptions::default())?;
@@ -32,19 +33,13 @@
 pub mod bell;
 pub mod client;
 pub mod error;
-#[doc(hidden)]
-pub mod fuzz;
 pub mod protocol;
 #[doc(hidden)]
 pub mod raw;
-pub mod server;
 pub mod shm;
-pub mod signals;
+pub mod stats;
 pub mod wire;
 
 pub use client::{ClientOptions, RemoteStore, Target};
 pub use error::{Result, ServiceError};
-pub use server::auth::AllowRule;
-pub use server::metrics::ServiceStats;
-pub use server::table::TableSpec;
-pub use server::{Server, ServerOptions};
+pub use stats::ServiceStats;

@@ -6,9 +6,9 @@ use std::sync::{Arc, RwLock};
 
 use engram_store::{Store, StoreOptions};
 
-use crate::error::{Result, ServiceError};
-use crate::protocol::{ReloadOutcome, incompatible};
-use crate::server::metrics::Counters;
+use crate::metrics::Counters;
+use engram_client::error::{Result, ServiceError};
+use engram_client::protocol::{ReloadOutcome, incompatible};
 
 /// `NAME=PATH` or `PATH` (the name is then the directory's last component).
 #[derive(Debug, Clone, PartialEq, Eq)]

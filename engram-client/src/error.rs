@@ -67,7 +67,8 @@ impl From<ServiceError> for engram_store::Error {
 /// `Result` with this crate's [`ServiceError`].
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
-pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> ServiceError {
+/// An I/O error of operation `op` on `path`.
+pub fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> ServiceError {
     ServiceError::Io {
         op,
         path: path.to_path_buf(),
@@ -76,7 +77,7 @@ pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Erro
 }
 
 /// A protocol violation by `peer`.
-pub(crate) fn violation(
+pub fn violation(
     peer: &'static str,
     what: &'static str,
     expected: impl ToString,

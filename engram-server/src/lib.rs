@@ -1,12 +1,36 @@
-//! The server behind `engram serve`: opens the tables, listens on a Unix socket, checks
-//! each peer, gives each attached client a region and a thread, serves Prometheus text,
-//! and reloads tables on request.
+//! The Engram storage-tier server, behind `engram serve`: one process owns the tables, the
+//! hot-row cache and the I/O; every engine on the host attaches to it with
+//! `engram-client`'s `RemoteStore`.
+//!
+//! [`Server`] opens the tables read-only, listens on a Unix socket (mode 0600, or 0660
+//! with a group), checks each peer's credentials ([`auth`]), and gives each client its own
+//! shared region (submission and completion rings, per-slot id and row areas) and its own
+//! serving thread ([`conn`]). Rows are written once, by the server, into memory the client
+//! reads; nothing row-sized crosses the socket. It serves Prometheus text ([`http`]),
+//! reloads tables on request or on SIGHUP ([`signals`]) and stops on SIGTERM.
+//!
+//! The protocol, the socket framing and the shared-memory region it serves are
+//! `engram-client`'s ([`engram_client::protocol`]): one definition for both sides.
+#![deny(unsafe_code)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::todo,
+    clippy::unimplemented
+)]
 
 pub mod auth;
 pub mod conn;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod metrics;
+pub mod signals;
 pub mod table;
+
+pub use auth::AllowRule;
+pub use engram_client::stats::ServiceStats;
+pub use table::TableSpec;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,18 +44,19 @@ use std::time::{Duration, Instant};
 
 use engram_store::StoreOptions;
 
-use crate::bell::Doorbell;
-use crate::error::{Result, ServiceError, io};
-use crate::protocol::{
+use auth::Peer;
+use conn::{Conn, End};
+use engram_client::bell::Doorbell;
+use engram_client::error::{Result, ServiceError, io};
+use engram_client::protocol::{
     H_MAGIC, H_ROW_BYTES, H_SLOT_ROWS, H_SLOTS, H_VERSION, MAX_SLOT_ROWS, MAX_SLOTS, MAX_SPIN_US,
     MAX_TABLE_NAME_BYTES, PROTOCOL_VERSION, REGION_MAGIC, RegionLayout, Reply, Request,
 };
-use crate::shm::Region;
-use crate::wire;
-use auth::{AllowRule, Peer};
-use conn::{Conn, End};
-use metrics::{ClientMetrics, Counters, ServiceMetrics, ServiceStats, TableStats};
-use table::{Served, TableSpec};
+use engram_client::shm::Region;
+use engram_client::stats::TableStats;
+use engram_client::wire;
+use metrics::{ClientMetrics, Counters, ServiceMetrics};
+use table::Served;
 
 /// Hard upper bound on `max_clients`.
 pub const MAX_CLIENTS_LIMIT: usize = 4096;
@@ -271,7 +296,7 @@ impl Server {
     }
 
     /// Reopens every table (see [`Served::reload`]).
-    pub fn reload(&self) -> Vec<crate::protocol::ReloadOutcome> {
+    pub fn reload(&self) -> Vec<engram_client::protocol::ReloadOutcome> {
         self.shared.reload()
     }
 
@@ -679,7 +704,7 @@ impl Shared {
         (self.options.store.max_in_flight / self.options.max_clients).max(1)
     }
 
-    pub fn reload(&self) -> Vec<crate::protocol::ReloadOutcome> {
+    pub fn reload(&self) -> Vec<engram_client::protocol::ReloadOutcome> {
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         self.tables
             .iter()

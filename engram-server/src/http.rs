@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::error::{Result, io};
-use crate::server::Shared;
+use crate::Shared;
+use engram_client::error::{Result, io};
 
 /// Largest request head read.
 pub const MAX_REQUEST_BYTES: usize = 8192;
