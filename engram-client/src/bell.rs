@@ -62,6 +62,7 @@ impl Doorbell {
         }
     }
 
+    /// The doorbell's descriptor (sent to the peer at attach).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -182,6 +183,8 @@ impl std::fmt::Debug for ServerWait {
 }
 
 impl ServerWait {
+    /// Waits on the client's submission doorbell and its socket at once (one epoll set), so a
+    /// hang-up ends the wait.
     pub fn new(bell: &Doorbell, sock: BorrowedFd<'_>) -> Result<Self> {
         let e = |err: rustix::io::Errno| io("epoll", Path::new("client"), err.into());
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(e)?;

@@ -52,11 +52,14 @@ pub const DEFAULT_SLOT_ROWS: u32 = 8192;
 /// plain socket path (`TABLE` is a served table's name or directory path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The server's Unix socket.
     pub socket: PathBuf,
+    /// The served table to attach to (its name or path); `None` when the server serves one.
     pub table: Option<String>,
 }
 
 impl Target {
+    /// Parses `unix:PATH`, `unix:PATH#TABLE` or a plain socket path.
     pub fn parse(s: &str) -> Result<Self> {
         let rest = s.strip_prefix("unix:").unwrap_or(s);
         let (sock, table) = match rest.split_once('#') {
@@ -647,6 +650,7 @@ impl RemoteStore {
         &self.inner.table
     }
 
+    /// The server's socket this client is attached to.
     pub fn socket(&self) -> &Path {
         &self.inner.target.socket
     }

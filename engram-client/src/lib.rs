@@ -23,6 +23,7 @@
 //!
 //! The protocol is documented byte by byte in [`protocol`].
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 #![deny(
     clippy::unwrap_used,
     clippy::panic,

@@ -53,10 +53,15 @@ pub const CQE_BYTES: usize = 32;
 pub const HEADER_BYTES: usize = 4096;
 
 // Header fields (byte offsets). Each ring index sits in its own cache line.
+/// Header field: the region's magic ([`REGION_MAGIC`]).
 pub const H_MAGIC: usize = 0;
+/// Header field: the protocol version ([`PROTOCOL_VERSION`]).
 pub const H_VERSION: usize = 8;
+/// Header field: slots (requests in flight) granted.
 pub const H_SLOTS: usize = 12;
+/// Header field: rows per slot granted.
 pub const H_SLOT_ROWS: usize = 16;
+/// Header field: bytes per row.
 pub const H_ROW_BYTES: usize = 20;
 /// Submission ring head (written by the server).
 pub const H_SQ_HEAD: usize = 64;
@@ -96,15 +101,23 @@ pub const ST_TABLE_CHANGED: u32 = 3;
 /// (`slots`, `slot_rows`, `row_bytes`); nothing else about it crosses the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegionLayout {
+    /// Slots (requests in flight) granted.
     pub slots: u32,
+    /// Rows per slot (the most ids one request carries).
     pub slot_rows: u32,
+    /// Bytes per row (the table's `row_bytes`).
     pub row_bytes: u32,
     /// Entries per ring (twice the slots: room for cancels beside every slot's request).
     pub ring: u32,
+    /// Offset of the submission ring.
     pub sq: usize,
+    /// Offset of the completion ring.
     pub cq: usize,
+    /// Offset of the slots' error text areas ([`MAX_ERROR_BYTES`] each).
     pub errors: usize,
+    /// Offset of the slots' id areas (`slot_rows` x u64 each).
     pub ids: usize,
+    /// Offset of the slots' row areas (`row_stride` apart).
     pub rows: usize,
     /// Bytes between two slots' row areas (a multiple of 64).
     pub row_stride: usize,
@@ -211,9 +224,13 @@ impl RegionLayout {
 /// A submission entry (32 bytes, little-endian): op, slot, layer, rows, tag, 8 zero bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sqe {
+    /// [`OP_LOOKUP`], [`OP_SPECULATE`] or [`OP_CANCEL`].
     pub op: u32,
+    /// The slot whose id area holds the request's ids and whose row area gets its rows ([`NO_SLOT`] for a cancel).
     pub slot: u32,
+    /// Layer index in the table (not the layer id).
     pub layer: u32,
+    /// Ids in the slot's id area (at most `slot_rows`).
     pub rows: u32,
     /// The client's request number, echoed in the completion (and named by a cancel).
     pub tag: u64,
@@ -232,6 +249,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 impl Sqe {
+    /// The entry's 32 bytes as they sit in the ring.
     pub fn encode(&self) -> [u8; SQE_BYTES] {
         let mut b = [0u8; SQE_BYTES];
         b[0..4].copy_from_slice(&self.op.to_le_bytes());
@@ -242,6 +260,7 @@ impl Sqe {
         b
     }
 
+    /// Reads an entry from the ring (values are checked by the server, not here).
     pub fn decode(b: &[u8; SQE_BYTES]) -> Self {
         Self {
             op: u32_at(b, 0),
@@ -256,14 +275,18 @@ impl Sqe {
 /// A completion entry (32 bytes, little-endian): slot, status, tag, detail, 12 zero bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cqe {
+    /// The slot the request used ([`NO_SLOT`] for a speculation).
     pub slot: u32,
+    /// [`ST_OK`], [`ST_ERROR`], [`ST_NOT_TAKEN`] or [`ST_TABLE_CHANGED`].
     pub status: u32,
+    /// The request's tag, echoed.
     pub tag: u64,
     /// Bytes of error text in the slot's error area (status [`ST_ERROR`]).
     pub detail: u32,
 }
 
 impl Cqe {
+    /// The entry's 32 bytes as they sit in the ring.
     pub fn encode(&self) -> [u8; CQE_BYTES] {
         let mut b = [0u8; CQE_BYTES];
         b[0..4].copy_from_slice(&self.slot.to_le_bytes());
@@ -273,6 +296,7 @@ impl Cqe {
         b
     }
 
+    /// Reads an entry from the ring (values are checked by the client, not here).
     pub fn decode(b: &[u8; CQE_BYTES]) -> Self {
         Self {
             slot: u32_at(b, 0),
@@ -290,9 +314,13 @@ pub enum Request {
     /// Attach to a table: `table` names it (a served table's name or path; none when the
     /// server serves one table). The server may grant fewer slots or rows than asked.
     Hello {
+        /// The client's [`PROTOCOL_VERSION`].
         version: u32,
+        /// The table to attach to (a served table's name or path).
         table: Option<String>,
+        /// Slots (requests in flight) asked for.
         slots: u32,
+        /// Rows per slot asked for.
         slot_rows: u32,
         /// Microseconds the server polls this client's ring before sleeping.
         server_spin_us: u32,
@@ -310,23 +338,36 @@ pub enum Request {
 pub enum Reply {
     /// The client is attached; the region and doorbells come with this frame.
     Welcome {
+        /// The server's [`PROTOCOL_VERSION`].
         version: u32,
+        /// The client's number on this server.
         client_id: u64,
+        /// The name of the table attached.
         table: String,
         /// The table's `manifest.json`.
         manifest: String,
+        /// The table's store backend (`uring`, `pread`, ...).
         backend: String,
+        /// Slots granted (at most those asked).
         slots: u32,
+        /// Rows per slot granted.
         slot_rows: u32,
     },
+    /// The server refused the client (credentials, limits, unknown table).
     Refused {
+        /// Why.
         reason: String,
     },
+    /// Counters and latencies (the answer to [`Request::Stats`]).
     Stats(crate::stats::ServiceStats),
+    /// Tables reopened (the answer to [`Request::Reload`]).
     Reloaded {
+        /// What happened to each table.
         tables: Vec<ReloadOutcome>,
     },
+    /// A request failed.
     Error {
+        /// Why.
         reason: String,
     },
 }
@@ -334,6 +375,7 @@ pub enum Reply {
 /// What a reload did to one table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadOutcome {
+    /// The table's name.
     pub table: String,
     /// `reloaded`, `reloaded (new shape: ...)` or `failed: ...` (the old table stays).
     pub outcome: String,

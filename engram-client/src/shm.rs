@@ -118,10 +118,12 @@ impl Region {
         self.fd.as_fd()
     }
 
+    /// Bytes mapped.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the region maps no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -17,26 +17,36 @@ pub const LATENCY_BUCKETS_S: [f64; 14] = [
 /// Requests, rows, errors and latency of a table or a client.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RequestStats {
+    /// Requests completed.
     pub requests: u64,
+    /// Rows requested by them.
     pub rows: u64,
+    /// Requests that failed.
     pub errors: u64,
+    /// Requests taken off the ring and not yet completed.
     pub in_flight: u64,
     /// From the server taking the request off the ring to posting its completion.
     pub latency: LatencySummary,
     /// Requests at most each of [`LATENCY_BUCKETS_S`] (cumulative).
     pub buckets: Vec<u64>,
+    /// Sum of the request latencies, in seconds (Prometheus `_sum`).
     pub latency_sum_s: f64,
 }
 
 /// One served table.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TableStats {
+    /// The table's name.
     pub name: String,
+    /// The table's directory.
     pub path: String,
+    /// The store backend serving it.
     pub backend: String,
     /// Bumped by every reload that changed the table's shape.
     pub epoch: u64,
+    /// Clients attached to it now.
     pub clients: u64,
+    /// Requests served from it.
     pub requests: RequestStats,
     /// The table's store (cache, I/O, tiers); counters restart at a reload.
     pub store: StatsSnapshot,
@@ -45,23 +55,36 @@ pub struct TableStats {
 /// One attached client.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientStats {
+    /// The client's number on the server.
     pub id: u64,
+    /// The client process's user id.
     pub uid: u32,
+    /// The client process's id.
     pub pid: i32,
+    /// The table it is attached to.
     pub table: String,
+    /// Requests it made.
     pub requests: RequestStats,
 }
 
 /// What `engram stats --service` shows.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ServiceStats {
+    /// The server's Unix socket.
     pub socket: String,
+    /// Clients attached now.
     pub clients: u64,
+    /// Connections accepted since start.
     pub connections_total: u64,
+    /// Connections refused (credentials, limits, unknown table).
     pub refused_total: u64,
+    /// Clients disconnected for breaking the protocol.
     pub protocol_violations_total: u64,
+    /// Table reloads (SIGHUP or control command).
     pub reloads_total: u64,
+    /// Every served table.
     pub tables: Vec<TableStats>,
+    /// Every attached client.
     pub client_list: Vec<ClientStats>,
 }
 

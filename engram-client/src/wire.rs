@@ -48,7 +48,9 @@ fn encode(msg: &impl Serialize) -> Result<Vec<u8>> {
 /// server stopping).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound<'a> {
+    /// When the frame must have crossed.
     pub deadline: Instant,
+    /// Set when the waiting side should give up early (the server stopping).
     pub stop: Option<&'a AtomicBool>,
 }
 

@@ -1,7 +1,7 @@
 //! Engram's input files: everything that finds and reads a file from a path the user or the
 //! environment names, so the compute crate (`engram-kernels`) does no I/O.
 //!
-//! - [`file`]: opening input files defensively (regular files only, no FIFO hang, a named
+//! - [`file`](mod@file): opening input files defensively (regular files only, no FIFO hang, a named
 //!   size limit on every read) and the `SHA256SUMS` list that pins published files.
 //! - [`tokenizer`]: finding `tokenizer.json` (`--tokenizer`, `$ENGRAM_TOKENIZER`, the cache
 //!   `scripts/fetch-tokenizer.sh` fills) and loading it with its SHA-256 fingerprint.

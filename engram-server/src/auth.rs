@@ -15,15 +15,20 @@ pub const MAX_PEER_GROUPS: usize = 65_536;
 /// members (primary or supplementary) of one group.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllowRule {
+    /// Users allowed besides the server's own and root.
     pub uids: Vec<u32>,
+    /// A group whose members are allowed.
     pub gid: Option<u32>,
 }
 
 /// A connected peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
+    /// The peer's process id.
     pub pid: i32,
+    /// The peer's user id.
     pub uid: u32,
+    /// The peer's primary group id.
     pub gid: u32,
 }
 

@@ -47,16 +47,27 @@ struct Pending {
 /// The serving state of one client.
 #[derive(Debug)]
 pub struct Conn<'a> {
+    /// The server's state.
     pub shared: &'a Shared,
+    /// The table this client is attached to.
     pub table: &'a Served,
+    /// The table's epoch when the client attached (a newer one with another shape ends it).
     pub epoch: u64,
+    /// The client's control socket.
     pub sock: UnixStream,
+    /// The client's shared region.
     pub region: Region,
+    /// Where everything lives in the region.
     pub layout: RegionLayout,
+    /// Rung by the client when it submits.
     pub sq_bell: Doorbell,
+    /// Rung by the server when it completes.
     pub cq_bell: Doorbell,
+    /// How long to poll the ring before sleeping.
     pub spin: Duration,
+    /// This client's counters.
     pub metrics: Arc<ClientMetrics>,
+    /// Sleeps on the submission doorbell and the socket.
     pub wait: ServerWait,
     /// Requests this client may have in the store at once (`Shared::client_in_flight`).
     max_pending: usize,
@@ -72,12 +83,16 @@ pub struct Conn<'a> {
 /// Why a client's loop ended.
 #[derive(Debug)]
 pub enum End {
+    /// The client closed its socket.
     HangUp,
+    /// The server is stopping.
     Shutdown,
+    /// The client broke the protocol (it is disconnected).
     Violation(engram_client::error::ServiceError),
 }
 
 impl<'a> Conn<'a> {
+    /// The serving state of a client that has just been welcomed.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: &'a Shared,

@@ -26,6 +26,7 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
+    /// Binds `addr` and serves `GET /metrics` from a thread of its own.
     pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> Result<Self> {
         let here = Path::new("metrics address");
         let listener = TcpListener::bind(addr).map_err(|e| io("bind", here, e))?;
@@ -54,6 +55,7 @@ impl MetricsServer {
         })
     }
 
+    /// The bound address (the real port when asked for port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

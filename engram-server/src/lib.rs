@@ -12,6 +12,7 @@
 //! The protocol, the socket framing and the shared-memory region it serves are
 //! `engram-client`'s ([`engram_client::protocol`]): one definition for both sides.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 #![deny(
     clippy::unwrap_used,
     clippy::panic,
@@ -83,15 +84,22 @@ const ACCEPT_POLL: Duration = Duration::from_millis(100);
 /// How to run a server.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
+    /// The Unix socket to listen on (created; an existing socket there is replaced).
     pub socket: PathBuf,
+    /// The tables to serve (at least one).
     pub tables: Vec<TableSpec>,
     /// How each table's store is opened (its cache budget is the one copy every client
     /// shares).
     pub store: StoreOptions,
+    /// Most clients attached at once (at most [`MAX_CLIENTS_LIMIT`]).
     pub max_clients: usize,
+    /// Most slots (requests in flight) granted to one client.
     pub max_client_slots: u32,
+    /// Most bytes of shared region granted to one client.
     pub max_client_bytes: u64,
+    /// Longest a client may ask the server to poll its ring, in microseconds.
     pub max_spin_us: u32,
+    /// Who may connect besides the server's own user and root.
     pub allow: AllowRule,
     /// Group that may connect (socket mode 0660 and the allow rule); `None`: mode 0600.
     pub group: Option<u32>,
@@ -100,6 +108,7 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
+    /// Options with the defaults (the `DEFAULT_*` limits), serving `tables` at `socket`.
     pub fn new(socket: PathBuf, tables: Vec<TableSpec>) -> Self {
         Self {
             socket,
@@ -122,9 +131,13 @@ impl ServerOptions {
 /// State shared by the server's threads.
 #[derive(Debug)]
 pub struct Shared {
+    /// The options the server was started with.
     pub options: ServerOptions,
+    /// The served tables.
     pub tables: Vec<Served>,
+    /// What the service counts.
     pub metrics: ServiceMetrics,
+    /// Set when the server is stopping.
     pub stop: AtomicBool,
     clients: AtomicUsize,
     /// Connections between accept and the end of their handshake.
@@ -281,6 +294,7 @@ impl Server {
         })
     }
 
+    /// The socket the server listens on.
     pub fn socket(&self) -> &Path {
         &self.shared.options.socket
     }
@@ -300,10 +314,12 @@ impl Server {
         self.shared.reload()
     }
 
+    /// Counters and latencies of every table and client.
     pub fn stats(&self) -> ServiceStats {
         self.shared.stats()
     }
 
+    /// [`Server::stats`] as Prometheus text.
     pub fn prometheus(&self) -> String {
         self.shared.stats().prometheus()
     }
@@ -704,6 +720,7 @@ impl Shared {
         (self.options.store.max_in_flight / self.options.max_clients).max(1)
     }
 
+    /// Reopens every table (see [`Served::reload`]).
     pub fn reload(&self) -> Vec<engram_client::protocol::ReloadOutcome> {
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         self.tables
@@ -724,6 +741,7 @@ impl Shared {
         }
     }
 
+    /// Counters and latencies of every table and client.
     pub fn stats(&self) -> ServiceStats {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ServiceStats {

@@ -32,6 +32,7 @@ impl Default for Counters {
 }
 
 impl Counters {
+    /// A request was taken off the ring.
     pub fn started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
@@ -41,6 +42,7 @@ impl Counters {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A started request completed with `rows` rows in `ns` nanoseconds (`ok`: without error).
     pub fn finished(&self, rows: usize, ns: u64, ok: bool) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -81,45 +83,59 @@ impl Counters {
 /// One attached client.
 #[derive(Debug)]
 pub struct ClientMetrics {
+    /// The client's number.
     pub id: u64,
+    /// Its user id.
     pub uid: u32,
+    /// Its process id.
     pub pid: i32,
+    /// The table it is attached to.
     pub table: String,
+    /// Its requests.
     pub counters: Counters,
 }
 
 /// Everything the service counts.
 #[derive(Debug, Default)]
 pub struct ServiceMetrics {
+    /// Connections accepted.
     pub connections: AtomicU64,
+    /// Connections refused.
     pub refused: AtomicU64,
+    /// Clients disconnected for breaking the protocol.
     pub violations: AtomicU64,
+    /// Table reloads.
     pub reloads: AtomicU64,
     clients: Mutex<Vec<Arc<ClientMetrics>>>,
 }
 
 impl ServiceMetrics {
+    /// Counts an attached client.
     pub fn add_client(&self, c: Arc<ClientMetrics>) {
         if let Ok(mut v) = self.clients.lock() {
             v.push(c);
         }
     }
 
+    /// Forgets a client that detached.
     pub fn remove_client(&self, id: u64) {
         if let Ok(mut v) = self.clients.lock() {
             v.retain(|c| c.id != id);
         }
     }
 
+    /// The clients attached now.
     pub fn clients(&self) -> Vec<Arc<ClientMetrics>> {
         self.clients.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
 
+/// What a table's counters show a control client.
 pub fn table_view(counters: &Counters) -> RequestStats {
     counters.view()
 }
 
+/// What a client's counters show a control client.
 pub fn client_view(c: &ClientMetrics) -> ClientStats {
     ClientStats {
         id: c.id,

@@ -11,7 +11,9 @@ use engram_client::error::{Result, io};
 /// A signal the server acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
+    /// SIGHUP: reopen the tables.
     Reload,
+    /// SIGTERM or SIGINT: stop.
     Stop,
 }
 

@@ -13,11 +13,14 @@ use engram_client::protocol::{ReloadOutcome, incompatible};
 /// `NAME=PATH` or `PATH` (the name is then the directory's last component).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSpec {
+    /// The name clients attach by.
     pub name: String,
+    /// The table's directory.
     pub path: PathBuf,
 }
 
 impl TableSpec {
+    /// Parses `NAME=PATH` or `PATH`.
     pub fn parse(s: &str) -> Result<Self> {
         let (name, path) = match s.split_once('=') {
             Some((n, p)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(p)),
@@ -40,6 +43,7 @@ impl TableSpec {
 /// One version of a served table.
 #[derive(Debug)]
 pub struct TableState {
+    /// The table's store.
     pub store: Store,
     /// Clients attached under another epoch get "table changed" (the shape differs).
     pub epoch: u64,
@@ -50,11 +54,15 @@ pub struct TableState {
 /// A table the server serves.
 #[derive(Debug)]
 pub struct Served {
+    /// The name clients attach by.
     pub name: String,
+    /// The directory it was opened from.
     pub path: PathBuf,
     canonical: Option<PathBuf>,
     state: RwLock<Arc<TableState>>,
+    /// Requests served from it.
     pub counters: Counters,
+    /// Clients attached to it now.
     pub clients: std::sync::atomic::AtomicU64,
 }
 
@@ -73,6 +81,7 @@ fn open_state(path: &Path, options: &StoreOptions, epoch: u64) -> Result<TableSt
 }
 
 impl Served {
+    /// Opens the table read-only.
     pub fn open(spec: &TableSpec, options: &StoreOptions) -> Result<Self> {
         let state = open_state(&spec.path, options, 0)?;
         Ok(Self {
