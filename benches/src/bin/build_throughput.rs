@@ -18,11 +18,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use engram_corpus::corpus::{self, CorpusOptions, Source};
+use engram_corpus::count::{self, Counters, Progress, Strategy};
 use engram_files::tokenizer;
 use engram_kernels::hash::{HashOptions, NgramHasher};
 use engram_kernels::{CompressionTable, EngramConfig, EngramLayout};
-use engram_tools::build::corpus::{self, CorpusOptions, Source};
-use engram_tools::build::count::{self, Counters, Progress, Strategy};
 use tokenizers::Tokenizer;
 
 fn stdlib() -> Result<PathBuf> {

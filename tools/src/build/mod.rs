@@ -6,10 +6,7 @@
 //! `engram-store`'s writer, add the profile and the candidates to the table directory ->
 //! publish them all at once (atomic; `engram_store::publish`).
 
-pub mod candidates;
 pub mod config;
-pub mod corpus;
-pub mod count;
 pub mod fp8_import;
 pub mod records;
 pub mod report;
@@ -38,6 +35,7 @@ use crate::addressing::AddressingArgs;
 use crate::json_line;
 
 /// File name of the traffic profile inside a table directory.
+use engram_corpus::{candidates, corpus, count};
 pub use engram_store::profile::PROFILE_FILE;
 
 /// Free space required beyond the table's own size (temporary files, the profile, and room

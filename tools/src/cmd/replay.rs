@@ -27,8 +27,8 @@ use engram_store::{
 use rayon::prelude::*;
 
 use crate::build::PROFILE_FILE;
-use crate::build::corpus::{self, CorpusOptions};
 use crate::json_line;
+use engram_corpus::corpus::{self, CorpusOptions};
 
 /// DeepSeek-V4-Flash decoder layers (NVIDIA NeMo AutoModel and Vultr model pages).
 pub const V4_FLASH_LAYERS: u64 = 43;

@@ -92,11 +92,17 @@ pub struct DocScratch {
 /// What the candidate table holds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CandidateSummary {
+    /// The file it is written to (`candidates.bin`).
     pub file: &'static str,
+    /// Candidates kept per context.
     pub k: usize,
+    /// Corpus positions counted.
     pub positions: u64,
+    /// Distinct contexts seen.
     pub contexts_seen: u64,
+    /// Contexts kept (those with a continuation).
     pub contexts_kept: u64,
+    /// Bytes of the file.
     pub bytes: u64,
     /// Corpus positions whose next token is among its context's kept candidates (the
     /// order-2 context if kept, else the order-1 context): the in-sample accuracy.

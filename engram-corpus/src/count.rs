@@ -33,8 +33,8 @@ use engram_store::profile::LayerProfile;
 use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
-use super::candidates::{CandidateCounter, DocScratch};
-use super::corpus::{self, CorpusOptions, Skip, Source};
+use crate::candidates::{CandidateCounter, DocScratch};
+use crate::corpus::{self, CorpusOptions, Skip, Source};
 
 mod keys;
 mod pending;
@@ -42,7 +42,7 @@ mod shard;
 mod window;
 
 pub use keys::ContextKeys;
-pub(crate) use window::Packing;
+pub use window::Packing;
 
 use shard::Shard;
 use window::Worker;
@@ -169,18 +169,26 @@ impl Strategy {
 /// Live totals, readable while the pipeline runs (for progress).
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Sources read completely.
     pub sources_done: AtomicU64,
+    /// Bytes read.
     pub bytes: AtomicU64,
+    /// Documents tokenized.
     pub documents: AtomicU64,
+    /// Tokens counted.
     pub tokens: AtomicU64,
 }
 
 /// What the pipeline saw.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CountSummary {
+    /// Sources (files, stdin) read.
     pub sources: u64,
+    /// Documents counted.
     pub documents: u64,
+    /// Bytes read.
     pub bytes: u64,
+    /// Tokens counted.
     pub tokens: u64,
     /// Skipped files or records, with the reason.
     pub skipped: Vec<(String, String)>,
@@ -357,8 +365,11 @@ pub fn curve(profile: &LayerProfile, total_rows: u64, fractions: &[f64]) -> Vec<
 /// One point of the cache-size curve.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct CurvePoint {
+    /// Share of the table's rows kept (the x axis).
     pub fraction_of_rows: f64,
+    /// Rows that share is.
     pub rows: u64,
+    /// Share of all hits those hottest rows take.
     pub hit_share: f64,
 }
 

@@ -13,7 +13,7 @@ use super::{Counters, MAX_PENDING_UPDATES, Strategy, WINDOW_TOKENS};
 /// lowest field. Sorting keys therefore sorts by the most recent id first, and an order-n
 /// n-gram (the n most recent ids) is the key's top n fields.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Packing {
+pub struct Packing {
     bits: u32,
     max_ngram: usize,
     all_pad: u128,
@@ -22,7 +22,7 @@ pub(crate) struct Packing {
 impl Packing {
     /// `None` when ids or the padding id need more than `128 / N` bits, or the padding id is
     /// negative.
-    pub(crate) fn new(layout: &EngramLayout) -> Option<Self> {
+    pub fn new(layout: &EngramLayout) -> Option<Self> {
         let pad = u64::try_from(layout.compressed_pad_id).ok()?;
         let max_id = layout.compressed_vocab_size.saturating_sub(1).max(pad);
         let bits = (u64::BITS - max_id.leading_zeros()).max(1);
@@ -44,7 +44,7 @@ impl Packing {
     }
 
     /// Longest n-gram order a key holds (N).
-    pub(crate) fn max_ngram(&self) -> usize {
+    pub fn max_ngram(&self) -> usize {
         self.max_ngram
     }
 
@@ -61,7 +61,7 @@ impl Packing {
     }
 
     /// The context's N ids, oldest first, as the hasher takes them.
-    pub(crate) fn context(&self, key: u128, out: &mut [i64]) {
+    pub fn context(&self, key: u128, out: &mut [i64]) {
         for (j, c) in out.iter_mut().enumerate().take(self.max_ngram) {
             *c = self.field(key, j);
         }
@@ -92,7 +92,7 @@ impl Packing {
 
     /// The order-`n` n-gram of `key` (its top `n` fields), `2 <= n <= N`.
     #[inline]
-    pub(crate) fn prefix(&self, key: u128, n: usize) -> u128 {
+    pub fn prefix(&self, key: u128, n: usize) -> u128 {
         key >> (self.bits * (self.max_ngram - n) as u32)
     }
 }

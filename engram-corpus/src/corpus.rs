@@ -166,8 +166,11 @@ impl std::fmt::Display for Skip {
 /// The documents of one source, plus what was skipped inside it.
 #[derive(Debug, Default)]
 pub struct Documents {
+    /// The documents' texts.
     pub texts: Vec<String>,
+    /// Bytes read.
     pub bytes: u64,
+    /// Records or files skipped, with the reason.
     pub skipped: Vec<(String, Skip)>,
 }
 

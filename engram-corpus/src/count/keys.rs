@@ -49,7 +49,7 @@ impl ContextKeys {
 
     /// Appends the contexts of one document (compressed ids; it starts with left padding)
     /// to `local`.
-    pub(crate) fn add_document(&self, ids: &[i64], local: &mut Vec<u128>) -> Result<()> {
+    pub fn add_document(&self, ids: &[i64], local: &mut Vec<u128>) -> Result<()> {
         let before = self.taken.fetch_add(ids.len() as u64, Ordering::Relaxed);
         if before.saturating_add(ids.len() as u64) > self.max_tokens {
             bail!(
@@ -68,14 +68,14 @@ impl ContextKeys {
     }
 
     /// Hands over one source's contexts.
-    pub(crate) fn push(&self, local: Vec<u128>) {
+    pub fn push(&self, local: Vec<u128>) {
         if !local.is_empty() {
             lock(&self.parts).push(local);
         }
     }
 
     /// The key packing, to read n-grams back out of the keys.
-    pub(crate) fn packing(&self) -> Packing {
+    pub fn packing(&self) -> Packing {
         self.packing
     }
 
