@@ -50,16 +50,16 @@
 //!
 //! # Dequantising rows
 //!
-//! Table rows are stored as [`RowDtype`]: `F32`, `Bf16`, `F16`, or FP8 E4M3 with one E8M0
+//! Table rows are stored as [`RowLayout`]: `F32`, `Bf16`, `F16`, or FP8 E4M3 with one E8M0
 //! scale per block of values (DeepSeek-V4.1's layout). [`dequantize_rows`] decodes rows to
 //! `f32`, [`quantize_rows`] encodes them (the table builder's side), [`gather_rows`] gathers
 //! and decodes row ids from a whole in-memory layer, and [`memory_vectors`] turns the rows of
 //! `[tokens][heads]` (as a store returns them) into the module's input `e`.
 //!
 //! ```
-//! use engram_kernels::{RowDtype, dequantize_rows, quantize_rows};
+//! use engram_kernels::{RowLayout, dequantize_rows, quantize_rows};
 //! # fn main() -> engram_kernels::Result<()> {
-//! let dtype = RowDtype::Bf16;
+//! let dtype = RowLayout::Bf16;
 //! let width = 4;
 //! let values = [1.0f32, -2.5, 0.125, 3.0]; // one row
 //! let mut bytes = vec![0u8; dtype.row_bytes(width)?];
@@ -115,6 +115,7 @@ pub mod gather;
 pub mod hash;
 pub mod layout;
 pub mod module;
+pub mod preset;
 pub mod primes;
 pub mod quant;
 pub mod reference;
@@ -131,4 +132,5 @@ pub use module::{
     DecodeScratch, EngramModule, EngramModuleConfig, EngramModuleWeights, ForwardTrace,
     PrefillScratch,
 };
-pub use quant::{RowDtype, dequantize_rows, quantize_rows};
+pub use preset::Preset;
+pub use quant::{RowLayout, dequantize_rows, quantize_rows};

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use engram_kernels::{EngramConfig, EngramLayout};
+use engram_kernels::{EngramConfig, EngramLayout, Preset};
 
 use crate::error::{Error, Result};
 use crate::format::{BuildInfo, Manifest, RowLayout};
@@ -15,16 +15,6 @@ pub const SYNTH_TOKENIZER_SHA256: &str = engram_files::tokenizer::DEEPSEEK_TOKEN
 pub const SYNTH_COMPRESSED_VOCAB: u64 = 99_092;
 /// Rows generated per write call.
 const SYNTH_CHUNK_ROWS: usize = 4096;
-
-/// The row layout and width of a published shape.
-pub fn preset_row_format(preset: &str) -> Option<(RowLayout, u32)> {
-    match preset {
-        "demo" => Some((RowLayout::Bf16, 64)),
-        "engram27b" => Some((RowLayout::Bf16, 80)),
-        "v41" => Some((RowLayout::Fp8E4m3E8m0 { scale_block: 32 }, 256)),
-        _ => None,
-    }
-}
 
 #[inline]
 fn splitmix(mut z: u64) -> u64 {
@@ -62,17 +52,15 @@ pub struct SynthSpec {
 impl SynthSpec {
     /// A published shape with every base size replaced by `base_size` (if given).
     pub fn preset(name: &str, base_size: Option<u64>, seed: u64) -> Result<Self> {
-        let mut config = crate::format::preset_config(name).ok_or_else(|| Error::Invalid {
+        let preset = name.parse::<Preset>().map_err(|e| Error::Invalid {
             what: "preset",
-            reason: format!("{name:?}: expected demo, engram27b or v41"),
+            reason: e.to_string(),
         })?;
+        let mut config = preset.config();
         if let Some(s) = base_size {
             config.base_sizes = vec![s; config.base_sizes.len()];
         }
-        let (row_layout, dim) = preset_row_format(name).ok_or_else(|| Error::Invalid {
-            what: "preset",
-            reason: name.to_string(),
-        })?;
+        let (row_layout, dim) = preset.row_format();
         Ok(Self {
             config,
             row_layout,

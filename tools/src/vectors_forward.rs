@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use engram_kernels::gather::row_ids_from_i64;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{
-    EngramConfig, EngramLayout, EngramModule, EngramModuleConfig, EngramModuleWeights, RowDtype,
+    EngramConfig, EngramLayout, EngramModule, EngramModuleConfig, EngramModuleWeights, RowLayout,
     gather_rows,
 };
 use safetensors::{Dtype, SafeTensors};
@@ -227,7 +227,7 @@ pub fn check_forward_file(path: &Path) -> Result<VectorReport> {
     let table_bytes: Vec<u8> = table.iter().flat_map(|x| x.to_le_bytes()).collect();
     let ids = row_ids_from_i64(row_ids_file)?;
     let mut e = vec![0f32; tokens * dm];
-    gather_rows(RowDtype::F32, cfg.head_dim, &table_bytes, &ids, &mut e)
+    gather_rows(RowLayout::F32, cfg.head_dim, &table_bytes, &ids, &mut e)
         .with_context(|| format!("{case}: gathering e"))?;
     compare_floats(
         &mut report,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use engram_kernels::quant::RowDtype;
+use engram_kernels::quant::RowLayout;
 use engram_store::Table;
 use engram_store::profile::Profile;
 use engram_tools::build::values::normal_row;
@@ -111,7 +111,7 @@ fn corpus_to_verified_table_with_profile() {
         let mut v = vec![0f32; dim];
         normal_row(0, 15, row, 1.0, &mut v);
         engram_kernels::quant::quantize_rows(
-            RowDtype::Bf16,
+            RowLayout::Bf16,
             dim,
             &v,
             &mut want[i * table.row_bytes()..(i + 1) * table.row_bytes()],
@@ -309,9 +309,9 @@ fn import_round_trips_exactly_and_within_fp8_error() {
         let mut bytes = vec![0u8; rows * table.row_bytes()];
         table.read_rows_simple(0, &ids, &mut bytes).expect("reads");
         let dtype = if exact {
-            RowDtype::F32
+            RowLayout::F32
         } else {
-            RowDtype::Fp8E4m3 { block: 32 }
+            RowLayout::Fp8E4m3E8m0 { scale_block: 32 }
         };
         let mut back = vec![0f32; rows * dim];
         engram_kernels::quant::dequantize_rows(dtype, dim, &bytes, &mut back).expect("decodes");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
-use engram_kernels::{CompressionTable, RowDtype, dequantize_rows};
+use engram_kernels::{CompressionTable, dequantize_rows};
 use engram_store::{
     BackendKind, BackendOptions, Profile, RowLayout, RowSource, StatsSnapshot, Store, StoreOptions,
 };
@@ -91,10 +91,6 @@ impl RowInfo {
             RowLayout::Fp8E4m3E8m0 { scale_block } => scale_block as usize,
             _ => 0,
         }
-    }
-
-    fn dtype(&self) -> RowDtype {
-        self.layout.dtype()
     }
 }
 
@@ -425,12 +421,7 @@ impl Handle {
                 found: out.len(),
             });
         }
-        Ok(dequantize_rows(
-            self.rows.dtype(),
-            self.rows.dim,
-            rows,
-            out,
-        )?)
+        Ok(dequantize_rows(self.rows.layout, self.rows.dim, rows, out)?)
     }
 
     /// Counters and latencies (a service client asks its server).

@@ -13,7 +13,7 @@ use engram_kernels::conv::ConvState;
 use engram_kernels::gather::memory_vectors;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::module::{DecodeScratch, EngramModule, EngramModuleConfig};
-use engram_kernels::quant::RowDtype;
+use engram_kernels::quant::RowLayout;
 use engram_kernels::{CompressionTable, EngramLayout};
 use std::sync::Arc;
 
@@ -55,7 +55,7 @@ pub struct EngramMemory {
     table: std::path::PathBuf,
     compression: CompressionTable,
     hasher: NgramHasher,
-    dtype: RowDtype,
+    dtype: RowLayout,
     width: usize,
     heads: usize,
     max_ngram: usize,
@@ -158,7 +158,7 @@ impl EngramMemory {
         }
         let layers_len = layers.len();
         Ok(Self {
-            dtype: manifest.row_layout.dtype(),
+            dtype: manifest.row_layout,
             width: e.head_dim,
             heads: e.n_hash_heads,
             max_ngram: e.max_ngram,

@@ -235,7 +235,10 @@ impl<'a> RowValues<'a> {
         layout: RowLayout,
         out: &mut [u8],
     ) -> Result<()> {
-        let row_bytes = usize::try_from(layout.row_bytes(u32::try_from(dim)?)?)?;
+        let row_bytes = usize::try_from(engram_store::format::row_bytes(
+            layout,
+            u32::try_from(dim)?,
+        )?)?;
         ensure!(
             row_bytes > 0 && out.len().is_multiple_of(row_bytes),
             "row buffer of {} bytes is not whole rows of {row_bytes}",
@@ -299,7 +302,7 @@ impl<'a> RowValues<'a> {
 
 /// Encodes `values` (`rows * dim` f32) into `out` in the table's row layout.
 pub fn encode(layout: RowLayout, dim: usize, values: &[f32], out: &mut [u8]) -> Result<()> {
-    quantize_rows(layout.dtype(), dim, values, out)?;
+    quantize_rows(layout, dim, values, out)?;
     Ok(())
 }
 
