@@ -91,7 +91,7 @@ impl RowLayout {
                 let block = scale_block as usize;
                 if block == 0 || !width.is_multiple_of(block) {
                     return Err(Error::InvalidConfig {
-                        field: "fp8 block",
+                        field: "scale_block",
                         value: format!("{block} (row width {width})"),
                         reason: "the scale block must be non-zero and divide the row width",
                     });
