@@ -443,7 +443,7 @@ pub fn run(args: &BuildArgs) -> Result<BuildOutcome> {
         Mode::Quiet => {}
         Mode::Bars | Mode::Log => summary::print(&summary),
     }
-    Ok(BuildOutcome::Built(summary))
+    Ok(BuildOutcome::Built(Box::new(summary)))
 }
 
 /// Phase 1: the config file, a checkpoint's declared addressing and the flags, resolved
@@ -733,7 +733,7 @@ fn open_writer(
         );
     }
     // Locks the path now, so a second writer fails before doing any work.
-    let writer = TableWriter::create(&args.out, &manifest, args.force)?;
+    let writer = TableWriter::create(&args.out, manifest, args.force)?;
     if let Some(c) = &checkpoints {
         values::check_checkpoint_tokenizer(c, &tok.sha256)?;
     }
@@ -744,7 +744,7 @@ fn open_writer(
         json_line(
             "begin",
             &serde_json::json!({
-                "out": crate::json_path(&args.out), "tokenizer": crate::json_path(&tok_path), "tokenizer_sha256": tok.sha256,
+                "out": crate::json_path(&args.out), "tokenizer": crate::json_path(tok_path), "tokenizer_sha256": tok.sha256,
                 "config": plan.engram, "row_layout": config::row_layout_name(plan.row_layout),
                 "dim": plan.dim, "estimate": est,
             }),
@@ -783,11 +783,11 @@ fn count_corpus(
             corpus::Source::Stdin => 0,
         })
         .sum();
-    let counters = count::Counters::new(&layout)?;
+    let counters = count::Counters::new(layout)?;
     let keys = match record_plan {
         Some(_) => Some(count::ContextKeys::new(
-            &layout,
-            &hasher,
+            layout,
+            hasher,
             records::MAX_RECORD_TOKENS,
         )?),
         None => None,
@@ -800,13 +800,13 @@ fn count_corpus(
         let worker = s.spawn(|| {
             pool.install(|| {
                 count::count(
-                    count::Strategy::for_layout(&layout),
+                    count::Strategy::for_layout(layout),
                     &sources,
                     &plan.corpus,
                     &tok.tokenizer,
-                    &table,
-                    &layout,
-                    &hasher,
+                    table,
+                    layout,
+                    hasher,
                     &counters,
                     continuations.as_ref(),
                     &progress,
@@ -855,7 +855,7 @@ fn count_corpus(
                 records::cached_rows(&profiles, plan.records_skip_cached, manifest.row_bytes)
             });
             let (chosen, recurring) =
-                pool.install(|| records::select(keys, &hasher, per_layer, cached.as_deref()))?;
+                pool.install(|| records::select(keys, hasher, per_layer, cached.as_deref()))?;
             let picked: usize = chosen.rows.iter().map(Vec::len).sum();
             let secs = phase.finish(
                 layout.layers.len() as u64,

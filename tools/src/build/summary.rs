@@ -16,7 +16,7 @@ pub enum BuildOutcome {
     /// `--dry-run`: the sizes a build would produce; nothing was written.
     DryRun(DryRunSummary),
     /// A table was published.
-    Built(BuildSummary),
+    Built(Box<BuildSummary>),
 }
 
 /// `--dry-run`'s summary.
