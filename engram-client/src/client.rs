@@ -51,14 +51,14 @@ pub const DEFAULT_SLOT_ROWS: u32 = 8192;
 /// Where a service is, and which of its tables: `unix:PATH`, `unix:PATH#TABLE` or a
 /// plain socket path (`TABLE` is a served table's name or directory path).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct ServiceAddress {
     /// The server's Unix socket.
     pub socket: PathBuf,
     /// The served table to attach to (its name or path); `None` when the server serves one.
     pub table: Option<String>,
 }
 
-impl Target {
+impl ServiceAddress {
     /// Parses `unix:PATH`, `unix:PATH#TABLE` or a plain socket path.
     pub fn parse(s: &str) -> Result<Self> {
         let rest = s.strip_prefix("unix:").unwrap_or(s);
@@ -179,7 +179,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Conn {
-    fn connect(target: &Target, options: &ClientOptions) -> Result<Attached> {
+    fn connect(target: &ServiceAddress, options: &ClientOptions) -> Result<Attached> {
         let socket = target.socket.clone();
         let sock = UnixStream::connect(&socket).map_err(|e| ServiceError::Connect {
             socket: socket.clone(),
@@ -590,7 +590,7 @@ struct ClientCounters {
 
 #[derive(Debug)]
 struct Inner {
-    target: Target,
+    target: ServiceAddress,
     options: ClientOptions,
     manifest: Manifest,
     layout: EngramLayout,
@@ -613,11 +613,11 @@ pub struct RemoteStore {
 impl RemoteStore {
     /// Attaches to the service at `target` (`unix:PATH[#TABLE]`).
     pub fn connect(target: &str, options: &ClientOptions) -> Result<Self> {
-        Self::open(&Target::parse(target)?, options)
+        Self::open(&ServiceAddress::parse(target)?, options)
     }
 
     /// Attaches to the service at `target`.
-    pub fn open(target: &Target, options: &ClientOptions) -> Result<Self> {
+    pub fn open(target: &ServiceAddress, options: &ClientOptions) -> Result<Self> {
         let a = Conn::connect(target, options)?;
         let layout = a.manifest.derive_layout(&a.conn.socket)?;
         let slot_rows = a.conn.layout.slot_rows as usize;

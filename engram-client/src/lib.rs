@@ -41,6 +41,6 @@ pub mod shm;
 pub mod stats;
 pub mod wire;
 
-pub use client::{ClientOptions, RemoteStore, Target};
+pub use client::{ClientOptions, RemoteStore, ServiceAddress};
 pub use error::{Result, ServiceError};
 pub use stats::ServiceStats;

@@ -22,7 +22,7 @@ pub const MAX_CORPUS_FILE_BYTES: Limit = Limit {
 
 /// Where documents come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub enum Input {
     /// A plain text file: one document.
     Text(PathBuf),
     /// A JSON Lines file: one document per line, text in a named field.
@@ -72,13 +72,13 @@ fn is_jsonl(path: &Path) -> bool {
 
 /// Expands inputs into an ordered list of sources. A missing input is an error; an empty
 /// expansion is an error too (nothing to build from).
-pub fn discover(inputs: &[PathBuf], options: &CorpusOptions) -> Result<Vec<Source>> {
+pub fn discover(inputs: &[PathBuf], options: &CorpusOptions) -> Result<Vec<Input>> {
     let include = globset(&options.include)?;
     let exclude = globset(&options.exclude)?;
     let mut sources = Vec::new();
     for input in inputs {
         if input.as_os_str() == "-" {
-            sources.push(Source::Stdin);
+            sources.push(Input::Stdin);
             continue;
         }
         let meta = std::fs::metadata(input)
@@ -121,11 +121,11 @@ pub fn discover(inputs: &[PathBuf], options: &CorpusOptions) -> Result<Vec<Sourc
     Ok(sources)
 }
 
-fn classify(path: PathBuf) -> Source {
+fn classify(path: PathBuf) -> Input {
     if is_jsonl(&path) {
-        Source::JsonLines(path)
+        Input::JsonLines(path)
     } else {
-        Source::Text(path)
+        Input::Text(path)
     }
 }
 
@@ -191,15 +191,15 @@ fn decode(bytes: Vec<u8>, name: &str, out: &mut Documents) -> Option<String> {
 }
 
 /// Reads one source. Read errors become skips (counted warnings), never aborts.
-pub fn read(source: &Source, options: &CorpusOptions) -> Documents {
+pub fn read(source: &Input, options: &CorpusOptions) -> Documents {
     let mut out = Documents::default();
     let (path, read, jsonl) = match source {
-        Source::Text(p) | Source::JsonLines(p) => (
+        Input::Text(p) | Input::JsonLines(p) => (
             p.as_path(),
             read_regular(p, MAX_CORPUS_FILE_BYTES),
-            matches!(source, Source::JsonLines(_)),
+            matches!(source, Input::JsonLines(_)),
         ),
-        Source::Stdin => {
+        Input::Stdin => {
             let p = Path::new("<stdin>");
             let read = read_stream(std::io::stdin().lock(), 0, p, MAX_CORPUS_FILE_BYTES);
             (p, read, options.stdin_jsonl)
@@ -268,9 +268,9 @@ mod tests {
         };
         let got = discover(&[root.to_path_buf()], &opts).expect("files");
         let want = vec![
-            Source::Text(root.join("a/x.py")),
-            Source::Text(root.join("b.py")),
-            Source::JsonLines(root.join("c.jsonl")),
+            Input::Text(root.join("a/x.py")),
+            Input::Text(root.join("b.py")),
+            Input::JsonLines(root.join("c.jsonl")),
         ];
         assert_eq!(got, want);
         assert!(discover(&[root.join("missing")], &opts).is_err());
@@ -295,12 +295,12 @@ mod tests {
         )
         .expect("write");
         let opts = CorpusOptions::default();
-        assert_eq!(read(&Source::Text(bin), &opts).skipped[0].1, Skip::Binary);
+        assert_eq!(read(&Input::Text(bin), &opts).skipped[0].1, Skip::Binary);
         assert_eq!(
-            read(&Source::Text(bad), &opts).skipped[0].1,
+            read(&Input::Text(bad), &opts).skipped[0].1,
             Skip::InvalidUtf8
         );
-        let docs = read(&Source::JsonLines(jl), &opts);
+        let docs = read(&Input::JsonLines(jl), &opts);
         assert_eq!(docs.texts, ["one", "two"]);
         assert_eq!(docs.skipped.len(), 2);
     }

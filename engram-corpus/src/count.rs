@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
 use crate::candidates::{CandidateCounter, DocScratch};
-use crate::corpus::{self, CorpusOptions, Skip, Source};
+use crate::corpus::{self, CorpusOptions, Input, Skip};
 
 mod keys;
 mod pending;
@@ -68,10 +68,10 @@ pub const WORKER_BYTES: u64 = (WINDOW_TOKENS * (16 + 4) + MAX_PENDING_UPDATES * 
 const _: () = assert!(WINDOW_TOKENS <= u32::MAX as usize);
 
 /// Hit counters of every row of every layer, in shards of [`SHARD_ROWS`] contiguous rows
-/// (a byte per row while the row's count fits, see [`shard`]).
+/// (a byte per row while the row's count fits, see the `shard` module).
 ///
 /// Workers never increment one counter per hit: they buffer updates per shard
-/// ([`pending`]) and apply a whole bucket under the shard's lock with plain increments.
+/// (the `pending` module) and apply a whole bucket under the shard's lock with plain increments.
 #[derive(Debug)]
 pub struct Counters {
     // (shards,); global row g = layer_base + row
@@ -201,7 +201,7 @@ pub struct CountSummary {
 #[allow(clippy::too_many_arguments)]
 pub fn count(
     strategy: Strategy,
-    sources: &[Source],
+    sources: &[Input],
     options: &CorpusOptions,
     tokenizer: &Tokenizer,
     table: &CompressionTable,
@@ -310,7 +310,7 @@ fn flush(workers: Vec<Mutex<Worker<'_>>>) -> Result<()> {
 
 /// Tokenizes every document without counting: the baseline the build is measured against.
 pub fn tokenize_only(
-    sources: &[Source],
+    sources: &[Input],
     options: &CorpusOptions,
     tokenizer: &Tokenizer,
 ) -> Result<u64> {

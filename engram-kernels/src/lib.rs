@@ -108,13 +108,13 @@ pub mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda/stub.rs"]
 pub mod cuda;
+pub mod engram_module;
 pub mod error;
 pub mod fastmod;
 pub mod gate;
 pub mod gather;
 pub mod hash;
 pub mod layout;
-pub mod module;
 pub mod preset;
 pub mod primes;
 pub mod quant;
@@ -124,13 +124,13 @@ pub mod skip;
 
 pub use compress::CompressionTable;
 pub use conv::ConvState;
+pub use engram_module::{
+    DecodeScratch, EngramModule, EngramModuleConfig, EngramModuleWeights, ForwardTrace,
+    PrefillScratch,
+};
 pub use error::{Error, Result};
 pub use gather::{gather_rows, memory_vectors};
 pub use hash::{HashOptions, HashOutput, NgramHasher};
 pub use layout::{EngramConfig, EngramLayout, LayerLayout};
-pub use module::{
-    DecodeScratch, EngramModule, EngramModuleConfig, EngramModuleWeights, ForwardTrace,
-    PrefillScratch,
-};
 pub use preset::Preset;
 pub use quant::{RowLayout, dequantize_rows, quantize_rows};

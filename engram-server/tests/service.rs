@@ -9,11 +9,11 @@ use std::sync::Arc;
 use common::*;
 use engram_client::protocol::{H_CQ_TAIL, H_SQ_TAIL, OP_LOOKUP, Sqe};
 use engram_client::raw::RawClient;
-use engram_client::{ClientOptions, RemoteStore, ServiceError, Target};
+use engram_client::{ClientOptions, RemoteStore, ServiceAddress, ServiceError};
 use engram_store::{BackendKind, RowSource, Store};
 
 fn client(sock: &std::path::Path, table: Option<&str>) -> RemoteStore {
-    let target = Target {
+    let target = ServiceAddress {
         socket: sock.to_path_buf(),
         table: table.map(str::to_string),
     };
@@ -190,7 +190,7 @@ fn bad_requests_get_the_stores_errors() {
     );
     // Unknown tables are refused with the names that exist.
     let e = RemoteStore::open(
-        &Target {
+        &ServiceAddress {
             socket: server.socket().to_path_buf(),
             table: Some("nope".into()),
         },
@@ -451,7 +451,7 @@ fn several_tables_are_chosen_by_name_or_path() {
         store_options(BackendKind::Mmap, 0),
     );
     let e = RemoteStore::open(
-        &Target {
+        &ServiceAddress {
             socket: server.socket().to_path_buf(),
             table: None,
         },
@@ -684,7 +684,7 @@ fn clients_with_deep_queues_share_few_store_slots() {
             let s = &s;
             scope.spawn(move || {
                 let remote = RemoteStore::open(
-                    &Target {
+                    &ServiceAddress {
                         socket: sock,
                         table: None,
                     },

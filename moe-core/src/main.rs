@@ -355,7 +355,7 @@ fn open_mooncake(_a: &ModelArgs, _src: &EngramSource) -> Result<Session> {
 /// model's table (`--engram`, or the default table path, names it).
 fn open_service(a: &ModelArgs, socket: &Path) -> Result<Session> {
     let table = table_dir(a)?;
-    let target = engram_client::Target {
+    let target = engram_client::ServiceAddress {
         socket: socket.to_path_buf(),
         table: Some(table.display().to_string()),
     };

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use engram_kernels::module::EngramModuleWeights;
+use engram_kernels::engram_module::EngramModuleWeights;
 use half::bf16;
 use safetensors::{Dtype, SafeTensors};
 

@@ -13,7 +13,7 @@ use engram_store::{
 };
 
 use crate::error::{Error, Result};
-use crate::ticket::{BufPool, PendingRows};
+use crate::ticket::{BufPool, PendingPrefetch};
 
 /// Prefix of a service address.
 pub const SERVICE_PREFIX: &str = "unix:";
@@ -320,11 +320,11 @@ impl Handle {
     }
 
     /// Starts reading rows `ids` of layer `layer_id` into a pinned buffer the returned
-    /// [`PendingRows`] owns (from a pool, returned when it is dropped). Row-id errors
+    /// [`PendingPrefetch`] owns (from a pool, returned when it is dropped). Row-id errors
     /// surface when it is waited on; an unknown layer is an error now, and so is a
     /// `Limit` error when the caller holds every ticket the store has
     /// ([`SERVICE_MAX_TICKETS`], [`LOCAL_MAX_TICKETS`]).
-    pub fn prefetch(&self, layer_id: u64, ids: &[u64]) -> Result<PendingRows> {
+    pub fn prefetch(&self, layer_id: u64, ids: &[u64]) -> Result<PendingPrefetch> {
         let li = self.layer_index(layer_id)?;
         let need = ids
             .len()
@@ -337,7 +337,7 @@ impl Handle {
         let ticket = self.store.prefetch(li, ids, buf);
         let pool = Arc::clone(&self.pool);
         if !ticket.is_ready() {
-            return Ok(PendingRows::new(ticket, ids.len(), pool));
+            return Ok(PendingPrefetch::new(ticket, ids.len(), pool));
         }
         // A prefetch refused for want of a slot (the caller holds every ticket) fails
         // now, not at its wait: the caller is about to ask for more.
@@ -347,7 +347,7 @@ impl Handle {
                 pool.put(buf);
                 Err(e)
             }
-            result => Ok(PendingRows::settled(buf, result, ids.len(), pool)),
+            result => Ok(PendingPrefetch::settled(buf, result, ids.len(), pool)),
         }
     }
 

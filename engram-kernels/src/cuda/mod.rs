@@ -24,10 +24,10 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
+use crate::engram_module::EngramModule;
 use crate::error::{Error, Result};
 use crate::hash::HashOutput;
 use crate::layout::EngramLayout;
-use crate::module::EngramModule;
 use crate::quant::RowLayout;
 
 /// The CUDA C source of every kernel.

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use engram_kernels::conv::ConvState;
+use engram_kernels::engram_module::{DecodeScratch, EngramModule, EngramModuleConfig};
 use engram_kernels::gather::memory_vectors;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
-use engram_kernels::module::{DecodeScratch, EngramModule, EngramModuleConfig};
 use engram_kernels::quant::RowLayout;
 use engram_kernels::{CompressionTable, EngramLayout};
 use std::sync::Arc;

@@ -777,10 +777,10 @@ fn count_corpus(
     let total_bytes: u64 = sources
         .iter()
         .map(|s| match s {
-            corpus::Source::Text(p) | corpus::Source::JsonLines(p) => {
+            corpus::Input::Text(p) | corpus::Input::JsonLines(p) => {
                 std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
             }
-            corpus::Source::Stdin => 0,
+            corpus::Input::Stdin => 0,
         })
         .sum();
     let counters = count::Counters::new(layout)?;

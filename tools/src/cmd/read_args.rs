@@ -161,7 +161,7 @@ impl ServiceArgs {
         use anyhow::Context;
         match &self.service {
             Some(socket) => {
-                let target = engram_client::Target {
+                let target = engram_client::ServiceAddress {
                     socket: socket.clone(),
                     table: Some(table.display().to_string()),
                 };
