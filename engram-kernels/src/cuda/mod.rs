@@ -2,6 +2,9 @@
 //! CUDA toolkit, and a machine without the driver or NVRTC gets a typed error, never a
 //! panic.
 //!
+//! No decoder calls it yet (the tests and `scripts/gpu-check.sh` do): `docs/architecture.md`
+//! says what a `moe-core --features cuda` caller would take.
+//!
 //! Contract for the `unsafe` in this module: (1) no cudarc call that loads a library runs
 //! before [`driver_available`] / [`nvrtc_available`] confirmed that the library loads
 //! (cudarc panics otherwise); (2) every kernel launch passes arguments whose types and
