@@ -414,30 +414,17 @@ pub fn run(args: &BuildArgs) -> Result<BuildOutcome> {
     let manifest = writer.finish()?;
     let write_secs = phase.finish(done, "published");
 
-    let (corpus, profile) = match (counted, profile) {
-        (Some((counts, count_secs)), Some(profile)) => (
-            Some(corpus_summary(&counts, count_secs)),
-            Some(profile_summary(&profile, &prep.layout)),
-        ),
-        _ => (None, None),
-    };
-    let summary = BuildSummary {
-        out: args.out.to_string_lossy().into_owned(),
-        table_id: manifest.table_id.clone(),
-        rows: prep.est.rows,
-        table_bytes: prep.est.table_bytes,
-        row_bytes: prep.est.row_bytes,
-        write_seconds: write_secs,
-        corpus,
-        profile,
+    let summary = summarise(
+        args,
+        &prep,
+        &manifest,
+        write_secs,
+        counted.zip(profile),
         records,
-        import: import_summary.map(|stream| ImportSummary {
-            mb_per_second: prep.est.table_bytes as f64 / stream.seconds.max(1e-9) / 1e6,
-            stream,
-        }),
+        import_summary,
         candidates,
-        seconds: started.elapsed().as_secs_f64(),
-    };
+        started,
+    );
     match mode {
         Mode::Json => json_line("summary", &serde_json::to_value(&summary)?),
         Mode::Quiet => {}
@@ -599,36 +586,7 @@ fn prepare(args: &BuildArgs, resolved: &Resolved) -> Result<Prepared> {
     }
     // The records' shape and how many records per layer the budget buys, checked before
     // any work.
-    let record_plan = if plan.records_bytes > 0 {
-        let shape = RecordShape::new(
-            u32::try_from(layout.config.n_heads).context("heads overflow u32")?,
-            u32::try_from(manifest.row_bytes).context("row bytes overflow u32")?,
-        )?;
-        let n_layers = layout.layers.len() as u64;
-        let per_layer = records::records_per_layer(&shape, n_layers, plan.records_bytes);
-        if per_layer == 0 {
-            bail!(
-                "--records-bytes {}: too small for one record per layer; the smallest \
-                 records file for this table is {} bytes",
-                plan.records_bytes,
-                shape.file_bytes(n_layers, 1).unwrap_or(u64::MAX)
-            );
-        }
-        if plan.records_bytes > est.table_bytes {
-            bail!(
-                "--records-bytes {}: more than the table's {} bytes; records copy rows, \
-                 so a budget above the table holds nothing more",
-                plan.records_bytes,
-                est.table_bytes
-            );
-        }
-        if args.paths.is_empty() {
-            bail!("--records-bytes needs a corpus: records go to the n-grams it shows most");
-        }
-        Some((shape, per_layer))
-    } else {
-        None
-    };
+    let record_plan = plan_records(args, plan, &layout, &manifest, &est)?;
     Ok(Prepared {
         tok_path,
         tok,
@@ -849,23 +807,9 @@ fn count_corpus(
         .map(|(i, l)| count::profile_layer(&counters, i, l.layer_id))
         .collect();
     let chosen = match (keys, record_plan) {
-        (Some(keys), Some((_, per_layer))) => {
-            let phase = Phase::start(mode, "select", "layers", layout.layers.len() as u64);
-            let cached = (plan.records_skip_cached > 0).then(|| {
-                records::cached_rows(&profiles, plan.records_skip_cached, manifest.row_bytes)
-            });
-            let (chosen, recurring) =
-                pool.install(|| records::select(keys, hasher, per_layer, cached.as_deref()))?;
-            let picked: usize = chosen.rows.iter().map(Vec::len).sum();
-            let secs = phase.finish(
-                layout.layers.len() as u64,
-                &format!(
-                    "{} records chosen from {recurring} recurring n-grams",
-                    picked / layout.config.n_heads
-                ),
-            );
-            Some((chosen, recurring, secs))
-        }
+        (Some(keys), Some((_, per_layer))) => Some(choose_records(
+            plan, layout, manifest, pool, hasher, keys, per_layer, &profiles, mode,
+        )?),
         _ => None,
     };
     Ok(Counted {
@@ -1001,6 +945,116 @@ fn add_candidates(
             );
             Ok(None)
         }
+    }
+}
+
+/// The records' shape and how many records per layer `--records-bytes` buys, checked
+/// before any work (`None` without a budget).
+fn plan_records(
+    args: &BuildArgs,
+    plan: &BuildPlan,
+    layout: &EngramLayout,
+    manifest: &Manifest,
+    est: &Estimate,
+) -> Result<Option<(RecordShape, u64)>> {
+    if plan.records_bytes == 0 {
+        return Ok(None);
+    }
+    let shape = RecordShape::new(
+        u32::try_from(layout.config.n_heads).context("heads overflow u32")?,
+        u32::try_from(manifest.row_bytes).context("row bytes overflow u32")?,
+    )?;
+    let n_layers = layout.layers.len() as u64;
+    let per_layer = records::records_per_layer(&shape, n_layers, plan.records_bytes);
+    if per_layer == 0 {
+        bail!(
+            "--records-bytes {}: too small for one record per layer; the smallest \
+             records file for this table is {} bytes",
+            plan.records_bytes,
+            shape.file_bytes(n_layers, 1).unwrap_or(u64::MAX)
+        );
+    }
+    if plan.records_bytes > est.table_bytes {
+        bail!(
+            "--records-bytes {}: more than the table's {} bytes; records copy rows, \
+             so a budget above the table holds nothing more",
+            plan.records_bytes,
+            est.table_bytes
+        );
+    }
+    if args.paths.is_empty() {
+        bail!("--records-bytes needs a corpus: records go to the n-grams it shows most");
+    }
+    Ok(Some((shape, per_layer)))
+}
+
+/// Chooses the records from the contexts the counting pass kept, passing over n-grams a
+/// seeded cache would hold (`--records-skip-cached`). Returns the records, the recurring
+/// n-grams they were chosen from, and the seconds it took.
+#[allow(clippy::too_many_arguments)]
+fn choose_records(
+    plan: &BuildPlan,
+    layout: &EngramLayout,
+    manifest: &Manifest,
+    pool: &rayon::ThreadPool,
+    hasher: &NgramHasher,
+    keys: count::ContextKeys,
+    per_layer: u64,
+    profiles: &[LayerProfile],
+    mode: Mode,
+) -> Result<(records::Chosen, usize, f64)> {
+    let phase = Phase::start(mode, "select", "layers", layout.layers.len() as u64);
+    let cached = (plan.records_skip_cached > 0)
+        .then(|| records::cached_rows(profiles, plan.records_skip_cached, manifest.row_bytes));
+    let (chosen, recurring) =
+        pool.install(|| records::select(keys, hasher, per_layer, cached.as_deref()))?;
+    let picked: usize = chosen.rows.iter().map(Vec::len).sum();
+    let secs = phase.finish(
+        layout.layers.len() as u64,
+        &format!(
+            "{} records chosen from {recurring} recurring n-grams",
+            picked / layout.config.n_heads
+        ),
+    );
+    Ok((chosen, recurring, secs))
+}
+
+/// The published build's summary.
+#[allow(clippy::too_many_arguments)]
+fn summarise(
+    args: &BuildArgs,
+    prep: &Prepared,
+    manifest: &Manifest,
+    write_secs: f64,
+    counted: Option<((count::CountSummary, f64), Profile)>,
+    records: Option<RecordsSummary>,
+    import: Option<fp8_import::StreamSummary>,
+    candidates: Option<CandidateSummary>,
+    started: Instant,
+) -> BuildSummary {
+    let (corpus, profile) = match counted {
+        Some(((counts, count_secs), profile)) => (
+            Some(corpus_summary(&counts, count_secs)),
+            Some(profile_summary(&profile, &prep.layout)),
+        ),
+        None => (None, None),
+    };
+    BuildSummary {
+        out: args.out.to_string_lossy().into_owned(),
+        table_id: manifest.table_id.clone(),
+        rows: prep.est.rows,
+        table_bytes: prep.est.table_bytes,
+        row_bytes: prep.est.row_bytes,
+        write_seconds: write_secs,
+        corpus,
+        profile,
+        records,
+        import: import.map(|stream| ImportSummary {
+            mb_per_second: prep.est.table_bytes as f64 / stream.seconds.max(1e-9) / 1e6,
+            stream,
+        }),
+        candidates,
+        seconds: started.elapsed().as_secs_f64(),
     }
 }
 
