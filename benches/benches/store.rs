@@ -3,12 +3,12 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use engram_kernels::EngramConfig;
-use engram_store::batch::{Plan, PlanParams};
 use engram_store::cache::RowCache;
 use engram_store::format::Geometry;
-use engram_store::synth::{SynthSpec, write_synth};
-use engram_store::workload::{RowDist, RowSampler};
+use engram_store::planner::{Plan, PlanParams};
 use engram_store::{BackendKind, BackendOptions, RowLayout, Store, StoreOptions};
+use engram_testbed::synth::{SynthSpec, write_synth};
+use engram_testbed::workload::{RowDist, RowSampler};
 
 fn bench_store(c: &mut Criterion) {
     let rows = 384_006_168u64;

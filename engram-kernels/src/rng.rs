@@ -193,12 +193,14 @@ pub fn numpy_integers(seed: u128, bound: u64, n: usize) -> Vec<u64> {
 }
 
 /// SplitMix64: a tiny counter-based generator for deterministic synthetic data (row
-/// initialisation, benchmark inputs). Not part of the Engram addressing.
+/// initialisation, benchmark inputs, fault plans, simulations): the workspace's one.
+/// Not part of the Engram addressing.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
     /// Next 64 bits.
+    #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -208,13 +210,16 @@ impl SplitMix64 {
     }
 
     /// Uniform in `[0, 1)` with 53 random bits.
+    #[inline]
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Uniform in `0..n` (modulo bias below 2^-40 for n < 2^24; fine for synthetic data).
+    /// Uniform in `0..n` (Lemire's multiply-shift, no division; bias below 2^-32 for
+    /// n < 2^32). 0 for n = 0.
+    #[inline]
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
     /// A generator keyed by several words, so `(seed, layer, row)` streams are independent.

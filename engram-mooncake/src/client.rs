@@ -88,11 +88,29 @@ mod imp {
         }
     }
 
-    /// glog's minimum level (0 INFO .. 3 FATAL), read from the environment when Mooncake's
-    /// library loads.
+    /// glog's minimum level (0 INFO .. 3 FATAL). Mooncake's library sets glog's level
+    /// itself when it loads (from `MC_LOG_LEVEL`, INFO by default), over this variable, so
+    /// the client sets it again in the glog that library loaded ([`set_glog_level`]).
     const GLOG_LEVEL_ENV: &str = "GLOG_minloglevel";
-    /// Mooncake's own log level unless GLOG_minloglevel says otherwise: fatal only.
-    const QUIET_GLOG_LEVEL: &str = "3";
+    /// Mooncake's own level variable (TRACE, INFO, WARNING, ERROR): when set and
+    /// `GLOG_minloglevel` is not, the client leaves Mooncake's level as that says.
+    const MOONCAKE_LOG_LEVEL_ENV: &str = "MC_LOG_LEVEL";
+    /// Mooncake's log level unless `GLOG_minloglevel` or `MC_LOG_LEVEL` say otherwise:
+    /// fatal only (its INFO lines, and an ERROR line even on success, stay off stderr).
+    const QUIET_GLOG_LEVEL: i32 = 3;
+    /// Sets `FLAGS_minloglevel` (a C++ `int32`, mangled name below) in every glog library
+    /// mapped into this process (Mooncake's wheel bundles its own `libglog-HASH.so`, loaded
+    /// with local symbols: found through `/proc/self/maps`); leaves `found` = how many.
+    const SET_GLOG_LEVEL: &std::ffi::CStr = c"
+import ctypes, os
+found = 0
+with open('/proc/self/maps') as maps:
+    paths = sorted({l.split()[-1] for l in maps if '/libglog' in l.split()[-1]})
+for path in paths:
+    lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    ctypes.c_int.in_dll(lib, '_ZN3fLI17FLAGS_minloglevelE').value = level
+    found += 1
+";
     /// The address Mooncake's TCP transport binds (default: this client's local hostname).
     const TCP_BIND_ENV: &str = "MC_TCP_BIND_ADDRESS";
 
@@ -106,11 +124,8 @@ mod imp {
         let r = MODULE.get_or_init(|| {
             Python::initialize();
             Python::attach(|py| -> std::result::Result<Py<PyAny>, String> {
-                // Mooncake logs through glog, which reads its level when the module's library
-                // loads: keep its INFO..ERROR lines (an ERROR even on success) off stderr
-                // unless asked for (GLOG_minloglevel=0 shows them all).
-                let mut defaults = vec![(GLOG_LEVEL_ENV, QUIET_GLOG_LEVEL.to_owned())];
                 // Its TCP transport binds where this client says other clients reach it.
+                let mut defaults = Vec::new();
                 if config.local_hostname.parse::<std::net::IpAddr>().is_ok() {
                     defaults.push((TCP_BIND_ENV, config.local_hostname.clone()));
                 }
@@ -137,22 +152,60 @@ mod imp {
                     });
                     site.map_err(|e| format!("adding the venv {}: {e}", venv.display()))?;
                 }
-                py.import("mooncake.store")
-                    .map(|m| m.into_any().unbind())
-                    .map_err(|e| {
-                        format!(
-                            "cannot import mooncake.store ({e}); install it with \
+                let module = py.import("mooncake.store");
+                if module.is_ok() {
+                    set_glog_level(py);
+                }
+                module.map(|m| m.into_any().unbind()).map_err(|e| {
+                    format!(
+                        "cannot import mooncake.store ({e}); install it with \
                              `scripts/mooncake-local.sh start` (into {}), or pip install \
                              mooncake-transfer-engine-non-cuda into a venv and set {}",
-                            crate::config::LOCAL_VENV,
-                            crate::config::VENV_ENV
-                        )
-                    })
+                        crate::config::LOCAL_VENV,
+                        crate::config::VENV_ENV
+                    )
+                })
             })
         });
         match r {
             Ok(m) => Ok(Python::attach(|py| m.clone_ref(py))),
             Err(why) => Err(unavailable(why.clone())),
+        }
+    }
+
+    /// Mooncake logs through glog: keep its lines off stderr unless asked for
+    /// (`GLOG_minloglevel=0` shows them all; `MC_LOG_LEVEL` alone keeps Mooncake's own
+    /// choice). Runs once, after the module's library has loaded (and set its level) and
+    /// before any client logs. A failure only costs quiet: it is logged, never an error.
+    fn set_glog_level(py: Python<'_>) {
+        let asked = std::env::var(GLOG_LEVEL_ENV).ok();
+        let level = match asked.as_deref().map(str::trim) {
+            Some(v) => match v.parse::<i32>() {
+                Ok(l) => l.clamp(0, 3),
+                Err(_) => {
+                    tracing::warn!(target: "engram_mooncake", "{GLOG_LEVEL_ENV}={v:?} is not 0..3; Mooncake logs at its own level");
+                    return;
+                }
+            },
+            None if std::env::var_os(MOONCAKE_LOG_LEVEL_ENV).is_some() => return,
+            None => QUIET_GLOG_LEVEL,
+        };
+        let run = || -> PyResult<usize> {
+            let vars = pyo3::types::PyDict::new(py);
+            vars.set_item("level", level)?;
+            py.run(SET_GLOG_LEVEL, None, Some(&vars))?;
+            vars.get_item("found")?.map_or(Ok(0), |n| n.extract())
+        };
+        match run() {
+            Ok(0) => {
+                tracing::debug!(target: "engram_mooncake", "no glog library mapped: Mooncake's log level left as it is")
+            }
+            Ok(n) => {
+                tracing::debug!(target: "engram_mooncake", level, libraries = n, "Mooncake's glog level set")
+            }
+            Err(e) => {
+                tracing::debug!(target: "engram_mooncake", "setting Mooncake's glog level: {e}")
+            }
         }
     }
 

@@ -1,19 +1,23 @@
 //! One attached client, served on its own thread: it drains the client's submission
-//! ring, validates every entry, starts the reads on the table's store, writes each
-//! request's rows into the client's slot and posts its completion.
+//! ring, validates every entry, submits each slot's request to the table's store
+//! ([`engram_store::Store::start`]: the store's reactors complete it into this client's
+//! completion queue), writes each request's rows into the client's slot as it finishes
+//! (in any order) and posts its completion.
 //!
 //! A client can only hurt itself: its requests run on its thread, its in-flight bound is
 //! its slot count, a broken protocol disconnects it, and when it goes away (closed or
-//! killed) everything it held is released: reads in flight are waited for, its
-//! speculations dropped, its region unmapped, its descriptors closed.
+//! killed) everything it held is released: reads in flight finish into buffers the
+//! requests own (nothing waits for them), its speculations are dropped, its region
+//! unmapped, its descriptors closed.
 
-use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use engram_store::{AlignedBuf, Speculation, Ticket};
+use std::collections::VecDeque;
+
+use engram_store::{AlignedBuf, Completions, Speculation};
 
 use crate::Shared;
 use crate::metrics::ClientMetrics;
@@ -34,13 +38,11 @@ pub const MAX_CLIENT_SPECULATIONS: usize = 64;
 /// How long an idle client thread sleeps before checking for shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
-/// A request whose rows are being read.
-#[derive(Debug)]
+/// A request whose rows are being read (the store's tag is its slot).
+#[derive(Debug, Clone, Copy)]
 struct Pending {
-    slot: u32,
     tag: u64,
     rows: usize,
-    ticket: Ticket,
     t0: Instant,
 }
 
@@ -74,7 +76,10 @@ pub struct Conn<'a> {
     sq_head: u32,
     cq_tail: u32,
     busy: Vec<bool>,
-    pending: VecDeque<Pending>,
+    /// (slots,) the request in flight in each slot
+    pending: Vec<Option<Pending>>,
+    n_pending: usize,
+    done: Completions,
     specs: VecDeque<(u64, Speculation)>,
     spare_bufs: Vec<AlignedBuf>,
     ids: Vec<u64>,
@@ -124,7 +129,9 @@ impl<'a> Conn<'a> {
             sq_head: 0,
             cq_tail: 0,
             busy: vec![false; layout.slots as usize],
-            pending: VecDeque::with_capacity(layout.slots as usize),
+            pending: vec![None; layout.slots as usize],
+            n_pending: 0,
+            done: Completions::new(),
             specs: VecDeque::with_capacity(MAX_CLIENT_SPECULATIONS),
             spare_bufs: Vec::with_capacity(layout.slots as usize),
             ids: Vec::with_capacity(layout.slot_rows as usize),
@@ -160,28 +167,43 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// Starts every submitted request and completes them in order, starting newly
+    /// Starts every submitted request and completes them as they finish, starting newly
     /// submitted ones between completions, until none is running.
     fn pump(&mut self) -> Result<()> {
         loop {
             self.issue()?;
-            let Some(p) = self.pending.pop_front() else {
+            if self.n_pending == 0 {
                 return Ok(());
-            };
-            let (buf, r) = p.ticket.wait();
-            let ok = r.is_ok();
-            match r {
-                Ok(()) => {
-                    let bytes = &buf[..p.rows * self.layout.row_bytes as usize];
-                    self.region.write(self.layout.rows(p.slot), bytes)?;
-                    self.post(p.slot, p.tag, ST_OK, "")?;
-                }
-                Err(e) => self.post(p.slot, p.tag, ST_ERROR, &e.to_string())?,
             }
-            self.spare_bufs.push(buf);
+            let Some(c) = self.done.wait(IDLE_WAIT) else {
+                // Every request completes (an engine failure too, with an error); until
+                // then only a stopping server ends the wait.
+                if self.shared.stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                continue;
+            };
+            let slot = c.tag as u32;
+            let Some(p) = self.pending.get_mut(slot as usize).and_then(Option::take) else {
+                debug_assert!(false, "a completion for slot {slot}, not in flight");
+                continue;
+            };
+            self.n_pending -= 1;
+            // Counted before the completion is posted: a client that sees it and asks for
+            // the stats sees it counted.
             let ns = p.t0.elapsed().as_nanos() as u64;
+            let ok = c.result.is_ok();
             self.metrics.counters.finished(p.rows, ns, ok);
             self.table.counters.finished(p.rows, ns, ok);
+            match c.result {
+                Ok(()) => {
+                    let bytes = &c.out[..p.rows * self.layout.row_bytes as usize];
+                    self.region.write(self.layout.rows(slot), bytes)?;
+                    self.post(slot, p.tag, ST_OK, "")?;
+                }
+                Err(e) => self.post(slot, p.tag, ST_ERROR, &e.to_string())?,
+            }
+            self.spare_bufs.push(c.out);
         }
     }
 
@@ -199,7 +221,7 @@ impl<'a> Conn<'a> {
             self.layout.ring,
         )?;
         for _ in 0..n {
-            if self.pending.len() >= self.max_pending {
+            if self.n_pending >= self.max_pending {
                 break;
             }
             let mut b = [0u8; SQE_BYTES];
@@ -291,14 +313,15 @@ impl<'a> Conn<'a> {
         };
         self.metrics.counters.started();
         self.table.counters.started();
-        let ticket = state.store.prefetch(layer, &self.ids, buf);
-        self.pending.push_back(Pending {
-            slot: e.slot,
+        self.pending[e.slot as usize] = Some(Pending {
             tag: e.tag,
             rows,
-            ticket,
             t0: Instant::now(),
         });
+        self.n_pending += 1;
+        state
+            .store
+            .start(layer, &self.ids, buf, u64::from(e.slot), &self.done);
         Ok(())
     }
 
@@ -368,10 +391,9 @@ impl<'a> Conn<'a> {
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
-        // Reads in flight write into buffers this thread owns: wait for them before the
-        // buffers (and the region) go.
-        for p in self.pending.drain(..) {
-            let _ = p.ticket.wait();
+        // Reads in flight write into buffers their requests own, never into the region:
+        // they finish on their own and their completions are dropped with the queue.
+        for _ in self.pending.iter().flatten() {
             self.metrics.counters.abandoned();
             self.table.counters.abandoned();
         }

@@ -42,21 +42,7 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("engram-fuzz-service-{}", std::process::id()));
         let table = dir.join("t");
-        let spec = engram_store::synth::SynthSpec {
-            config: engram_kernels::EngramConfig {
-                max_ngram: 3,
-                n_heads: 2,
-                base_sizes: vec![100, 107],
-                layer_ids: vec![1, 4],
-                seed: 3,
-                pad_id: 2,
-            },
-            row_layout: engram_store::RowLayout::Bf16,
-            dim: 32,
-            seed: 5,
-            block_bytes: None,
-        };
-        engram_store::synth::write_synth(&table, &spec, true, |_, _, _| {}).expect("table");
+        engram_store::fuzz::write_small_table(&table).expect("table");
         let socket = dir.join("s.sock");
         let mut o = ServerOptions::new(
             socket.clone(),

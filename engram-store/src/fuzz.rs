@@ -125,7 +125,7 @@ fn check_candidates(data: &[u8]) {
     }
 }
 
-/// The request pipeline's simulation ([`crate::sim`]): the first 8 bytes seed the faults
+/// The request pipeline's simulation (the crate's `sim` module): the first 8 bytes seed the faults
 /// and store shape, the rest are operations. A broken invariant (a wrong row, a request
 /// that never completes, a staging slot not free at rest, counters that do not add up)
 /// panics with what broke.
@@ -140,28 +140,53 @@ pub fn pipeline_sim(data: &[u8]) {
     }
 }
 
-/// A small synthetic table for the simulation, written once per process into a temporary
-/// directory that is removed again at once (the open table keeps its files open).
+/// Writes a small table of pseudo-random rows to `dir` (replacing what is there): two
+/// layers (ids 1 and 4), orders 2-3 x 2 heads over base sizes 300 and 307, bf16 rows of 64
+/// values, row bytes drawn from SplitMix64 keyed by (layer index, row). For the fuzz
+/// targets of this crate and of the service, which cannot reach the test bed's synthetic
+/// tables (`engram-testbed` depends on this crate).
+pub fn write_small_table(dir: &Path) -> crate::Result<Manifest> {
+    let config = engram_kernels::EngramConfig {
+        max_ngram: 3,
+        n_heads: 2,
+        base_sizes: vec![300, 307],
+        layer_ids: vec![1, 4],
+        seed: 3,
+        pad_id: 2,
+    };
+    let layout = engram_kernels::EngramLayout::new(&config, 99_092, 2).map_err(|e| {
+        crate::Error::Invalid {
+            what: "config",
+            reason: e.to_string(),
+        }
+    })?;
+    let tokenizer = "0".repeat(64);
+    let build = crate::format::BuildInfo::default();
+    let m = Manifest::new(&layout, &tokenizer, crate::RowLayout::Bf16, 64, None, build)?;
+    let mut w = crate::table::TableWriter::create(dir, &m, true)?;
+    let rb = m.row_bytes as usize;
+    for (li, layer) in m.layers.iter().enumerate() {
+        let mut rows = vec![0u8; layer.rows as usize * rb];
+        for (row, bytes) in rows.chunks_exact_mut(rb).enumerate() {
+            let mut rng = engram_kernels::rng::SplitMix64::keyed(&[li as u64, row as u64]);
+            for b in bytes.chunks_mut(8) {
+                b.copy_from_slice(&rng.next_u64().to_le_bytes()[..b.len()]);
+            }
+        }
+        w.write_layer_rows(li, &rows)?;
+    }
+    w.finish()
+}
+
+/// The small table of [`write_small_table`] for the simulation, written once per process
+/// into a temporary directory that is removed again at once (the open table keeps its
+/// files open).
 pub(crate) fn sim_table() -> &'static std::sync::Arc<crate::table::Table> {
     static TABLE: std::sync::OnceLock<std::sync::Arc<crate::table::Table>> =
         std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("engram-sim-{}", std::process::id()));
-        let spec = crate::synth::SynthSpec {
-            config: engram_kernels::EngramConfig {
-                max_ngram: 3,
-                n_heads: 2,
-                base_sizes: vec![300, 307],
-                layer_ids: vec![1, 4],
-                seed: 3,
-                pad_id: 2,
-            },
-            row_layout: crate::format::RowLayout::Bf16,
-            dim: 64,
-            seed: 5,
-            block_bytes: None,
-        };
-        crate::synth::write_synth(&dir, &spec, true, |_, _, _| {}).expect("simulation table");
+        write_small_table(&dir).expect("simulation table");
         let table = crate::table::Table::open(&dir).expect("simulation table opens");
         let _ = std::fs::remove_dir_all(&dir);
         std::sync::Arc::new(table)

@@ -18,7 +18,7 @@
 //! [`Error::RowOutOfRange`] naming it.
 //!
 //! ```
-//! use engram_store::synth::{SynthSpec, write_synth};
+//! use engram_testbed::synth::{SynthSpec, write_synth};
 //! use engram_store::{BackendKind, BackendOptions, Store, StoreOptions};
 //! # fn main() -> engram_store::Result<()> {
 //! // A tiny synthetic table (demo shape, 101 rows per hash head) in a temporary directory.
@@ -45,7 +45,7 @@
 //! // Every row is the same whichever way it is read.
 //! let rb = store.row_bytes();
 //! let mut row = vec![0u8; rb];
-//! engram_store::synth::synth_row(7, 0, 2, &mut row);
+//! engram_testbed::synth::synth_row(7, 0, 2, &mut row);
 //! assert_eq!(&out[rb..2 * rb], &row[..]);
 //! assert_eq!(&out[3 * rb..], &row[..]);
 //! # Ok(()) }
@@ -63,6 +63,10 @@
 //! holding every ticket itself would otherwise wait forever). Dropping a ticket waits for
 //! its batch. Small batches that DRAM alone can serve complete
 //! on the caller's thread ([`store::INLINE_MAX_ROWS`]).
+//!
+//! A caller with many requests in flight that takes them as they finish, in any order (the
+//! storage service: one queue per client), starts them with [`Store::start`] instead: each
+//! completes, rows or error, into the caller's [`Completions`] queue with its tag.
 //!
 //! ```no_run
 //! # use engram_store::{Store, StoreOptions};
@@ -131,8 +135,8 @@
 //! Publication is atomic ([`publish`]): the table is built in a temporary sibling and
 //! swapped into place with one rename, so the path always holds a complete table, the old
 //! one or the new one, whatever is killed when; a second writer to the same path fails at
-//! once with [`Error::Locked`]. [`synth`] writes tables of pseudo-random rows for tests
-//! and benchmarks.
+//! once with [`Error::Locked`]. `engram_testbed::synth` writes tables of pseudo-random rows
+//! for tests and benchmarks.
 //!
 //! ```
 //! use engram_kernels::{EngramConfig, EngramLayout};
@@ -199,7 +203,6 @@
 )]
 
 pub mod backend;
-pub mod batch;
 pub mod buffer;
 pub mod cache;
 pub mod candidates;
@@ -210,16 +213,16 @@ pub mod fuzz;
 pub mod io;
 pub mod metrics;
 pub(crate) mod pipeline;
+pub mod planner;
 pub mod profile;
 pub mod publish;
 pub mod records;
-pub mod sim;
+pub(crate) mod sim;
+pub mod size;
 pub mod source;
 pub mod store;
-pub mod synth;
 pub mod table;
 mod ticket;
-pub mod workload;
 
 pub use backend::external::EngineFactory;
 pub use backend::{BackendKind, BackendOptions, IO_BACKEND_ENV, REQUIRE_URING_ENV, UringFault};
@@ -231,5 +234,5 @@ pub use io::{Fault, FaultPlan, IO_FAULTS_ENV};
 pub use metrics::StatsSnapshot;
 pub use profile::{LayerProfile, Profile};
 pub use source::{PendingRows, PendingSpeculation, RowSource};
-pub use store::{Speculation, Store, StoreOptions, Ticket};
+pub use store::{Completion, Completions, Speculation, Store, StoreOptions, Ticket};
 pub use table::{OpenOptions, Table, TableWriter};

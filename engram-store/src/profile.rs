@@ -290,9 +290,13 @@ mod tests {
 
     #[test]
     fn a_profile_must_fit_its_table() {
-        let m = crate::synth::SynthSpec::preset("demo", Some(100), 0)
-            .and_then(|s| s.manifest())
-            .expect("manifest");
+        let mut config = engram_kernels::Preset::Demo.config();
+        config.base_sizes = vec![100; config.base_sizes.len()];
+        let layout = engram_kernels::EngramLayout::new(&config, 99_092, 2).expect("layout");
+        let (sha, build) = ("0".repeat(64), crate::format::BuildInfo::default());
+        let m =
+            crate::format::Manifest::new(&layout, &sha, crate::RowLayout::Bf16, 64, None, build)
+                .expect("manifest");
         let id = m.table_id_u64().expect("id");
         let (l0, rows0) = (m.layers[0].layer_id, m.layers[0].rows);
         let fits = |table_id, layers| Profile { table_id, layers }.check_table(&m, Path::new("p"));

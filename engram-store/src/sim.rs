@@ -1,7 +1,9 @@
 //! A deterministic simulation of the request pipeline (in the manner of TigerBeetle's
 //! VOPR): one reactor, driven on one thread, over a fault-injecting engine that wraps the
 //! memory tier. An operation stream (bytes from a fuzzer, or a seeded generator) submits
-//! fetches, speculations, cancellations and seeding reads and pumps the reactor; every
+//! fetches (into a completion slot, as tickets and lookups do, or into a completion queue,
+//! as the service's slot requests do), speculations, cancellations and seeding reads and
+//! pumps the reactor; every
 //! engine the backend builds draws its own faults from the seed: failed reads, short
 //! reads, flipped bytes, delayed and reordered completions, hedged reads, and a failed
 //! submit or reap (an engine break, after which the reactor rebuilds the engine).
@@ -26,9 +28,9 @@ use crate::error::{Error, Result};
 use crate::io::{Driver, Fault, FaultPlan};
 use crate::metrics::{Metrics, SharedHist};
 use crate::pipeline::reactor::Reactor;
-use crate::pipeline::{Request, Shared, Slots, Speculations};
+use crate::pipeline::{Completion, Completions, Request, Shared, Slots, Speculations};
 use crate::table::Table;
-use crate::workload::SplitMix64;
+use engram_kernels::rng::SplitMix64;
 
 /// A request not completed within this many pumps of the reactor is a wedge.
 pub const MAX_PUMPS: u32 = 256;
@@ -110,7 +112,10 @@ impl Backend for SimBackend {
 /// A request the simulation waits for.
 #[derive(Debug)]
 struct Waiting {
-    slot: usize,
+    /// The completion slot (a fetch), or `None`: a slot request completed into the
+    /// queue with tag `tag`.
+    slot: Option<usize>,
+    tag: u64,
     layer: usize,
     ids: Vec<u64>,
     submitted_at: u64,
@@ -125,6 +130,10 @@ struct Sim {
     specs: Vec<u64>,
     report: SimReport,
     seeder: Option<Driver>,
+    /// Where slot requests complete, and completions taken that no check has claimed yet.
+    done: Completions,
+    arrived: Vec<Completion>,
+    next_tag: u64,
 }
 
 /// Runs the operation stream `ops` (cut at [`MAX_OPS`]) with faults drawn from `seed`
@@ -180,6 +189,9 @@ impl Sim {
             specs: Vec::new(),
             report: SimReport::default(),
             seeder,
+            done: Completions::new(),
+            arrived: Vec::new(),
+            next_tag: 0,
         })
     }
 
@@ -227,14 +239,33 @@ impl Sim {
         // Stale bytes: a row never written must not pass as read.
         out.as_mut_slice().fill(0x5A);
         let ids_buf = self.shared.slots.ids(slot, &ids);
-        self.accept(Request::Fetch {
-            slot,
-            layer,
-            ids: ids_buf,
-            out,
-        })?;
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        // Odd args: the service's slot request (the slot is freed by the reactor).
+        let (req, slot) = if arg & 1 == 1 {
+            let reply = self.done.sender();
+            let req = Request::Slot {
+                slot,
+                tag,
+                layer,
+                ids: ids_buf,
+                out,
+                reply,
+            };
+            (req, None)
+        } else {
+            let req = Request::Fetch {
+                slot,
+                layer,
+                ids: ids_buf,
+                out,
+            };
+            (req, Some(slot))
+        };
+        self.accept(req)?;
         self.waiting.push_back(Waiting {
             slot,
+            tag,
             layer,
             ids,
             submitted_at: self.report.pumps,
@@ -306,10 +337,17 @@ impl Sim {
 
     /// Takes every completed fetch, checks it, and checks no request is overdue.
     fn collect(&mut self) -> std::result::Result<(), String> {
+        while let Some(c) = self.done.try_next() {
+            self.arrived.push(c);
+        }
         let mut k = 0;
         while k < self.waiting.len() {
             let w = &self.waiting[k];
-            if !self.shared.slots.is_done(w.slot) {
+            let done = match w.slot {
+                Some(slot) => self.shared.slots.is_done(slot),
+                None => self.arrived.iter().any(|c| c.tag == w.tag),
+            };
+            if !done {
                 if self.report.pumps - w.submitted_at > u64::from(MAX_PUMPS) {
                     return Err(format!(
                         "a fetch of {} rows is not complete after {MAX_PUMPS} pumps",
@@ -320,8 +358,18 @@ impl Sim {
                 continue;
             }
             let w = self.waiting.remove(k).ok_or("waiting list changed")?;
-            let (buf, r) = self.shared.slots.wait(w.slot);
-            self.shared.slots.release(w.slot);
+            let (buf, r) = match w.slot {
+                Some(slot) => {
+                    let done = self.shared.slots.wait(slot);
+                    self.shared.slots.release(slot);
+                    done
+                }
+                None => {
+                    let i = self.arrived.iter().position(|c| c.tag == w.tag);
+                    let c = self.arrived.swap_remove(i.ok_or("completion vanished")?);
+                    (c.out, c.result)
+                }
+            };
             match r {
                 Ok(()) => {
                     self.check_rows(w.layer, &w.ids, &buf, "fetch")?;
@@ -383,6 +431,9 @@ impl Sim {
                 d.free_staging(),
                 d.staging_depth()
             ));
+        }
+        if !self.arrived.is_empty() || self.done.try_next().is_some() {
+            return Err("a slot request completed twice".into());
         }
         if self.shared.slots.free() != SLOTS {
             return Err(format!(

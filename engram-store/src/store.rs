@@ -1,5 +1,5 @@
 //! The store: a table, a backend, the hot-row cache, and the request pipeline
-//! ([`crate::pipeline`]): one reactor per I/O thread, each owning one engine.
+//! (the crate's `pipeline` module): one reactor per I/O thread, each owning one engine.
 //!
 //! `lookup_into` and `prefetch` submit a request to the reactors (the caller waits for a
 //! lookup; a prefetch returns a [`Ticket`]); a batch DRAM serves entirely (the memory
@@ -26,11 +26,11 @@ use crate::profile::Profile;
 use crate::source::RowSource;
 use crate::table::{OpenOptions, Table};
 
-pub use crate::pipeline::MAX_SPECULATIONS;
 pub use crate::pipeline::reactor::{
     ENGINE_REBUILD_ATTEMPTS, ENGINE_REBUILD_BACKOFF, ENGINE_REBUILD_RETRY,
 };
 pub use crate::pipeline::seed::{SEED_COALESCE_GAP_BYTES, SEED_MAX_READ_BYTES, SEED_QUEUE_DEPTH};
+pub use crate::pipeline::{Completion, Completions, MAX_SPECULATIONS};
 pub use crate::ticket::{Speculation, Ticket};
 
 /// Default bound on requests in flight per store.
@@ -385,6 +385,67 @@ impl Store {
                 };
                 Ticket::ready(out, Err(Error::ShutDown("the I/O threads have stopped")))
             }
+        }
+    }
+
+    /// Starts reading rows `ids` of layer index `layer` into `out` (capacity as for
+    /// [`Store::prefetch`]) and completes the request into `queue` with `tag`: for a caller
+    /// with many requests in flight that takes them as they finish (the storage service,
+    /// one queue per client). Every call gives exactly one [`Completion`], errors included
+    /// (a bad batch, [`Error::Limit`] when no slot frees within `slot_wait`, an engine
+    /// failure); a batch DRAM serves entirely completes before this returns. Never waits
+    /// for the read itself; dropping `queue` with requests in flight is safe (their
+    /// buffers are dropped when they finish).
+    pub fn start(
+        &self,
+        layer: usize,
+        ids: &[u64],
+        mut out: AlignedBuf,
+        tag: u64,
+        queue: &Completions,
+    ) {
+        let sh = self.shared();
+        let refused = |out, e| {
+            queue.push(Completion {
+                tag,
+                out,
+                result: Err(e),
+            })
+        };
+        if let Err(e) = out.set_len(ids.len() * sh.table.row_bytes()) {
+            return refused(out, e);
+        }
+        if let Err(e) = sh.check(layer, ids, out.len()) {
+            return refused(out, e);
+        }
+        if ids.len() <= INLINE_MAX_ROWS && sh.dram_serves(layer, ids, false) {
+            match sh.read_inline(layer, ids, out.as_mut_slice()) {
+                Ok(true) => {
+                    return queue.push(Completion {
+                        tag,
+                        out,
+                        result: Ok(()),
+                    });
+                }
+                Ok(false) => {}
+                Err(e) => return refused(out, e),
+            }
+        }
+        let slot = match sh.slots.take() {
+            Ok(s) => s,
+            Err(e) => return refused(out, e),
+        };
+        let req = Request::Slot {
+            slot,
+            tag,
+            layer,
+            ids: sh.slots.ids(slot, ids),
+            out,
+            reply: queue.sender(),
+        };
+        if let Err(Request::Slot { ids, out, .. }) = self.submit(req) {
+            sh.slots.finish(slot, ids);
+            refused(out, Error::ShutDown("the I/O threads have stopped"));
         }
     }
 

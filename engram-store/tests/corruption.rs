@@ -293,7 +293,7 @@ fn writer_is_atomic_and_checks_order() {
     ));
     // force replaces atomically.
     let s2 = spec(RowLayout::Bf16, 64, 30, 2);
-    engram_store::synth::write_synth(&dir, &s2, true, |_, _, _| {}).expect("force");
+    engram_testbed::synth::write_synth(&dir, &s2, true, |_, _, _| {}).expect("force");
     let t = Table::open(&dir).expect("open");
     let mut out = vec![0u8; 128];
     t.read_rows_simple(0, &[7], &mut out).expect("read");

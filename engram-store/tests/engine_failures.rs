@@ -259,6 +259,64 @@ fn prefetch_path(engine: Engine, fault: Fault, at: u64) {
     });
 }
 
+/// Requests started with `Store::start` (the service's slot requests) into one
+/// completion queue: each gets exactly one completion, by tag.
+fn start_path(engine: Engine, fault: Fault, at: u64) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Bf16, 64, 2000, 25);
+    let (dir, _) = make_table(tmp.path(), "t", &s);
+    let Some(o) = options(engine, plan(fault, at), 0) else {
+        return;
+    };
+    let what = format!("start {engine:?} {fault:?}@{at}");
+    scenario(&what.clone(), move || {
+        let st = Store::open(&dir, &o).expect("open");
+        let rows = st.table().rows(1).expect("rows");
+        let rb = st.row_bytes();
+        let queue = engram_store::Completions::new();
+        let round = |first: u64| {
+            let batches: Vec<Vec<u64>> = (first..first + 4).map(|k| far_ids(rows, 16, k)).collect();
+            for (tag, ids) in batches.iter().enumerate() {
+                st.start(
+                    1,
+                    ids,
+                    st.alloc_rows(ids.len()).expect("buf"),
+                    tag as u64,
+                    &queue,
+                );
+            }
+            let mut seen = [false; 4];
+            let mut failed = 0;
+            for _ in 0..4 {
+                let c = queue.wait(DEADLINE).expect("a completion for every start");
+                let tag = c.tag as usize;
+                assert!(!seen[tag], "{what}: tag {tag} completed twice");
+                seen[tag] = true;
+                match c.result {
+                    Ok(()) => assert_eq!(
+                        &c.out[..],
+                        &expected_rows(&s, 1, &batches[tag], rb)[..],
+                        "{what}"
+                    ),
+                    Err(e) => {
+                        assert_engine_error(&e, &what);
+                        failed += 1;
+                    }
+                }
+            }
+            assert!(
+                queue.try_next().is_none(),
+                "{what}: one completion per start"
+            );
+            failed
+        };
+        assert!(round(0) >= 1, "{what}: no request saw the failure");
+        assert_eq!(round(10), 0, "{what}: after the rebuild");
+        counted(&st, &what);
+        idle_then_drop(st, &what);
+    });
+}
+
 fn speculate_path(engine: Engine, fault: Fault, at: u64) {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(RowLayout::Bf16, 64, 2000, 23);
@@ -351,6 +409,15 @@ fn an_engine_failure_resolves_every_ticket() {
             (Fault::Reap, 2),
         ] {
             prefetch_path(engine, fault, at);
+        }
+    }
+}
+
+#[test]
+fn an_engine_failure_completes_every_started_request() {
+    for engine in ENGINES {
+        for (fault, at) in [(Fault::Submit, 2), (Fault::Reap, 0), (Fault::Reap, 2)] {
+            start_path(engine, fault, at);
         }
     }
 }

@@ -72,7 +72,7 @@ fn no_fault_ever_yields_a_wrong_row() {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = spec(RowLayout::Fp8E4m3E8m0 { scale_block: 32 }, 256, 150, 4);
     let (dir, _) = make_table(tmp.path(), "t", &s);
-    let mut rng = engram_store::workload::SplitMix64(99);
+    let mut rng = engram_kernels::rng::SplitMix64(99);
     let (mut ok, mut failed) = (0u32, 0u32);
     for kind in [BackendKind::Pread, BackendKind::Uring] {
         if skip_uring(kind) {
@@ -227,11 +227,9 @@ fn probe_reads_every_block_size() {
     let file = dir.join(&m.layers[0].file);
     let len = std::fs::metadata(&file).expect("stat").len() / 4096 * 4096;
     for block in [512u64, 4096, 65536] {
-        let r = engram_store::backend::uring::probe_random_reads(&file, 0, len, block, 4, 0.05, 1)
+        let r = engram_testbed::probe::probe_random_reads(&file, 0, len, block, 4, 0.05, 1)
             .expect("probe");
         assert!(r.reads > 0 && r.block_bytes == block, "{r:?}");
     }
-    assert!(
-        engram_store::backend::uring::probe_random_reads(&file, 0, len, 100, 4, 0.05, 1).is_err()
-    );
+    assert!(engram_testbed::probe::probe_random_reads(&file, 0, len, 100, 4, 0.05, 1).is_err());
 }

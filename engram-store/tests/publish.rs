@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::expected_rows;
 use common::publish::{seed_of, version, write};
 use common::sys::listing;
-use engram_store::synth::write_synth_rows;
 use engram_store::{Error, Table, TableWriter};
+use engram_testbed::synth::write_synth_rows;
 
 #[test]
 fn a_second_writer_fails_at_once_with_a_clear_message() {

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use engram_store::records::{RECORDS_FILE, RecordShape, RecordsWriter};
-use engram_store::synth::{SynthSpec, synth_row};
 use engram_store::{BackendKind, BackendOptions, Error, RowLayout, Store, StoreOptions};
+use engram_testbed::synth::{SynthSpec, synth_row};
 use proptest::prelude::*;
 
 /// Writes records of `k` rows: record j of layer l holds rows `firsts[j] + i * stride`.

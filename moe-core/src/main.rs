@@ -11,11 +11,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use engram_files::file::{Limit, read_regular_string};
 use engram_store::candidates::CANDIDATES_FILE;
-use engram_store::workload::parse_bytes;
+use engram_store::size::parse_bytes;
 use engram_store::{BackendKind, Candidates, Profile, RowSource, StoreOptions};
 use moe_core::ModelConfig;
 use moe_core::sampler::SamplerConfig;
-use moe_core::session::{EngramRows, EngramSource, Session};
+use moe_core::session::{EngramRows, EngramSource, PrefillPlan, Session};
 
 /// The committed model, relative to the repository root.
 const DEFAULT_MODEL: &str = "models/stdlib-moe-engram-b";
@@ -36,6 +36,7 @@ const SKELETON_MARKER: &str = "mooncake.json";
       moe-core generate --prompt 'import os' --engram-backend uring --cache-bytes 0\n  \
       moe-core generate --prompt 'class Stack:' --no-engram\n  \
       moe-core generate --engram-backend uring --cache-bytes 256K --speculate 4\n  \
+      moe-core generate --engram-backend uring --cache-bytes 256K --prefill-chunk 64 --json\n  \
       moe-core generate --model models/stdlib-moe-a\n  \
       moe-core eval $(python3 -c 'import os; print(os.__file__)')"
 )]
@@ -124,6 +125,16 @@ struct GenerateArgs {
     /// before they can be needed (0: off). The output is unchanged.
     #[arg(long, default_value_t = 0)]
     speculate: usize,
+    /// Prefill the prompt in chunks of N positions, each chunk's Engram rows requested
+    /// while the chunk before it computes (one request per chunk); 0 runs the prompt in one
+    /// pass with every row requested first. The logits are the one pass's (within 1e-5:
+    /// larger chunks go through the packed GEMM).
+    #[arg(long, default_value_t = 0)]
+    prefill_chunk: usize,
+    /// With --prefill-chunk: request each chunk's rows when it starts (no overlap with the
+    /// chunk before), for comparison.
+    #[arg(long, requires = "prefill_chunk")]
+    no_prefill_pipeline: bool,
     /// One JSON summary instead of streamed text.
     #[arg(long)]
     json: bool,
@@ -384,6 +395,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
     // Bad flags fail before the model loads.
     sampler.validate()?;
     let (mut s, using) = open(&a.model)?;
+    s.set_prefill_plan(PrefillPlan {
+        chunk: a.prefill_chunk,
+        pipeline: !a.no_prefill_pipeline,
+    });
     if a.speculate > 0 {
         enable_speculation(&mut s, &a.model, a.speculate)?;
     }
@@ -409,6 +424,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 "prefill_seconds": stats.prefill.as_secs_f64(),
                 "prefill_tokens_per_second": stats.prompt_tokens as f64 / stats.prefill.as_secs_f64().max(1e-9),
                 "time_to_first_token_seconds": stats.time_to_first_token.as_secs_f64(),
+                "prefill_chunk": a.prefill_chunk,
+                "prefill_pipeline": a.prefill_chunk > 0 && !a.no_prefill_pipeline,
+                "prefill_stall_seconds": stats.prefill_stall.as_secs_f64(),
                 "decode_tokens_per_second": decode_tps,
                 "engram": using == EngramUse::On,
                 "engram_use": using.name(),

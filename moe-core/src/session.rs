@@ -55,6 +55,26 @@ pub struct Session {
     pub memory: Option<EngramMemory>,
     pub state: DecodeState,
     speculator: Option<Speculator>,
+    prefill_plan: PrefillPlan,
+}
+
+/// How [`Session::prefill`] runs a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefillPlan {
+    /// Positions per chunk; 0 runs the prompt in one pass (its rows all requested first).
+    pub chunk: usize,
+    /// Request chunk k + 1's Engram rows before chunk k computes (one request per chunk),
+    /// so the reads overlap compute; otherwise each chunk requests its rows when it starts.
+    pub pipeline: bool,
+}
+
+impl Default for PrefillPlan {
+    fn default() -> Self {
+        Self {
+            chunk: 0,
+            pipeline: true,
+        }
+    }
 }
 
 /// Speculative prefetch from a candidate table ([`Session::enable_speculation`]).
@@ -102,6 +122,8 @@ pub struct GenerateStats {
     pub time_to_first_token: Duration,
     pub decode: Duration,
     pub stall: StallStats,
+    /// Time the prefill waited for Engram rows.
+    pub prefill_stall: Duration,
     /// Speculative prefetch, when enabled.
     pub speculation: Option<SpeculationStats>,
     /// Raw ids of the generated tokens.
@@ -266,6 +288,7 @@ impl Session {
             memory,
             state,
             speculator: None,
+            prefill_plan: PrefillPlan::default(),
         })
     }
 
@@ -372,13 +395,70 @@ impl Session {
         self.run_prompt(raw, Logits::All)
     }
 
+    /// Sets how [`Session::prefill`] runs prompts (one pass by default). `prefill_all`
+    /// always runs one pass: it keeps every position's logits.
+    pub fn set_prefill_plan(&mut self, plan: PrefillPlan) {
+        self.prefill_plan = plan;
+    }
+
+    /// How [`Session::prefill`] runs prompts.
+    pub fn prefill_plan(&self) -> PrefillPlan {
+        self.prefill_plan
+    }
+
     fn run_prompt(&mut self, raw: &[u32], which: Logits) -> Result<()> {
         if raw.is_empty() {
             return Err(Error::Input("empty prompt".into()));
         }
-        let reduced = self.start(raw)?;
-        self.model
-            .forward(&reduced, &mut self.state, self.memory.as_mut(), which)
+        let chunk = self.prefill_plan.chunk;
+        if chunk == 0 || raw.len() <= chunk || which == Logits::All {
+            let reduced = self.start(raw)?;
+            return self
+                .model
+                .forward(&reduced, &mut self.state, self.memory.as_mut(), which);
+        }
+        self.run_chunked(raw, chunk)
+    }
+
+    /// The prompt in chunks of `chunk` positions; with the pipeline, chunk k + 1's rows are
+    /// requested (one request per chunk) before chunk k computes.
+    fn run_chunked(&mut self, raw: &[u32], chunk: usize) -> Result<()> {
+        let pipeline = self.prefill_plan.pipeline;
+        self.state.reset();
+        let reduced: Vec<u32> = raw.iter().map(|&r| self.vocab.reduce(r)).collect();
+        let ids: Vec<i64> = raw.iter().map(|&r| i64::from(r)).collect();
+        let chunks: Vec<std::ops::Range<usize>> = (0..raw.len())
+            .step_by(chunk)
+            .map(|s| s..(s + chunk).min(raw.len()))
+            .collect();
+        let last = chunks.len() - 1;
+        if let Some(m) = &mut self.memory {
+            m.reset();
+            m.request(&ids[chunks[0].clone()])?;
+        }
+        for (k, r) in chunks.iter().enumerate() {
+            let request = match (pipeline, k) {
+                (true, _) if k < last => Some(&chunks[k + 1]),
+                (false, 1..) => Some(r),
+                _ => None,
+            };
+            if let Some(next) = request {
+                if let Some(m) = &mut self.memory {
+                    m.request(&ids[next.clone()])?;
+                }
+                if next.end == raw.len() {
+                    // Every position is requested: warm the one after the prompt.
+                    self.speculate_next()?;
+                }
+            }
+            self.model.forward(
+                &reduced[r.clone()],
+                &mut self.state,
+                self.memory.as_mut(),
+                Logits::Last,
+            )?;
+        }
+        Ok(())
     }
 
     /// Appends one token (reduced id) and returns its logits.
@@ -415,10 +495,16 @@ impl Session {
         let spec0 = self.speculation_stats();
         let t0 = Instant::now();
         let mut next = sampler.sample(self.prefill(&raw)?);
+        let prefill_stall = self
+            .memory
+            .as_ref()
+            .map(|m| m.stall().stall.saturating_sub(stall0.stall))
+            .unwrap_or_default();
         let mut stats = GenerateStats {
             prompt_tokens: raw.len(),
             prefill: t0.elapsed(),
             time_to_first_token: t0.elapsed(),
+            prefill_stall,
             ..GenerateStats::default()
         };
         let mut stream = StreamDecoder::default();

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{tokenizer_available, write_zero_table};
+use common::{model_b_addressing, tokenizer_available, write_zero_table};
 use engram_files::file::{SHA256SUMS_FILE, sha256_hex};
 use engram_kernels::EngramConfig;
 use engram_store::StoreOptions;
@@ -337,25 +337,13 @@ fn broken_hyper_connection_models_are_errors() {
     check_cases(dir.path(), HC_MODEL, cases);
 }
 
-/// The addressing of `MODEL`'s table (its config.json's engram block).
-fn model_addressing() -> EngramConfig {
-    EngramConfig {
-        max_ngram: 3,
-        n_heads: 4,
-        base_sizes: vec![4967, 4967],
-        layer_ids: vec![1],
-        seed: 0,
-        pad_id: 2,
-    }
-}
-
 #[test]
 fn tables_built_for_something_else_are_refused() {
     if !tokenizer_available() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let right = model_addressing();
+    let right = model_b_addressing();
     let deepseek = engram_files::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
     let cases = [
         (
@@ -462,7 +450,7 @@ fn a_module_without_the_short_convolution_loads_and_decodes() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = model_addressing();
+    let config = model_b_addressing();
     let sums = engram_files::file::Sha256Sums::read(&model_dir().join(SHA256SUMS_FILE))
         .expect("the committed model has SHA256SUMS");
     let own = sums.get("engram.safetensors").expect("listed");

@@ -142,3 +142,63 @@ fn a_closed_stdout_ends_generate_quietly() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn prefill_chunk_flags_are_checked_and_reported() {
+    for (args, needle) in [
+        (&["--no-prefill-pipeline"][..], "--prefill-chunk"),
+        (&["--prefill-chunk=-1"][..], "--prefill-chunk"),
+        (&["--prefill-chunk", "many"][..], "--prefill-chunk"),
+    ] {
+        let mut all = vec!["generate", "--model", "/nonexistent-model"];
+        all.extend_from_slice(args);
+        let (code, err) = moe_core(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    if engram_files::tokenizer::for_tests()
+        .expect("ENGRAM_REQUIRE_TOKENIZER is set")
+        .is_none()
+    {
+        return;
+    }
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stdlib-moe-a");
+    let mut texts = Vec::new();
+    for chunk in [
+        &["--prefill-chunk", "0"][..],
+        &["--prefill-chunk", "3"][..],
+        &["--prefill-chunk", "3", "--no-prefill-pipeline"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_moe-core"))
+            .args([
+                "generate",
+                "--no-engram",
+                "--max-new-tokens",
+                "8",
+                "--json",
+                "--model",
+            ])
+            .arg(&model)
+            .args(chunk)
+            .output()
+            .expect("moe-core runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let d = &v["data"];
+        assert_eq!(d["prefill_chunk"].as_u64(), chunk[1].parse().ok(), "{d}");
+        assert_eq!(
+            d["prefill_pipeline"],
+            chunk[1] != "0" && chunk.len() == 2,
+            "{d}"
+        );
+        assert!(d["time_to_first_token_seconds"].as_f64().is_some(), "{d}");
+        assert!(d["prefill_stall_seconds"].as_f64().is_some(), "{d}");
+        texts.push(d["completion"].clone());
+    }
+    // Greedy: the same completion however the prompt was prefilled.
+    assert!(texts.windows(2).all(|w| w[0] == w[1]), "{texts:?}");
+}

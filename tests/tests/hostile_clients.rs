@@ -18,8 +18,8 @@ use engram_client::protocol::{OP_LOOKUP, PROTOCOL_VERSION, Request, Sqe};
 use engram_client::raw::RawClient;
 use engram_client::{ClientOptions, RemoteStore};
 use engram_kernels::EngramConfig;
-use engram_store::synth::{SynthSpec, write_synth};
 use engram_store::{RowLayout, RowSource, Store, StoreOptions};
+use engram_testbed::synth::{SynthSpec, write_synth};
 
 fn table(dir: &Path) -> PathBuf {
     let spec = SynthSpec {

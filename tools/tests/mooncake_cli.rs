@@ -1,10 +1,18 @@
 //! `engram publish` / `lookup --backend mooncake` / `skeleton` / `unpublish` from the
 //! command line: rows read back through Mooncake (full table and skeleton) are the memory
 //! backend's bytes; an unreachable cluster falls back to the local table with the reason;
-//! a build without the client says so. Needs a cluster for the first part
-//! (`scripts/mooncake-local.sh start`, ENGRAM_MOONCAKE_MASTER).
+//! a build without the client says so; `engram serve --backend mooncake` serves the
+//! published table's rows to `lookup --service` clients; Mooncake's own glog lines stay off
+//! stderr. Needs a cluster for the first part (`scripts/mooncake-local.sh start`,
+//! ENGRAM_MOONCAKE_MASTER).
 
-use std::process::Command;
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Running;
 
 fn engram(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_engram"))
@@ -91,8 +99,16 @@ fn lookup_through_mooncake_returns_the_memory_bytes() {
     let (ok, got, err) = engram(&[&base[..], &up[..]].concat());
     assert!(ok, "lookup on mooncake: {err}");
     assert!(!err.contains("local table"), "no fallback: {err}");
+    assert_no_glog(&err, "lookup");
     assert!(got.contains("\"backend\":\"mooncake\""));
     assert_eq!(hexes(&got), want, "bytes through Mooncake");
+
+    let (served, log) = serve_and_lookup(t, m, &ids, tmp.path());
+    assert_eq!(
+        served, want,
+        "bytes through engram serve --backend mooncake"
+    );
+    assert_no_glog(&log, "serve");
 
     let skel = tmp.path().join("skeleton");
     let s = skel.to_str().expect("utf-8");
@@ -121,6 +137,98 @@ fn lookup_through_mooncake_returns_the_memory_bytes() {
         err.contains("publish the full table") && !err.contains(&format!("engram publish {s}")),
         "{err}"
     );
+}
+
+/// Mooncake's glog lines ("I1207 12:00:00.000000 ...", "WARNING: Logging before
+/// InitGoogleLogging()") are off stderr unless GLOG_minloglevel asks for them.
+#[track_caller]
+fn assert_no_glog(stderr: &str, what: &str) {
+    assert!(
+        !stderr.lines().any(|l| {
+            let b = l.as_bytes();
+            l.contains("InitGoogleLogging")
+                || (b.len() > 5
+                    && b"IWEF".contains(&b[0])
+                    && b[1..5].iter().all(u8::is_ascii_digit))
+        }),
+        "{what}: Mooncake's log on stderr: {stderr}"
+    );
+}
+
+/// `engram serve T --backend mooncake` on a socket in `dir`, rows `ids` of layer index 1
+/// looked up through it (`lookup --service`), then SIGTERM; returns the rows' hex and the
+/// server's stderr.
+#[allow(clippy::panic)]
+fn serve_and_lookup(
+    t: &str,
+    master: &str,
+    ids: &str,
+    dir: &std::path::Path,
+) -> (Vec<String>, String) {
+    let sock = dir.join("serve.sock");
+    let s = sock.to_str().expect("utf-8");
+    let mut server = Running(
+        Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args([
+                "serve",
+                t,
+                "--socket",
+                s,
+                "--backend",
+                "mooncake",
+                "--mooncake",
+                master,
+            ])
+            .env_remove("GLOG_minloglevel")
+            .env_remove("ENGRAM_MOONCAKE_VENV")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start engram serve"),
+    );
+    let mut stderr = server.0.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stderr.read_to_string(&mut all);
+        all
+    });
+    let t0 = Instant::now();
+    while !sock.exists() {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            let log = log.join().unwrap_or_default();
+            panic!("engram serve --backend mooncake exited ({status}): {log}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no socket within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let args = [
+        "lookup",
+        t,
+        "--layer-index",
+        "1",
+        "--rows",
+        ids,
+        "--json",
+        "--service",
+        s,
+    ];
+    let (ok, got, err) = engram(&args);
+    assert!(ok, "lookup --service: {err}");
+    let ok = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -TERM");
+    let status = server.0.wait().expect("wait for engram serve");
+    let log = log.join().unwrap_or_default();
+    assert!(
+        status.success(),
+        "engram serve after SIGTERM: {status}: {log}"
+    );
+    (hexes(&got), log)
 }
 
 fn sbase_local<'a>(s: &'a str, ids: &'a str) -> [&'a str; 7] {

@@ -31,6 +31,15 @@ const CODE: &str = "import os\n\n\ndef walk(root):\n    for name in os.listdir(r
                     path = os.path.join(root, name)\n        if os.path.isdir(path):\n            \
                     yield from walk(path)\n        else:\n            yield path\n";
 
+/// A temp dir holding [`fixture`]'s table and held-out text; `None` (the test skips)
+/// without the tokenizer.
+fn setup() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
+    tokenizer()?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (table, held) = fixture(dir.path());
+    Some((dir, table, held))
+}
+
 /// A table built from a small corpus (with profile and candidates) and held-out text.
 fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
     let corpus = dir.join("corpus");
@@ -63,7 +72,13 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
     (table, held)
 }
 
-fn replay(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+/// `engram replay TABLE --text HELD --include '**/*.py' --json` with `base` then `extra`.
+fn replay_with(
+    table: &Path,
+    held: &Path,
+    base: &[&str],
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
     let mut args = vec![
         "replay",
         s(table),
@@ -71,12 +86,9 @@ fn replay(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value,
         s(held),
         "--include",
         "**/*.py",
-        "--step-us",
-        "300",
-        "--max-steps",
-        "40",
         "--json",
     ];
+    args.extend_from_slice(base);
     args.extend_from_slice(extra);
     let (code, out, err) = run(env!("CARGO_BIN_EXE_engram"), &args);
     let v = out
@@ -87,7 +99,22 @@ fn replay(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value,
     (code, v, err)
 }
 
-const FIELDS: [&str; 41] = [
+/// A short decode replay.
+fn replay(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    replay_with(
+        table,
+        held,
+        &["--step-us", "300", "--max-steps", "40"],
+        extra,
+    )
+}
+
+/// A prefill replay.
+fn prefill(table: &Path, held: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    replay_with(table, held, &[], extra)
+}
+
+const FIELDS: [&str; 46] = [
     "/table",
     "/table_id",
     "/rows",
@@ -129,15 +156,18 @@ const FIELDS: [&str; 41] = [
     "/speculation/rows_read_per_token",
     "/late_us/mean",
     "/errors",
+    "/device_reads",
+    "/queue_depth",
+    "/floor/slowdown_floor",
+    "/floor/measured_over_floor",
+    "/floor/reads_per_step_by_layer",
 ];
 
 #[test]
 fn replay_reports_every_field() {
-    if tokenizer().is_none() {
+    let Some((_dir, table, held)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    };
     let (code, v, err) = replay(
         &table,
         &held,
@@ -199,11 +229,9 @@ fn replay_reports_every_field() {
 
 #[test]
 fn a_resident_table_never_stalls() {
-    if tokenizer().is_none() {
+    let Some((_dir, table, held)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    };
     let (code, v, err) = replay(&table, &held, &["--backend", "memory", "--no-profile"]);
     assert_eq!(code, 0, "{err}");
     let d = &v["data"];
@@ -230,11 +258,9 @@ fn a_resident_table_never_stalls() {
 
 #[test]
 fn a_modelled_mtp_head_is_as_accurate_as_told() {
-    if tokenizer().is_none() {
+    let Some((_dir, table, held)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    };
     // Without candidates.bin only the modelled head guesses.
     std::fs::remove_file(table.join("candidates.bin")).expect("rm");
     let accuracy = |p: &str| {
@@ -262,11 +288,9 @@ fn a_modelled_mtp_head_is_as_accurate_as_told() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    if tokenizer().is_none() {
+    let Some((_dir, table, held)) = setup() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (table, held) = fixture(dir.path());
+    };
     for (extra, says) in [
         (&["--records"][..], "records.bin"),
         (&["--batch", "0"][..], "--batch 0"),
@@ -286,4 +310,213 @@ fn bad_input_is_a_clear_error() {
     let (code, _, err) = replay(&table, &held, &["--speculate", "2"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("candidates.bin"), "{err}");
+}
+
+fn u(v: &serde_json::Value) -> u64 {
+    v.as_u64().expect("a count")
+}
+
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().expect("a number")
+}
+
+#[test]
+fn prefill_reports_chunks_that_add_up() {
+    let Some((_dir, table, held)) = setup() else {
+        return;
+    };
+    let (code, v, err) = prefill(
+        &table,
+        &held,
+        &[
+            "--prefill",
+            "60",
+            "--chunk",
+            "25",
+            "--prompts",
+            "2",
+            "--prefill-rate",
+            "100000",
+            "--backend",
+            "pread",
+            "--no-profile",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let p = &v["data"]["prefill"];
+    for field in [
+        "ttft_us",
+        "ttft_resident_us",
+        "device_reads",
+        "chunks",
+        "hit_rate",
+        "misses",
+        "unique_share",
+        "by_order",
+        "iops_while_reading",
+        "floor",
+        "rows_requested",
+    ] {
+        assert!(p.get(field).is_some(), "missing {field}: {p}");
+    }
+    let chunks = p["chunks"].as_array().expect("chunks");
+    // 60 tokens in chunks of 25: 25, 25, 10; two prompts.
+    assert_eq!(chunks.len(), 6, "{p}");
+    let tokens: Vec<u64> = chunks.iter().map(|c| u(&c["tokens"])).collect();
+    assert_eq!(tokens, [25, 25, 10, 25, 25, 10]);
+    // The demo shape: 16 heads per layer, 2 layers.
+    let lookups: u64 = chunks.iter().map(|c| u(&c["lookups"])).sum();
+    assert_eq!(lookups, 120 * 16 * 2);
+    assert_eq!(u(&p["lookups"]), lookups);
+    let unique: u64 = chunks
+        .iter()
+        .flat_map(|c| {
+            c["unique_rows"]
+                .as_array()
+                .expect("per layer")
+                .iter()
+                .map(u)
+        })
+        .sum();
+    let misses: u64 = chunks
+        .iter()
+        .flat_map(|c| c["misses"].as_array().expect("per layer").iter().map(u))
+        .sum();
+    assert_eq!(u(&p["unique_rows"]), unique);
+    assert!(
+        unique < lookups,
+        "a chunk of code repeats n-grams: {unique} of {lookups}"
+    );
+    // The store was asked for exactly the deduplicated rows; with no cache each is a miss
+    // and needs a device read (some share a block).
+    assert_eq!(u(&p["rows_requested"]), unique, "{p}");
+    assert_eq!(misses, unique);
+    assert_eq!(u(&p["misses"]), misses);
+    assert_eq!(f(&p["hit_rate"]), 0.0);
+    let reads = u(&p["device_reads"]);
+    assert!(
+        reads > 0 && reads <= unique,
+        "{reads} reads for {unique} rows"
+    );
+    // Unique shares per order are shares, and they weigh up to the total.
+    let orders = p["by_order"].as_array().expect("by_order");
+    assert_eq!(orders.len(), 2, "orders 2-3");
+    for o in orders {
+        assert!((0.0..=1.0).contains(&f(&o["unique_share"])), "{o}");
+    }
+    // Compute is tokens / rate; the store can only add to it.
+    assert!((f(&p["ttft_resident_us"]) - 600.0).abs() < 1.0, "{p}");
+    assert!(f(&p["ttft_us"]) >= f(&p["ttft_resident_us"]), "{p}");
+    for c in chunks {
+        assert!(f(&c["ready_us"]) >= f(&c["issued_us"]), "{c}");
+        assert!(f(&c["stall_us"]) >= 0.0, "{c}");
+    }
+    assert!(p["floor"]["floor_us"].is_null(), "no fio asked for: {p}");
+    // The text report says the same.
+    let (code, out, err) = run(
+        env!("CARGO_BIN_EXE_engram"),
+        &[
+            "replay",
+            s(&table),
+            "--text",
+            s(&held.join("a.py")),
+            "--prefill",
+            "50",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("TTFT") && out.contains("floor"), "{out}");
+}
+
+#[test]
+fn prefill_flags_reject_bad_values() {
+    let Some((_dir, table, held)) = setup() else {
+        return;
+    };
+    for (extra, says) in [
+        (&["--prefill", "0"][..], "--prefill 0"),
+        (&["--prefill", "10", "--chunk", "0"][..], "--chunk 0"),
+        (
+            &["--prefill", "10", "--prefill-rate", "0"][..],
+            "--prefill-rate 0",
+        ),
+        (
+            &["--prefill", "10", "--prefill-rate", "NaN"][..],
+            "--prefill-rate NaN",
+        ),
+        (&["--prefill", "10", "--prompts", "0"][..], "--prompts"),
+        (&["--prefill", "10", "--speculate", "2"][..], "--speculate"),
+        (
+            &["--prefill", "1000000"][..],
+            "fewer than --prefill 1000000",
+        ),
+        (&["--prefill", "10", "--step-us", "300"][..], "--step-us"),
+        (&["--chunk", "30"][..], "--prefill"),
+        (
+            &["--fio-baseline", "--fio-seconds", "0"][..],
+            "--fio-seconds 0",
+        ),
+    ] {
+        let (code, _, err) = prefill(&table, &held, extra);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+}
+
+/// fio on PATH, or a loud skip (`ENGRAM_REQUIRE_FIO=1` makes it a failure).
+fn have_fio() -> bool {
+    let ok = Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("ENGRAM_REQUIRE_FIO").is_none(),
+            "ENGRAM_REQUIRE_FIO is set and fio is not on PATH"
+        );
+        eprintln!("SKIPPED: fio is not on PATH (apt-get install fio)");
+    }
+    ok
+}
+
+#[test]
+fn fio_baseline_puts_a_floor_next_to_each_slowdown() {
+    if !have_fio() {
+        return;
+    }
+    let Some((_dir, table, held)) = setup() else {
+        return;
+    };
+    let fio = [
+        "--fio-baseline",
+        "--fio-seconds",
+        "0.3",
+        "--backend",
+        "pread",
+        "--queue-depth",
+        "8",
+    ];
+    let (code, v, err) = replay(&table, &held, &fio);
+    assert_eq!(code, 0, "{err}");
+    let fl = &v["data"]["floor"];
+    assert_eq!(fl["fio_random"].as_array().map(Vec::len), Some(2), "{fl}");
+    assert!(f(&fl["fio_random"][0]["iops"]) > 0.0, "{fl}");
+    let burst = u(&fl["fio_burst"]["burst"]);
+    assert!((1..=8).contains(&burst), "{fl}");
+    assert_eq!(f(&fl["fio_burst"]["idle_us"]), 300.0);
+    let floor = f(&fl["slowdown_floor"]);
+    assert!(floor >= 0.0, "{fl}");
+    let mut args = fio.to_vec();
+    args.extend(["--prefill", "100", "--chunk", "30", "--no-profile"]);
+    let (code, v, err) = prefill(&table, &held, &args);
+    assert_eq!(code, 0, "{err}");
+    let p = &v["data"]["prefill"];
+    let fl = &p["floor"];
+    assert!(f(&fl["iops"]) > 0.0, "{fl}");
+    assert!(f(&fl["floor_us"]) >= 0.0, "{fl}");
+    assert!(fl["store_over_fio_iops"].is_number(), "{fl}");
+    assert!(
+        (f(&fl["ttft_extra_us"]) - (f(&p["ttft_us"]) - f(&p["ttft_resident_us"]))).abs() < 1e-6,
+        "{p}"
+    );
 }

@@ -3,10 +3,15 @@
 //! show the clients, SIGHUP and `engram reload` pick up a replaced table, SIGTERM stops
 //! the server and removes its socket.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
+
+use common::Running;
 
 fn engram(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_engram"))
@@ -63,18 +68,6 @@ fn lookup(t: &str, extra: &[&str]) -> Vec<String> {
     let (ok, out, err) = engram(&[&base[..], extra].concat());
     assert!(ok, "lookup {extra:?}: {err}");
     hexes(&out)
-}
-
-/// A server process, killed if a test fails before stopping it.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// Starts `engram ARGS` (a server with `--metrics-addr`) with `env` set; returns it, its

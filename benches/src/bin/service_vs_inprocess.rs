@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use engram_client::{ClientOptions, RemoteStore};
 use engram_server::{Server, ServerOptions, TableSpec};
-use engram_store::workload::{RankPermutation, RowDist, RowSampler, parse_bytes};
+use engram_store::size::parse_bytes;
 use engram_store::{BackendKind, RowSource, Store, StoreOptions};
+use engram_testbed::workload::{RankPermutation, RowDist, RowSampler};
 
 fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter()

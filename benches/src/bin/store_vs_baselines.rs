@@ -10,7 +10,6 @@
 //! Output: JSON Lines (`{"type": ..., "data": ...}`) on stdout, progress on stderr.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -18,12 +17,13 @@ use engram_files::tokenizer;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{CompressionTable, EngramConfig, EngramLayout};
 use engram_store::backend::memory::MemoryBackend;
-use engram_store::backend::uring::probe_random_reads;
 use engram_store::cache::{RowCache, SeedOptions};
-use engram_store::workload::{BenchSpec, RowDist, RowSampler, Zipf, run_bench};
 use engram_store::{
     BackendKind, BackendOptions, LayerProfile, Profile, Store, StoreOptions, Table,
 };
+use engram_testbed::fio::random_read as fio;
+use engram_testbed::probe::probe_random_reads;
+use engram_testbed::workload::{BenchSpec, RowDist, RowSampler, Zipf, run_bench};
 use serde_json::json;
 
 fn emit(kind: &str, data: serde_json::Value) {
@@ -46,54 +46,6 @@ fn drop_page_cache() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
 }
 
-struct FioResult {
-    iops: f64,
-    p50_us: f64,
-    p99_us: f64,
-    cpu_cores: f64,
-}
-
-fn fio(file: &Path, offset: u64, size: u64, qd: usize, seconds: f64) -> Result<FioResult> {
-    let out = Command::new("fio")
-        .args([
-            "--name=rr",
-            &format!("--filename={}", file.display()),
-            "--direct=1",
-            "--rw=randread",
-            "--bs=4k",
-            &format!("--iodepth={qd}"),
-            "--ioengine=io_uring",
-            "--fixedbufs",
-            "--registerfiles",
-            &format!("--runtime={seconds}"),
-            "--time_based",
-            &format!("--offset={offset}"),
-            &format!("--size={size}"),
-            "--norandommap",
-            "--randrepeat=0",
-            "--numjobs=1",
-            "--thread",
-            "--output-format=json",
-        ])
-        .output()
-        .context("running fio (apt-get install fio)")?;
-    if !out.status.success() {
-        bail!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("fio json")?;
-    let job = &v["jobs"][0];
-    let read = &job["read"];
-    let pct = |p: &str| read["clat_ns"]["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;
-    Ok(FioResult {
-        iops: read["iops"].as_f64().unwrap_or(0.0),
-        p50_us: pct("50.000000"),
-        p99_us: pct("99.000000"),
-        cpu_cores: (job["usr_cpu"].as_f64().unwrap_or(0.0)
-            + job["sys_cpu"].as_f64().unwrap_or(0.0))
-            / 100.0,
-    })
-}
-
 /// How the store side issues its rows.
 #[derive(Debug, Clone, Copy)]
 enum Shape {
@@ -113,7 +65,7 @@ fn store_side(
     layers: Vec<usize>,
     seconds: f64,
     shape: Shape,
-) -> Result<engram_store::workload::BenchReport> {
+) -> Result<engram_testbed::workload::BenchReport> {
     let (batch_rows, prefetch_depth) = match shape {
         Shape::Lookup => ((qd * 64).clamp(1024, 8192), 0),
         Shape::Stream { batch_rows, depth } => (batch_rows, depth),
@@ -491,8 +443,8 @@ fn cache(args: &[String]) -> Result<()> {
     // Zipf(1.0) over a V4.1 layer (384,006,168 rows), ranks scattered.
     let rows = 384_006_168u64;
     let z = Zipf::new(rows, 1.0)?;
-    let perm = engram_store::workload::RankPermutation::new(rows, 5);
-    let mut rng = engram_store::workload::SplitMix64(11);
+    let perm = engram_testbed::workload::RankPermutation::new(rows, 5);
+    let mut rng = engram_kernels::rng::SplitMix64(11);
     let mut draw = |k: usize| -> (Vec<u64>, Vec<u64>) {
         (0..k)
             .map(|_| {

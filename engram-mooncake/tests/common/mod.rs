@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use engram_kernels::EngramConfig;
 use engram_mooncake::{Client, ClientConfig, PublishOptions, Replication};
-use engram_store::synth::{SynthSpec, synth_row, write_synth};
 use engram_store::{BackendKind, BackendOptions, RowLayout, Store, StoreOptions};
+use engram_testbed::synth::{SynthSpec, synth_row, write_synth};
 
 /// Set to `1` to make a missing cluster a failure instead of a skip (CI's Mooncake job).
 pub const REQUIRE_ENV: &str = "ENGRAM_REQUIRE_MOONCAKE";

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use engram_kernels::EngramConfig;
 use engram_server::{Server, ServerOptions, TableSpec};
-use engram_store::synth::{SynthSpec, synth_row, write_synth};
 use engram_store::{BackendKind, BackendOptions, RowLayout, StoreOptions};
+use engram_testbed::synth::{SynthSpec, synth_row, write_synth};
 
 pub const ALL_BACKENDS: [BackendKind; 4] = [
     BackendKind::Memory,

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use super::{Backend, BackendKind, BackendOptions, IoCounters};
+use super::{Backend, BackendKind, BackendOptions};
 use crate::buffer::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::Geometry;
-use crate::io::{Driver, ResidentRows, gather_rows};
+use crate::io::{Driver, ResidentRows};
 use crate::metrics::SharedHist;
 use crate::table::Table;
 
@@ -107,28 +107,15 @@ impl ResidentRows for MemoryRows {
         "memory"
     }
 
-    fn gather(
-        &self,
-        layer: usize,
-        ids: &[u64],
-        slots: &[u32],
-        out: &mut [u8],
-        counters: &mut IoCounters,
-    ) -> Result<()> {
+    fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    fn region(&self, layer: usize) -> Result<(&[u8], u64)> {
         let data = self.layers.get(layer).ok_or(Error::LayerOutOfRange {
             layer,
             n_layers: self.layers.len(),
         })?;
-        gather_rows(&self.geo, data, ids, slots, out)?;
-        counters.rows_unique += ids.len() as u64;
-        counters.device_bytes += ids.len() as u64 * self.geo.row_bytes;
-        Ok(())
-    }
-
-    fn file_range(&self, file: usize, offset: u64, len: usize) -> Option<&[u8]> {
-        let data = self.layers.get(file)?;
-        let at = usize::try_from(offset.checked_sub(self.data_offset)?).ok()?;
-        let bytes = data.get(at..)?;
-        Some(&bytes[..len.min(bytes.len())])
+        Ok((data.as_slice(), self.data_offset))
     }
 }

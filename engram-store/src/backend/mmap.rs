@@ -13,7 +13,8 @@ use memmap2::{Advice, Mmap, MmapOptions};
 
 use super::{Backend, BackendKind, BackendOptions, IoCounters};
 use crate::error::{Error, Result, io};
-use crate::io::{Driver, ResidentRows, gather_rows};
+use crate::format::Geometry;
+use crate::io::{Driver, ResidentRows};
 use crate::metrics::SharedHist;
 use crate::table::Table;
 
@@ -135,36 +136,23 @@ impl ResidentRows for MappedRows {
         "mmap"
     }
 
-    fn gather(
-        &self,
-        layer: usize,
-        ids: &[u64],
-        slots: &[u32],
-        out: &mut [u8],
-        counters: &mut IoCounters,
-    ) -> Result<()> {
+    fn geometry(&self) -> Geometry {
+        self.table.geometry()
+    }
+
+    fn region(&self, layer: usize) -> Result<(&[u8], u64)> {
         let ml = self.layers.get(layer).ok_or(Error::LayerOutOfRange {
             layer,
             n_layers: self.layers.len(),
         })?;
-        if self.verify {
-            self.verify_rows(layer, ml, ids, counters)?;
-        }
-        let m = self.table.manifest();
-        let geo = m.geometry();
-        let data = ml.map.get(m.data_offset as usize..).unwrap_or_default();
-        gather_rows(&geo, data, ids, slots, out)?;
-        counters.rows_unique += ids.len() as u64;
-        counters.device_bytes += ids.len() as u64 * geo.row_bytes;
-        Ok(())
+        let start = self.table.manifest().data_offset;
+        Ok((ml.map.get(start as usize..).unwrap_or_default(), start))
     }
 
-    fn file_range(&self, file: usize, offset: u64, len: usize) -> Option<&[u8]> {
-        let bytes = self
-            .layers
-            .get(file)?
-            .map
-            .get(usize::try_from(offset).ok()?..)?;
-        Some(&bytes[..len.min(bytes.len())])
+    fn verify(&self, layer: usize, ids: &[u64], counters: &mut IoCounters) -> Result<()> {
+        match self.layers.get(layer) {
+            Some(ml) if self.verify => self.verify_rows(layer, ml, ids, counters),
+            _ => Ok(()),
+        }
     }
 }

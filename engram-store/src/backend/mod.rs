@@ -7,8 +7,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::batch::PlanParams;
 use crate::error::{Error, Result};
+use crate::planner::PlanParams;
 use crate::table::Table;
 
 pub mod external;
@@ -255,13 +255,13 @@ impl BackendOptions {
             (
                 "longest read",
                 "MAX_READ_BYTES_LIMIT",
-                crate::batch::MAX_READ_BYTES_LIMIT,
+                crate::planner::MAX_READ_BYTES_LIMIT,
                 self.max_read_bytes,
             ),
             (
                 "coalescing gap",
                 "MAX_COALESCE_GAP_BYTES",
-                crate::batch::MAX_COALESCE_GAP_BYTES,
+                crate::planner::MAX_COALESCE_GAP_BYTES,
                 self.coalesce_gap_bytes,
             ),
             (

@@ -21,10 +21,10 @@ use super::engine::{Completion, Engine, EngineError, ReadReq};
 use super::resident::{ResidentEngine, ResidentRows};
 use super::staging::Staging;
 use crate::backend::{BackendOptions, IoCounters, verify_read};
-use crate::batch::{Plan, PlanParams, Source};
 use crate::error::{Error, Result, io_at};
 use crate::format::Geometry;
 use crate::metrics::{SharedHist, new_hist, record_ns};
+use crate::planner::{Plan, PlanParams, Source};
 use crate::table::Table;
 
 /// Batches one driver keeps active at once (a named bound on its plan memory).
@@ -338,7 +338,7 @@ impl Driver {
         }
         let records = self.records.as_deref().and_then(|r| {
             let layer_records = r.layers.get(layer)?.as_ref()?;
-            Some(crate::batch::RecordPlan {
+            Some(crate::planner::RecordPlan {
                 records: layer_records,
                 shape: r.shape,
                 max_read_bytes: params.max_read_bytes,

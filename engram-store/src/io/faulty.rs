@@ -16,7 +16,7 @@ use std::fmt;
 use super::engine::{Completion, Engine, EngineError, ReadReq};
 use super::staging::Lease;
 use crate::error::{Error, Result};
-use crate::workload::SplitMix64;
+use engram_kernels::rng::SplitMix64;
 
 /// Environment variable with a fault plan for every reader the process opens.
 pub const IO_FAULTS_ENV: &str = "ENGRAM_IO_FAULTS";

@@ -18,5 +18,5 @@ pub mod staging;
 pub(crate) use driver::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs, Priority};
 pub use engine::{Completion, Engine, EngineError, ReadReq};
 pub use faulty::{Fault, FaultPlan, IO_FAULTS_ENV};
-pub(crate) use resident::{ResidentRows, gather_rows};
+pub(crate) use resident::ResidentRows;
 pub use staging::{Lease, MAX_STAGING_BYTES, Staging};

@@ -10,13 +10,28 @@ use std::sync::Arc;
 use super::engine::{Completion, Engine, EngineError, ReadReq};
 use super::staging::Lease;
 use crate::backend::IoCounters;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::Geometry;
 
-/// Rows held in this process's memory. Shared by every reactor (`&self`, `Sync`).
+/// Rows held in this process's memory. Shared by every reactor (`&self`, `Sync`). A tier
+/// names its row regions ([`ResidentRows::region`]) and what it checks on use
+/// ([`ResidentRows::verify`]); the gather and the file ranges are the same for every tier.
 pub trait ResidentRows: Send + Sync + fmt::Debug {
     /// The tier's name as an engine (`memory`, `mmap`).
     fn name(&self) -> &'static str;
+
+    /// The table's row geometry.
+    fn geometry(&self) -> Geometry;
+
+    /// The row region of layer `layer` (row offset 0 at its first byte) and the layer
+    /// file offset where it starts; [`Error::LayerOutOfRange`] past the last layer.
+    fn region(&self, layer: usize) -> Result<(&[u8], u64)>;
+
+    /// Checks rows `ids` of layer `layer` before they are copied (what this tier verifies
+    /// on use; nothing by default).
+    fn verify(&self, _layer: usize, _ids: &[u64], _counters: &mut IoCounters) -> Result<()> {
+        Ok(())
+    }
 
     /// Copies rows `ids` of layer `layer` into `out`, row `k` at slot `slots[k]` (or `k`
     /// when `slots` is empty), verifying what this tier verifies on use. Ids are rows of
@@ -28,16 +43,29 @@ pub trait ResidentRows: Send + Sync + fmt::Debug {
         slots: &[u32],
         out: &mut [u8],
         counters: &mut IoCounters,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let (data, _) = self.region(layer)?;
+        self.verify(layer, ids, counters)?;
+        let geo = self.geometry();
+        gather_rows(&geo, data, ids, slots, out)?;
+        counters.rows_unique += ids.len() as u64;
+        counters.device_bytes += ids.len() as u64 * geo.row_bytes;
+        Ok(())
+    }
 
     /// Up to `len` bytes of layer file `file` at file offset `offset` (fewer at the end
-    /// of what the tier holds; `None` outside it).
-    fn file_range(&self, file: usize, offset: u64, len: usize) -> Option<&[u8]>;
+    /// of what the tier holds; `None` outside its row region).
+    fn file_range(&self, file: usize, offset: u64, len: usize) -> Option<&[u8]> {
+        let (data, start) = self.region(file).ok()?;
+        let at = usize::try_from(offset.checked_sub(start)?).ok()?;
+        let bytes = data.get(at..)?;
+        Some(&bytes[..len.min(bytes.len())])
+    }
 }
 
 /// Copies rows from a resident row region: the plain gather loop. Returns an error
 /// instead of panicking when a row or slot falls outside `data` or `out`.
-pub(crate) fn gather_rows(
+fn gather_rows(
     geo: &Geometry,
     data: &[u8],
     ids: &[u64],
@@ -51,7 +79,7 @@ pub(crate) fn gather_rows(
         match (data.get(src..src + rb), out.get_mut(dst..dst + rb)) {
             (Some(from), Some(to)) => to.copy_from_slice(from),
             _ => {
-                return Err(crate::error::Error::Invalid {
+                return Err(Error::Invalid {
                     what: "gather",
                     reason: format!("row {row} or output slot {dst} is outside its region"),
                 });

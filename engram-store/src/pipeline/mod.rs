@@ -32,6 +32,17 @@ pub const MAX_SPECULATIONS: usize = 256;
 /// Work for a reactor.
 #[derive(Debug)]
 pub(crate) enum Request {
+    /// A service client's slot request ([`crate::Store::start`]): rows read into `out`,
+    /// handed to the caller's completion queue `reply` with its `tag`; store slot `slot`
+    /// (the request's share of `max_in_flight`) is freed first.
+    Slot {
+        slot: usize,
+        tag: u64,
+        layer: usize,
+        ids: Vec<u64>,
+        out: AlignedBuf,
+        reply: crossbeam_channel::Sender<Completion>,
+    },
     /// Rows a caller waits for (a ticket or a lookup), read into `out`, completed into
     /// slot `slot`.
     Fetch {
@@ -46,6 +57,63 @@ pub(crate) enum Request {
         layer: usize,
         ids: Vec<u64>,
     },
+}
+
+/// A finished request started with [`crate::Store::start`]: the caller's tag, its buffer
+/// (`ids.len() * row_bytes` long) and the outcome.
+#[derive(Debug)]
+pub struct Completion {
+    /// The tag given to [`crate::Store::start`].
+    pub tag: u64,
+    /// The buffer given to [`crate::Store::start`], holding the rows when `result` is `Ok`.
+    pub out: AlignedBuf,
+    /// The request's outcome: an engine failure is an [`Error::Engine`].
+    pub result: Result<()>,
+}
+
+/// A completion queue: where the requests a caller starts with [`crate::Store::start`]
+/// complete, in the order they finish (not the order they started). Each start gives
+/// exactly one [`Completion`]. Unbounded in type but bounded in use: every request holds
+/// one of the store's `max_in_flight` slots until its completion is queued.
+#[derive(Debug)]
+pub struct Completions {
+    tx: crossbeam_channel::Sender<Completion>,
+    rx: crossbeam_channel::Receiver<Completion>,
+}
+
+impl Default for Completions {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Self { tx, rx }
+    }
+}
+
+impl Completions {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next completion, waiting for it. Only call it with a request outstanding:
+    /// with none, it waits until `timeout` and returns `None`.
+    pub fn wait(&self, timeout: std::time::Duration) -> Option<Completion> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// The next completion if one is queued.
+    pub fn try_next(&self) -> Option<Completion> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Completes a request at once (served inline or refused).
+    pub(crate) fn push(&self, c: Completion) {
+        // The receiver lives in `self`: the send cannot fail.
+        let _ = self.tx.send(c);
+    }
+
+    pub(crate) fn sender(&self) -> crossbeam_channel::Sender<Completion> {
+        self.tx.clone()
+    }
 }
 
 /// Speculations pending, their numbers and cancellations.

@@ -50,7 +50,7 @@ impl Outputs for RunningOuts<'_> {
     fn out(&mut self, batch: BatchId) -> &mut [u8] {
         match self.0.get_mut(batch as usize).and_then(Option::as_mut) {
             Some(Running {
-                req: Request::Fetch { out, .. },
+                req: Request::Fetch { out, .. } | Request::Slot { out, .. },
                 ..
             }) => out.as_mut_slice(),
             Some(Running {
@@ -159,6 +159,9 @@ impl Reactor {
         let mut scratch = None;
         let (layer, priority) = match &mut req {
             Request::Fetch {
+                layer, ids, out, ..
+            }
+            | Request::Slot {
                 layer, ids, out, ..
             } => {
                 sh.probe(
@@ -358,6 +361,14 @@ impl Reactor {
                 .record_tier(sh.backend.kind().tier(), r.t_io.elapsed().as_nanos() as u64);
             sh.metrics.record_io(misses, &counters);
         }
+        // A fetch's rows (a ticket's, a lookup's, a slot request's): admitted, counted.
+        let fetched = |layer: usize, ids: &[u64], out: &[u8]| {
+            if result.is_ok() {
+                sh.admit(layer, &r.miss_ids, &r.miss_slots, out);
+            }
+            let ns = r.t0.elapsed().as_nanos() as u64;
+            sh.metrics.record_batch(ids.len(), ns, result.is_ok());
+        };
         match r.req {
             Request::Fetch {
                 slot,
@@ -365,12 +376,21 @@ impl Reactor {
                 ids,
                 out,
             } => {
-                if result.is_ok() {
-                    sh.admit(layer, &r.miss_ids, &r.miss_slots, &out);
-                }
-                let ns = r.t0.elapsed().as_nanos() as u64;
-                sh.metrics.record_batch(ids.len(), ns, result.is_ok());
+                fetched(layer, &ids, &out);
                 sh.slots.deliver(slot, Done { out, result, ids });
+            }
+            Request::Slot {
+                slot,
+                tag,
+                layer,
+                ids,
+                out,
+                reply,
+            } => {
+                fetched(layer, &ids, &out);
+                // The slot first: the caller may start its next request on this completion.
+                sh.slots.finish(slot, ids);
+                let _ = reply.send(super::Completion { tag, out, result });
             }
             Request::Warm { layer, ids, .. } => {
                 sh.metrics.record_speculation(misses, &result);

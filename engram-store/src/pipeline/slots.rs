@@ -175,6 +175,15 @@ impl Slots {
         }
     }
 
+    /// Frees slot `slot`, whose request was not waited for through the slot (a
+    /// [`super::Request::Slot`]), keeping `ids` as its id vector.
+    pub fn finish(&self, slot: usize, ids: Vec<u64>) {
+        if let Some(s) = self.cells.get(slot) {
+            lock(s).spare_ids = Some(ids);
+        }
+        self.release(slot);
+    }
+
     /// Frees slot `slot` for the next request.
     pub fn release(&self, slot: usize) {
         if let Some(o) = self.owners.get(slot) {

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use engram_kernels::EngramConfig;
-use engram_store::synth::{SynthSpec, synth_row, write_synth};
 use engram_store::{BackendKind, BackendOptions, Manifest, RowLayout, Store, StoreOptions};
+use engram_testbed::synth::{SynthSpec, synth_row, write_synth};
 
 pub mod file_engine;
 pub mod sys;
@@ -90,8 +90,8 @@ pub fn store(dir: &Path, kind: BackendKind, cache_bytes: u64, qd: usize) -> Stor
 pub mod publish {
     use std::path::Path;
 
-    use engram_store::synth::{SynthSpec, write_synth_rows};
     use engram_store::{Error, Manifest, RowLayout, Table, TableWriter};
+    use engram_testbed::synth::{SynthSpec, write_synth_rows};
 
     use super::{expected_rows, spec};
 

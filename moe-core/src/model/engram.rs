@@ -2,10 +2,13 @@
 //! store, and the per-layer module (gate + short conv) with its decode state.
 //!
 //! Rows are requested the moment their token ids are known: the whole prompt's rows before
-//! layer 0 runs, then each new token's rows right after it is sampled. The layer waits on
+//! layer 0 runs (or, in a chunked prefill, each chunk's rows while the chunk before it
+//! computes: [`crate::session::PrefillPlan`]), then each new token's rows right after it is
+//! sampled. The layer waits on
 //! its ticket only when it needs the rows, so I/O overlaps the blocks before it. Rows of
 //! the likely next tokens can be warmed one step earlier still ([`EngramMemory::speculate`]).
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -33,8 +36,9 @@ struct LayerRt {
     module: EngramModule,
     conv: ConvState,
     scratch: DecodeScratch,
-    /// Tickets for the rows of the positions being computed, in order.
-    pending: Vec<Ticket>,
+    /// Tickets for the rows of the positions requested and not yet computed, in order
+    /// (during a pipelined prefill: this chunk's, then the next chunk's).
+    pending: VecDeque<Ticket>,
     /// Spare row buffers, reused across steps.
     spare: Vec<AlignedBuf>,
 }
@@ -152,7 +156,7 @@ impl EngramMemory {
                 conv: module.new_state()?,
                 scratch: module.decode_scratch(1),
                 module,
-                pending: Vec::new(),
+                pending: VecDeque::new(),
                 spare: Vec::new(),
             });
         }
@@ -238,7 +242,7 @@ impl EngramMemory {
                     _ => self.store.alloc_rows(max_rows)?,
                 };
                 l.pending
-                    .push(self.store.prefetch(l.table_layer, chunk, buf));
+                    .push_back(self.store.prefetch(l.table_layer, chunk, buf));
             }
         }
         let keep = self.max_ngram - 1;
@@ -305,9 +309,11 @@ impl EngramMemory {
         self.layers.iter().position(|l| l.block == block)
     }
 
-    /// Runs Engram block `slot` on `t` positions: waits for their rows, builds the memory
-    /// vectors and adds the module's output to `h` (`(t, d)`). `prefill` starts the
-    /// sequence (conv state set from these positions); otherwise `t` must be 1.
+    /// Runs Engram block `slot` on the next `t` positions: waits for their rows (the oldest
+    /// requests; later ones stay pending), builds the memory vectors and adds the module's
+    /// output to `h` (`(t, d)`). `prefill` starts the sequence (conv state set from these
+    /// positions); otherwise the positions continue it (a later prompt chunk, or one
+    /// decoded token), each advancing the conv state.
     pub fn apply(
         &mut self,
         slot: usize,
@@ -319,7 +325,10 @@ impl EngramMemory {
         let l = &mut self.layers[slot];
         let d_mem = self.heads * self.width;
         let mut pos = 0usize;
-        for ticket in l.pending.drain(..) {
+        while pos < t {
+            let Some(ticket) = l.pending.pop_front() else {
+                break;
+            };
             let t0 = Instant::now();
             let (buf, r) = ticket.wait();
             self.stall.stall += t0.elapsed();
@@ -348,8 +357,16 @@ impl EngramMemory {
             l.module
                 .forward_prefill(e, h, 1, t, y, Some(std::slice::from_mut(&mut l.conv)))?;
         } else {
-            l.module
-                .forward_decode(e, h, std::slice::from_mut(&mut l.conv), y, &mut l.scratch)?;
+            let md = h.len() / t;
+            for (i, (h, y)) in h.chunks_exact(md).zip(y.chunks_exact_mut(md)).enumerate() {
+                l.module.forward_decode(
+                    &e[i * d_mem..(i + 1) * d_mem],
+                    h,
+                    std::slice::from_mut(&mut l.conv),
+                    y,
+                    &mut l.scratch,
+                )?;
+            }
         }
         for (a, &b) in h.iter_mut().zip(y.iter()) {
             *a += b;

@@ -143,12 +143,9 @@ impl Model {
                 max: mp,
             });
         }
+        // Position 0 starts the sequence; later chunks (a prompt's next chunk, a decoded
+        // token) continue it.
         let prefill = s.pos == 0;
-        if !prefill && t != 1 && memory.is_some() {
-            return Err(Error::Input(
-                "after the prompt, Engram decoding runs one position at a time".into(),
-            ));
-        }
         let w = &self.weights;
         let eps = c.rms_norm_eps as f32;
         let hyper = c.hyper();

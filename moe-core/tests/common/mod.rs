@@ -25,6 +25,18 @@ pub fn committed_models() -> Vec<PathBuf> {
     dirs
 }
 
+/// The addressing of the committed model `stdlib-moe-engram-b` (its config.json).
+pub fn model_b_addressing() -> EngramConfig {
+    EngramConfig {
+        max_ngram: 3,
+        n_heads: 4,
+        base_sizes: vec![4967, 4967],
+        layer_ids: vec![1],
+        seed: 0,
+        pad_id: 2,
+    }
+}
+
 /// Publishes a bf16 table of zero rows (`dim` values each) with `config`'s addressing at
 /// `dir`: the shape a model's table must have, without its values. `checkpoint` is the
 /// SHA-256 list the manifest records as the checkpoint it was imported from.
@@ -34,6 +46,18 @@ pub fn write_zero_table(
     tokenizer_sha256: &str,
     dim: u32,
     checkpoint: &[&str],
+) {
+    write_table(dir, config, tokenizer_sha256, dim, checkpoint, |_| 0.0);
+}
+
+/// [`write_zero_table`] with value `i` of each layer's rows (row-major) set to `value(i)`.
+pub fn write_table(
+    dir: &Path,
+    config: &EngramConfig,
+    tokenizer_sha256: &str,
+    dim: u32,
+    checkpoint: &[&str],
+    value: impl Fn(usize) -> f32,
 ) {
     let layout = EngramLayout::new(config, 99_092, 2).expect("valid");
     let manifest = Manifest::new(
@@ -50,8 +74,12 @@ pub fn write_zero_table(
     .expect("manifest");
     let mut w = TableWriter::create(dir, &manifest, false).expect("writer");
     for (i, l) in layout.layers.iter().enumerate() {
-        w.write_layer_rows(i, &vec![0u8; l.total_rows as usize * dim as usize * 2])
-            .expect("rows");
+        let n = l.total_rows as usize * dim as usize;
+        // bf16: the high half of an f32.
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|j| ((value(j).to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        w.write_layer_rows(i, &bytes).expect("rows");
     }
     w.finish().expect("publishes");
 }

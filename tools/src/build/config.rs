@@ -191,7 +191,7 @@ pub struct BuildPlan {
 /// Parses a `--records-*` size (`64M`, `1G`, ...) of at most [`MAX_RECORDS_BYTES`].
 fn records_size(flag: &str, value: Option<&str>) -> Result<u64> {
     let Some(v) = value else { return Ok(0) };
-    let bytes = engram_store::workload::parse_bytes(v).with_context(|| format!("{flag} {v:?}"))?;
+    let bytes = engram_store::size::parse_bytes(v).with_context(|| format!("{flag} {v:?}"))?;
     if bytes > MAX_RECORDS_BYTES {
         bail!("{flag} {v:?}: at most {MAX_RECORDS_BYTES} bytes (MAX_RECORDS_BYTES)");
     }

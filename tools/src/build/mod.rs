@@ -531,8 +531,8 @@ fn prepare(args: &BuildArgs, resolved: &Resolved) -> Result<Prepared> {
         checkpoints,
         import_plan,
     } = resolved;
-    let candidates_bytes = engram_store::workload::parse_bytes(&args.candidates_bytes)
-        .context("--candidates-bytes")?;
+    let candidates_bytes =
+        engram_store::size::parse_bytes(&args.candidates_bytes).context("--candidates-bytes")?;
     anyhow::ensure!(
         (1..=engram_store::candidates::MAX_CANDIDATES_K).contains(&args.candidates_k),
         "--candidates-k {}: expected 1..={}",

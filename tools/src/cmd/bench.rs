@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
-use engram_store::workload::{BenchSpec, RowDist, parse_bytes, run_bench};
+use engram_store::size::parse_bytes;
 use engram_store::{Profile, StoreOptions};
+use engram_testbed::workload::{BenchSpec, RowDist, run_bench};
 
 use crate::{MAX_THREADS, json_line};
 

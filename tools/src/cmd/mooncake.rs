@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use engram_mooncake::{ClientConfig, PublishOptions, Replication, TableKeys};
 use engram_store::Table;
-use engram_store::workload::parse_bytes;
+use engram_store::size::parse_bytes;
 
 use crate::build::report::{Mode, Phase};
 use crate::json_line;

@@ -11,10 +11,11 @@ use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
 use engram_files::file::open_regular;
 use engram_kernels::alloc::try_vec_dims;
+use engram_kernels::rng::SplitMix64;
 use engram_store::backend::MAX_QUEUE_DEPTH;
-use engram_store::backend::uring::probe_random_reads;
 use engram_store::format::MAX_ROW_BYTES;
-use engram_store::workload::{SplitMix64, parse_bytes};
+use engram_store::size::parse_bytes;
+use engram_testbed::probe::probe_random_reads;
 
 use crate::json_line;
 

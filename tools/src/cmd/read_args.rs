@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use engram_mooncake::ClientConfig;
-use engram_store::workload::parse_bytes;
+use engram_store::size::parse_bytes;
 use engram_store::{BackendKind, BackendOptions, Store, StoreOptions};
 
 /// How the store reads rows.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use engram_server::signals::{Signal, Signals};
 use engram_server::{AllowRule, Server, ServerOptions, TableSpec};
-use engram_store::workload::parse_bytes;
+use engram_store::size::parse_bytes;
 use engram_store::{Profile, StoreOptions};
 
 /// Serve tables to engine processes on this host.

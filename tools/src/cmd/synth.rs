@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use engram_store::synth::{SynthSpec, write_synth};
+use engram_testbed::synth::{SynthSpec, write_synth};
 
 use crate::json_line;
 
@@ -17,7 +17,7 @@ use crate::json_line;
     after_help = "Examples:\n  engram synth /tmp/demo --preset demo --base-size 1000\n  \
     engram synth /data/v41-36g --preset v41 --base-size 2800000   # ~37 GB\n\n\
     Rows are a pure function of (seed, layer index, row id) \
-    (engram_store::synth::synth_row); sizes scale with --base-size."
+    (engram_testbed::synth::synth_row); sizes scale with --base-size."
 )]
 pub struct Args {
     /// Output table directory.

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use engram_kernels::{EngramConfig, EngramLayout, Preset};
 
-use crate::error::{Error, Result};
-use crate::format::{BuildInfo, Manifest, RowLayout};
-use crate::table::TableWriter;
+use engram_kernels::rng::SplitMix64;
+use engram_store::format::{BuildInfo, Manifest, RowLayout};
+use engram_store::{Error, Result, TableWriter};
 
 /// SHA-256 recorded by synthetic tables built for the DeepSeek tokenizer shape.
 pub const SYNTH_TOKENIZER_SHA256: &str = engram_files::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
@@ -16,12 +16,10 @@ pub const SYNTH_COMPRESSED_VOCAB: u64 = 99_092;
 /// Rows generated per write call.
 const SYNTH_CHUNK_ROWS: usize = 4096;
 
+/// One SplitMix64 step from state `z`.
 #[inline]
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+fn splitmix(z: u64) -> u64 {
+    SplitMix64(z).next_u64()
 }
 
 /// The bytes of synthetic row `row` of layer index `layer` (deterministic in all inputs).

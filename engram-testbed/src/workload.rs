@@ -1,35 +1,9 @@
 //! Deterministic request generators for benchmarks and tests: uniform and Zipfian row ids
 //! (hot ranks scattered over the table by a fixed permutation), and process CPU time.
 
-use crate::error::{Error, Result};
+use engram_store::{Error, Result};
 
-/// SplitMix64: small, fast, specified.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// The next 64 pseudo-random bits.
-    #[inline]
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    #[inline]
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `0..n` (Lemire's multiply-shift; bias below 2^-32 for n < 2^32).
-    #[inline]
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-}
+pub use engram_kernels::rng::SplitMix64;
 
 /// Zipf(s) over ranks `1..=n` by rejection-inversion (Hoermann and Derflinger 1996, as in
 /// `rand_distr::Zipf`): O(1) per sample for any n.
@@ -222,16 +196,6 @@ mod tests {
     }
 
     #[test]
-    fn byte_sizes_parse_or_fail_never_saturate() {
-        assert_eq!(parse_bytes("4096").ok(), Some(4096));
-        assert_eq!(parse_bytes("64K").ok(), Some(64 << 10));
-        assert_eq!(parse_bytes("16T").ok(), Some(16 << 40));
-        for bad in ["", "-1", "nan", "1X", "16777216T", "1e30G"] {
-            assert!(parse_bytes(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn permutation_is_bijective() {
         for n in [1u64, 2, 7, 100, 1024, 999_983] {
             let p = RankPermutation::new(n, 3);
@@ -309,12 +273,12 @@ pub struct BenchReport {
     /// `cpu_seconds / seconds`: cores kept busy on average.
     pub cpu_cores: f64,
     /// The store's statistics at the end of the run.
-    pub stats: crate::metrics::StatsSnapshot,
+    pub stats: engram_store::StatsSnapshot,
 }
 
 /// Runs `spec` against `store` (in-process or through a service); stats are reset after
 /// the warm-up.
-pub fn run_bench(store: &dyn crate::RowSource, spec: &BenchSpec) -> Result<BenchReport> {
+pub fn run_bench(store: &dyn engram_store::RowSource, spec: &BenchSpec) -> Result<BenchReport> {
     let n_layers = store.n_layers();
     let layers: Vec<usize> = if spec.layers.is_empty() {
         (0..n_layers).collect()
@@ -362,7 +326,7 @@ pub fn run_bench(store: &dyn crate::RowSource, spec: &BenchSpec) -> Result<Bench
                                 store.lookup_into(*layer, ids, &mut out)?;
                             }
                         } else {
-                            let mut free: Vec<crate::AlignedBuf> = (0..spec.prefetch_depth)
+                            let mut free: Vec<engram_store::AlignedBuf> = (0..spec.prefetch_depth)
                                 .map(|_| store.alloc_rows(spec.batch_rows))
                                 .collect::<Result<_>>()?;
                             let mut pending = std::collections::VecDeque::new();
@@ -370,7 +334,7 @@ pub fn run_bench(store: &dyn crate::RowSource, spec: &BenchSpec) -> Result<Bench
                                 if free.is_empty()
                                     && let Some(t) = pending.pop_front()
                                 {
-                                    let (buf, r) = crate::Ticket::wait(t);
+                                    let (buf, r) = engram_store::Ticket::wait(t);
                                     r?;
                                     free.push(buf);
                                 }
@@ -378,7 +342,7 @@ pub fn run_bench(store: &dyn crate::RowSource, spec: &BenchSpec) -> Result<Bench
                                 pending.push_back(store.prefetch(*layer, ids, buf));
                             }
                             for t in pending {
-                                let (_, r) = crate::Ticket::wait(t);
+                                let (_, r) = engram_store::Ticket::wait(t);
                                 r?;
                             }
                         }
@@ -425,42 +389,4 @@ pub fn run_bench(store: &dyn crate::RowSource, spec: &BenchSpec) -> Result<Bench
         cpu_cores: cpu_seconds / seconds,
         stats,
     })
-}
-
-/// Parses `123`, `64K`, `512M`, `2G`, `1T` (binary multiples) or `1.5G`.
-pub fn parse_bytes(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                'B' => 1,
-                _ => 0,
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    let v: f64 = num.parse().map_err(|_| Error::Invalid {
-        what: "byte size",
-        reason: format!("{s:?}: expected e.g. 4096, 64K, 512M, 2G"),
-    })?;
-    if mult == 0 || !(v.is_finite() && v >= 0.0) {
-        return Err(Error::Invalid {
-            what: "byte size",
-            reason: format!("{s:?}: expected e.g. 4096, 64K, 512M, 2G"),
-        });
-    }
-    let bytes = v * mult as f64;
-    // 2^64 as f64; `as u64` would saturate silently above it.
-    if bytes >= 18_446_744_073_709_551_616.0 {
-        return Err(Error::Invalid {
-            what: "byte size",
-            reason: format!("{s:?} is 2^64 bytes or more"),
-        });
-    }
-    Ok(bytes as u64)
 }

@@ -6,24 +6,28 @@
 //! modelled lead time into the next one. The reads are real: the store's cache, I/O
 //! workers and device. What is measured is how long each Engram layer waits for its rows
 //! beyond its deadline (the stall), and what that costs against a table resident in DRAM.
+//! With `--prefill TOKENS` it replays prompts as chunked prefill instead (`prefill.rs`);
+//! with `--fio-baseline` it measures the disk with fio in the same run and reports the
+//! floor next to every slowdown (`floor.rs`). The decode loop is in `decode.rs`.
 
-use std::path::{Path, PathBuf};
+mod decode;
+mod floor;
+mod prefill;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
 use engram_files::tokenizer;
 use engram_kernels::CompressionTable;
-use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
-use engram_kernels::rng::SplitMix64;
+use engram_kernels::hash::{HashOptions, NgramHasher};
 use engram_store::candidates::{CANDIDATES_FILE, MAX_CANDIDATES_K};
 use engram_store::records::RECORDS_FILE;
-use engram_store::workload::parse_bytes;
-use engram_store::{
-    AlignedBuf, Candidates, Profile, Speculation, Store, StoreOptions, Table, Ticket,
-};
+use engram_store::size::parse_bytes;
+use engram_store::{Candidates, Profile, Store, StoreOptions, Table};
 use rayon::prelude::*;
 
 use crate::build::PROFILE_FILE;
@@ -53,7 +57,9 @@ pub const MAX_STREAM_TOKENS: usize = 1 << 28;
 #[command(after_help = "Examples:\n  \
     engram replay /data/v41 --text ~/.local/lib/python3.12/site-packages/numpy --include '**/*.py' \\\n    \
       --batch 1 --cache-bytes 10% --speculate 4 --json\n  \
-    engram replay /data/v41 --text held-out.txt --batch 32 --step-us 20000 --cache-bytes 2G\n\n\
+    engram replay /data/v41 --text held-out.txt --batch 32 --step-us 20000 --cache-bytes 2G\n  \
+    engram replay /data/v41 --text ./repo --include '**/*.py' --prefill 32768 --chunk 16384 \\\n    \
+      --cache-bytes 10% --fio-baseline --json\n\n\
     The model: each decode step takes --step-us of compute; a token is sampled at the end of \
     a step; Engram layer j (the table's layer ids) needs that token's rows at \
     lead + (j - first layer id) x step / --model-layers into the next step, where lead is \
@@ -81,7 +87,26 @@ pub const MAX_STREAM_TOKENS: usize = 1 << 28;
     Misses: cold_miss_share counts first touches of rows the cache did not hold (no policy \
     avoids them at this size and seeding), compulsory_miss_floor those of rows the profile \
     never saw (no cache avoids them); cold_steps_by_layer is the share of steps in which a \
-    layer needs such a row: with a device read slower than the layer's lead, each stalls.")]
+    layer needs such a row: with a device read slower than the layer's lead, each stalls.\n\n\
+    Prefill (--prefill TOKENS): each prompt is cut into --chunk chunks; a chunk's rows (every \
+    position, every Engram layer) are hashed, deduplicated per layer and requested as one \
+    ticket per layer, read at the store's full --queue-depth; chunk k+1's are requested when \
+    chunk k starts computing (--no-pipeline: when it starts itself). A chunk computes for \
+    tokens / --prefill-rate; Engram layer j needs its rows (layer id / --model-layers) of the \
+    way in. TTFT ends with the last chunk; the resident run is the compute alone. Default \
+    rate 73,700 tokens/s: DeepSeek-V3/R1 inference system overview (DeepSeek Open Infra, \
+    2025-03-01), input tokens/s per H800 node during prefill; no V4.1 prefill figure is \
+    published. Default chunk 16,384: the V4.1 prefill chunk of real traffic in \
+    ENGRAM-SPEC.md section 16. JSON: `prefill` carries ttft_us, ttft_resident_us, \
+    device_reads (the store's counter over the prefill), the unique-row shares per order \
+    and `chunks` (tokens, unique rows and misses per layer, compute, stall, read times), so \
+    the floor can be recomputed from any fio figure.\n\n\
+    Floor (--fio-baseline): decode: the larger of (share of steps with a cold row x how far \
+    fio's burst-after-idle p50 exceeds each layer's deadline) and (a step's reads at fio's \
+    IOPS, layer by layer, less the deadlines); prefill: the chunks' misses (x the run's \
+    device reads per miss) read at fio's IOPS at the same queue depth in request order, the \
+    TTFT this gives less the resident one. Both are what an I/O path with no overhead would lose on this disk; \
+    measured_over_floor is the measured slowdown over it.")]
 pub struct Args {
     /// Table directory (on the SSD tier: the reads go through the backend's device path).
     pub table: PathBuf,
@@ -143,6 +168,32 @@ pub struct Args {
     /// SHA-256 must be the table's.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Replay prompts of this many tokens as chunked prefill instead of decode (consecutive
+    /// slices of the held-out stream; 1..=4194304).
+    #[arg(long, conflicts_with_all = ["step_us", "lead_us", "batch", "max_steps"])]
+    pub prefill: Option<usize>,
+    /// Prefill chunk in tokens [default: 16384, the V4.1 prefill chunk ENGRAM-SPEC.md
+    /// section 16 reports; at most --prefill].
+    #[arg(long, requires = "prefill")]
+    pub chunk: Option<usize>,
+    /// Simulated prefill compute in tokens/s [default: 73700, DeepSeek-V3/R1's published
+    /// input throughput per H800 node during prefill; no V4.1 figure is published].
+    #[arg(long, requires = "prefill")]
+    pub prefill_rate: Option<f64>,
+    /// Prompts to prefill one after another (the cache carries over).
+    #[arg(long, default_value_t = 1, requires = "prefill")]
+    pub prompts: usize,
+    /// Request each chunk's rows when it starts instead of while the previous one computes.
+    #[arg(long, requires = "prefill")]
+    pub no_pipeline: bool,
+    /// Run fio (io_uring, O_DIRECT, 4 KiB random reads) on the table's first layer file in
+    /// the same run: at --queue-depth before and after the replay, and (decode) in the
+    /// replay's burst-after-idle pattern after it; report the floor and measured / floor.
+    #[arg(long)]
+    pub fio_baseline: bool,
+    /// Seconds of each fio run.
+    #[arg(long, default_value_t = 5.0, requires = "fio_baseline")]
+    pub fio_seconds: f64,
     /// Print one JSON Lines record (`{"type": "replay", "data": ...}`).
     #[arg(long)]
     pub json: bool,
@@ -281,33 +332,6 @@ impl RowSet {
     }
 }
 
-/// Lookups classified against the profile and the stream's own past.
-#[derive(Debug, Default, Clone)]
-struct Floor {
-    lookups: u64,
-    /// On rows the profile never saw.
-    unseen: u64,
-    /// First touches of rows the profile never saw: no cache policy avoids these misses.
-    compulsory: u64,
-    /// First touches (in this run) of rows the cache did not hold at that moment: the
-    /// misses of this cache size and seeding that no admission or eviction policy avoids.
-    cold: u64,
-    /// (layers,) steps in which the layer had at least one cold lookup: each such step
-    /// waits for a device read unless its lead time covers one.
-    cold_steps: Vec<u64>,
-}
-
-/// One decoding sequence: a slice of the stream and its n-gram history.
-#[derive(Debug)]
-struct Sequence {
-    next: usize,
-    end: usize,
-    /// The last N - 1 canonical ids, then the current one while hashing.
-    window: Vec<i64>,
-    /// Raw ids predicted for the next position.
-    predicted: Vec<u32>,
-}
-
 /// Sleeps, then spins, until `t`.
 fn wait_until(t: Instant) {
     let spin = Duration::from_micros(SPIN_US);
@@ -425,6 +449,11 @@ fn check_args(args: &Args) -> Result<Predictor> {
         args.speculate
     );
     ensure!(args.max_steps > 0, "--max-steps must be at least 1");
+    ensure!(
+        args.fio_seconds.is_finite() && (0.1..=3600.0).contains(&args.fio_seconds),
+        "--fio-seconds {}: expected 0.1..=3600",
+        args.fio_seconds
+    );
     let predictor = Predictor::parse(&args.predictor)?;
     ensure!(
         predictor == Predictor::Table || args.speculate > 0,
@@ -524,274 +553,17 @@ fn profiled_rows(table: &Table, profile: Option<&Profile>) -> Result<RowSet> {
     Ok(set)
 }
 
-/// What the replay counts as it goes.
-#[derive(Debug, Default)]
-struct Tally {
-    floor: Floor,
-    /// Positions whose prediction was scored, had a candidate, was right.
-    scored: u64,
-    predicted: u64,
-    spec_hits: u64,
-    /// Rows offered to `Store::speculate` and accepted.
-    offered: u64,
-    /// (steps,) stall of each step
-    stall_us: Vec<f64>,
-    /// (layers,) total stall per table layer
-    layer_stall_us: Vec<f64>,
-    /// (steps * layers,) how late the replay thread reached each deadline
-    late_us: Vec<f64>,
-}
-
-/// The decode loop's state: every buffer allocated once.
-struct Replayer<'a> {
-    store: &'a Store,
-    inputs: &'a Inputs,
-    timing: &'a Timing,
-    k: usize,
-    predictor: Predictor,
-    profiled: RowSet,
-    /// Rows looked up so far in this run.
-    touched: RowSet,
-    seqs: Vec<Sequence>,
-    /// (layers,) row buffers handed to and back from the tickets
-    bufs: Vec<Option<AlignedBuf>>,
-    /// (layers, batch * heads) this step's row ids
-    ids: Vec<Vec<u64>>,
-    /// (layers, batch * k * heads) the next step's candidates' row ids
-    spec_ids: Vec<Vec<u64>>,
-    speculations: Vec<Speculation>,
-    /// (heads,) one position's row ids in one layer
-    hashed: Vec<u64>,
-    /// Table layers in the order the decoder reaches them.
-    order: Vec<usize>,
-    tally: Tally,
-}
-
-impl<'a> Replayer<'a> {
-    fn new(args: &Args, store: &'a Store, inputs: &'a Inputs, timing: &'a Timing) -> Result<Self> {
-        let n_layers = inputs.table.n_layers();
-        let heads = inputs.hasher.n_hash_heads();
-        let n = inputs.stream.raw.len();
-        let seqs = (0..args.batch)
-            .map(|b| Sequence {
-                next: b * n / args.batch,
-                end: (b + 1) * n / args.batch,
-                window: Vec::with_capacity(inputs.hasher.max_ngram() + 1),
-                predicted: Vec::with_capacity(args.speculate),
-            })
-            .collect();
-        let bufs = (0..n_layers)
-            .map(|_| store.alloc_rows(args.batch * heads).map(Some))
-            .collect::<Result<_, _>>()?;
-        let mut order: Vec<usize> = (0..n_layers).collect();
-        order.sort_by_key(|&li| timing.deadlines[li]);
-        Ok(Self {
-            store,
-            inputs,
-            timing,
-            k: args.speculate,
-            predictor: inputs.predictor,
-            profiled: profiled_rows(&inputs.table, inputs.profile.as_ref())?,
-            touched: RowSet::new(&inputs.table)?,
-            seqs,
-            bufs,
-            ids: vec![Vec::with_capacity(args.batch * heads); n_layers],
-            spec_ids: vec![Vec::with_capacity(args.batch * heads * args.speculate); n_layers],
-            speculations: Vec::with_capacity(n_layers),
-            hashed: vec![0; heads],
-            order,
-            tally: Tally {
-                layer_stall_us: vec![0.0; n_layers],
-                floor: Floor {
-                    cold_steps: vec![0; n_layers],
-                    ..Floor::default()
-                },
-                ..Tally::default()
-            },
-        })
-    }
-
-    /// Steps every sequence can take.
-    fn steps_available(&self) -> usize {
-        self.seqs.iter().map(|s| s.end - s.next).min().unwrap_or(0)
-    }
-
-    /// Advances every sequence by one token and collects its rows per layer (scoring the
-    /// last step's prediction and the compulsory-miss floor on the way).
-    fn next_tokens(&mut self) -> Result<()> {
-        let stream = &self.inputs.stream;
-        let hasher = &self.inputs.hasher;
-        let keep = hasher.max_ngram() - 1;
-        for v in &mut self.ids {
-            v.clear();
-        }
-        let mut cold_layers = vec![false; self.ids.len()];
-        for seq in &mut self.seqs {
-            let p = seq.next;
-            seq.next += 1;
-            if stream.doc_start[p] {
-                seq.window.clear();
-            } else if self.k > 0 {
-                let t = &mut self.tally;
-                t.scored += 1;
-                t.predicted += u64::from(!seq.predicted.is_empty());
-                t.spec_hits += u64::from(seq.predicted.contains(&stream.raw[p]));
-            }
-            if seq.window.len() > keep {
-                seq.window.drain(..seq.window.len() - keep);
-            }
-            seq.window.push(stream.canonical[p]);
-            for (li, v) in self.ids.iter_mut().enumerate() {
-                hasher.hash_last_into(li, &seq.window, HashOutput::RowId, &mut self.hashed)?;
-                for &row in &self.hashed {
-                    let f = &mut self.tally.floor;
-                    f.lookups += 1;
-                    let first = !self.touched.insert(li, row);
-                    if first && !self.store.cache_contains(li, row) {
-                        f.cold += 1;
-                        cold_layers[li] = true;
-                    }
-                    if !self.profiled.contains(li, row) {
-                        f.unseen += 1;
-                        f.compulsory += u64::from(first);
-                    }
-                }
-                v.extend_from_slice(&self.hashed);
-            }
-        }
-        for (n, cold) in self.tally.floor.cold_steps.iter_mut().zip(cold_layers) {
-            *n += u64::from(cold);
-        }
-        Ok(())
-    }
-
-    /// Prefetches this step's rows: one ticket per layer.
-    fn prefetch(&mut self) -> Result<Vec<Option<Ticket>>> {
-        let mut tickets = Vec::with_capacity(self.ids.len());
-        for (li, v) in self.ids.iter().enumerate() {
-            let buf = match self.bufs[li].take() {
-                Some(b) => b,
-                None => self.store.alloc_rows(v.len())?,
-            };
-            tickets.push(Some(self.store.prefetch(li, v, buf)));
-        }
-        Ok(tickets)
-    }
-
-    /// Cancels the last step's speculation and speculates on the next step's tokens.
-    fn speculate(&mut self) -> Result<()> {
-        for s in self.speculations.drain(..) {
-            s.cancel();
-        }
-        if self.k == 0 {
-            return Ok(());
-        }
-        for v in &mut self.spec_ids {
-            v.clear();
-        }
-        let stream = &self.inputs.stream;
-        for seq in &mut self.seqs {
-            match &self.inputs.candidates {
-                Some(c) => c.predict_into(&seq.window, self.k, &mut seq.predicted),
-                None => seq.predicted.clear(),
-            }
-            if let Predictor::Mtp(p) = self.predictor {
-                let truth = (seq.next < seq.end && !stream.doc_start[seq.next])
-                    .then(|| stream.raw[seq.next]);
-                let hit = SplitMix64::keyed(&[MTP_SEED, seq.next as u64]).next_f64() < p;
-                // The head's guess: the truth when it hits, else the table's best other one.
-                let guess = if hit {
-                    truth
-                } else {
-                    seq.predicted.iter().copied().find(|&t| Some(t) != truth)
-                };
-                if let Some(g) = guess {
-                    seq.predicted.retain(|&t| t != g);
-                    seq.predicted.insert(0, g);
-                    seq.predicted.truncate(self.k);
-                }
-            }
-            let base = seq.window.len();
-            for &cand in &seq.predicted {
-                seq.window
-                    .push(self.inputs.compression.compress_id(i64::from(cand))?);
-                for (li, v) in self.spec_ids.iter_mut().enumerate() {
-                    self.inputs.hasher.hash_last_into(
-                        li,
-                        &seq.window,
-                        HashOutput::RowId,
-                        &mut self.hashed,
-                    )?;
-                    v.extend_from_slice(&self.hashed);
-                }
-                seq.window.truncate(base);
-            }
-        }
-        for (li, v) in self.spec_ids.iter().enumerate() {
-            if v.is_empty() {
-                continue;
-            }
-            let s = self.store.speculate(li, v)?;
-            if s.accepted() {
-                self.tally.offered += v.len() as u64;
-            }
-            self.speculations.push(s);
-        }
-        Ok(())
-    }
-
-    /// The step's compute from `start`: each Engram layer waits for its rows at its
-    /// deadline (pushed back by the stalls before it). Returns when the step ends.
-    fn compute(&mut self, start: Instant, mut tickets: Vec<Option<Ticket>>) -> Result<Instant> {
-        let mut stalled = Duration::ZERO;
-        for &li in &self.order {
-            let deadline = start + self.timing.deadlines[li] + stalled;
-            wait_until(deadline);
-            let t = &mut self.tally;
-            t.late_us.push(
-                Instant::now()
-                    .saturating_duration_since(deadline)
-                    .as_secs_f64()
-                    * 1e6,
-            );
-            let Some(ticket) = tickets.get_mut(li).and_then(Option::take) else {
-                bail!("layer index {li} has no ticket");
-            };
-            // Rows ready on arrival cost nothing; otherwise the layer waits from its deadline.
-            let ready = ticket.is_ready();
-            let (buf, r) = ticket.wait();
-            r.with_context(|| format!("reading the rows of layer index {li}"))?;
-            self.bufs[li] = Some(buf);
-            if !ready {
-                let waited = Instant::now().saturating_duration_since(deadline);
-                stalled += waited;
-                t.layer_stall_us[li] += waited.as_secs_f64() * 1e6;
-            }
-        }
-        self.tally.stall_us.push(stalled.as_secs_f64() * 1e6);
-        let end = start + self.timing.step + stalled;
-        wait_until(end);
-        Ok(end)
-    }
-
-    fn run(&mut self, steps: usize) -> Result<()> {
-        let mut start = Instant::now();
-        for _ in 0..steps {
-            self.next_tokens()?;
-            let tickets = self.prefetch()?;
-            self.speculate()?;
-            start = self.compute(start, tickets)?;
-        }
-        for s in self.speculations.drain(..) {
-            s.cancel();
-        }
-        Ok(())
-    }
+/// The number at JSON pointer `p` of `v`, 0 when absent (for the text reports).
+fn number(v: &serde_json::Value, p: &str) -> f64 {
+    v.pointer(p)
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0)
 }
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
     let predictor = check_args(&args)?;
+    let prefill = prefill::Plan::from_args(&args)?;
     let table = Arc::new(
         Table::open(&args.table).with_context(|| format!("opening {}", args.table.display()))?,
     );
@@ -808,6 +580,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         backend: args.read.backend_options()?,
         io_workers: args.io_workers.max(1),
         max_batch_rows: (args.batch * heads * args.speculate.max(1))
+            .max(prefill.map_or(0, |p| p.max_batch_rows(heads)))
             .max(engram_store::store::DEFAULT_MAX_BATCH_ROWS),
         cache_bytes: cache,
         profile: inputs.profile.clone(),
@@ -821,21 +594,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let seeded_rows = store.stats().cache_rows;
     store.reset_stats();
 
-    let mut replayer = Replayer::new(&args, &store, &inputs, &timing)?;
-    let steps = args.max_steps.min(replayer.steps_available());
-    ensure!(steps > 0, "no tokens to replay");
-    let t_run = Instant::now();
-    replayer.run(steps)?;
-    let wall = t_run.elapsed().as_secs_f64();
+    let results = match prefill {
+        Some(plan) => serde_json::json!({"prefill": prefill::run(&args, &store, &inputs, plan)?}),
+        None => decode::run(&args, &store, &inputs, &timing)?,
+    };
     let st = store.stats();
-    let replayer_predictor = replayer.predictor.name();
-    let mut tally = replayer.tally;
-
-    let tokens = (steps * args.batch) as u64;
-    let step_us = timing.step.as_secs_f64() * 1e6;
-    let total_stall_us: f64 = tally.stall_us.iter().sum();
-    let per_token = |x: u64| x as f64 / tokens as f64;
-    let share = |x: u64, of: u64| x as f64 / of.max(1) as f64;
     let manifest = table.manifest();
     let stream = &inputs.stream;
     let mut data = serde_json::json!({
@@ -846,103 +609,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "files": stream.files, "documents": stream.documents, "skipped": stream.skipped,
             "tokens": stream.raw.len(), "tokenize_seconds": inputs.tokenize_secs,
         },
-        "batch": args.batch, "steps": steps, "tokens": tokens,
-        "step_us": step_us,
-        "lead_us": timing.deadlines.iter().min().map(|d| d.as_secs_f64() * 1e6),
         "model_layers": args.model_layers,
         "layer_ids": layer_ids,
-        "deadline_us": timing.deadlines.iter().map(|d| d.as_secs_f64() * 1e6).collect::<Vec<_>>(),
-        "cache_bytes": cache, "cache_fraction": share(cache, table_row_bytes),
+        "queue_depth": args.read.queue_depth,
+        "cache_bytes": cache, "cache_fraction": cache as f64 / table_row_bytes.max(1) as f64,
         "cache_capacity_rows": st.cache_capacity_rows, "seeded_rows": seeded_rows,
-        "profile": inputs.profile_path, "records": args.records, "speculate": args.speculate,
-        "open_seconds": open_secs, "wall_seconds": wall,
-    });
-    let f = &tally.floor;
-    let results = serde_json::json!({
-        "stall_us_per_token": quantiles(&mut tally.stall_us),
-        "stall_us_per_token_by_layer": tally.layer_stall_us.iter().map(|s| s / steps as f64).collect::<Vec<_>>(),
-        "slowdown": total_stall_us / (steps as f64 * step_us),
-        "tokens_per_second": tokens as f64 / ((steps as f64 * step_us + total_stall_us) / 1e6),
-        "tokens_per_second_resident": tokens as f64 / (steps as f64 * step_us / 1e6),
-        "hit_rate": st.cache_hit_rate,
-        "lookups": f.lookups,
-        "profile_unseen_share": share(f.unseen, f.lookups),
-        "compulsory_miss_floor": share(f.compulsory, f.lookups),
-        "cold_miss_share": share(f.cold, f.lookups),
-        "cold_steps_by_layer": f.cold_steps.iter().map(|&n| share(n, steps as u64)).collect::<Vec<_>>(),
-        "reads_per_token": per_token(st.device_reads),
-        "device_bytes_per_token": per_token(st.device_bytes),
-        "rows_read_per_token": per_token(st.rows_unique),
-        "record_reads_per_token": per_token(st.record_reads),
-        "record_rows_per_token": per_token(st.record_rows),
-        "iops": st.device_reads as f64 / wall.max(1e-9),
-        "device_read_us": {"p50": st.device_read.p50_us, "p99": st.device_read.p99_us},
-        "late_us": quantiles(&mut tally.late_us),
-        "errors": st.errors,
-    });
-    let speculation = serde_json::json!({
-        "k": args.speculate,
-        "predictor": replayer_predictor,
-        "positions_scored": tally.scored,
-        "accuracy": share(tally.spec_hits, tally.scored),
-        "predicted_share": share(tally.predicted, tally.scored),
-        "rows_offered_per_token": per_token(tally.offered),
-        "rows_read_per_token": per_token(st.spec_rows_read),
-        "batches": st.spec_batches, "dropped": st.spec_dropped, "failed": st.spec_failed,
+        "profile": inputs.profile_path, "records": args.records,
+        "open_seconds": open_secs,
     });
     if let (Some(d), serde_json::Value::Object(r)) = (data.as_object_mut(), results) {
         d.extend(r);
-        d.insert("speculation".into(), speculation);
     }
     if args.json {
         json_line("replay", &data);
+    } else if prefill.is_some() {
+        prefill::print_summary(&data);
     } else {
-        print_summary(&data);
+        decode::print_summary(&data);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn print_summary(d: &serde_json::Value) {
-    let f = |p: &str| {
-        d.pointer(p)
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(0.0)
-    };
-    crate::outln!(
-        "{} tokens ({} steps x batch {}) over {}, {} backend, cache {:.1}% of the table, speculate {}",
-        d["tokens"],
-        d["steps"],
-        d["batch"],
-        Path::new(d["table"].as_str().unwrap_or_default()).display(),
-        d["backend"].as_str().unwrap_or_default(),
-        f("/cache_fraction") * 100.0,
-        d["speculate"]
-    );
-    crate::outln!(
-        "step {:.0} us, lead {:.0} us: stall per token mean {:.1} us, p50 {:.1}, p99 {:.1}; slowdown {:.3}% vs resident",
-        f("/step_us"),
-        f("/lead_us"),
-        f("/stall_us_per_token/mean"),
-        f("/stall_us_per_token/p50"),
-        f("/stall_us_per_token/p99"),
-        f("/slowdown") * 100.0
-    );
-    crate::outln!(
-        "hit rate {:.1}%; cold misses {:.1}% of lookups; compulsory-miss floor {:.1}% (rows the profile never saw: {:.1}% of lookups); {:.1} reads/token, {:.0} IOPS",
-        f("/hit_rate") * 100.0,
-        f("/cold_miss_share") * 100.0,
-        f("/compulsory_miss_floor") * 100.0,
-        f("/profile_unseen_share") * 100.0,
-        f("/reads_per_token"),
-        f("/iops")
-    );
-    if f("/speculation/k") > 0.0 {
-        crate::outln!(
-            "speculation ({}): next token among the candidates {:.1}% of the time; {:.1} rows/token offered, {:.1} read ahead",
-            d["speculation"]["predictor"].as_str().unwrap_or_default(),
-            f("/speculation/accuracy") * 100.0,
-            f("/speculation/rows_offered_per_token"),
-            f("/speculation/rows_read_per_token")
-        );
-    }
 }
