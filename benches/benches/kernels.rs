@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use engram_kernels::{
-    EngramModule, EngramModuleConfig, EngramModuleWeights, RowDtype, memory_vectors, quantize_rows,
-    reference,
+    EngramModule, EngramModuleConfig, EngramModuleWeights, RowLayout, memory_vectors,
+    quantize_rows, reference,
 };
 
 struct Lcg(u64);
@@ -155,7 +155,7 @@ fn bench_dequant(c: &mut Criterion) {
     let (heads, width, tokens) = (24usize, 256usize, 4096usize);
     let src = Lcg(3).vec(tokens * heads * width, 8.0, 0.0);
     let mut g = configure(c, "dequant");
-    for dtype in [RowDtype::V41, RowDtype::Bf16] {
+    for dtype in [RowLayout::V41, RowLayout::Bf16] {
         let rb = dtype.row_bytes(width).expect("valid");
         let mut rows = vec![0u8; tokens * heads * rb];
         quantize_rows(dtype, width, &src, &mut rows).expect("finite");

@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::quant::{RowDtype, dequantize_row_unchecked};
+use crate::quant::{RowLayout, dequantize_row_unchecked};
 
 /// Below this many rows the work stays on the calling thread.
 const PAR_MIN_ROWS: usize = 4096;
@@ -17,7 +17,7 @@ const PAR_MIN_ROWS: usize = 4096;
 /// (`[tokens][heads * width]`). Because a token's heads are adjacent, `e` is the rows'
 /// values in order.
 pub fn memory_vectors(
-    dtype: RowDtype,
+    dtype: RowLayout,
     width: usize,
     heads: usize,
     rows: &[u8],
@@ -63,7 +63,7 @@ pub fn memory_vectors(
 /// one layer, `[rows][row_bytes]`) into `e` (`[tokens][heads * width]`). Any id past the end
 /// of the table is an error naming the id and its index.
 pub fn gather_rows(
-    dtype: RowDtype,
+    dtype: RowLayout,
     width: usize,
     table: &[u8],
     row_ids: &[u64],
@@ -133,10 +133,10 @@ mod tests {
         let heads = 3;
         let table_f32: Vec<f32> = (0..10 * width).map(|i| i as f32 * 0.25 - 3.0).collect();
         for dtype in [
-            RowDtype::F32,
-            RowDtype::Bf16,
-            RowDtype::F16,
-            RowDtype::Fp8E4m3 { block: 4 },
+            RowLayout::F32,
+            RowLayout::Bf16,
+            RowLayout::F16,
+            RowLayout::Fp8E4m3E8m0 { scale_block: 4 },
         ] {
             let rb = dtype.row_bytes(width).expect("ok");
             let mut table = vec![0u8; 10 * rb];
@@ -151,7 +151,7 @@ mod tests {
             let mut e2 = vec![0f32; ids.len() * width];
             memory_vectors(dtype, width, heads, &rows, &mut e2).expect("mv");
             assert_eq!(e1, e2);
-            if dtype == RowDtype::F32 {
+            if dtype == RowLayout::F32 {
                 assert_eq!(e1[..width], table_f32[3 * width..4 * width]);
             }
             let err = gather_rows(dtype, width, &table, &[10], &mut e1[..width]);

@@ -1,6 +1,7 @@
 //! Engram's compute kernels: bit-exact addressing (tokenizer compression, the numpy
 //! multiplier chain, prime table sizes, multi-head n-gram hashing) and the module's
-//! numeric kernels. Pure compute over slices; no I/O beyond reading a tokenizer file.
+//! numeric kernels. Pure compute over slices; no I/O (finding and reading `tokenizer.json`
+//! and other input files is `engram-files`').
 //!
 //! The semantics are `ENGRAM-SPEC.md`'s; [`reference`](mod@reference) states them naively, and every fast
 //! routine here is property-tested against it.
@@ -10,7 +11,7 @@
 //! 1. **Compression** ([`CompressionTable`]): raw tokenizer ids map to canonical ids, so
 //!    that tokens differing only in case or surrounding whitespace share rows.
 //!    [`CompressionTable::from_tokenizer`] derives the table from a `tokenizer.json`
-//!    ([`tokenizer::load`]); [`CompressionTable::identity`] and
+//!    (loaded by `engram_files::tokenizer::load`); [`CompressionTable::identity`] and
 //!    [`CompressionTable::from_lookup`] build one from data.
 //! 2. **Layout** ([`EngramLayout`]): an [`EngramConfig`] (orders `2..=N`, `K` heads per
 //!    order, base sizes, layer ids, seed) and the compressed vocabulary size give every
@@ -49,16 +50,16 @@
 //!
 //! # Dequantising rows
 //!
-//! Table rows are stored as [`RowDtype`]: `F32`, `Bf16`, `F16`, or FP8 E4M3 with one E8M0
+//! Table rows are stored as [`RowLayout`]: `F32`, `Bf16`, `F16`, or FP8 E4M3 with one E8M0
 //! scale per block of values (DeepSeek-V4.1's layout). [`dequantize_rows`] decodes rows to
 //! `f32`, [`quantize_rows`] encodes them (the table builder's side), [`gather_rows`] gathers
 //! and decodes row ids from a whole in-memory layer, and [`memory_vectors`] turns the rows of
 //! `[tokens][heads]` (as a store returns them) into the module's input `e`.
 //!
 //! ```
-//! use engram_kernels::{RowDtype, dequantize_rows, quantize_rows};
+//! use engram_kernels::{RowLayout, dequantize_rows, quantize_rows};
 //! # fn main() -> engram_kernels::Result<()> {
-//! let dtype = RowDtype::Bf16;
+//! let dtype = RowLayout::Bf16;
 //! let width = 4;
 //! let values = [1.0f32, -2.5, 0.125, 3.0]; // one row
 //! let mut bytes = vec![0u8; dtype.row_bytes(width)?];
@@ -107,31 +108,29 @@ pub mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda/stub.rs"]
 pub mod cuda;
+pub mod engram_module;
 pub mod error;
 pub mod fastmod;
-pub mod file;
-#[doc(hidden)]
-pub mod fuzz;
 pub mod gate;
 pub mod gather;
 pub mod hash;
 pub mod layout;
-pub mod module;
+pub mod preset;
 pub mod primes;
 pub mod quant;
 pub mod reference;
 pub mod rng;
 pub mod skip;
-pub mod tokenizer;
 
 pub use compress::CompressionTable;
 pub use conv::ConvState;
+pub use engram_module::{
+    DecodeScratch, EngramModule, EngramModuleConfig, EngramModuleWeights, ForwardTrace,
+    PrefillScratch,
+};
 pub use error::{Error, Result};
 pub use gather::{gather_rows, memory_vectors};
 pub use hash::{HashOptions, HashOutput, NgramHasher};
 pub use layout::{EngramConfig, EngramLayout, LayerLayout};
-pub use module::{
-    DecodeScratch, EngramModule, EngramModuleConfig, EngramModuleWeights, ForwardTrace,
-    PrefillScratch,
-};
-pub use quant::{RowDtype, dequantize_rows, quantize_rows};
+pub use preset::Preset;
+pub use quant::{RowLayout, dequantize_rows, quantize_rows};

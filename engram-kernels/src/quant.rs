@@ -2,14 +2,14 @@
 //!
 //! A row of `width` values is stored as:
 //!
-//! | dtype | bytes |
+//! | layout | bytes |
 //! |---|---|
 //! | `F32` | `4 * width`, little-endian IEEE binary32 |
 //! | `Bf16` | `2 * width`, little-endian bfloat16 |
 //! | `F16` | `2 * width`, little-endian IEEE binary16 |
-//! | `Fp8E4m3 { block }` | `width` E4M3 codes, then `width / block` E8M0 scale codes |
+//! | `Fp8E4m3E8m0 { scale_block }` | `width` E4M3 codes, then `width / scale_block` E8M0 scale codes |
 //!
-//! DeepSeek-V4.1 rows are `Fp8E4m3 { block: 32 }` with `width = 256`: 256 + 8 = 264 bytes.
+//! DeepSeek-V4.1 rows are `Fp8E4m3E8m0 { scale_block: 32 }` with `width = 256`: 256 + 8 = 264 bytes.
 //!
 //! E4M3 here is the "FN" variant (OCP MX / NVIDIA `__nv_fp8_e4m3`): 1 sign, 4 exponent
 //! (bias 7), 3 mantissa bits, no infinities, `S.1111.111` is NaN, largest finite 448,
@@ -29,26 +29,50 @@ pub const E8M0_ONE: u8 = 127;
 /// The E8M0 NaN code.
 pub const E8M0_NAN: u8 = 255;
 
-/// How one row's values are encoded (this crate's view; the store maps its on-disk layout
-/// to it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RowDtype {
-    /// IEEE binary32.
-    F32,
-    /// bfloat16.
+/// How the values of one row are stored: the one row format of the project (the table
+/// manifest's `row_layout`, serialised as `{"kind": "bf16"}` or
+/// `{"kind": "fp8_e4m3_e8m0", "scale_block": 32}`, and what the kernels decode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RowLayout {
+    /// `dim` bfloat16 values, little-endian.
     Bf16,
-    /// IEEE binary16.
+    /// `dim` IEEE binary16 values, little-endian.
     F16,
-    /// FP8 E4M3 values followed by one E8M0 scale per `block` values.
-    Fp8E4m3 {
-        /// Values per scale; must divide the row width.
-        block: usize,
+    /// `dim` IEEE binary32 values, little-endian.
+    F32,
+    /// `dim` FP8 E4M3 (OCP, fn variant) bytes, then `dim / scale_block` E8M0 scale bytes
+    /// (value = fp8 * 2^(scale - 127)), one per consecutive block of `scale_block` values.
+    Fp8E4m3E8m0 {
+        /// Values per scale; divides `dim`.
+        scale_block: u32,
     },
 }
 
-impl RowDtype {
+impl RowLayout {
     /// The V4.1 row encoding: FP8 E4M3 with one scale per 32 values.
-    pub const V41: RowDtype = RowDtype::Fp8E4m3 { block: 32 };
+    pub const V41: RowLayout = RowLayout::Fp8E4m3E8m0 { scale_block: 32 };
+
+    /// Parses `bf16`, `f16`, `f32`, `fp8` (scale block 32) or `fp8:BLOCK`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "bf16" => Ok(RowLayout::Bf16),
+            "f16" => Ok(RowLayout::F16),
+            "f32" => Ok(RowLayout::F32),
+            "fp8" => Ok(RowLayout::V41),
+            other => {
+                let block = other
+                    .strip_prefix("fp8:")
+                    .and_then(|b| b.parse::<u32>().ok())
+                    .ok_or_else(|| Error::InvalidConfig {
+                        field: "row layout",
+                        value: format!("{other:?}"),
+                        reason: "expected bf16, f16, f32, fp8 or fp8:BLOCK",
+                    })?;
+                Ok(RowLayout::Fp8E4m3E8m0 { scale_block: block })
+            }
+        }
+    }
 
     /// Bytes of one row of `width` values; errors when the width does not fit the dtype.
     pub fn row_bytes(self, width: usize) -> Result<usize> {
@@ -61,12 +85,13 @@ impl RowDtype {
         }
         let overflow = Error::Overflow { what: "row bytes" };
         match self {
-            RowDtype::F32 => width.checked_mul(4).ok_or(overflow),
-            RowDtype::Bf16 | RowDtype::F16 => width.checked_mul(2).ok_or(overflow),
-            RowDtype::Fp8E4m3 { block } => {
+            RowLayout::F32 => width.checked_mul(4).ok_or(overflow),
+            RowLayout::Bf16 | RowLayout::F16 => width.checked_mul(2).ok_or(overflow),
+            RowLayout::Fp8E4m3E8m0 { scale_block } => {
+                let block = scale_block as usize;
                 if block == 0 || !width.is_multiple_of(block) {
                     return Err(Error::InvalidConfig {
-                        field: "fp8 block",
+                        field: "scale_block",
                         value: format!("{block} (row width {width})"),
                         reason: "the scale block must be non-zero and divide the row width",
                     });
@@ -197,7 +222,7 @@ fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
 }
 
 /// Number of rows in `bytes`, checking that `out` has `rows * width` values.
-fn rows_of(dtype: RowDtype, width: usize, bytes: usize, out: usize) -> Result<usize> {
+fn rows_of(dtype: RowLayout, width: usize, bytes: usize, out: usize) -> Result<usize> {
     let row_bytes = dtype.row_bytes(width)?;
     if !bytes.is_multiple_of(row_bytes) {
         return Err(Error::Shape {
@@ -252,7 +277,12 @@ pub(crate) fn dequant_fp8_block(codes: &[u8], scale: f32, out: &mut [f32]) {
 
 /// Dequantizes whole rows: `bytes` holds `rows` rows of `dtype`, `out` gets `rows * width`
 /// f32 values. A NaN scale is an error (naming nothing but the code; callers add where).
-pub fn dequantize_rows(dtype: RowDtype, width: usize, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+pub fn dequantize_rows(
+    dtype: RowLayout,
+    width: usize,
+    bytes: &[u8],
+    out: &mut [f32],
+) -> Result<()> {
     let rows = rows_of(dtype, width, bytes.len(), out.len())?;
     if rows == 0 {
         return Ok(());
@@ -269,31 +299,37 @@ pub fn dequantize_rows(dtype: RowDtype, width: usize, bytes: &[u8], out: &mut [f
 
 /// One row whose lengths the caller has checked.
 #[inline]
-pub(crate) fn dequantize_row_unchecked(dtype: RowDtype, src: &[u8], dst: &mut [f32]) -> Result<()> {
+pub(crate) fn dequantize_row_unchecked(
+    dtype: RowLayout,
+    src: &[u8],
+    dst: &mut [f32],
+) -> Result<()> {
     match dtype {
-        RowDtype::F32 => {
+        RowLayout::F32 => {
             for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
                 *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
             }
         }
-        RowDtype::Bf16 => {
+        RowLayout::Bf16 => {
             for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *d = bf16::from_bits(u16::from_le_bytes([s[0], s[1]])).to_f32();
             }
         }
-        RowDtype::F16 => {
+        RowLayout::F16 => {
             for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *d = f16::from_bits(u16::from_le_bytes([s[0], s[1]])).to_f32();
             }
         }
-        RowDtype::Fp8E4m3 { block } => crate::cpu::dequant_fp8_row(src, block, dst)?,
+        RowLayout::Fp8E4m3E8m0 { scale_block } => {
+            crate::cpu::dequant_fp8_row(src, scale_block as usize, dst)?
+        }
     }
     Ok(())
 }
 
 /// Like [`dequantize_rows`] but to bfloat16 (round to nearest even from the f32 value).
 pub fn dequantize_rows_bf16(
-    dtype: RowDtype,
+    dtype: RowLayout,
     width: usize,
     bytes: &[u8],
     out: &mut [bf16],
@@ -320,7 +356,7 @@ pub fn dequantize_rows_bf16(
 /// `dtype`. bf16/f16 round to nearest even; FP8 picks the smallest power-of-two scale per
 /// block that keeps every value within +-448 and rounds each value to nearest even.
 /// Non-finite inputs are errors.
-pub fn quantize_rows(dtype: RowDtype, width: usize, src: &[f32], out: &mut [u8]) -> Result<()> {
+pub fn quantize_rows(dtype: RowLayout, width: usize, src: &[f32], out: &mut [u8]) -> Result<()> {
     let row_bytes = dtype.row_bytes(width)?;
     if !src.len().is_multiple_of(width) {
         return Err(Error::Shape {
@@ -343,22 +379,23 @@ pub fn quantize_rows(dtype: RowDtype, width: usize, src: &[f32], out: &mut [u8])
     }
     for (s, d) in src.chunks_exact(width).zip(out.chunks_exact_mut(row_bytes)) {
         match dtype {
-            RowDtype::F32 => {
+            RowLayout::F32 => {
                 for (o, &x) in d.chunks_exact_mut(4).zip(s) {
                     o.copy_from_slice(&x.to_le_bytes());
                 }
             }
-            RowDtype::Bf16 => {
+            RowLayout::Bf16 => {
                 for (o, &x) in d.chunks_exact_mut(2).zip(s) {
                     o.copy_from_slice(&bf16::from_f32(x).to_bits().to_le_bytes());
                 }
             }
-            RowDtype::F16 => {
+            RowLayout::F16 => {
                 for (o, &x) in d.chunks_exact_mut(2).zip(s) {
                     o.copy_from_slice(&f16::from_f32(x).to_bits().to_le_bytes());
                 }
             }
-            RowDtype::Fp8E4m3 { block } => {
+            RowLayout::Fp8E4m3E8m0 { scale_block } => {
+                let block = scale_block as usize;
                 let (codes, scales) = d.split_at_mut(width);
                 for ((blk, cod), sc) in s
                     .chunks_exact(block)
@@ -541,7 +578,7 @@ mod tests {
     #[test]
     fn fp8_round_trip_error() {
         let width = 256;
-        let dtype = RowDtype::V41;
+        let dtype = RowLayout::V41;
         assert_eq!(dtype.row_bytes(width).ok(), Some(264));
         // Deterministic values of widely varying magnitude.
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -578,14 +615,14 @@ mod tests {
     #[test]
     fn half_round_trips() {
         let src: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) * 0.37).collect();
-        for dtype in [RowDtype::F32, RowDtype::Bf16, RowDtype::F16] {
+        for dtype in [RowLayout::F32, RowLayout::Bf16, RowLayout::F16] {
             let mut bytes = vec![0u8; dtype.row_bytes(16).expect("ok") * 4];
             quantize_rows(dtype, 16, &src, &mut bytes).expect("q");
             let mut back = vec![0f32; 64];
             dequantize_rows(dtype, 16, &bytes, &mut back).expect("dq");
             let rel = match dtype {
-                RowDtype::F32 => 0.0,
-                RowDtype::Bf16 => 2f32.powi(-8),
+                RowLayout::F32 => 0.0,
+                RowLayout::Bf16 => 2f32.powi(-8),
                 _ => 2f32.powi(-11),
             };
             for (a, b) in src.iter().zip(&back) {
@@ -606,28 +643,36 @@ mod tests {
         let mut row = vec![0x38u8; 264];
         row[256] = E8M0_NAN;
         assert!(matches!(
-            dequantize_rows(RowDtype::V41, 256, &row, &mut out),
+            dequantize_rows(RowLayout::V41, 256, &row, &mut out),
             Err(Error::InvalidValue { .. })
         ));
         row[256] = E8M0_ONE;
-        dequantize_rows(RowDtype::V41, 256, &row, &mut out).expect("finite scales");
+        dequantize_rows(RowLayout::V41, 256, &row, &mut out).expect("finite scales");
         assert_eq!(out[0], 1.0);
         // Partial row, wrong output length, bad block, zero width.
-        assert!(dequantize_rows(RowDtype::V41, 256, &row[..263], &mut out).is_err());
-        assert!(dequantize_rows(RowDtype::V41, 256, &row, &mut out[..255]).is_err());
-        assert!(RowDtype::Fp8E4m3 { block: 0 }.row_bytes(256).is_err());
-        assert!(RowDtype::Fp8E4m3 { block: 24 }.row_bytes(256).is_err());
-        assert!(RowDtype::F32.row_bytes(0).is_err());
+        assert!(dequantize_rows(RowLayout::V41, 256, &row[..263], &mut out).is_err());
+        assert!(dequantize_rows(RowLayout::V41, 256, &row, &mut out[..255]).is_err());
+        assert!(
+            RowLayout::Fp8E4m3E8m0 { scale_block: 0 }
+                .row_bytes(256)
+                .is_err()
+        );
+        assert!(
+            RowLayout::Fp8E4m3E8m0 { scale_block: 24 }
+                .row_bytes(256)
+                .is_err()
+        );
+        assert!(RowLayout::F32.row_bytes(0).is_err());
         // Non-finite quantize input.
         let mut bytes = vec![0u8; 264];
         let mut src = vec![1f32; 256];
         src[3] = f32::NAN;
-        assert!(quantize_rows(RowDtype::V41, 256, &src, &mut bytes).is_err());
+        assert!(quantize_rows(RowLayout::V41, 256, &src, &mut bytes).is_err());
         src[3] = f32::INFINITY;
-        assert!(quantize_rows(RowDtype::V41, 256, &src, &mut bytes).is_err());
+        assert!(quantize_rows(RowLayout::V41, 256, &src, &mut bytes).is_err());
         // NaN value codes propagate (documented).
         row[0] = 0x7F;
-        dequantize_rows(RowDtype::V41, 256, &row, &mut out).expect("ok");
+        dequantize_rows(RowLayout::V41, 256, &row, &mut out).expect("ok");
         assert!(out[0].is_nan());
     }
 

@@ -65,16 +65,16 @@ pub fn compress(lookup: &[u32], raw: &[i64]) -> Option<Vec<i64>> {
 /// The Engram module forward pass written as the conformance README states it, step by
 /// step, one position and one branch at a time, with float64 accumulation and every
 /// intermediate rounded to float32 where the reference stores it. Shapes as in
-/// [`crate::module`]; the inputs must have been validated (this is the semantics, not an
+/// [`crate::engram_module`]; the inputs must have been validated (this is the semantics, not an
 /// API: it indexes without checks and panics on bad shapes).
 pub fn engram_forward(
-    config: &crate::module::EngramModuleConfig,
-    w: &crate::module::EngramModuleWeights,
+    config: &crate::engram_module::EngramModuleConfig,
+    w: &crate::engram_module::EngramModuleWeights,
     e: &[f32],
     hidden: &[f32],
     batch: usize,
     seq_len: usize,
-) -> crate::module::ForwardTrace {
+) -> crate::engram_module::ForwardTrace {
     use crate::gate::SCORE_CLAMP_MIN;
     let (d, m, dm) = (config.hidden_size, config.hc_mult, config.d_mem);
     let (kw, dil) = (config.kernel_size, config.dilation);
@@ -103,7 +103,7 @@ pub fn engram_forward(
             .map(|(&v, &g)| (f64::from(v) * r * f64::from(g)) as f32)
             .collect()
     };
-    let mut tr = crate::module::ForwardTrace::default();
+    let mut tr = crate::engram_module::ForwardTrace::default();
     for tok in 0..tokens {
         let et = &e[tok * dm..(tok + 1) * dm];
         let v = linear(&w.value_proj_w, &w.value_proj_b, et);

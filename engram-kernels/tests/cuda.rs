@@ -34,7 +34,7 @@ mod with_feature {
     use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
     use engram_kernels::skip::skipped;
     use engram_kernels::{
-        EngramConfig, EngramLayout, EngramModule, RowDtype, dequantize_rows, gather_rows,
+        EngramConfig, EngramLayout, EngramModule, RowLayout, dequantize_rows, gather_rows,
         quantize_rows,
     };
 
@@ -134,7 +134,7 @@ mod with_feature {
             let ids = row_ids_from_i64(case.i64s("input.row_ids")).unwrap();
             let width = case.usize("head_dim");
             let mut e = vec![0f32; ids.len() * width];
-            gpu.gather_rows(RowDtype::F32, width, &bytes, &ids, &mut e)
+            gpu.gather_rows(RowLayout::F32, width, &bytes, &ids, &mut e)
                 .unwrap();
             assert_eq!(e, case.f32s("expected.e"));
             // Forward.
@@ -231,11 +231,16 @@ mod with_feature {
         let src: Vec<f32> = (0..width * 16)
             .map(|i| ((i * 37) % 101) as f32 * 0.37 - 18.0)
             .collect();
-        for dtype in [RowDtype::F32, RowDtype::Bf16, RowDtype::F16, RowDtype::V41] {
+        for dtype in [
+            RowLayout::F32,
+            RowLayout::Bf16,
+            RowLayout::F16,
+            RowLayout::V41,
+        ] {
             let rb = dtype.row_bytes(width).unwrap();
             let mut bytes = vec![0u8; rb * 16];
             quantize_rows(dtype, width, &src, &mut bytes).unwrap();
-            if let RowDtype::Fp8E4m3 { .. } = dtype {
+            if let RowLayout::Fp8E4m3E8m0 { .. } = dtype {
                 for (i, b) in bytes[..width].iter_mut().enumerate() {
                     *b = i as u8; // every code, NaN codes included
                 }
@@ -262,26 +267,26 @@ mod with_feature {
             );
         }
         // The pinned-buffer path gives the same values.
-        let rb = RowDtype::V41.row_bytes(width).unwrap();
+        let rb = RowLayout::V41.row_bytes(width).unwrap();
         let mut bytes = vec![0u8; rb * 16];
-        quantize_rows(RowDtype::V41, width, &src, &mut bytes).unwrap();
+        quantize_rows(RowLayout::V41, width, &src, &mut bytes).unwrap();
         let mut pinned = gpu.alloc_pinned_rows(bytes.len()).unwrap();
         pinned.as_mut_slice().unwrap().copy_from_slice(&bytes);
         let mut a = vec![0f32; src.len()];
         let mut g = vec![0f32; src.len()];
-        dequantize_rows(RowDtype::V41, width, &bytes, &mut a).unwrap();
-        gpu.dequantize_pinned(RowDtype::V41, width, &pinned, 16, &mut g)
+        dequantize_rows(RowLayout::V41, width, &bytes, &mut a).unwrap();
+        gpu.dequantize_pinned(RowLayout::V41, width, &pinned, 16, &mut g)
             .unwrap();
         assert_eq!(a, g);
         assert!(
-            gpu.dequantize_pinned(RowDtype::V41, width, &pinned, 17, &mut g)
+            gpu.dequantize_pinned(RowLayout::V41, width, &pinned, 17, &mut g)
                 .is_err()
         );
         let mut bad = vec![0u8; 264];
         bad[256] = 255;
         let mut out = vec![0f32; 256];
         assert!(matches!(
-            gpu.dequantize_rows(RowDtype::V41, 256, &bad, &mut out),
+            gpu.dequantize_rows(RowLayout::V41, 256, &bad, &mut out),
             Err(Error::InvalidValue { .. })
         ));
     }
@@ -296,7 +301,7 @@ fn cuda_timing_table() {
     use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
     use engram_kernels::{
         EngramConfig, EngramLayout, EngramModule, EngramModuleConfig, EngramModuleWeights,
-        RowDtype, memory_vectors, quantize_rows,
+        RowLayout, memory_vectors, quantize_rows,
     };
     use std::time::Instant;
 
@@ -346,11 +351,11 @@ fn cuda_timing_table() {
         .map(|i| ((i % 977) as f32) * 0.01 - 4.0)
         .collect();
     let mut bytes = vec![0u8; tokens * heads * 264];
-    quantize_rows(RowDtype::V41, width, &src, &mut bytes).unwrap();
+    quantize_rows(RowLayout::V41, width, &src, &mut bytes).unwrap();
     let mut e = vec![0f32; src.len()];
-    let cpu = best(|| memory_vectors(RowDtype::V41, width, heads, &bytes, &mut e).unwrap());
+    let cpu = best(|| memory_vectors(RowLayout::V41, width, heads, &bytes, &mut e).unwrap());
     let dev = best(|| {
-        gpu.dequantize_rows(RowDtype::V41, width, &bytes, &mut e)
+        gpu.dequantize_rows(RowLayout::V41, width, &bytes, &mut e)
             .unwrap()
     });
     rows.push(("dequant fp8 4096x24x256".into(), cpu, dev));

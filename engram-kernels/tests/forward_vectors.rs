@@ -10,7 +10,7 @@ use engram_kernels::cpu::{self, SimdLevel};
 use engram_kernels::gather::row_ids_from_i64;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{
-    CompressionTable, EngramConfig, EngramLayout, EngramModule, ForwardTrace, RowDtype,
+    CompressionTable, EngramConfig, EngramLayout, EngramModule, ForwardTrace, RowLayout,
     gather_rows, reference,
 };
 
@@ -20,7 +20,7 @@ fn gather_e(case: &Case) -> Vec<f32> {
     let bytes: Vec<u8> = table.iter().flat_map(|x| x.to_le_bytes()).collect();
     let ids = row_ids_from_i64(case.i64s("input.row_ids")).unwrap();
     let mut e = vec![0f32; ids.len() * width];
-    gather_rows(RowDtype::F32, width, &bytes, &ids, &mut e).unwrap();
+    gather_rows(RowLayout::F32, width, &bytes, &ids, &mut e).unwrap();
     e
 }
 
@@ -294,7 +294,7 @@ fn end_to_end_from_raw_ids() {
         let bytes: Vec<u8> = tab.iter().flat_map(|x| x.to_le_bytes()).collect();
         let width = case.usize("head_dim");
         let mut e = vec![0f32; idx.len() * width];
-        gather_rows(RowDtype::F32, width, &bytes, &idx, &mut e).unwrap();
+        gather_rows(RowLayout::F32, width, &bytes, &idx, &mut e).unwrap();
         let (cfg, w) = case.module();
         let module = EngramModule::new(cfg, w).unwrap();
         let hidden = case.f32s("input.hidden_states");

@@ -36,6 +36,6 @@ pub use config::ClientConfig;
 pub use engine::{BACKEND_NAME, MooncakeFactory};
 pub use error::{Error, Result};
 pub use keys::TableKeys;
-pub use open::{Opened, mooncake_store, open_store};
+pub use open::{OpenedStore, mooncake_store, open_store};
 pub use publish::{PublishOptions, PublishReport, publish, resolve, unpublish};
 pub use skeleton::{SKELETON_MARKER, fetch_skeleton, is_skeleton, local_read_refused};

@@ -14,7 +14,7 @@ use crate::skeleton::is_skeleton;
 
 /// A store and, when the cluster was not used, why.
 #[derive(Debug)]
-pub struct Opened {
+pub struct OpenedStore {
     /// The store: on the Mooncake engine, or on the local table when `fallback` is set.
     pub store: Store,
     /// Why the cluster was not used (`None` when the store reads from Mooncake).
@@ -38,14 +38,18 @@ pub fn mooncake_store(
 /// Opens the table at `dir` (a full table or a skeleton) with its rows read from the
 /// Mooncake cluster `config` names. When the cluster is unreachable or this version is
 /// not published there, a full local table is opened
-/// with `options` instead and the reason returned in [`Opened::fallback`] (and logged);
+/// with `options` instead and the reason returned in [`OpenedStore::fallback`] (and logged);
 /// a skeleton has no local rows, so that is an error.
-pub fn open_store(dir: &Path, options: &StoreOptions, config: &ClientConfig) -> Result<Opened> {
+pub fn open_store(
+    dir: &Path,
+    options: &StoreOptions,
+    config: &ClientConfig,
+) -> Result<OpenedStore> {
     let table = Arc::new(Table::open_with(dir, &options.open)?);
     let attempt = Client::connect(config)
         .and_then(|c| mooncake_store(Arc::new(c), Arc::clone(&table), options));
     match attempt {
-        Ok(store) => Ok(Opened {
+        Ok(store) => Ok(OpenedStore {
             store,
             fallback: None,
         }),
@@ -69,7 +73,7 @@ pub fn open_store(dir: &Path, options: &StoreOptions, config: &ClientConfig) -> 
                 store.backend_kind()
             );
             tracing::warn!(target: "engram_mooncake", "{reason}");
-            Ok(Opened {
+            Ok(OpenedStore {
                 store,
                 fallback: Some(reason),
             })

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use engram_kernels::file::{Limit, read_regular};
+use engram_files::file::{Limit, read_regular};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};

@@ -219,7 +219,7 @@ pub enum Error {
     },
     /// An input file is not a regular file or is too large (its I/O errors are [`Error::Io`]).
     #[error(transparent)]
-    Input(engram_kernels::file::FileError),
+    Input(engram_files::file::FileError),
     /// A profile file is malformed.
     #[error("invalid profile {path} at offset {offset}: {reason}")]
     Profile {
@@ -308,12 +308,10 @@ pub enum Error {
     Remote(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
-impl From<engram_kernels::file::FileError> for Error {
-    fn from(e: engram_kernels::file::FileError) -> Self {
+impl From<engram_files::file::FileError> for Error {
+    fn from(e: engram_files::file::FileError) -> Self {
         match e {
-            engram_kernels::file::FileError::Io { op, path, error } => {
-                Error::Io { op, path, error }
-            }
+            engram_files::file::FileError::Io { op, path, error } => Error::Io { op, path, error },
             other => Error::Input(other),
         }
     }

@@ -17,7 +17,7 @@ pub const FORMAT_NAME: &str = "engram-table";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Largest manifest accepted (a V4.1 manifest is ~10 KB; the limit only stops a symlink to
 /// `/dev/zero` or a runaway file from being read into memory).
-pub const MAX_MANIFEST_BYTES: engram_kernels::file::Limit = engram_kernels::file::Limit {
+pub const MAX_MANIFEST_BYTES: engram_files::file::Limit = engram_files::file::Limit {
     what: "manifest",
     name: "MAX_MANIFEST_BYTES",
     bytes: 64 << 20,
@@ -35,88 +35,22 @@ pub const MAX_ROW_BYTES: u64 = 1 << 20;
 /// Largest checksum block (64 MiB).
 pub const MAX_BLOCK_BYTES: u64 = 64 << 20;
 
-/// How the values of one row are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RowLayout {
-    /// `dim` bfloat16 values, little-endian.
-    Bf16,
-    /// `dim` IEEE binary16 values, little-endian.
-    F16,
-    /// `dim` IEEE binary32 values, little-endian.
-    F32,
-    /// `dim` FP8 E4M3 (OCP, fn variant) bytes, then `dim / scale_block` E8M0 scale bytes
-    /// (value = fp8 * 2^(scale - 127)), one per consecutive block of `scale_block` values.
-    Fp8E4m3E8m0 {
-        /// Values per scale; divides `dim`.
-        scale_block: u32,
-    },
-}
+pub use engram_kernels::quant::RowLayout;
 
-impl RowLayout {
-    /// Bytes of one row of `dim` values, or an error if the shape is not representable.
-    pub fn row_bytes(self, dim: u32) -> Result<u64> {
-        if dim == 0 {
-            return Err(Error::Invalid {
-                what: "dim",
-                reason: "must be at least 1".into(),
-            });
-        }
-        let d = u64::from(dim);
-        let bytes = match self {
-            RowLayout::Bf16 | RowLayout::F16 => d * 2,
-            RowLayout::F32 => d * 4,
-            RowLayout::Fp8E4m3E8m0 { scale_block } => {
-                if scale_block == 0 || !dim.is_multiple_of(scale_block) {
-                    return Err(Error::Invalid {
-                        what: "scale_block",
-                        reason: format!("{scale_block} must be >= 1 and divide dim {dim}"),
-                    });
-                }
-                d + d / u64::from(scale_block)
-            }
-        };
-        if bytes > MAX_ROW_BYTES {
-            return Err(Error::Invalid {
-                what: "row bytes",
-                reason: format!("{bytes} is above the format limit {MAX_ROW_BYTES}"),
-            });
-        }
-        Ok(bytes)
+/// Bytes of one row of `dim` values stored as `layout`, or an error if the shape is not
+/// representable or the row is above the format's [`MAX_ROW_BYTES`].
+pub fn row_bytes(layout: RowLayout, dim: u32) -> Result<u64> {
+    let bytes = layout.row_bytes(dim as usize).map_err(|e| Error::Invalid {
+        what: "row layout",
+        reason: e.to_string(),
+    })? as u64;
+    if bytes > MAX_ROW_BYTES {
+        return Err(Error::Invalid {
+            what: "row bytes",
+            reason: format!("{bytes} is above the format limit {MAX_ROW_BYTES}"),
+        });
     }
-
-    /// The kernels' view of this layout (byte-identical encodings), for dequantization.
-    pub fn dtype(self) -> engram_kernels::quant::RowDtype {
-        use engram_kernels::quant::RowDtype;
-        match self {
-            RowLayout::Bf16 => RowDtype::Bf16,
-            RowLayout::F16 => RowDtype::F16,
-            RowLayout::F32 => RowDtype::F32,
-            RowLayout::Fp8E4m3E8m0 { scale_block } => RowDtype::Fp8E4m3 {
-                block: scale_block as usize,
-            },
-        }
-    }
-
-    /// Parses `bf16`, `f16`, `f32`, `fp8` (scale block 32) or `fp8:BLOCK`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "bf16" => Ok(RowLayout::Bf16),
-            "f16" => Ok(RowLayout::F16),
-            "f32" => Ok(RowLayout::F32),
-            "fp8" => Ok(RowLayout::Fp8E4m3E8m0 { scale_block: 32 }),
-            other => {
-                let block = other
-                    .strip_prefix("fp8:")
-                    .and_then(|b| b.parse::<u32>().ok())
-                    .ok_or_else(|| Error::Invalid {
-                        what: "row layout",
-                        reason: format!("{other:?}: expected bf16, f16, f32, fp8 or fp8:BLOCK"),
-                    })?;
-                Ok(RowLayout::Fp8E4m3E8m0 { scale_block: block })
-            }
-        }
-    }
+    Ok(bytes)
 }
 
 /// Where a row lives inside a layer's row region. Rows are packed `rows_per_unit` to a unit
@@ -229,7 +163,7 @@ pub struct Manifest {
     pub row_layout: RowLayout,
     /// Values per row.
     pub dim: u32,
-    /// Bytes per row (`row_layout.row_bytes(dim)`).
+    /// Bytes per row ([`row_bytes`]`(row_layout, dim)`).
     pub row_bytes: u64,
     /// Rows per packing unit.
     pub rows_per_unit: u64,
@@ -275,7 +209,7 @@ impl Manifest {
         block_bytes: Option<u64>,
         build: BuildInfo,
     ) -> Result<Self> {
-        let row_bytes = row_layout.row_bytes(dim)?;
+        let row_bytes = row_bytes(row_layout, dim)?;
         let geo = Geometry::for_row_bytes(row_bytes);
         let block_bytes = block_bytes.unwrap_or(geo.unit_bytes);
         let table_id = xxh3_64(
@@ -466,10 +400,7 @@ impl Manifest {
                 self.tokenizer_sha256
             )));
         }
-        let row_bytes = self
-            .row_layout
-            .row_bytes(self.dim)
-            .map_err(|e| bad(e.to_string()))?;
+        let row_bytes = row_bytes(self.row_layout, self.dim).map_err(|e| bad(e.to_string()))?;
         if row_bytes != self.row_bytes {
             return Err(bad(format!(
                 "row_bytes {} but {:?} x {} values needs {row_bytes}",
@@ -872,16 +803,6 @@ pub fn parse_checksum_field(s: &str) -> Option<u64> {
     parse_hex64(s)
 }
 
-/// The config of a published shape, by name (`demo`, `engram27b`, `v41`).
-pub fn preset_config(name: &str) -> Option<EngramConfig> {
-    match name {
-        "demo" => Some(EngramConfig::demo()),
-        "engram27b" => Some(EngramConfig::engram27b()),
-        "v41" => Some(EngramConfig::v41()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -897,20 +818,15 @@ mod tests {
 
     #[test]
     fn row_bytes_of_published_layouts() {
-        assert_eq!(RowLayout::Bf16.row_bytes(64).ok(), Some(128));
-        assert_eq!(RowLayout::Bf16.row_bytes(80).ok(), Some(160));
-        assert_eq!(
-            RowLayout::Fp8E4m3E8m0 { scale_block: 32 }
-                .row_bytes(256)
-                .ok(),
-            Some(264)
-        );
+        assert_eq!(row_bytes(RowLayout::Bf16, 64).ok(), Some(128));
+        assert_eq!(row_bytes(RowLayout::Bf16, 80).ok(), Some(160));
+        assert_eq!(row_bytes(RowLayout::V41, 256).ok(), Some(264));
+        assert!(row_bytes(RowLayout::Fp8E4m3E8m0 { scale_block: 3 }, 256).is_err());
+        assert!(row_bytes(RowLayout::F32, 0).is_err());
         assert!(
-            RowLayout::Fp8E4m3E8m0 { scale_block: 3 }
-                .row_bytes(256)
-                .is_err()
+            row_bytes(RowLayout::F32, 1 << 20).is_err(),
+            "above MAX_ROW_BYTES"
         );
-        assert!(RowLayout::F32.row_bytes(0).is_err());
     }
 
     #[test]

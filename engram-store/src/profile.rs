@@ -18,7 +18,7 @@ pub const PROFILE_MAGIC: [u8; 8] = *b"ENGRAMPF";
 /// Profile format version.
 pub const PROFILE_VERSION: u32 = 1;
 /// Largest profile file accepted: 16 B per ranked row, so 4 GiB ranks 268 M rows.
-pub const MAX_PROFILE_BYTES: engram_kernels::file::Limit = engram_kernels::file::Limit {
+pub const MAX_PROFILE_BYTES: engram_files::file::Limit = engram_files::file::Limit {
     what: "profile",
     name: "MAX_PROFILE_BYTES",
     bytes: 4 << 30,
@@ -199,7 +199,7 @@ impl Profile {
     /// Reads and validates a profile file (a regular file of at most
     /// [`MAX_PROFILE_BYTES`]).
     pub fn read(path: &Path) -> Result<Self> {
-        let b = engram_kernels::file::read_regular(path, MAX_PROFILE_BYTES)?;
+        let b = engram_files::file::read_regular(path, MAX_PROFILE_BYTES)?;
         Self::from_bytes(&b, path)
     }
 
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_profile_must_fit_its_table() {
-        let mut config = crate::format::preset_config("demo").expect("demo");
+        let mut config = engram_kernels::Preset::Demo.config();
         config.base_sizes = vec![100; config.base_sizes.len()];
         let layout = engram_kernels::EngramLayout::new(&config, 99_092, 2).expect("layout");
         let (sha, build) = ("0".repeat(64), crate::format::BuildInfo::default());

@@ -592,12 +592,11 @@ impl Records {
     /// Opens and validates `path` against `table` (table id, row size, heads, layers,
     /// every section's checksum); unit checksums are checked on every read.
     pub fn open(path: &Path, table: &crate::table::Table) -> Result<Self> {
-        let (file, size) =
-            engram_kernels::file::open_regular(path).map_err(|e| Error::Records {
-                path: path.to_path_buf(),
-                offset: 0,
-                reason: e.to_string(),
-            })?;
+        let (file, size) = engram_files::file::open_regular(path).map_err(|e| Error::Records {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
         let binding = RecordsBinding::of(table)?;
         let RecordsIndex { shape, layers } =
             RecordsIndex::parse(path, size, &binding, &mut |buf: &mut [u8], at: u64| {

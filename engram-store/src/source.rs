@@ -1,6 +1,6 @@
 //! The row-source trait: what a decoder, a CLI or a binding needs from a table's rows,
 //! implemented by the in-process [`Store`](crate::Store) and by clients of a storage
-//! service (`engram-service`'s `RemoteStore`), so callers take either
+//! service (`engram-client`'s `RemoteStore`), so callers take either
 //! (`Arc<dyn RowSource>`).
 //!
 //! A source hands out the same [`Ticket`] and [`Speculation`] types as the store; a source

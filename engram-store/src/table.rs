@@ -6,8 +6,8 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use engram_files::file::{Limit, open_regular_at, read_regular_at};
 use engram_kernels::EngramLayout;
-use engram_kernels::file::{Limit, open_regular_at, read_regular_at};
 
 use crate::buffer::AlignedBuf;
 use crate::error::{Error, Result, io, io_at};

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 
 /// Writes records of `k` rows: record j of layer l holds rows `firsts[j] + i * stride`.
 fn write_records(dir: &std::path::Path, s: &SynthSpec, table_id: u64, rows_per_layer: &[Vec<u64>]) {
-    let rb = s.row_layout.row_bytes(s.dim).expect("row bytes") as u32;
+    let rb = engram_store::format::row_bytes(s.row_layout, s.dim).expect("row bytes") as u32;
     let shape = RecordShape::new(s.config.n_heads as u32, rb).expect("shape");
     let mut w = RecordsWriter::create(&dir.join(RECORDS_FILE), table_id, shape).expect("create");
     for (li, rows) in rows_per_layer.iter().enumerate() {

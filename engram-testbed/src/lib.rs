@@ -7,7 +7,7 @@
 //! - [`probe`]: random O_DIRECT reads through the store's own io_uring engine, the
 //!   device's limit measured the way the store reads.
 #![deny(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 #![deny(
     clippy::unwrap_used,
     clippy::panic,
@@ -15,6 +15,7 @@
     clippy::unimplemented
 )]
 
+pub mod fio;
 pub mod probe;
 pub mod synth;
 pub mod workload;

@@ -3,28 +3,18 @@
 
 use std::path::Path;
 
-use engram_kernels::{EngramConfig, EngramLayout};
+use engram_kernels::{EngramConfig, EngramLayout, Preset};
 
 use engram_kernels::rng::SplitMix64;
 use engram_store::format::{BuildInfo, Manifest, RowLayout};
 use engram_store::{Error, Result, TableWriter};
 
 /// SHA-256 recorded by synthetic tables built for the DeepSeek tokenizer shape.
-pub const SYNTH_TOKENIZER_SHA256: &str = engram_kernels::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
+pub const SYNTH_TOKENIZER_SHA256: &str = engram_files::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
 /// `V'` of the DeepSeek tokenizer, used by synthetic tables.
 pub const SYNTH_COMPRESSED_VOCAB: u64 = 99_092;
 /// Rows generated per write call.
 const SYNTH_CHUNK_ROWS: usize = 4096;
-
-/// The row layout and width of a published shape.
-pub fn preset_row_format(preset: &str) -> Option<(RowLayout, u32)> {
-    match preset {
-        "demo" => Some((RowLayout::Bf16, 64)),
-        "engram27b" => Some((RowLayout::Bf16, 80)),
-        "v41" => Some((RowLayout::Fp8E4m3E8m0 { scale_block: 32 }, 256)),
-        _ => None,
-    }
-}
 
 /// One SplitMix64 step from state `z`.
 #[inline]
@@ -60,18 +50,15 @@ pub struct SynthSpec {
 impl SynthSpec {
     /// A published shape with every base size replaced by `base_size` (if given).
     pub fn preset(name: &str, base_size: Option<u64>, seed: u64) -> Result<Self> {
-        let mut config =
-            engram_store::format::preset_config(name).ok_or_else(|| Error::Invalid {
-                what: "preset",
-                reason: format!("{name:?}: expected demo, engram27b or v41"),
-            })?;
+        let preset = name.parse::<Preset>().map_err(|e| Error::Invalid {
+            what: "preset",
+            reason: e.to_string(),
+        })?;
+        let mut config = preset.config();
         if let Some(s) = base_size {
             config.base_sizes = vec![s; config.base_sizes.len()];
         }
-        let (row_layout, dim) = preset_row_format(name).ok_or_else(|| Error::Invalid {
-            what: "preset",
-            reason: name.to_string(),
-        })?;
+        let (row_layout, dim) = preset.row_format();
         Ok(Self {
             config,
             row_layout,

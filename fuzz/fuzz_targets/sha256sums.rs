@@ -1,3 +1,3 @@
 #![no_main]
 //! SHA256SUMS: parse, round trip.
-engram_fuzz::target!(engram_kernels::fuzz::sha256sums);
+engram_fuzz::target!(engram_files::fuzz::sha256sums);

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use engram_kernels::file::Limit;
+use engram_files::file::Limit;
 use engram_kernels::{EngramConfig, EngramLayout};
 use serde::Deserialize;
 
@@ -223,7 +223,7 @@ fn ensure(path: &Path, cond: bool, reason: impl FnOnce() -> String) -> Result<()
 impl ModelConfig {
     /// Reads `config.json` (checked against the `SHA256SUMS` beside it) and validates it.
     pub fn load(path: &Path) -> Result<Self> {
-        let (bytes, _) = engram_kernels::file::read_checked(path, MAX_CONFIG_BYTES)?;
+        let (bytes, _) = engram_files::file::read_checked(path, MAX_CONFIG_BYTES)?;
         Self::from_json(&bytes, path)
     }
 

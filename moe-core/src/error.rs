@@ -9,7 +9,7 @@ pub enum Error {
     /// A model file could not be read, is not a regular file, is too large, or differs
     /// from the SHA-256 its directory's `SHA256SUMS` records.
     #[error(transparent)]
-    File(#[from] engram_kernels::file::FileError),
+    File(#[from] engram_files::file::FileError),
     /// A buffer sized by the model could not be allocated.
     #[error(transparent)]
     Alloc(#[from] engram_kernels::alloc::AllocError),

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use engram_kernels::file::{Limit, read_regular_string};
+use engram_files::file::{Limit, read_regular_string};
 use engram_store::candidates::CANDIDATES_FILE;
 use engram_store::size::parse_bytes;
 use engram_store::{BackendKind, Candidates, Profile, RowSource, StoreOptions};
@@ -366,12 +366,12 @@ fn open_mooncake(_a: &ModelArgs, _src: &EngramSource) -> Result<Session> {
 /// model's table (`--engram`, or the default table path, names it).
 fn open_service(a: &ModelArgs, socket: &Path) -> Result<Session> {
     let table = table_dir(a)?;
-    let target = engram_service::Target {
+    let target = engram_client::ServiceAddress {
         socket: socket.to_path_buf(),
         table: Some(table.display().to_string()),
     };
     let remote =
-        engram_service::RemoteStore::open(&target, &engram_service::ClientOptions::default())
+        engram_client::RemoteStore::open(&target, &engram_client::ClientOptions::default())
             .with_context(|| format!("attaching to the service at {}", socket.display()))?;
     // The table's counters count from here, so the totals printed at the end are this
     // run's, not the server's since it started.

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engram_kernels::file::{SHA256SUMS_FILE, Sha256Sums};
-use engram_kernels::{CompressionTable, tokenizer};
+use engram_files::file::{SHA256SUMS_FILE, Sha256Sums};
+use engram_files::tokenizer;
+use engram_kernels::CompressionTable;
 use engram_store::{Candidates, RowSource, Store, StoreOptions};
 use tokenizers::Tokenizer;
 
@@ -48,10 +49,15 @@ pub struct EngramRows<'a> {
 /// A model ready to run.
 #[derive(Debug)]
 pub struct Session {
+    /// The decoder and its weights.
     pub model: Model,
+    /// Maps between the tokenizer's raw ids and the model's reduced vocabulary.
     pub vocab: Vocab,
+    /// The tokenizer whose fingerprint the model recorded.
     pub tokenizer: Tokenizer,
+    /// The Engram table's rows and their store, for a model with Engram layers.
     pub memory: Option<EngramMemory>,
+    /// KV cache, conv history and position of the sequence being decoded.
     pub state: DecodeState,
     speculator: Option<Speculator>,
     prefill_plan: PrefillPlan,
@@ -115,11 +121,17 @@ impl SpeculationStats {
 /// What one generation did.
 #[derive(Debug, Clone, Default)]
 pub struct GenerateStats {
+    /// Tokens of the prompt (after tokenization).
     pub prompt_tokens: usize,
+    /// Tokens generated.
     pub new_tokens: usize,
+    /// Wall time of the prompt's forward pass.
     pub prefill: Duration,
+    /// Wall time from the start of the prefill to the first sampled token.
     pub time_to_first_token: Duration,
+    /// Wall time of the decode steps after the first token.
     pub decode: Duration,
+    /// Time decode steps waited for Engram rows, and how many steps waited.
     pub stall: StallStats,
     /// Time the prefill waited for Engram rows.
     pub prefill_stall: Duration,

@@ -12,7 +12,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result, config_err};
 
 /// Largest `vocab.json` accepted (a reduced id list of the full DeepSeek vocabulary is ~1 MB).
-pub const MAX_VOCAB_BYTES: engram_kernels::file::Limit = engram_kernels::file::Limit {
+pub const MAX_VOCAB_BYTES: engram_files::file::Limit = engram_files::file::Limit {
     what: "vocab.json",
     name: "MAX_VOCAB_BYTES",
     bytes: 64 << 20,
@@ -45,7 +45,7 @@ impl Vocab {
     /// Reads `vocab.json` (checked against the `SHA256SUMS` beside it) and checks it against
     /// the config.
     pub fn load(path: &Path, config: &ModelConfig) -> Result<Self> {
-        let (bytes, _) = engram_kernels::file::read_checked(path, MAX_VOCAB_BYTES)?;
+        let (bytes, _) = engram_files::file::read_checked(path, MAX_VOCAB_BYTES)?;
         let v: VocabFile =
             serde_json::from_slice(&bytes).map_err(|e| config_err(path, e.to_string()))?;
         let bad = |r: &str| Err(config_err(path, r.to_owned()));

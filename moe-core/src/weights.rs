@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use engram_kernels::module::EngramModuleWeights;
+use engram_kernels::engram_module::EngramModuleWeights;
 use half::bf16;
 use safetensors::{Dtype, SafeTensors};
 
@@ -13,7 +13,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
 /// Largest `model.safetensors` accepted (read whole, then widened to f32).
-pub const MAX_WEIGHTS_BYTES: engram_kernels::file::Limit = engram_kernels::file::Limit {
+pub const MAX_WEIGHTS_BYTES: engram_files::file::Limit = engram_files::file::Limit {
     what: "model.safetensors",
     name: "MAX_WEIGHTS_BYTES",
     bytes: 64 << 30,
@@ -165,7 +165,7 @@ impl Loader<'_> {
 impl Weights {
     /// Loads `model.safetensors` for `config`, checked against the `SHA256SUMS` beside it.
     pub fn load(path: &Path, config: &ModelConfig) -> Result<Self> {
-        let (bytes, _) = engram_kernels::file::read_checked(path, MAX_WEIGHTS_BYTES)?;
+        let (bytes, _) = engram_files::file::read_checked(path, MAX_WEIGHTS_BYTES)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use common::{model_b_addressing, tokenizer_available, write_zero_table};
+use engram_files::file::{SHA256SUMS_FILE, sha256_hex};
 use engram_kernels::EngramConfig;
-use engram_kernels::file::{SHA256SUMS_FILE, sha256_hex};
 use engram_store::StoreOptions;
 use moe_core::Error;
 use moe_core::session::{EngramSource, Session};
@@ -344,7 +344,7 @@ fn tables_built_for_something_else_are_refused() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let right = model_b_addressing();
-    let deepseek = engram_kernels::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
+    let deepseek = engram_files::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
     let cases = [
         (
             "other-tokenizer",
@@ -372,7 +372,7 @@ fn tables_built_for_something_else_are_refused() {
         ),
     ];
     // SHA-256 of the model's engram.safetensors, as its SHA256SUMS lists it.
-    let sums = engram_kernels::file::Sha256Sums::read(&model_dir().join(SHA256SUMS_FILE))
+    let sums = engram_files::file::Sha256Sums::read(&model_dir().join(SHA256SUMS_FILE))
         .expect("the committed model has SHA256SUMS");
     let own = sums.get("engram.safetensors").expect("listed");
     for (name, config, sha, needle) in cases {
@@ -451,11 +451,11 @@ fn a_module_without_the_short_convolution_loads_and_decodes() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let config = model_b_addressing();
-    let sums = engram_kernels::file::Sha256Sums::read(&model_dir().join(SHA256SUMS_FILE))
+    let sums = engram_files::file::Sha256Sums::read(&model_dir().join(SHA256SUMS_FILE))
         .expect("the committed model has SHA256SUMS");
     let own = sums.get("engram.safetensors").expect("listed");
     let table = dir.path().join("table");
-    let deepseek = engram_kernels::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
+    let deepseek = engram_files::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
     write_zero_table(&table, &config, deepseek, 8, &[own]);
     // Zero rows, so not the model's own: allowed explicitly (the copy's SHA256SUMS does
     // not list engram.safetensors either).

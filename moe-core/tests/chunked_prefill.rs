@@ -32,7 +32,7 @@ fn chunked_prefill_gives_the_one_pass_logits() {
     // Rows of random values, so every Engram block's output depends on them (and the short
     // convolution on the positions before, across chunk boundaries).
     let table = dir.path().join("table");
-    let deepseek = engram_kernels::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
+    let deepseek = engram_files::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
     write_table(&table, &model_b_addressing(), deepseek, 8, &[], |i| {
         SplitMix64::keyed(&[7, i as u64]).next_f64() as f32 * 2.0 - 1.0
     });

@@ -109,7 +109,7 @@ fn a_mooncake_skeleton_is_not_read_from_local_disk() {
 #[test]
 fn a_closed_stdout_ends_generate_quietly() {
     use std::io::Read;
-    if engram_kernels::tokenizer::for_tests()
+    if engram_files::tokenizer::for_tests()
         .expect("ENGRAM_REQUIRE_TOKENIZER is set")
         .is_none()
     {
@@ -156,7 +156,7 @@ fn prefill_chunk_flags_are_checked_and_reported() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    if engram_kernels::tokenizer::for_tests()
+    if engram_files::tokenizer::for_tests()
         .expect("ENGRAM_REQUIRE_TOKENIZER is set")
         .is_none()
     {

@@ -38,7 +38,7 @@ fn engram_models() -> Vec<PathBuf> {
 }
 
 fn tokenizer_available() -> bool {
-    engram_kernels::tokenizer::for_tests()
+    engram_files::tokenizer::for_tests()
         .expect("ENGRAM_REQUIRE_TOKENIZER is set")
         .is_some()
 }

@@ -18,9 +18,9 @@ const TARGETS: &[(&str, FuzzFn)] = &[
     ("build_config", engram_tools::fuzz::build_config),
     ("vectors_hash", engram_tools::fuzz::vectors_hash),
     ("model_config", moe_core::fuzz::model_config),
-    ("sha256sums", engram_kernels::fuzz::sha256sums),
+    ("sha256sums", engram_files::fuzz::sha256sums),
     ("candidates", engram_store::fuzz::candidates),
-    ("service_protocol", engram_service::fuzz::protocol),
+    ("service_protocol", engram_server::fuzz::protocol),
 ];
 
 fn fuzz_dir() -> PathBuf {

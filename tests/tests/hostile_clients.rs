@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use engram_client::protocol::{OP_LOOKUP, PROTOCOL_VERSION, Request, Sqe};
+use engram_client::raw::RawClient;
+use engram_client::{ClientOptions, RemoteStore};
 use engram_kernels::EngramConfig;
-use engram_service::protocol::{OP_LOOKUP, PROTOCOL_VERSION, Request, Sqe};
-use engram_service::raw::RawClient;
-use engram_service::{ClientOptions, RemoteStore};
 use engram_store::{RowLayout, RowSource, Store, StoreOptions};
 use engram_testbed::synth::{SynthSpec, write_synth};
 

@@ -31,7 +31,7 @@ fn the_decoder_matches_pytorch_with_rows_from_mooncake() {
     let Some(cfg) = mc::cluster("the_decoder_matches_pytorch_with_rows_from_mooncake") else {
         return;
     };
-    if engram_kernels::tokenizer::for_tests()
+    if engram_files::tokenizer::for_tests()
         .expect("ENGRAM_REQUIRE_TOKENIZER is set")
         .is_none()
     {

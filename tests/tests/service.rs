@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use engram_service::{ClientOptions, RemoteStore, Server, ServerOptions, TableSpec};
+use engram_client::{ClientOptions, RemoteStore};
+use engram_server::{Server, ServerOptions, TableSpec};
 use engram_store::{BackendKind, RowSource, StoreOptions};
 use engram_tools::build::{BuildArgs, run};
 use moe_core::golden::{self, LOGIT_TOLERANCE};
@@ -29,7 +30,7 @@ fn repo() -> PathBuf {
 const MODEL: &str = "models/stdlib-moe-engram-b";
 
 fn tokenizer_available() -> bool {
-    engram_kernels::tokenizer::for_tests()
+    engram_files::tokenizer::for_tests()
         .expect("ENGRAM_REQUIRE_TOKENIZER is set")
         .is_some()
 }

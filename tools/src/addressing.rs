@@ -2,46 +2,23 @@
 //! needs one (`engram hash`, `engram-build`, `engram synth`): a preset plus overrides.
 
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
+use clap::builder::{PossibleValue, TypedValueParser};
 use engram_kernels::EngramConfig;
 
-/// Published shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preset {
-    /// The official demo: orders 2-3, 8 heads, base 646,400, layers 1 and 15.
-    Demo,
-    /// The paper's Engram-27B: orders 2-3, 8 heads, base 2,262,400, layers 2 and 15.
-    Engram27b,
-    /// DeepSeek-V4.1-Flash as reported: orders 2-4, 8 heads, base 16,000,000, layers 1 and 14.
-    V41,
-}
+pub use engram_kernels::Preset;
 
-impl Preset {
-    /// The preset's name, as `--preset` spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Preset::Demo => "demo",
-            Preset::Engram27b => "engram27b",
-            Preset::V41 => "v41",
-        }
-    }
-
-    /// The preset's config.
-    pub fn config(self) -> EngramConfig {
-        match self {
-            Preset::Demo => EngramConfig::demo(),
-            Preset::Engram27b => EngramConfig::engram27b(),
-            Preset::V41 => EngramConfig::v41(),
-        }
-    }
+/// `--preset`'s parser: the names of [`Preset::ALL`], each with its line in `--help`.
+fn preset_parser() -> impl TypedValueParser<Value = Preset> {
+    let values = Preset::ALL.map(|p| PossibleValue::new(p.name()).help(p.description()));
+    clap::builder::PossibleValuesParser::new(values).try_map(|s| s.parse::<Preset>())
 }
 
 /// A preset and per-field overrides; the overrides win.
 #[derive(Debug, Clone, Args)]
 pub struct AddressingArgs {
     /// Start from this published shape (default: demo).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = preset_parser())]
     pub preset: Option<Preset>,
     /// Largest n-gram order N (orders 2..=N are hashed).
     #[arg(long)]

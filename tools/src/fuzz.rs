@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use engram_kernels::file::sha256_hex;
+use engram_files::file::sha256_hex;
 use engram_store::format::RowLayout;
 use safetensors::SafeTensors;
 
@@ -96,7 +96,7 @@ pub fn safetensors_import(data: &[u8]) {
         };
         let mut f32s = vec![0f32; n];
         if source.fill(0, dim, &mut f32s).is_ok()
-            && let Ok(row_bytes) = RowLayout::Bf16.row_bytes(dim as u32)
+            && let Ok(row_bytes) = engram_store::format::row_bytes(RowLayout::Bf16, dim as u32)
         {
             let mut out = vec![0u8; rows * row_bytes as usize];
             let _ = values::encode(RowLayout::Bf16, dim, &f32s, &mut out);

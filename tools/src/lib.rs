@@ -3,13 +3,9 @@
 #![deny(missing_docs)]
 
 pub mod addressing;
-// `build/mod.rs` is documented by its owner's branch (issue 24: `build::run` split into
-// phases); until it merges, it is let off `missing_docs` and its submodules deny it again.
-#[allow(missing_docs)]
 pub mod build;
 pub mod checkpoint;
 pub mod cmd;
-pub mod fio;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod vectors;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use engram_kernels::file::{Limit, open_regular, read_regular, read_regular_string};
+use engram_files::file::{Limit, open_regular, read_regular, read_regular_string};
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher, mixes};
 use engram_kernels::{CompressionTable, EngramConfig, EngramLayout};
 use serde::Deserialize;
@@ -255,7 +255,7 @@ fn check_against_tokenizer(
     tokenizer: &Path,
     report: &mut VectorReport,
 ) -> Result<()> {
-    let loaded = engram_kernels::tokenizer::load(tokenizer)?;
+    let loaded = engram_files::tokenizer::load(tokenizer)?;
     if named.tokenizer_json_sha256.as_deref() != Some(loaded.sha256.as_str()) {
         tracing::info!(
             table = name,

@@ -15,14 +15,14 @@ use anyhow::{Context, Result, bail, ensure};
 use engram_kernels::gather::row_ids_from_i64;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
 use engram_kernels::{
-    EngramConfig, EngramLayout, EngramModule, EngramModuleConfig, EngramModuleWeights, RowDtype,
+    EngramConfig, EngramLayout, EngramModule, EngramModuleConfig, EngramModuleWeights, RowLayout,
     gather_rows,
 };
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::vectors::{MAX_VECTOR_FILE_BYTES, VectorReport};
-use engram_kernels::file::read_regular;
+use engram_files::file::read_regular;
 
 /// Absolute and relative tolerance of float tensors.
 pub const FORWARD_TOLERANCE: f64 = 1e-5;
@@ -227,7 +227,7 @@ pub fn check_forward_file(path: &Path) -> Result<VectorReport> {
     let table_bytes: Vec<u8> = table.iter().flat_map(|x| x.to_le_bytes()).collect();
     let ids = row_ids_from_i64(row_ids_file)?;
     let mut e = vec![0f32; tokens * dm];
-    gather_rows(RowDtype::F32, cfg.head_dim, &table_bytes, &ids, &mut e)
+    gather_rows(RowLayout::F32, cfg.head_dim, &table_bytes, &ids, &mut e)
         .with_context(|| format!("{case}: gathering e"))?;
     compare_floats(
         &mut report,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use engram_kernels::quant::RowDtype;
+use engram_kernels::quant::RowLayout;
 use engram_store::Table;
 use engram_store::profile::Profile;
 use engram_tools::build::values::normal_row;
@@ -21,7 +21,7 @@ mod sys;
 use sys::listing;
 
 fn tokenizer() -> Option<PathBuf> {
-    engram_kernels::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
+    engram_files::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
 }
 
 fn build(args: &[&str]) -> (i32, String, String) {
@@ -111,7 +111,7 @@ fn corpus_to_verified_table_with_profile() {
         let mut v = vec![0f32; dim];
         normal_row(0, 15, row, 1.0, &mut v);
         engram_kernels::quant::quantize_rows(
-            RowDtype::Bf16,
+            RowLayout::Bf16,
             dim,
             &v,
             &mut want[i * table.row_bytes()..(i + 1) * table.row_bytes()],
@@ -149,7 +149,7 @@ fn corpus_to_verified_table_with_profile() {
     assert_eq!(c.positions, cs["positions"].as_u64().expect("positions"));
     // "return a + b" follows "def add(a, b):" in the corpus: after ":\n    " (the last two
     // ids before "return"), the table lists some continuation.
-    let tok = engram_kernels::tokenizer::load(&tokenizer().expect("tokenizer")).expect("loads");
+    let tok = engram_files::tokenizer::load(&tokenizer().expect("tokenizer")).expect("loads");
     let table_c =
         engram_kernels::CompressionTable::from_tokenizer(&tok.tokenizer).expect("compression");
     let enc = tok
@@ -254,7 +254,7 @@ fn write_checkpoint(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], met
 #[test]
 fn import_round_trips_exactly_and_within_fp8_error() {
     let Some(tok) = tokenizer() else { return };
-    let sha = engram_kernels::tokenizer::load(&tok).expect("loads").sha256;
+    let sha = engram_files::tokenizer::load(&tok).expect("loads").sha256;
     let dir = tempfile::tempdir().expect("tempdir");
     let root = corpus(dir.path());
     // Layout: orders 2-3, 2 heads, base 50, layers [1] -> 4 primes.
@@ -309,9 +309,9 @@ fn import_round_trips_exactly_and_within_fp8_error() {
         let mut bytes = vec![0u8; rows * table.row_bytes()];
         table.read_rows_simple(0, &ids, &mut bytes).expect("reads");
         let dtype = if exact {
-            RowDtype::F32
+            RowLayout::F32
         } else {
-            RowDtype::Fp8E4m3 { block: 32 }
+            RowLayout::Fp8E4m3E8m0 { scale_block: 32 }
         };
         let mut back = vec![0f32; rows * dim];
         engram_kernels::quant::dequantize_rows(dtype, dim, &bytes, &mut back).expect("decodes");

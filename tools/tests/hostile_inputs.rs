@@ -202,7 +202,7 @@ fn special_and_empty_vector_files_are_errors() {
 }
 
 fn tokenizer_available() -> bool {
-    engram_kernels::tokenizer::for_tests()
+    engram_files::tokenizer::for_tests()
         .expect("ENGRAM_REQUIRE_TOKENIZER is set")
         .is_some()
 }

@@ -20,7 +20,7 @@ mod sys;
 use sys::listing;
 
 fn tokenizer() -> Option<PathBuf> {
-    engram_kernels::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
+    engram_files::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
 }
 
 fn s(p: &Path) -> &str {
@@ -199,7 +199,7 @@ fn committed_models_import_to_the_same_bytes_as_before() {
             String::from_utf8_lossy(&o.stderr)
         );
         let sha =
-            |f: &str| engram_kernels::file::sha256_hex(&std::fs::read(out.join(f)).expect("reads"));
+            |f: &str| engram_files::file::sha256_hex(&std::fs::read(out.join(f)).expect("reads"));
         assert_eq!(sha("layer-000-id1.bin"), layer_sha, "{model}");
         assert_eq!(sha("manifest.json"), manifest_sha, "{model}");
     }

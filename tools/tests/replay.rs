@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn tokenizer() -> Option<PathBuf> {
-    engram_kernels::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
+    engram_files::tokenizer::for_tests().expect("ENGRAM_REQUIRE_TOKENIZER is set")
 }
 
 fn run(bin: &str, args: &[&str]) -> (i32, String, String) {

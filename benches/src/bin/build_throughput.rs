@@ -18,10 +18,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use engram_corpus::corpus::{self, CorpusOptions, Input};
+use engram_corpus::count::{self, Counters, Progress, Strategy};
+use engram_files::tokenizer;
 use engram_kernels::hash::{HashOptions, NgramHasher};
-use engram_kernels::{CompressionTable, EngramConfig, EngramLayout, tokenizer};
-use engram_tools::build::corpus::{self, CorpusOptions, Source};
-use engram_tools::build::count::{self, Counters, Progress, Strategy};
+use engram_kernels::{CompressionTable, EngramConfig, EngramLayout};
 use tokenizers::Tokenizer;
 
 fn stdlib() -> Result<PathBuf> {
@@ -112,7 +113,7 @@ struct Inputs<'a> {
 /// Counts `sources` into `counters`; returns the tokens.
 fn pipeline(
     inputs: &Inputs<'_>,
-    sources: &[Source],
+    sources: &[Input],
     shape: &Shape,
     counters: &Counters,
     pool: &rayon::ThreadPool,
@@ -160,12 +161,10 @@ fn print_profile(shape: &Shape, counters: &Counters) {
 }
 
 /// `sources` in `n` consecutive slices of about equal bytes.
-fn slices(sources: &[Source], n: usize) -> Vec<&[Source]> {
-    let size = |s: &Source| match s {
-        Source::Text(p) | Source::JsonLines(p) => {
-            std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-        }
-        Source::Stdin => 0,
+fn slices(sources: &[Input], n: usize) -> Vec<&[Input]> {
+    let size = |s: &Input| match s {
+        Input::Text(p) | Input::JsonLines(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+        Input::Stdin => 0,
     };
     let total: u64 = sources.iter().map(size).sum();
     let mut out = Vec::new();
@@ -285,7 +284,7 @@ fn make_shapes(opts: &Options, table: &CompressionTable) -> Result<Vec<Shape>> {
 /// counters (for the profile).
 fn run_once(
     inputs: &Inputs<'_>,
-    chunks: &[&[Source]],
+    chunks: &[&[Input]],
     shapes: &[Shape],
     pool: &rayon::ThreadPool,
 ) -> Result<(Spent, Vec<Spent>, Vec<Counters>)> {

@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use engram_service::{ClientOptions, RemoteStore, Server, ServerOptions, TableSpec};
+use engram_client::{ClientOptions, RemoteStore};
+use engram_server::{Server, ServerOptions, TableSpec};
 use engram_store::size::parse_bytes;
 use engram_store::{BackendKind, RowSource, Store, StoreOptions};
 use engram_testbed::workload::{RankPermutation, RowDist, RowSampler};

@@ -13,16 +13,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use engram_files::tokenizer;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
-use engram_kernels::{CompressionTable, EngramConfig, EngramLayout, tokenizer};
+use engram_kernels::{CompressionTable, EngramConfig, EngramLayout};
 use engram_store::backend::memory::MemoryBackend;
 use engram_store::cache::{RowCache, SeedOptions};
 use engram_store::{
     BackendKind, BackendOptions, LayerProfile, Profile, Store, StoreOptions, Table,
 };
+use engram_testbed::fio::random_read as fio;
 use engram_testbed::probe::probe_random_reads;
 use engram_testbed::workload::{BenchSpec, RowDist, RowSampler, Zipf, run_bench};
-use engram_tools::fio::random_read as fio;
 use serde_json::json;
 
 fn emit(kind: &str, data: serde_json::Value) {

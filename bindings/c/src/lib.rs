@@ -22,7 +22,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
 use engram_bindings::{
-    BackendKind, Error, Handle, OpenConfig, PendingRows, Result, RowLayout, TokenIds,
+    BackendKind, Error, Handle, OpenConfig, PendingPrefetch, Result, RowLayout, TokenIds,
 };
 
 /// Prefetch tickets a "unix:PATH" store (a client of `engram serve`) may hold unfreed:
@@ -164,7 +164,7 @@ pub struct engram_store {
 /// rows. A ticket may move between threads but must not be used by two threads at once.
 #[derive(Debug)]
 pub struct engram_ticket {
-    inner: PendingRows,
+    inner: PendingPrefetch,
 }
 
 thread_local! {

@@ -250,7 +250,7 @@ fn store_kind(e: &engram_store::Error) -> ErrorKind {
         S::Invalid { .. } | S::Writer(_) | S::Exists { .. } => ErrorKind::InvalidArgument,
         S::NotCompiled { .. } | S::Unavailable { .. } => ErrorKind::Unavailable,
         S::ShutDown(_) => ErrorKind::ShutDown,
-        S::Remote(inner) => match inner.downcast_ref::<engram_service::ServiceError>() {
+        S::Remote(inner) => match inner.downcast_ref::<engram_client::ServiceError>() {
             Some(e) => service_kind(e),
             None => ErrorKind::Internal,
         },
@@ -258,8 +258,8 @@ fn store_kind(e: &engram_store::Error) -> ErrorKind {
     }
 }
 
-fn service_kind(e: &engram_service::ServiceError) -> ErrorKind {
-    use engram_service::ServiceError as V;
+fn service_kind(e: &engram_client::ServiceError) -> ErrorKind {
+    use engram_client::ServiceError as V;
     match e {
         V::Connect { .. } | V::Refused { .. } => ErrorKind::Unavailable,
         // The next call reconnects (or says the table changed): as for a stopped store,

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
-use engram_kernels::{CompressionTable, RowDtype, dequantize_rows};
+use engram_kernels::{CompressionTable, dequantize_rows};
 use engram_store::{
     BackendKind, BackendOptions, Profile, RowLayout, RowSource, StatsSnapshot, Store, StoreOptions,
 };
 
 use crate::error::{Error, Result};
-use crate::ticket::{BufPool, PendingRows};
+use crate::ticket::{BufPool, PendingPrefetch};
 
 /// Prefix of a service address.
 pub const SERVICE_PREFIX: &str = "unix:";
@@ -93,10 +93,6 @@ impl RowInfo {
             _ => 0,
         }
     }
-
-    fn dtype(&self) -> RowDtype {
-        self.layout.dtype()
-    }
 }
 
 #[derive(Debug)]
@@ -119,7 +115,7 @@ impl Addressing {
         let d = self.default.as_ref().ok_or(Error::NoTokenizer)?;
         d.loaded
             .get_or_init(|| {
-                let path = engram_kernels::tokenizer::resolve_path(None)?;
+                let path = engram_files::tokenizer::resolve_path(None)?;
                 d.expected.load(&path)
             })
             .as_ref()
@@ -325,11 +321,11 @@ impl Handle {
     }
 
     /// Starts reading rows `ids` of layer `layer_id` into a pinned buffer the returned
-    /// [`PendingRows`] owns (from a pool, returned when it is dropped). Row-id errors
+    /// [`PendingPrefetch`] owns (from a pool, returned when it is dropped). Row-id errors
     /// surface when it is waited on; an unknown layer is an error now, and so is a
     /// `Limit` error when the caller holds every ticket the store has
     /// ([`SERVICE_MAX_TICKETS`], [`LOCAL_MAX_TICKETS`]).
-    pub fn prefetch(&self, layer_id: u64, ids: &[u64]) -> Result<PendingRows> {
+    pub fn prefetch(&self, layer_id: u64, ids: &[u64]) -> Result<PendingPrefetch> {
         let li = self.layer_index(layer_id)?;
         let need = ids
             .len()
@@ -342,7 +338,7 @@ impl Handle {
         let ticket = self.store.prefetch(li, ids, buf);
         let pool = Arc::clone(&self.pool);
         if !ticket.is_ready() {
-            return Ok(PendingRows::new(ticket, ids.len(), pool));
+            return Ok(PendingPrefetch::new(ticket, ids.len(), pool));
         }
         // A prefetch refused for want of a slot (the caller holds every ticket) fails
         // now, not at its wait: the caller is about to ask for more.
@@ -352,7 +348,7 @@ impl Handle {
                 pool.put(buf);
                 Err(e)
             }
-            result => Ok(PendingRows::settled(buf, result, ids.len(), pool)),
+            result => Ok(PendingPrefetch::settled(buf, result, ids.len(), pool)),
         }
     }
 
@@ -426,12 +422,7 @@ impl Handle {
                 found: out.len(),
             });
         }
-        Ok(dequantize_rows(
-            self.rows.dtype(),
-            self.rows.dim,
-            rows,
-            out,
-        )?)
+        Ok(dequantize_rows(self.rows.layout, self.rows.dim, rows, out)?)
     }
 
     /// Counters and latencies (a service client asks its server).
@@ -483,7 +474,7 @@ fn check_canonical(ids: &[i64], vocab: u64) -> Result<()> {
 
 /// A client of the service at `address`; the options that belong to the server (backend,
 /// cache, profile, read options) are refused rather than silently ignored.
-fn open_service(address: &str, c: &OpenConfig) -> Result<engram_service::RemoteStore> {
+fn open_service(address: &str, c: &OpenConfig) -> Result<engram_client::RemoteStore> {
     let set = [
         ("backend", c.backend.is_some()),
         ("cache_bytes", c.cache_bytes > 0),
@@ -501,16 +492,16 @@ fn open_service(address: &str, c: &OpenConfig) -> Result<engram_service::RemoteS
             ),
         });
     }
-    let options = engram_service::ClientOptions {
+    let options = engram_client::ClientOptions {
         slots: SERVICE_SLOTS,
         slot_rows: c
             .max_batch_rows
-            .map_or(engram_service::client::DEFAULT_SLOT_ROWS, |r| {
+            .map_or(engram_client::client::DEFAULT_SLOT_ROWS, |r| {
                 u32::try_from(r).unwrap_or(u32::MAX)
             }),
-        ..engram_service::ClientOptions::default()
+        ..engram_client::ClientOptions::default()
     };
-    engram_service::RemoteStore::connect(address, &options)
+    engram_client::RemoteStore::connect(address, &options)
         .map_err(|e| Error::Store(engram_store::Error::from(e)))
 }
 
@@ -550,7 +541,7 @@ fn store_options(c: &OpenConfig) -> Result<StoreOptions> {
 }
 
 fn load_compression(path: &Path, table: &Path, table_sha: &str) -> Result<CompressionTable> {
-    let tok = engram_kernels::tokenizer::load(path)?;
+    let tok = engram_files::tokenizer::load(path)?;
     if !tok.sha256.eq_ignore_ascii_case(table_sha) {
         return Err(Error::TokenizerMismatch {
             path: path.display().to_string(),

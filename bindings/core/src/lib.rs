@@ -15,4 +15,4 @@ pub use engram_store::{BackendKind, RowLayout};
 pub use error::{Error, ErrorKind, Result};
 pub use extent::{Extent, disjoint};
 pub use handle::{Handle, OpenConfig, RowInfo, TokenIds, parse_backend};
-pub use ticket::PendingRows;
+pub use ticket::PendingPrefetch;

@@ -68,13 +68,13 @@ enum State {
 /// A prefetch in flight whose rows end in a buffer it owns.
 #[derive(Debug)]
 #[must_use = "a prefetch must be waited on to get its rows"]
-pub struct PendingRows {
+pub struct PendingPrefetch {
     state: State,
     rows: usize,
     pool: Arc<BufPool>,
 }
 
-impl PendingRows {
+impl PendingPrefetch {
     pub(crate) fn new(ticket: Ticket, rows: usize, pool: Arc<BufPool>) -> Self {
         Self {
             state: State::InFlight(ticket),
@@ -102,7 +102,7 @@ impl PendingRows {
         self.rows
     }
 
-    /// Whether [`PendingRows::wait`] would return without blocking.
+    /// Whether [`PendingPrefetch::wait`] would return without blocking.
     pub fn is_ready(&self) -> bool {
         match &self.state {
             State::InFlight(t) => t.is_ready(),
@@ -136,7 +136,7 @@ impl PendingRows {
         }
     }
 
-    /// [`PendingRows::wait`], then copies the rows into `out` (exactly `rows * row_bytes`).
+    /// [`PendingPrefetch::wait`], then copies the rows into `out` (exactly `rows * row_bytes`).
     pub fn wait_into(&mut self, out: &mut [u8]) -> Result<()> {
         let rows = self.wait()?;
         if out.len() != rows.len() {
@@ -152,7 +152,7 @@ impl PendingRows {
     }
 }
 
-impl Drop for PendingRows {
+impl Drop for PendingPrefetch {
     fn drop(&mut self) {
         // Waiting here keeps the buffer owned until the I/O completes, then recycles it.
         match std::mem::replace(&mut self.state, State::Gone) {

@@ -8,7 +8,7 @@ mod buffer;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use engram_bindings::{ErrorKind, Handle, OpenConfig, PendingRows, TokenIds, parse_backend};
+use engram_bindings::{ErrorKind, Handle, OpenConfig, PendingPrefetch, TokenIds, parse_backend};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -467,7 +467,7 @@ impl Store {
 /// waiting on the ticket can never deadlock against a thread that holds the GIL.
 #[pyclass(module = "engram._engram", frozen)]
 struct Ticket {
-    inner: std::sync::Mutex<Option<PendingRows>>,
+    inner: std::sync::Mutex<Option<PendingPrefetch>>,
     rows: usize,
     row_bytes: usize,
 }
@@ -491,7 +491,7 @@ impl Ticket {
     /// `false` while another thread holds the ticket.
     fn settled(&self) -> bool {
         match self.inner.try_lock() {
-            Ok(g) => g.as_ref().is_none_or(PendingRows::is_ready),
+            Ok(g) => g.as_ref().is_none_or(PendingPrefetch::is_ready),
             Err(_) => false,
         }
     }

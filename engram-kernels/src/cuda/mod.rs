@@ -2,6 +2,9 @@
 //! CUDA toolkit, and a machine without the driver or NVRTC gets a typed error, never a
 //! panic.
 //!
+//! No decoder calls it yet (the tests and `scripts/gpu-check.sh` do): `docs/architecture.md`
+//! says what a `moe-core --features cuda` caller would take.
+//!
 //! Contract for the `unsafe` in this module: (1) no cudarc call that loads a library runs
 //! before [`driver_available`] / [`nvrtc_available`] confirmed that the library loads
 //! (cudarc panics otherwise); (2) every kernel launch passes arguments whose types and
@@ -24,11 +27,11 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
+use crate::engram_module::EngramModule;
 use crate::error::{Error, Result};
 use crate::hash::HashOutput;
 use crate::layout::EngramLayout;
-use crate::module::EngramModule;
-use crate::quant::RowDtype;
+use crate::quant::RowLayout;
 
 /// The CUDA C source of every kernel.
 pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
@@ -585,7 +588,7 @@ impl CudaEngine {
     #[allow(clippy::too_many_arguments)]
     fn dequant_launch(
         &self,
-        dtype: RowDtype,
+        dtype: RowLayout,
         width: usize,
         src: &CudaSlice<u8>,
         n_rows: usize,
@@ -595,10 +598,10 @@ impl CudaEngine {
     ) -> Result<()> {
         let row_bytes = dtype.row_bytes(width)?;
         let (code, block) = match dtype {
-            RowDtype::F32 => (0, 1),
-            RowDtype::Bf16 => (1, 1),
-            RowDtype::F16 => (2, 1),
-            RowDtype::Fp8E4m3 { block } => (3, block),
+            RowLayout::F32 => (0, 1),
+            RowLayout::Bf16 => (1, 1),
+            RowLayout::F16 => (2, 1),
+            RowLayout::Fp8E4m3E8m0 { scale_block } => (3, scale_block as usize),
         };
         let mut out_d = self.zeros::<f32>(rows_out * width)?;
         let mut err_d = self.zeros::<i32>(1)?;
@@ -647,7 +650,7 @@ impl CudaEngine {
     /// [`crate::quant::dequantize_rows`].
     pub fn dequantize_rows(
         &self,
-        dtype: RowDtype,
+        dtype: RowLayout,
         width: usize,
         rows: &[u8],
         out: &mut [f32],
@@ -692,7 +695,7 @@ impl CudaEngine {
     /// [`crate::quant::dequantize_rows`]; `out` has `n_rows * width` values.
     pub fn dequantize_pinned(
         &self,
-        dtype: RowDtype,
+        dtype: RowLayout,
         width: usize,
         rows: &PinnedRows,
         n_rows: usize,
@@ -724,7 +727,7 @@ impl CudaEngine {
     /// so the error names the offending id).
     pub fn gather_rows(
         &self,
-        dtype: RowDtype,
+        dtype: RowLayout,
         width: usize,
         table: &[u8],
         ids: &[u64],

@@ -13,10 +13,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use engram_kernels::conv::ConvState;
+use engram_kernels::engram_module::{DecodeScratch, EngramModule, EngramModuleConfig};
 use engram_kernels::gather::memory_vectors;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
-use engram_kernels::module::{DecodeScratch, EngramModule, EngramModuleConfig};
-use engram_kernels::quant::RowDtype;
+use engram_kernels::quant::RowLayout;
 use engram_kernels::{CompressionTable, EngramLayout};
 use std::sync::Arc;
 
@@ -61,7 +61,7 @@ pub struct EngramMemory {
     table: std::path::PathBuf,
     compression: CompressionTable,
     hasher: NgramHasher,
-    dtype: RowDtype,
+    dtype: RowLayout,
     width: usize,
     heads: usize,
     max_ngram: usize,
@@ -164,7 +164,7 @@ impl EngramMemory {
         }
         let layers_len = layers.len();
         Ok(Self {
-            dtype: manifest.row_layout.dtype(),
+            dtype: manifest.row_layout,
             width: e.head_dim,
             heads: e.n_hash_heads,
             max_ngram: e.max_ngram,

@@ -11,13 +11,13 @@
 
 pub mod attention;
 pub mod engram;
-pub mod hyper;
+pub mod hyper_connections;
 pub mod moe;
 pub mod ops;
 
 use attention::{AttnScratch, attention};
 use engram::EngramMemory;
-use hyper::HyperScratch;
+use hyper_connections::HyperScratch;
 use moe::{MoeScratch, moe};
 use ops::{Rope, linear, rms_norm};
 
@@ -175,7 +175,7 @@ impl Model {
             let hc = hyper.zip(lw.hc.as_ref());
             let layer_cache = li * mp * d..(li + 1) * mp * d;
             let input: &[f32] = match hc {
-                Some((hc, hw)) => hyper::enter(&hw[0], &hc, h, t, d, &mut s.hc),
+                Some((hc, hw)) => hyper_connections::enter(&hw[0], &hc, h, t, d, &mut s.hc),
                 None => h,
             };
             rms_norm(&mut s.xb[..t * d], input, &lw.input_norm, eps);
@@ -193,7 +193,7 @@ impl Model {
             );
             residual_add(h, &s.xb2[..t * d], hc.is_some(), m, d, &mut s.hc);
             let input: &[f32] = match hc {
-                Some((hc, hw)) => hyper::enter(&hw[1], &hc, h, t, d, &mut s.hc),
+                Some((hc, hw)) => hyper_connections::enter(&hw[1], &hc, h, t, d, &mut s.hc),
                 None => h,
             };
             rms_norm(&mut s.xb[..t * d], input, &lw.post_norm, eps);
@@ -214,7 +214,7 @@ impl Model {
         };
         let streams = &s.h[first * md..t * md];
         let hs: &[f32] = match hyper.zip(w.hc_head.as_ref()) {
-            Some((hc, hw)) => hyper::head(hw, &hc, streams, rows, d, &mut s.hc),
+            Some((hc, hw)) => hyper_connections::head(hw, &hc, streams, rows, d, &mut s.hc),
             None => streams,
         };
         rms_norm(&mut s.xb[..rows * d], hs, &w.norm, eps);
@@ -239,10 +239,10 @@ impl Model {
 }
 
 /// Adds a sublayer's output `f (t, d)` to the residual `h (t, M, d)`: through the
-/// coefficients [`hyper::enter`] left in `hc` with hyper-connections, else `h += f`.
+/// coefficients [`hyper_connections::enter`] left in `hc` with hyper-connections, else `h += f`.
 fn residual_add(h: &mut [f32], f: &[f32], hyper: bool, m: usize, d: usize, hc: &mut HyperScratch) {
     if hyper {
-        hyper::leave(h, f, m, d, hc);
+        hyper_connections::leave(h, f, m, d, hc);
     } else {
         for (a, &b) in h.iter_mut().zip(f) {
             *a += b;

@@ -9,7 +9,7 @@ use engram_store::{BuildInfo, Manifest, RowLayout, TableWriter};
 /// Whether the DeepSeek tokenizer is present (tests that need it return early otherwise,
 /// unless `ENGRAM_REQUIRE_TOKENIZER` is set, which makes its absence a failure).
 pub fn tokenizer_available() -> bool {
-    engram_kernels::tokenizer::for_tests()
+    engram_files::tokenizer::for_tests()
         .expect("ENGRAM_REQUIRE_TOKENIZER is set")
         .is_some()
 }

@@ -1,12 +1,11 @@
 //! `engram-build` configuration: a TOML file and flags (flags win), resolved into one
 //! validated [`BuildPlan`]. Unknown TOML keys are errors.
-#![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use engram_files::file::{Limit, read_regular_string};
 use engram_kernels::EngramConfig;
-use engram_kernels::file::{Limit, read_regular_string};
 use engram_store::format::RowLayout;
 use serde::{Deserialize, Serialize};
 
@@ -232,15 +231,6 @@ fn records_size(flag: &str, value: Option<&str>) -> Result<u64> {
     Ok(bytes)
 }
 
-/// Row layout and width of a preset: demo 64 x bf16 (128 B), Engram-27B 80 x bf16 (160 B),
-/// V4.1 256 x FP8 E4M3 + 8 E8M0 scales (264 B) (the store's table of published shapes).
-pub fn preset_rows(preset: Preset) -> (RowLayout, u32) {
-    match engram_testbed::synth::preset_row_format(preset.name()) {
-        Some(rows) => rows,
-        None => unreachable!("every Preset has a row format in engram-store"),
-    }
-}
-
 impl FileConfig {
     /// Resolves into a plan; `imports` are the `--import` files (empty: use `init`).
     pub fn resolve(&self, imports: &[PathBuf]) -> Result<BuildPlan> {
@@ -256,13 +246,13 @@ impl FileConfig {
             pad_id: self.pad_id,
         };
         let engram = addressing.config()?;
-        let (default_layout, default_dim) = preset_rows(preset);
+        let (default_layout, default_dim) = preset.row_format();
         let row_layout = match &self.row_layout {
             Some(s) => RowLayout::parse(s)?,
             None => default_layout,
         };
         let dim = self.dim.unwrap_or(default_dim);
-        row_layout.row_bytes(dim)?;
+        engram_store::format::row_bytes(row_layout, dim)?;
         let init = if imports.is_empty() {
             Init::parse(self.init.as_deref().unwrap_or("normal:1"))?
         } else if imports
@@ -496,12 +486,17 @@ mod tests {
 
     #[test]
     fn every_preset_has_rows() {
-        use clap::ValueEnum;
-        for p in Preset::value_variants() {
-            let (layout, dim) = preset_rows(*p);
-            assert!(layout.row_bytes(dim).is_ok(), "{p:?}");
+        for p in Preset::ALL {
+            let (layout, dim) = p.row_format();
+            assert!(
+                engram_store::format::row_bytes(layout, dim).is_ok(),
+                "{p:?}"
+            );
         }
-        assert_eq!(preset_rows(Preset::V41).0.row_bytes(256).ok(), Some(264));
+        assert_eq!(
+            engram_store::format::row_bytes(Preset::V41.row_format().0, 256).ok(),
+            Some(264)
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! does not cover, such as the scales region after the values, are read once more for the
 //! hash: 3% of a V4.1 shard). Memory is a fixed set of buffers whatever the checkpoint's
 //! size.
-#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,8 +18,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
+use engram_files::file::{FileError, Sha256Sums};
 use engram_kernels::EngramLayout;
-use engram_kernels::file::{FileError, Sha256Sums};
 use engram_store::format::RowLayout;
 use engram_store::table::TableWriter;
 use sha2::{Digest, Sha256};

@@ -6,14 +6,12 @@
 //! `engram-store`'s writer, add the profile and the candidates to the table directory ->
 //! publish them all at once (atomic; `engram_store::publish`).
 
-pub mod candidates;
 pub mod config;
-pub mod corpus;
-pub mod count;
 pub mod fp8_import;
 pub mod records;
 pub mod report;
 pub mod seq_read;
+pub mod summary;
 pub mod values;
 
 use std::path::{Path, PathBuf};
@@ -22,21 +20,28 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use engram_files::tokenizer;
 use engram_kernels::hash::{HashOptions, NgramHasher};
-use engram_kernels::{CompressionTable, EngramLayout, tokenizer};
+use engram_kernels::{CompressionTable, EngramLayout};
 use engram_store::candidates::CANDIDATES_FILE;
 use engram_store::format::{BuildInfo, LayerHeader, Manifest};
 use engram_store::profile::{LayerProfile, Profile};
 use engram_store::records::RecordShape;
 use engram_store::table::TableWriter;
 
-use config::{FileConfig, Init};
+use config::{BuildPlan, FileConfig, Init};
+use engram_corpus::candidates::CandidateSummary;
 use report::{Mode, Phase};
+pub use summary::{
+    BuildOutcome, BuildSummary, CorpusSummary, DryRunSummary, ImportSummary, LayerSummary,
+    ProfileSummary, RecordsSummary,
+};
 
 use crate::addressing::AddressingArgs;
 use crate::json_line;
 
 /// File name of the traffic profile inside a table directory.
+use engram_corpus::{candidates, corpus, count};
 pub use engram_store::profile::PROFILE_FILE;
 
 /// Free space required beyond the table's own size (temporary files, the profile, and room
@@ -62,6 +67,7 @@ pub struct BuildArgs {
     /// TOML config file; flags override its keys.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// N-gram orders, heads, table sizes and the tokenizer: how rows are addressed.
     #[command(flatten)]
     pub addressing: AddressingArgs,
     /// Row layout: bf16, f16, f32, fp8 (E4M3 + E8M0 scale per 32 values) or fp8:BLOCK.
@@ -179,13 +185,20 @@ const FIXED_RAM_BYTES: u64 = 256 << 20;
 /// Sizes a build will produce, known before any work.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Estimate {
+    /// Rows of each Engram layer (sum over heads of the prime-sized tables), in layer order.
     pub rows_per_layer: Vec<u64>,
+    /// Rows of all layers together.
     pub rows: u64,
+    /// Bytes of one stored row (values and scales).
     pub row_bytes: u64,
+    /// Bytes the table's layer files take on disk (rows, block checksums, headers).
     pub table_bytes: u64,
+    /// Bytes of the n-gram counters while counting (0 for an import).
     pub counter_bytes: u64,
     /// At most this much for choosing n-gram records (0 without `--records-bytes`).
     pub records_ram_bytes: u64,
+    /// Peak memory the build is expected to need: counters, profile, records, tokenizer and
+    /// per-thread buffers.
     pub ram_bytes: u64,
 }
 
@@ -271,7 +284,166 @@ fn human(bytes: u64) -> String {
 }
 
 /// Runs a build. Returns the summary JSON (also printed per the output mode).
-pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
+/// The plan every later phase works from: the config file, a checkpoint's declared
+/// addressing and the flags resolved into one, and what the build imports.
+struct Resolved {
+    plan: BuildPlan,
+    /// `--import` safetensors files (values converted into the table's rows).
+    checkpoints: Option<values::Checkpoints>,
+    /// `--import` of a checkpoint directory (FP8 rows copied bit-exact, streamed).
+    import_plan: Option<fp8_import::ImportPlan>,
+}
+
+/// Everything known before any work: the tokenizer, the layout, the manifest and the sizes.
+struct Prepared {
+    tok_path: PathBuf,
+    tok: tokenizer::LoadedTokenizer,
+    table: CompressionTable,
+    layout: EngramLayout,
+    manifest: Manifest,
+    est: Estimate,
+    /// The records' shape and records per layer (`--records-bytes`).
+    record_plan: Option<(RecordShape, u64)>,
+    candidates_bytes: u64,
+}
+
+/// What the counting pass produced.
+struct Counted {
+    summary: count::CountSummary,
+    secs: f64,
+    profiles: Vec<LayerProfile>,
+    /// The records chosen, the recurring n-grams they were chosen from, and the seconds.
+    chosen: Option<(records::Chosen, usize, f64)>,
+    continuations: Option<candidates::CandidateCounter>,
+}
+
+/// Builds a table as `args` say: resolve the plan, prepare (tokenizer, layout, sizes),
+/// then either stop (`--print-config`, `--dry-run`) or open the writer, count the corpus,
+/// write the rows, the records, the profile and the candidates, and publish.
+pub fn run(args: &BuildArgs) -> Result<BuildOutcome> {
+    let resolved = resolve_plan(args)?;
+    if args.print_config {
+        crate::out_line(format_args!("{}", resolved.plan.to_toml()?.trim_end()));
+        return Ok(BuildOutcome::PrintedConfig);
+    }
+    if args.out.as_os_str().is_empty() {
+        bail!("--out DIR is required: the table directory to publish");
+    }
+    let mode = Mode::choose(args.json, args.quiet);
+    let started = Instant::now();
+    let prep = prepare(args, &resolved)?;
+    if args.dry_run {
+        return Ok(BuildOutcome::DryRun(dry_run(args, &resolved, &prep, mode)?));
+    }
+    let mut writer = open_writer(args, &resolved, &prep, mode)?;
+    let Resolved {
+        plan,
+        checkpoints,
+        import_plan,
+    } = &resolved;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(plan.threads)
+        .build()
+        .context("starting worker threads")?;
+    let hasher = NgramHasher::new(&prep.layout, HashOptions::default())?;
+    let counted = if args.paths.is_empty() {
+        None
+    } else {
+        Some(count_corpus(args, plan, &prep, &pool, &hasher, mode)?)
+    };
+
+    // Write the table.
+    let mut phase = Phase::start(
+        if import_plan.is_some() {
+            Mode::Quiet
+        } else {
+            mode
+        },
+        "write",
+        "rows",
+        prep.est.rows,
+    );
+    let (done, import_summary) = match import_plan {
+        Some(ip) => {
+            let s = fp8_import::stream(ip, &mut writer, args.import_read, mode)?;
+            writer.set_checkpoint_sha256(s.shards.iter().map(|(_, h)| h.clone()).collect())?;
+            (s.rows, Some(s))
+        }
+        None => (
+            write_rows(
+                plan,
+                checkpoints.as_ref(),
+                &prep,
+                &pool,
+                &mut writer,
+                &mut phase,
+            )?,
+            None,
+        ),
+    };
+    // Records, the profile and the candidates join the table before publication: all are
+    // published or none.
+    let table_id = writer.manifest().table_id_u64().unwrap_or(0);
+    let records = match (&counted, prep.record_plan) {
+        (
+            Some(Counted {
+                chosen: Some(c), ..
+            }),
+            Some(rp),
+        ) => Some(write_records(
+            plan,
+            checkpoints.as_ref(),
+            &prep,
+            &mut writer,
+            c,
+            rp,
+            mode,
+        )?),
+        _ => None,
+    };
+    let (counted, profile, continuations) = match counted {
+        Some(c) => (
+            Some((c.summary, c.secs)),
+            Some(Profile {
+                table_id,
+                layers: c.profiles,
+            }),
+            c.continuations,
+        ),
+        None => (None, None, None),
+    };
+    if let Some(p) = &profile {
+        writer.add_file(PROFILE_FILE, &p.to_bytes())?;
+    }
+    let candidates = match continuations {
+        Some(c) => add_candidates(args, c, table_id, prep.candidates_bytes, &mut writer, mode)?,
+        None => None,
+    };
+    let manifest = writer.finish()?;
+    let write_secs = phase.finish(done, "published");
+
+    let summary = summarise(
+        args,
+        &prep,
+        &manifest,
+        write_secs,
+        counted.zip(profile),
+        records,
+        import_summary,
+        candidates,
+        started,
+    );
+    match mode {
+        Mode::Json => json_line("summary", &serde_json::to_value(&summary)?),
+        Mode::Quiet => {}
+        Mode::Bars | Mode::Log => summary::print(&summary),
+    }
+    Ok(BuildOutcome::Built(Box::new(summary)))
+}
+
+/// Phase 1: the config file, a checkpoint's declared addressing and the flags, resolved
+/// into one plan; a checkpoint directory's tensors located.
+fn resolve_plan(args: &BuildArgs) -> Result<Resolved> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
@@ -352,15 +524,21 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         _ => None,
     };
     plan.corpus.stdin_jsonl = args.stdin_jsonl;
-    if args.print_config {
-        crate::out_line(format_args!("{}", plan.to_toml()?.trim_end()));
-        return Ok(serde_json::Value::Null);
-    }
-    if args.out.as_os_str().is_empty() {
-        bail!("--out DIR is required: the table directory to publish");
-    }
-    let mode = Mode::choose(args.json, args.quiet);
-    let started = Instant::now();
+    Ok(Resolved {
+        plan,
+        checkpoints,
+        import_plan,
+    })
+}
+
+/// Phase 2: the tokenizer, the layout, the manifest, the sizes and the records' budget,
+/// all checked before any work.
+fn prepare(args: &BuildArgs, resolved: &Resolved) -> Result<Prepared> {
+    let Resolved {
+        plan,
+        checkpoints,
+        import_plan,
+    } = resolved;
     let candidates_bytes =
         engram_store::size::parse_bytes(&args.candidates_bytes).context("--candidates-bytes")?;
     anyhow::ensure!(
@@ -416,61 +594,77 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
     }
     // The records' shape and how many records per layer the budget buys, checked before
     // any work.
-    let record_plan = if plan.records_bytes > 0 {
-        let shape = RecordShape::new(
-            u32::try_from(layout.config.n_heads).context("heads overflow u32")?,
-            u32::try_from(manifest.row_bytes).context("row bytes overflow u32")?,
-        )?;
-        let n_layers = layout.layers.len() as u64;
-        let per_layer = records::records_per_layer(&shape, n_layers, plan.records_bytes);
-        if per_layer == 0 {
-            bail!(
-                "--records-bytes {}: too small for one record per layer; the smallest \
-                 records file for this table is {} bytes",
-                plan.records_bytes,
-                shape.file_bytes(n_layers, 1).unwrap_or(u64::MAX)
-            );
-        }
-        if plan.records_bytes > est.table_bytes {
-            bail!(
-                "--records-bytes {}: more than the table's {} bytes; records copy rows, \
-                 so a budget above the table holds nothing more",
-                plan.records_bytes,
-                est.table_bytes
-            );
-        }
-        if args.paths.is_empty() {
-            bail!("--records-bytes needs a corpus: records go to the n-grams it shows most");
-        }
-        Some((shape, per_layer))
-    } else {
-        None
-    };
+    let record_plan = plan_records(args, plan, &layout, &manifest, &est)?;
+    Ok(Prepared {
+        tok_path,
+        tok,
+        table,
+        layout,
+        manifest,
+        est,
+        record_plan,
+        candidates_bytes,
+    })
+}
 
-    if args.dry_run {
-        let mut summary = serde_json::json!({ "dry_run": true, "out": crate::json_path(&args.out), "estimate": est });
-        if let Some(ip) = &import_plan {
-            summary["import"] = import_dry_run(ip, &est, &args.out, args.import_read, mode)?;
-        }
-        if mode == Mode::Json {
-            json_line("summary", &summary);
-        } else {
-            crate::outln!(
-                "dry run: {} rows ({} per layer), {} B per row; table on disk {}; RAM needed about {} (hit counters {})",
-                est.rows,
-                est.rows_per_layer
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" + "),
-                est.row_bytes,
-                human(est.table_bytes),
-                human(est.ram_bytes),
-                human(est.counter_bytes)
-            );
-        }
-        return Ok(summary);
+/// `--dry-run`: the sizes (and a checkpoint directory's import plan), printed.
+fn dry_run(
+    args: &BuildArgs,
+    resolved: &Resolved,
+    prep: &Prepared,
+    mode: Mode,
+) -> Result<DryRunSummary> {
+    let est = &prep.est;
+    let import = match &resolved.import_plan {
+        Some(ip) => Some(import_dry_run(ip, est, &args.out, args.import_read, mode)?),
+        None => None,
+    };
+    let summary = DryRunSummary {
+        dry_run: true,
+        out: args.out.to_string_lossy().into_owned(),
+        estimate: est.clone(),
+        import,
+    };
+    if mode == Mode::Json {
+        json_line("summary", &serde_json::to_value(&summary)?);
+    } else {
+        crate::outln!(
+            "dry run: {} rows ({} per layer), {} B per row; table on disk {}; RAM needed about {} (hit counters {})",
+            est.rows,
+            est.rows_per_layer
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" + "),
+            est.row_bytes,
+            human(est.table_bytes),
+            human(est.ram_bytes),
+            human(est.counter_bytes)
+        );
     }
+    Ok(summary)
+}
+
+/// Phase 3: the checks that need the machine (address-space limit, the output path, free
+/// space), then the writer, which locks the path so a second writer fails before any work.
+fn open_writer(
+    args: &BuildArgs,
+    resolved: &Resolved,
+    prep: &Prepared,
+    mode: Mode,
+) -> Result<TableWriter> {
+    let Resolved {
+        plan,
+        checkpoints,
+        import_plan,
+    } = resolved;
+    let Prepared {
+        tok_path,
+        tok,
+        manifest,
+        est,
+        ..
+    } = prep;
     // Fail before any work when the hit counters (allocated whole when counting starts)
     // and the ranked profile of the largest layer cannot fit the address-space limit.
     let counting_bytes = est.ram_bytes.saturating_sub(FIXED_RAM_BYTES);
@@ -505,7 +699,7 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         );
     }
     // Locks the path now, so a second writer fails before doing any work.
-    let mut writer = TableWriter::create(&args.out, &manifest, args.force)?;
+    let writer = TableWriter::create(&args.out, manifest, args.force)?;
     if let Some(c) = &checkpoints {
         values::check_checkpoint_tokenizer(c, &tok.sha256)?;
     }
@@ -516,156 +710,147 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
         json_line(
             "begin",
             &serde_json::json!({
-                "out": crate::json_path(&args.out), "tokenizer": crate::json_path(&tok_path), "tokenizer_sha256": tok.sha256,
+                "out": crate::json_path(&args.out), "tokenizer": crate::json_path(tok_path), "tokenizer_sha256": tok.sha256,
                 "config": plan.engram, "row_layout": config::row_layout_name(plan.row_layout),
                 "dim": plan.dim, "estimate": est,
             }),
         );
     }
+    Ok(writer)
+}
 
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(plan.threads)
-        .build()
-        .context("starting worker threads")?;
-    let hasher = NgramHasher::new(&layout, HashOptions::default())?;
-
-    // Count.
-    let mut counted = None;
-    if !args.paths.is_empty() {
-        let sources = corpus::discover(&args.paths, &plan.corpus)?;
-        let total_bytes: u64 = sources
-            .iter()
-            .map(|s| match s {
-                corpus::Source::Text(p) | corpus::Source::JsonLines(p) => {
-                    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-                }
-                corpus::Source::Stdin => 0,
-            })
-            .sum();
-        let counters = count::Counters::new(&layout)?;
-        let keys = match record_plan {
-            Some(_) => Some(count::ContextKeys::new(
-                &layout,
-                &hasher,
-                records::MAX_RECORD_TOKENS,
-            )?),
-            None => None,
-        };
-        let continuations = (candidates_bytes > 0).then(candidates::CandidateCounter::default);
-        let progress = count::Progress::default();
-        let mut phase = Phase::start(mode, "count", "bytes", total_bytes);
-        let t0 = Instant::now();
-        let summary = std::thread::scope(|s| {
-            let worker = s.spawn(|| {
-                pool.install(|| {
-                    count::count(
-                        count::Strategy::for_layout(&layout),
-                        &sources,
-                        &plan.corpus,
-                        &tok.tokenizer,
-                        &table,
-                        &layout,
-                        &hasher,
-                        &counters,
-                        continuations.as_ref(),
-                        &progress,
-                        keys.as_ref(),
-                    )
-                })
-            });
-            while !worker.is_finished() {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                let tokens = progress.tokens.load(Ordering::Relaxed);
-                let rate = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-                phase.update(
-                    progress.bytes.load(Ordering::Relaxed),
-                    &format!("{tokens} tokens, {rate:.0} tok/s"),
-                );
+/// Phase 4: reads, tokenizes and counts the corpus (row hits per layer, the records'
+/// contexts, the candidates' continuations), then ranks the profile and chooses records.
+fn count_corpus(
+    args: &BuildArgs,
+    plan: &BuildPlan,
+    prep: &Prepared,
+    pool: &rayon::ThreadPool,
+    hasher: &NgramHasher,
+    mode: Mode,
+) -> Result<Counted> {
+    let Prepared {
+        tok,
+        table,
+        layout,
+        manifest,
+        record_plan,
+        candidates_bytes,
+        ..
+    } = prep;
+    let (record_plan, candidates_bytes) = (*record_plan, *candidates_bytes);
+    let sources = corpus::discover(&args.paths, &plan.corpus)?;
+    let total_bytes: u64 = sources
+        .iter()
+        .map(|s| match s {
+            corpus::Input::Text(p) | corpus::Input::JsonLines(p) => {
+                std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
             }
-            worker
-                .join()
-                .map_err(|_| anyhow::anyhow!("the counting thread panicked"))?
-        })?;
-        let tokens = summary.tokens;
-        let secs = phase.finish(
-            summary.bytes,
-            &format!("{tokens} tokens in {} documents", summary.documents),
-        );
-        for (what, why) in &summary.skipped {
-            report::warning(mode, what, why);
-        }
-        if summary.tokens == 0 {
-            bail!(
-                "the corpus has no tokens ({} files read, {} skipped): nothing to profile",
-                summary.sources,
-                summary.skipped.len()
+            corpus::Input::Stdin => 0,
+        })
+        .sum();
+    let counters = count::Counters::new(layout)?;
+    let keys = match record_plan {
+        Some(_) => Some(count::ContextKeys::new(
+            layout,
+            hasher,
+            records::MAX_RECORD_TOKENS,
+        )?),
+        None => None,
+    };
+    let continuations = (candidates_bytes > 0).then(candidates::CandidateCounter::default);
+    let progress = count::Progress::default();
+    let mut phase = Phase::start(mode, "count", "bytes", total_bytes);
+    let t0 = Instant::now();
+    let summary = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            pool.install(|| {
+                count::count(
+                    count::Strategy::for_layout(layout),
+                    &sources,
+                    &plan.corpus,
+                    &tok.tokenizer,
+                    table,
+                    layout,
+                    hasher,
+                    &counters,
+                    continuations.as_ref(),
+                    &progress,
+                    keys.as_ref(),
+                )
+            })
+        });
+        while !worker.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let tokens = progress.tokens.load(Ordering::Relaxed);
+            let rate = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            phase.update(
+                progress.bytes.load(Ordering::Relaxed),
+                &format!("{tokens} tokens, {rate:.0} tok/s"),
             );
         }
-        let profiles: Vec<LayerProfile> = layout
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| count::profile_layer(&counters, i, l.layer_id))
-            .collect();
-        let chosen = match (keys, record_plan) {
-            (Some(keys), Some((_, per_layer))) => {
-                let phase = Phase::start(mode, "select", "layers", layout.layers.len() as u64);
-                let cached = (plan.records_skip_cached > 0).then(|| {
-                    records::cached_rows(&profiles, plan.records_skip_cached, manifest.row_bytes)
-                });
-                let (chosen, recurring) =
-                    pool.install(|| records::select(keys, &hasher, per_layer, cached.as_deref()))?;
-                let picked: usize = chosen.rows.iter().map(Vec::len).sum();
-                let secs = phase.finish(
-                    layout.layers.len() as u64,
-                    &format!(
-                        "{} records chosen from {recurring} recurring n-grams",
-                        picked / layout.config.n_heads
-                    ),
-                );
-                Some((chosen, recurring, secs))
-            }
-            _ => None,
-        };
-        counted = Some((summary, secs, profiles, chosen, continuations));
-    }
-
-    // Write the table.
-    let dim = plan.dim as usize;
-    let row_bytes = manifest.row_bytes as usize;
-    let mut phase = Phase::start(
-        if import_plan.is_some() {
-            Mode::Quiet
-        } else {
-            mode
-        },
-        "write",
-        "rows",
-        est.rows,
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the counting thread panicked"))?
+    })?;
+    let tokens = summary.tokens;
+    let secs = phase.finish(
+        summary.bytes,
+        &format!("{tokens} tokens in {} documents", summary.documents),
     );
+    for (what, why) in &summary.skipped {
+        report::warning(mode, what, why);
+    }
+    if summary.tokens == 0 {
+        bail!(
+            "the corpus has no tokens ({} files read, {} skipped): nothing to profile",
+            summary.sources,
+            summary.skipped.len()
+        );
+    }
+    let profiles: Vec<LayerProfile> = layout
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| count::profile_layer(&counters, i, l.layer_id))
+        .collect();
+    let chosen = match (keys, record_plan) {
+        (Some(keys), Some((_, per_layer))) => Some(choose_records(
+            plan, layout, manifest, pool, hasher, keys, per_layer, &profiles, mode,
+        )?),
+        _ => None,
+    };
+    Ok(Counted {
+        summary,
+        secs,
+        profiles,
+        chosen,
+        continuations,
+    })
+}
+
+/// Phase 5: every layer's rows, generated or converted in parallel and written in order.
+/// Returns the rows written.
+fn write_rows(
+    plan: &BuildPlan,
+    checkpoints: Option<&values::Checkpoints>,
+    prep: &Prepared,
+    pool: &rayon::ThreadPool,
+    writer: &mut TableWriter,
+    phase: &mut Phase,
+) -> Result<u64> {
+    let dim = plan.dim as usize;
+    let row_bytes = prep.manifest.row_bytes as usize;
     let mut done = 0u64;
     // One chunk per worker per round: rows are generated and encoded in parallel (each row
     // is keyed on its own, so the bytes do not depend on the thread count), then written
     // in order.
     let group = pool.current_num_threads().max(1);
-    let mut import_summary = None;
-    if let Some(ip) = &import_plan {
-        let s = fp8_import::stream(ip, &mut writer, args.import_read, mode)?;
-        writer.set_checkpoint_sha256(s.shards.iter().map(|(_, h)| h.clone()).collect())?;
-        done = s.rows;
-        import_summary = Some(s);
-    }
-    let rows_to_encode = if import_plan.is_some() { 0 } else { group };
-    let mut byte_buf = vec![0u8; rows_to_encode * values::CHUNK_ROWS as usize * row_bytes];
-    for (li, l) in layout
-        .layers
-        .iter()
-        .enumerate()
-        .filter(|_| import_plan.is_none())
-    {
+    let mut byte_buf = vec![0u8; group * values::CHUNK_ROWS as usize * row_bytes];
+    for (li, l) in prep.layout.layers.iter().enumerate() {
         let source = values::RowValues::for_layer(
             &plan.init,
-            checkpoints.as_ref(),
+            checkpoints,
             plan.engram.seed,
             l.layer_id,
             l.total_rows,
@@ -682,140 +867,239 @@ pub fn run(args: &BuildArgs) -> Result<serde_json::Value> {
             phase.update(done, &format!("layer {}", l.layer_id));
         }
     }
-    // Records, the profile and the candidates join the table before publication: all are
-    // published or none.
-    let table_id = writer.manifest().table_id_u64().unwrap_or(0);
-    let (counted, profile, chosen, continuations) = match counted {
-        Some((counts, secs, layers, chosen, continuations)) => (
-            Some((counts, secs)),
-            Some(Profile { table_id, layers }),
-            chosen,
-            continuations,
-        ),
-        None => (None, None, None, None),
-    };
-    let records_summary = match (&chosen, record_plan) {
-        (Some((chosen, recurring, select_secs)), Some((shape, per_layer))) => {
-            let total: u64 = chosen.rows.iter().map(|r| r.len() as u64).sum();
-            let mut phase = Phase::start(mode, "records", "rows", total);
-            let sources = layout
-                .layers
-                .iter()
-                .map(|l| {
-                    values::RowValues::for_layer(
-                        &plan.init,
-                        checkpoints.as_ref(),
-                        plan.engram.seed,
-                        l.layer_id,
-                        l.total_rows,
-                        plan.dim,
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mut vals = vec![0f32; dim];
-            let mut written = 0u64;
-            let file_bytes = records::write(&mut writer, shape, chosen, |li, row, out| {
-                sources[li].fill(row, dim, &mut vals)?;
-                values::encode(plan.row_layout, dim, &vals, out)?;
-                written += 1;
-                phase.update(written, &format!("layer index {li}"));
-                Ok(())
-            })?;
-            let write_secs = phase.finish(written, "written");
-            if file_bytes.is_none() {
-                report::warning(
-                    mode,
-                    "records",
-                    "no n-gram of the corpus recurs enough for a record: no records.bin",
-                );
-            }
-            let k = layout.config.n_heads as u64;
-            Some(serde_json::json!({
-                "file": file_bytes.map(|_| engram_store::records::RECORDS_FILE),
-                "budget_bytes": plan.records_bytes,
-                "bytes": file_bytes.unwrap_or(0),
-                "records_per_layer_budget": per_layer,
-                "records_per_layer": chosen.rows.iter().map(|r| r.len() as u64 / k).collect::<Vec<_>>(),
-                "records": total / k,
-                "recurring_ngrams": recurring,
-                "skip_cached_bytes": plan.records_skip_cached,
-                "skipped_cached": chosen.skipped_cached,
-                "select_seconds": select_secs,
-                "write_seconds": write_secs,
-            }))
-        }
-        _ => None,
-    };
-    if let Some(p) = &profile {
-        writer.add_file(PROFILE_FILE, &p.to_bytes())?;
+    Ok(done)
+}
+
+/// Phase 6: `records.bin` with the chosen records' rows.
+fn write_records(
+    plan: &BuildPlan,
+    checkpoints: Option<&values::Checkpoints>,
+    prep: &Prepared,
+    writer: &mut TableWriter,
+    (chosen, recurring, select_secs): &(records::Chosen, usize, f64),
+    (shape, per_layer): (RecordShape, u64),
+    mode: Mode,
+) -> Result<RecordsSummary> {
+    let layout = &prep.layout;
+    let dim = plan.dim as usize;
+    let total: u64 = chosen.rows.iter().map(|r| r.len() as u64).sum();
+    let mut phase = Phase::start(mode, "records", "rows", total);
+    let sources = layout
+        .layers
+        .iter()
+        .map(|l| {
+            values::RowValues::for_layer(
+                &plan.init,
+                checkpoints,
+                plan.engram.seed,
+                l.layer_id,
+                l.total_rows,
+                plan.dim,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut vals = vec![0f32; dim];
+    let mut written = 0u64;
+    let file_bytes = records::write(writer, shape, chosen, |li, row, out| {
+        sources[li].fill(row, dim, &mut vals)?;
+        values::encode(plan.row_layout, dim, &vals, out)?;
+        written += 1;
+        phase.update(written, &format!("layer index {li}"));
+        Ok(())
+    })?;
+    let write_secs = phase.finish(written, "written");
+    if file_bytes.is_none() {
+        report::warning(
+            mode,
+            "records",
+            "no n-gram of the corpus recurs enough for a record: no records.bin",
+        );
     }
-    let mut candidates = None;
-    if let Some(c) = continuations {
-        match c.finish(table_id, args.candidates_k, candidates_bytes)? {
-            Some((table, s)) => {
-                writer.add_file(CANDIDATES_FILE, &table.to_bytes())?;
-                candidates = Some(s);
-            }
-            None => report::warning(
+    let k = layout.config.n_heads as u64;
+    Ok(RecordsSummary {
+        file: file_bytes.map(|_| engram_store::records::RECORDS_FILE),
+        budget_bytes: plan.records_bytes,
+        bytes: file_bytes.unwrap_or(0),
+        records_per_layer_budget: per_layer,
+        records_per_layer: chosen.rows.iter().map(|r| r.len() as u64 / k).collect(),
+        records: total / k,
+        recurring_ngrams: *recurring,
+        skip_cached_bytes: plan.records_skip_cached,
+        skipped_cached: chosen.skipped_cached.clone(),
+        select_seconds: *select_secs,
+        write_seconds: write_secs,
+    })
+}
+
+/// Phase 7: `candidates.bin`, when some context fits the budget.
+fn add_candidates(
+    args: &BuildArgs,
+    continuations: candidates::CandidateCounter,
+    table_id: u64,
+    candidates_bytes: u64,
+    writer: &mut TableWriter,
+    mode: Mode,
+) -> Result<Option<CandidateSummary>> {
+    match continuations.finish(table_id, args.candidates_k, candidates_bytes)? {
+        Some((table, s)) => {
+            writer.add_file(CANDIDATES_FILE, &table.to_bytes())?;
+            Ok(Some(s))
+        }
+        None => {
+            report::warning(
                 mode,
                 "candidates",
                 "no context fits the budget or repeats often enough: no candidates.bin",
-            ),
+            );
+            Ok(None)
         }
     }
-    let manifest = writer.finish()?;
-    let write_secs = phase.finish(done, "published");
+}
 
-    let mut summary = serde_json::json!({
-        "out": crate::json_path(&args.out),
-        "table_id": manifest.table_id,
-        "rows": est.rows,
-        "table_bytes": est.table_bytes,
-        "row_bytes": est.row_bytes,
-        "write_seconds": write_secs,
-    });
-    if let (Some((counts, count_secs)), Some(profile)) = (counted, profile) {
-        let layers: Vec<_> = profile
-            .layers
-            .iter()
-            .zip(&layout.layers)
-            .map(|(p, l)| {
-                serde_json::json!({
-                    "layer_id": l.layer_id,
-                    "rows": l.total_rows,
-                    "rows_touched": p.entries.len(),
-                    "hits": p.total_hits,
-                    "saturated_rows": p.entries.iter().filter(|&&(_, c)| c == u64::from(u32::MAX)).count(),
-                    "curve": count::curve(p, l.total_rows, &count::CURVE_FRACTIONS),
-                })
-            })
-            .collect();
-        summary["corpus"] = serde_json::json!({
-            "sources": counts.sources, "documents": counts.documents, "bytes": counts.bytes,
-            "tokens": counts.tokens, "skipped": counts.skipped.len(),
-            "count_seconds": count_secs,
-            "tokens_per_second": counts.tokens as f64 / count_secs.max(1e-9),
-        });
-        summary["profile"] = serde_json::json!({ "file": PROFILE_FILE, "layers": layers });
+/// The records' shape and how many records per layer `--records-bytes` buys, checked
+/// before any work (`None` without a budget).
+fn plan_records(
+    args: &BuildArgs,
+    plan: &BuildPlan,
+    layout: &EngramLayout,
+    manifest: &Manifest,
+    est: &Estimate,
+) -> Result<Option<(RecordShape, u64)>> {
+    if plan.records_bytes == 0 {
+        return Ok(None);
     }
-    if let Some(r) = records_summary {
-        summary["records"] = r;
+    let shape = RecordShape::new(
+        u32::try_from(layout.config.n_heads).context("heads overflow u32")?,
+        u32::try_from(manifest.row_bytes).context("row bytes overflow u32")?,
+    )?;
+    let n_layers = layout.layers.len() as u64;
+    let per_layer = records::records_per_layer(&shape, n_layers, plan.records_bytes);
+    if per_layer == 0 {
+        bail!(
+            "--records-bytes {}: too small for one record per layer; the smallest \
+             records file for this table is {} bytes",
+            plan.records_bytes,
+            shape.file_bytes(n_layers, 1).unwrap_or(u64::MAX)
+        );
     }
-    if let Some(s) = &import_summary {
-        summary["import"] = serde_json::to_value(s)?;
-        summary["import"]["mb_per_second"] =
-            serde_json::json!(est.table_bytes as f64 / s.seconds.max(1e-9) / 1e6);
+    if plan.records_bytes > est.table_bytes {
+        bail!(
+            "--records-bytes {}: more than the table's {} bytes; records copy rows, \
+             so a budget above the table holds nothing more",
+            plan.records_bytes,
+            est.table_bytes
+        );
     }
-    if let Some(s) = candidates {
-        summary["candidates"] = serde_json::to_value(&s)?;
+    if args.paths.is_empty() {
+        bail!("--records-bytes needs a corpus: records go to the n-grams it shows most");
     }
-    summary["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
-    match mode {
-        Mode::Json => json_line("summary", &summary),
-        Mode::Quiet => {}
-        Mode::Bars | Mode::Log => print_summary(&summary),
+    Ok(Some((shape, per_layer)))
+}
+
+/// Chooses the records from the contexts the counting pass kept, passing over n-grams a
+/// seeded cache would hold (`--records-skip-cached`). Returns the records, the recurring
+/// n-grams they were chosen from, and the seconds it took.
+#[allow(clippy::too_many_arguments)]
+fn choose_records(
+    plan: &BuildPlan,
+    layout: &EngramLayout,
+    manifest: &Manifest,
+    pool: &rayon::ThreadPool,
+    hasher: &NgramHasher,
+    keys: count::ContextKeys,
+    per_layer: u64,
+    profiles: &[LayerProfile],
+    mode: Mode,
+) -> Result<(records::Chosen, usize, f64)> {
+    let phase = Phase::start(mode, "select", "layers", layout.layers.len() as u64);
+    let cached = (plan.records_skip_cached > 0)
+        .then(|| records::cached_rows(profiles, plan.records_skip_cached, manifest.row_bytes));
+    let (chosen, recurring) =
+        pool.install(|| records::select(keys, hasher, per_layer, cached.as_deref()))?;
+    let picked: usize = chosen.rows.iter().map(Vec::len).sum();
+    let secs = phase.finish(
+        layout.layers.len() as u64,
+        &format!(
+            "{} records chosen from {recurring} recurring n-grams",
+            picked / layout.config.n_heads
+        ),
+    );
+    Ok((chosen, recurring, secs))
+}
+
+/// The published build's summary.
+#[allow(clippy::too_many_arguments)]
+fn summarise(
+    args: &BuildArgs,
+    prep: &Prepared,
+    manifest: &Manifest,
+    write_secs: f64,
+    counted: Option<((count::CountSummary, f64), Profile)>,
+    records: Option<RecordsSummary>,
+    import: Option<fp8_import::StreamSummary>,
+    candidates: Option<CandidateSummary>,
+    started: Instant,
+) -> BuildSummary {
+    let (corpus, profile) = match counted {
+        Some(((counts, count_secs), profile)) => (
+            Some(corpus_summary(&counts, count_secs)),
+            Some(profile_summary(&profile, &prep.layout)),
+        ),
+        None => (None, None),
+    };
+    BuildSummary {
+        out: args.out.to_string_lossy().into_owned(),
+        table_id: manifest.table_id.clone(),
+        rows: prep.est.rows,
+        table_bytes: prep.est.table_bytes,
+        row_bytes: prep.est.row_bytes,
+        write_seconds: write_secs,
+        corpus,
+        profile,
+        records,
+        import: import.map(|stream| ImportSummary {
+            mb_per_second: prep.est.table_bytes as f64 / stream.seconds.max(1e-9) / 1e6,
+            stream,
+        }),
+        candidates,
+        seconds: started.elapsed().as_secs_f64(),
     }
-    Ok(summary)
+}
+
+fn corpus_summary(counts: &count::CountSummary, count_secs: f64) -> CorpusSummary {
+    CorpusSummary {
+        sources: counts.sources,
+        documents: counts.documents,
+        bytes: counts.bytes,
+        tokens: counts.tokens,
+        skipped: counts.skipped.len(),
+        count_seconds: count_secs,
+        tokens_per_second: counts.tokens as f64 / count_secs.max(1e-9),
+    }
+}
+
+fn profile_summary(profile: &Profile, layout: &EngramLayout) -> ProfileSummary {
+    let layers = profile
+        .layers
+        .iter()
+        .zip(&layout.layers)
+        .map(|(p, l)| LayerSummary {
+            layer_id: l.layer_id,
+            rows: l.total_rows,
+            rows_touched: p.entries.len(),
+            hits: p.total_hits,
+            saturated_rows: p
+                .entries
+                .iter()
+                .filter(|&&(_, c)| c == u64::from(u32::MAX))
+                .count(),
+            curve: count::curve(p, l.total_rows, &count::CURVE_FRACTIONS),
+        })
+        .collect();
+    ProfileSummary {
+        file: PROFILE_FILE,
+        layers,
+    }
 }
 
 /// The import part of `--dry-run`: the tensors, shards and offsets found, the bytes to
@@ -851,82 +1135,4 @@ fn import_dry_run(
         );
     }
     Ok(j)
-}
-
-fn print_summary(s: &serde_json::Value) {
-    crate::outln!(
-        "published {} (table {}): {} rows x {} B = {}",
-        s["out"].as_str().unwrap_or_default(),
-        s["table_id"].as_str().unwrap_or_default(),
-        s["rows"],
-        s["row_bytes"],
-        human(s["table_bytes"].as_u64().unwrap_or(0))
-    );
-    if let Some(c) = s.get("corpus") {
-        crate::outln!(
-            "corpus: {} files, {} documents, {} tokens, {} skipped; {:.0} tokens/s",
-            c["sources"],
-            c["documents"],
-            c["tokens"],
-            c["skipped"],
-            c["tokens_per_second"].as_f64().unwrap_or(0.0)
-        );
-    }
-    if let Some(layers) = s.pointer("/profile/layers").and_then(|v| v.as_array()) {
-        for l in layers {
-            let curve: Vec<String> = l["curve"]
-                .as_array()
-                .map(|c| {
-                    c.iter()
-                        .map(|p| {
-                            format!(
-                                "top {}% -> {:.1}%",
-                                p["fraction_of_rows"].as_f64().unwrap_or(0.0) * 100.0,
-                                p["hit_share"].as_f64().unwrap_or(0.0) * 100.0
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            crate::outln!(
-                "layer {}: {} of {} rows touched, {} hits; hit share: {}",
-                l["layer_id"],
-                l["rows_touched"],
-                l["rows"],
-                l["hits"],
-                curve.join(", ")
-            );
-        }
-        crate::outln!("profile: {}", PROFILE_FILE);
-    }
-    if let Some(r) = s.get("records") {
-        crate::outln!(
-            "records: {} ({} records per layer, {} of a {} budget) from {} recurring n-grams",
-            r["file"].as_str().unwrap_or("none"),
-            r["records_per_layer"],
-            human(r["bytes"].as_u64().unwrap_or(0)),
-            human(r["budget_bytes"].as_u64().unwrap_or(0)),
-            r["recurring_ngrams"]
-        );
-    }
-    if let Some(i) = s.get("import") {
-        crate::outln!(
-            "import: {} bytes read ({} reads) in {:.1} s, {:.0} MB/s of table written; shards {}",
-            i["bytes_read"],
-            i["read_mode"].as_str().unwrap_or_default(),
-            i["seconds"].as_f64().unwrap_or(0.0),
-            i["mb_per_second"].as_f64().unwrap_or(0.0),
-            i["shards"]
-        );
-    }
-    if let Some(c) = s.get("candidates") {
-        crate::outln!(
-            "candidates: {} of {} contexts x {} next tokens ({}), right for {:.1}% of the corpus's positions",
-            c["contexts_kept"],
-            c["contexts_seen"],
-            c["k"],
-            human(c["bytes"].as_u64().unwrap_or(0)),
-            c["in_sample_hit_share"].as_f64().unwrap_or(0.0) * 100.0
-        );
-    }
 }

@@ -10,7 +10,6 @@
 //! inputs give the same file for any thread count) and each layer takes the top ones its
 //! share of the byte budget holds. Optionally, n-grams whose rows a hot-row cache of a given
 //! size would pin from the profile are skipped (`--records-skip-cached`): they rarely miss.
-#![deny(missing_docs)]
 
 use std::collections::HashSet;
 

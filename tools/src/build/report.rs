@@ -1,7 +1,6 @@
 //! How `engram-build` talks to its user: progress bars on a terminal, plain log lines
 //! otherwise, JSON Lines under `--json` (`begin` / `progress` / `warning` / `summary`), and
 //! nothing but errors under `--quiet`.
-#![deny(missing_docs)]
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};

@@ -4,7 +4,6 @@
 //! when asked, `posix_fadvise(SEQUENTIAL)` + large `pread`s, dropping each range from the
 //! cache once read (`DONTNEED`). Buffers cycle through a fixed pool ([`Pool`]), so memory
 //! does not grow with the checkpoint.
-#![deny(missing_docs)]
 
 use std::fs::File;
 use std::num::NonZeroU64;

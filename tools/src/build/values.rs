@@ -1,13 +1,12 @@
 //! Row values: deterministic normal initialisation, zeros, or rows imported from a
 //! safetensors checkpoint; encoded to the table's row layout in chunks, so a table of any
 //! size streams through a fixed buffer.
-#![deny(missing_docs)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
-use engram_kernels::file::{FileError, Limit, Sha256Sums, read_regular, sha256_hex};
+use engram_files::file::{FileError, Limit, Sha256Sums, read_regular, sha256_hex};
 use engram_kernels::quant::quantize_rows;
 use engram_kernels::rng::SplitMix64;
 use engram_store::format::RowLayout;
@@ -243,7 +242,10 @@ impl<'a> RowValues<'a> {
         layout: RowLayout,
         out: &mut [u8],
     ) -> Result<()> {
-        let row_bytes = usize::try_from(layout.row_bytes(u32::try_from(dim)?)?)?;
+        let row_bytes = usize::try_from(engram_store::format::row_bytes(
+            layout,
+            u32::try_from(dim)?,
+        )?)?;
         ensure!(
             row_bytes > 0 && out.len().is_multiple_of(row_bytes),
             "row buffer of {} bytes is not whole rows of {row_bytes}",
@@ -307,7 +309,7 @@ impl<'a> RowValues<'a> {
 
 /// Encodes `values` (`rows * dim` f32) into `out` in the table's row layout.
 pub fn encode(layout: RowLayout, dim: usize, values: &[f32], out: &mut [u8]) -> Result<()> {
-    quantize_rows(layout.dtype(), dim, values, out)?;
+    quantize_rows(layout, dim, values, out)?;
     Ok(())
 }
 

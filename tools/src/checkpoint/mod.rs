@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use engram_kernels::file::{Limit, read_regular};
+use engram_files::file::{Limit, read_regular};
 
 use self::safetensors::{ShardHeader, TensorInfo};
 

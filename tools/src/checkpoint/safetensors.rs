@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use engram_kernels::file::open_regular;
+use engram_files::file::open_regular;
 
 /// Largest header read (the safetensors reference implementation's own limit).
 pub const MAX_HEADER_BYTES: u64 = 100 << 20;

@@ -37,8 +37,10 @@ use crate::{MAX_THREADS, json_line};
 pub struct Args {
     /// Table directory.
     pub table: PathBuf,
+    /// Backend, cache and I/O options of the store being measured.
     #[command(flatten)]
     pub read: super::read_args::ReadArgs,
+    /// Measure through a running `engram serve` instead of an in-process store.
     #[command(flatten)]
     pub service: super::read_args::ServiceArgs,
     /// Rows per batch.

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
+use engram_files::tokenizer;
 use engram_kernels::hash::{HashOptions, HashOutput, NgramHasher};
-use engram_kernels::{CompressionTable, EngramLayout, tokenizer};
+use engram_kernels::{CompressionTable, EngramLayout};
 
 use crate::addressing::AddressingArgs;
 use crate::json_line;

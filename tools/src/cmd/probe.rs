@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
+use engram_files::file::open_regular;
 use engram_kernels::alloc::try_vec_dims;
-use engram_kernels::file::open_regular;
 use engram_kernels::rng::SplitMix64;
 use engram_store::backend::MAX_QUEUE_DEPTH;
 use engram_store::format::MAX_ROW_BYTES;

@@ -161,17 +161,17 @@ impl ServiceArgs {
         use anyhow::Context;
         match &self.service {
             Some(socket) => {
-                let target = engram_service::Target {
+                let target = engram_client::ServiceAddress {
                     socket: socket.clone(),
                     table: Some(table.display().to_string()),
                 };
-                let options = engram_service::ClientOptions {
+                let options = engram_client::ClientOptions {
                     slots: slots.max(1).next_power_of_two(),
                     slot_rows: u32::try_from(max_rows.max(1)).unwrap_or(u32::MAX),
                     spin_us: self.service_spin_us,
                     server_spin_us: self.service_spin_us,
                 };
-                let r = engram_service::RemoteStore::open(&target, &options)
+                let r = engram_client::RemoteStore::open(&target, &options)
                     .with_context(|| format!("attaching to the service at {}", socket.display()))?;
                 Ok((std::sync::Arc::new(r), None))
             }

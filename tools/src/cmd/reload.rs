@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
-use engram_service::protocol::{Reply, Request};
+use engram_client::protocol::{Reply, Request};
 
 /// Reopen a service's tables (its owner or root only).
 #[derive(Debug, ClapArgs)]
@@ -19,7 +19,7 @@ pub struct Args {
 
 /// Runs the command; exit 1 when a table failed to reload (it keeps its old version).
 pub fn run(args: Args) -> Result<ExitCode> {
-    let reply = engram_service::client::request(&args.service, &Request::Reload)
+    let reply = engram_client::client::request(&args.service, &Request::Reload)
         .with_context(|| format!("asking {} to reload", args.service.display()))?;
     let Reply::Reloaded { tables } = reply else {
         bail!("unexpected reply {reply:?}");

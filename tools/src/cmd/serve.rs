@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use engram_service::signals::{Signal, Signals};
-use engram_service::{AllowRule, Server, ServerOptions, TableSpec};
+use engram_server::signals::{Signal, Signals};
+use engram_server::{AllowRule, Server, ServerOptions, TableSpec};
 use engram_store::size::parse_bytes;
 use engram_store::{Profile, StoreOptions};
 
@@ -68,16 +68,16 @@ pub struct Args {
     #[arg(long, default_value_t = engram_store::store::DEFAULT_MAX_BATCH_ROWS)]
     pub max_batch_rows: usize,
     /// Most clients attached at once.
-    #[arg(long, default_value_t = engram_service::server::DEFAULT_MAX_CLIENTS)]
+    #[arg(long, default_value_t = engram_server::DEFAULT_MAX_CLIENTS)]
     pub max_clients: usize,
     /// Most requests in flight per client (slots; a power of two is granted).
-    #[arg(long, default_value_t = engram_service::server::DEFAULT_MAX_CLIENT_SLOTS)]
+    #[arg(long, default_value_t = engram_server::DEFAULT_MAX_CLIENT_SLOTS)]
     pub max_client_slots: u32,
     /// Most shared-memory bytes per client (e.g. 256M).
     #[arg(long, default_value = "1G")]
     pub max_client_bytes: String,
     /// Longest poll of a client's ring (microseconds) a client may ask of the server.
-    #[arg(long, default_value_t = engram_service::server::DEFAULT_MAX_SPIN_US)]
+    #[arg(long, default_value_t = engram_server::DEFAULT_MAX_SPIN_US)]
     pub max_spin_us: u32,
     /// How the tables are read (backend, cache, verification).
     #[command(flatten)]
@@ -176,7 +176,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     o.group = args
         .group
         .as_deref()
-        .map(engram_service::server::auth::parse_group)
+        .map(engram_server::auth::parse_group)
         .transpose()?;
     o.allow = AllowRule {
         uids: args.allow_uid.clone(),

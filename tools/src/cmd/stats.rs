@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args as ClapArgs;
-use engram_service::protocol::{Reply, Request};
+use engram_client::protocol::{Reply, Request};
 
 use crate::json_line;
 
@@ -24,7 +24,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let reply = engram_service::client::request(&args.service, &Request::Stats)
+    let reply = engram_client::client::request(&args.service, &Request::Stats)
         .with_context(|| format!("asking {} for stats", args.service.display()))?;
     let Reply::Stats(s) = reply else {
         bail!("unexpected reply {reply:?}");

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use engram_store::Table;
 
-use crate::fio::{self, FioResult};
+use engram_testbed::fio::{self, FioResult};
 
 /// Where fio reads: the first layer's data region.
 #[derive(Debug, Clone)]

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
+use engram_files::tokenizer;
+use engram_kernels::CompressionTable;
 use engram_kernels::hash::{HashOptions, NgramHasher};
-use engram_kernels::{CompressionTable, tokenizer};
 use engram_store::candidates::{CANDIDATES_FILE, MAX_CANDIDATES_K};
 use engram_store::records::RECORDS_FILE;
 use engram_store::size::parse_bytes;
@@ -30,8 +31,8 @@ use engram_store::{Candidates, Profile, Store, StoreOptions, Table};
 use rayon::prelude::*;
 
 use crate::build::PROFILE_FILE;
-use crate::build::corpus::{self, CorpusOptions};
 use crate::json_line;
+use engram_corpus::corpus::{self, CorpusOptions};
 
 /// DeepSeek-V4-Flash decoder layers (NVIDIA NeMo AutoModel and Vultr model pages).
 pub const V4_FLASH_LAYERS: u64 = 43;
@@ -161,6 +162,7 @@ pub struct Args {
     /// I/O worker threads of the store.
     #[arg(long, default_value_t = 2)]
     pub io_workers: usize,
+    /// Backend, cache and I/O options of the store being replayed against.
     #[command(flatten)]
     pub read: super::read_args::ReadArgs,
     /// tokenizer.json (default: $ENGRAM_TOKENIZER, then the cached DeepSeek tokenizer); its
