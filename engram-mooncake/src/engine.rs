@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
-use engram_store::io::{Completion, Engine, EngineError, Lease, ReadReq, Staging};
+use engram_store::reads::{Completion, Engine, EngineError, Lease, ReadReq, Staging};
 use engram_store::{EngineFactory, Table};
 
 use crate::client::{Client, RangedGet};
@@ -345,7 +345,7 @@ impl Worker {
                 continue;
             }
             // The lease's extent [ptr, ptr + len) lies inside the staging allocation
-            // (engram_store::io::staging, rule 1); its offset from the registered base is
+            // (engram_store::reads::staging, rule 1); its offset from the registered base is
             // where Mooncake writes.
             let dst0 = (lease.as_mut_ptr() as usize).wrapping_sub(self.base);
             debug_assert!(dst0 + lease.len() <= self.staging_bytes);

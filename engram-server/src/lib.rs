@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use engram_store::StoreOptions;
+use engram_store::{Store, StoreOptions};
 
 use auth::Peer;
 use conn::{Conn, End};
@@ -571,34 +571,9 @@ fn attach(
             "protocol version {version}; this server speaks {PROTOCOL_VERSION}"
         ));
     }
-    let served = match &table {
-        Some(t) if t.len() > MAX_TABLE_NAME_BYTES => {
-            return no(format!(
-                "table name of {} bytes (MAX_TABLE_NAME_BYTES {MAX_TABLE_NAME_BYTES})",
-                t.len()
-            ));
-        }
-        Some(t) => shared.tables.iter().find(|s| s.matches(t)),
-        None if shared.tables.len() == 1 => shared.tables.first(),
-        None => None,
-    };
-    let names = || {
-        shared
-            .tables
-            .iter()
-            .map(|t| format!("{} ({})", t.name, t.path.display()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let Some(served) = served else {
-        return no(match table {
-            Some(t) => format!("no table {t:?} here; this service serves {}", names()),
-            None => format!(
-                "this service serves {} tables ({}); name one: unix:PATH#NAME",
-                shared.tables.len(),
-                names()
-            ),
-        });
+    let served = match choose_table(shared, table) {
+        Ok(s) => s,
+        Err(reason) => return no(reason),
     };
     let n = shared.clients.fetch_add(1, Ordering::Relaxed);
     served.clients.fetch_add(1, Ordering::Relaxed);
@@ -611,48 +586,19 @@ fn attach(
         ));
     }
     let state = served.current();
-    let store = &state.store;
-    let slots = slots.clamp(1, shared.options.max_client_slots.min(MAX_SLOTS));
-    let slots = 1u32 << (31 - slots.leading_zeros());
-    let slot_rows = slot_rows.clamp(
-        1,
-        MAX_SLOT_ROWS.min(store.max_batch_rows().min(u32::MAX as usize) as u32),
-    );
-    let Ok(row_bytes) = u32::try_from(store.row_bytes()) else {
-        return no("rows wider than 4 GiB".into());
+    let (layout, region, bells) = match client_region(shared, &state.store, id, slots, slot_rows) {
+        Ok(made) => made,
+        Err(reason) => return no(reason),
     };
-    let layout = match RegionLayout::new(slots, slot_rows, row_bytes) {
-        Ok(l) => l,
-        Err(e) => return no(e.to_string()),
-    };
-    if layout.bytes as u64 > shared.options.max_client_bytes {
-        return no(format!(
-            "{slots} slots x {slot_rows} rows need a region of {} bytes, above the limit {} (--max-client-bytes); ask for fewer",
-            layout.bytes, shared.options.max_client_bytes
-        ));
-    }
-    type Bells = ((Doorbell, OwnedFd), (Doorbell, OwnedFd));
-    let made = (|| -> Result<(Region, Bells)> {
-        let region = Region::create(&format!("engram-client-{id}"), layout.bytes)?;
-        region.write(H_MAGIC, &REGION_MAGIC.to_le_bytes())?;
-        region.write(H_VERSION, &PROTOCOL_VERSION.to_le_bytes())?;
-        region.write(H_SLOTS, &slots.to_le_bytes())?;
-        region.write(H_SLOT_ROWS, &slot_rows.to_le_bytes())?;
-        region.write(H_ROW_BYTES, &row_bytes.to_le_bytes())?;
-        Ok((region, (Doorbell::pair()?, Doorbell::pair()?)))
-    })();
-    let (region, ((sq_bell, sq_theirs), (cq_bell, cq_theirs))) = match made {
-        Ok(m) => m,
-        Err(e) => return no(e.to_string()),
-    };
+    let ((sq_bell, sq_theirs), (cq_bell, cq_theirs)) = bells;
     let welcome = Reply::Welcome {
         version: PROTOCOL_VERSION,
         client_id: id,
         table: served.name.clone(),
         manifest: state.manifest_json.clone(),
-        backend: store.backend_kind().name().to_string(),
-        slots,
-        slot_rows,
+        backend: state.store.backend_kind().name().to_string(),
+        slots: layout.slots,
+        slot_rows: layout.slot_rows,
     };
     if let Err(e) = wire::send(
         &sock,
@@ -672,7 +618,7 @@ fn attach(
         counters: Counters::default(),
     });
     shared.metrics.add_client(Arc::clone(&metrics));
-    tracing::info!(target: "engram_service", client = id, pid = peer.pid, uid = peer.uid, table = %served.name, slots, slot_rows, "attached");
+    tracing::info!(target: "engram_service", client = id, pid = peer.pid, uid = peer.uid, table = %served.name, slots = layout.slots, slot_rows = layout.slot_rows, "attached");
     let spin = Duration::from_micros(u64::from(
         server_spin_us
             .min(shared.options.max_spin_us)
@@ -692,8 +638,90 @@ fn attach(
             return Ok(());
         }
     };
-    let end = conn.serve();
+    report_end(shared, id, &peer, conn.serve());
     drop(conn);
+    Ok(())
+}
+
+/// The table a client asked for (`None`: the only one served), or the refusal naming what
+/// is served.
+fn choose_table(shared: &Shared, table: Option<String>) -> std::result::Result<&Served, String> {
+    let served = match &table {
+        Some(t) if t.len() > MAX_TABLE_NAME_BYTES => {
+            return Err(format!(
+                "table name of {} bytes (MAX_TABLE_NAME_BYTES {MAX_TABLE_NAME_BYTES})",
+                t.len()
+            ));
+        }
+        Some(t) => shared.tables.iter().find(|s| s.matches(t)),
+        None if shared.tables.len() == 1 => shared.tables.first(),
+        None => None,
+    };
+    let names = || {
+        shared
+            .tables
+            .iter()
+            .map(|t| format!("{} ({})", t.name, t.path.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    served.ok_or_else(|| match table {
+        Some(t) => format!("no table {t:?} here; this service serves {}", names()),
+        None => format!(
+            "this service serves {} tables ({}); name one: unix:PATH#NAME",
+            shared.tables.len(),
+            names()
+        ),
+    })
+}
+
+/// The bells of a client: (our end, the end sent to the client) for submissions, then for
+/// completions.
+type Bells = ((Doorbell, OwnedFd), (Doorbell, OwnedFd));
+
+/// The shared-memory region of client `id` and its doorbells: the slots and rows it asked
+/// for, clamped to the server's limits and the store's batch size; `Err` is the refusal.
+fn client_region(
+    shared: &Shared,
+    store: &Store,
+    id: u64,
+    slots: u32,
+    slot_rows: u32,
+) -> std::result::Result<(RegionLayout, Region, Bells), String> {
+    let slots = slots.clamp(1, shared.options.max_client_slots.min(MAX_SLOTS));
+    let slots = 1u32 << (31 - slots.leading_zeros());
+    let slot_rows = slot_rows.clamp(
+        1,
+        MAX_SLOT_ROWS.min(store.max_batch_rows().min(u32::MAX as usize) as u32),
+    );
+    let Ok(row_bytes) = u32::try_from(store.row_bytes()) else {
+        return Err("rows wider than 4 GiB".into());
+    };
+    let layout = match RegionLayout::new(slots, slot_rows, row_bytes) {
+        Ok(l) => l,
+        Err(e) => return Err(e.to_string()),
+    };
+    if layout.bytes as u64 > shared.options.max_client_bytes {
+        return Err(format!(
+            "{slots} slots x {slot_rows} rows need a region of {} bytes, above the limit {} (--max-client-bytes); ask for fewer",
+            layout.bytes, shared.options.max_client_bytes
+        ));
+    }
+    let made = (|| -> Result<(Region, Bells)> {
+        let region = Region::create(&format!("engram-client-{id}"), layout.bytes)?;
+        region.write(H_MAGIC, &REGION_MAGIC.to_le_bytes())?;
+        region.write(H_VERSION, &PROTOCOL_VERSION.to_le_bytes())?;
+        region.write(H_SLOTS, &slots.to_le_bytes())?;
+        region.write(H_SLOT_ROWS, &slot_rows.to_le_bytes())?;
+        region.write(H_ROW_BYTES, &row_bytes.to_le_bytes())?;
+        Ok((region, (Doorbell::pair()?, Doorbell::pair()?)))
+    })();
+    let (region, bells) = made.map_err(|e| e.to_string())?;
+    Ok((layout, region, bells))
+}
+
+/// Logs how a client's connection ended; a protocol violation is counted.
+fn report_end(shared: &Shared, id: u64, peer: &Peer, end: End) {
     match end {
         End::HangUp => tracing::info!(target: "engram_service", client = id, "detached"),
         End::Shutdown => {
@@ -704,7 +732,6 @@ fn attach(
             tracing::warn!(target: "engram_service", client = id, pid = peer.pid, error = %e, "disconnected");
         }
     }
-    Ok(())
 }
 
 impl Shared {

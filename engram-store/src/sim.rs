@@ -25,10 +25,10 @@ use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, BackendKind, BackendOptions, IoCounters};
 use crate::cache::RowCache;
 use crate::error::{Error, Result};
-use crate::io::{Driver, Fault, FaultPlan};
 use crate::metrics::{Metrics, SharedHist};
 use crate::pipeline::reactor::Reactor;
 use crate::pipeline::{Completion, Completions, Request, Shared, Slots, Speculations};
+use crate::reads::{Driver, Fault, FaultPlan};
 use crate::table::Table;
 use engram_kernels::rng::SplitMix64;
 
@@ -301,7 +301,7 @@ impl Sim {
             self.specs.remove(0);
         }
         self.report.speculated += 1;
-        self.accept(Request::Warm { spec, layer, ids })
+        self.accept(Request::Speculate { spec, layer, ids })
     }
 
     /// A seeding read through its own driver (as the store seeds at open).

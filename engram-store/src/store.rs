@@ -470,7 +470,7 @@ impl Store {
             return Ok(Speculation::not_taken());
         }
         let (spec, ids) = sh.specs.begin(ids);
-        let req = Request::Warm { spec, layer, ids };
+        let req = Request::Speculate { spec, layer, ids };
         let sent = match &self.handle.requests {
             Some(tx) => tx.try_send(req).map_err(|e| e.into_inner()),
             None => Err(req),
@@ -478,7 +478,7 @@ impl Store {
         match sent {
             Ok(()) => Ok(Speculation::local(Arc::clone(&self.handle), spec)),
             Err(req) => {
-                if let Request::Warm { ids, .. } = req {
+                if let Request::Speculate { ids, .. } = req {
                     sh.specs.done(ids);
                 }
                 sh.metrics.record_speculation_dropped();

@@ -5,8 +5,8 @@
 use engram_kernels::rng::SplitMix64;
 use engram_store::backend::MAX_QUEUE_DEPTH;
 use engram_store::backend::uring::direct_file_engine;
-use engram_store::io::{ReadReq, Staging};
 use engram_store::planner::MAX_READ_BYTES_LIMIT;
+use engram_store::reads::{ReadReq, Staging};
 use engram_store::{Error, Result, metrics};
 
 fn io_at(op: &'static str, path: &std::path::Path, offset: u64, error: std::io::Error) -> Error {

@@ -2,11 +2,11 @@
 //! Mooncake (the `engram-mooncake` crate) plugs in here without forking the driver.
 //!
 //! The caller puts an [`EngineFactory`] in [`BackendOptions::engine`]; every reactor of the
-//! store is then the one batch driver (the crate-internal `io::Driver`) over an engine the
+//! store is then the one batch driver (the crate-internal `reads::Driver`) over an engine the
 //! factory builds, so read planning, verification of every block against the table's checksums,
 //! scatter, hedged reads, fault injection and latency accounting are exactly those of the
 //! local device tier. The engine only moves bytes of a layer-file range into a staging
-//! lease (see [`crate::io::engine`] for its contract, [`crate::io::staging`] for where it
+//! lease (see [`crate::reads::engine`] for its contract, [`crate::reads::staging`] for where it
 //! may write). The backend reports as [`BackendKind::External`] with the factory's name.
 
 use std::fmt;
@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use super::{Backend, BackendKind, BackendOptions};
 use crate::error::Result;
-use crate::io::{Driver, Engine, Staging};
 use crate::metrics::SharedHist;
+use crate::reads::{Driver, Engine, Staging};
 use crate::table::Table;
 
 /// Builds the read engine of each reader of an external backend.

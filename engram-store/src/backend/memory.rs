@@ -7,8 +7,8 @@ use super::{Backend, BackendKind, BackendOptions};
 use crate::buffer::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::Geometry;
-use crate::io::{Driver, ResidentRows};
 use crate::metrics::SharedHist;
+use crate::reads::{Driver, ResidentRows};
 use crate::table::Table;
 
 /// Resident rows.

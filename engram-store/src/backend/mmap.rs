@@ -14,8 +14,8 @@ use memmap2::{Advice, Mmap, MmapOptions};
 use super::{Backend, BackendKind, BackendOptions, IoCounters};
 use crate::error::{Error, Result, io};
 use crate::format::Geometry;
-use crate::io::{Driver, ResidentRows};
 use crate::metrics::SharedHist;
+use crate::reads::{Driver, ResidentRows};
 use crate::table::Table;
 
 #[derive(Debug)]

@@ -195,7 +195,7 @@ pub struct BackendOptions {
     /// Test hook: make io_uring fail this way (also `$ENGRAM_URING_FAULT`).
     pub uring_fault: Option<UringFault>,
     /// Test hook: inject read faults (also `$ENGRAM_IO_FAULTS`).
-    pub faults: Option<crate::io::FaultPlan>,
+    pub faults: Option<crate::reads::FaultPlan>,
     /// N-gram records the device backends read instead of several rows' pages (set by
     /// the store from the table's `records.bin`).
     pub records: Option<Arc<crate::records::Records>>,
@@ -336,10 +336,10 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// A driver over a new engine, for one reactor. `rebuilt`: it replaces an engine that
     /// failed, so the fault plan's engine failures (which fire once per reader) are left
     /// out.
-    fn driver(&self, rebuilt: bool) -> Result<crate::io::Driver>;
+    fn driver(&self, rebuilt: bool) -> Result<crate::reads::Driver>;
     /// The rows, when this process holds them all (memory, mmap): the store serves such
     /// batches on the caller's thread.
-    fn resident(&self) -> Option<&dyn crate::io::ResidentRows> {
+    fn resident(&self) -> Option<&dyn crate::reads::ResidentRows> {
         None
     }
     /// Per-read device latency (submit to completion), for backends that issue reads.
@@ -382,7 +382,7 @@ pub(crate) fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Resu
     if let Some(factory) = &options.engine {
         let mut options = options.clone();
         if options.faults.is_none() {
-            options.faults = crate::io::FaultPlan::from_env()?;
+            options.faults = crate::reads::FaultPlan::from_env()?;
         }
         return Ok(Opened {
             backend: Arc::new(external::ExternalBackend::new(
@@ -405,7 +405,7 @@ pub(crate) fn open_backend(table: &Arc<Table>, options: &BackendOptions) -> Resu
         options.uring_fault = UringFault::from_env()?;
     }
     if options.faults.is_none() {
-        options.faults = crate::io::FaultPlan::from_env()?;
+        options.faults = crate::reads::FaultPlan::from_env()?;
     }
     match kind {
         Some(BackendKind::Memory) => Ok(Opened {

@@ -13,8 +13,8 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::{Backend, BackendKind, BackendOptions};
 use crate::error::{Error, Result, io};
-use crate::io::{Completion, Driver, Engine, EngineError, Lease, ReadReq, Staging};
 use crate::metrics::SharedHist;
+use crate::reads::{Completion, Driver, Engine, EngineError, Lease, ReadReq, Staging};
 use crate::table::Table;
 
 /// Tasks queued to the pool per thread before senders block (back-pressure).

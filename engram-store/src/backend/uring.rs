@@ -19,8 +19,8 @@ use io_uring::{IoUring, opcode, register::Probe, types};
 use super::pread::{DeviceFiles, open_direct};
 use super::{Backend, BackendKind, BackendOptions, IoCounters, UringFault};
 use crate::error::{Error, Result};
-use crate::io::{Completion, Driver, Engine, EngineError, Lease, ReadReq, Staging};
 use crate::metrics::SharedHist;
+use crate::reads::{Completion, Driver, Engine, EngineError, Lease, ReadReq, Staging};
 use crate::table::Table;
 
 /// SQPOLL thread idle time before it sleeps.
@@ -212,7 +212,7 @@ impl UringBackend {
     }
 
     /// A driver over a new ring, injecting `faults` (the probe read at open: none).
-    fn new_driver(&self, faults: Option<crate::io::FaultPlan>) -> Result<Driver> {
+    fn new_driver(&self, faults: Option<crate::reads::FaultPlan>) -> Result<Driver> {
         let options = BackendOptions {
             faults,
             ..self.options.clone()

@@ -52,7 +52,7 @@ pub(crate) enum Request {
         out: AlignedBuf,
     },
     /// Rows read into the hot-row cache only, at low priority (speculation `spec`).
-    Warm {
+    Speculate {
         spec: u64,
         layer: usize,
         ids: Vec<u64>,

@@ -21,7 +21,7 @@ use super::{Request, Shared};
 use crate::backend::IoCounters;
 use crate::buffer::AlignedBuf;
 use crate::error::{Error, Result};
-use crate::io::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs, Priority};
+use crate::reads::{BatchId, Driver, Finished, MAX_ACTIVE_BATCHES, Outputs, Priority};
 
 /// Tries to build a new engine after one failed, before the reactor gives up for a while.
 pub const ENGINE_REBUILD_ATTEMPTS: u32 = 3;
@@ -173,7 +173,7 @@ impl Reactor {
                 );
                 (*layer, Priority::Demand)
             }
-            Request::Warm { spec, layer, ids } => {
+            Request::Speculate { spec, layer, ids } => {
                 miss_ids.clear();
                 miss_slots.clear();
                 if !sh.specs.is_cancelled(*spec)
@@ -264,7 +264,7 @@ impl Reactor {
         };
         for (id, r) in self.running.iter().enumerate() {
             if let Some(Running {
-                req: Request::Warm { spec, .. },
+                req: Request::Speculate { spec, .. },
                 ..
             }) = r
                 && self.shared.specs.is_cancelled(*spec)
@@ -392,7 +392,7 @@ impl Reactor {
                 sh.slots.finish(slot, ids);
                 let _ = reply.send(super::Completion { tag, out, result });
             }
-            Request::Warm { layer, ids, .. } => {
+            Request::Speculate { layer, ids, .. } => {
                 sh.metrics.record_speculation(misses, &result);
                 if result.is_ok()
                     && let Some(buf) = &r.scratch

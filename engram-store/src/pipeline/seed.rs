@@ -8,9 +8,9 @@ use std::sync::Arc;
 use crate::backend::{self, Backend, BackendKind, BackendOptions, IoCounters};
 use crate::cache::SeedOptions;
 use crate::error::{Error, Result};
-use crate::io::Driver;
 use crate::pipeline::Shared;
 use crate::profile::Profile;
+use crate::reads::Driver;
 use crate::table::Table;
 
 /// Seeding reads: longest merged read.

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use engram_store::io::{Completion, Engine, EngineError, Lease, ReadReq, Staging};
+use engram_store::reads::{Completion, Engine, EngineError, Lease, ReadReq, Staging};
 use engram_store::{EngineFactory, Table};
 
 /// Reads layer-file ranges with plain `pread` when reaped; flips one byte of read number

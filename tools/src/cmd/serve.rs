@@ -268,8 +268,8 @@ impl engram_store::EngineFactory for MooncakeTables {
     fn engine(
         &self,
         table: &std::sync::Arc<engram_store::Table>,
-        staging: &engram_store::io::Staging,
-    ) -> engram_store::Result<Box<dyn engram_store::io::Engine>> {
+        staging: &engram_store::reads::Staging,
+    ) -> engram_store::Result<Box<dyn engram_store::reads::Engine>> {
         self.factory(table)?.engine(table, staging)
     }
 }

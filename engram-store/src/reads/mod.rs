@@ -1,5 +1,7 @@
-//! Device reads: the batch driver, the staging slots it reads into, the engine trait the
-//! pread pool and io_uring implement, and the fault-injecting engine for tests.
+//! Row reads from every tier: the batch driver, the staging slots it reads into, the engine
+//! trait the pread pool, io_uring, external engines and the resident tiers implement, and
+//! the fault-injecting engine for tests. (Named `reads`, not `io`, so that it never shadows
+//! `std::io`.)
 //!
 //! ```text
 //! Store -> Reactor (one per I/O thread) -> Driver { plans, Staging, Box<dyn Engine> | resident rows }
