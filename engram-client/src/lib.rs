@@ -24,12 +24,6 @@
 //! The protocol is documented byte by byte in [`protocol`].
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
-#![deny(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::todo,
-    clippy::unimplemented
-)]
 
 pub mod bell;
 pub mod client;
