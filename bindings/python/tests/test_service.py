@@ -36,6 +36,23 @@ def start_server(table: Path, sock: Path, *extra: str) -> subprocess.Popen:
     return p
 
 
+def wait_stopped(pid: int) -> None:
+    """Waits until every thread of process `pid` is stopped (state T in /proc)."""
+    deadline = time.monotonic() + 10
+    while True:
+        states = []
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{t}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                pass  # the thread exited
+        if states and all(st in ("T", "t") for st in states):
+            return
+        assert time.monotonic() < deadline, f"engram serve never stopped: {states}"
+        time.sleep(0.005)
+
+
 def stop_server(p: subprocess.Popen) -> None:
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=20) == 0
@@ -171,6 +188,9 @@ def test_ctrl_c_interrupts_a_ticket_wait(synth_table, tmp_path):
         store = engram.Store(f"unix:{sock}")
         store.lookup(1, [1])
         p.send_signal(signal.SIGSTOP)
+        # SIGSTOP lands asynchronously: a server thread spinning on the shared region could
+        # still serve a request sent at once. Send it only when every thread has stopped.
+        wait_stopped(p.pid)
         ticket = store.prefetch(1, [2])
         threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         # Wakes the server in any case, so that a wait that ignores Ctrl-C ends (and fails).
