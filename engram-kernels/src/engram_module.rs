@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::conv::ConvState;
 use crate::cpu;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, check_len};
 use crate::gate::{CONV_NORM_EPS, KEY_NORM_EPS_F32, gate_logit, rms_inv, sigmoid, silu};
 
 /// Largest supported width of any dimension (keeps products far from overflow).
@@ -133,18 +133,6 @@ pub struct EngramModuleWeights {
     pub conv_norm: Vec<Vec<f32>>,
     /// `short_conv.conv.weight`, `(M * d, w)`: channel `c = m * d + i`, tap `j`.
     pub conv_w: Vec<f32>,
-}
-
-fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(Error::Shape {
-            what,
-            expected,
-            found,
-        })
-    }
 }
 
 fn check_finite(what: &'static str, v: &[f32]) -> Result<()> {

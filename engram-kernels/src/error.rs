@@ -144,3 +144,16 @@ pub(crate) fn invalid(field: &'static str, value: impl ToString, reason: &'stati
         reason,
     }
 }
+
+/// `Ok` when a buffer holds `expected` elements, else [`Error::Shape`] naming `what`.
+pub(crate) fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            what,
+            expected,
+            found,
+        })
+    }
+}

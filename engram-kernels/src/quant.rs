@@ -20,7 +20,7 @@
 
 use half::{bf16, f16};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, check_len};
 
 /// Largest finite E4M3 value.
 pub const E4M3_MAX: f32 = 448.0;
@@ -207,18 +207,6 @@ pub fn e8m0_scale_for(amax: f32) -> u8 {
         k += 1;
     }
     (k + 127) as u8
-}
-
-fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(Error::Shape {
-            what,
-            expected,
-            found,
-        })
-    }
 }
 
 /// Number of rows in `bytes`, checking that `out` has `rows * width` values.
