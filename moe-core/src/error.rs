@@ -72,7 +72,8 @@ pub enum Error {
     ContextFull {
         /// Tokens the sequence would hold.
         len: usize,
-        /// The model's context (`max_position_embeddings`).
+        /// The model's context (`max_position_embeddings`, or the longer one
+        /// `Session::extend_context` set).
         max: usize,
     },
     /// Bad input at run time (empty prompt, bad sampler settings).

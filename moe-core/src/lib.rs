@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod context;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;

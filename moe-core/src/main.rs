@@ -14,6 +14,7 @@ use engram_store::candidates::CANDIDATES_FILE;
 use engram_store::size::parse_bytes;
 use engram_store::{BackendKind, Candidates, Profile, RowSource, StoreOptions};
 use moe_core::ModelConfig;
+use moe_core::config::MAX_POSITIONS;
 use moe_core::sampler::SamplerConfig;
 use moe_core::session::{EngramRows, EngramSource, PrefillPlan, Session};
 
@@ -37,6 +38,9 @@ const SKELETON_MARKER: &str = "mooncake.json";
       moe-core generate --prompt 'class Stack:' --no-engram\n  \
       moe-core generate --engram-backend uring --cache-bytes 256K --speculate 4\n  \
       moe-core generate --engram-backend uring --cache-bytes 256K --prefill-chunk 64 --json\n  \
+      moe-core generate --prompt-file long.py --prompt-tokens 4096 --context-length 4096 \
+      --max-new-tokens 1 --prefill-chunk 512 --json   # timing only: past 256 positions the \
+      output is not the model's\n  \
       moe-core generate --model models/stdlib-moe-a\n  \
       moe-core eval $(python3 -c 'import os; print(os.__file__)')"
 )]
@@ -107,6 +111,24 @@ struct GenerateArgs {
     /// The prompt.
     #[arg(long, default_value = "import os\nimport sys\n\n\ndef main():\n")]
     prompt: String,
+    /// Read the prompt from this UTF-8 text file (a regular file of at most 16 MiB)
+    /// instead of --prompt.
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_file: Option<PathBuf>,
+    /// Run only the prompt's first N tokens (BOS included), for prompts of an exact length;
+    /// an error when it has fewer.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    prompt_tokens: Option<u64>,
+    /// Let the sequence hold N positions, past the model's trained context
+    /// (`max_position_embeddings`: 256 for the committed models), to time long prompts.
+    /// FOR TIMING ONLY: RoPE positions past the trained context extrapolate to angles the
+    /// model never saw, so the output from there on is not what it learned. The decode
+    /// state grows with N (layers x N x hidden keys and values, N^2 attention scores, N x
+    /// vocabulary logits: about 225 MiB at 4096 and 580 MiB at 8192 for the committed
+    /// models); a context whose state exceeds half the memory available is refused. A
+    /// warning on stderr and `context_extended` in --json say when it is in effect.
+    #[arg(long, value_parser = parse_context_length)]
+    context_length: Option<usize>,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// Sampling temperature, finite and >= 0; 0 is greedy.
@@ -152,6 +174,69 @@ struct EvalArgs {
     seq_len: usize,
     #[arg(long)]
     json: bool,
+}
+
+/// `--context-length`: 1..=MAX_POSITIONS (the model's trained context is checked once it
+/// loads).
+fn parse_context_length(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number of positions: {e}"))?;
+    if !(1..=MAX_POSITIONS).contains(&n) {
+        return Err(format!(
+            "{n} positions: expected 1..={MAX_POSITIONS} (MAX_POSITIONS: the attention scores \
+             of a full context are positions^2 floats)"
+        ));
+    }
+    Ok(n)
+}
+
+/// Largest `--prompt-file`: far above any context (MAX_POSITIONS tokens are ~300 KB of
+/// code), small enough to tokenize at once.
+const MAX_PROMPT_FILE_BYTES: Limit = Limit {
+    what: "prompt file",
+    name: "MAX_PROMPT_FILE_BYTES",
+    bytes: 16 << 20,
+};
+
+/// The prompt's raw ids (BOS first), cut to `--prompt-tokens`, and the text they hold;
+/// an error naming `--context-length` when they do not fit the session's context.
+fn prompt_ids(s: &Session, a: &GenerateArgs, text: String) -> Result<(Vec<u32>, String)> {
+    let mut raw = s.encode(&text)?;
+    let mut text = text;
+    if let Some(n) = a.prompt_tokens {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        anyhow::ensure!(
+            raw.len() >= n,
+            "--prompt-tokens {n}: the prompt has only {} tokens (BOS included)",
+            raw.len()
+        );
+        if raw.len() > n {
+            raw.truncate(n);
+            text = s
+                .tokenizer
+                .decode(&raw[1..], false)
+                .map_err(|e| anyhow::anyhow!("decoding the first {n} prompt tokens: {e}"))?;
+        }
+    }
+    let (context, trained) = (s.model.context(), s.model.config.max_position_embeddings);
+    if raw.len() > context {
+        let how = if a.context_length.is_some() {
+            format!("raise --context-length {context} to at least {}", raw.len())
+        } else {
+            format!(
+                "pass --context-length {} (or more) to run it past the trained context for \
+                 timing: RoPE extrapolates there, so the output is not what the model learned",
+                raw.len()
+            )
+        };
+        anyhow::bail!(
+            "the prompt is {} tokens (BOS included), above the context of {context} positions \
+             (trained: {trained}): {how}; or cut it with --prompt-tokens N",
+            raw.len()
+        );
+    }
+    Ok((raw, text))
 }
 
 /// `--cache-bytes`: the size syntax every engram command accepts.
@@ -392,9 +477,26 @@ fn generate(a: GenerateArgs) -> Result<()> {
         top_p: a.top_p,
         seed: a.seed,
     };
-    // Bad flags fail before the model loads.
+    // Bad flags and prompt files fail before the model loads.
     sampler.validate()?;
+    let prompt = match &a.prompt_file {
+        Some(path) => read_regular_string(path, MAX_PROMPT_FILE_BYTES)?,
+        None => a.prompt.clone(),
+    };
     let (mut s, using) = open(&a.model)?;
+    let extension = match a.context_length {
+        Some(n) => {
+            let e = s
+                .extend_context(n)
+                .with_context(|| format!("--context-length {n}"))?;
+            if e.extended() {
+                eprintln!("moe-core: {}", e.warning());
+            }
+            Some(e)
+        }
+        None => None,
+    };
+    let (raw, prompt) = prompt_ids(&s, &a, prompt)?;
     s.set_prefill_plan(PrefillPlan {
         chunk: a.prefill_chunk,
         pipeline: !a.no_prefill_pipeline,
@@ -403,10 +505,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
         enable_speculation(&mut s, &a.model, a.speculate)?;
     }
     if !a.json {
-        out!("{}", a.prompt);
+        out!("{prompt}");
     }
     let mut text = String::new();
-    let stats = s.generate(&a.prompt, a.max_new_tokens, sampler, |piece| {
+    let stats = s.generate_ids(&raw, a.max_new_tokens, sampler, |piece| {
         text.push_str(piece);
         if !a.json {
             out!("{piece}");
@@ -419,7 +521,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
         outln!(
             "{}",
             serde_json::json!({"type": "generate", "data": {
-                "prompt": a.prompt, "completion": text, "ids": stats.ids, "raw_ids": stats.raw_ids,
+                "prompt": prompt, "completion": text,
+                "prompt_file": a.prompt_file.as_ref().map(|p| p.display().to_string()),
+                "context_length": s.model.context(),
+                "trained_context": s.model.config.max_position_embeddings,
+                "context_extended": extension.is_some_and(|e| e.extended()), "ids": stats.ids, "raw_ids": stats.raw_ids,
                 "prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens,
                 "prefill_seconds": stats.prefill.as_secs_f64(),
                 "prefill_tokens_per_second": stats.prompt_tokens as f64 / stats.prefill.as_secs_f64().max(1e-9),

@@ -14,6 +14,7 @@ use engram_store::{Candidates, RowSource, Store, StoreOptions};
 use tokenizers::Tokenizer;
 
 use crate::config::ModelConfig;
+use crate::context::ContextExtension;
 use crate::error::{Error, Result};
 use crate::model::engram::{EngramMemory, StallStats};
 use crate::model::{DecodeState, Logits, Model};
@@ -338,6 +339,35 @@ impl Session {
         Ok(())
     }
 
+    /// Lets a sequence hold `positions` tokens, past the model's trained context
+    /// (`max_position_embeddings`), to time long prompts: the decode state (and the Engram
+    /// memory's buffers) are made for that many positions. RoPE extrapolates past the
+    /// trained context, so the logits there are not what the model learned. Errors, leaving
+    /// the session as it was, for fewer positions than the trained context, more than
+    /// [`crate::config::MAX_POSITIONS`], or a state larger than the memory available.
+    pub fn extend_context(&mut self, positions: usize) -> Result<ContextExtension> {
+        let plan = ContextExtension::plan(&self.model, positions)?;
+        let old = self.model.context();
+        self.model.set_context(positions)?;
+        let made = self.model.new_state(positions).and_then(|state| {
+            if let Some(m) = &mut self.memory {
+                m.set_max_positions(positions)?;
+            }
+            Ok(state)
+        });
+        match made {
+            Ok(state) => {
+                self.state = state;
+                Ok(plan)
+            }
+            Err(e) => {
+                // Neither the state nor the Engram buffers were replaced.
+                self.model.set_context(old)?;
+                Err(e)
+            }
+        }
+    }
+
     /// Totals of speculative prefetch since it was enabled.
     pub fn speculation_stats(&self) -> Option<SpeculationStats> {
         self.speculator.as_ref().map(|s| s.stats)
@@ -421,6 +451,13 @@ impl Session {
         if raw.is_empty() {
             return Err(Error::Input("empty prompt".into()));
         }
+        // Refused before any row is requested or chunk computed.
+        if raw.len() > self.model.context() {
+            return Err(Error::ContextFull {
+                len: raw.len(),
+                max: self.model.context(),
+            });
+        }
         let chunk = self.prefill_plan.chunk;
         if chunk == 0 || raw.len() <= chunk || which == Logits::All {
             let reduced = self.start(raw)?;
@@ -494,9 +531,21 @@ impl Session {
         prompt: &str,
         max_new: usize,
         sampler: SamplerConfig,
-        mut on_text: impl FnMut(&str),
+        on_text: impl FnMut(&str),
     ) -> Result<GenerateStats> {
         let raw = self.encode(prompt)?;
+        self.generate_ids(&raw, max_new, sampler, on_text)
+    }
+
+    /// [`Session::generate`] after a prompt already tokenized: `raw` ids, BOS first (as
+    /// [`Session::encode`] gives them). Stops early when the context is full.
+    pub fn generate_ids(
+        &mut self,
+        raw: &[u32],
+        max_new: usize,
+        sampler: SamplerConfig,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<GenerateStats> {
         let mut sampler = Sampler::new(sampler, self.vocab.unk(), self.model.config.vocab_size)?;
         let stall0 = self
             .memory
@@ -505,7 +554,7 @@ impl Session {
             .unwrap_or_default();
         let spec0 = self.speculation_stats();
         let t0 = Instant::now();
-        let mut next = sampler.sample(self.prefill(&raw)?);
+        let mut next = sampler.sample(self.prefill(raw)?);
         let prefill_stall = self
             .memory
             .as_ref()
@@ -520,7 +569,7 @@ impl Session {
         };
         let mut stream = StreamDecoder::default();
         let t1 = Instant::now();
-        let context = self.model.config.max_position_embeddings;
+        let context = self.model.context();
         while stats.new_tokens < max_new {
             let raw_id = self
                 .vocab
@@ -553,7 +602,7 @@ impl Session {
     /// Cross-entropy (nats, summed) and the number of predicted tokens of a raw-id stream,
     /// in windows of `seq_len + 1` ids overlapping by one (as the trainer evaluates).
     pub fn loss(&mut self, stream: &[u32], seq_len: usize) -> Result<(f64, u64)> {
-        let seq_len = seq_len.min(self.model.config.max_position_embeddings);
+        let seq_len = seq_len.min(self.model.context());
         if seq_len == 0 {
             return Err(Error::Input("seq_len must be at least 1".into()));
         }

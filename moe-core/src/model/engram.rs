@@ -185,6 +185,15 @@ impl EngramMemory {
         })
     }
 
+    /// Sizes the buffers for chunks of up to `max_t` positions (a context longer than the
+    /// one [`EngramMemory::new`] was given); an error, leaving them as they were, when the
+    /// memory cannot be had.
+    pub fn set_max_positions(&mut self, max_t: usize) -> Result<()> {
+        let d_mem = self.heads * self.width;
+        self.e = engram_kernels::alloc::try_vec_dims(&[max_t, d_mem], 0.0, "Engram row vectors")?;
+        Ok(())
+    }
+
     /// The source serving the rows.
     pub fn store(&self) -> &Arc<dyn RowSource> {
         &self.store

@@ -7,7 +7,8 @@
 //!
 //! `Model::forward` runs a chunk of `t` new positions starting at the state's position: the
 //! whole prompt at once (prefill), then one token per step (decode). Every buffer lives in
-//! [`DecodeState`], allocated once for the model's context length.
+//! [`DecodeState`], allocated once for the model's context length (its trained
+//! `max_position_embeddings`, or a longer one set with [`Model::set_context`]).
 
 pub mod attention;
 pub mod engram;
@@ -21,7 +22,7 @@ use hyper_connections::HyperScratch;
 use moe::{MoeScratch, moe};
 use ops::{Rope, linear, rms_norm};
 
-use crate::config::ModelConfig;
+use crate::config::{MAX_POSITIONS, ModelConfig};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
@@ -47,6 +48,8 @@ pub struct Model {
     /// The weights, in f32.
     pub weights: Weights,
     rope: Rope,
+    // Positions a sequence may hold: the trained context unless `set_context` changed it.
+    context: usize,
 }
 
 /// Per-sequence state: KV cache, position, and every scratch buffer.
@@ -71,25 +74,70 @@ pub struct DecodeState {
 impl Model {
     /// Wraps validated config and weights.
     pub fn new(config: ModelConfig, weights: Weights) -> Self {
-        let rope = Rope::new(
-            config.head_dim,
-            config.rope_theta,
-            config.max_position_embeddings,
-        );
+        let context = config.max_position_embeddings;
+        let rope = Rope::new(config.head_dim, config.rope_theta, context);
         Self {
             config,
             weights,
             rope,
+            context,
         }
     }
 
-    /// A fresh state for one sequence of up to `max_position_embeddings` tokens, processed
-    /// in chunks of at most `max_t` positions.
+    /// Positions a sequence may hold: the trained context (`max_position_embeddings`)
+    /// unless [`Model::set_context`] changed it.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Lets sequences hold `positions` tokens (1..=[`MAX_POSITIONS`]), computing RoPE for
+    /// them. Past the trained context (`max_position_embeddings`) the rotary angles
+    /// extrapolate to positions the model never saw: the logits there are not what it
+    /// learned (for timing long prompts). States made before this call keep their old
+    /// size; make new ones with [`Model::new_state`].
+    pub fn set_context(&mut self, positions: usize) -> Result<()> {
+        if !(1..=MAX_POSITIONS).contains(&positions) {
+            return Err(Error::Input(format!(
+                "context of {positions} positions: expected 1..={MAX_POSITIONS} (MAX_POSITIONS)"
+            )));
+        }
+        let c = &self.config;
+        self.rope = Rope::new(c.head_dim, c.rope_theta, positions);
+        self.context = positions;
+        Ok(())
+    }
+
+    /// Bytes of the f32 buffers [`Model::new_state`] allocates for a context of
+    /// `positions` processed in chunks of up to `max_t` (small index buffers aside):
+    /// `layers x positions x hidden` keys and values, `max_t x positions` attention
+    /// scores, `max_t x vocab` logits, and per-position activations (with the Engram
+    /// memory's row vectors, which [`EngramMemory`] holds).
+    pub fn state_bytes(&self, max_t: usize, positions: usize) -> u64 {
+        let c = &self.config;
+        let (d, m, hd) = (c.hidden_size, c.streams(), c.head_dim);
+        let (t, p) = (max_t.clamp(1, positions) as u128, positions as u128);
+        let per_position = 2 * c.num_hidden_layers * d; // keys and values
+        let per_query = 2 * m * d // residual streams and Engram output
+            + 2 * d // hidden scratch
+            + 4 * d + 2 * hd // attention q, k, v, o and one head's queries and output
+            + c.n_routed_experts + 2 * d + 2 * c.moe_intermediate_size // MoE
+            + if m > 1 { (2 * m + 4) * m + d } else { 0 } // hyper-connections
+            + c.engram.as_ref().map_or(0, |e| e.d_mem) // Engram rows' vectors
+            + c.vocab_size; // logits
+        let floats = p * per_position as u128
+            + t * p // attention scores
+            + 2 * p * hd as u128 // one head's keys and values
+            + t * per_query as u128;
+        u64::try_from(floats * 4).unwrap_or(u64::MAX)
+    }
+
+    /// A fresh state for one sequence of up to [`Model::context`] tokens, processed in
+    /// chunks of at most `max_t` positions.
     pub fn new_state(&self, max_t: usize) -> Result<DecodeState> {
         let c = &self.config;
         let (d, mp, layers, m) = (
             c.hidden_size,
-            c.max_position_embeddings,
+            self.context,
             c.num_hidden_layers,
             c.streams(),
         );
@@ -139,7 +187,14 @@ impl Model {
                 s.max_t
             )));
         }
-        let mp = c.max_position_embeddings;
+        let mp = self.context;
+        if s.k_cache.len() != c.num_hidden_layers * mp * c.hidden_size {
+            return Err(Error::Input(format!(
+                "the state holds {} positions, the model's context is {mp}: make it with \
+                 Model::new_state after Model::set_context",
+                s.k_cache.len() / (c.num_hidden_layers * c.hidden_size)
+            )));
+        }
         if s.pos + t > mp {
             return Err(Error::ContextFull {
                 len: s.pos + t,
