@@ -23,10 +23,12 @@
 #                   pip/_internal under /usr/lib/python3/dist-packages: never in the
 #                   models' training corpus, the Python standard library)
 #   --runs FILE     also keep every run's JSON line (round, row, the `moe-core --json`)
+#   --report FILE   measure nothing: summarize runs kept with --runs (and the same --text)
 #
 # Prints the files the prompt used, the load average per round, every row's median
-# [min..max] of time to first token, stall in prefill, device reads and cache hit rate,
-# and whether every run generated the same token. Run it alone on the disk (the uring rows
+# [min..max] of time to first token, of its ratio to the memory backend's run with the
+# same prefill in the same round, of the stall in prefill, device reads, rows read and
+# cache hit rate, and whether every run generated the same token. Run it alone on the disk (the uring rows
 # read with O_DIRECT); the project's own helpers take `flock /tmp/engram-disk.lock`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,7 +36,7 @@ cd "$(dirname "$0")/../.."
 rounds=5 tokens=4096 chunks="512 1024" caches="10% 1%"
 model=models/stdlib-moe-engram-b
 text=/usr/lib/python3/dist-packages/pip/_internal
-runs_out=
+runs_out= report=
 while [ $# -gt 0 ]; do
   case $1 in -h|--help) ;; *) [ $# -ge 2 ] || { echo "moe-longprompt: $1 needs a value" >&2; exit 2; } ;; esac
   case $1 in
@@ -45,6 +47,7 @@ while [ $# -gt 0 ]; do
     --model) model=${2%/} ;;
     --text) text=${2%/} ;;
     --runs) runs_out=$2 ;;
+    --report) report=$2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "moe-longprompt: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -54,6 +57,83 @@ for n in "$rounds" "$tokens"; do
   [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "moe-longprompt: expected a positive count, got $n" >&2; exit 2; }
 done
 [ -d "$text" ] || { echo "moe-longprompt: no text directory $text" >&2; exit 2; }
+
+# summarize RUNS: the table, from lines of round, row name and moe-core's JSON.
+summarize() {
+  python3 - "$1" "$text" <<'PY'
+import json, os, statistics, sys
+
+runs, by_round, order = {}, {}, []
+for line in open(sys.argv[1]):
+    r, name, rec = line.rstrip("\n").split("\t", 2)
+    if name not in runs:
+        order.append(name)
+    d = json.loads(rec)["data"]
+    runs.setdefault(name, []).append(d)
+    by_round.setdefault(r, {})[name] = d
+
+# The files the prompt used (the text's *.py, sorted by path as `LC_ALL=C sort` does):
+# whole ones, then the one cut.
+text = sys.argv[2]
+files = sorted((os.path.join(d, f) for d, _, fs in os.walk(text) for f in fs if f.endswith(".py")),
+               key=os.fsencode)
+first = runs[order[0]][0]
+used = len(first["prompt"].encode())
+done, whole, cut = 0, [], None
+for f in files:
+    size = os.path.getsize(f)
+    if done + size > used:
+        cut = (f, used - done)
+        break
+    whole.append(f)
+    done += size
+rel = lambda f: os.path.relpath(f, text)
+print(f"prompt: {first['prompt_tokens']} tokens (BOS included) = {used} bytes: the files of "
+      f"{text} in this order: " + ", ".join(rel(f) for f in whole)
+      + (f", then the first {cut[1]} bytes of {rel(cut[0])}" if cut and cut[1] else ""))
+print(f"context: {first['context_length']} positions (trained: {first['trained_context']}; "
+      f"extended: {first['context_extended']})")
+
+def cell(xs, fmt):
+    xs = sorted(xs)
+    return f"{fmt(statistics.median(xs))} [{fmt(xs[0])}..{fmt(xs[-1])}]"
+
+def prefill(name):
+    return name.split(", ", 1)[1] if ", " in name else name
+
+ms = lambda x: f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
+count = lambda x: f"{x:,.0f}"
+print()
+print("| backend, prefill | TTFT (ms) | TTFT / memory's, same prefill and round | stall in prefill (ms) "
+      "| device reads | rows read | hit rate |")
+print("|---|---|---|---|---|---|---|")
+for name in order:
+    v = runs[name]
+    st = [d["store"] or {} for d in v]
+    base = next(n for n in order if n.startswith("memory, ") and prefill(n) == prefill(name))
+    ratios = [rs[name]["time_to_first_token_seconds"] / rs[base]["time_to_first_token_seconds"]
+              for rs in by_round.values() if name in rs and base in rs]
+    print(f"| {name} | {cell([d['time_to_first_token_seconds'] * 1e3 for d in v], ms)} "
+          f"| {cell(ratios, lambda x: f'{x:.2f}')} "
+          f"| {cell([d['prefill_stall_seconds'] * 1e3 for d in v], ms)} "
+          f"| {cell([s.get('device_reads', 0) for s in st], count)} "
+          f"| {cell([s.get('rows_read', 0) for s in st], count)} "
+          + (f"| {cell([s['cache_hit_rate'] * 100 for s in st], lambda x: f'{x:.1f}%')} |"
+             if not name.startswith("memory, ") else "| - |"))
+print()
+tokens = {tuple(d["raw_ids"]) for v in runs.values() for d in v}
+n = sum(len(v) for v in runs.values())
+if len(tokens) == 1:
+    print(f"every run ({n}) generated the same token: raw id {next(iter(tokens))[0]}")
+else:
+    print(f"RUNS DIFFER: {n} runs generated {len(tokens)} different tokens: {sorted(tokens)}")
+    sys.exit(1)
+PY
+}
+if [ -n "$report" ]; then
+  summarize "$report"
+  exit
+fi
 
 cargo build --release -q -p moe-core -p engram-tools
 table=$(scripts/build-table.sh "$model")
@@ -67,7 +147,6 @@ find "$text" -name '*.py' -type f | LC_ALL=C sort >"$work/files"
 : >"$work/prompt.py"
 while read -r f; do
   cat "$f" >>"$work/prompt.py"
-  echo "$f" >>"$work/used"
   if [ "$(stat -c %s "$work/prompt.py")" -gt $(( tokens * 8 )) ]; then break; fi
 done <"$work/files"
 
@@ -117,60 +196,4 @@ echo "after: $(uptime)"
 grep -m1 warning "$work/stderr" || true
 [ -z "$runs_out" ] || cp "$work/runs" "$runs_out"
 
-python3 - "$work/runs" "$work/used" "$text" <<'PY'
-import json, os, statistics, sys
-
-runs = {}
-order = []
-for line in open(sys.argv[1]):
-    r, name, rec = line.rstrip("\n").split("\t", 2)
-    if name not in runs:
-        order.append(name)
-    runs.setdefault(name, []).append(json.loads(rec)["data"])
-
-# The files the prompt used: whole ones, then the one cut.
-first = runs[order[0]][0]
-used = len(first["prompt"].encode())
-done = 0
-whole, cut = [], None
-for f in open(sys.argv[2]).read().split():
-    size = os.path.getsize(f)
-    if done + size <= used:
-        whole.append(f)
-        done += size
-    else:
-        cut = (f, used - done)
-        break
-print(f"prompt: {first['prompt_tokens']} tokens (BOS included) = {used} bytes: "
-      + f"the files of {sys.argv[3]} in this order: "
-      + ", ".join(os.path.relpath(f, sys.argv[3]) for f in whole)
-      + (f", then the first {cut[1]} bytes of {os.path.relpath(cut[0], sys.argv[3])}" if cut else ""))
-print(f"context: {first['context_length']} positions (trained: {first['trained_context']}; "
-      f"extended: {first['context_extended']})")
-
-def cell(xs, fmt):
-    xs = sorted(xs)
-    return f"{fmt(statistics.median(xs))} [{fmt(xs[0])}..{fmt(xs[-1])}]"
-
-tokens = {tuple(d["raw_ids"]) for v in runs.values() for d in v}
-print()
-print("| backend, prefill | TTFT (ms) | stall in prefill (ms) | device reads | rows read | hit rate |")
-print("|---|---|---|---|---|---|")
-for name in order:
-    v = runs[name]
-    st = [d["store"] or {} for d in v]
-    ms = lambda x: f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
-    print(f"| {name} | {cell([d['time_to_first_token_seconds'] * 1e3 for d in v], ms)} "
-          f"| {cell([d['prefill_stall_seconds'] * 1e3 for d in v], ms)} "
-          f"| {cell([s.get('device_reads', 0) for s in st], lambda x: f'{x:,.0f}')} "
-          f"| {cell([s.get('rows_read', 0) for s in st], lambda x: f'{x:,.0f}')} "
-          + (f"| {cell([s['cache_hit_rate'] * 100 for s in st], lambda x: f'{x:.1f}%')} |"
-             if "uring" in name else "| - |"))
-print()
-n = sum(len(v) for v in runs.values())
-if len(tokens) == 1:
-    print(f"every run ({n}) generated the same token: raw id {next(iter(tokens))[0]}")
-else:
-    print(f"RUNS DIFFER: {n} runs generated {len(tokens)} different tokens: {sorted(tokens)}")
-    sys.exit(1)
-PY
+summarize "$work/runs"
