@@ -27,8 +27,9 @@
 #
 # Prints the files the prompt used, the load average per round, every row's median
 # [min..max] of time to first token, of its ratio to the memory backend's run with the
-# same prefill in the same round, of the stall in prefill, device reads, rows read and
-# cache hit rate, and whether every run generated the same token. Run it alone on the disk (the uring rows
+# same prefill in the same round, of the stall in prefill, device reads and bytes, rows
+# read (unique per request) and cache hit rate, and whether every run generated the same
+# token. Run it alone on the disk (the uring rows
 # read with O_DIRECT); the project's own helpers take `flock /tmp/engram-disk.lock`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -105,8 +106,8 @@ ms = lambda x: f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
 count = lambda x: f"{x:,.0f}"
 print()
 print("| backend, prefill | TTFT (ms) | TTFT / memory's, same prefill and round | stall in prefill (ms) "
-      "| device reads | rows read | hit rate |")
-print("|---|---|---|---|---|---|---|")
+      "| device reads | device KiB | rows read | hit rate |")
+print("|---|---|---|---|---|---|---|---|")
 for name in order:
     v = runs[name]
     st = [d["store"] or {} for d in v]
@@ -117,10 +118,13 @@ for name in order:
           f"| {cell(ratios, lambda x: f'{x:.2f}')} "
           f"| {cell([d['prefill_stall_seconds'] * 1e3 for d in v], ms)} "
           f"| {cell([s.get('device_reads', 0) for s in st], count)} "
+          f"| {cell([s.get('device_bytes', 0) / 1024 for s in st], count)} "
           f"| {cell([s.get('rows_read', 0) for s in st], count)} "
           + (f"| {cell([s['cache_hit_rate'] * 100 for s in st], lambda x: f'{x:.1f}%')} |"
              if not name.startswith("memory, ") else "| - |"))
 print()
+print("(the memory backend's device bytes are the table, loaded when the store opens; "
+      "it reads nothing during the prefill)")
 tokens = {tuple(d["raw_ids"]) for v in runs.values() for d in v}
 n = sum(len(v) for v in runs.values())
 if len(tokens) == 1:
