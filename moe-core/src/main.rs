@@ -221,13 +221,15 @@ fn prompt_ids(s: &Session, a: &GenerateArgs, text: String) -> Result<(Vec<u32>, 
     }
     let (context, trained) = (s.model.context(), s.model.config.max_position_embeddings);
     if raw.len() > context {
+        // The prompt, then a position for every new token but the last.
+        let needed = (raw.len() + a.max_new_tokens.saturating_sub(1)).min(MAX_POSITIONS);
         let how = if a.context_length.is_some() {
-            format!("raise --context-length {context} to at least {}", raw.len())
+            format!("raise --context-length {context} to at least {needed}")
         } else {
             format!(
-                "pass --context-length {} (or more) to run it past the trained context for \
-                 timing: RoPE extrapolates there, so the output is not what the model learned",
-                raw.len()
+                "pass --context-length {needed} (the prompt and --max-new-tokens) to run it \
+                 past the trained context for timing: RoPE extrapolates there, so the output \
+                 is not what the model learned"
             )
         };
         anyhow::bail!(

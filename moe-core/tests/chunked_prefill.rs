@@ -22,11 +22,16 @@ fn max_gap(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Model B with a table of random rows, so every Engram block's output depends on them
-/// (and the short convolution on the positions before, across chunk boundaries).
-fn session_with_random_rows(dir: &Path) -> (Session, std::path::PathBuf) {
+/// Model B with a table of random rows (in the returned directory), so every Engram
+/// block's output depends on them (and the short convolution on the positions before,
+/// across chunk boundaries); `None` without the tokenizer.
+fn session_with_random_rows() -> Option<(tempfile::TempDir, Session, std::path::PathBuf)> {
+    if !tokenizer_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/stdlib-moe-engram-b");
-    let table = dir.join("table");
+    let table = dir.path().join("table");
     let deepseek = engram_files::tokenizer::DEEPSEEK_TOKENIZER_SHA256;
     write_table(&table, &model_b_addressing(), deepseek, 8, &[], |i| {
         SplitMix64::keyed(&[7, i as u64]).next_f64() as f32 * 2.0 - 1.0
@@ -37,7 +42,7 @@ fn session_with_random_rows(dir: &Path) -> (Session, std::path::PathBuf) {
         allow_foreign_table: true,
     };
     let s = Session::load(&model, None, Some(&source)).expect("loads");
-    (s, model)
+    Some((dir, s, model))
 }
 
 /// The first `n` raw ids of some Python (BOS first).
@@ -77,11 +82,9 @@ fn check_plans(s: &mut Session, raw: &[u32], plans: &[(usize, bool)]) {
 
 #[test]
 fn chunked_prefill_gives_the_one_pass_logits() {
-    if !tokenizer_available() {
+    let Some((_dir, mut s, model)) = session_with_random_rows() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut s, model) = session_with_random_rows(dir.path());
+    };
     let raw = prompt(&s, 200);
     let one_pass = s.prefill(&raw).expect("prefill").to_vec();
     // The rows matter: the same prompt with Engram zeroed gives other logits.
@@ -109,11 +112,9 @@ fn chunked_prefill_gives_the_one_pass_logits() {
 /// pass's logits: the chunks' keys and values at positions past 256 are the one pass's.
 #[test]
 fn chunked_prefill_past_the_trained_context_gives_the_one_pass_logits() {
-    if !tokenizer_available() {
+    let Some((_dir, mut s, _)) = session_with_random_rows() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut s, _) = session_with_random_rows(dir.path());
+    };
     let raw = prompt(&s, 300);
     let trained = s.model.config.max_position_embeddings;
     assert_eq!(trained, 256);

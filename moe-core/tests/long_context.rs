@@ -136,7 +136,8 @@ fn a_prompt_past_the_trained_context_needs_context_length() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("the prompt is 300 tokens") && err.contains("--context-length 300"),
+        // 300 positions for the prompt, one more for the second new token.
+        err.contains("the prompt is 300 tokens") && err.contains("--context-length 301"),
         "{err}"
     );
 
@@ -164,7 +165,10 @@ fn a_prompt_past_the_trained_context_needs_context_length() {
     let out = run(&["--context-length", "300"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("raise --context-length 300"), "{err}");
+    assert!(
+        err.contains("raise --context-length 300 to at least"),
+        "{err}"
+    );
 
     // At the trained context nothing is extended and nothing warns.
     let out = run(&["--prompt-tokens", "200", "--context-length", "256"]);

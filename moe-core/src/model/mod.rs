@@ -115,6 +115,7 @@ impl Model {
     pub fn state_bytes(&self, max_t: usize, positions: usize) -> u64 {
         let c = &self.config;
         let (d, m, hd) = (c.hidden_size, c.streams(), c.head_dim);
+        let positions = positions.max(1);
         let (t, p) = (max_t.clamp(1, positions) as u128, positions as u128);
         let per_position = 2 * c.num_hidden_layers * d; // keys and values
         let per_query = 2 * m * d // residual streams and Engram output
