@@ -82,6 +82,10 @@ struct Replayer<'a> {
     hashed: Vec<u64>,
     /// Table layers in the order the decoder reaches them.
     order: Vec<usize>,
+    /// Request every layer's rows when the token is sampled (`--prefetch-at-once`).
+    at_once: bool,
+    /// Sleep while a layer waits for its rows instead of polling (`--sleep-on-rows`).
+    sleep_on_rows: bool,
     tally: Tally,
 }
 
@@ -118,6 +122,8 @@ impl<'a> Replayer<'a> {
             speculations: Vec::with_capacity(n_layers),
             hashed: vec![0; heads],
             order,
+            at_once: args.prefetch_at_once,
+            sleep_on_rows: args.sleep_on_rows,
             tally: Tally {
                 layer_stall_us: vec![0.0; n_layers],
                 floor: Floor {
@@ -185,15 +191,24 @@ impl<'a> Replayer<'a> {
         Ok(())
     }
 
-    /// Prefetches this step's rows: one ticket per layer.
+    /// Prefetches this step's rows of table layer `li`: one ticket.
+    fn prefetch_layer(&mut self, li: usize) -> Result<Ticket> {
+        let v = &self.ids[li];
+        let buf = match self.bufs[li].take() {
+            Some(b) => b,
+            None => self.store.alloc_rows(v.len())?,
+        };
+        Ok(self.store.prefetch(li, v, buf))
+    }
+
+    /// Prefetches this step's rows when its token is sampled: the first Engram layer's, or
+    /// with `--prefetch-at-once` every layer's (the rest follow in [`Replayer::compute`]).
     fn prefetch(&mut self) -> Result<Vec<Option<Ticket>>> {
-        let mut tickets = Vec::with_capacity(self.ids.len());
-        for (li, v) in self.ids.iter().enumerate() {
-            let buf = match self.bufs[li].take() {
-                Some(b) => b,
-                None => self.store.alloc_rows(v.len())?,
-            };
-            tickets.push(Some(self.store.prefetch(li, v, buf)));
+        let mut tickets: Vec<Option<Ticket>> = (0..self.ids.len()).map(|_| None).collect();
+        let first = if self.at_once { self.order.len() } else { 1 };
+        for k in 0..first.min(self.order.len()) {
+            let li = self.order[k];
+            tickets[li] = Some(self.prefetch_layer(li)?);
         }
         Ok(tickets)
     }
@@ -264,7 +279,8 @@ impl<'a> Replayer<'a> {
     /// deadline (pushed back by the stalls before it). Returns when the step ends.
     fn compute(&mut self, start: Instant, mut tickets: Vec<Option<Ticket>>) -> Result<Instant> {
         let mut stalled = Duration::ZERO;
-        for &li in &self.order {
+        for k in 0..self.order.len() {
+            let li = self.order[k];
             let deadline = start + self.timing.deadlines[li] + stalled;
             wait_until(deadline);
             let t = &mut self.tally;
@@ -279,6 +295,13 @@ impl<'a> Replayer<'a> {
             };
             // Rows ready on arrival cost nothing; otherwise the layer waits from its deadline.
             let ready = ticket.is_ready();
+            if !ready && !self.sleep_on_rows {
+                // The decoder's host thread polls for its inputs; blocking would add a
+                // thread wake-up to every stall.
+                while !ticket.is_ready() {
+                    std::hint::spin_loop();
+                }
+            }
             let (buf, r) = ticket.wait();
             r.with_context(|| format!("reading the rows of layer index {li}"))?;
             self.bufs[li] = Some(buf);
@@ -286,6 +309,12 @@ impl<'a> Replayer<'a> {
                 let waited = Instant::now().saturating_duration_since(deadline);
                 stalled += waited;
                 t.layer_stall_us[li] += waited.as_secs_f64() * 1e6;
+            }
+            // Staged: the next Engram layer's rows once this layer's are in.
+            if let Some(&next) = self.order.get(k + 1)
+                && tickets[next].is_none()
+            {
+                tickets[next] = Some(self.prefetch_layer(next)?);
             }
         }
         self.tally.stall_us.push(stalled.as_secs_f64() * 1e6);
@@ -358,16 +387,21 @@ pub fn run(
     };
     let fio_after = floor::fio_random_if(args, &span)?;
     let burst = if args.fio_baseline {
-        let n = load.burst(qd);
+        let n = load.burst();
         Some((
             n,
-            floor::fio_burst(&span, n, step_us.round() as u64, args.fio_seconds)?,
+            floor::fio_burst(&span, n, qd, step_us.round() as u64, args.fio_seconds)?,
         ))
     } else {
         None
     };
     let floor = floor::decode_json(&load, slowdown, &FioRuns::new(fio_before, fio_after), burst);
-    Ok(serde_json::json!({
+    let prefetch = if args.prefetch_at_once {
+        "at_once"
+    } else {
+        "by_layer"
+    };
+    let mut record = serde_json::json!({
         "batch": args.batch, "steps": steps, "tokens": tokens,
         "step_us": step_us,
         "lead_us": timing.deadlines.iter().min().map(|d| d.as_secs_f64() * 1e6),
@@ -406,7 +440,10 @@ pub fn run(
             "rows_read_per_token": per_token(st.spec_rows_read),
             "batches": st.spec_batches, "dropped": st.spec_dropped, "failed": st.spec_failed,
         },
-    }))
+    });
+    record["prefetch"] = prefetch.into();
+    record["wait_for_rows"] = if args.sleep_on_rows { "sleep" } else { "poll" }.into();
+    Ok(record)
 }
 
 /// Prints the decode report.
@@ -445,10 +482,10 @@ pub fn print_summary(d: &serde_json::Value) {
         .and_then(serde_json::Value::as_f64)
     {
         Some(floor) => crate::outln!(
-            "floor (fio on the table's file: bursts of {} after {:.0} us idle p50 {:.0} us; {:.0} IOPS at QD {}): slowdown {:.3}%; measured {:.3}% = {:.2}x the floor",
+            "floor (fio on the table's file: bursts of {} after {:.0} us idle done in {:.0} us mean; {:.0} IOPS at QD {}): slowdown {:.3}%; measured {:.3}% = {:.2}x the floor",
             d["floor"]["fio_burst"]["burst"],
             f("/step_us"),
-            f("/floor/fio_burst/p50_us"),
+            f("/floor/fio_burst/burst_done_mean_us"),
             f("/floor/fio_random/0/iops"),
             d["queue_depth"],
             floor * 100.0,

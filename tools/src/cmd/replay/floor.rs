@@ -1,10 +1,14 @@
 //! The physical floor of a replay: what an I/O path with no overhead of its own would lose
 //! on this disk, from `fio` run on the table's file in the same run (`--fio-baseline`).
 //!
-//! - Decode, the burst floor: a step with a cold row at a layer waits for a burst of reads
-//!   issued after the step's idle time, so it loses at least fio's burst-after-idle p50
-//!   beyond that layer's lead: `sum over layers of cold-step share x max(0, burst p50 -
-//!   deadline)` per step.
+//! - Decode, the burst floor: a step with a cold row at a layer waits for every read of a
+//!   burst issued after the step's idle time, so it loses at least the median time fio
+//!   takes to complete such a burst beyond that layer's lead: `sum over layers of
+//!   cold-step share x max(0, mean burst time - deadline)` per step (by Jensen's
+//!   inequality no more than the mean stall such bursts cause): fio runs bursts of
+//!   that layer's reads per cold step (at most the queue depth in flight) after the step's
+//!   idle time, and each burst is timed from its submission to its last read's completion
+//!   (fio's latency log, [`fio::BurstTimes`]).
 //! - Decode, the IOPS floor: a step's reads at fio's IOPS at the same queue depth, layer by
 //!   layer in deadline order, less each layer's deadline (what matters at batch 32).
 //!   The decode floor is the larger of the two.
@@ -54,13 +58,28 @@ pub fn fio_random_if(args: &super::Args, span: &Span) -> Result<Option<FioResult
         .transpose()
 }
 
-/// Bursts of `burst` reads, each after `idle_us` without I/O.
-pub fn fio_burst(span: &Span, burst: usize, idle_us: u64, seconds: f64) -> Result<FioResult> {
+/// Bursts of `burst` reads at queue depth `qd`, each after `idle_us` without I/O.
+pub fn fio_burst(
+    span: &Span,
+    burst: usize,
+    qd: usize,
+    idle_us: u64,
+    seconds: f64,
+) -> Result<FioResult> {
     eprintln!(
-        "fio: bursts of {burst} reads after {idle_us} us idle for {seconds} s on {}",
+        "fio: bursts of {burst} reads (QD {}) after {idle_us} us idle for {seconds} s on {}",
+        burst.min(qd),
         span.path.display()
     );
-    fio::burst(&span.path, span.offset, span.size, burst, idle_us, seconds)
+    fio::burst(
+        &span.path,
+        span.offset,
+        span.size,
+        burst,
+        qd,
+        idle_us,
+        seconds,
+    )
 }
 
 /// The random-read fio runs of one replay: before and after it.
@@ -142,12 +161,12 @@ pub struct DecodeLoad {
 }
 
 impl DecodeLoad {
-    /// Per step, microseconds: a cold step waits for fio's burst p50 beyond its lead.
-    pub fn burst_floor_us(&self, burst_p50_us: f64) -> f64 {
+    /// Per step, microseconds: a cold step waits for fio's mean burst time beyond its lead.
+    pub fn burst_floor_us(&self, burst_us: f64) -> f64 {
         self.cold_step_share
             .iter()
             .zip(&self.deadline_us)
-            .map(|(share, d)| share * (burst_p50_us - d).max(0.0))
+            .map(|(share, d)| share * (burst_us - d).max(0.0))
             .sum()
     }
 
@@ -164,14 +183,14 @@ impl DecodeLoad {
     }
 
     /// The burst size that reproduces a cold step of the first layer: its reads per cold
-    /// step, within `1..=qd`.
-    pub fn burst(&self, qd: usize) -> usize {
+    /// step (at least 1).
+    pub fn burst(&self) -> usize {
         let first = (0..self.deadline_us.len())
             .min_by(|&a, &b| self.deadline_us[a].total_cmp(&self.deadline_us[b]));
         let per_cold = first
             .map(|li| self.reads_per_step[li] / self.cold_step_share[li].max(1e-9))
             .unwrap_or(1.0);
-        (per_cold.round() as usize).clamp(1, qd.max(1))
+        (per_cold.round() as usize).max(1)
     }
 }
 
@@ -183,7 +202,8 @@ pub fn decode_json(
     random: &FioRuns,
     burst: Option<(usize, FioResult)>,
 ) -> serde_json::Value {
-    let burst_floor = burst.map(|(_, b)| load.burst_floor_us(b.p50_us));
+    let burst_floor =
+        burst.map(|(_, b)| load.burst_floor_us(b.burst_done_mean_us.unwrap_or(b.p50_us)));
     let iops_floor = random.iops().map(|i| load.iops_floor_us(i));
     let floor_us = match (burst_floor, iops_floor) {
         (None, None) => None,
@@ -222,7 +242,7 @@ mod tests {
         assert_eq!(load.burst_floor_us(100.0), 0.0);
         // README's figure: 0.63 x (250 - 111).
         assert!((load.burst_floor_us(250.0) - 0.63 * 139.0).abs() < 1e-9);
-        assert_eq!(load.burst(16), 16);
+        assert_eq!(load.burst(), 16);
         assert_eq!(load.iops_floor_us(120_000.0), 0.0);
     }
 

@@ -80,7 +80,9 @@ pub const MAX_STREAM_TOKENS: usize = 1 << 28;
     reached its deadlines (its own fidelity).\n\n\
     Sequences: the held-out documents (files, in path order) form one stream, cut into \
     --batch equal slices decoded side by side; each document starts a fresh n-gram history. \
-    Each step prefetches the B tokens' rows per layer as one batch; with --speculate K, the \
+    Each step prefetches the B tokens' rows per layer as one batch: the first Engram \
+    layer's when the token is sampled, each later layer's once the layer before it has its \
+    rows (--prefetch-at-once: all at sampling); with --speculate K, the \
     rows of the K next tokens that the table's candidates.bin ranks most likely are read \
     into the cache at low priority one step ahead (cancelled when the next step starts); \
     --predictor mtp:P models an MTP head instead of (or before) the table's candidates.\n\n\
@@ -102,7 +104,9 @@ pub const MAX_STREAM_TOKENS: usize = 1 << 28;
     and `chunks` (tokens, unique rows and misses per layer, compute, stall, read times), so \
     the floor can be recomputed from any fio figure.\n\n\
     Floor (--fio-baseline): decode: the larger of (share of steps with a cold row x how far \
-    fio's burst-after-idle p50 exceeds each layer's deadline) and (a step's reads at fio's \
+    the mean time fio takes to complete a burst of the first layer's reads after the \
+    step's idle time (fio's latency with the submission included, the store's clock) \
+    exceeds each layer's deadline) and (a step's reads at fio's \
     IOPS, layer by layer, less the deadlines); prefill: the chunks' misses (x the run's \
     device reads per miss) read at fio's IOPS at the same queue depth in request order, the \
     TTFT this gives less the resident one. Both are what an I/O path with no overhead would lose on this disk; \
@@ -156,6 +160,19 @@ pub struct Args {
     /// head's second-token prediction (technical report, section 5.4.3).
     #[arg(long, default_value = "table")]
     pub predictor: String,
+    /// Request every Engram layer's rows when the token is sampled. Default: a later
+    /// Engram layer's rows are requested once the earlier layer's rows are in (or its
+    /// deadline passed), so the later layer's reads never queue in the device ahead of
+    /// the earlier layer's, whose lead is the shortest (on a disk whose latency grows with
+    /// the reads in flight, a burst of both layers' reads takes about twice one layer's).
+    #[arg(long, conflicts_with = "prefill")]
+    pub prefetch_at_once: bool,
+    /// Sleep while a layer waits for its rows. Default: poll, as a decode loop's host
+    /// thread spins on its inputs (the replay already spins out the last 200 us before
+    /// each deadline); sleeping adds a thread wake-up (tens of microseconds on a VM) to
+    /// every stall.
+    #[arg(long, conflicts_with = "prefill")]
+    pub sleep_on_rows: bool,
     /// Decode steps to replay (each sequence advances one token per step).
     #[arg(long, default_value_t = 2000)]
     pub max_steps: usize,
