@@ -184,6 +184,9 @@ def test_ctrl_c_interrupts_a_ticket_wait(synth_table, tmp_path):
 
     sock = tmp_path / "engram.sock"
     p = start_server(synth_table, sock, "--backend", "pread")
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no Ctrl-C
+    # handler: this test would wait for the SIGCONT. Install it, as an interactive run has.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         store = engram.Store(f"unix:{sock}")
         store.lookup(1, [1])
@@ -202,5 +205,6 @@ def test_ctrl_c_interrupts_a_ticket_wait(synth_table, tmp_path):
         p.send_signal(signal.SIGCONT)
         assert ticket.wait().shape == (1, 128)
     finally:
+        signal.signal(signal.SIGINT, previous)
         p.send_signal(signal.SIGCONT)
         stop_server(p)
