@@ -76,6 +76,32 @@ fn an_external_engine_returns_the_memory_backends_bytes() {
     assert!(remote.count > 0, "reads are accounted to the remote tier");
 }
 
+/// The driver keeps at most the queue depth in the engine, and refills it into spare
+/// staging slots while the reads it reaped still hold theirs (before verifying them).
+#[test]
+fn the_queue_depth_bounds_reads_in_flight_and_refills_before_verification() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = spec(RowLayout::Bf16, 64, 3000, 11);
+    let (dir, _) = make_table(tmp.path(), "t", &s);
+    let factory = Arc::new(FileFactory::default());
+    let st = open(&dir, Arc::clone(&factory), 0);
+    let rows = st.table().rows(0).expect("rows");
+    let ids: Vec<u64> = (0..400).map(|k| (k * 7919 + 3) % rows).collect();
+    let mut got = vec![0u8; ids.len() * st.row_bytes()];
+    st.lookup_into(0, &ids, &mut got).expect("lookup");
+    assert_eq!(got, expected_rows(&s, 0, &ids, st.row_bytes()));
+    let reads = factory.reads.load(Ordering::Relaxed);
+    assert!(reads > 16, "the lookup needs many reads: {reads}");
+    // queue_depth 8 in `open`: every reap hands back 8 reads, and 8 more go out at once.
+    assert_eq!(factory.max_in_flight.load(Ordering::Relaxed), 8);
+    assert_eq!(factory.staging_slots.load(Ordering::Relaxed), 16);
+    let max_slot = factory.max_slot.load(Ordering::Relaxed);
+    assert!(
+        max_slot >= 8,
+        "reads went only to slots 0..={max_slot}: the queue was refilled after verification"
+    );
+}
+
 #[test]
 fn a_corrupting_external_engine_is_a_checksum_error() {
     let tmp = tempfile::tempdir().expect("tmp");

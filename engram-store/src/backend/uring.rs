@@ -254,9 +254,31 @@ pub(crate) struct UringEngine {
     /// (staging depth,) the tag and lease of the read in flight in each slot
     in_flight: Vec<Option<(u64, Lease)>>,
     n_in_flight: usize,
-    /// Submit each read as it is queued (`ENGRAM_URING_BATCH_SUBMIT=1`: at the next reap,
-    /// for A/B).
-    submit_each: bool,
+    /// When queued reads go to the kernel.
+    submit: SubmitMode,
+}
+
+/// When the engine hands queued reads to the kernel (`ENGRAM_URING_SUBMIT`, for A/B runs;
+/// engram-store/BENCHMARKS.md has the measurements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubmitMode {
+    /// One system call per read, as it is queued (fio's `iodepth_batch_submit=1`; the
+    /// default, which measured best).
+    Each,
+    /// At [`Engine::flush`]: every read the driver queued in one pass, in one system call.
+    Pass,
+    /// At the next reap's wait only.
+    Reap,
+}
+
+impl SubmitMode {
+    fn from_env() -> Self {
+        match std::env::var("ENGRAM_URING_SUBMIT").as_deref() {
+            Ok("pass") => Self::Pass,
+            Ok("reap") => Self::Reap,
+            _ => Self::Each,
+        }
+    }
 }
 
 impl std::fmt::Debug for UringEngine {
@@ -307,7 +329,7 @@ impl UringEngine {
             disabled: single_issuer,
             in_flight: (0..depth).map(|_| None).collect(),
             n_in_flight: 0,
-            submit_each: std::env::var_os("ENGRAM_URING_BATCH_SUBMIT").is_none(),
+            submit: SubmitMode::from_env(),
         })
     }
 
@@ -324,6 +346,18 @@ impl UringEngine {
             self.disabled = false;
         }
         Ok(())
+    }
+
+    /// Hands the queued entries to the kernel without waiting: each read as it is queued,
+    /// so a burst's first read starts before its last is planned (engram-store/BENCHMARKS.md
+    /// has the three modes side by side). A failed enter leaves the entries queued: the
+    /// next reap's enter submits them or reports the error.
+    fn enter(&mut self) -> Result<(), EngineError> {
+        self.own()?;
+        self.ring
+            .submit()
+            .map(drop)
+            .map_err(|e| EngineError::Broken(format!("io_uring_enter: {e}")))
     }
 
     /// Waits for completions until nothing is in flight; false if the ring failed.
@@ -396,14 +430,15 @@ impl Engine for UringEngine {
         }
         self.in_flight[slot] = Some((req.tag, lease));
         self.n_in_flight += 1;
-        // Each read goes to the device as it is queued, as fio does by default
-        // (`iodepth_batch_submit=1`): a refill is not held back until the reactor has
-        // verified and scattered the rest of what it reaped, and a burst's first read
-        // starts before its last is planned (engram-store/BENCHMARKS.md: QD 32 store / fio
-        // 0.86 vs 0.74, burst read p50 0.75x vs 1.0x fio's). A failed enter leaves the
-        // entry queued, so the next reap's enter submits it or reports the error.
-        if self.submit_each && self.own().is_ok() {
-            let _ = self.ring.submit();
+        if self.submit == SubmitMode::Each {
+            let _ = self.enter();
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), EngineError> {
+        if self.submit == SubmitMode::Pass && !self.ring.submission().is_empty() {
+            let _ = self.enter();
         }
         Ok(())
     }

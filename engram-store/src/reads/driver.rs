@@ -138,6 +138,10 @@ pub struct Driver {
     /// Rows resident in this process: batches gather from here, not through `engine`.
     resident: Option<Arc<dyn ResidentRows>>,
     staging: Staging,
+    /// Reads in the engine at most (the queue depth): the staging slots beyond it hold
+    /// reads reaped and not yet verified and scattered, so the device queue is refilled
+    /// before that work, not after it.
+    max_in_flight: usize,
     /// (MAX_ACTIVE_BATCHES,) batch slots; plans keep their capacity across batches
     batches: Vec<BatchIo>,
     /// Active batch ids, oldest first.
@@ -158,6 +162,19 @@ pub struct Driver {
     /// Re-issue a demand read still in flight after this long (hedged reads; off: None).
     hedge_after: Option<Duration>,
     next_generation: u32,
+}
+
+/// Staging slots beside the queue depth's: as many again, so the reads reaped in one round
+/// can stay in their slots while the queue is refilled, unless that would pass
+/// [`super::staging::MAX_STAGING_BYTES`] (then none: the queue refills after verification).
+/// `ENGRAM_STAGING_SPARE=0` turns them off, for A/B runs (engram-store/BENCHMARKS.md).
+fn spare_slots(depth: usize, slot_bytes: usize) -> usize {
+    let fits = depth
+        .checked_mul(2)
+        .and_then(|d| d.checked_mul(slot_bytes))
+        .is_some_and(|b| b <= super::staging::MAX_STAGING_BYTES);
+    let off = std::env::var("ENGRAM_STAGING_SPARE").is_ok_and(|v| v == "0");
+    if fits && !off { depth } else { 0 }
 }
 
 /// The read shape of every layer of `table` under `options`, and the staging slot size
@@ -195,13 +212,14 @@ impl Driver {
         make_engine: impl FnOnce(&Staging) -> Result<Box<dyn Engine>>,
     ) -> Result<Self> {
         let (params, slot_bytes) = read_shapes(table, options)?;
-        let staging = Staging::new(options.queue_depth, slot_bytes)?;
+        let depth = options.queue_depth;
+        let staging = Staging::new(depth + spare_slots(depth, slot_bytes), slot_bytes)?;
         let engine = make_engine(&staging)?;
         let engine = match &options.faults {
             Some(plan) => Box::new(super::faulty::FaultyEngine::new(engine, plan.clone())),
             None => engine,
         };
-        let depth = staging.depth();
+        let slots = staging.depth();
         Ok(Self {
             table: Arc::clone(table),
             geo: table.geometry(),
@@ -210,14 +228,15 @@ impl Driver {
             engine,
             resident: None,
             staging,
+            max_in_flight: depth,
             batches: (0..MAX_ACTIVE_BATCHES)
                 .map(|_| BatchIo::default())
                 .collect(),
             order: VecDeque::with_capacity(MAX_ACTIVE_BATCHES),
-            completions: Vec::with_capacity(depth),
+            completions: Vec::with_capacity(slots),
             finished: Vec::with_capacity(MAX_ACTIVE_BATCHES),
-            started: vec![Instant::now(); depth],
-            local: Vec::with_capacity(depth),
+            started: vec![Instant::now(); slots],
+            local: Vec::with_capacity(slots),
             latency,
             broken: None,
             spec_in_flight: 0,
@@ -408,12 +427,18 @@ impl Driver {
             let reaped = self
                 .engine
                 .reap(usize::from(wait), timeout, &mut self.completions);
-            let wait_ns = tc.elapsed().as_nanos() as u64;
+            let reaped_at = Instant::now();
+            let wait_ns = reaped_at.duration_since(tc).as_nanos() as u64;
             if let Some(&oldest) = self.order.front() {
                 self.batches[oldest as usize].counters.complete_ns += wait_ns;
             }
             match reaped {
-                Ok(()) => self.handle_completions(outs),
+                Ok(()) => {
+                    // Refill the device queue (into spare slots) before verifying and
+                    // scattering what was reaped.
+                    self.submit_ready();
+                    self.handle_completions(outs, reaped_at);
+                }
                 Err(e) => self.break_all(e),
             }
             self.submit_ready();
@@ -445,14 +470,18 @@ impl Driver {
         }
     }
 
-    /// Submits reads into free slots: every demand batch first, oldest first; then, only
-    /// if no demand read is left waiting, speculative batches up to their cap.
+    /// Submits reads while fewer than the queue depth are in flight: every demand batch
+    /// first, oldest first; then, only if no demand read is left waiting, speculative
+    /// batches up to their cap. The pass goes to the device at once ([`Engine::flush`]).
     fn submit_ready(&mut self) {
-        if self.broken.is_some() {
+        if self.broken.is_some() || self.engine.in_flight() >= self.max_in_flight {
             return;
         }
         if self.submit_class(Priority::Demand) {
             self.submit_class(Priority::Speculative);
+        }
+        if let Err(e) = self.engine.flush() {
+            self.break_all(e);
         }
     }
 
@@ -467,6 +496,10 @@ impl Driver {
             let ts = Instant::now();
             while b.next < b.plan.reads.len() {
                 if class == Priority::Speculative && self.spec_in_flight >= self.spec_cap {
+                    b.counters.submit_ns += ts.elapsed().as_nanos() as u64;
+                    return false;
+                }
+                if self.engine.in_flight() >= self.max_in_flight {
                     b.counters.submit_ns += ts.elapsed().as_nanos() as u64;
                     return false;
                 }
@@ -541,8 +574,11 @@ impl Driver {
                     continue;
                 }
                 let r = b.plan.reads[ri];
+                if self.engine.in_flight() >= self.max_in_flight {
+                    // The queue is full: look again after the next completion.
+                    return next_due;
+                }
                 let Ok(Some(lease)) = self.staging.lease(r.len as usize) else {
-                    // No free slot now: look again after the next completion.
                     return next_due;
                 };
                 let file = match r.source {
@@ -569,7 +605,9 @@ impl Driver {
         next_due
     }
 
-    fn handle_completions(&mut self, outs: &mut dyn Outputs) {
+    /// Verifies and scatters the reads reaped at `reaped_at` (each read's latency ends
+    /// there: the refill and the verification of the reads before it are not the device's).
+    fn handle_completions(&mut self, outs: &mut dyn Outputs, reaped_at: Instant) {
         let mut completions = std::mem::take(&mut self.completions);
         for c in completions.drain(..) {
             let (generation, speculative, id, ri) = untag(c.tag);
@@ -578,8 +616,11 @@ impl Driver {
             }
             let tsc = Instant::now();
             let slot = c.lease.slot() as usize;
-            self.local
-                .push(tsc.duration_since(self.started[slot]).as_nanos() as u64);
+            self.local.push(
+                reaped_at
+                    .saturating_duration_since(self.started[slot])
+                    .as_nanos() as u64,
+            );
             // A copy of a read of a batch that has finished (or of an earlier batch in
             // this slot), or the slower copy of a hedged read: nothing to do.
             let Some(b) = self

@@ -45,7 +45,8 @@ impl fmt::Display for EngineError {
 }
 
 /// A device-read mechanism. At most `staging depth` reads are in flight (one per lease),
-/// which every engine must accept without blocking in `submit`.
+/// which every engine must accept without blocking in `submit` (the driver keeps fewer:
+/// its queue depth; the other slots hold reads reaped and not yet verified).
 pub trait Engine: Send + fmt::Debug {
     /// Short name for logs (`uring`, `pread`, an external engine's name).
     fn name(&self) -> &'static str;
@@ -53,6 +54,14 @@ pub trait Engine: Send + fmt::Debug {
     /// Queues a read. The engine keeps `lease` until the read has completed and returns it
     /// in a [`Completion`]; on error it returns the lease with the reason.
     fn submit(&mut self, req: ReadReq, lease: Lease) -> Result<(), (Lease, EngineError)>;
+
+    /// Hands every read queued by [`Engine::submit`] to the device now. Engines that queue
+    /// entries (io_uring: one system call for all of them) start them here; engines that
+    /// start each read in `submit` need do nothing. A failure to start them may be left to
+    /// the next [`Engine::reap`], which reports it.
+    fn flush(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
 
     /// Starts every queued read and appends finished ones to `out`, waiting until at least
     /// `min_complete` have finished (0: do not wait) or, with a `timeout`, until it

@@ -320,6 +320,10 @@ impl Engine for FaultyEngine {
         }
     }
 
+    fn flush(&mut self) -> Result<(), EngineError> {
+        self.inner.flush()
+    }
+
     fn reap(
         &mut self,
         min_complete: usize,

@@ -17,6 +17,8 @@ pub struct FileEngine {
     queued: Vec<(ReadReq, Lease)>,
     reads: Arc<AtomicU64>,
     corrupt_read: Option<u64>,
+    max_in_flight: Arc<AtomicU64>,
+    max_slot: Arc<AtomicU64>,
 }
 
 impl Engine for FileEngine {
@@ -25,7 +27,11 @@ impl Engine for FileEngine {
     }
 
     fn submit(&mut self, req: ReadReq, lease: Lease) -> Result<(), (Lease, EngineError)> {
+        self.max_slot
+            .fetch_max(u64::from(lease.slot()), Ordering::Relaxed);
         self.queued.push((req, lease));
+        self.max_in_flight
+            .fetch_max(self.queued.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -65,6 +71,12 @@ pub struct FileFactory {
     pub reads: Arc<AtomicU64>,
     pub staging_bytes: AtomicU64,
     pub corrupt_read: Option<u64>,
+    /// Most reads any engine held at once.
+    pub max_in_flight: Arc<AtomicU64>,
+    /// Highest staging slot any read was submitted into.
+    pub max_slot: Arc<AtomicU64>,
+    /// Staging slots of the last engine built.
+    pub staging_slots: AtomicU64,
 }
 
 impl EngineFactory for FileFactory {
@@ -79,6 +91,8 @@ impl EngineFactory for FileFactory {
     ) -> engram_store::Result<Box<dyn Engine>> {
         self.staging_bytes
             .store(staging.iovec().iov_len as u64, Ordering::Relaxed);
+        self.staging_slots
+            .store(staging.depth() as u64, Ordering::Relaxed);
         let mut files = Vec::new();
         for l in 0..table.n_layers() {
             files.push(std::fs::File::open(&table.layer(l)?.path).expect("layer file"));
@@ -88,6 +102,8 @@ impl EngineFactory for FileFactory {
             queued: Vec::new(),
             reads: Arc::clone(&self.reads),
             corrupt_read: self.corrupt_read,
+            max_in_flight: Arc::clone(&self.max_in_flight),
+            max_slot: Arc::clone(&self.max_slot),
         }))
     }
 }
