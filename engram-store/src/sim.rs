@@ -178,7 +178,6 @@ impl Sim {
             slots: Slots::new(SLOTS, MAX_ROWS as usize, Duration::ZERO),
             max_batch_rows: MAX_ROWS as usize,
             specs: Speculations::default(),
-            idle_poll: Duration::ZERO,
         });
         let reactor = Reactor::new(Arc::clone(&shared), backend.driver(false)?);
         let seeder = Some(backend.driver(false)?);

@@ -81,13 +81,6 @@ pub struct StoreOptions {
     /// Read n-gram records (`records.bin` in the table directory, when present) instead of
     /// several rows' pages on cache misses of rows that share a record.
     pub records: bool,
-    /// How long an I/O thread with nothing in flight polls for the next request before it
-    /// sleeps (default zero: it sleeps at once). A request that arrives while it polls
-    /// starts without a thread wake-up (tens of microseconds on a VM, where waking an idle
-    /// vCPU takes an inter-processor interrupt and a VM exit), at the price of a busy core
-    /// for each I/O thread while it polls: for a decode loop at batch 1, whose every step
-    /// starts with a small burst of reads, set it to about the step time.
-    pub reactor_idle_poll: Duration,
 }
 
 impl Default for StoreOptions {
@@ -104,7 +97,6 @@ impl Default for StoreOptions {
             admit_on_first_miss: false,
             seed: crate::cache::SeedOptions::default(),
             records: true,
-            reactor_idle_poll: Duration::ZERO,
         }
     }
 }
@@ -252,7 +244,6 @@ impl Store {
             slots: Slots::new(options.max_in_flight, ids_capacity, options.slot_wait),
             max_batch_rows: options.max_batch_rows,
             specs: Speculations::default(),
-            idle_poll: options.reactor_idle_poll,
         });
         if let Some(profile) = &options.profile {
             let seeded = crate::pipeline::seed::seed_cache(

@@ -102,46 +102,6 @@ fn the_queue_depth_bounds_reads_in_flight_and_refills_before_verification() {
     );
 }
 
-/// An I/O thread that polls its queue while idle serves requests that arrive while it
-/// polls and after it has gone to sleep, and stops when the store is dropped mid-poll.
-#[test]
-fn an_idle_polling_reactor_serves_requests_and_stops_with_the_store() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let s = spec(RowLayout::Bf16, 64, 300, 11);
-    let (dir, _) = make_table(tmp.path(), "t", &s);
-    let factory = Arc::new(FileFactory::default());
-    let st = Store::open(
-        &dir,
-        &StoreOptions {
-            backend: BackendOptions {
-                engine: Some(Arc::clone(&factory) as _),
-                queue_depth: 8,
-                ..BackendOptions::default()
-            },
-            io_workers: 2,
-            reactor_idle_poll: std::time::Duration::from_millis(20),
-            ..StoreOptions::default()
-        },
-    )
-    .expect("open");
-    let rb = st.row_bytes();
-    let rows = st.table().rows(0).expect("rows");
-    for (round, pause_ms) in [0u64, 5, 60, 0].into_iter().enumerate() {
-        // 5 ms: inside the poll window; 60 ms: after it, the thread sleeps on the queue.
-        std::thread::sleep(std::time::Duration::from_millis(pause_ms));
-        let ids: Vec<u64> = (0..50).map(|k| (k * 31 + round as u64) % rows).collect();
-        let mut got = vec![0u8; ids.len() * rb];
-        st.lookup_into(0, &ids, &mut got).expect("lookup");
-        assert_eq!(got, expected_rows(&s, 0, &ids, rb), "round {round}");
-    }
-    assert!(
-        factory.reads.load(Ordering::Relaxed) > 0,
-        "the engine did the reads"
-    );
-    // Dropped while both threads poll: each sees the closed queue and returns.
-    drop(st);
-}
-
 #[test]
 fn a_corrupting_external_engine_is_a_checksum_error() {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -185,8 +185,6 @@ pub(crate) struct Shared {
     pub slots: Slots,
     pub max_batch_rows: usize,
     pub specs: Speculations,
-    /// How long an idle reactor polls its queue before it blocks.
-    pub idle_poll: std::time::Duration,
 }
 
 thread_local! {

@@ -131,7 +131,7 @@ impl Reactor {
         loop {
             while open && self.can_accept() {
                 let next = if !self.busy() {
-                    idle_wait(requests, self.shared.idle_poll)
+                    requests.recv().map_err(|_| TryRecvError::Disconnected)
                 } else {
                     requests.try_recv()
                 };
@@ -407,20 +407,4 @@ impl Reactor {
         }
         self.spare_lists.push((r.miss_ids, r.miss_slots));
     }
-}
-
-/// The next request when nothing is in flight: polls the queue for up to `poll` first (a
-/// request then starts without a thread wake-up), then blocks on it.
-fn idle_wait(requests: &Receiver<Request>, poll: Duration) -> Result<Request, TryRecvError> {
-    if !poll.is_zero() {
-        let until = Instant::now() + poll;
-        loop {
-            match requests.try_recv() {
-                Err(TryRecvError::Empty) if Instant::now() < until => std::hint::spin_loop(),
-                Err(TryRecvError::Empty) => break,
-                other => return other,
-            }
-        }
-    }
-    requests.recv().map_err(|_| TryRecvError::Disconnected)
 }

@@ -173,12 +173,6 @@ pub struct Args {
     /// every stall.
     #[arg(long, conflicts_with = "prefill")]
     pub sleep_on_rows: bool,
-    /// Microseconds an idle I/O thread polls for the next request before it sleeps
-    /// (StoreOptions::reactor_idle_poll; 0: it sleeps at once). Set to about the step time,
-    /// a step's first reads start without a thread wake-up, at the price of a busy core per
-    /// I/O thread.
-    #[arg(long, default_value_t = 0, value_name = "US")]
-    pub reactor_poll_us: u64,
     /// Decode steps to replay (each sequence advances one token per step).
     #[arg(long, default_value_t = 2000)]
     pub max_steps: usize,
@@ -609,7 +603,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         cache_bytes: cache,
         profile: inputs.profile.clone(),
         records: args.records,
-        reactor_idle_poll: Duration::from_micros(args.reactor_poll_us),
         ..StoreOptions::default()
     };
     let t_open = Instant::now();
@@ -636,7 +629,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
         "model_layers": args.model_layers,
         "layer_ids": layer_ids,
-        "queue_depth": args.read.queue_depth, "reactor_poll_us": args.reactor_poll_us,
+        "queue_depth": args.read.queue_depth,
         "cache_bytes": cache, "cache_fraction": cache as f64 / table_row_bytes.max(1) as f64,
         "cache_capacity_rows": st.cache_capacity_rows, "seeded_rows": seeded_rows,
         "profile": inputs.profile_path, "records": args.records,
