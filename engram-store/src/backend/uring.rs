@@ -276,7 +276,11 @@ impl SubmitMode {
         match std::env::var("ENGRAM_URING_SUBMIT").as_deref() {
             Ok("pass") => Self::Pass,
             Ok("reap") => Self::Reap,
-            _ => Self::Each,
+            Ok("each") | Err(_) => Self::Each,
+            Ok(other) => {
+                tracing::warn!(target: "engram_store", "ENGRAM_URING_SUBMIT={other:?} is not each, pass or reap: using each");
+                Self::Each
+            }
         }
     }
 }

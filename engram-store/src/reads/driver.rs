@@ -173,7 +173,14 @@ fn spare_slots(depth: usize, slot_bytes: usize) -> usize {
         .checked_mul(2)
         .and_then(|d| d.checked_mul(slot_bytes))
         .is_some_and(|b| b <= super::staging::MAX_STAGING_BYTES);
-    let off = std::env::var("ENGRAM_STAGING_SPARE").is_ok_and(|v| v == "0");
+    let off = match std::env::var("ENGRAM_STAGING_SPARE").as_deref() {
+        Ok("0") => true,
+        Ok("1") | Err(_) => false,
+        Ok(other) => {
+            tracing::warn!(target: "engram_store", "ENGRAM_STAGING_SPARE={other:?} is not 0 or 1: spare slots on");
+            false
+        }
+    };
     if fits && !off { depth } else { 0 }
 }
 
