@@ -9,7 +9,9 @@
 //!
 //! Several batches may be active at once; their reads share one stream into the engine,
 //! oldest batch first, so the device queue refills from the next batch as soon as the
-//! previous one's reads complete. A read error fails its batch only; an engine failure
+//! previous one's reads complete. At most the queue depth of reads is in the engine; the
+//! staging has as many slots again, so after each reap the queue is refilled first, while
+//! the reads just reaped still hold their slots, and they are verified and scattered after. A read error fails its batch only; an engine failure
 //! (a failed submit or reap) fails every active batch with [`Error::Engine`] and the
 //! driver, which then refuses new work: its owner (a reactor) drops it and builds another.
 
