@@ -11,9 +11,10 @@
 //! oldest batch first, so the device queue refills from the next batch as soon as the
 //! previous one's reads complete. At most the queue depth of reads is in the engine; the
 //! staging has as many slots again, so after each reap the queue is refilled first, while
-//! the reads just reaped still hold their slots, and they are verified and scattered after. A read error fails its batch only; an engine failure
-//! (a failed submit or reap) fails every active batch with [`Error::Engine`] and the
-//! driver, which then refuses new work: its owner (a reactor) drops it and builds another.
+//! the reads just reaped still hold their slots, and they are verified and scattered after.
+//! A read error fails its batch only; an engine failure (a failed submit or reap) fails
+//! every active batch with [`Error::Engine`] and the driver, which then refuses new work:
+//! its owner (a reactor) drops it and builds another.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -584,7 +585,7 @@ impl Driver {
                 }
                 let r = b.plan.reads[ri];
                 if self.engine.in_flight() >= self.max_in_flight {
-                    // The queue is full: look again after the next completion.
+                    // Look again after the next completion.
                     return next_due;
                 }
                 let Ok(Some(lease)) = self.staging.lease(r.len as usize) else {
