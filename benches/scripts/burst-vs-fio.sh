@@ -8,7 +8,9 @@
 # ratio store / fio. Every measurement holds the shared disk lock (/tmp/engram-disk.lock).
 # SIDES="store store_plain fio" adds the store on a plain ring (ENGRAM_URING_PLAIN=1: no
 # single-issuer / deferred task running), for the ring set-up A/B in BENCHMARKS.md.
-# RESULTS=FILE keeps the JSON Lines of every run.
+# RESULTS=FILE keeps the JSON Lines of every run. Store lines carry burst_p50 (whole bursts timed
+# by the I/O thread) and caller_burst_p50 / caller_burst_mean (as the caller saw them, the
+# hand-off to the I/O thread and the delivery back included).
 #
 #   benches/scripts/burst-vs-fio.sh TABLE [ROUNDS] [BURST] [IDLE_US] [BURSTS] [-- EXTRA ENGRAM BENCH FLAGS]
 #   benches/scripts/burst-vs-fio.sh /work/bench-data/v41-4g 6 16 4700 400
@@ -34,7 +36,8 @@ run_store() {
     --layer-index 0 --seed "$1" --json "${extra[@]}" \
     | jq -c --arg r "$1" --arg s "${plain:+store_plain}" '{round: ($r|tonumber), side: (if $s == "" then "store" else $s end), p50: .data.read_p50_us,
         p99: .data.read_p99_us, reads: .data.device_reads, burst_p50: .data.report.batch_p50_us,
-        burst_p99: .data.report.batch_p99_us}' >>"$out"
+        burst_p99: .data.report.batch_p99_us, caller_burst_p50: .data.caller_burst_us.p50,
+        caller_burst_mean: .data.caller_burst_us.mean}' >>"$out"
 }
 run_fio() {
   flock "$lock" fio --name=burst --filename="$layer" --direct=1 --ioengine=io_uring \

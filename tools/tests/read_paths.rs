@@ -186,6 +186,13 @@ fn burst_json_counts_one_device_read_per_row() {
         // A read is part of its burst: no read's median exceeds the bursts' p99.
         let batch99 = d["report"]["batch_p99_us"].as_f64().expect("batch p99");
         assert!(p50 <= batch99 && batch > 0.0, "{backend}: {d}");
+        // The caller's time of a burst holds the I/O thread's (hand-off and delivery on
+        // top; 1% for the histogram's rounding).
+        let caller = d["caller_burst_us"]["p50"].as_f64().expect("caller p50");
+        assert!(
+            caller >= batch * 0.99,
+            "{backend}: caller {caller} batch {batch}: {d}"
+        );
     }
 }
 

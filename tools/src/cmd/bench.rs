@@ -191,18 +191,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         layers: args.layer_index.into_iter().collect(),
         prefetch_depth: args.prefetch_depth,
     };
-    let r = match pattern {
-        Some(pattern) => run_bursts(
-            store.as_ref(),
-            &BurstSpec {
-                pattern,
-                bursts: args.batches,
-                warmup_bursts: args.warmup_batches,
-                layers: spec.layers.clone(),
-                seed: args.seed,
-            },
-        )?,
-        None => run_bench(store.as_ref(), &spec)?,
+    let (r, caller_us) = match pattern {
+        Some(pattern) => {
+            let b = run_bursts(
+                store.as_ref(),
+                &BurstSpec {
+                    pattern,
+                    bursts: args.batches,
+                    warmup_bursts: args.warmup_batches,
+                    layers: spec.layers.clone(),
+                    seed: args.seed,
+                },
+            )?;
+            (b.report, Some(b.caller_us))
+        }
+        None => (run_bench(store.as_ref(), &spec)?, None),
     };
     if let Some((client, keys, st)) = local {
         drop((store, st));
@@ -219,6 +222,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     "burst": p.burst, "idle_us": p.idle.as_secs_f64() * 1e6,
                 })),
                 "read_p50_us": r.read_p50_us, "read_p99_us": r.read_p99_us,
+                "caller_burst_us": caller_us,
                 "device_reads": r.stats.device_reads,
                 "report": r,
             }),
@@ -226,7 +230,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else if let Some(p) = pattern {
         crate::outln!(
             "{} bursts of {} rows, idle {:.0} us, qd {}: device read p50 {:.0} us p99 {:.0} us \
-             ({} reads), burst p50 {:.0} us p99 {:.0} us, CPU {:.2} s",
+             ({} reads), burst p50 {:.0} us p99 {:.0} us (as the caller saw it: p50 {:.0} us \
+             p99 {:.0} us), CPU {:.2} s",
             r.batches,
             p.burst,
             p.idle.as_secs_f64() * 1e6,
@@ -236,6 +241,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             r.stats.device_reads,
             r.batch_p50_us,
             r.batch_p99_us,
+            caller_p(&caller_us, "p50"),
+            caller_p(&caller_us, "p99"),
             r.cpu_seconds
         );
     } else {
@@ -263,4 +270,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A quantile of the caller-side burst times (0 when there are none).
+fn caller_p(caller_us: &Option<serde_json::Value>, q: &str) -> f64 {
+    caller_us
+        .as_ref()
+        .and_then(|v| v[q].as_f64())
+        .unwrap_or(0.0)
 }

@@ -142,11 +142,23 @@ fn draw_burst(
     Ok(())
 }
 
+/// What [`run_bursts`] measured.
+#[derive(Debug)]
+pub struct BurstReport {
+    /// The store's report: device reads, and whole bursts timed by the I/O thread (from
+    /// taking the request to completing it).
+    pub report: BenchReport,
+    /// Each burst as its caller saw it, from the `lookup_into` call to its return (mean,
+    /// p50, p99, max in microseconds): the hand-off to the I/O thread and the delivery back
+    /// included.
+    pub caller_us: serde_json::Value,
+}
+
 /// Runs bursts on one thread: draw (before the clock of the burst starts), one
 /// `lookup_into` of the burst's rows, then sleep the idle time. The report's `read_p50_us`
 /// and `read_p99_us` are the store's device reads (submit to completion); its batch
 /// latencies are whole bursts; `seconds` and rates count the idle time too.
-pub fn run_bursts(store: &dyn RowSource, spec: &BurstSpec) -> Result<BenchReport> {
+pub fn run_bursts(store: &dyn RowSource, spec: &BurstSpec) -> Result<BurstReport> {
     let layers: Vec<usize> = if spec.layers.is_empty() {
         (0..store.n_layers()).collect()
     } else {
@@ -168,10 +180,15 @@ pub fn run_bursts(store: &dyn RowSource, spec: &BurstSpec) -> Result<BenchReport
     let mut ids = Vec::with_capacity(b);
     let mut out = store.alloc_rows(b)?;
     out.set_len(b * store.row_bytes())?;
+    let mut caller_us = Vec::with_capacity(spec.bursts);
     let mut one = |k: usize, ids: &mut Vec<u64>, out: &mut [u8]| -> Result<()> {
         let li = k % layers.len();
         draw_burst(&mut rng, layer_rows[li], rows_per_unit, b, ids)?;
+        let t = Instant::now();
         store.lookup_into(layers[li], ids, out)?;
+        if k >= spec.warmup_bursts {
+            caller_us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
         if !spec.pattern.idle.is_zero() {
             std::thread::sleep(spec.pattern.idle);
         }
@@ -188,13 +205,17 @@ pub fn run_bursts(store: &dyn RowSource, spec: &BurstSpec) -> Result<BenchReport
     }
     let seconds = t0.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds().unwrap_or(0.0) - cpu0;
-    Ok(BenchReport::from_stats(
+    let report = BenchReport::from_stats(
         store.stats()?,
         (1, spec.bursts, b),
         store.row_bytes(),
         seconds,
         cpu_seconds,
-    ))
+    );
+    Ok(BurstReport {
+        report,
+        caller_us: super::replay::quantiles(&mut caller_us),
+    })
 }
 
 #[cfg(test)]

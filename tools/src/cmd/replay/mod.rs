@@ -368,7 +368,7 @@ fn wait_until(t: Instant) {
 }
 
 /// Mean and quantiles of a sample, in the sample's unit.
-fn quantiles(v: &mut [f64]) -> serde_json::Value {
+pub(crate) fn quantiles(v: &mut [f64]) -> serde_json::Value {
     if v.is_empty() {
         return serde_json::json!({"mean": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0});
     }
