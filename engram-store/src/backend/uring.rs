@@ -352,10 +352,10 @@ impl UringEngine {
         Ok(())
     }
 
-    /// Hands the queued entries to the kernel without waiting: each read as it is queued,
-    /// so a burst's first read starts before its last is planned (engram-store/BENCHMARKS.md
-    /// has the three modes side by side). A failed enter leaves the entries queued: the
-    /// next reap's enter submits them or reports the error.
+    /// Hands the queued entries to the kernel without waiting (after each read in
+    /// [`SubmitMode::Each`], after each pass in [`SubmitMode::Pass`]; BENCHMARKS.md has
+    /// the modes side by side). A failed enter leaves the entries queued: the next reap's
+    /// enter submits them or reports the error.
     fn enter(&mut self) -> Result<(), EngineError> {
         self.own()?;
         self.ring

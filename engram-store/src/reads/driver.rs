@@ -505,11 +505,10 @@ impl Driver {
             }
             let ts = Instant::now();
             while b.next < b.plan.reads.len() {
-                if class == Priority::Speculative && self.spec_in_flight >= self.spec_cap {
-                    b.counters.submit_ns += ts.elapsed().as_nanos() as u64;
-                    return false;
-                }
-                if self.engine.in_flight() >= self.max_in_flight {
+                // The queue depth is reached, or the speculative reads' share of it.
+                if self.engine.in_flight() >= self.max_in_flight
+                    || (class == Priority::Speculative && self.spec_in_flight >= self.spec_cap)
+                {
                     b.counters.submit_ns += ts.elapsed().as_nanos() as u64;
                     return false;
                 }
